@@ -1,0 +1,124 @@
+//! Errors shared by every layer.
+
+use std::fmt;
+
+/// A builder was given a configuration that cannot work.
+///
+/// Returned by the `build()` methods of every builder in this crate, so a misconfiguration
+/// is found when the service starts, never at request time. The message names the setting
+/// and says how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    setting: &'static str,
+    message: String,
+}
+
+impl ConfigError {
+    /// A configuration error for `setting`, with a message that says how to fix it.
+    pub fn new(setting: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            setting,
+            message: message.into(),
+        }
+    }
+
+    /// The name of the setting that is wrong.
+    pub fn setting(&self) -> &'static str {
+        self.setting
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid `{}`: {}", self.setting, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A shared store (Redis) could not be reached in time.
+///
+/// Layers turn this into their documented degraded behaviour (serve from L1, fail open,
+/// answer 503); it reaches callers only from the store APIs themselves.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct StoreUnavailable {
+    /// What went wrong.
+    pub kind: StoreUnavailableKind,
+}
+
+/// Why a store call failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StoreUnavailableKind {
+    /// The call did not complete within the configured timeout.
+    Timeout(std::time::Duration),
+    /// The store answered with an error or the connection failed.
+    Backend(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl StoreUnavailable {
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn timeout(after: std::time::Duration) -> Self {
+        Self {
+            kind: StoreUnavailableKind::Timeout(after),
+        }
+    }
+
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn backend(err: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self {
+            kind: StoreUnavailableKind::Backend(Box::new(err)),
+        }
+    }
+
+    /// True if the call timed out rather than failed.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self.kind, StoreUnavailableKind::Timeout(_))
+    }
+}
+
+impl fmt::Display for StoreUnavailable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            StoreUnavailableKind::Timeout(d) => {
+                write!(
+                    f,
+                    "store did not answer within {d:?}; check that it is running and reachable, or raise the timeout"
+                )
+            }
+            StoreUnavailableKind::Backend(e) => write!(f, "store call failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreUnavailable {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.kind {
+            StoreUnavailableKind::Timeout(_) => None,
+            StoreUnavailableKind::Backend(e) => Some(&**e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_error_names_the_setting() {
+        let e = ConfigError::new("prefix", "must not contain `{` or `}`");
+        assert_eq!(e.setting(), "prefix");
+        assert_eq!(
+            e.to_string(),
+            "invalid `prefix`: must not contain `{` or `}`"
+        );
+    }
+
+    #[test]
+    fn timeout_is_distinguished() {
+        let e = StoreUnavailable::timeout(std::time::Duration::from_millis(5));
+        assert!(e.is_timeout());
+        assert!(e.to_string().contains("5ms"));
+    }
+}

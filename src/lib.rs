@@ -1,0 +1,64 @@
+//! Composable [tower] layers for services that scale out.
+//!
+//! tower-scale gives an axum or hyper service what it needs to run as many interchangeable
+//! instances: shared state in Redis, protection for the database, resilience against
+//! failing dependencies, and measurements of all of it. Every layer is a plain tower
+//! [`Layer`](tower_layer::Layer): `Clone`, cheap to clone, configured by a validating
+//! builder, and reporting through the [`metrics`](https://docs.rs/metrics) facade and
+//! [`tracing`].
+//!
+//! # Overview
+//!
+//! | module | what it does | feature |
+//! |---|---|---|
+//! | [`metrics`](crate::metrics) | latency histograms, in-flight gauge, request counter | `metrics` |
+//! | [`key`] | who a request counts against (peer IP, client IP behind trusted proxies, API key) | always |
+//! | [`classify`] | one success/failure/slow verdict shared by every layer | always |
+//! | [`redis`](crate::redis) | the shared Redis backend: connection, key layout, scripts, timeouts | `redis` |
+//!
+//! The path of a request through a fully assembled service, and the layers still to come
+//! (cache, rate limit, session, db routing, retry, circuit breaker), are described in
+//! `docs/architecture.md`.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use axum::{Router, routing::get};
+//! use tower_scale::metrics::HttpMetricsLayer;
+//!
+//! # async fn run() -> std::io::Result<()> {
+//! let app = Router::new()
+//!     .route("/hello/{name}", get(|| async { "hello" }))
+//!     .layer(HttpMetricsLayer::new());
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//! axum::serve(listener, app).await
+//! # }
+//! ```
+//!
+//! # Features
+//!
+//! | feature | default | enables |
+//! |---|---|---|
+//! | `metrics` | yes | [`metrics`](crate::metrics) |
+//! | `redis` | no | [`redis`](crate::redis) (redis-rs with Tokio and `ConnectionManager`) |
+//! | `axum` | no | route templates from `MatchedPath`, `ConnectInfo` peer addresses, `RouteKey` |
+//! | `full` | no | all of the above |
+//!
+//! # Minimum supported Rust version
+//!
+//! Rust 1.88.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod builder;
+pub mod classify;
+mod error;
+pub mod key;
+#[cfg(feature = "metrics")]
+pub mod metrics;
+#[cfg(feature = "redis")]
+pub mod redis;
+
+pub use builder::ServiceBuilderExt;
+pub use error::{ConfigError, StoreUnavailable, StoreUnavailableKind};

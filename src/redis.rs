@@ -1,0 +1,365 @@
+//! The shared Redis backend: one connection handle for every layer that keeps state in Redis.
+//!
+//! [`RedisBackend`] wraps redis-rs's `ConnectionManager`: one multiplexed connection per
+//! backend (concurrent requests pipeline on one socket, so a clone per request costs
+//! nothing), reconnecting by itself after a failure. On top it adds what every layer needs
+//! and must not write twice:
+//!
+//! - **A key layout**: `{prefix}:{namespace}:{{tag}}[:suffix]`. The tag is the logical key
+//!   (a client, a session, a cache entry) in Redis Cluster hash-tag braces, so every Redis key
+//!   of one logical key lands on one slot and a Lua script may touch them all. The tag is
+//!   escaped so no input can break out of the braces.
+//! - **Scripts** by `EVALSHA`, loaded on first use and reloaded after a `NOSCRIPT` (a Redis
+//!   restart or `SCRIPT FLUSH`), through [`Script`].
+//! - **A per-call timeout**, so a slow Redis never stalls a request for longer than the
+//!   caller chose. A call that times out is a [`StoreUnavailable`]; each layer turns it into
+//!   its documented degraded behaviour.
+//! - **Health**: [`RedisBackend::ping`] measures a round trip.
+//! - **Metrics**: `tower_scale.redis.command.duration` (histogram, seconds, label `op`) and
+//!   `tower_scale.redis.command.errors` (counter, labels `op`, `kind`).
+//!
+//! The backend connects lazily: building it never waits for Redis, and a service can start
+//! while Redis is down.
+//!
+//! # Examples
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tower_scale::redis::{RedisBackend, Script};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let redis = RedisBackend::builder("redis://127.0.0.1:6379")
+//!     .prefix("myapp")
+//!     .timeout(Duration::from_millis(50))
+//!     .build()?;
+//!
+//! let key = redis.key("visits", "user:42"); // "myapp:visits:{user:42}"
+//! let script = Script::new("return redis.call('INCR', KEYS[1])");
+//! let n: i64 = redis.invoke("visits", script.key(&key)).await?;
+//! println!("{n} visits; Redis answered a PING in {:?}", redis.ping().await?);
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::{Client, FromRedisValue};
+use tokio::time::Instant;
+
+pub use ::redis::{Cmd, Script, ScriptInvocation, cmd};
+
+use crate::key::escape_key_part;
+use crate::{ConfigError, StoreUnavailable};
+
+/// The shared Redis connection, key layout and call discipline. Cheap to clone.
+#[derive(Clone)]
+pub struct RedisBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: ConnectionManager,
+    prefix: String,
+    timeout: Duration,
+    address: String,
+}
+
+impl fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("address", &self.inner.address)
+            .field("prefix", &self.inner.prefix)
+            .field("timeout", &self.inner.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`RedisBackend`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct RedisBackendBuilder {
+    url: String,
+    prefix: String,
+    timeout: Duration,
+    connect_timeout: Duration,
+}
+
+impl RedisBackend {
+    /// Starts a builder for the Redis at `url` (`redis://host:port/db`, `rediss://`,
+    /// `redis+unix:///path`).
+    pub fn builder(url: impl Into<String>) -> RedisBackendBuilder {
+        RedisBackendBuilder {
+            url: url.into(),
+            prefix: "tower-scale".into(),
+            timeout: Duration::from_millis(100),
+            connect_timeout: Duration::from_millis(500),
+        }
+    }
+
+    /// The key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.inner.prefix
+    }
+
+    /// The per-call timeout.
+    pub fn timeout(&self) -> Duration {
+        self.inner.timeout
+    }
+
+    /// The server address (without credentials), for logs and health reports.
+    pub fn address(&self) -> &str {
+        &self.inner.address
+    }
+
+    /// A clone of the multiplexed connection, for commands this type has no helper for.
+    /// Calls made through it bypass the timeout and metrics; prefer [`query`](Self::query).
+    pub fn connection(&self) -> ConnectionManager {
+        self.inner.conn.clone()
+    }
+
+    /// The Redis key for `tag` in `namespace`: `{prefix}:{namespace}:{{tag}}`.
+    ///
+    /// `tag` is escaped (`%`, `{`, `}` are percent-encoded), so two different tags never
+    /// give the same key and no tag can move the hash slot.
+    pub fn key(&self, namespace: &str, tag: &str) -> String {
+        let tag = escape_key_part(tag);
+        let mut k =
+            String::with_capacity(self.inner.prefix.len() + namespace.len() + tag.len() + 4);
+        k.push_str(&self.inner.prefix);
+        k.push(':');
+        k.push_str(namespace);
+        k.push_str(":{");
+        k.push_str(&tag);
+        k.push('}');
+        k
+    }
+
+    /// A second key on the same hash slot as [`key`](Self::key)`(namespace, tag)`:
+    /// `{prefix}:{namespace}:{{tag}}:{suffix}`.
+    pub fn key_with_suffix(&self, namespace: &str, tag: &str, suffix: &str) -> String {
+        let mut k = self.key(namespace, tag);
+        k.push(':');
+        k.push_str(&escape_key_part(suffix));
+        k
+    }
+
+    /// Runs a command with the timeout, recording its round trip under `op`.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreUnavailable`] if Redis does not answer within the timeout, the connection
+    /// fails, or Redis answers with an error.
+    pub async fn query<T: FromRedisValue>(
+        &self,
+        op: &'static str,
+        cmd: &Cmd,
+    ) -> Result<T, StoreUnavailable> {
+        let mut conn = self.inner.conn.clone();
+        self.timed(op, cmd.query_async(&mut conn)).await
+    }
+
+    /// Runs a script invocation (EVALSHA, loading the script on `NOSCRIPT`) with the
+    /// timeout, recording its round trip under `op`.
+    ///
+    /// # Errors
+    ///
+    /// As [`query`](Self::query). A `NOSCRIPT` reply is not an error: the script is loaded
+    /// and called again within the same timeout.
+    pub async fn invoke<T: FromRedisValue>(
+        &self,
+        op: &'static str,
+        invocation: &ScriptInvocation<'_>,
+    ) -> Result<T, StoreUnavailable> {
+        let mut conn = self.inner.conn.clone();
+        self.timed(op, invocation.invoke_async(&mut conn)).await
+    }
+
+    /// Sends `PING` and returns the round-trip time.
+    ///
+    /// # Errors
+    ///
+    /// As [`query`](Self::query).
+    pub async fn ping(&self) -> Result<Duration, StoreUnavailable> {
+        let start = Instant::now();
+        let _: String = self.query("ping", &cmd("PING")).await?;
+        Ok(start.elapsed())
+    }
+
+    async fn timed<T>(
+        &self,
+        op: &'static str,
+        fut: impl Future<Output = ::redis::RedisResult<T>>,
+    ) -> Result<T, StoreUnavailable> {
+        let start = Instant::now();
+        let res = tokio::time::timeout(self.inner.timeout, fut).await;
+        let elapsed = start.elapsed();
+        match res {
+            Ok(Ok(v)) => {
+                ::metrics::histogram!("tower_scale.redis.command.duration", "op" => op)
+                    .record(elapsed.as_secs_f64());
+                Ok(v)
+            }
+            Ok(Err(e)) => {
+                ::metrics::counter!("tower_scale.redis.command.errors", "op" => op, "kind" => "error")
+                    .increment(1);
+                tracing::debug!(op, error = %e, address = %self.inner.address, "redis call failed");
+                Err(StoreUnavailable::backend(e))
+            }
+            Err(_) => {
+                ::metrics::counter!("tower_scale.redis.command.errors", "op" => op, "kind" => "timeout")
+                    .increment(1);
+                tracing::debug!(op, timeout = ?self.inner.timeout, address = %self.inner.address, "redis call timed out");
+                Err(StoreUnavailable::timeout(self.inner.timeout))
+            }
+        }
+    }
+}
+
+impl RedisBackendBuilder {
+    /// The key prefix every key starts with (default `tower-scale`): one per application
+    /// sharing a Redis. Must be non-empty and free of `{`, `}` and whitespace.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// How long one call may take before it counts as a failure (default 100 ms).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// How long one connection attempt may take (default 500 ms).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Validates the configuration and creates the (lazy) connection.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] for a URL redis-rs cannot parse, a bad prefix or a zero timeout.
+    ///
+    /// # Panics
+    ///
+    /// Must be called within a Tokio runtime, which the connection's background work runs on.
+    pub fn build(self) -> Result<RedisBackend, ConfigError> {
+        if self.prefix.is_empty()
+            || self
+                .prefix
+                .chars()
+                .any(|c| c == '{' || c == '}' || c.is_whitespace())
+        {
+            return Err(ConfigError::new(
+                "prefix",
+                format!(
+                    "`{}` must be non-empty, with no braces or whitespace (braces would break Redis Cluster hash tags)",
+                    self.prefix
+                ),
+            ));
+        }
+        if self.timeout.is_zero() || self.connect_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "timeout",
+                "must be above zero; a few tens of milliseconds suits a Redis on the same network",
+            ));
+        }
+        let client = Client::open(self.url.as_str()).map_err(|e| {
+            ConfigError::new(
+                "redis_url",
+                format!("cannot parse the Redis URL ({e}); write e.g. redis://127.0.0.1:6379/0"),
+            )
+        })?;
+        let address = client.get_connection_info().addr().to_string();
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.timeout.max(Duration::from_secs(1))))
+            // Reconnect attempts back off up to a second; callers are bounded by `timeout`.
+            .set_number_of_retries(3)
+            .set_max_delay(Duration::from_secs(1));
+        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| {
+            ConfigError::new(
+                "redis_url",
+                format!("cannot create the Redis connection: {e}"),
+            )
+        })?;
+        Ok(RedisBackend {
+            inner: Arc::new(Inner {
+                conn,
+                prefix: self.prefix,
+                timeout: self.timeout,
+                address,
+            }),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn key_layout_is_hash_tagged_and_escaped() {
+        let r = RedisBackend::builder("redis://127.0.0.1:1")
+            .prefix("app")
+            .build()
+            .unwrap();
+        assert_eq!(r.key("rl", "1.2.3.4"), "app:rl:{1.2.3.4}");
+        assert_eq!(r.key("rl", "a}b{c"), "app:rl:{a%7Db%7Bc}");
+        assert_eq!(r.key_with_suffix("s", "id", "u{1}"), "app:s:{id}:u%7B1%7D");
+        assert_ne!(r.key("rl", "%7D"), r.key("rl", "}"));
+    }
+
+    #[tokio::test]
+    async fn bad_config_names_the_setting() {
+        let cases = [
+            (
+                "empty prefix",
+                RedisBackend::builder("redis://127.0.0.1").prefix(""),
+                "prefix",
+            ),
+            (
+                "brace prefix",
+                RedisBackend::builder("redis://127.0.0.1").prefix("a{b"),
+                "prefix",
+            ),
+            (
+                "space prefix",
+                RedisBackend::builder("redis://127.0.0.1").prefix("a b"),
+                "prefix",
+            ),
+            (
+                "zero timeout",
+                RedisBackend::builder("redis://127.0.0.1").timeout(Duration::ZERO),
+                "timeout",
+            ),
+            ("bad url", RedisBackend::builder("http://nope"), "redis_url"),
+            ("garbage url", RedisBackend::builder("::::"), "redis_url"),
+        ];
+        for (name, b, setting) in cases {
+            let err = b.build().unwrap_err();
+            assert_eq!(err.setting(), setting, "case {name}");
+        }
+    }
+
+    #[tokio::test]
+    async fn unreachable_redis_fails_within_the_timeout() {
+        // Nothing listens on port 1.
+        let r = RedisBackend::builder("redis://127.0.0.1:1")
+            .timeout(Duration::from_millis(200))
+            .build()
+            .unwrap();
+        let start = std::time::Instant::now();
+        let err = r.ping().await.unwrap_err();
+        assert!(
+            start.elapsed() < Duration::from_millis(800),
+            "took {:?}",
+            start.elapsed()
+        );
+        let _ = err.to_string();
+        assert!(format!("{r:?}").contains("127.0.0.1:1"));
+    }
+}
