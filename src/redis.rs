@@ -35,7 +35,7 @@
 //!
 //! let key = redis.key("visits", "user:42"); // "myapp:visits:{user:42}"
 //! let script = Script::new("return redis.call('INCR', KEYS[1])");
-//! let n: i64 = redis.invoke("visits", script.key(&key)).await?;
+//! let n: i64 = redis.invoke("visits", &script.key(&key)).await?;
 //! println!("{n} visits; Redis answered a PING in {:?}", redis.ping().await?);
 //! # Ok(()) }
 //! ```

@@ -1,0 +1,163 @@
+#!/usr/bin/env bash
+# Makes sure the services the tests talk to are running, and prints their addresses as
+# `export` lines:
+#
+#   TEST_REDIS_URL            a Redis (the one on 127.0.0.1:6379 if it answers, else our own)
+#   TEST_DATABASE_URL         a PostgreSQL primary
+#   TEST_DATABASE_REPLICA_URL a physical streaming replica of it
+#
+# On a fresh Debian machine it installs redis-server and postgresql first (as root). The
+# primary/replica pair is our own, kept under $TOWER_SCALE_STATE (default
+# /var/tmp/tower-scale) on free ports, and reused while it runs: the machine's own
+# PostgreSQL is never touched, and nothing here stops a service it did not start.
+#
+# Usage: eval "$(scripts/services.sh)"      or      scripts/services.sh stop
+set -euo pipefail
+
+STATE=${TOWER_SCALE_STATE:-/var/tmp/tower-scale}
+log() { printf 'services: %s\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    log "need root to run: $*"; return 1; fi
+}
+
+install_packages() {
+  local missing=()
+  command -v redis-server >/dev/null || missing+=(redis-server)
+  command -v redis-cli >/dev/null || missing+=(redis-tools)
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+  command -v psql >/dev/null || missing+=(postgresql-client)
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing ${missing[*]}"
+    as_root apt-get update -qq >&2
+    # Debian's postgresql package starts its own cluster on 5432 where it can; we do not use it.
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
+  fi
+}
+
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+free_port() {
+  local p
+  for _ in $(seq 1 200); do
+    p=$((20000 + RANDOM % 20000))
+    if ! port_in_use "$p"; then echo "$p"; return 0; fi
+  done
+  log "no free port found"; return 1
+}
+
+pg_bin() {
+  local dir
+  dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+  [ -n "$dir" ] || { log "PostgreSQL server binaries not found"; return 1; }
+  echo "$dir"
+}
+
+# PostgreSQL refuses to run as root: run its programs as the postgres user when we are root.
+as_pg() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+redis_url() {
+  if [ -n "${TEST_REDIS_URL:-}" ]; then echo "$TEST_REDIS_URL"; return; fi
+  if redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; then
+    echo "redis://127.0.0.1:6379"; return
+  fi
+  mkdir -p "$STATE/redis"
+  local port
+  if [ -f "$STATE/redis/port" ] && redis-cli -p "$(cat "$STATE/redis/port")" ping 2>/dev/null | grep -q PONG; then
+    port=$(cat "$STATE/redis/port")
+  else
+    port=$(free_port)
+    log "starting redis-server on 127.0.0.1:$port"
+    redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --save "" --appendonly no \
+      --dir "$STATE/redis" --logfile "$STATE/redis/redis.log" --pidfile "$STATE/redis/redis.pid" >&2
+    echo "$port" >"$STATE/redis/port"
+    for _ in $(seq 1 50); do redis-cli -p "$port" ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done
+  fi
+  echo "redis://127.0.0.1:$port"
+}
+
+pg_running() { as_pg "$(pg_bin)/pg_ctl" status -D "$1" >/dev/null 2>&1; }
+
+pg_wait() {
+  for _ in $(seq 1 100); do
+    "$(pg_bin)/pg_isready" -q -h 127.0.0.1 -p "$1" && return 0
+    sleep 0.1
+  done
+  log "PostgreSQL on port $1 did not become ready; see $2"; return 1
+}
+
+start_pg_pair() {
+  local bin pdir rdir pport rport
+  bin=$(pg_bin)
+  pdir="$STATE/pg/primary"; rdir="$STATE/pg/replica"
+  mkdir -p "$STATE/pg"
+  [ "$(id -u)" = 0 ] && chown postgres: "$STATE/pg"
+
+  if [ -f "$STATE/pg/ports" ] && pg_running "$pdir" && pg_running "$rdir"; then
+    read -r pport rport <"$STATE/pg/ports"
+    pg_wait "$pport" "$pdir/log" && pg_wait "$rport" "$rdir/log"
+    echo "$pport $rport"; return
+  fi
+
+  # Whatever is left of an earlier pair is stale: stop it and start afresh.
+  pg_running "$rdir" && as_pg "$bin/pg_ctl" stop -D "$rdir" -m immediate >&2 || true
+  pg_running "$pdir" && as_pg "$bin/pg_ctl" stop -D "$pdir" -m immediate >&2 || true
+  as_root rm -rf "$pdir" "$rdir"
+
+  pport=$(free_port)
+  log "starting PostgreSQL primary on 127.0.0.1:$pport"
+  as_pg "$bin/initdb" -D "$pdir" -U postgres -A trust --no-sync -E UTF8 >"$STATE/pg/initdb.log" 2>&1 \
+    || { cat "$STATE/pg/initdb.log" >&2; return 1; }
+  cat >>"$pdir/postgresql.conf" <<EOF
+listen_addresses = '127.0.0.1'
+port = $pport
+unix_socket_directories = '$STATE/pg'
+wal_level = replica
+max_wal_senders = 10
+max_connections = 200
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+EOF
+  as_pg "$bin/pg_ctl" start -D "$pdir" -l "$pdir/log" -w >&2
+  pg_wait "$pport" "$pdir/log"
+
+  rport=$(free_port)
+  while [ "$rport" = "$pport" ]; do rport=$(free_port); done
+  log "starting streaming replica on 127.0.0.1:$rport"
+  as_pg "$bin/pg_basebackup" -h 127.0.0.1 -p "$pport" -U postgres -D "$rdir" -R -X stream >&2
+  cat >>"$rdir/postgresql.conf" <<EOF
+port = $rport
+hot_standby = on
+wal_receiver_status_interval = 1s
+EOF
+  as_pg "$bin/pg_ctl" start -D "$rdir" -l "$rdir/log" -w >&2
+  pg_wait "$rport" "$rdir/log"
+  echo "$pport $rport" >"$STATE/pg/ports"
+  echo "$pport $rport"
+}
+
+stop_all() {
+  local bin
+  bin=$(pg_bin)
+  for d in "$STATE/pg/replica" "$STATE/pg/primary"; do
+    pg_running "$d" && as_pg "$bin/pg_ctl" stop -D "$d" -m fast >&2 || true
+  done
+  if [ -f "$STATE/redis/port" ]; then redis-cli -p "$(cat "$STATE/redis/port")" shutdown nosave 2>/dev/null || true; fi
+  log "stopped"
+}
+
+if [ "${1:-}" = stop ]; then stop_all; exit 0; fi
+
+install_packages
+mkdir -p "$STATE"
+REDIS=$(redis_url)
+read -r PPORT RPORT < <(start_pg_pair)
+[ -n "${PPORT:-}" ] && [ -n "${RPORT:-}" ] || { log "could not start PostgreSQL"; exit 1; }
+echo "export TEST_REDIS_URL='$REDIS'"
+echo "export TEST_DATABASE_URL='postgres://postgres@127.0.0.1:$PPORT/postgres'"
+echo "export TEST_DATABASE_REPLICA_URL='postgres://postgres@127.0.0.1:$RPORT/postgres'"
+log "redis $REDIS; postgres primary :$PPORT, replica :$RPORT"

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Runs every check tower-scale has, on a fresh Debian machine with only Rust installed:
+# installs and starts Redis and a PostgreSQL primary + streaming replica when missing
+# (scripts/services.sh), then formatting, clippy, all tests (unit, integration, doc),
+# builds examples and benches, and checks each feature alone.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# One target directory shared by every clone and run on this machine: builds are the slow part.
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/tower-scale-target}
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "services"
+eval "$(bash scripts/services.sh)"
+echo "redis: $TEST_REDIS_URL"
+echo "postgres primary: $TEST_DATABASE_URL"
+echo "postgres replica: $TEST_DATABASE_REPLICA_URL"
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets --all-features -- -D warnings"
+cargo clippy --all-targets --all-features -- -D warnings
+
+step "cargo test --all-features (unit, integration, doc)"
+cargo test --all-features --no-fail-fast
+
+step "build examples and benches"
+cargo build --release --examples
+cargo bench --no-run --all-features
+
+step "each feature alone"
+cargo check --no-default-features
+for feature in metrics redis axum full; do
+  echo "-- $feature"
+  cargo check --no-default-features --features "$feature"
+done
+
+step "all checks passed"
