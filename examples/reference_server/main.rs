@@ -1,1 +1,470 @@
-fn main() {}
+//! The tower-scale reference server: a small product catalogue assembling the crate's layers.
+//!
+//! `cargo run --release --example reference_server` starts it with nothing else installed
+//! (embedded SQLite database, in-process state). The HTTP contract is in
+//! `shared/reference-server.md`; configuration is from the environment or `--flags`:
+//! `LISTEN`, `INSTANCE_ID`, `REDIS_URL`, `PRICING_URL`, `RATE_LIMIT`, `EXPORT_RATE_LIMIT`,
+//! `TRUSTED_PROXIES`, `SESSION_COOKIE_SECURE`, `CACHE_TTL`.
+//!
+//! What this build assembles: latency histograms on every route, the shared Redis backend
+//! (readiness), and the embedded catalogue. Caching, rate limits, sessions, read/write
+//! routing, retries and the circuit breaker join as their layers land (see CHANGELOG.md).
+
+mod catalog;
+mod config;
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use serde::Deserialize;
+use serde_json::json;
+use tower_scale::key::{ClientIp, KeyExtractor};
+use tower_scale::metrics::{DEFAULT_DURATION_BUCKETS, DURATION_METRIC, HttpMetricsLayer};
+use tower_scale::redis::RedisBackend;
+use tracing::Instrument;
+
+use catalog::Catalog;
+use config::Config;
+
+const X_SERVED_BY: HeaderName = HeaderName::from_static("x-served-by");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_DB_ROUTE: HeaderName = HeaderName::from_static("x-db-route");
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+struct AppState {
+    catalog: Catalog,
+    redis: Option<RedisBackend>,
+    pricing: Option<Pricing>,
+    prometheus: PrometheusHandle,
+    instance: HeaderValue,
+    client_ip: ClientIp,
+    jobs: AtomicU64,
+    ids: RandomState,
+    id_seq: AtomicU64,
+}
+
+type Shared = Arc<AppState>;
+
+struct Pricing {
+    base: String,
+    client: Client<HttpConnector, Empty<Bytes>>,
+}
+
+/// A JSON error response: `{"error": "..."}` with a status.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    tracing::error!(error = %e, "database error");
+    ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into())
+}
+
+fn parse_id(raw: &str) -> Result<i64, ApiError> {
+    raw.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("product id must be a positive integer, not `{raw}`"),
+        )
+    })
+}
+
+fn with_db_route(resp: impl IntoResponse) -> Response {
+    // One embedded database: every query is served by the primary.
+    let mut r = resp.into_response();
+    r.headers_mut()
+        .insert(X_DB_ROUTE, HeaderValue::from_static("primary"));
+    r
+}
+
+async fn get_product(
+    State(s): State<Shared>,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&raw)?;
+    match s.catalog.get(id).map_err(internal)? {
+        Some(p) => Ok(with_db_route(Json(p))),
+        None => Err(ApiError(StatusCode::NOT_FOUND, format!("no product {id}"))),
+    }
+}
+
+async fn list_products(
+    State(s): State<Shared>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let number = |name: &str, default: i64, min: i64, max: i64| -> Result<i64, ApiError> {
+        match q.get(name) {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<i64>()
+                .ok()
+                .filter(|n| (min..=max).contains(n))
+                .ok_or_else(|| {
+                    ApiError(
+                        StatusCode::BAD_REQUEST,
+                        format!("`{name}` must be a whole number in {min}..={max}"),
+                    )
+                }),
+        }
+    };
+    let limit = number("limit", 20, 1, 100)?;
+    let offset = number("offset", 0, 0, i64::from(i32::MAX))?;
+    let products = s.catalog.list(limit, offset).map_err(internal)?;
+    Ok(with_db_route(Json(
+        json!({ "products": products, "limit": limit, "offset": offset }),
+    )))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProductInput {
+    name: String,
+    price_cents: i64,
+}
+
+async fn put_product(
+    State(s): State<Shared>,
+    Path(raw): Path<String>,
+    body: Result<Json<ProductInput>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    // The contract requires a logged-in session here (401 otherwise); that check is added
+    // together with the session layer. Until then the route is open.
+    let id = parse_id(&raw)?;
+    let Json(input) = body.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let name = input.name.trim();
+    if name.is_empty() || name.chars().count() > 200 {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "`name` must be 1..=200 characters".into(),
+        ));
+    }
+    if input.price_cents < 0 {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "`price_cents` must be >= 0".into(),
+        ));
+    }
+    let p = s
+        .catalog
+        .upsert(id, name, input.price_cents)
+        .map_err(internal)?;
+    Ok(with_db_route(Json(p)))
+}
+
+async fn create_export(State(s): State<Shared>) -> Response {
+    let n = s.jobs.fetch_add(1, Ordering::Relaxed) + 1;
+    let job = format!("{}-{n}", s.instance.to_str().unwrap_or("export"));
+    (StatusCode::ACCEPTED, Json(json!({ "job": job }))).into_response()
+}
+
+async fn get_price(State(s): State<Shared>, Path(raw): Path<String>) -> Result<Response, ApiError> {
+    let id = parse_id(&raw)?;
+    let unavailable = |msg: String| {
+        let mut r = ApiError(StatusCode::SERVICE_UNAVAILABLE, msg).into_response();
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        r
+    };
+    let Some(p) = &s.pricing else {
+        return Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "pricing upstream not configured (set PRICING_URL)".into(),
+        ));
+    };
+    let uri = format!("{}/price/{id}", p.base);
+    let Ok(uri) = uri.parse::<http::Uri>() else {
+        return Ok(unavailable("pricing upstream URL is invalid".into()));
+    };
+    let call = async {
+        let resp = p.client.get(uri).await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(format!("pricing upstream answered {status}"));
+        }
+        serde_json::from_slice::<serde_json::Value>(&body).map_err(|e| e.to_string())
+    };
+    match tokio::time::timeout(Duration::from_secs(2), call).await {
+        Ok(Ok(v)) => match v.get("price_cents").and_then(|c| c.as_i64()) {
+            Some(price) => Ok(Json(json!({ "id": id, "price_cents": price })).into_response()),
+            None => Ok(unavailable("pricing upstream sent no price".into())),
+        },
+        Ok(Err(e)) => Ok(unavailable(e)),
+        Err(_) => Ok(unavailable("pricing upstream timed out".into())),
+    }
+}
+
+async fn metrics(State(s): State<Shared>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        s.prometheus.render(),
+    )
+        .into_response()
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn readyz(State(s): State<Shared>) -> Response {
+    let mut failing = Vec::new();
+    if let Err(e) = s.catalog.ping() {
+        failing.push(format!("database: {e}"));
+    }
+    if let Some(r) = &s.redis {
+        if let Err(e) = r.ping().await {
+            failing.push(format!("redis ({}): {e}", r.address()));
+        }
+    }
+    if failing.is_empty() {
+        Json(json!({ "status": "ready" })).into_response()
+    } else {
+        ApiError(StatusCode::SERVICE_UNAVAILABLE, failing.join("; ")).into_response()
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, "no such route".into())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this route".into(),
+    )
+}
+
+/// Adds `x-served-by` and `x-request-id` to every response (echoing a sane client id).
+async fn identify(State(s): State<Shared>, mut req: Request, next: Next) -> Response {
+    let id = match req.headers().get(&X_REQUEST_ID) {
+        Some(v)
+            if (1..=128).contains(&v.len()) && v.as_bytes().iter().all(u8::is_ascii_graphic) =>
+        {
+            v.clone()
+        }
+        _ => {
+            let n = s.id_seq.fetch_add(1, Ordering::Relaxed);
+            let id = format!("{:016x}{:08x}", s.ids.hash_one(n), n as u32);
+            let v = HeaderValue::from_str(&id).expect("hex is a valid header value");
+            req.headers_mut().insert(X_REQUEST_ID, v.clone());
+            v
+        }
+    };
+    // Operators see who sent what: the client address behind the trusted proxies.
+    let client = s
+        .client_ip
+        .extract(&req)
+        .map(|ip| ip.to_string())
+        .unwrap_or_default();
+    let span = tracing::debug_span!("request", id = ?id, client = %client, method = %req.method(), path = %req.uri().path());
+    let mut resp = next.run(req).instrument(span).await;
+    resp.headers_mut().insert(X_SERVED_BY, s.instance.clone());
+    resp.headers_mut().insert(X_REQUEST_ID, id);
+    resp
+}
+
+fn app(state: Shared) -> Router {
+    Router::new()
+        .route("/products", get(list_products))
+        .route("/products/{id}", get(get_product).put(put_product))
+        .route("/products/{id}/price", get(get_price))
+        .route("/exports", post(create_export))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(HttpMetricsLayer::new())
+        .layer(middleware::from_fn_with_state(state.clone(), identify))
+        .with_state(state)
+}
+
+async fn shutdown_signal(notify: Arc<tokio::sync::Notify>) {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down: no new connections, finishing in-flight requests");
+    notify.notify_one();
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+
+    let config = match Config::from_env_and_args() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("reference_server: bad configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("reference_server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints a line to stdout. A closed stdout (a supervisor that stopped reading) must not
+/// take the server down, so write errors are ignored.
+fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    let prometheus = PrometheusBuilder::new()
+        .with_recommended_naming(true)
+        .set_buckets_for_metric(
+            Matcher::Full(DURATION_METRIC.into()),
+            DEFAULT_DURATION_BUCKETS,
+        )?
+        .set_buckets_for_metric(
+            Matcher::Prefix("tower_scale".into()),
+            &[
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            ],
+        )?
+        .install_recorder()?;
+    {
+        // Histograms are buffered until drained; drain them regularly, not only on scrape.
+        let handle = prometheus.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                every.tick().await;
+                handle.run_upkeep();
+            }
+        });
+    }
+
+    let catalog =
+        Catalog::embedded().map_err(|e| format!("cannot create the embedded database: {e}"))?;
+    let redis = match &config.redis_url {
+        None => None,
+        Some(url) => Some(
+            RedisBackend::builder(url.clone())
+                .prefix("reference-server")
+                .build()
+                .map_err(|e| format!("REDIS_URL: {e}"))?,
+        ),
+    };
+    let pricing = config.pricing_url.as_ref().map(|base| {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_millis(500)));
+        Pricing {
+            base: base.clone(),
+            client: Client::builder(TokioExecutor::new()).build(connector),
+        }
+    });
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {} (LISTEN): {e}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let instance = config
+        .instance_id
+        .clone()
+        .unwrap_or_else(|| addr.to_string());
+    let state = Arc::new(AppState {
+        catalog,
+        redis: redis.clone(),
+        pricing,
+        prometheus,
+        instance: HeaderValue::from_str(&instance)
+            .map_err(|_| "INSTANCE_ID: not a valid header value")?,
+        client_ip: config.client_ip.clone(),
+        jobs: AtomicU64::new(0),
+        ids: RandomState::new(),
+        id_seq: AtomicU64::new(0),
+    });
+
+    say(format_args!(
+        "reference_server listening on http://{addr} as {instance}"
+    ));
+    say(format_args!(
+        "backends: database=embedded sqlite ({} products); redis={}; pricing={}; cache ttl {:?}; rate limits {} and {} on exports; secure session cookie {}",
+        catalog::SEED_PRODUCTS,
+        redis
+            .as_ref()
+            .map_or("none (in-process)".to_owned(), |r| r.address().to_owned()),
+        config.pricing_url.as_deref().unwrap_or("none"),
+        config.cache_ttl,
+        config.rate_limit,
+        config.export_rate_limit,
+        config.session_cookie_secure,
+    ));
+
+    let notify = Arc::new(tokio::sync::Notify::new());
+    let server = axum::serve(
+        listener,
+        app(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal(Arc::clone(&notify)));
+    let grace = async {
+        notify.notified().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        res = server => res?,
+        _ = grace => tracing::warn!("in-flight requests still running after {SHUTDOWN_GRACE:?}; exiting"),
+    }
+    say(format_args!("reference_server stopped"));
+    Ok(())
+}

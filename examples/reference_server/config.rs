@@ -1,0 +1,299 @@
+//! Configuration from the environment (and the same names as `--flags`), validated at start.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tower_scale::key::ClientIp;
+
+/// A quota: `limit` requests per `period`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    pub limit: u32,
+    pub period: Duration,
+}
+
+impl fmt::Display for Quota {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{:?}", self.limit, self.period)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub instance_id: Option<String>,
+    pub redis_url: Option<String>,
+    pub pricing_url: Option<String>,
+    pub rate_limit: Quota,
+    pub export_rate_limit: Quota,
+    pub client_ip: ClientIp,
+    pub session_cookie_secure: bool,
+    pub cache_ttl: Duration,
+}
+
+/// A configuration error: which variable, and what is wrong with its value.
+#[derive(Debug)]
+pub struct BadVar {
+    pub var: &'static str,
+    pub message: String,
+}
+
+impl fmt::Display for BadVar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.var, self.message)
+    }
+}
+
+fn bad(var: &'static str, message: impl Into<String>) -> BadVar {
+    BadVar {
+        var,
+        message: message.into(),
+    }
+}
+
+/// Parses `500ms`, `30s`, `15m`, `1h`, `2d`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("`{s}` has no unit; write e.g. 500ms, 30s, 15m or 1h"))?;
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` does not start with a whole number"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        "d" => Duration::from_secs(n.saturating_mul(86_400)),
+        _ => {
+            return Err(format!(
+                "`{s}` has unknown unit `{unit}`; use ms, s, m, h or d"
+            ));
+        }
+    };
+    if d.is_zero() {
+        return Err(format!("`{s}` is zero; use a positive duration"));
+    }
+    Ok(d)
+}
+
+/// Parses a quota `N/DURATION`, e.g. `100/15m`.
+pub fn parse_quota(s: &str) -> Result<Quota, String> {
+    let (n, d) = s
+        .split_once('/')
+        .ok_or_else(|| format!("`{s}` is not N/DURATION; write e.g. 100/15m"))?;
+    let limit: u32 = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{n}` is not a whole number of requests"))?;
+    if limit == 0 {
+        return Err("a quota of 0 refuses everything; use at least 1".into());
+    }
+    Ok(Quota {
+        limit,
+        period: parse_duration(d)?,
+    })
+}
+
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.trim() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        other => Err(format!("`{other}` is not 0 or 1")),
+    }
+}
+
+fn parse_url(s: &str, schemes: &[&str]) -> Result<String, String> {
+    let s = s.trim();
+    if schemes
+        .iter()
+        .any(|sch| s.starts_with(&format!("{sch}://")))
+        && s.len() > 8
+    {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "`{s}` is not a URL starting with {}://",
+            schemes.join(":// or ")
+        ))
+    }
+}
+
+impl Config {
+    /// Reads the configuration from `lookup` (the environment, with `--flag value` and
+    /// `--flag=value` arguments taking precedence under the same names, lower-cased with
+    /// dashes: `--rate-limit 10/1m`).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, BadVar> {
+        let get = |var: &'static str| lookup(var).filter(|v| !v.trim().is_empty());
+
+        let listen = match get("LISTEN") {
+            None => "127.0.0.1:8080".parse().unwrap(),
+            Some(v) => v.trim().parse().map_err(|_| {
+                bad(
+                    "LISTEN",
+                    format!("`{v}` is not an address; write e.g. 127.0.0.1:8080"),
+                )
+            })?,
+        };
+        let instance_id = match get("INSTANCE_ID") {
+            Some(v) if v.len() > 128 || !v.bytes().all(|b| b.is_ascii_graphic()) => {
+                return Err(bad(
+                    "INSTANCE_ID",
+                    "must be 1..128 visible ASCII characters (it goes in a header)",
+                ));
+            }
+            other => other,
+        };
+        let redis_url = get("REDIS_URL")
+            .map(|v| parse_url(&v, &["redis", "rediss", "redis+unix"]))
+            .transpose()
+            .map_err(|m| bad("REDIS_URL", m))?;
+        if get("REDIS_CLUSTER_NODES").is_some() {
+            return Err(bad(
+                "REDIS_CLUSTER_NODES",
+                "Redis Cluster is not supported by this build yet; use REDIS_URL with a single Redis",
+            ));
+        }
+        let database_url = get("DATABASE_URL")
+            .map(|v| parse_url(&v, &["postgres", "postgresql"]))
+            .transpose()
+            .map_err(|m| bad("DATABASE_URL", m))?;
+        let replicas: Vec<String> = match get("DATABASE_REPLICA_URLS") {
+            None => Vec::new(),
+            Some(v) => v
+                .split(',')
+                .filter(|p| !p.trim().is_empty())
+                .map(|p| parse_url(p, &["postgres", "postgresql"]))
+                .collect::<Result<_, _>>()
+                .map_err(|m| bad("DATABASE_REPLICA_URLS", m))?,
+        };
+        if !replicas.is_empty() && database_url.is_none() {
+            return Err(bad(
+                "DATABASE_REPLICA_URLS",
+                "replicas need a primary: set DATABASE_URL too",
+            ));
+        }
+        if database_url.is_some() {
+            return Err(bad(
+                "DATABASE_URL",
+                "PostgreSQL is not supported by this build yet; unset it to use the embedded database",
+            ));
+        }
+        let pricing_url = get("PRICING_URL")
+            .map(|v| parse_url(&v, &["http"]).map(|u| u.trim_end_matches('/').to_owned()))
+            .transpose()
+            .map_err(|m| bad("PRICING_URL", m))?;
+        let rate_limit = parse_quota(&get("RATE_LIMIT").unwrap_or_else(|| "100/15m".into()))
+            .map_err(|m| bad("RATE_LIMIT", m))?;
+        let export_rate_limit =
+            parse_quota(&get("EXPORT_RATE_LIMIT").unwrap_or_else(|| "10/1h".into()))
+                .map_err(|m| bad("EXPORT_RATE_LIMIT", m))?;
+        let client_ip = ClientIp::builder()
+            .trust_cidrs(&get("TRUSTED_PROXIES").unwrap_or_default())
+            .build()
+            .map_err(|e| bad("TRUSTED_PROXIES", e.to_string()))?;
+        let session_cookie_secure = get("SESSION_COOKIE_SECURE")
+            .map(|v| parse_bool(&v))
+            .transpose()
+            .map_err(|m| bad("SESSION_COOKIE_SECURE", m))?
+            .unwrap_or(true);
+        let cache_ttl = parse_duration(&get("CACHE_TTL").unwrap_or_else(|| "60s".into()))
+            .map_err(|m| bad("CACHE_TTL", m))?;
+
+        Ok(Self {
+            listen,
+            instance_id,
+            redis_url,
+            pricing_url,
+            rate_limit,
+            export_rate_limit,
+            client_ip,
+            session_cookie_secure,
+            cache_ttl,
+        })
+    }
+
+    /// The environment, overridden by `--var value` / `--var=value` arguments.
+    pub fn from_env_and_args() -> Result<Self, BadVar> {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let mut flags = std::collections::HashMap::new();
+        let mut i = 0;
+        while i < args.len() {
+            let a = &args[i];
+            let Some(name) = a.strip_prefix("--") else {
+                return Err(bad(
+                    "arguments",
+                    format!("unexpected argument `{a}`; flags look like --listen 127.0.0.1:8080"),
+                ));
+            };
+            let (name, value) = match name.split_once('=') {
+                Some((n, v)) => (n.to_owned(), v.to_owned()),
+                None => {
+                    i += 1;
+                    let v = args
+                        .get(i)
+                        .ok_or_else(|| bad("arguments", format!("--{name} needs a value")))?;
+                    (name.to_owned(), v.clone())
+                }
+            };
+            flags.insert(name.to_ascii_uppercase().replace('-', "_"), value);
+            i += 1;
+        }
+        Self::from_lookup(|var| flags.get(var).cloned().or_else(|| std::env::var(var).ok()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_quotas() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
+        assert_eq!(
+            parse_quota("100/15m").unwrap(),
+            Quota {
+                limit: 100,
+                period: Duration::from_secs(900)
+            }
+        );
+        for bad in [
+            "",
+            "15",
+            "m",
+            "15x",
+            "0s",
+            "-1s",
+            "99999999999999999999999s",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        for bad in ["100", "0/1m", "x/1m", "10/", "10/1y"] {
+            assert!(parse_quota(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let cases = [
+            ("LISTEN", "nope"),
+            ("RATE_LIMIT", "lots"),
+            ("EXPORT_RATE_LIMIT", "1/forever"),
+            ("TRUSTED_PROXIES", "10.0.0.0/99"),
+            ("SESSION_COOKIE_SECURE", "maybe"),
+            ("CACHE_TTL", "soon"),
+            ("REDIS_URL", "localhost:6379"),
+            ("PRICING_URL", "ftp://x"),
+            ("INSTANCE_ID", "has space"),
+        ];
+        for (var, value) in cases {
+            let err = Config::from_lookup(|v| (v == var).then(|| value.to_owned())).unwrap_err();
+            assert_eq!(err.var, var);
+        }
+        assert!(Config::from_lookup(|_| None).is_ok());
+    }
+}

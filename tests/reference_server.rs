@@ -1,0 +1,461 @@
+//! The reference server as a real process, over HTTP: the contract in
+//! `shared/reference-server.md`.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+fn example(name: &str) -> PathBuf {
+    // Test binaries live in target/<profile>/deps; cargo builds examples beside them.
+    let mut p = std::env::current_exe().unwrap();
+    p.pop();
+    if p.ends_with("deps") {
+        p.pop();
+    }
+    let p = p.join("examples").join(name);
+    assert!(
+        p.exists(),
+        "{} is not built: run `cargo test` (it builds examples) or `cargo build --examples`",
+        p.display()
+    );
+    p
+}
+
+/// A running example process, killed on drop.
+struct Proc {
+    child: Child,
+    base: String,
+}
+
+impl Proc {
+    fn start(name: &str, env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(example(name));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("LISTEN", "127.0.0.1:0")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        // Keep reading what it prints, as a supervisor would.
+        std::thread::spawn(move || {
+            let mut sink = String::new();
+            while out.read_line(&mut sink).is_ok_and(|n| n > 0) {
+                sink.clear();
+            }
+        });
+        let base = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("{name} did not print its address: {line:?}"))
+            .to_owned();
+        Self { child, base }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(std::time::Instant::now() < deadline, "process did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Resp {
+    status: StatusCode,
+    headers: http::HeaderMap,
+    body: Bytes,
+}
+
+impl Resp {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+}
+
+fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+async fn call(
+    base: &str,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Resp {
+    let mut b = Request::builder()
+        .method(method)
+        .uri(format!("{base}{path}"));
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    if !body.is_empty() {
+        b = b.header("content-type", "application/json");
+    }
+    let resp = client()
+        .request(b.body(Full::new(Bytes::from(body.to_owned()))).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    Resp {
+        status,
+        headers,
+        body,
+    }
+}
+
+async fn get(base: &str, path: &str) -> Resp {
+    call(base, Method::GET, path, &[], "").await
+}
+
+#[tokio::test]
+async fn routes_follow_the_contract() {
+    let server = Proc::start("reference_server", &[("INSTANCE_ID", "it-a")]);
+    let base = &server.base;
+
+    let r = get(base, "/products/1").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let p = r.json();
+    assert_eq!(
+        (p["id"].as_i64(), p["name"].as_str()),
+        (Some(1), Some("Product 1"))
+    );
+    assert!(p["price_cents"].as_i64().is_some() && p["version"].as_i64() == Some(1));
+    assert_eq!(r.headers["x-served-by"], "it-a");
+    assert!(!r.headers["x-request-id"].is_empty());
+    assert_eq!(r.headers["x-db-route"], "primary");
+
+    // Table of error cases: status and a JSON error body.
+    let cases: &[(&str, Method, &str, &str, StatusCode)] = &[
+        (
+            "unknown product",
+            Method::GET,
+            "/products/999999",
+            "",
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "non-numeric id",
+            Method::GET,
+            "/products/abc",
+            "",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "limit too big",
+            Method::GET,
+            "/products?limit=101",
+            "",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "limit zero",
+            Method::GET,
+            "/products?limit=0",
+            "",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "negative offset",
+            Method::GET,
+            "/products?offset=-1",
+            "",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "malformed JSON",
+            Method::PUT,
+            "/products/3",
+            "{not json",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "empty name",
+            Method::PUT,
+            "/products/3",
+            r#"{"name":"","price_cents":1}"#,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "long name",
+            Method::PUT,
+            "/products/3",
+            &format!(r#"{{"name":"{}","price_cents":1}}"#, "n".repeat(201)),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "negative price",
+            Method::PUT,
+            "/products/3",
+            r#"{"name":"x","price_cents":-1}"#,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "unknown route",
+            Method::GET,
+            "/nope",
+            "",
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "wrong method",
+            Method::DELETE,
+            "/products/1",
+            "",
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            "price without upstream",
+            Method::GET,
+            "/products/1/price",
+            "",
+            StatusCode::SERVICE_UNAVAILABLE,
+        ),
+    ];
+    for (name, method, path, body, want) in cases {
+        let r = call(base, method.clone(), path, &[], body).await;
+        assert_eq!(r.status, *want, "case {name}");
+        assert!(
+            r.json()["error"].is_string(),
+            "case {name}: JSON error body"
+        );
+        assert_eq!(r.headers["x-served-by"], "it-a", "case {name}");
+    }
+
+    // List with paging.
+    let l = get(base, "/products?limit=5&offset=10").await.json();
+    let ids: Vec<i64> = l["products"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, vec![11, 12, 13, 14, 15]);
+    assert_eq!(
+        get(base, "/products").await.json()["products"]
+            .as_array()
+            .unwrap()
+            .len(),
+        20
+    );
+
+    // Upsert bumps the version; the next read sees it; a new id is created.
+    let r = call(
+        base,
+        Method::PUT,
+        "/products/2",
+        &[],
+        r#"{"name":"Renamed","price_cents":999}"#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["version"], 2);
+    let again = get(base, "/products/2").await.json();
+    assert_eq!(
+        (
+            again["name"].as_str(),
+            again["price_cents"].as_i64(),
+            again["version"].as_i64()
+        ),
+        (Some("Renamed"), Some(999), Some(2))
+    );
+    assert_eq!(
+        call(
+            base,
+            Method::PUT,
+            "/products/5001",
+            &[],
+            r#"{"name":"New","price_cents":0}"#
+        )
+        .await
+        .json()["version"],
+        1
+    );
+
+    // Request ids are echoed when sane, replaced when not.
+    let r = call(
+        base,
+        Method::GET,
+        "/healthz",
+        &[("x-request-id", "client-abc-123")],
+        "",
+    )
+    .await;
+    assert_eq!(r.headers["x-request-id"], "client-abc-123");
+    let long = "x".repeat(500);
+    let r = call(
+        base,
+        Method::GET,
+        "/healthz",
+        &[("x-request-id", &long)],
+        "",
+    )
+    .await;
+    assert_ne!(r.headers["x-request-id"], long.as_str());
+
+    assert_eq!(
+        call(base, Method::POST, "/exports", &[], "").await.status,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(get(base, "/healthz").await.status, StatusCode::OK);
+    assert_eq!(get(base, "/readyz").await.status, StatusCode::OK);
+
+    // Metrics: real histogram buckets labelled by route template, never by raw path.
+    let m = String::from_utf8(get(base, "/metrics").await.body.to_vec()).unwrap();
+    assert!(
+        m.lines().any(
+            |l| l.starts_with("http_server_request_duration_seconds_bucket{")
+                && l.contains(r#"http_route="/products/{id}""#)
+                && l.contains(r#"http_response_status_code="200""#)
+        ),
+        "no duration buckets for /products/{{id}}:\n{m}"
+    );
+    assert!(
+        m.contains(r#"http_route="unmatched""#),
+        "the unknown route is counted as unmatched"
+    );
+    assert!(
+        !m.contains("/products/999999") && !m.contains(r#""/nope""#),
+        "raw paths leaked into labels"
+    );
+    assert!(m.contains("http_server_active_requests{"));
+    assert!(m.contains("http_server_requests_total{"));
+}
+
+#[tokio::test]
+async fn price_route_and_graceful_shutdown() {
+    let upstream = Proc::start("pricing_upstream", &[("DELAY_MS", "800")]);
+    let mut server = Proc::start("reference_server", &[("PRICING_URL", &upstream.base)]);
+    let base = server.base.clone();
+
+    // In flight when SIGTERM arrives: it still completes, then the server exits 0.
+    let pending = tokio::spawn(async move { get(&base, "/products/7/price").await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    server.signal("-TERM");
+    let r = pending.await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["id"], 7);
+    assert!(r.json()["price_cents"].as_i64().is_some());
+    let status = server.wait_exit(Duration::from_secs(12));
+    assert!(status.success(), "exit status {status}");
+
+    // Faults on: the price route answers 503 with Retry-After.
+    let server = Proc::start("reference_server", &[("PRICING_URL", &upstream.base)]);
+    let r = call(
+        &upstream.base,
+        Method::PUT,
+        "/admin/faults",
+        &[],
+        r#"{"fail_rate":1.0,"delay_ms":0}"#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = get(&server.base, "/products/7/price").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.headers.contains_key("retry-after"));
+    assert_eq!(
+        call(
+            &upstream.base,
+            Method::PUT,
+            "/admin/faults",
+            &[],
+            r#"{"fail_rate":2}"#
+        )
+        .await
+        .status,
+        StatusCode::BAD_REQUEST
+    );
+}
+
+#[tokio::test]
+async fn readiness_follows_redis() {
+    let mut redis = support::RedisServer::start();
+    let server = Proc::start("reference_server", &[("REDIS_URL", &redis.url())]);
+    assert_eq!(get(&server.base, "/readyz").await.status, StatusCode::OK);
+    redis.kill();
+    let r = get(&server.base, "/readyz").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        r.json()["error"].as_str().unwrap().contains("redis"),
+        "names the failing dependency"
+    );
+    assert_eq!(
+        get(&server.base, "/healthz").await.status,
+        StatusCode::OK,
+        "alive while not ready"
+    );
+    assert_eq!(
+        get(&server.base, "/products/1").await.status,
+        StatusCode::OK,
+        "Redis is not needed to read"
+    );
+    redis.restart();
+    let base = server.base.clone();
+    support::eventually("ready again", Duration::from_secs(10), || {
+        let base = base.clone();
+        async move { (get(&base, "/readyz").await.status == StatusCode::OK).then_some(()) }
+    })
+    .await;
+}
+
+#[test]
+fn bad_configuration_stops_start_with_the_variable_named() {
+    for (var, value) in [
+        ("RATE_LIMIT", "lots"),
+        ("LISTEN", "not-an-address"),
+        ("TRUSTED_PROXIES", "10.0.0.0/40"),
+        ("CACHE_TTL", "0s"),
+    ] {
+        let out = Command::new(example("reference_server"))
+            .env_clear()
+            .env(var, value)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{var}: {stderr}");
+        assert!(
+            stderr.contains(var),
+            "{var}: message must name the variable: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{var}: {stderr}");
+    }
+}
