@@ -61,4 +61,9 @@ pub mod metrics;
 pub mod redis;
 
 pub use builder::ServiceBuilderExt;
+
+// The README's examples compile (as doc tests).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 pub use error::{ConfigError, StoreUnavailable, StoreUnavailableKind};

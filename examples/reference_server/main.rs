@@ -241,10 +241,10 @@ async fn readyz(State(s): State<Shared>) -> Response {
     if let Err(e) = s.catalog.ping() {
         failing.push(format!("database: {e}"));
     }
-    if let Some(r) = &s.redis {
-        if let Err(e) = r.ping().await {
-            failing.push(format!("redis ({}): {e}", r.address()));
-        }
+    if let Some(r) = &s.redis
+        && let Err(e) = r.ping().await
+    {
+        failing.push(format!("redis ({}): {e}", r.address()));
     }
     if failing.is_empty() {
         Json(json!({ "status": "ready" })).into_response()
