@@ -2,7 +2,8 @@
 # Makes sure the services the tests talk to are running, and prints their addresses as
 # `export` lines:
 #
-#   TEST_REDIS_URL            a Redis (the one on 127.0.0.1:6379 if it answers, else our own)
+#   TEST_REDIS_URL            a Redis (the one on 127.0.0.1:6379 if it answers, else our own;
+#                             TOWER_SCALE_OWN_REDIS=1 always starts our own)
 #   TEST_DATABASE_URL         a PostgreSQL primary
 #   TEST_DATABASE_REPLICA_URL a physical streaming replica of it
 #
@@ -61,7 +62,8 @@ as_pg() {
 
 redis_url() {
   if [ -n "${TEST_REDIS_URL:-}" ]; then echo "$TEST_REDIS_URL"; return; fi
-  if redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; then
+  # TOWER_SCALE_OWN_REDIS=1 skips the machine's Redis (to exercise the start path).
+  if [ -z "${TOWER_SCALE_OWN_REDIS:-}" ] && redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; then
     echo "redis://127.0.0.1:6379"; return
   fi
   mkdir -p "$STATE/redis"
