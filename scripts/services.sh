@@ -55,9 +55,10 @@ pg_bin() {
   echo "$dir"
 }
 
-# PostgreSQL refuses to run as root: run its programs as the postgres user when we are root.
+# PostgreSQL refuses to run as root: run its programs as the postgres user when we are root,
+# from a directory it can enter (its programs chdir back to the working directory).
 as_pg() {
-  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+  if [ "$(id -u)" = 0 ]; then (cd / && runuser -u postgres -- "$@"); else "$@"; fi
 }
 
 redis_url() {
@@ -66,7 +67,7 @@ redis_url() {
   if [ -z "${TOWER_SCALE_OWN_REDIS:-}" ] && redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; then
     echo "redis://127.0.0.1:6379"; return
   fi
-  mkdir -p "$STATE/redis"
+  install -d -m 0755 "$STATE/redis"
   local port
   if [ -f "$STATE/redis/port" ] && redis-cli -p "$(cat "$STATE/redis/port")" ping 2>/dev/null | grep -q PONG; then
     port=$(cat "$STATE/redis/port")
@@ -77,6 +78,8 @@ redis_url() {
       --dir "$STATE/redis" --logfile "$STATE/redis/redis.log" --pidfile "$STATE/redis/redis.pid" >&2
     echo "$port" >"$STATE/redis/port"
     for _ in $(seq 1 50); do redis-cli -p "$port" ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done
+    redis-cli -p "$port" ping 2>/dev/null | grep -q PONG || {
+      log "redis-server did not start; see $STATE/redis/redis.log"; rm -f "$STATE/redis/port"; return 1; }
   fi
   echo "redis://127.0.0.1:$port"
 }
@@ -95,12 +98,14 @@ start_pg_pair() {
   local bin pdir rdir pport rport
   bin=$(pg_bin)
   pdir="$STATE/pg/primary"; rdir="$STATE/pg/replica"
-  mkdir -p "$STATE/pg"
-  [ "$(id -u)" = 0 ] && chown postgres: "$STATE/pg"
+  install -d -m 0755 "$STATE/pg"
+  if [ "$(id -u)" = 0 ]; then chown postgres: "$STATE/pg"; fi
 
   if [ -f "$STATE/pg/ports" ] && pg_running "$pdir" && pg_running "$rdir"; then
     read -r pport rport <"$STATE/pg/ports"
-    pg_wait "$pport" "$pdir/log" && pg_wait "$rport" "$rdir/log"
+    pg_wait "$pport" "$pdir/log" && pg_wait "$rport" "$rdir/log" || return 1
+    # A test run killed while it had replay paused would leave the replica stuck.
+    "$bin/psql" -q -h 127.0.0.1 -p "$rport" -U postgres -d postgres -c 'SELECT pg_wal_replay_resume()' >/dev/null 2>&1 || true
     echo "$pport $rport"; return
   fi
 
@@ -144,10 +149,11 @@ EOF
 
 stop_all() {
   local bin
-  bin=$(pg_bin)
-  for d in "$STATE/pg/replica" "$STATE/pg/primary"; do
-    pg_running "$d" && as_pg "$bin/pg_ctl" stop -D "$d" -m fast >&2 || true
-  done
+  if bin=$(pg_bin); then
+    for d in "$STATE/pg/replica" "$STATE/pg/primary"; do
+      if pg_running "$d"; then as_pg "$bin/pg_ctl" stop -D "$d" -m fast >&2 || true; fi
+    done
+  fi
   if [ -f "$STATE/redis/port" ]; then redis-cli -p "$(cat "$STATE/redis/port")" shutdown nosave 2>/dev/null || true; fi
   log "stopped"
 }
@@ -155,10 +161,11 @@ stop_all() {
 if [ "${1:-}" = stop ]; then stop_all; exit 0; fi
 
 install_packages
-mkdir -p "$STATE"
-REDIS=$(redis_url)
-read -r PPORT RPORT < <(start_pg_pair)
-[ -n "${PPORT:-}" ] && [ -n "${RPORT:-}" ] || { log "could not start PostgreSQL"; exit 1; }
+install -d -m 0755 "$STATE"
+REDIS=$(redis_url) || { log "could not start Redis"; exit 1; }
+PG=$(start_pg_pair) || { log "could not start PostgreSQL; logs under $STATE/pg"; exit 1; }
+read -r PPORT RPORT <<<"$PG"
+[ -n "${PPORT:-}" ] && [ -n "${RPORT:-}" ] || { log "could not start PostgreSQL; logs under $STATE/pg"; exit 1; }
 echo "export TEST_REDIS_URL='$REDIS'"
 echo "export TEST_DATABASE_URL='postgres://postgres@127.0.0.1:$PPORT/postgres'"
 echo "export TEST_DATABASE_REPLICA_URL='postgres://postgres@127.0.0.1:$RPORT/postgres'"

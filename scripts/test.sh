@@ -13,7 +13,13 @@ export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 step() { printf '\n==> %s\n' "$*"; }
 
 step "services"
-eval "$(bash scripts/services.sh)"
+# One run at a time on a machine: the rig test pauses the shared replica's replay.
+state=${TOWER_SCALE_STATE:-/var/tmp/tower-scale}
+install -d -m 0755 "$state"
+exec 9>"$state/test.lock"
+flock 9
+services=$(bash scripts/services.sh) || { echo "services could not be started" >&2; exit 1; }
+eval "$services"
 echo "redis: $TEST_REDIS_URL"
 echo "postgres primary: $TEST_DATABASE_URL"
 echo "postgres replica: $TEST_DATABASE_REPLICA_URL"

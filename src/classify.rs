@@ -4,7 +4,8 @@
 //! service's retries, breakers and dashboards never disagree about what a failure is.
 //! [`HttpClassifier`] is the default: server errors (5xx), transport errors and timeouts are
 //! failures; client errors (4xx) are the client's problem and are not. A call can also be
-//! *slow*: [`Classifier::slow_call`] adds a duration threshold that breakers and metrics use.
+//! *slow*: [`Classifier::slow_call`] adds a duration threshold, for circuit breakers'
+//! slow-call rate.
 //!
 //! # Examples
 //!

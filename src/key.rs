@@ -268,17 +268,19 @@ impl ClientIp {
             ForwardedHeader::Forwarded => http::header::FORWARDED,
         };
         // Several header lines form one list, in order; walk them from the last line back.
+        // Entries are split as bytes: proxies append to the client's own line, so a line
+        // may hold bytes the client chose; only the entry that holds them is unusable, and
+        // the walk stops there, never before it reaches what a trusted proxy appended.
         let mut last_trusted = peer;
         for value in headers.get_all(&name).iter().rev() {
-            let Ok(text) = value.to_str() else {
-                // A line that is not text was not written by a proxy we trust.
-                return last_trusted;
-            };
-            for entry in text.rsplit(',') {
-                let parsed = match self.inner.header {
-                    ForwardedHeader::XForwardedFor => parse_xff_entry(entry),
-                    ForwardedHeader::Forwarded => parse_forwarded_element(entry),
-                };
+            for raw in value.as_bytes().rsplit(|b| *b == b',') {
+                let parsed =
+                    std::str::from_utf8(raw)
+                        .ok()
+                        .and_then(|entry| match self.inner.header {
+                            ForwardedHeader::XForwardedFor => parse_xff_entry(entry),
+                            ForwardedHeader::Forwarded => parse_forwarded_element(entry),
+                        });
                 match parsed {
                     Some(ip) if self.is_trusted(ip) => last_trusted = ip,
                     Some(ip) => return ip,
@@ -330,7 +332,7 @@ impl ClientIpBuilder {
         let mut trusted = Vec::with_capacity(self.trusted.len());
         for t in self.trusted {
             match t {
-                Ok(net) => trusted.push(net.trunc()),
+                Ok(net) => trusted.push(canonical_net(net).trunc()),
                 Err(bad) => {
                     return Err(ConfigError::new(
                         "trusted_proxies",
@@ -360,6 +362,19 @@ impl KeyExtractor for ClientIp {
         let ip = self.client_ip(peer.ip(), req.headers());
         Ok(normalise(ip, self.inner.ipv6_prefix))
     }
+}
+
+/// Writes an IPv4-mapped IPv6 network (`::ffff:10.0.0.0/104`) as the IPv4 network it is,
+/// since addresses are compared in canonical form.
+fn canonical_net(net: IpNet) -> IpNet {
+    if let IpNet::V6(v6) = net
+        && v6.prefix_len() >= 96
+        && let Some(v4) = v6.network().to_ipv4_mapped()
+        && let Ok(n) = ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+    {
+        return IpNet::V4(n);
+    }
+    net
 }
 
 /// Parses one `X-Forwarded-For` entry: an IPv4 or IPv6 address, optionally with a port
@@ -699,6 +714,52 @@ mod tests {
             let got = key.extract(&req_from(c.peer, c.headers)).unwrap();
             assert_eq!(got.to_string(), c.want, "case {}", c.name);
         }
+    }
+
+    #[test]
+    fn client_bytes_in_an_appended_line_cannot_hide_the_client() {
+        // A proxy appended the client's address to the line the client sent, which holds
+        // bytes that are not text: the appended entry still wins.
+        let peer: SocketAddr = "10.0.0.1:1".parse().unwrap();
+        let mut req = Request::new(());
+        req.headers_mut().insert(
+            "x-forwarded-for",
+            http::HeaderValue::from_bytes(b"\xff\xfe junk, 203.0.113.7").unwrap(),
+        );
+        req.extensions_mut().insert(peer);
+        assert_eq!(lb().extract(&req).unwrap().to_string(), "203.0.113.7");
+        // Non-text in the entry that matters stops the walk at the last trusted hop.
+        let mut req = Request::new(());
+        req.headers_mut().insert(
+            "x-forwarded-for",
+            http::HeaderValue::from_bytes(b"203.0.113.7, \xff, 10.2.2.2").unwrap(),
+        );
+        req.extensions_mut().insert(peer);
+        assert_eq!(lb().extract(&req).unwrap().to_string(), "10.2.2.2");
+    }
+
+    #[test]
+    fn mapped_cidrs_and_multiple_forwarded_lines() {
+        let key = ClientIp::builder()
+            .trust_cidr("::ffff:10.0.0.0/104")
+            .build()
+            .unwrap();
+        assert!(key.is_trusted("10.9.8.7".parse().unwrap()));
+        assert!(key.is_trusted("::ffff:10.9.8.7".parse().unwrap()));
+        assert!(!key.is_trusted("11.0.0.1".parse().unwrap()));
+        let fwd = ClientIp::builder()
+            .trust_cidr("10.0.0.0/8")
+            .header(ForwardedHeader::Forwarded)
+            .build()
+            .unwrap();
+        let req = req_from(
+            "10.0.0.1:1",
+            &[
+                ("forwarded", "for=1.1.1.1, for=198.51.100.4"),
+                ("forwarded", "for=10.7.7.7"),
+            ],
+        );
+        assert_eq!(fwd.extract(&req).unwrap().to_string(), "198.51.100.4");
     }
 
     #[test]

@@ -21,6 +21,10 @@
 //! The backend connects lazily: building it never waits for Redis, and a service can start
 //! while Redis is down.
 //!
+//! The timeout runs on `tokio::time`. In a test that pauses time (`start_paused`), Tokio
+//! jumps the clock forward whenever every task waits, including on a Redis reply, so calls
+//! to a real Redis time out at once: test real-Redis paths with real time.
+//!
 //! # Examples
 //!
 //! ```no_run
@@ -121,15 +125,26 @@ impl RedisBackend {
 
     /// The Redis key for `tag` in `namespace`: `{prefix}:{namespace}:{{tag}}`.
     ///
-    /// `tag` is escaped (`%`, `{`, `}` are percent-encoded), so two different tags never
-    /// give the same key and no tag can move the hash slot.
+    /// `tag` is escaped (`%`, `{`, `}` are percent-encoded; the empty tag is written `%`,
+    /// which no escaped tag can be, because Redis ignores an empty `{}`), so two different
+    /// tags never give the same key and no tag can move the hash slot. `namespace` is
+    /// escaped the same way, and its `:` too, so (prefix, namespace) pairs cannot collide.
     pub fn key(&self, namespace: &str, tag: &str) -> String {
-        let tag = escape_key_part(tag);
+        let tag = if tag.is_empty() {
+            std::borrow::Cow::Borrowed("%")
+        } else {
+            escape_key_part(tag)
+        };
+        let namespace = escape_key_part(namespace);
         let mut k =
             String::with_capacity(self.inner.prefix.len() + namespace.len() + tag.len() + 4);
         k.push_str(&self.inner.prefix);
         k.push(':');
-        k.push_str(namespace);
+        if namespace.contains(':') {
+            k.push_str(&namespace.replace(':', "%3A"));
+        } else {
+            k.push_str(&namespace);
+        }
         k.push_str(":{");
         k.push_str(&tag);
         k.push('}');
@@ -311,6 +326,10 @@ mod tests {
         assert_eq!(r.key("rl", "a}b{c"), "app:rl:{a%7Db%7Bc}");
         assert_eq!(r.key_with_suffix("s", "id", "u{1}"), "app:s:{id}:u%7B1%7D");
         assert_ne!(r.key("rl", "%7D"), r.key("rl", "}"));
+        assert_eq!(r.key("rl", ""), "app:rl:{%}");
+        assert_ne!(r.key("rl", ""), r.key("rl", "%"));
+        assert_eq!(r.key("a:b", "t"), "app:a%3Ab:{t}");
+        assert_eq!(r.key("n{s}", "t"), "app:n%7Bs%7D:{t}");
     }
 
     #[tokio::test]

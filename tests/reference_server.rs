@@ -369,7 +369,20 @@ async fn price_route_and_graceful_shutdown() {
 
     // In flight when SIGTERM arrives: it still completes, then the server exits 0.
     let pending = tokio::spawn(async move { get(&base, "/products/7/price").await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Signal only once the call is in flight: the upstream has received it.
+    let upstream_base = upstream.base.clone();
+    support::eventually(
+        "the price call to reach the upstream",
+        Duration::from_secs(10),
+        || {
+            let base = upstream_base.clone();
+            async move {
+                (get(&base, "/admin/faults").await.json()["calls"].as_u64() >= Some(1))
+                    .then_some(())
+            }
+        },
+    )
+    .await;
     server.signal("-TERM");
     let r = pending.await.unwrap();
     assert_eq!(r.status, StatusCode::OK);

@@ -122,6 +122,34 @@ fn parse_url(s: &str, schemes: &[&str]) -> Result<String, String> {
     }
 }
 
+/// The pricing base URL: `http://host[:port][/path]`, no query or fragment (the price path
+/// is appended to it).
+fn parse_pricing_url(s: &str) -> Result<String, String> {
+    let s = parse_url(s, &["http"])?;
+    let uri: http::Uri = s
+        .parse()
+        .map_err(|e| format!("`{s}` is not a valid URL: {e}"))?;
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("`{s}` has no host"));
+    }
+    // `Uri::port` quietly answers `None` for a port it cannot read: check the text.
+    let authority = uri.authority().map_or("", |a| a.as_str());
+    if let Some((_, port)) = authority.rsplit_once(':')
+        && !port.ends_with(']')
+        && port.parse::<u16>().is_err()
+    {
+        return Err(format!(
+            "`{s}` has a port that is not a number in 0..=65535"
+        ));
+    }
+    if uri.query().is_some() || s.contains('#') {
+        return Err(format!(
+            "`{s}` must not have a query or fragment; /price/{{id}} is appended to it"
+        ));
+    }
+    Ok(s.trim_end_matches('/').to_owned())
+}
+
 impl Config {
     /// Reads the configuration from `lookup` (the environment, with `--flag value` and
     /// `--flag=value` arguments taking precedence under the same names, lower-cased with
@@ -183,7 +211,7 @@ impl Config {
             ));
         }
         let pricing_url = get("PRICING_URL")
-            .map(|v| parse_url(&v, &["http"]).map(|u| u.trim_end_matches('/').to_owned()))
+            .map(|v| parse_pricing_url(&v))
             .transpose()
             .map_err(|m| bad("PRICING_URL", m))?;
         let rate_limit = parse_quota(&get("RATE_LIMIT").unwrap_or_else(|| "100/15m".into()))
@@ -288,6 +316,9 @@ mod tests {
             ("CACHE_TTL", "soon"),
             ("REDIS_URL", "localhost:6379"),
             ("PRICING_URL", "ftp://x"),
+            ("PRICING_URL", "http://host:99999"),
+            ("PRICING_URL", "http://host/base?x=1"),
+            ("PRICING_URL", "http:// spaced"),
             ("INSTANCE_ID", "has space"),
         ];
         for (var, value) in cases {

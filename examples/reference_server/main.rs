@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{FromRequestParts, Path, Query, Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -82,13 +82,34 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into())
 }
 
-fn parse_id(raw: &str) -> Result<i64, ApiError> {
-    raw.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| {
-        ApiError(
-            StatusCode::BAD_REQUEST,
-            format!("product id must be a positive integer, not `{raw}`"),
-        )
-    })
+/// Product ids are 1..=MAX_PRODUCT_ID, which bounds what an (until sessions land,
+/// unauthenticated) client can add to the in-memory catalogue.
+const MAX_PRODUCT_ID: i64 = 1_000_000;
+
+/// The `{id}` of a product route; a bad one is a JSON 400, whatever bytes the path holds.
+struct ProductId(i64);
+
+impl<S: Send + Sync> FromRequestParts<S> for ProductId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
+        raw.parse::<i64>()
+            .ok()
+            .filter(|id| (1..=MAX_PRODUCT_ID).contains(id))
+            .map(ProductId)
+            .ok_or_else(|| {
+                ApiError(
+                    StatusCode::BAD_REQUEST,
+                    format!("product id must be a whole number in 1..={MAX_PRODUCT_ID}"),
+                )
+            })
+    }
 }
 
 fn with_db_route(resp: impl IntoResponse) -> Response {
@@ -101,9 +122,8 @@ fn with_db_route(resp: impl IntoResponse) -> Response {
 
 async fn get_product(
     State(s): State<Shared>,
-    Path(raw): Path<String>,
+    ProductId(id): ProductId,
 ) -> Result<Response, ApiError> {
-    let id = parse_id(&raw)?;
     match s.catalog.get(id).map_err(internal)? {
         Some(p) => Ok(with_db_route(Json(p))),
         None => Err(ApiError(StatusCode::NOT_FOUND, format!("no product {id}"))),
@@ -146,12 +166,11 @@ struct ProductInput {
 
 async fn put_product(
     State(s): State<Shared>,
-    Path(raw): Path<String>,
+    ProductId(id): ProductId,
     body: Result<Json<ProductInput>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     // The contract requires a logged-in session here (401 otherwise); that check is added
     // together with the session layer. Until then the route is open.
-    let id = parse_id(&raw)?;
     let Json(input) = body.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
     let name = input.name.trim();
     if name.is_empty() || name.chars().count() > 200 {
@@ -179,8 +198,10 @@ async fn create_export(State(s): State<Shared>) -> Response {
     (StatusCode::ACCEPTED, Json(json!({ "job": job }))).into_response()
 }
 
-async fn get_price(State(s): State<Shared>, Path(raw): Path<String>) -> Result<Response, ApiError> {
-    let id = parse_id(&raw)?;
+async fn get_price(
+    State(s): State<Shared>,
+    ProductId(id): ProductId,
+) -> Result<Response, ApiError> {
     let unavailable = |msg: String| {
         let mut r = ApiError(StatusCode::SERVICE_UNAVAILABLE, msg).into_response();
         r.headers_mut()
@@ -195,6 +216,7 @@ async fn get_price(State(s): State<Shared>, Path(raw): Path<String>) -> Result<R
     };
     let uri = format!("{}/price/{id}", p.base);
     let Ok(uri) = uri.parse::<http::Uri>() else {
+        // PRICING_URL was checked at start; only an id could break it, and ids are numbers.
         return Ok(unavailable("pricing upstream URL is invalid".into()));
     };
     let call = async {
@@ -352,7 +374,11 @@ async fn main() -> ExitCode {
     };
     match run(config).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Err(Failure::Config(e)) => {
+            eprintln!("reference_server: bad configuration: {e}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Run(e)) => {
             eprintln!("reference_server: {e}");
             ExitCode::FAILURE
         }
@@ -368,7 +394,19 @@ fn say(line: std::fmt::Arguments<'_>) {
     let _ = out.flush();
 }
 
-async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+/// Why the server stopped: bad configuration (exit 2) or a failure while running (exit 1).
+enum Failure {
+    Config(String),
+    Run(Box<dyn std::error::Error>),
+}
+
+impl<E: Into<Box<dyn std::error::Error>>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure::Run(e.into())
+    }
+}
+
+async fn run(config: Config) -> Result<(), Failure> {
     let prometheus = PrometheusBuilder::new()
         .with_recommended_naming(true)
         .set_buckets_for_metric(
@@ -402,7 +440,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
             RedisBackend::builder(url.clone())
                 .prefix("reference-server")
                 .build()
-                .map_err(|e| format!("REDIS_URL: {e}"))?,
+                .map_err(|e| Failure::Config(format!("REDIS_URL: {e}")))?,
         ),
     };
     let pricing = config.pricing_url.as_ref().map(|base| {
@@ -416,7 +454,9 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .map_err(|e| format!("cannot listen on {} (LISTEN): {e}", config.listen))?;
+        .map_err(|e| {
+            Failure::Run(format!("cannot listen on {} (LISTEN): {e}", config.listen).into())
+        })?;
     let addr = listener.local_addr()?;
     let instance = config
         .instance_id

@@ -6,6 +6,7 @@
 //! a request then costs one read-mostly map lookup and a few atomic operations.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use ::metrics::{Counter, Gauge, Histogram, Label, SharedString, Unit};
@@ -56,6 +57,7 @@ pub(crate) struct Registry {
     write: Mutex<()>,
     unmatched: OnceLock<Arc<RouteEntry>>,
     overflow: OnceLock<Arc<RouteEntry>>,
+    warned_overflow: AtomicBool,
     described: OnceLock<()>,
 }
 
@@ -92,6 +94,7 @@ impl Registry {
             write: Mutex::new(()),
             unmatched: OnceLock::new(),
             overflow: OnceLock::new(),
+            warned_overflow: AtomicBool::new(false),
             described: OnceLock::new(),
         }
     }
@@ -120,10 +123,15 @@ impl Registry {
         let idx = method_index(method);
         let route_entry = match route {
             None => self.fixed(&self.unmatched, &self.names.unmatched),
-            Some(r) => match self.routes.load().get(r) {
-                Some(e) => Arc::clone(e),
-                None => self.insert_route(r),
-            },
+            Some(r) => {
+                let routes = self.routes.load();
+                match routes.get(r) {
+                    Some(e) => Arc::clone(e),
+                    // Full: no lock, no new series; every further route is overflow.
+                    None if routes.len() >= self.max_routes => self.overflowed(),
+                    None => self.insert_route(r),
+                }
+            }
         };
         Arc::clone(
             route_entry.methods[idx]
@@ -135,6 +143,16 @@ impl Registry {
         Arc::clone(slot.get_or_init(|| Arc::new(RouteEntry::new(Arc::clone(label)))))
     }
 
+    fn overflowed(&self) -> Arc<RouteEntry> {
+        if !self.warned_overflow.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                max_routes = self.max_routes,
+                "http metrics: too many distinct route labels; counting the rest under the overflow label"
+            );
+        }
+        self.fixed(&self.overflow, &self.names.overflow)
+    }
+
     #[cold]
     fn insert_route(&self, route: &str) -> Arc<RouteEntry> {
         let _g = self.write.lock().unwrap_or_else(|p| p.into_inner());
@@ -143,11 +161,7 @@ impl Registry {
             return Arc::clone(e);
         }
         if current.len() >= self.max_routes {
-            tracing::warn!(
-                max_routes = self.max_routes,
-                "http metrics: too many distinct route labels; counting the rest under the overflow label"
-            );
-            return self.fixed(&self.overflow, &self.names.overflow);
+            return self.overflowed();
         }
         let mut next = HashMap::clone(&current);
         let entry = Arc::new(RouteEntry::new(Arc::from(route)));

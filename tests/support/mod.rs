@@ -59,10 +59,16 @@ pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
     dir: PathBuf,
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts one with extra `redis-server` arguments (e.g. `--cluster-enabled yes`).
+    pub fn start_with(extra: &[&str]) -> Self {
         let port = free_port();
         let dir = std::env::temp_dir().join(unique("redis"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -70,6 +76,7 @@ impl RedisServer {
             port,
             child: None,
             dir,
+            extra: extra.iter().map(|a| a.to_string()).collect(),
         };
         s.restart();
         s
@@ -95,6 +102,7 @@ impl RedisServer {
             ])
             .arg("--dir")
             .arg(&self.dir)
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
