@@ -1,7 +1,7 @@
 //! [`ServiceBuilderExt`]: one `ServiceBuilder` method per middleware.
 
 use tower::ServiceBuilder;
-#[cfg(feature = "metrics")]
+#[cfg(any(feature = "metrics", feature = "rate-limit"))]
 use tower::layer::util::Stack;
 
 mod sealed {
@@ -19,6 +19,13 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed + Sized {
         self,
         layer: crate::metrics::HttpMetricsLayer<R, C>,
     ) -> ServiceBuilder<Stack<crate::metrics::HttpMetricsLayer<R, C>, L>>;
+
+    /// Adds [`RateLimitLayer`](crate::rate_limit::RateLimitLayer).
+    #[cfg(feature = "rate-limit")]
+    fn rate_limit<K, S, R>(
+        self,
+        layer: crate::rate_limit::RateLimitLayer<K, S, R>,
+    ) -> ServiceBuilder<Stack<crate::rate_limit::RateLimitLayer<K, S, R>, L>>;
 }
 
 impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
@@ -27,6 +34,14 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
         self,
         layer: crate::metrics::HttpMetricsLayer<R, C>,
     ) -> ServiceBuilder<Stack<crate::metrics::HttpMetricsLayer<R, C>, L>> {
+        self.layer(layer)
+    }
+
+    #[cfg(feature = "rate-limit")]
+    fn rate_limit<K, S, R>(
+        self,
+        layer: crate::rate_limit::RateLimitLayer<K, S, R>,
+    ) -> ServiceBuilder<Stack<crate::rate_limit::RateLimitLayer<K, S, R>, L>> {
         self.layer(layer)
     }
 }

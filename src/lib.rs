@@ -14,6 +14,7 @@
 //! | [`metrics`](crate::metrics) | latency histograms, in-flight gauge, request counter | `metrics` |
 //! | [`key`] | who a request counts against (peer IP, client IP behind trusted proxies, API key) | always |
 //! | [`classify`] | one success/failure/slow verdict shared by every layer | always |
+//! | [`rate_limit`](crate::rate_limit) | GCRA rate limits per client, in-process or shared through Redis | `rate-limit` |
 //! | [`redis`](crate::redis) | the shared Redis backend: connection, key layout, scripts, timeouts | `redis` |
 //!
 //! The path of a request through a fully assembled service, and the layers still to come
@@ -40,6 +41,7 @@
 //! | feature | default | enables |
 //! |---|---|---|
 //! | `metrics` | yes | [`metrics`](crate::metrics) |
+//! | `rate-limit` | no | [`rate_limit`](crate::rate_limit); with `redis`, its `RedisStore` |
 //! | `redis` | no | [`redis`](crate::redis) (redis-rs with Tokio and `ConnectionManager`) |
 //! | `axum` | no | route templates from `MatchedPath`, `ConnectInfo` peer addresses, `RouteKey` |
 //! | `full` | no | all of the above |
@@ -53,14 +55,18 @@
 
 mod builder;
 pub mod classify;
+mod duration;
 mod error;
 pub mod key;
 #[cfg(feature = "metrics")]
 pub mod metrics;
+#[cfg(feature = "rate-limit")]
+pub mod rate_limit;
 #[cfg(feature = "redis")]
 pub mod redis;
 
 pub use builder::ServiceBuilderExt;
+pub use duration::{format_duration, parse_duration};
 
 // The README's examples compile (as doc tests).
 #[cfg(doctest)]

@@ -1,0 +1,111 @@
+//! Durations as people write them in configuration: `500ms`, `30s`, `15m`, `1h`, `2d`.
+
+use std::time::Duration;
+
+use crate::ConfigError;
+
+/// Parses a positive whole number followed by a unit: `ms`, `s`, `m`, `h` or `d`.
+///
+/// ```
+/// use std::time::Duration;
+/// assert_eq!(tower_scale::parse_duration("15m").unwrap(), Duration::from_secs(900));
+/// assert!(tower_scale::parse_duration("15").is_err());
+/// ```
+///
+/// # Errors
+///
+/// A [`ConfigError`] (setting `duration`) saying what is wrong: no unit, an unknown unit,
+/// not a whole number, zero, or too large.
+pub fn parse_duration(s: &str) -> Result<Duration, ConfigError> {
+    let err = |m: String| ConfigError::new("duration", m);
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(|| {
+        err(format!(
+            "`{s}` has no unit; write e.g. 500ms, 30s, 15m or 1h"
+        ))
+    })?;
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| err(format!("`{s}` does not start with a whole number")))?;
+    let secs = |mult: u64| {
+        n.checked_mul(mult)
+            .map(Duration::from_secs)
+            .ok_or_else(|| err(format!("`{s}` is too long")))
+    };
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => secs(1)?,
+        "m" => secs(60)?,
+        "h" => secs(3600)?,
+        "d" => secs(86_400)?,
+        _ => {
+            return Err(err(format!(
+                "`{s}` has unknown unit `{unit}`; use ms, s, m, h or d"
+            )));
+        }
+    };
+    if d.is_zero() {
+        return Err(err(format!("`{s}` is zero; use a positive duration")));
+    }
+    Ok(d)
+}
+
+/// Writes a duration in the largest unit that divides it: `15m`, `1h`, `1500ms`.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        return format!("{}us", d.as_micros());
+    }
+    for (unit, size) in [
+        ("d", 86_400_000u128),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+    ] {
+        if ms.is_multiple_of(size) {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table() {
+        let ok = [
+            ("500ms", Duration::from_millis(500)),
+            ("30s", Duration::from_secs(30)),
+            (" 15m ", Duration::from_secs(900)),
+            ("1h", Duration::from_secs(3600)),
+            ("2d", Duration::from_secs(172_800)),
+        ];
+        for (s, want) in ok {
+            assert_eq!(parse_duration(s).unwrap(), want, "{s}");
+        }
+        for bad in [
+            "",
+            "15",
+            "m",
+            "15x",
+            "0s",
+            "-1s",
+            "1.5s",
+            "99999999999999999999999s",
+            "999999999999999999d",
+        ] {
+            let e = parse_duration(bad).unwrap_err();
+            assert_eq!(e.setting(), "duration", "{bad}");
+        }
+    }
+
+    #[test]
+    fn format_round_trips() {
+        for s in ["500ms", "30s", "15m", "1h", "2d", "90s", "1500ms"] {
+            assert_eq!(format_duration(parse_duration(s).unwrap()), s);
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! [`RateLimitLayer`] and its builder.
+
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+
+use ::metrics::Counter;
+use http::HeaderValue;
+use tower_layer::Layer;
+
+use super::memory::MemoryStore;
+use super::quota::Quota;
+use super::response::{DefaultResponse, OnRateLimited};
+use super::service::RateLimit;
+use super::store::MAX_QUOTAS;
+use crate::ConfigError;
+use crate::key::{KeyExtractor, PeerIp, RequestRef};
+
+type Matcher = Arc<dyn Fn(RequestRef<'_>) -> bool + Send + Sync>;
+type CostFn = Arc<dyn Fn(RequestRef<'_>) -> u32 + Send + Sync>;
+
+/// What to do when the store cannot answer in time (Redis down or slow).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum OnStoreError {
+    /// Admit the request (availability over protection). Counted in metrics.
+    FailOpen,
+    /// Refuse with 503 and `Retry-After: 1` (protection over availability).
+    FailClosed,
+    /// Enforce each quota in this process, scaled to `share` of it (e.g. `1.0 / instances`),
+    /// until the store answers again.
+    Local {
+        /// The fraction of each quota one instance enforces on its own (0 < share <= 1).
+        share: f64,
+    },
+}
+
+pub(crate) struct Rule {
+    pub(crate) quota: Quota,
+    pub(crate) matcher: Option<Matcher>,
+    pub(crate) policy: HeaderValue,
+    pub(crate) allowed: OnceLock<Counter>,
+    pub(crate) refused: OnceLock<Counter>,
+}
+
+impl Rule {
+    pub(crate) fn counter<'a>(
+        &self,
+        slot: &'a OnceLock<Counter>,
+        decision: &'static str,
+    ) -> &'a Counter {
+        slot.get_or_init(|| {
+            ::metrics::counter!(
+                "tower_scale.rate_limit.decisions",
+                "quota" => self.quota.name().to_owned(),
+                "decision" => decision
+            )
+        })
+    }
+}
+
+pub(crate) enum Fallback {
+    Open,
+    Closed,
+    Local {
+        store: MemoryStore,
+        quotas: Vec<Quota>,
+    },
+}
+
+pub(crate) struct Shared<K, S, R> {
+    pub(crate) key: K,
+    pub(crate) store: S,
+    pub(crate) rules: Vec<Rule>,
+    pub(crate) cost: Option<CostFn>,
+    pub(crate) fallback: Fallback,
+    pub(crate) shadow: bool,
+    pub(crate) headers_on_success: bool,
+    pub(crate) x_headers: bool,
+    pub(crate) response: R,
+}
+
+/// Applies [`RateLimit`] to a service. Cheap to clone; clones share quotas' state.
+pub struct RateLimitLayer<K = PeerIp, S = MemoryStore, R = DefaultResponse> {
+    pub(crate) shared: Arc<Shared<K, S, R>>,
+}
+
+impl<K, S, R> Clone for RateLimitLayer<K, S, R> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<K: fmt::Debug, S: fmt::Debug, R> fmt::Debug for RateLimitLayer<K, S, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let quotas: Vec<String> = self
+            .shared
+            .rules
+            .iter()
+            .map(|r| r.quota.to_string())
+            .collect();
+        f.debug_struct("RateLimitLayer")
+            .field("key", &self.shared.key)
+            .field("store", &self.shared.store)
+            .field("quotas", &quotas)
+            .field("shadow", &self.shared.shadow)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RateLimitLayer {
+    /// Starts a builder keyed by the peer IP, with the in-process store.
+    pub fn builder() -> RateLimitLayerBuilder {
+        RateLimitLayerBuilder {
+            key: PeerIp::new(),
+            store: MemoryStore::new(),
+            rules: Vec::new(),
+            cost: None,
+            on_error: OnStoreError::FailOpen,
+            shadow: false,
+            headers_on_success: false,
+            x_headers: false,
+            response: DefaultResponse,
+        }
+    }
+}
+
+impl<In, K: Clone, S: Clone, R> Layer<In> for RateLimitLayer<K, S, R> {
+    type Service = RateLimit<In, K, S, R>;
+
+    fn layer(&self, inner: In) -> Self::Service {
+        RateLimit {
+            inner,
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+/// Builds a [`RateLimitLayer`].
+#[must_use]
+pub struct RateLimitLayerBuilder<K = PeerIp, S = MemoryStore, R = DefaultResponse> {
+    key: K,
+    store: S,
+    rules: Vec<(Quota, Option<Matcher>)>,
+    cost: Option<CostFn>,
+    on_error: OnStoreError,
+    shadow: bool,
+    headers_on_success: bool,
+    x_headers: bool,
+    response: R,
+}
+
+impl<K, S, R> fmt::Debug for RateLimitLayerBuilder<K, S, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimitLayerBuilder")
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K, S, R> RateLimitLayerBuilder<K, S, R> {
+    /// Whose request it is (default: [`PeerIp`]). Requests that cannot be keyed share one
+    /// "unkeyed" bucket per quota.
+    pub fn key<K2: KeyExtractor>(self, key: K2) -> RateLimitLayerBuilder<K2, S, R> {
+        RateLimitLayerBuilder {
+            key,
+            store: self.store,
+            rules: self.rules,
+            cost: self.cost,
+            on_error: self.on_error,
+            shadow: self.shadow,
+            headers_on_success: self.headers_on_success,
+            x_headers: self.x_headers,
+            response: self.response,
+        }
+    }
+
+    /// Where state lives (default: [`MemoryStore`], this process only; use
+    /// [`RedisStore`](super::RedisStore) to share quotas between instances).
+    pub fn store<S2: Clone>(self, store: S2) -> RateLimitLayerBuilder<K, S2, R> {
+        RateLimitLayerBuilder {
+            key: self.key,
+            store,
+            rules: self.rules,
+            cost: self.cost,
+            on_error: self.on_error,
+            shadow: self.shadow,
+            headers_on_success: self.headers_on_success,
+            x_headers: self.x_headers,
+            response: self.response,
+        }
+    }
+
+    /// How refusals are answered (default: [`DefaultResponse`], a JSON 429 or 503).
+    pub fn response<R2: OnRateLimited>(self, response: R2) -> RateLimitLayerBuilder<K, S, R2> {
+        RateLimitLayerBuilder {
+            key: self.key,
+            store: self.store,
+            rules: self.rules,
+            cost: self.cost,
+            on_error: self.on_error,
+            shadow: self.shadow,
+            headers_on_success: self.headers_on_success,
+            x_headers: self.x_headers,
+            response,
+        }
+    }
+
+    /// A quota every request counts against.
+    pub fn quota(mut self, quota: Quota) -> Self {
+        self.rules.push((quota, None));
+        self
+    }
+
+    /// A quota only the requests `applies` selects count against (e.g. one route). All
+    /// quotas that apply to a request are checked together, atomically, in one store call.
+    pub fn quota_for(
+        mut self,
+        quota: Quota,
+        applies: impl Fn(RequestRef<'_>) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.rules.push((quota, Some(Arc::new(applies))));
+        self
+    }
+
+    /// What a request costs (default 1 for every request). A cost of 0 is not checked.
+    pub fn cost(mut self, cost: impl Fn(RequestRef<'_>) -> u32 + Send + Sync + 'static) -> Self {
+        self.cost = Some(Arc::new(cost));
+        self
+    }
+
+    /// What to do when the store cannot answer (default [`OnStoreError::FailOpen`]).
+    pub fn on_store_error(mut self, mode: OnStoreError) -> Self {
+        self.on_error = mode;
+        self
+    }
+
+    /// Decide and report, never refuse: for trying a quota on live traffic.
+    pub fn shadow(mut self, shadow: bool) -> Self {
+        self.shadow = shadow;
+        self
+    }
+
+    /// Also send `RateLimit`/`RateLimit-Policy` on admitted responses (default: on refusals
+    /// only, which is cheaper).
+    pub fn headers_on_success(mut self, on: bool) -> Self {
+        self.headers_on_success = on;
+        self
+    }
+
+    /// Also send `X-RateLimit-Limit`, `-Remaining` and `-Reset` (the quota closest to
+    /// refusing), for clients that predate the IETF fields.
+    pub fn x_ratelimit_headers(mut self, on: bool) -> Self {
+        self.x_headers = on;
+        self
+    }
+
+    /// Validates the configuration.
+    ///
+    /// # Errors
+    ///
+    /// No quota, more than eight, two with one name, or a fallback share outside (0, 1].
+    pub fn build(self) -> Result<RateLimitLayer<K, S, R>, ConfigError> {
+        if self.rules.is_empty() {
+            return Err(ConfigError::new(
+                "quota",
+                "add at least one quota with .quota(...)",
+            ));
+        }
+        if self.rules.len() > MAX_QUOTAS {
+            return Err(ConfigError::new(
+                "quota",
+                format!("at most {MAX_QUOTAS} quotas per layer; use another layer for more"),
+            ));
+        }
+        for (i, (q, _)) in self.rules.iter().enumerate() {
+            if self.rules[..i].iter().any(|(o, _)| o.name() == q.name()) {
+                return Err(ConfigError::new(
+                    "quota name",
+                    format!(
+                        "two quotas are named `{}`; name them apart with .named(...)",
+                        q.name()
+                    ),
+                ));
+            }
+        }
+        let fallback = match self.on_error {
+            OnStoreError::FailOpen => Fallback::Open,
+            OnStoreError::FailClosed => Fallback::Closed,
+            OnStoreError::Local { share } => {
+                if !(share > 0.0 && share <= 1.0) {
+                    return Err(ConfigError::new(
+                        "share",
+                        format!("{share} is not a share; use 0 < share <= 1, e.g. 1/instances"),
+                    ));
+                }
+                Fallback::Local {
+                    store: MemoryStore::new(),
+                    quotas: self.rules.iter().map(|(q, _)| q.share(share)).collect(),
+                }
+            }
+        };
+        let rules = self
+            .rules
+            .into_iter()
+            .map(|(quota, matcher)| Rule {
+                policy: super::response::policy_item(&quota),
+                quota,
+                matcher,
+                allowed: OnceLock::new(),
+                refused: OnceLock::new(),
+            })
+            .collect();
+        Ok(RateLimitLayer {
+            shared: Arc::new(Shared {
+                key: self.key,
+                store: self.store,
+                rules,
+                cost: self.cost,
+                fallback,
+                shadow: self.shadow,
+                headers_on_success: self.headers_on_success,
+                x_headers: self.x_headers,
+                response: self.response,
+            }),
+        })
+    }
+}

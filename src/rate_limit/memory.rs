@@ -1,0 +1,214 @@
+//! [`MemoryStore`]: rate-limit state in this process.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::time::Instant;
+
+use super::gcra::Verdict;
+use super::store::{Decision, MAX_QUOTAS, QuotaRef, Store, StoreFuture};
+use crate::ConfigError;
+
+const SHARDS: usize = 64;
+/// Every this many checks a shard drops the keys whose buckets are full again.
+const SWEEP_EVERY: u32 = 4096;
+
+/// Rate-limit state in this process: a sharded map from key to each quota's GCRA
+/// theoretical arrival time.
+///
+/// Memory stays bounded: a key whose bucket has refilled carries no information (its state
+/// equals having none), so such keys are dropped as the map is used, and memory follows
+/// the number of keys active within one period. A hard cap (`max_keys`, default 1,000,000)
+/// bounds it regardless: when full, a *new* key is judged as if fresh and not remembered
+/// (existing keys are unaffected), and a warning is logged once.
+///
+/// Keys are stored as 64-bit keyed hashes (SipHash with a random key per store), not as
+/// themselves: 16 bytes per key and quota whatever the key type. Two keys share state only
+/// if their hashes collide, which an attacker cannot arrange without the random key.
+///
+/// Clones share state. Each instance of a service has its own: use
+/// [`RedisStore`](super::RedisStore) to share quotas between instances.
+#[derive(Debug, Clone)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    shards: Box<[Padded<Mutex<Shard>>]>,
+    hasher: RandomState,
+    epoch: Instant,
+    max_per_shard: usize,
+    warned_full: AtomicBool,
+}
+
+/// One cache line per shard lock, so shards do not contend through false sharing.
+#[derive(Debug)]
+#[repr(align(64))]
+struct Padded<T>(T);
+
+#[derive(Debug, Default)]
+struct Shard {
+    tats: HashMap<u64, u64, BuildHasherDefault<PreHashed>>,
+    ops: u32,
+}
+
+/// The map's keys are already SipHash outputs: hashing them again would only cost time.
+#[derive(Default)]
+struct PreHashed(u64);
+
+impl Hasher for PreHashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    /// A store remembering at most 1,000,000 keys.
+    pub fn new() -> Self {
+        Self::with_max_keys(1_000_000).expect("the default is valid")
+    }
+
+    /// A store remembering at most `max_keys` keys (per quota).
+    ///
+    /// # Errors
+    ///
+    /// A `max_keys` below 64 (one per shard).
+    pub fn with_max_keys(max_keys: usize) -> Result<Self, ConfigError> {
+        if max_keys < SHARDS {
+            return Err(ConfigError::new(
+                "max_keys",
+                format!("must be at least {SHARDS}"),
+            ));
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                shards: (0..SHARDS)
+                    .map(|_| Padded(Mutex::new(Shard::default())))
+                    .collect(),
+                hasher: RandomState::new(),
+                epoch: Instant::now(),
+                max_per_shard: max_keys / SHARDS,
+                warned_full: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// How many (key, quota) states are held now.
+    pub fn len(&self) -> usize {
+        self.inner
+            .shards
+            .iter()
+            .map(|s| s.0.lock().unwrap_or_else(|p| p.into_inner()).tats.len())
+            .sum()
+    }
+
+    /// True if no state is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn now_us(&self) -> u64 {
+        // Offset by one so that no TAT is ever 0.
+        u64::try_from(self.inner.epoch.elapsed().as_micros()).unwrap_or(u64::MAX - 1) + 1
+    }
+
+    /// Decides synchronously (what [`Store::check`] returns as ready).
+    pub fn decide<K: Hash>(&self, key: &K, quotas: &[QuotaRef<'_>], cost: u64) -> Decision {
+        let h = self.inner.hasher.hash_one(key);
+        let now = self.now_us();
+        let shard = &self.inner.shards[(h as usize) % SHARDS].0;
+        let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+        shard.ops += 1;
+        if shard.ops >= SWEEP_EVERY {
+            shard.sweep(now);
+        }
+        let mut slots = [0u64; MAX_QUOTAS];
+        let mut tats = [None; MAX_QUOTAS];
+        let mut next = [None; MAX_QUOTAS];
+        let mut verdicts = [Verdict {
+            allowed: true,
+            remaining: 0,
+            retry_after_us: 0,
+            reset_us: 0,
+        }; MAX_QUOTAS];
+        let n = quotas.len().min(MAX_QUOTAS);
+        let mut allowed = true;
+        for (i, q) in quotas.iter().take(n).enumerate() {
+            // Each quota's slot: the key's hash moved by a per-quota odd constant.
+            slots[i] = h.wrapping_add((q.index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            tats[i] = shard.tats.get(&slots[i]).copied();
+            let (v, t) = q.gcra.check(tats[i], now, cost);
+            verdicts[i] = v;
+            next[i] = t;
+            allowed &= v.allowed;
+        }
+        if allowed {
+            for i in 0..n {
+                if let Some(t) = next[i] {
+                    shard.store(
+                        slots[i],
+                        t,
+                        now,
+                        self.inner.max_per_shard,
+                        &self.inner.warned_full,
+                    );
+                }
+            }
+        } else {
+            // Nothing was taken: report every quota as it stands.
+            for (i, q) in quotas.iter().take(n).enumerate() {
+                if verdicts[i].allowed {
+                    verdicts[i] = q.gcra.state(tats[i], now);
+                }
+            }
+        }
+        Decision::new(verdicts.into_iter().take(n))
+    }
+}
+
+impl Shard {
+    fn sweep(&mut self, now: u64) {
+        self.tats.retain(|_, tat| *tat > now);
+        self.ops = 0;
+    }
+
+    fn store(&mut self, slot: u64, tat: u64, now: u64, max: usize, warned: &AtomicBool) {
+        if self.tats.len() >= max && !self.tats.contains_key(&slot) {
+            self.sweep(now);
+            if self.tats.len() >= max {
+                if !warned.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        max_keys = max * SHARDS,
+                        "rate limit: in-process store is full; new keys are not remembered until others expire"
+                    );
+                }
+                ::metrics::counter!("tower_scale.rate_limit.store_full").increment(1);
+                return;
+            }
+        }
+        self.tats.insert(slot, tat);
+    }
+}
+
+impl<K: Hash> Store<K> for MemoryStore {
+    fn check(&self, key: &K, quotas: &[QuotaRef<'_>], cost: u64) -> StoreFuture {
+        StoreFuture::Ready(Ok(self.decide(key, quotas, cost)))
+    }
+}

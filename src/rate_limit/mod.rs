@@ -1,0 +1,113 @@
+//! Rate limiting that holds across instances: GCRA, in this process or in Redis.
+//!
+//! [`RateLimitLayer`] admits or refuses each request against one or more [`Quota`]s per
+//! client. It uses GCRA (the generic cell rate algorithm): one number per client and quota,
+//! exact limits, smooth refill, no fixed-window bursts at window edges. The arithmetic
+//! lives in [`gcra`], free of I/O.
+//!
+//! Where the state lives is the [`Store`]:
+//!
+//! - [`MemoryStore`] (default): this process only, a sharded map with bounded memory.
+//!   Right for one instance; with N instances a client gets N times the quota.
+//! - [`RedisStore`] (feature `redis`): every instance shares the quota. One Lua script,
+//!   one round trip per request whatever the number of quotas, evaluated with Redis's clock.
+//!
+//! All quotas that apply to a request are checked together and atomically: a request
+//! refused by one quota consumes nothing of the others. Requests are keyed by a
+//! [`KeyExtractor`](crate::key::KeyExtractor): the peer IP by default, the client IP behind
+//! trusted proxies, an API key, anything.
+//!
+//! A refusal is a 429 with `Retry-After` (honest: waiting that long gets the same request
+//! admitted) and the IETF `RateLimit-Policy`/`RateLimit` headers
+//! (draft-ietf-httpapi-ratelimit-headers-10), optionally `X-RateLimit-*`; its body comes from
+//! an [`OnRateLimited`]; the typed [`RateLimited`] is in the response extensions.
+//!
+//! When the store fails (Redis down, or slower than the backend's timeout), the layer does
+//! what [`OnStoreError`] says: admit, refuse with 503, or enforce a per-instance share of
+//! each quota locally until the store answers again. [`RateLimitLayerBuilder::shadow`]
+//! decides and counts without refusing.
+//!
+//! Metrics: `tower_scale.rate_limit.decisions` (counter; labels `quota`, `decision` =
+//! `allowed`/`refused`), `tower_scale.rate_limit.store_errors`, and the Redis round trips
+//! of the [backend](crate::redis).
+//!
+//! # Examples
+//!
+//! Default: 100 requests per 15 minutes per peer IP, in this process.
+//!
+//! ```
+//! use tower_scale::rate_limit::RateLimitLayer;
+//!
+//! let layer = RateLimitLayer::builder().quota("100/15m".parse()?).build()?;
+//! # let _ = layer;
+//! # Ok::<(), tower_scale::ConfigError>(())
+//! ```
+//!
+//! Customised: shared through Redis by every instance, clients behind a load balancer, an
+//! extra quota on one route (both checked in one round trip), and a local half-share
+//! fallback while Redis is down.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tower_scale::key::ClientIp;
+//! use tower_scale::rate_limit::{OnStoreError, Quota, RateLimitLayer, RedisStore};
+//! use tower_scale::redis::RedisBackend;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let redis = RedisBackend::builder("redis://127.0.0.1:6379")
+//!     .timeout(Duration::from_millis(30))
+//!     .build()?;
+//! let layer = RateLimitLayer::builder()
+//!     .key(ClientIp::builder().trust_cidr("10.0.0.0/8").build()?)
+//!     .store(RedisStore::new(redis))
+//!     .quota("100/15m".parse::<Quota>()?.named("api")?)
+//!     .quota_for("10/1h".parse::<Quota>()?.named("export")?, |req| {
+//!         req.method == http::Method::POST && req.uri.path() == "/exports"
+//!     })
+//!     .on_store_error(OnStoreError::Local { share: 0.5 })
+//!     .headers_on_success(true)
+//!     .build()?;
+//! # let _ = layer;
+//! # Ok(()) }
+//! ```
+//!
+//! # Errors
+//!
+//! [`RateLimitLayerBuilder::build`] returns a [`ConfigError`](crate::ConfigError) for no
+//! quota, more than [`MAX_QUOTAS`], duplicate names, or a bad fallback share. The service
+//! never fails a request itself: refusals are responses, and the inner service's errors
+//! pass through.
+//!
+//! # Panics
+//!
+//! [`ResponseFuture`] panics if polled after it completed.
+//!
+//! # Cancel safety
+//!
+//! A decision is made (and, if admitted, its units taken) before the inner service is
+//! called. Dropping the future after that does not return the units.
+
+mod body;
+mod future;
+pub mod gcra;
+mod layer;
+mod memory;
+mod quota;
+#[cfg(feature = "redis")]
+mod redis_store;
+mod response;
+mod service;
+mod store;
+
+pub use body::RateLimitBody;
+pub use future::ResponseFuture;
+pub use layer::{OnStoreError, RateLimitLayer, RateLimitLayerBuilder};
+pub use memory::MemoryStore;
+pub use quota::Quota;
+#[cfg(feature = "redis")]
+pub use redis_store::RedisStore;
+pub use response::{
+    DefaultResponse, OnRateLimited, QuotaStatus, RATELIMIT, RATELIMIT_POLICY, RateLimited, Reason,
+};
+pub use service::{BucketKey, RateLimit};
+pub use store::{Decision, MAX_QUOTAS, QuotaRef, Store, StoreFuture};

@@ -1,0 +1,273 @@
+//! Refusals: the typed [`RateLimited`], the response a refusal gets, and the headers.
+//!
+//! Headers follow draft-ietf-httpapi-ratelimit-headers-10: `RateLimit-Policy` lists each
+//! quota that applied (`"api";q=100;w=900`), `RateLimit` its state (`"api";r=42;t=30`:
+//! remaining units, seconds until it is full again). A refusal adds `Retry-After`, rounded
+//! up so that waiting that many seconds gets the same request admitted.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::RETRY_AFTER;
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+
+use super::gcra::Verdict;
+use super::quota::Quota;
+
+/// `RateLimit-Policy`.
+pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+/// `RateLimit`.
+pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+const X_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+const X_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+const X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+
+/// One quota's state after a decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QuotaStatus {
+    /// The quota's name.
+    pub name: Arc<str>,
+    /// Requests per window.
+    pub limit: u32,
+    /// The window.
+    pub window: Duration,
+    /// Units still available.
+    pub remaining: u64,
+    /// Until the quota is full again.
+    pub reset: Duration,
+    /// Until this quota admits the request (`None`: never, its cost exceeds the burst;
+    /// zero: it admits it now).
+    pub retry_after: Option<Duration>,
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Reason {
+    /// A quota is used up.
+    QuotaExceeded,
+    /// The store could not answer and the layer fails closed.
+    StoreUnavailable,
+}
+
+/// A refused request: put in the refusal response's extensions, and what the response
+/// builder gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RateLimited {
+    /// Why.
+    pub reason: Reason,
+    /// When the same request will be admitted (`None` if it never will: its cost exceeds a
+    /// quota's burst, or the store is down).
+    pub retry_after: Option<Duration>,
+    /// Every quota that applied, refusing or not.
+    pub quotas: Vec<QuotaStatus>,
+}
+
+impl fmt::Display for RateLimited {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.reason {
+            Reason::StoreUnavailable => f.write_str("rate limiter unavailable; try again shortly"),
+            Reason::QuotaExceeded => {
+                let names: Vec<&str> = self
+                    .quotas
+                    .iter()
+                    .filter(|q| q.retry_after != Some(Duration::ZERO))
+                    .map(|q| &*q.name)
+                    .collect();
+                write!(f, "rate limit exceeded ({})", names.join(", "))?;
+                match self.retry_after {
+                    Some(d) => write!(f, "; retry in {} s", ceil_secs(d)),
+                    None => f.write_str("; this request is larger than the quota allows"),
+                }
+            }
+        }
+    }
+}
+
+impl std::error::Error for RateLimited {}
+
+/// Builds the response for a refused request. The layer adds `Retry-After`, the rate-limit
+/// headers and the [`RateLimited`] extension afterwards, so implementations only choose
+/// status and body.
+pub trait OnRateLimited: Clone + Send + Sync + 'static {
+    /// The response for `refusal`.
+    fn response(&self, refusal: &RateLimited) -> Response<Full<Bytes>>;
+}
+
+/// 429 (or 503 when the store is down and the layer fails closed) with a JSON body
+/// `{"error": "..."}`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DefaultResponse;
+
+impl OnRateLimited for DefaultResponse {
+    fn response(&self, refusal: &RateLimited) -> Response<Full<Bytes>> {
+        let status = match refusal.reason {
+            Reason::QuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
+            Reason::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        let msg = refusal
+            .to_string()
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"");
+        let mut resp = Response::new(Full::new(Bytes::from(format!("{{\"error\":\"{msg}\"}}"))));
+        *resp.status_mut() = status;
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        resp
+    }
+}
+
+fn ceil_secs(d: Duration) -> u64 {
+    d.as_micros()
+        .div_ceil(1_000_000)
+        .try_into()
+        .unwrap_or(u64::MAX)
+}
+
+fn us_to_secs_ceil(us: u64) -> u64 {
+    us.div_ceil(1_000_000)
+}
+
+/// `"name";q=LIMIT;w=WINDOW_SECONDS` for one quota.
+pub(crate) fn policy_item(q: &Quota) -> HeaderValue {
+    let w = ceil_secs(q.period()).max(1);
+    // Names are restricted to token characters, so this is always a valid header value.
+    HeaderValue::from_str(&format!("\"{}\";q={};w={}", q.name(), q.limit(), w))
+        .unwrap_or_else(|_| HeaderValue::from_static("\"default\""))
+}
+
+pub(crate) fn status(q: &Quota, v: &Verdict) -> QuotaStatus {
+    QuotaStatus {
+        name: Arc::from(q.name()),
+        limit: q.limit(),
+        window: q.period(),
+        remaining: v.remaining,
+        reset: Duration::from_micros(v.reset_us),
+        retry_after: (v.retry_after_us != u64::MAX)
+            .then(|| Duration::from_micros(v.retry_after_us)),
+    }
+}
+
+/// Writes `RateLimit-Policy`, `RateLimit` and (if asked) `X-RateLimit-*` for the quotas
+/// that applied, in order.
+pub(crate) fn write_headers(
+    headers: &mut HeaderMap,
+    applied: &[(&Quota, &HeaderValue, Verdict)],
+    x_headers: bool,
+) {
+    let mut policy = Vec::with_capacity(32 * applied.len());
+    let mut state = String::with_capacity(32 * applied.len());
+    for (i, (q, p, v)) in applied.iter().enumerate() {
+        if i > 0 {
+            policy.extend_from_slice(b", ");
+            state.push_str(", ");
+        }
+        policy.extend_from_slice(p.as_bytes());
+        state.push_str(&format!(
+            "\"{}\";r={};t={}",
+            q.name(),
+            v.remaining,
+            us_to_secs_ceil(v.reset_us)
+        ));
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&policy) {
+        headers.insert(RATELIMIT_POLICY, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&state) {
+        headers.insert(RATELIMIT, v);
+    }
+    if x_headers
+        && let Some((q, _, v)) = applied
+            .iter()
+            .min_by_key(|(_, _, v)| (v.allowed, v.remaining))
+    {
+        headers.insert(X_LIMIT, HeaderValue::from(q.limit()));
+        headers.insert(X_REMAINING, HeaderValue::from(v.remaining));
+        headers.insert(X_RESET, HeaderValue::from(us_to_secs_ceil(v.reset_us)));
+    }
+}
+
+/// Adds `Retry-After` (whole seconds, rounded up) when the refusal has one.
+pub(crate) fn write_retry_after(headers: &mut HeaderMap, retry_after: Option<Duration>) {
+    if let Some(d) = retry_after {
+        headers.insert(RETRY_AFTER, HeaderValue::from(ceil_secs(d).max(1)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(allowed: bool, remaining: u64, retry_us: u64, reset_us: u64) -> Verdict {
+        Verdict {
+            allowed,
+            remaining,
+            retry_after_us: retry_us,
+            reset_us,
+        }
+    }
+
+    #[test]
+    fn header_format_matches_the_draft() {
+        let api: Quota = "100/15m".parse::<Quota>().unwrap().named("api").unwrap();
+        let export: Quota = "10/1h".parse::<Quota>().unwrap().named("export").unwrap();
+        let (pa, pe) = (policy_item(&api), policy_item(&export));
+        assert_eq!(pa, "\"api\";q=100;w=900");
+        let mut h = HeaderMap::new();
+        write_headers(
+            &mut h,
+            &[
+                (&api, &pa, v(true, 42, 0, 29_000_001)),
+                (&export, &pe, v(false, 0, 5_000_000, 3_600_000_000)),
+            ],
+            true,
+        );
+        assert_eq!(
+            h[RATELIMIT_POLICY],
+            "\"api\";q=100;w=900, \"export\";q=10;w=3600"
+        );
+        assert_eq!(h[RATELIMIT], "\"api\";r=42;t=30, \"export\";r=0;t=3600");
+        // X-RateLimit-* describe the refusing quota.
+        assert_eq!(h[X_LIMIT], "10");
+        assert_eq!(h[X_REMAINING], "0");
+    }
+
+    #[test]
+    fn retry_after_rounds_up_and_is_at_least_one() {
+        let mut h = HeaderMap::new();
+        write_retry_after(&mut h, Some(Duration::from_millis(1)));
+        assert_eq!(h[RETRY_AFTER], "1");
+        write_retry_after(&mut h, Some(Duration::from_millis(2001)));
+        assert_eq!(h[RETRY_AFTER], "3");
+        let mut h = HeaderMap::new();
+        write_retry_after(&mut h, None);
+        assert!(h.get(RETRY_AFTER).is_none());
+    }
+
+    #[test]
+    fn default_response_is_json() {
+        let r = RateLimited {
+            reason: Reason::QuotaExceeded,
+            retry_after: Some(Duration::from_secs(9)),
+            quotas: vec![],
+        };
+        let resp = DefaultResponse.response(&r);
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        let r = RateLimited {
+            reason: Reason::StoreUnavailable,
+            retry_after: None,
+            quotas: vec![],
+        };
+        assert_eq!(
+            DefaultResponse.response(&r).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+}

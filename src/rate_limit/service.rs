@@ -1,0 +1,282 @@
+//! The [`RateLimit`] service.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{HeaderMap, Request, Response};
+use tower_service::Service;
+
+use super::body::RateLimitBody;
+use super::future::{Post, ResponseFuture};
+use super::gcra::Verdict;
+use super::layer::{Fallback, Shared};
+use super::response::{self, OnRateLimited, RateLimited, Reason};
+use super::store::{Decision, MAX_QUOTAS, QuotaRef, Store, StoreFuture};
+use crate::StoreUnavailable;
+use crate::key::{KeyExtractor, RequestRef};
+
+/// Admits or refuses each request against its quotas. Built by
+/// [`RateLimitLayer`](super::RateLimitLayer).
+pub struct RateLimit<In, K, S, R> {
+    pub(crate) inner: In,
+    pub(crate) shared: Arc<Shared<K, S, R>>,
+}
+
+impl<In: Clone, K, S, R> Clone for RateLimit<In, K, S, R> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<In: fmt::Debug, K, S, R> fmt::Debug for RateLimit<In, K, S, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimit")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The key a request's state is kept under: its client key, or one shared bucket for the
+/// requests the extractor could not key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum BucketKey<K> {
+    /// The client's key.
+    Key(K),
+    /// No key could be extracted.
+    Unkeyed,
+}
+
+impl<K: fmt::Display> fmt::Display for BucketKey<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BucketKey::Key(k) => write!(f, "k:{k}"),
+            BucketKey::Unkeyed => f.write_str("unkeyed"),
+        }
+    }
+}
+
+/// Which of the layer's quotas applied to a request.
+#[derive(Clone, Copy)]
+pub(crate) struct Applied {
+    idx: [u8; MAX_QUOTAS],
+    n: usize,
+}
+
+impl Applied {
+    fn indices(&self) -> &[u8] {
+        &self.idx[..self.n]
+    }
+}
+
+enum Verdicted {
+    Admit(Post),
+    Refuse(http::Response<http_body_util::Full<bytes::Bytes>>),
+}
+
+static WARNED_UNKEYED: AtomicBool = AtomicBool::new(false);
+
+impl<K, S, R: OnRateLimited> Shared<K, S, R> {
+    fn refs(&self, applied: &Applied) -> ([QuotaRef<'_>; MAX_QUOTAS], usize) {
+        let first = QuotaRef {
+            index: 0,
+            name: self.rules[0].quota.name(),
+            gcra: self.rules[0].quota.gcra(),
+        };
+        let mut refs = [first; MAX_QUOTAS];
+        for (slot, &i) in refs.iter_mut().zip(applied.indices()) {
+            let q = &self.rules[usize::from(i)].quota;
+            *slot = QuotaRef {
+                index: usize::from(i),
+                name: q.name(),
+                gcra: q.gcra(),
+            };
+        }
+        (refs, applied.n)
+    }
+
+    fn conclude(&self, applied: &Applied, decision: &Decision) -> Verdicted {
+        let verdicts = decision.verdicts();
+        for (&i, v) in applied.indices().iter().zip(verdicts) {
+            let rule = &self.rules[usize::from(i)];
+            let slot = if v.allowed {
+                &rule.allowed
+            } else {
+                &rule.refused
+            };
+            rule.counter(slot, if v.allowed { "allowed" } else { "refused" })
+                .increment(1);
+        }
+        if decision.allowed() || self.shadow {
+            if !decision.allowed() {
+                tracing::debug!("rate limit (shadow): would have refused");
+            }
+            if self.headers_on_success {
+                let mut h = HeaderMap::new();
+                self.write_headers(&mut h, applied, verdicts);
+                return Verdicted::Admit(Post::Headers(Box::new(h)));
+            }
+            return Verdicted::Admit(Post::Nothing);
+        }
+        let retry_after = verdicts
+            .iter()
+            .filter(|v| !v.allowed)
+            .map(|v| v.retry_after_us)
+            .max()
+            .filter(|us| *us != u64::MAX)
+            .map(Duration::from_micros);
+        let refusal = RateLimited {
+            reason: Reason::QuotaExceeded,
+            retry_after,
+            quotas: applied
+                .indices()
+                .iter()
+                .zip(verdicts)
+                .map(|(&i, v)| response::status(&self.rules[usize::from(i)].quota, v))
+                .collect(),
+        };
+        let mut resp = self.response.response(&refusal);
+        self.write_headers(resp.headers_mut(), applied, verdicts);
+        response::write_retry_after(resp.headers_mut(), retry_after);
+        resp.extensions_mut().insert(refusal);
+        Verdicted::Refuse(resp)
+    }
+
+    fn write_headers(&self, h: &mut HeaderMap, applied: &Applied, verdicts: &[Verdict]) {
+        let rows: Vec<_> = applied
+            .indices()
+            .iter()
+            .zip(verdicts)
+            .map(|(&i, v)| {
+                let rule = &self.rules[usize::from(i)];
+                (&rule.quota, &rule.policy, *v)
+            })
+            .collect();
+        response::write_headers(h, &rows, self.x_headers);
+    }
+
+    fn store_failed<Key: std::hash::Hash>(
+        &self,
+        key: &Key,
+        applied: &Applied,
+        cost: u64,
+        err: &StoreUnavailable,
+    ) -> Verdicted {
+        ::metrics::counter!("tower_scale.rate_limit.store_errors").increment(1);
+        tracing::debug!(error = %err, "rate limit: store unavailable");
+        match &self.fallback {
+            Fallback::Open => Verdicted::Admit(Post::Nothing),
+            Fallback::Closed => {
+                let refusal = RateLimited {
+                    reason: Reason::StoreUnavailable,
+                    retry_after: Some(Duration::from_secs(1)),
+                    quotas: Vec::new(),
+                };
+                let mut resp = self.response.response(&refusal);
+                response::write_retry_after(resp.headers_mut(), refusal.retry_after);
+                resp.extensions_mut().insert(refusal);
+                Verdicted::Refuse(resp)
+            }
+            Fallback::Local { store, quotas } => {
+                let refs: Vec<QuotaRef<'_>> = applied
+                    .indices()
+                    .iter()
+                    .map(|&i| {
+                        let q = &quotas[usize::from(i)];
+                        QuotaRef {
+                            index: usize::from(i),
+                            name: q.name(),
+                            gcra: q.gcra(),
+                        }
+                    })
+                    .collect();
+                let decision = store.decide(key, &refs, cost);
+                self.conclude(applied, &decision)
+            }
+        }
+    }
+}
+
+impl<In, K, S, R, B, ResBody> Service<Request<B>> for RateLimit<In, K, S, R>
+where
+    In: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + 'static,
+    In::Future: Send + 'static,
+    In::Error: Send + 'static,
+    ResBody: Send + 'static,
+    B: Send + 'static,
+    K: KeyExtractor,
+    S: Store<BucketKey<K::Key>>,
+    R: OnRateLimited,
+{
+    type Response = Response<RateLimitBody<ResBody>>;
+    type Error = In::Error;
+    type Future = ResponseFuture<In::Future, Result<Response<ResBody>, In::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let shared = &*self.shared;
+        let view = RequestRef::from(&req);
+        let mut applied = Applied {
+            idx: [0; MAX_QUOTAS],
+            n: 0,
+        };
+        for (i, rule) in shared.rules.iter().enumerate() {
+            if rule.matcher.as_ref().is_none_or(|m| m(view)) {
+                applied.idx[applied.n] = i as u8;
+                applied.n += 1;
+            }
+        }
+        let cost = shared.cost.as_ref().map_or(1, |f| f(view));
+        if applied.n == 0 || cost == 0 {
+            return ResponseFuture::calling(self.inner.call(req), Post::Nothing);
+        }
+        let key = match shared.key.extract(&req) {
+            Ok(k) => BucketKey::Key(k),
+            Err(e) => {
+                if !WARNED_UNKEYED.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "rate limit: request could not be keyed; unkeyed requests share one bucket");
+                }
+                BucketKey::Unkeyed
+            }
+        };
+        let cost = u64::from(cost);
+        let (refs, n) = shared.refs(&applied);
+        match shared.store.check(&key, &refs[..n], cost) {
+            StoreFuture::Ready(result) => {
+                let verdicted = match result {
+                    Ok(d) => shared.conclude(&applied, &d),
+                    Err(e) => shared.store_failed(&key, &applied, cost, &e),
+                };
+                match verdicted {
+                    Verdicted::Admit(post) => ResponseFuture::calling(self.inner.call(req), post),
+                    Verdicted::Refuse(resp) => ResponseFuture::refused(resp),
+                }
+            }
+            StoreFuture::Pending(check) => {
+                // The readiness `poll_ready` obtained belongs to `self.inner`: take it into the
+                // future, leave a clone for the next request.
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                let shared = Arc::clone(&self.shared);
+                ResponseFuture::deciding(Box::pin(async move {
+                    let verdicted = match check.await {
+                        Ok(d) => shared.conclude(&applied, &d),
+                        Err(e) => shared.store_failed(&key, &applied, cost, &e),
+                    };
+                    match verdicted {
+                        Verdicted::Admit(post) => (Some(inner.call(req).await), post),
+                        Verdicted::Refuse(resp) => (None, Post::Refuse(resp)),
+                    }
+                }))
+            }
+        }
+    }
+}
