@@ -62,7 +62,7 @@ for i = 1, n do
 end
 if allowed then
   for i = 1, n do
-    -- '%.0f': Lua's default conversion (%.14g) would round a microsecond timestamp.
+    -- Stored as plain integer text; read back exactly by tonumber above.
     local ttl = math.ceil((new_tats[i] - now) / 1000) + 1
     redis.call('SET', KEYS[i], string.format('%.0f', new_tats[i]), 'PX', string.format('%.0f', ttl))
   end

@@ -18,7 +18,17 @@ pub struct QuotaRef<'a> {
     pub(crate) gcra: Gcra,
 }
 
-impl QuotaRef<'_> {
+impl<'a> QuotaRef<'a> {
+    /// `quota` at position `index` of its layer: what a layer hands its store (public for
+    /// stores' own tests).
+    pub fn new(index: usize, quota: &'a super::Quota) -> Self {
+        Self {
+            index,
+            name: quota.name(),
+            gcra: quota.gcra(),
+        }
+    }
+
     /// The quota's position in its layer (0..MAX_QUOTAS): a stable slot for its state.
     pub fn index(&self) -> usize {
         self.index

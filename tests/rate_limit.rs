@@ -1,0 +1,624 @@
+//! Rate limiting against real Redis (and the in-process store), through the layer.
+
+mod support;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use tower::{Service, ServiceExt};
+use tower_scale::key::ClientIp;
+use tower_scale::rate_limit::gcra::{self, Gcra};
+use tower_scale::rate_limit::{
+    MemoryStore, OnStoreError, Quota, QuotaRef, RATELIMIT, RATELIMIT_POLICY, RateLimitLayer,
+    RateLimited, RedisStore,
+};
+use tower_scale::redis::RedisBackend;
+
+type Inner = tower::util::BoxCloneSyncService<Request<()>, Response<Full<Bytes>>, Infallible>;
+
+fn ok_service() -> Inner {
+    tower::util::BoxCloneSyncService::new(tower::service_fn(|_req: Request<()>| async {
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+    }))
+}
+
+fn backend(url: &str, prefix: &str) -> RedisBackend {
+    RedisBackend::builder(url)
+        .prefix(prefix)
+        .timeout(Duration::from_millis(250))
+        .build()
+        .unwrap()
+}
+
+fn req(peer: &str, method: &str, path: &str) -> Request<()> {
+    let mut r = Request::builder()
+        .method(method)
+        .uri(path)
+        .body(())
+        .unwrap();
+    r.extensions_mut()
+        .insert(peer.parse::<SocketAddr>().unwrap());
+    r
+}
+
+fn quota(s: &str, name: &str) -> Quota {
+    s.parse::<Quota>().unwrap().named(name).unwrap()
+}
+
+async fn status<S>(svc: &mut S, r: Request<()>) -> (StatusCode, http::HeaderMap)
+where
+    S: Service<
+            Request<()>,
+            Response = Response<tower_scale::rate_limit::RateLimitBody<Full<Bytes>>>,
+            Error = Infallible,
+        >,
+{
+    let resp = svc.ready().await.unwrap().call(r).await.unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    resp.into_body().collect().await.unwrap();
+    (status, headers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_admit_exactly_the_quota() {
+    let prefix = support::unique("rl3");
+    let n = 100;
+    // Three "instances": each its own layer and its own Redis connection.
+    let instances: Vec<_> = (0..3)
+        .map(|_| {
+            RateLimitLayer::builder()
+                .store(RedisStore::new(backend(&support::redis_url(), &prefix)))
+                .quota(quota(&format!("{n}/1h"), "shared"))
+                .on_store_error(OnStoreError::FailClosed)
+                .build()
+                .unwrap()
+                .layer_service(ok_service())
+        })
+        .collect();
+    let mut tasks = Vec::new();
+    for i in 0..(3 * n) {
+        let svc = instances[i % 3].clone();
+        tasks.push(tokio::spawn(async move {
+            let resp = svc
+                .oneshot(req("198.51.100.7:1000", "GET", "/"))
+                .await
+                .unwrap();
+            resp.status()
+        }));
+    }
+    let mut admitted = 0;
+    let mut refused = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            StatusCode::OK => admitted += 1,
+            StatusCode::TOO_MANY_REQUESTS => refused += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(admitted, n, "exactly the quota across instances");
+    assert_eq!(refused, 2 * n);
+}
+
+/// A small deterministic generator, so a failure can be reproduced from its seed.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self, below: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % below
+    }
+}
+
+#[tokio::test]
+async fn redis_script_and_rust_gcra_agree() {
+    let store = RedisStore::new(backend(&support::redis_url(), &support::unique("diff")));
+    for seed in 1..=12u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let nq = 1 + rng.next(3) as usize;
+        let quotas: Vec<Quota> = (0..nq)
+            .map(|i| {
+                let q: Quota = format!("{}/{}s", 1 + rng.next(20), 1 + rng.next(60))
+                    .parse()
+                    .unwrap();
+                let burst = 1 + rng.next(u64::from(q.limit()) + 3) as u32;
+                q.burst(burst).unwrap().named(&format!("q{i}")).unwrap()
+            })
+            .collect();
+        let gcras: Vec<Gcra> = quota_refs(&quotas).iter().map(|r| r.gcra()).collect();
+        let key = format!("seed{seed}");
+        let mut now = 1_700_000_000_000_000u64;
+        let mut tats: Vec<Option<u64>> = vec![None; nq];
+        for step in 0..150 {
+            now += rng.next(3_000_000);
+            let cost = 1 + rng.next(4);
+            let (want, stored) = gcra::check_all(&gcras, &tats, now, cost);
+            let layer_refs = quota_refs(&quotas);
+            let (got, redis_now) = store
+                .check_at(&key, &layer_refs, cost, Some(now))
+                .await
+                .unwrap();
+            assert_eq!(redis_now, now);
+            assert_eq!(got.allowed(), stored.is_some(), "seed {seed} step {step}");
+            assert_eq!(got.verdicts(), &want[..], "seed {seed} step {step}");
+            if let Some(t) = stored {
+                tats = t.into_iter().map(Some).collect();
+            }
+        }
+    }
+}
+
+fn quota_refs(quotas: &[Quota]) -> Vec<QuotaRef<'_>> {
+    quotas
+        .iter()
+        .enumerate()
+        .map(|(i, q)| QuotaRef::new(i, q))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_refusal_by_one_quota_consumes_none_of_the_others() {
+    for (name, store) in stores() {
+        let mut svc = RateLimitLayer::builder()
+            .store(store)
+            .quota(quota("5/1h", "api"))
+            .quota_for(quota("2/1h", "export"), |r| {
+                r.method == http::Method::POST && r.uri.path() == "/exports"
+            })
+            .build()
+            .unwrap()
+            .layer_service(ok_service());
+        let peer = "192.0.2.10:1";
+        assert_eq!(
+            status(&mut svc, req(peer, "POST", "/exports")).await.0,
+            StatusCode::OK,
+            "{name}"
+        );
+        assert_eq!(
+            status(&mut svc, req(peer, "POST", "/exports")).await.0,
+            StatusCode::OK,
+            "{name}"
+        );
+        let (s, h) = status(&mut svc, req(peer, "POST", "/exports")).await;
+        assert_eq!(
+            s,
+            StatusCode::TOO_MANY_REQUESTS,
+            "{name}: export quota used up"
+        );
+        assert_eq!(
+            h[RATELIMIT_POLICY], "\"api\";q=5;w=3600, \"export\";q=2;w=3600",
+            "{name}"
+        );
+        assert!(
+            h[RATELIMIT].to_str().unwrap().starts_with("\"api\";r=3;"),
+            "{name}: {:?}",
+            h[RATELIMIT]
+        );
+        // The refused export took nothing from `api`: 3 more GETs pass, the 4th does not.
+        for i in 0..3 {
+            assert_eq!(
+                status(&mut svc, req(peer, "GET", "/x")).await.0,
+                StatusCode::OK,
+                "{name} get {i}"
+            );
+        }
+        assert_eq!(
+            status(&mut svc, req(peer, "GET", "/x")).await.0,
+            StatusCode::TOO_MANY_REQUESTS,
+            "{name}"
+        );
+    }
+}
+
+fn stores() -> Vec<(&'static str, StoreKind)> {
+    vec![
+        ("memory", StoreKind::Memory(MemoryStore::new())),
+        (
+            "redis",
+            StoreKind::Redis(RedisStore::new(backend(
+                &support::redis_url(),
+                &support::unique("atom"),
+            ))),
+        ),
+    ]
+}
+
+/// Either store, so one test body runs against both.
+#[derive(Clone)]
+enum StoreKind {
+    Memory(MemoryStore),
+    Redis(RedisStore),
+}
+
+impl<K: std::hash::Hash + std::fmt::Display> tower_scale::rate_limit::Store<K> for StoreKind {
+    fn check(
+        &self,
+        key: &K,
+        quotas: &[QuotaRef<'_>],
+        cost: u64,
+    ) -> tower_scale::rate_limit::StoreFuture {
+        match self {
+            StoreKind::Memory(s) => s.check(key, quotas, cost),
+            StoreKind::Redis(s) => s.check(key, quotas, cost),
+        }
+    }
+}
+
+#[tokio::test]
+async fn costs_weigh_requests() {
+    for (name, store) in stores() {
+        let mut svc = RateLimitLayer::builder()
+            .store(store)
+            .quota(quota("5/1h", "units"))
+            .cost(|r| {
+                r.headers
+                    .get("x-cost")
+                    .and_then(|v| v.to_str().ok()?.parse().ok())
+                    .unwrap_or(1)
+            })
+            .build()
+            .unwrap()
+            .layer_service(ok_service());
+        let with_cost = |c: &str| {
+            let mut r = req("192.0.2.20:1", "GET", "/");
+            r.headers_mut().insert("x-cost", c.parse().unwrap());
+            r
+        };
+        assert_eq!(
+            status(&mut svc, with_cost("3")).await.0,
+            StatusCode::OK,
+            "{name}"
+        );
+        assert_eq!(
+            status(&mut svc, with_cost("3")).await.0,
+            StatusCode::TOO_MANY_REQUESTS,
+            "{name}"
+        );
+        assert_eq!(
+            status(&mut svc, with_cost("2")).await.0,
+            StatusCode::OK,
+            "{name}"
+        );
+        // Larger than the burst: refused, and no Retry-After can be honest.
+        let (s, h) = status(&mut svc, with_cost("6")).await;
+        assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{name}");
+        assert!(h.get(http::header::RETRY_AFTER).is_none(), "{name}");
+        // Cost 0 is not counted at all.
+        assert_eq!(
+            status(&mut svc, with_cost("0")).await.0,
+            StatusCode::OK,
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn retry_after_is_honest_against_redis() {
+    let mut svc = RateLimitLayer::builder()
+        .store(RedisStore::new(backend(
+            &support::redis_url(),
+            &support::unique("honest"),
+        )))
+        .quota(quota("2/2s", "fast"))
+        .build()
+        .unwrap()
+        .layer_service(ok_service());
+    let peer = "192.0.2.30:1";
+    assert_eq!(
+        status(&mut svc, req(peer, "GET", "/")).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        status(&mut svc, req(peer, "GET", "/")).await.0,
+        StatusCode::OK
+    );
+    let (s, h) = status(&mut svc, req(peer, "GET", "/")).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+    let wait: u64 = h[http::header::RETRY_AFTER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&wait), "Retry-After {wait}");
+    tokio::time::sleep(Duration::from_secs(wait)).await;
+    assert_eq!(
+        status(&mut svc, req(peer, "GET", "/")).await.0,
+        StatusCode::OK,
+        "admitted after Retry-After"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_is_exact_in_process() {
+    let mut svc = RateLimitLayer::builder()
+        .quota(quota("3/1m", "m"))
+        .x_ratelimit_headers(true)
+        .build()
+        .unwrap()
+        .layer_service(ok_service());
+    let peer = "192.0.2.31:1";
+    for _ in 0..3 {
+        assert_eq!(
+            status(&mut svc, req(peer, "GET", "/")).await.0,
+            StatusCode::OK
+        );
+    }
+    let resp = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(req(peer, "GET", "/"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    let refusal = resp
+        .extensions()
+        .get::<RateLimited>()
+        .cloned()
+        .expect("typed refusal in extensions");
+    let h = resp.headers();
+    assert_eq!(h[http::header::RETRY_AFTER], "20");
+    assert_eq!(h["x-ratelimit-limit"], "3");
+    assert_eq!(h["x-ratelimit-remaining"], "0");
+    assert_eq!(h["ratelimit"], "\"m\";r=0;t=60");
+    assert_eq!(h["content-type"], "application/json");
+    let wait = refusal.retry_after.unwrap();
+    tokio::time::advance(wait - Duration::from_millis(1)).await;
+    assert_eq!(
+        status(&mut svc, req(peer, "GET", "/")).await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert_eq!(
+        status(&mut svc, req(peer, "GET", "/")).await.0,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn spoofed_forwarded_for_from_an_untrusted_peer_is_ignored() {
+    let mut svc = RateLimitLayer::builder()
+        .key(
+            ClientIp::builder()
+                .trust_cidr("10.0.0.0/8")
+                .build()
+                .unwrap(),
+        )
+        .quota(quota("3/1h", "q"))
+        .build()
+        .unwrap()
+        .layer_service(ok_service());
+    for i in 0..4 {
+        let mut r = req("203.0.113.5:999", "GET", "/");
+        r.headers_mut().insert(
+            "x-forwarded-for",
+            format!("10.0.0.{i}, 198.51.100.{i}").parse().unwrap(),
+        );
+        let want = if i < 3 {
+            StatusCode::OK
+        } else {
+            StatusCode::TOO_MANY_REQUESTS
+        };
+        assert_eq!(status(&mut svc, r).await.0, want, "request {i}");
+    }
+    // Behind a trusted proxy, the forwarded client is the key.
+    let mut r = req("10.1.1.1:1", "GET", "/");
+    r.headers_mut()
+        .insert("x-forwarded-for", "198.51.100.77".parse().unwrap());
+    assert_eq!(status(&mut svc, r).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn shadow_mode_counts_but_never_refuses() {
+    let mut svc = RateLimitLayer::builder()
+        .quota(quota("1/1h", "q"))
+        .shadow(true)
+        .headers_on_success(true)
+        .build()
+        .unwrap()
+        .layer_service(ok_service());
+    for _ in 0..5 {
+        let (s, h) = status(&mut svc, req("192.0.2.40:1", "GET", "/")).await;
+        assert_eq!(s, StatusCode::OK);
+        assert!(h.contains_key(RATELIMIT));
+    }
+}
+
+#[tokio::test]
+async fn store_failure_modes_with_redis_killed() {
+    let mut server = support::RedisServer::start();
+    let timeout = Duration::from_millis(50);
+    let make = |mode: OnStoreError| {
+        let b = RedisBackend::builder(server.url())
+            .prefix("modes")
+            .timeout(timeout)
+            .build()
+            .unwrap();
+        RateLimitLayer::builder()
+            .store(RedisStore::new(b))
+            .quota(quota("4/1h", "q"))
+            .on_store_error(mode)
+            .build()
+            .unwrap()
+            .layer_service(ok_service())
+    };
+    let mut open = make(OnStoreError::FailOpen);
+    let mut closed = make(OnStoreError::FailClosed);
+    let mut local = make(OnStoreError::Local { share: 0.5 });
+    assert_eq!(
+        status(&mut open, req("192.0.2.50:1", "GET", "/")).await.0,
+        StatusCode::OK
+    );
+
+    server.kill();
+    let timed =
+        |took: Duration| assert!(took < timeout + Duration::from_millis(250), "took {took:?}");
+    for i in 0..6 {
+        let t = Instant::now();
+        assert_eq!(
+            status(&mut open, req("192.0.2.51:1", "GET", "/")).await.0,
+            StatusCode::OK,
+            "open {i}"
+        );
+        timed(t.elapsed());
+        let t = Instant::now();
+        let (s, h) = status(&mut closed, req("192.0.2.51:1", "GET", "/")).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "closed {i}");
+        assert_eq!(h[http::header::RETRY_AFTER], "1");
+        timed(t.elapsed());
+    }
+    // Local: half of 4 = 2 per instance while Redis is down.
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        let t = Instant::now();
+        got.push(status(&mut local, req("192.0.2.52:1", "GET", "/")).await.0);
+        timed(t.elapsed());
+    }
+    assert_eq!(
+        got,
+        [
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::TOO_MANY_REQUESTS,
+            StatusCode::TOO_MANY_REQUESTS
+        ]
+    );
+
+    // Redis is back: shared limiting resumes without a restart (4 per hour for a new key).
+    server.restart();
+    let peer = "192.0.2.53:1";
+    support::eventually("limiting to resume", Duration::from_secs(10), || {
+        let mut c = closed.clone();
+        async move {
+            (status(&mut c, req("192.0.2.99:1", "GET", "/")).await.0 == StatusCode::OK)
+                .then_some(())
+        }
+    })
+    .await;
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(status(&mut closed, req(peer, "GET", "/")).await.0);
+    }
+    assert_eq!(statuses[..4], [StatusCode::OK; 4]);
+    assert_eq!(statuses[4], StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
+async fn unkeyed_requests_share_a_bucket_and_unmatched_quotas_are_skipped() {
+    let mut svc = RateLimitLayer::builder()
+        .quota_for(quota("2/1h", "only-api"), |r| {
+            r.uri.path().starts_with("/api")
+        })
+        .build()
+        .unwrap()
+        .layer_service(ok_service());
+    // No peer address at all: one shared bucket.
+    let bare = || Request::builder().uri("/api/x").body(()).unwrap();
+    assert_eq!(status(&mut svc, bare()).await.0, StatusCode::OK);
+    assert_eq!(status(&mut svc, bare()).await.0, StatusCode::OK);
+    assert_eq!(
+        status(&mut svc, bare()).await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // A path no quota applies to is never limited.
+    for _ in 0..5 {
+        assert_eq!(
+            status(&mut svc, req("192.0.2.60:1", "GET", "/other"))
+                .await
+                .0,
+            StatusCode::OK
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn memory_stays_bounded() {
+    let store = MemoryStore::with_max_keys(64 * 100).unwrap();
+    let q = quota("1/10ms", "tiny");
+    let refs = [QuotaRef::new(0, &q)];
+    for i in 0..20_000u32 {
+        store.decide(&i, &refs, 1);
+    }
+    assert!(
+        store.len() <= 64 * 100,
+        "the hard cap holds: {}",
+        store.len()
+    );
+    // Once every bucket has refilled, use sweeps the keys away. Drive every shard with
+    // requests that are refused (cost over the burst), which store nothing themselves.
+    tokio::time::advance(Duration::from_millis(20)).await;
+    for i in 0..(2 * 64 * 4096u32) {
+        store.decide(&(1_000_000 + i), &refs, 2);
+    }
+    assert_eq!(store.len(), 0, "refilled keys are dropped");
+}
+
+#[test]
+fn bad_configuration_is_an_error() {
+    assert_eq!(
+        RateLimitLayer::builder().build().unwrap_err().setting(),
+        "quota"
+    );
+    let e = RateLimitLayer::builder()
+        .quota(quota("1/1s", "a"))
+        .quota(quota("2/1s", "a"))
+        .build()
+        .unwrap_err();
+    assert_eq!(e.setting(), "quota name");
+    let e = RateLimitLayer::builder()
+        .quota(quota("1/1s", "a"))
+        .on_store_error(OnStoreError::Local { share: 0.0 })
+        .build()
+        .unwrap_err();
+    assert_eq!(e.setting(), "share");
+    let mut b = RateLimitLayer::builder();
+    for i in 0..9 {
+        b = b.quota(quota("1/1s", &format!("q{i}")));
+    }
+    assert!(b.build().is_err());
+    assert!(MemoryStore::with_max_keys(10).is_err());
+}
+
+#[test]
+fn public_types_are_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<RateLimitLayer>();
+    assert_send_sync::<
+        tower_scale::rate_limit::RateLimit<
+            Inner,
+            tower_scale::key::PeerIp,
+            RedisStore,
+            tower_scale::rate_limit::DefaultResponse,
+        >,
+    >();
+    assert_send_sync::<MemoryStore>();
+    assert_send_sync::<RedisStore>();
+    fn assert_send<T: Send>() {}
+    assert_send::<
+        <tower_scale::rate_limit::RateLimit<
+            Inner,
+            tower_scale::key::PeerIp,
+            RedisStore,
+            tower_scale::rate_limit::DefaultResponse,
+        > as Service<Request<()>>>::Future,
+    >();
+}
+
+trait LayerExt {
+    fn layer_service<S>(&self, inner: S) -> <Self as tower::Layer<S>>::Service
+    where
+        Self: tower::Layer<S>;
+}
+impl<T> LayerExt for T {
+    fn layer_service<S>(&self, inner: S) -> <Self as tower::Layer<S>>::Service
+    where
+        Self: tower::Layer<S>,
+    {
+        tower::Layer::layer(self, inner)
+    }
+}
