@@ -13,8 +13,8 @@ use tower::{Service, ServiceExt};
 use tower_scale::key::ClientIp;
 use tower_scale::rate_limit::gcra::{self, Gcra};
 use tower_scale::rate_limit::{
-    MemoryStore, OnStoreError, Quota, QuotaRef, RATELIMIT, RATELIMIT_POLICY, RateLimitLayer,
-    RateLimited, RedisStore,
+    AnyStore, MemoryStore, OnStoreError, Quota, QuotaRef, RATELIMIT, RATELIMIT_POLICY,
+    RateLimitLayer, RateLimited, RedisStore,
 };
 use tower_scale::redis::RedisBackend;
 
@@ -215,38 +215,14 @@ async fn a_refusal_by_one_quota_consumes_none_of_the_others() {
     }
 }
 
-fn stores() -> Vec<(&'static str, StoreKind)> {
+fn stores() -> Vec<(&'static str, AnyStore)> {
     vec![
-        ("memory", StoreKind::Memory(MemoryStore::new())),
+        ("memory", MemoryStore::new().into()),
         (
             "redis",
-            StoreKind::Redis(RedisStore::new(backend(
-                &support::redis_url(),
-                &support::unique("atom"),
-            ))),
+            RedisStore::new(backend(&support::redis_url(), &support::unique("atom"))).into(),
         ),
     ]
-}
-
-/// Either store, so one test body runs against both.
-#[derive(Clone)]
-enum StoreKind {
-    Memory(MemoryStore),
-    Redis(RedisStore),
-}
-
-impl<K: std::hash::Hash + std::fmt::Display> tower_scale::rate_limit::Store<K> for StoreKind {
-    fn check(
-        &self,
-        key: &K,
-        quotas: &[QuotaRef<'_>],
-        cost: u64,
-    ) -> tower_scale::rate_limit::StoreFuture {
-        match self {
-            StoreKind::Memory(s) => s.check(key, quotas, cost),
-            StoreKind::Redis(s) => s.check(key, quotas, cost),
-        }
-    }
 }
 
 #[tokio::test]

@@ -472,3 +472,104 @@ fn bad_configuration_stops_start_with_the_variable_named() {
         assert!(!stderr.contains("panicked"), "{var}: {stderr}");
     }
 }
+
+#[tokio::test]
+async fn quotas_are_enforced_with_honest_headers() {
+    let server = Proc::start(
+        "reference_server",
+        &[("RATE_LIMIT", "4/1h"), ("EXPORT_RATE_LIMIT", "2/1h")],
+    );
+    let base = &server.base;
+    for i in 0..4 {
+        let r = get(base, "/products/1").await;
+        assert_eq!(r.status, StatusCode::OK, "request {i}");
+        assert_eq!(r.headers["ratelimit-policy"], "\"api\";q=4;w=3600");
+        assert!(
+            r.headers["ratelimit"]
+                .to_str()
+                .unwrap()
+                .starts_with(&format!("\"api\";r={};", 3 - i))
+        );
+    }
+    let r = get(base, "/products/1").await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    let wait: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(
+        (900..=901).contains(&wait),
+        "one emission interval (15 min): {wait}"
+    );
+    assert!(r.json()["error"].as_str().unwrap().contains("api"));
+    assert_eq!(
+        r.headers["x-served-by"],
+        server.base.trim_start_matches("http://")
+    );
+    // Never limited.
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        for _ in 0..6 {
+            assert_eq!(get(base, path).await.status, StatusCode::OK, "{path}");
+        }
+    }
+    let m = String::from_utf8(get(base, "/metrics").await.body.to_vec()).unwrap();
+    assert!(
+        m.contains(r#"tower_scale_rate_limit_decisions_total{quota="api",decision="refused"} 1"#),
+        "{m}"
+    );
+    assert!(m.contains(r#"http_response_status_code="429""#));
+}
+
+#[tokio::test]
+async fn exports_cost_both_quotas_and_a_refused_export_costs_neither() {
+    let server = Proc::start(
+        "reference_server",
+        &[("RATE_LIMIT", "10/1h"), ("EXPORT_RATE_LIMIT", "2/1h")],
+    );
+    let base = &server.base;
+    for _ in 0..2 {
+        assert_eq!(
+            call(base, Method::POST, "/exports", &[], "").await.status,
+            StatusCode::ACCEPTED
+        );
+    }
+    let r = call(base, Method::POST, "/exports", &[], "").await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        r.headers["ratelimit-policy"],
+        "\"api\";q=10;w=3600, \"export\";q=2;w=3600"
+    );
+    // 10 - 2 exports = 8 reads left; the refused export took none.
+    for i in 0..8 {
+        assert_eq!(
+            get(base, "/products/1").await.status,
+            StatusCode::OK,
+            "read {i}"
+        );
+    }
+    assert_eq!(
+        get(base, "/products/1").await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+#[tokio::test]
+async fn instances_sharing_redis_share_the_quota() {
+    let redis = support::RedisServer::start();
+    let env = [
+        ("REDIS_URL", redis.url()),
+        ("RATE_LIMIT", "4/1h".to_owned()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let a = Proc::start("reference_server", &env);
+    let b = Proc::start("reference_server", &env);
+    for base in [&a.base, &b.base, &a.base, &b.base] {
+        assert_eq!(get(base, "/products/2").await.status, StatusCode::OK);
+    }
+    // Four admitted in all: both instances now refuse this client.
+    assert_eq!(
+        get(&a.base, "/products/2").await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        get(&b.base, "/products/2").await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}

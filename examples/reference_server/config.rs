@@ -5,19 +5,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tower_scale::key::ClientIp;
-
-/// A quota: `limit` requests per `period`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Quota {
-    pub limit: u32,
-    pub period: Duration,
-}
-
-impl fmt::Display for Quota {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{:?}", self.limit, self.period)
-    }
-}
+use tower_scale::parse_duration;
+use tower_scale::rate_limit::Quota;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -50,52 +39,6 @@ fn bad(var: &'static str, message: impl Into<String>) -> BadVar {
         var,
         message: message.into(),
     }
-}
-
-/// Parses `500ms`, `30s`, `15m`, `1h`, `2d`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("`{s}` has no unit; write e.g. 500ms, 30s, 15m or 1h"))?;
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` does not start with a whole number"))?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n.saturating_mul(60)),
-        "h" => Duration::from_secs(n.saturating_mul(3600)),
-        "d" => Duration::from_secs(n.saturating_mul(86_400)),
-        _ => {
-            return Err(format!(
-                "`{s}` has unknown unit `{unit}`; use ms, s, m, h or d"
-            ));
-        }
-    };
-    if d.is_zero() {
-        return Err(format!("`{s}` is zero; use a positive duration"));
-    }
-    Ok(d)
-}
-
-/// Parses a quota `N/DURATION`, e.g. `100/15m`.
-pub fn parse_quota(s: &str) -> Result<Quota, String> {
-    let (n, d) = s
-        .split_once('/')
-        .ok_or_else(|| format!("`{s}` is not N/DURATION; write e.g. 100/15m"))?;
-    let limit: u32 = n
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{n}` is not a whole number of requests"))?;
-    if limit == 0 {
-        return Err("a quota of 0 refuses everything; use at least 1".into());
-    }
-    Ok(Quota {
-        limit,
-        period: parse_duration(d)?,
-    })
 }
 
 fn parse_bool(s: &str) -> Result<bool, String> {
@@ -214,11 +157,15 @@ impl Config {
             .map(|v| parse_pricing_url(&v))
             .transpose()
             .map_err(|m| bad("PRICING_URL", m))?;
-        let rate_limit = parse_quota(&get("RATE_LIMIT").unwrap_or_else(|| "100/15m".into()))
-            .map_err(|m| bad("RATE_LIMIT", m))?;
-        let export_rate_limit =
-            parse_quota(&get("EXPORT_RATE_LIMIT").unwrap_or_else(|| "10/1h".into()))
-                .map_err(|m| bad("EXPORT_RATE_LIMIT", m))?;
+        let quota = |var: &'static str, default: &str, name: &str| {
+            get(var)
+                .unwrap_or_else(|| default.into())
+                .parse::<Quota>()
+                .and_then(|q| q.named(name))
+                .map_err(|e| bad(var, e.to_string()))
+        };
+        let rate_limit = quota("RATE_LIMIT", "100/15m", "api")?;
+        let export_rate_limit = quota("EXPORT_RATE_LIMIT", "10/1h", "export")?;
         let client_ip = ClientIp::builder()
             .trust_cidrs(&get("TRUSTED_PROXIES").unwrap_or_default())
             .build()
@@ -229,7 +176,7 @@ impl Config {
             .map_err(|m| bad("SESSION_COOKIE_SECURE", m))?
             .unwrap_or(true);
         let cache_ttl = parse_duration(&get("CACHE_TTL").unwrap_or_else(|| "60s".into()))
-            .map_err(|m| bad("CACHE_TTL", m))?;
+            .map_err(|e| bad("CACHE_TTL", e.to_string()))?;
 
         Ok(Self {
             listen,
@@ -279,30 +226,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations_and_quotas() {
-        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
+    fn quotas_are_named_for_their_headers() {
+        let c = Config::from_lookup(|v| (v == "RATE_LIMIT").then(|| "5/1m".to_owned())).unwrap();
+        assert_eq!((c.rate_limit.name(), c.rate_limit.limit()), ("api", 5));
         assert_eq!(
-            parse_quota("100/15m").unwrap(),
-            Quota {
-                limit: 100,
-                period: Duration::from_secs(900)
-            }
+            (c.export_rate_limit.name(), c.export_rate_limit.limit()),
+            ("export", 10)
         );
-        for bad in [
-            "",
-            "15",
-            "m",
-            "15x",
-            "0s",
-            "-1s",
-            "99999999999999999999999s",
-        ] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
-        for bad in ["100", "0/1m", "x/1m", "10/", "10/1y"] {
-            assert!(parse_quota(bad).is_err(), "{bad}");
-        }
     }
 
     #[test]
@@ -310,6 +240,7 @@ mod tests {
         let cases = [
             ("LISTEN", "nope"),
             ("RATE_LIMIT", "lots"),
+            ("RATE_LIMIT", "0/1m"),
             ("EXPORT_RATE_LIMIT", "1/forever"),
             ("TRUSTED_PROXIES", "10.0.0.0/99"),
             ("SESSION_COOKIE_SECURE", "maybe"),

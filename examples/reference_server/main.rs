@@ -6,9 +6,10 @@
 //! `LISTEN`, `INSTANCE_ID`, `REDIS_URL`, `PRICING_URL`, `RATE_LIMIT`, `EXPORT_RATE_LIMIT`,
 //! `TRUSTED_PROXIES`, `SESSION_COOKIE_SECURE`, `CACHE_TTL`.
 //!
-//! What this build assembles: latency histograms on every route, the shared Redis backend
-//! (readiness), and the embedded catalogue. Caching, rate limits, sessions, read/write
-//! routing, retries and the circuit breaker join as their layers land (see CHANGELOG.md).
+//! What this build assembles: latency histograms on every route, per-client rate limits
+//! (shared through Redis when `REDIS_URL` is set), the shared Redis backend, and the
+//! embedded catalogue. Caching, sessions, read/write routing, retries and the circuit
+//! breaker join as their layers land (see CHANGELOG.md).
 
 mod catalog;
 mod config;
@@ -38,6 +39,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tower_scale::key::{ClientIp, KeyExtractor};
 use tower_scale::metrics::{DEFAULT_DURATION_BUCKETS, DURATION_METRIC, HttpMetricsLayer};
+use tower_scale::rate_limit::{AnyStore, MemoryStore, OnStoreError, RateLimitLayer, RedisStore};
 use tower_scale::redis::RedisBackend;
 use tracing::Instrument;
 
@@ -315,7 +317,32 @@ async fn identify(State(s): State<Shared>, mut req: Request, next: Next) -> Resp
     resp
 }
 
-fn app(state: Shared) -> Router {
+/// `RATE_LIMIT` per client on `/products*` and `/exports`, plus `EXPORT_RATE_LIMIT` on
+/// `POST /exports` (both checked in one store call). Shared through Redis when configured;
+/// while Redis is down each instance enforces the quotas on its own. `/metrics`,
+/// `/healthz` and `/readyz` are never limited.
+fn rate_limit(config: &Config, redis: Option<&RedisBackend>) -> RateLimitLayer<ClientIp, AnyStore> {
+    let store: AnyStore = match redis {
+        Some(r) => RedisStore::new(r.clone()).into(),
+        None => MemoryStore::new().into(),
+    };
+    RateLimitLayer::builder()
+        .key(config.client_ip.clone())
+        .store(store)
+        .quota_for(config.rate_limit.clone(), |r| {
+            let p = r.uri.path();
+            p == "/products" || p.starts_with("/products/") || p == "/exports"
+        })
+        .quota_for(config.export_rate_limit.clone(), |r| {
+            r.method == http::Method::POST && r.uri.path() == "/exports"
+        })
+        .on_store_error(OnStoreError::Local { share: 1.0 })
+        .headers_on_success(true)
+        .build()
+        .expect("two distinct quota names and a valid share")
+}
+
+fn app(state: Shared, limits: RateLimitLayer<ClientIp, AnyStore>) -> Router {
     Router::new()
         .route("/products", get(list_products))
         .route("/products/{id}", get(get_product).put(put_product))
@@ -326,6 +353,7 @@ fn app(state: Shared) -> Router {
         .route("/readyz", get(readyz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(limits)
         .layer(HttpMetricsLayer::new())
         .layer(middleware::from_fn_with_state(state.clone(), identify))
         .with_state(state)
@@ -492,9 +520,10 @@ async fn run(config: Config) -> Result<(), Failure> {
     ));
 
     let notify = Arc::new(tokio::sync::Notify::new());
+    let limits = rate_limit(&config, redis.as_ref());
     let server = axum::serve(
         listener,
-        app(state).into_make_service_with_connect_info::<SocketAddr>(),
+        app(state, limits).into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown_signal(Arc::clone(&notify)));
     let grace = async {

@@ -119,3 +119,37 @@ pub trait Store<K>: Clone + Send + Sync + 'static {
     /// Evaluates a request of `cost` units by `key` against `quotas`.
     fn check(&self, key: &K, quotas: &[QuotaRef<'_>], cost: u64) -> StoreFuture;
 }
+
+/// The in-process or the Redis store, chosen at run time (e.g. from configuration).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum AnyStore {
+    /// [`MemoryStore`](super::MemoryStore).
+    Memory(super::MemoryStore),
+    /// [`RedisStore`](super::RedisStore).
+    #[cfg(feature = "redis")]
+    Redis(super::RedisStore),
+}
+
+impl From<super::MemoryStore> for AnyStore {
+    fn from(s: super::MemoryStore) -> Self {
+        AnyStore::Memory(s)
+    }
+}
+
+#[cfg(feature = "redis")]
+impl From<super::RedisStore> for AnyStore {
+    fn from(s: super::RedisStore) -> Self {
+        AnyStore::Redis(s)
+    }
+}
+
+impl<K: std::hash::Hash + fmt::Display> Store<K> for AnyStore {
+    fn check(&self, key: &K, quotas: &[QuotaRef<'_>], cost: u64) -> StoreFuture {
+        match self {
+            AnyStore::Memory(s) => s.check(key, quotas, cost),
+            #[cfg(feature = "redis")]
+            AnyStore::Redis(s) => s.check(key, quotas, cost),
+        }
+    }
+}
