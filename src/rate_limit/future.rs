@@ -18,7 +18,7 @@ pub(crate) enum Post {
     /// Add these headers to the inner response.
     Headers(Box<HeaderMap>),
     /// Refused: answer with this instead.
-    Refuse(Response<Full<Bytes>>),
+    Refuse(Box<Response<Full<Bytes>>>),
 }
 
 type Deciding<O> = Pin<Box<dyn Future<Output = (Option<O>, Post)> + Send>>;
@@ -39,7 +39,7 @@ pin_project! {
         // Waiting for the store (Redis); the inner call follows in the same boxed future.
         Deciding { fut: Deciding<O> },
         // Refused in `call`.
-        Refused { resp: Option<Response<Full<Bytes>>> },
+        Refused { resp: Option<Box<Response<Full<Bytes>>>> },
     }
 }
 
@@ -65,7 +65,7 @@ impl<F, O> ResponseFuture<F, O> {
         }
     }
 
-    pub(crate) fn refused(resp: Response<Full<Bytes>>) -> Self {
+    pub(crate) fn refused(resp: Box<Response<Full<Bytes>>>) -> Self {
         Self {
             state: State::Refused { resp: Some(resp) },
         }
@@ -96,13 +96,15 @@ where
                 let (out, post) = ready!(fut.as_mut().poll(cx));
                 match (out, post) {
                     (Some(res), post) => Poll::Ready(res.map(|r| finish(r, post))),
-                    (None, Post::Refuse(resp)) => Poll::Ready(Ok(resp.map(RateLimitBody::refusal))),
+                    (None, Post::Refuse(resp)) => {
+                        Poll::Ready(Ok((*resp).map(RateLimitBody::refusal)))
+                    }
                     (None, _) => unreachable!("a request that was not called is always refused"),
                 }
             }
             StateProj::Refused { resp } => {
                 let resp = resp.take().expect("ResponseFuture polled after completion");
-                Poll::Ready(Ok(resp.map(RateLimitBody::refusal)))
+                Poll::Ready(Ok((*resp).map(RateLimitBody::refusal)))
             }
         }
     }

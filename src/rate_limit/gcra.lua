@@ -5,15 +5,11 @@
 -- ARGV[1]    cost of the request
 -- ARGV[2]    "" to use Redis TIME (always, in production); a number to decide at that
 --            instant instead (used by the tests that compare this script with gcra.rs)
--- ARGV[2+2i-1], ARGV[2+2i]   emission interval (us) and burst of quota i
+-- ARGV[1+2i], ARGV[2+2i]   emission interval (us) and burst of quota i
 --
 -- Returns {allowed, now, then per quota: remaining, retry_after_us (-1: never), reset_us}.
--- A refused request writes nothing.
-
-local function idiv(a, b)
-  -- Exact floor division for whole numbers below 2^53 (a plain a/b may round up).
-  return (a - a % b) / b
-end
+-- A refused request writes nothing. Redis runs scripts one at a time, so this is written
+-- to allocate little: at high concurrency its cost is the limiter's throughput.
 
 local now
 if ARGV[2] == '' then
@@ -24,47 +20,52 @@ else
 end
 local cost = tonumber(ARGV[1])
 local n = #KEYS
+local out = {1, now}
 local allowed = true
-local before, after, new_tats = {}, {}, {}
 
 for i = 1, n do
   local emission = tonumber(ARGV[1 + 2 * i])
-  local burst = tonumber(ARGV[2 + 2 * i])
-  local cap = emission * burst
+  local cap = emission * tonumber(ARGV[2 + 2 * i])
   local tat = tonumber(redis.call('GET', KEYS[i]))
   if tat == nil or tat < now then tat = now end
-  local rem_now = math.max(0, idiv(now + cap - tat, emission))
-  before[i] = {rem_now, 0, tat - now}
-  if cost > burst then
+  local new_tat = tat + cost * emission
+  local r = now + cap - new_tat
+  local base = 3 * i
+  if cost * emission > cap then
     allowed = false
-    after[i] = {rem_now, -1, tat - now}
+    r = now + cap - tat
+    out[base] = (r - r % emission) / emission
+    out[base + 1] = -1
+    out[base + 2] = tat - now
+  elseif r < 0 then
+    allowed = false
+    r = now + cap - tat
+    out[base] = (r - r % emission) / emission
+    out[base + 1] = new_tat - cap - now
+    out[base + 2] = tat - now
   else
-    local new_tat = tat + cost * emission
-    local allow_at = new_tat - cap
-    if now < allow_at then
-      allowed = false
-      after[i] = {rem_now, allow_at - now, tat - now}
-    else
-      new_tats[i] = new_tat
-      after[i] = {math.max(0, idiv(now + cap - new_tat, emission)), 0, new_tat - now}
-    end
+    out[base] = (r - r % emission) / emission
+    out[base + 1] = 0
+    out[base + 2] = new_tat - now
   end
 end
 
-local out = {allowed and 1 or 0, now}
-for i = 1, n do
-  local v = after[i]
-  -- Refused: quotas that would have admitted it are reported as they stand.
-  if not allowed and new_tats[i] ~= nil then v = before[i] end
-  out[#out + 1] = v[1]
-  out[#out + 1] = v[2]
-  out[#out + 1] = v[3]
-end
 if allowed then
   for i = 1, n do
-    -- Stored as plain integer text; read back exactly by tonumber above.
-    local ttl = math.ceil((new_tats[i] - now) / 1000) + 1
-    redis.call('SET', KEYS[i], string.format('%.0f', new_tats[i]), 'PX', string.format('%.0f', ttl))
+    local new_tat = now + out[3 * i + 2]
+    redis.call('SET', KEYS[i], new_tat, 'PX', math.ceil((new_tat - now) / 1000) + 1)
   end
+else
+  -- Nothing is taken: quotas that would have admitted it are reported as they stand.
+  for i = 1, n do
+    if out[3 * i + 1] == 0 then
+      local emission = tonumber(ARGV[1 + 2 * i])
+      local tat = now + out[3 * i + 2] - cost * emission
+      local r = now + emission * tonumber(ARGV[2 + 2 * i]) - tat
+      out[3 * i] = (r - r % emission) / emission
+      out[3 * i + 2] = tat - now
+    end
+  end
+  out[1] = 0
 end
 return out

@@ -11,7 +11,7 @@ use super::memory::MemoryStore;
 use super::quota::Quota;
 use super::response::{DefaultResponse, OnRateLimited};
 use super::service::RateLimit;
-use super::store::MAX_QUOTAS;
+use super::store::{MAX_QUOTAS, QuotaSpec};
 use crate::ConfigError;
 use crate::key::{KeyExtractor, PeerIp, RequestRef};
 
@@ -36,6 +36,7 @@ pub enum OnStoreError {
 
 pub(crate) struct Rule {
     pub(crate) quota: Quota,
+    pub(crate) spec: QuotaSpec,
     pub(crate) matcher: Option<Matcher>,
     pub(crate) policy: HeaderValue,
     pub(crate) allowed: OnceLock<Counter>,
@@ -63,7 +64,7 @@ pub(crate) enum Fallback {
     Closed,
     Local {
         store: MemoryStore,
-        quotas: Vec<Quota>,
+        specs: Vec<QuotaSpec>,
     },
 }
 
@@ -296,14 +297,21 @@ impl<K, S, R> RateLimitLayerBuilder<K, S, R> {
                 }
                 Fallback::Local {
                     store: MemoryStore::new(),
-                    quotas: self.rules.iter().map(|(q, _)| q.share(share)).collect(),
+                    specs: self
+                        .rules
+                        .iter()
+                        .enumerate()
+                        .map(|(i, (q, _))| QuotaSpec::new(i, &q.share(share)))
+                        .collect(),
                 }
             }
         };
         let rules = self
             .rules
             .into_iter()
-            .map(|(quota, matcher)| Rule {
+            .enumerate()
+            .map(|(i, (quota, matcher))| Rule {
+                spec: QuotaSpec::new(i, &quota),
                 policy: super::response::policy_item(&quota),
                 quota,
                 matcher,

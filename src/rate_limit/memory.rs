@@ -1,14 +1,16 @@
 //! [`MemoryStore`]: rate-limit state in this process.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
+use std::collections::hash_map::Entry;
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
+
+use foldhash::quality::RandomState;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::time::Instant;
 
-use super::gcra::Verdict;
-use super::store::{Decision, MAX_QUOTAS, QuotaRef, Store, StoreFuture};
+use super::store::{Decision, MAX_QUOTAS, QuotaSpec, Store, StoreFuture};
 use crate::ConfigError;
 
 const SHARDS: usize = 64;
@@ -22,11 +24,14 @@ const SWEEP_EVERY: u32 = 4096;
 /// equals having none), so such keys are dropped as the map is used, and memory follows
 /// the number of keys active within one period. A hard cap (`max_keys`, default 1,000,000)
 /// bounds it regardless: when full, a *new* key is judged as if fresh and not remembered
-/// (existing keys are unaffected), and a warning is logged once.
+/// (existing keys are unaffected), and a warning is logged once. The cap is kept per shard
+/// (`max_keys / 64` each), so with uneven hashing a store stops remembering new keys
+/// somewhat before `max_keys` in total (about 0.3% before, at a million keys).
 ///
-/// Keys are stored as 64-bit keyed hashes (SipHash with a random key per store), not as
+/// Keys are stored as 64-bit seeded hashes (foldhash, with a random seed per store), not as
 /// themselves: 16 bytes per key and quota whatever the key type. Two keys share state only
-/// if their hashes collide, which an attacker cannot arrange without the random key.
+/// if their hashes collide; the seed is never exposed, so a client cannot aim for a
+/// collision, and an accidental one among a million keys has a chance of about 1 in 30 million.
 ///
 /// Clones share state. Each instance of a service has its own: use
 /// [`RedisStore`](super::RedisStore) to share quotas between instances.
@@ -102,7 +107,7 @@ impl MemoryStore {
                 shards: (0..SHARDS)
                     .map(|_| Padded(Mutex::new(Shard::default())))
                     .collect(),
-                hasher: RandomState::new(),
+                hasher: RandomState::default(),
                 epoch: Instant::now(),
                 max_per_shard: max_keys / SHARDS,
                 warned_full: AtomicBool::new(false),
@@ -130,7 +135,7 @@ impl MemoryStore {
     }
 
     /// Decides synchronously (what [`Store::check`] returns as ready).
-    pub fn decide<K: Hash>(&self, key: &K, quotas: &[QuotaRef<'_>], cost: u64) -> Decision {
+    pub fn decide<K: Hash>(&self, key: &K, quotas: &[&QuotaSpec], cost: u64) -> Decision {
         let h = self.inner.hasher.hash_one(key);
         let now = self.now_us();
         let shard = &self.inner.shards[(h as usize) % SHARDS].0;
@@ -139,51 +144,94 @@ impl MemoryStore {
         if shard.ops >= SWEEP_EVERY {
             shard.sweep(now);
         }
-        let mut slots = [0u64; MAX_QUOTAS];
-        let mut tats = [None; MAX_QUOTAS];
-        let mut next = [None; MAX_QUOTAS];
-        let mut verdicts = [Verdict {
-            allowed: true,
-            remaining: 0,
-            retry_after_us: 0,
-            reset_us: 0,
-        }; MAX_QUOTAS];
-        let n = quotas.len().min(MAX_QUOTAS);
-        let mut allowed = true;
-        for (i, q) in quotas.iter().take(n).enumerate() {
-            // Each quota's slot: the key's hash moved by a per-quota odd constant.
-            slots[i] = h.wrapping_add((q.index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            tats[i] = shard.tats.get(&slots[i]).copied();
-            let (v, t) = q.gcra.check(tats[i], now, cost);
-            verdicts[i] = v;
-            next[i] = t;
-            allowed &= v.allowed;
+        if let [q] = quotas {
+            return shard.decide_one(
+                slot(h, q),
+                q,
+                now,
+                cost,
+                self.inner.max_per_shard,
+                &self.inner.warned_full,
+            );
         }
-        if allowed {
-            for i in 0..n {
-                if let Some(t) = next[i] {
+        let n = quotas.len().min(MAX_QUOTAS);
+        let mut tats = [None; MAX_QUOTAS];
+        let mut results = Vec::with_capacity(n);
+        for (i, q) in quotas.iter().take(n).enumerate() {
+            tats[i] = shard.tats.get(&slot(h, q)).copied();
+            results.push(q.gcra().check(tats[i], now, cost));
+        }
+        if results.iter().all(|(v, _)| v.allowed) {
+            for (q, (_, t)) in quotas.iter().zip(&results) {
+                if let Some(t) = t {
                     shard.store(
-                        slots[i],
-                        t,
+                        slot(h, q),
+                        *t,
                         now,
                         self.inner.max_per_shard,
                         &self.inner.warned_full,
                     );
                 }
             }
+            Decision::new(results.into_iter().map(|(v, _)| v))
         } else {
-            // Nothing was taken: report every quota as it stands.
-            for (i, q) in quotas.iter().take(n).enumerate() {
-                if verdicts[i].allowed {
-                    verdicts[i] = q.gcra.state(tats[i], now);
-                }
-            }
+            // Nothing was taken: report the quotas that would have admitted it as they stand.
+            Decision::new(
+                results
+                    .into_iter()
+                    .zip(quotas)
+                    .enumerate()
+                    .map(|(i, ((v, _), q))| {
+                        if v.allowed {
+                            q.gcra().state(tats[i], now)
+                        } else {
+                            v
+                        }
+                    }),
+            )
         }
-        Decision::new(verdicts.into_iter().take(n))
     }
 }
 
+/// Each quota's slot for a key: the key's hash moved by a per-quota odd constant.
+fn slot(h: u64, q: &QuotaSpec) -> u64 {
+    h.wrapping_add((q.index() as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
 impl Shard {
+    /// One quota: a single probe of the map.
+    fn decide_one(
+        &mut self,
+        slot: u64,
+        q: &QuotaSpec,
+        now: u64,
+        cost: u64,
+        max: usize,
+        warned: &AtomicBool,
+    ) -> Decision {
+        let full = self.tats.len() >= max;
+        match self.tats.entry(slot) {
+            Entry::Occupied(mut e) => {
+                let (v, t) = q.gcra().check(Some(*e.get()), now, cost);
+                if let Some(t) = t {
+                    *e.get_mut() = t;
+                }
+                Decision::one(v)
+            }
+            Entry::Vacant(e) => {
+                let (v, t) = q.gcra().check(None, now, cost);
+                if let Some(t) = t {
+                    if full {
+                        self.store(slot, t, now, max, warned);
+                    } else {
+                        e.insert(t);
+                    }
+                }
+                Decision::one(v)
+            }
+        }
+    }
+
     fn sweep(&mut self, now: u64) {
         self.tats.retain(|_, tat| *tat > now);
         self.ops = 0;
@@ -208,7 +256,7 @@ impl Shard {
 }
 
 impl<K: Hash> Store<K> for MemoryStore {
-    fn check(&self, key: &K, quotas: &[QuotaRef<'_>], cost: u64) -> StoreFuture {
+    fn check(&self, key: &K, quotas: &[&QuotaSpec], cost: u64) -> StoreFuture {
         StoreFuture::Ready(Ok(self.decide(key, quotas, cost)))
     }
 }

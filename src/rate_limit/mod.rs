@@ -110,4 +110,4 @@ pub use response::{
     DefaultResponse, OnRateLimited, QuotaStatus, RATELIMIT, RATELIMIT_POLICY, RateLimited, Reason,
 };
 pub use service::{BucketKey, RateLimit};
-pub use store::{AnyStore, Decision, MAX_QUOTAS, QuotaRef, Store, StoreFuture};
+pub use store::{AnyStore, Decision, MAX_QUOTAS, QuotaSpec, Store, StoreFuture};

@@ -4,11 +4,12 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::gcra::Verdict;
-use super::store::{Decision, QuotaRef, Store, StoreFuture};
+use super::store::{Decision, QuotaSpec, Store, StoreFuture};
 use crate::StoreUnavailable;
 use crate::redis::{RedisBackend, Script};
 
 const SCRIPT: &str = include_str!("gcra.lua");
+const SCRIPT_ONE: &str = include_str!("gcra_one.lua");
 
 /// Rate-limit state in Redis, shared by every instance pointed at it.
 ///
@@ -23,7 +24,9 @@ const SCRIPT: &str = include_str!("gcra.lua");
 #[derive(Clone)]
 pub struct RedisStore {
     backend: RedisBackend,
+    // Several quotas, and the one-quota case with nothing to loop over (most requests).
     script: Arc<Script>,
+    script_one: Arc<Script>,
 }
 
 impl fmt::Debug for RedisStore {
@@ -41,6 +44,7 @@ impl RedisStore {
         Self {
             backend,
             script: Arc::new(Script::new(SCRIPT)),
+            script_one: Arc::new(Script::new(SCRIPT_ONE)),
         }
     }
 
@@ -55,22 +59,30 @@ impl RedisStore {
     pub async fn check_at(
         &self,
         key: &str,
-        quotas: &[QuotaRef<'_>],
+        quotas: &[&QuotaSpec],
         cost: u64,
         now_us: Option<u64>,
-    ) -> Result<(Decision, u64), StoreUnavailable> {
+    ) -> Result<Decision, StoreUnavailable> {
         let keys: Vec<String> = quotas
             .iter()
-            .map(|q| self.backend.key_with_suffix("rl", key, q.name))
+            .map(|q| self.backend.key_with_suffix("rl", key, q.name()))
             .collect();
         let mut args: Vec<String> = Vec::with_capacity(2 + 2 * quotas.len());
         args.push(cost.to_string());
         args.push(now_us.map(|n| n.to_string()).unwrap_or_default());
         for q in quotas {
-            args.push(q.gcra.emission_us.to_string());
-            args.push(q.gcra.burst.to_string());
+            args.push(q.gcra().emission_us.to_string());
+            args.push(q.gcra().burst.to_string());
         }
-        run(&self.backend, &self.script, keys, args).await
+        run(&self.backend, self.script_for(quotas.len()), keys, args).await
+    }
+
+    fn script_for(&self, quotas: usize) -> &Script {
+        if quotas == 1 {
+            &self.script_one
+        } else {
+            &self.script
+        }
     }
 }
 
@@ -79,7 +91,7 @@ async fn run(
     script: &Script,
     keys: Vec<String>,
     args: Vec<String>,
-) -> Result<(Decision, u64), StoreUnavailable> {
+) -> Result<Decision, StoreUnavailable> {
     let mut inv = script.prepare_invoke();
     for k in &keys {
         inv.key(k);
@@ -88,10 +100,15 @@ async fn run(
         inv.arg(a);
     }
     let out: Vec<i64> = backend.invoke("rate_limit", &inv).await?;
+    if keys.len() == 1 && out.len() == 3 {
+        // The one-quota script leaves out `allowed` (implied) and `now`.
+        let full = [i64::from(out[1] == 0), 0, out[0], out[1], out[2]];
+        return parse(&full, 1);
+    }
     parse(&out, keys.len())
 }
 
-fn parse(out: &[i64], n: usize) -> Result<(Decision, u64), StoreUnavailable> {
+fn parse(out: &[i64], n: usize) -> Result<Decision, StoreUnavailable> {
     if out.len() != 2 + 3 * n {
         return Err(StoreUnavailable::backend(std::io::Error::other(format!(
             "rate-limit script returned {} values, expected {}",
@@ -100,7 +117,6 @@ fn parse(out: &[i64], n: usize) -> Result<(Decision, u64), StoreUnavailable> {
         ))));
     }
     let allowed = out[0] == 1;
-    let now = u64::try_from(out[1]).unwrap_or(0);
     let verdicts = out[2..].chunks_exact(3).map(|c| {
         let retry = if c[1] < 0 { u64::MAX } else { c[1] as u64 };
         Verdict {
@@ -113,28 +129,27 @@ fn parse(out: &[i64], n: usize) -> Result<(Decision, u64), StoreUnavailable> {
     });
     let d = Decision::new(verdicts);
     debug_assert_eq!(d.allowed(), allowed);
-    Ok((d, now))
+    Ok(d)
 }
 
 impl<K: fmt::Display> Store<K> for RedisStore {
-    fn check(&self, key: &K, quotas: &[QuotaRef<'_>], cost: u64) -> StoreFuture {
+    fn check(&self, key: &K, quotas: &[&QuotaSpec], cost: u64) -> StoreFuture {
         let this = self.clone();
         let key = key.to_string();
         let keys: Vec<String> = quotas
             .iter()
-            .map(|q| this.backend.key_with_suffix("rl", &key, q.name))
+            .map(|q| this.backend.key_with_suffix("rl", &key, q.name()))
             .collect();
         let mut args: Vec<String> = Vec::with_capacity(2 + 2 * quotas.len());
         args.push(cost.to_string());
         args.push(String::new());
         for q in quotas {
-            args.push(q.gcra.emission_us.to_string());
-            args.push(q.gcra.burst.to_string());
+            args.push(q.gcra().emission_us.to_string());
+            args.push(q.gcra().burst.to_string());
         }
+        let n = quotas.len();
         StoreFuture::Pending(Box::pin(async move {
-            run(&this.backend, &this.script, keys, args)
-                .await
-                .map(|(d, _)| d)
+            run(&this.backend, this.script_for(n), keys, args).await
         }))
     }
 }

@@ -14,7 +14,7 @@ use super::future::{Post, ResponseFuture};
 use super::gcra::Verdict;
 use super::layer::{Fallback, Shared};
 use super::response::{self, OnRateLimited, RateLimited, Reason};
-use super::store::{Decision, MAX_QUOTAS, QuotaRef, Store, StoreFuture};
+use super::store::{Decision, MAX_QUOTAS, QuotaSpec, Store, StoreFuture};
 use crate::StoreUnavailable;
 use crate::key::{KeyExtractor, RequestRef};
 
@@ -76,28 +76,19 @@ impl Applied {
 
 enum Verdicted {
     Admit(Post),
-    Refuse(http::Response<http_body_util::Full<bytes::Bytes>>),
+    // Boxed: refusals are rare, and every future would otherwise carry a response inline.
+    Refuse(Box<http::Response<http_body_util::Full<bytes::Bytes>>>),
 }
 
 static WARNED_UNKEYED: AtomicBool = AtomicBool::new(false);
 
 impl<K, S, R: OnRateLimited> Shared<K, S, R> {
-    fn refs(&self, applied: &Applied) -> ([QuotaRef<'_>; MAX_QUOTAS], usize) {
-        let first = QuotaRef {
-            index: 0,
-            name: self.rules[0].quota.name(),
-            gcra: self.rules[0].quota.gcra(),
-        };
-        let mut refs = [first; MAX_QUOTAS];
-        for (slot, &i) in refs.iter_mut().zip(applied.indices()) {
-            let q = &self.rules[usize::from(i)].quota;
-            *slot = QuotaRef {
-                index: usize::from(i),
-                name: q.name(),
-                gcra: q.gcra(),
-            };
+    fn specs(&self, applied: &Applied) -> [&QuotaSpec; MAX_QUOTAS] {
+        let mut specs = [&self.rules[0].spec; MAX_QUOTAS];
+        for (slot, &i) in specs.iter_mut().zip(applied.indices()) {
+            *slot = &self.rules[usize::from(i)].spec;
         }
-        (refs, applied.n)
+        specs
     }
 
     fn conclude(&self, applied: &Applied, decision: &Decision) -> Verdicted {
@@ -144,7 +135,7 @@ impl<K, S, R: OnRateLimited> Shared<K, S, R> {
         self.write_headers(resp.headers_mut(), applied, verdicts);
         response::write_retry_after(resp.headers_mut(), retry_after);
         resp.extensions_mut().insert(refusal);
-        Verdicted::Refuse(resp)
+        Verdicted::Refuse(Box::new(resp))
     }
 
     fn write_headers(&self, h: &mut HeaderMap, applied: &Applied, verdicts: &[Verdict]) {
@@ -180,22 +171,15 @@ impl<K, S, R: OnRateLimited> Shared<K, S, R> {
                 let mut resp = self.response.response(&refusal);
                 response::write_retry_after(resp.headers_mut(), refusal.retry_after);
                 resp.extensions_mut().insert(refusal);
-                Verdicted::Refuse(resp)
+                Verdicted::Refuse(Box::new(resp))
             }
-            Fallback::Local { store, quotas } => {
-                let refs: Vec<QuotaRef<'_>> = applied
+            Fallback::Local { store, specs } => {
+                let local: Vec<&QuotaSpec> = applied
                     .indices()
                     .iter()
-                    .map(|&i| {
-                        let q = &quotas[usize::from(i)];
-                        QuotaRef {
-                            index: usize::from(i),
-                            name: q.name(),
-                            gcra: q.gcra(),
-                        }
-                    })
+                    .map(|&i| &specs[usize::from(i)])
                     .collect();
-                let decision = store.decide(key, &refs, cost);
+                let decision = store.decide(key, &local, cost);
                 self.conclude(applied, &decision)
             }
         }
@@ -248,8 +232,8 @@ where
             }
         };
         let cost = u64::from(cost);
-        let (refs, n) = shared.refs(&applied);
-        match shared.store.check(&key, &refs[..n], cost) {
+        let specs = shared.specs(&applied);
+        match shared.store.check(&key, &specs[..applied.n], cost) {
             StoreFuture::Ready(result) => {
                 let verdicted = match result {
                     Ok(d) => shared.conclude(&applied, &d),

@@ -4,27 +4,29 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 
+use std::sync::Arc;
+
 use super::gcra::{Gcra, Verdict};
 use crate::StoreUnavailable;
 
 /// The most quotas one layer may hold (and so one request may be checked against).
 pub const MAX_QUOTAS: usize = 8;
 
-/// One quota, as handed to a store.
-#[derive(Debug, Clone, Copy)]
-pub struct QuotaRef<'a> {
-    pub(crate) index: usize,
-    pub(crate) name: &'a str,
-    pub(crate) gcra: Gcra,
+/// One quota of a layer, as its store sees it: built once per quota, handed to the store
+/// by reference on every request.
+#[derive(Debug, Clone)]
+pub struct QuotaSpec {
+    index: usize,
+    name: Arc<str>,
+    gcra: Gcra,
 }
 
-impl<'a> QuotaRef<'a> {
-    /// `quota` at position `index` of its layer: what a layer hands its store (public for
-    /// stores' own tests).
-    pub fn new(index: usize, quota: &'a super::Quota) -> Self {
+impl QuotaSpec {
+    /// `quota` at position `index` of its layer.
+    pub fn new(index: usize, quota: &super::Quota) -> Self {
         Self {
             index,
-            name: quota.name(),
+            name: Arc::from(quota.name()),
             gcra: quota.gcra(),
         }
     }
@@ -36,7 +38,7 @@ impl<'a> QuotaRef<'a> {
 
     /// The quota's name: separates its state from other quotas' in a shared store.
     pub fn name(&self) -> &str {
-        self.name
+        &self.name
     }
 
     /// The GCRA constants to evaluate.
@@ -47,35 +49,39 @@ impl<'a> QuotaRef<'a> {
 
 /// A store's answer for one request: admitted or not, and each quota's verdict, in the
 /// order the quotas were given.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Decision {
     allowed: bool,
-    len: usize,
-    verdicts: [Verdict; MAX_QUOTAS],
+    verdicts: Verdicts,
 }
 
-const NO_VERDICT: Verdict = Verdict {
-    allowed: true,
-    remaining: 0,
-    retry_after_us: 0,
-    reset_us: 0,
-};
+// One quota per request is the common case: keep its verdict inline.
+#[derive(Debug, Clone)]
+enum Verdicts {
+    One(Verdict),
+    Many(Box<[Verdict]>),
+}
 
 impl Decision {
-    /// A decision from per-quota verdicts (at most [`MAX_QUOTAS`]; more are ignored). The
-    /// request is admitted only if every verdict admits it.
+    /// A decision from per-quota verdicts. The request is admitted only if every verdict
+    /// admits it.
     pub fn new(verdicts: impl IntoIterator<Item = Verdict>) -> Self {
-        let mut d = Decision {
-            allowed: true,
-            len: 0,
-            verdicts: [NO_VERDICT; MAX_QUOTAS],
-        };
-        for v in verdicts.into_iter().take(MAX_QUOTAS) {
-            d.allowed &= v.allowed;
-            d.verdicts[d.len] = v;
-            d.len += 1;
+        let all: Vec<Verdict> = verdicts.into_iter().collect();
+        if let [one] = all[..] {
+            return Self::one(one);
         }
-        d
+        Decision {
+            allowed: all.iter().all(|v| v.allowed),
+            verdicts: Verdicts::Many(all.into_boxed_slice()),
+        }
+    }
+
+    /// The decision of a request checked against one quota.
+    pub fn one(verdict: Verdict) -> Self {
+        Decision {
+            allowed: verdict.allowed,
+            verdicts: Verdicts::One(verdict),
+        }
     }
 
     /// True if the request is admitted.
@@ -85,16 +91,15 @@ impl Decision {
 
     /// Each quota's verdict.
     pub fn verdicts(&self) -> &[Verdict] {
-        &self.verdicts[..self.len]
+        match &self.verdicts {
+            Verdicts::One(v) => std::slice::from_ref(v),
+            Verdicts::Many(vs) => vs,
+        }
     }
 }
 
 /// What [`Store::check`] returns: an answer now (in-process stores) or later (network
 /// stores). The layer takes the first without allocating.
-#[allow(
-    clippy::large_enum_variant,
-    reason = "boxing the ready decision would allocate on every in-process check, which this type exists to avoid"
-)]
 pub enum StoreFuture {
     /// Decided without waiting.
     Ready(Result<Decision, StoreUnavailable>),
@@ -117,7 +122,7 @@ impl fmt::Debug for StoreFuture {
 /// quota admits it, and a refused request changes no quota's state.
 pub trait Store<K>: Clone + Send + Sync + 'static {
     /// Evaluates a request of `cost` units by `key` against `quotas`.
-    fn check(&self, key: &K, quotas: &[QuotaRef<'_>], cost: u64) -> StoreFuture;
+    fn check(&self, key: &K, quotas: &[&QuotaSpec], cost: u64) -> StoreFuture;
 }
 
 /// The in-process or the Redis store, chosen at run time (e.g. from configuration).
@@ -145,7 +150,7 @@ impl From<super::RedisStore> for AnyStore {
 }
 
 impl<K: std::hash::Hash + fmt::Display> Store<K> for AnyStore {
-    fn check(&self, key: &K, quotas: &[QuotaRef<'_>], cost: u64) -> StoreFuture {
+    fn check(&self, key: &K, quotas: &[&QuotaSpec], cost: u64) -> StoreFuture {
         match self {
             AnyStore::Memory(s) => s.check(key, quotas, cost),
             #[cfg(feature = "redis")]

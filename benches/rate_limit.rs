@@ -1,0 +1,411 @@
+//! What the rate limiter costs, beside its peers in the same run.
+//!
+//! - `rate_limit/{global,peer-ip,x-forwarded-for}`: the in-process limiter through the layer
+//!   versus tower_governor's `GovernorLayer`, over a no-op service, on the admit path
+//!   (quotas far above the request rate). Peer-IP and XFF requests rotate over 1,024
+//!   clients. Added cost = median minus `baseline`.
+//! - `rate_limit/redis-64`: decisions with 64 concurrent callers on one multiplexed Redis
+//!   connection, through the layer with the Redis store, versus raw redis-rs EVALSHA of a
+//!   single-quota GCRA script (the floor: Redis running Lua). Needs a Redis at
+//!   `TEST_REDIS_URL` (default redis://127.0.0.1:6379).
+//! - Memory: resident-set growth after 1,000,000 distinct keys, ours versus governor's
+//!   keyed limiter (what tower_governor uses), printed before the benches run.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use criterion::{Criterion, criterion_group};
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use tower::{Layer, Service, ServiceExt};
+use tower_governor::GovernorLayer;
+use tower_governor::governor::GovernorConfigBuilder;
+use tower_governor::key_extractor::{GlobalKeyExtractor, PeerIpKeyExtractor, SmartIpKeyExtractor};
+use tower_scale::key::{ClientIp, GlobalKey, PeerIp};
+use tower_scale::rate_limit::{
+    BucketKey, MemoryStore, Quota, QuotaSpec, RateLimitLayer, RedisStore, Store, StoreFuture,
+};
+use tower_scale::redis::{RedisBackend, Script};
+
+fn noop()
+-> impl Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future = impl Send>
++ Clone
++ Send {
+    tower::service_fn(|_req: Request<Body>| async {
+        Ok::<_, Infallible>(Response::new(Body::from("{\"id\":42}")))
+    })
+}
+
+fn clients() -> Vec<IpAddr> {
+    (0..1024u32)
+        .map(|i| IpAddr::from([198, 51, (i >> 8) as u8, (i & 0xff) as u8]))
+        .collect()
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Global,
+    Peer,
+    Xff,
+}
+
+fn request(kind: Kind, client: IpAddr) -> Request<Body> {
+    let mut req = Request::builder()
+        .uri("/products/42")
+        .body(Body::empty())
+        .unwrap();
+    match kind {
+        Kind::Global => {
+            req.extensions_mut()
+                .insert(ConnectInfo(SocketAddr::new(client, 4000)));
+        }
+        Kind::Peer => {
+            req.extensions_mut()
+                .insert(ConnectInfo(SocketAddr::new(client, 4000)));
+        }
+        Kind::Xff => {
+            // Behind a load balancer at 10.0.0.1, which appended the client address.
+            req.extensions_mut()
+                .insert(ConnectInfo(SocketAddr::from(([10, 0, 0, 1], 4000))));
+            req.headers_mut()
+                .insert("x-forwarded-for", client.to_string().parse().unwrap());
+        }
+    }
+    req
+}
+
+fn run<S, B>(rt: &tokio::runtime::Runtime, svc: &S, kind: Kind, iters: u64) -> Duration
+where
+    S: Service<Request<Body>, Response = Response<B>, Error = Infallible> + Clone,
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    let clients = clients();
+    let mut svc = svc.clone();
+    rt.block_on(async {
+        let start = Instant::now();
+        for i in 0..iters {
+            let req = request(kind, clients[(i % 1024) as usize]);
+            let resp = svc.ready().await.unwrap().call(req).await.unwrap();
+            assert!(resp.status().is_success(), "the admit path must admit");
+            std::hint::black_box(resp.into_body().collect().await.unwrap());
+        }
+        start.elapsed()
+    })
+}
+
+fn unlimited() -> Quota {
+    // Far above any rate this loop reaches: every request is admitted.
+    "4000000000/1s".parse().unwrap()
+}
+
+fn in_process(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for (name, kind) in [
+        ("global", Kind::Global),
+        ("peer-ip", Kind::Peer),
+        ("x-forwarded-for", Kind::Xff),
+    ] {
+        let mut g = c.benchmark_group(format!("rate_limit/{name}"));
+        g.bench_function("baseline", |b| {
+            b.iter_custom(|n| run(&rt, &noop(), kind, n))
+        });
+        match kind {
+            Kind::Global => {
+                let ours = RateLimitLayer::builder()
+                    .key(GlobalKey)
+                    .quota(unlimited())
+                    .build()
+                    .unwrap()
+                    .layer(noop());
+                g.bench_function("tower-scale", |b| {
+                    b.iter_custom(|n| run(&rt, &ours, kind, n))
+                });
+                let conf = GovernorConfigBuilder::default()
+                    .per_nanosecond(1)
+                    .burst_size(u32::MAX)
+                    .key_extractor(GlobalKeyExtractor)
+                    .finish()
+                    .unwrap();
+                let theirs = GovernorLayer::new(Arc::new(conf)).layer(noop());
+                g.bench_function("tower_governor", |b| {
+                    b.iter_custom(|n| run(&rt, &theirs, kind, n))
+                });
+            }
+            Kind::Peer => {
+                let ours = RateLimitLayer::builder()
+                    .key(PeerIp::new())
+                    .quota(unlimited())
+                    .build()
+                    .unwrap()
+                    .layer(noop());
+                g.bench_function("tower-scale", |b| {
+                    b.iter_custom(|n| run(&rt, &ours, kind, n))
+                });
+                let conf = GovernorConfigBuilder::default()
+                    .per_nanosecond(1)
+                    .burst_size(u32::MAX)
+                    .key_extractor(PeerIpKeyExtractor)
+                    .finish()
+                    .unwrap();
+                let theirs = GovernorLayer::new(Arc::new(conf)).layer(noop());
+                g.bench_function("tower_governor", |b| {
+                    b.iter_custom(|n| run(&rt, &theirs, kind, n))
+                });
+            }
+            Kind::Xff => {
+                let key = ClientIp::builder()
+                    .trust_cidr("10.0.0.0/8")
+                    .build()
+                    .unwrap();
+                let ours = RateLimitLayer::builder()
+                    .key(key)
+                    .quota(unlimited())
+                    .build()
+                    .unwrap()
+                    .layer(noop());
+                g.bench_function("tower-scale", |b| {
+                    b.iter_custom(|n| run(&rt, &ours, kind, n))
+                });
+                let conf = GovernorConfigBuilder::default()
+                    .per_nanosecond(1)
+                    .burst_size(u32::MAX)
+                    .key_extractor(SmartIpKeyExtractor)
+                    .finish()
+                    .unwrap();
+                let theirs = GovernorLayer::new(Arc::new(conf)).layer(noop());
+                g.bench_function("tower_governor", |b| {
+                    b.iter_custom(|n| run(&rt, &theirs, kind, n))
+                });
+            }
+        }
+        g.finish();
+    }
+}
+
+/// A plain single-quota GCRA script: the floor a Redis limiter cannot go below.
+const RAW_GCRA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local emission = tonumber(ARGV[1])
+local cap = emission * tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
+if tat < now then tat = now end
+local new_tat = tat + emission
+if new_tat - cap > now then return 0 end
+redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil((new_tat - now) / 1000) + 1)
+return 1
+";
+
+fn redis(c: &mut Criterion) {
+    let url = std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let backend = rt.block_on(async {
+        let b = RedisBackend::builder(url.clone())
+            .prefix("bench")
+            .timeout(Duration::from_secs(2))
+            .build()
+            .unwrap();
+        b.ping().await.map(|_| b)
+    });
+    let Ok(backend) = backend else {
+        eprintln!("rate_limit/redis-64 skipped: no Redis at {url}");
+        return;
+    };
+    const CALLERS: u64 = 64;
+    let clients = Arc::new(clients());
+    let mut g = c.benchmark_group("rate_limit/redis-64");
+    g.sample_size(20).measurement_time(Duration::from_secs(8));
+
+    let script = Arc::new(Script::new(RAW_GCRA));
+    let raw = backend.clone();
+    g.bench_function("raw-evalsha", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                let tasks: Vec<_> = (0..CALLERS)
+                    .map(|t| {
+                        let (raw, script, clients) =
+                            (raw.clone(), Arc::clone(&script), Arc::clone(&clients));
+                        tokio::spawn(async move {
+                            let mut conn = raw.connection();
+                            for i in (t..iters).step_by(CALLERS as usize) {
+                                let key = format!("bench:raw:{{{}}}", clients[(i % 1024) as usize]);
+                                let ok: i64 = script
+                                    .key(key)
+                                    .arg(1)
+                                    .arg(u32::MAX)
+                                    .invoke_async(&mut conn)
+                                    .await
+                                    .unwrap();
+                                std::hint::black_box(ok);
+                            }
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await.unwrap();
+                }
+                start.elapsed()
+            })
+        })
+    });
+
+    // The limiter's decision path alone: the store, as the layer calls it.
+    let store = RedisStore::new(backend.clone());
+    let quota = unlimited();
+    let spec = Arc::new(QuotaSpec::new(0, &quota));
+    g.bench_function("tower-scale-store", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                let tasks: Vec<_> = (0..CALLERS)
+                    .map(|t| {
+                        let (store, spec, clients) =
+                            (store.clone(), Arc::clone(&spec), Arc::clone(&clients));
+                        tokio::spawn(async move {
+                            for i in (t..iters).step_by(CALLERS as usize) {
+                                let key = BucketKey::Key(clients[(i % 1024) as usize]);
+                                let StoreFuture::Pending(check) = store.check(&key, &[&*spec], 1)
+                                else {
+                                    unreachable!("a Redis check is a round trip")
+                                };
+                                assert!(check.await.unwrap().allowed());
+                            }
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await.unwrap();
+                }
+                start.elapsed()
+            })
+        })
+    });
+
+    // The whole layer: HTTP request in, response out, decision in between.
+    let layer = RateLimitLayer::builder()
+        .store(RedisStore::new(backend.clone()))
+        .quota(unlimited())
+        .build()
+        .unwrap();
+    let svc = layer.layer(noop());
+    g.bench_function("tower-scale-layer", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                let tasks: Vec<_> = (0..CALLERS)
+                    .map(|t| {
+                        let (svc, clients) = (svc.clone(), Arc::clone(&clients));
+                        tokio::spawn(async move {
+                            for i in (t..iters).step_by(CALLERS as usize) {
+                                let req = request(Kind::Peer, clients[(i % 1024) as usize]);
+                                let resp = svc.clone().oneshot(req).await.unwrap();
+                                assert!(resp.status().is_success());
+                            }
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await.unwrap();
+                }
+                start.elapsed()
+            })
+        })
+    });
+    g.finish();
+}
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 4096
+}
+
+/// Resident memory added by 1,000,000 distinct keys. Ours first: whatever the allocator
+/// keeps after it is dropped can only make governor's figure smaller, not ours.
+fn memory_report() {
+    const KEYS: u32 = 1_000_000;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ours = rt.block_on(async {
+        let before = rss_bytes();
+        // Headroom: the cap is enforced per shard, and shards fill unevenly.
+        let store = MemoryStore::with_max_keys(2 * KEYS as usize).unwrap();
+        let q: Quota = "10/1h".parse().unwrap();
+        let spec = QuotaSpec::new(0, &q);
+        let refs = [&spec];
+        for i in 0..KEYS {
+            store.decide(&IpAddr::from(i.to_be_bytes()), &refs, 1);
+        }
+        let grown = rss_bytes().saturating_sub(before);
+        assert_eq!(store.len(), KEYS as usize);
+        grown
+    });
+    let theirs = {
+        let before = rss_bytes();
+        let limiter = governor::RateLimiter::<IpAddr, _, _>::dashmap(governor::Quota::per_hour(
+            NonZeroU32::new(10).unwrap(),
+        ));
+        for i in 0..KEYS {
+            let _ = limiter.check_key(&IpAddr::from(i.to_be_bytes()));
+        }
+        let grown = rss_bytes().saturating_sub(before);
+        assert_eq!(limiter.len(), KEYS as usize);
+        grown
+    };
+    let line = format!(
+        "rate_limit/memory-1M-keys: tower-scale MemoryStore {:.1} MiB ({} B/key); governor keyed (tower_governor) {:.1} MiB ({} B/key)",
+        ours as f64 / 1048576.0,
+        ours / u64::from(KEYS),
+        theirs as f64 / 1048576.0,
+        theirs / u64::from(KEYS)
+    );
+    println!("{line}");
+    let dir = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+    let _ = std::fs::create_dir_all(format!("{dir}/criterion"));
+    let _ = std::fs::write(
+        format!("{dir}/criterion/rate_limit_memory.txt"),
+        line + "\n",
+    );
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5))
+        .sample_size(60);
+    targets = in_process, redis
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    // `cargo test --benches` and `--list` runs must stay quick.
+    if !args
+        .iter()
+        .any(|a| a == "--list" || a == "--test" || a == "--profile-time")
+    {
+        memory_report();
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
