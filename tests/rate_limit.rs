@@ -600,3 +600,75 @@ impl<T> LayerExt for T {
         tower::Layer::layer(self, inner)
     }
 }
+
+/// Commands a private Redis has served, by name.
+async fn command_counts(r: &RedisBackend) -> std::collections::HashMap<String, u64> {
+    let info: String = r
+        .query("info", tower_scale::redis::cmd("INFO").arg("commandstats"))
+        .await
+        .unwrap();
+    info.lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest.split(',').find_map(|kv| kv.strip_prefix("calls="))?;
+            Some((name.to_owned(), calls.parse().ok()?))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn one_round_trip_per_request_whatever_the_number_of_quotas() {
+    let server = support::RedisServer::start();
+    let backend = backend(&server.url(), "trips");
+    for quotas in [1usize, 3] {
+        let mut b = RateLimitLayer::builder().store(RedisStore::new(backend.clone()));
+        for i in 0..quotas {
+            b = b.quota(quota("1000/1h", &format!("q{i}")));
+        }
+        let mut svc = b.build().unwrap().layer_service(ok_service());
+        // The first call loads the script (EVALSHA, NOSCRIPT, SCRIPT LOAD, EVALSHA).
+        status(&mut svc, req("192.0.2.70:1", "GET", "/")).await;
+        let _: String = backend
+            .query("reset", tower_scale::redis::cmd("CONFIG").arg("RESETSTAT"))
+            .await
+            .unwrap();
+        let n = 50;
+        for _ in 0..n {
+            assert_eq!(
+                status(&mut svc, req("192.0.2.70:1", "GET", "/")).await.0,
+                StatusCode::OK
+            );
+        }
+        let counts = command_counts(&backend).await;
+        // Redis counts the commands a script runs too: TIME once, a GET and a SET per quota.
+        let per_quota = n * quotas as u64;
+        assert_eq!(
+            counts.get("evalsha"),
+            Some(&n),
+            "{quotas} quotas: {counts:?}"
+        );
+        assert_eq!(counts.get("time"), Some(&n), "{quotas} quotas: {counts:?}");
+        assert_eq!(
+            counts.get("get"),
+            Some(&per_quota),
+            "{quotas} quotas: {counts:?}"
+        );
+        assert_eq!(
+            counts.get("set"),
+            Some(&per_quota),
+            "{quotas} quotas: {counts:?}"
+        );
+        // Nothing else: one round trip (the EVALSHA) per request.
+        let others: u64 = counts
+            .iter()
+            .filter(|(k, _)| {
+                !matches!(
+                    k.as_str(),
+                    "evalsha" | "time" | "get" | "set" | "info" | "config|resetstat"
+                )
+            })
+            .map(|(_, v)| v)
+            .sum();
+        assert_eq!(others, 0, "{quotas} quotas: {counts:?}");
+    }
+}
