@@ -104,91 +104,76 @@ fn unlimited() -> Quota {
     "4000000000/1s".parse().unwrap()
 }
 
+/// One key kind: the bare service, ours and tower_governor's, in one group.
+fn compare<K, G>(
+    c: &mut Criterion,
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+    kind: Kind,
+    ours: K,
+    theirs: G,
+) where
+    K: tower_scale::key::KeyExtractor,
+    G: tower_governor::key_extractor::KeyExtractor + Send + Sync + 'static,
+    G::Key: Send + Sync + 'static,
+{
+    let mut g = c.benchmark_group(format!("rate_limit/{name}"));
+    g.bench_function("baseline", |b| b.iter_custom(|n| run(rt, &noop(), kind, n)));
+    let ours = RateLimitLayer::builder()
+        .key(ours)
+        .quota(unlimited())
+        .build()
+        .unwrap()
+        .layer(noop());
+    g.bench_function("tower-scale", |b| {
+        b.iter_custom(|n| run(rt, &ours, kind, n))
+    });
+    let conf = GovernorConfigBuilder::default()
+        .per_nanosecond(1)
+        .burst_size(u32::MAX)
+        .key_extractor(theirs)
+        .finish()
+        .unwrap();
+    let theirs = GovernorLayer::new(Arc::new(conf)).layer(noop());
+    g.bench_function("tower_governor", |b| {
+        b.iter_custom(|n| run(rt, &theirs, kind, n))
+    });
+    g.finish();
+}
+
 fn in_process(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    for (name, kind) in [
-        ("global", Kind::Global),
-        ("peer-ip", Kind::Peer),
-        ("x-forwarded-for", Kind::Xff),
-    ] {
-        let mut g = c.benchmark_group(format!("rate_limit/{name}"));
-        g.bench_function("baseline", |b| {
-            b.iter_custom(|n| run(&rt, &noop(), kind, n))
-        });
-        match kind {
-            Kind::Global => {
-                let ours = RateLimitLayer::builder()
-                    .key(GlobalKey)
-                    .quota(unlimited())
-                    .build()
-                    .unwrap()
-                    .layer(noop());
-                g.bench_function("tower-scale", |b| {
-                    b.iter_custom(|n| run(&rt, &ours, kind, n))
-                });
-                let conf = GovernorConfigBuilder::default()
-                    .per_nanosecond(1)
-                    .burst_size(u32::MAX)
-                    .key_extractor(GlobalKeyExtractor)
-                    .finish()
-                    .unwrap();
-                let theirs = GovernorLayer::new(Arc::new(conf)).layer(noop());
-                g.bench_function("tower_governor", |b| {
-                    b.iter_custom(|n| run(&rt, &theirs, kind, n))
-                });
-            }
-            Kind::Peer => {
-                let ours = RateLimitLayer::builder()
-                    .key(PeerIp::new())
-                    .quota(unlimited())
-                    .build()
-                    .unwrap()
-                    .layer(noop());
-                g.bench_function("tower-scale", |b| {
-                    b.iter_custom(|n| run(&rt, &ours, kind, n))
-                });
-                let conf = GovernorConfigBuilder::default()
-                    .per_nanosecond(1)
-                    .burst_size(u32::MAX)
-                    .key_extractor(PeerIpKeyExtractor)
-                    .finish()
-                    .unwrap();
-                let theirs = GovernorLayer::new(Arc::new(conf)).layer(noop());
-                g.bench_function("tower_governor", |b| {
-                    b.iter_custom(|n| run(&rt, &theirs, kind, n))
-                });
-            }
-            Kind::Xff => {
-                let key = ClientIp::builder()
-                    .trust_cidr("10.0.0.0/8")
-                    .build()
-                    .unwrap();
-                let ours = RateLimitLayer::builder()
-                    .key(key)
-                    .quota(unlimited())
-                    .build()
-                    .unwrap()
-                    .layer(noop());
-                g.bench_function("tower-scale", |b| {
-                    b.iter_custom(|n| run(&rt, &ours, kind, n))
-                });
-                let conf = GovernorConfigBuilder::default()
-                    .per_nanosecond(1)
-                    .burst_size(u32::MAX)
-                    .key_extractor(SmartIpKeyExtractor)
-                    .finish()
-                    .unwrap();
-                let theirs = GovernorLayer::new(Arc::new(conf)).layer(noop());
-                g.bench_function("tower_governor", |b| {
-                    b.iter_custom(|n| run(&rt, &theirs, kind, n))
-                });
-            }
-        }
-        g.finish();
-    }
+    compare(
+        c,
+        &rt,
+        "global",
+        Kind::Global,
+        GlobalKey,
+        GlobalKeyExtractor,
+    );
+    compare(
+        c,
+        &rt,
+        "peer-ip",
+        Kind::Peer,
+        PeerIp::new(),
+        PeerIpKeyExtractor,
+    );
+    let behind_lb = ClientIp::builder()
+        .trust_cidr("10.0.0.0/8")
+        .build()
+        .unwrap();
+    compare(
+        c,
+        &rt,
+        "x-forwarded-for",
+        Kind::Xff,
+        behind_lb,
+        SmartIpKeyExtractor,
+    );
 }
 
 /// A plain single-quota GCRA script: the floor a Redis limiter cannot go below.

@@ -5,6 +5,8 @@
 
 mod support;
 
+use support::LayerExt;
+
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::OnceLock;
@@ -406,20 +408,6 @@ fn public_types_are_send_and_sync() {
             tower_scale::classify::HttpClassifier,
         >,
     >();
-}
-
-trait LayerExt {
-    fn layer_service<S>(&self, inner: S) -> <Self as tower::Layer<S>>::Service
-    where
-        Self: tower::Layer<S>;
-}
-impl<T> LayerExt for T {
-    fn layer_service<S>(&self, inner: S) -> <Self as tower::Layer<S>>::Service
-    where
-        Self: tower::Layer<S>,
-    {
-        tower::Layer::layer(self, inner)
-    }
 }
 
 /// A body that yields "done" after a delay.

@@ -2,6 +2,8 @@
 
 mod support;
 
+use support::LayerExt;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -26,13 +28,7 @@ fn ok_service() -> Inner {
     }))
 }
 
-fn backend(url: &str, prefix: &str) -> RedisBackend {
-    RedisBackend::builder(url)
-        .prefix(prefix)
-        .timeout(Duration::from_millis(250))
-        .build()
-        .unwrap()
-}
+use support::redis_backend as backend;
 
 fn req(peer: &str, method: &str, path: &str) -> Request<()> {
     let mut r = Request::builder()
@@ -585,20 +581,6 @@ fn public_types_are_send_and_sync() {
             tower_scale::rate_limit::DefaultResponse,
         > as Service<Request<()>>>::Future,
     >();
-}
-
-trait LayerExt {
-    fn layer_service<S>(&self, inner: S) -> <Self as tower::Layer<S>>::Service
-    where
-        Self: tower::Layer<S>;
-}
-impl<T> LayerExt for T {
-    fn layer_service<S>(&self, inner: S) -> <Self as tower::Layer<S>>::Service
-    where
-        Self: tower::Layer<S>,
-    {
-        tower::Layer::layer(self, inner)
-    }
 }
 
 /// Commands a private Redis has served, by name.

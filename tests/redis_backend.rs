@@ -6,13 +6,7 @@ use std::time::{Duration, Instant};
 
 use tower_scale::redis::{RedisBackend, Script, cmd};
 
-fn backend(url: &str, prefix: &str) -> RedisBackend {
-    RedisBackend::builder(url)
-        .prefix(prefix)
-        .timeout(Duration::from_millis(300))
-        .build()
-        .unwrap()
-}
+use support::redis_backend as backend;
 
 #[tokio::test]
 async fn ping_and_prefixed_keys_on_the_shared_redis() {

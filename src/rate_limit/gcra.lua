@@ -11,13 +11,7 @@
 -- A refused request writes nothing. Redis runs scripts one at a time, so this is written
 -- to allocate little: at high concurrency its cost is the limiter's throughput.
 
-local now
-if ARGV[2] == '' then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-else
-  now = tonumber(ARGV[2])
-end
+-- `now` comes from now.lua, which is prepended to this script.
 local cost = tonumber(ARGV[1])
 local n = #KEYS
 local out = {1, now}

@@ -2,13 +2,7 @@
 -- over or collect. Same arguments, for one key; replies {remaining, retry_after_us
 -- (-1: never, 0: admitted), reset_us}, the smallest reply that says it all.
 
-local now
-if ARGV[2] == '' then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-else
-  now = tonumber(ARGV[2])
-end
+-- `now` comes from now.lua, which is prepended to this script.
 local emission = tonumber(ARGV[3])
 local cap = emission * tonumber(ARGV[4])
 local inc = tonumber(ARGV[1]) * emission

@@ -8,8 +8,8 @@ use super::store::{Decision, QuotaSpec, Store, StoreFuture};
 use crate::StoreUnavailable;
 use crate::redis::{RedisBackend, Script};
 
-const SCRIPT: &str = include_str!("gcra.lua");
-const SCRIPT_ONE: &str = include_str!("gcra_one.lua");
+const SCRIPT: &str = concat!(include_str!("now.lua"), include_str!("gcra.lua"));
+const SCRIPT_ONE: &str = concat!(include_str!("now.lua"), include_str!("gcra_one.lua"));
 
 /// Rate-limit state in Redis, shared by every instance pointed at it.
 ///

@@ -149,3 +149,28 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Applies a layer to a service (`Layer::layer`, callable as a method on the layer).
+pub trait LayerExt {
+    fn layer_service<S>(&self, inner: S) -> <Self as tower::Layer<S>>::Service
+    where
+        Self: tower::Layer<S>;
+}
+
+impl<T> LayerExt for T {
+    fn layer_service<S>(&self, inner: S) -> <Self as tower::Layer<S>>::Service
+    where
+        Self: tower::Layer<S>,
+    {
+        tower::Layer::layer(self, inner)
+    }
+}
+
+/// A Redis backend on `url` with its own key prefix and a timeout tests can live with.
+pub fn redis_backend(url: &str, prefix: &str) -> tower_scale::redis::RedisBackend {
+    tower_scale::redis::RedisBackend::builder(url)
+        .prefix(prefix)
+        .timeout(Duration::from_millis(250))
+        .build()
+        .unwrap()
+}
