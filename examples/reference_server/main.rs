@@ -467,6 +467,9 @@ async fn run(config: Config) -> Result<(), Failure> {
         Some(url) => Some(
             RedisBackend::builder(url.clone())
                 .prefix("reference-server")
+                // A slow Redis must not stall requests: past this, rate limits fall back
+                // to each instance's own share and readiness reports Redis as failing.
+                .timeout(Duration::from_millis(50))
                 .build()
                 .map_err(|e| Failure::Config(format!("REDIS_URL: {e}")))?,
         ),
