@@ -54,7 +54,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, ConfigError> {
 /// Writes a duration in the largest unit that divides it: `15m`, `1h`, `1500ms`.
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms == 0 {
+    if ms == 0 || !d.subsec_nanos().is_multiple_of(1_000_000) {
         return format!("{}us", d.as_micros());
     }
     for (unit, size) in [
@@ -100,6 +100,15 @@ mod tests {
             let e = parse_duration(bad).unwrap_err();
             assert_eq!(e.setting(), "duration", "{bad}");
         }
+    }
+
+    #[test]
+    fn format_keeps_sub_millisecond_precision() {
+        assert_eq!(format_duration(Duration::from_micros(1500)), "1500us");
+        assert_ne!(
+            format_duration(Duration::from_micros(1500)),
+            format_duration(Duration::from_millis(1))
+        );
     }
 
     #[test]

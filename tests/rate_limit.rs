@@ -387,19 +387,211 @@ async fn spoofed_forwarded_for_from_an_untrusted_peer_is_ignored() {
 }
 
 #[tokio::test]
-async fn shadow_mode_counts_but_never_refuses() {
+async fn shadow_mode_decides_but_never_refuses() {
     let mut svc = RateLimitLayer::builder()
-        .quota(quota("1/1h", "q"))
+        .quota(quota("2/1h", "q"))
         .shadow(true)
         .headers_on_success(true)
         .build()
         .unwrap()
         .layer_service(ok_service());
-    for _ in 0..5 {
+    let mut remaining = Vec::new();
+    for _ in 0..4 {
         let (s, h) = status(&mut svc, req("192.0.2.40:1", "GET", "/")).await;
         assert_eq!(s, StatusCode::OK);
-        assert!(h.contains_key(RATELIMIT));
+        let v = h[RATELIMIT].to_str().unwrap().to_owned();
+        remaining.push(v.split(';').nth(1).unwrap().to_owned());
     }
+    // It really decides: the quota runs out, and the would-be refusals say so.
+    assert_eq!(remaining, ["r=1", "r=0", "r=0", "r=0"]);
+
+    // Shadow mode admits even when the store fails and the layer would fail closed.
+    let down = support::free_port();
+    let mut svc = RateLimitLayer::builder()
+        .store(RedisStore::new(backend(
+            &format!("redis://127.0.0.1:{down}"),
+            "shadow",
+        )))
+        .quota(quota("1/1h", "q"))
+        .on_store_error(OnStoreError::FailClosed)
+        .shadow(true)
+        .build()
+        .unwrap()
+        .layer_service(ok_service());
+    assert_eq!(
+        status(&mut svc, req("192.0.2.41:1", "GET", "/")).await.0,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn layers_sharing_a_memory_store_share_quotas_by_name() {
+    let store = MemoryStore::new();
+    let layer = |name: &str| {
+        RateLimitLayer::builder()
+            .store(store.clone())
+            .quota(quota("2/1h", name))
+            .build()
+            .unwrap()
+            .layer_service(ok_service())
+    };
+    let (mut a, mut b, mut other) = (layer("shared"), layer("shared"), layer("other"));
+    let peer = "192.0.2.80:1";
+    assert_eq!(
+        status(&mut a, req(peer, "GET", "/")).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        status(&mut b, req(peer, "GET", "/")).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        status(&mut a, req(peer, "GET", "/")).await.0,
+        StatusCode::TOO_MANY_REQUESTS,
+        "same name: one quota"
+    );
+    assert_eq!(
+        status(&mut other, req(peer, "GET", "/")).await.0,
+        StatusCode::OK,
+        "another name: its own state"
+    );
+}
+
+#[tokio::test]
+async fn a_flood_of_new_keys_into_a_full_store_is_still_limited() {
+    // One state per shard: the store is full almost at once.
+    let mut svc = RateLimitLayer::builder()
+        .store(MemoryStore::with_max_keys(64).unwrap())
+        .quota(quota("1/1h", "q"))
+        .build()
+        .unwrap()
+        .layer_service(ok_service());
+    let mut admitted = 0;
+    for i in 0..2000u32 {
+        let peer = format!("10.{}.{}.{}:1", (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff);
+        if status(&mut svc, req(&peer, "GET", "/")).await.0 == StatusCode::OK {
+            admitted += 1;
+        }
+    }
+    // Each shard holds one key of its own and one overflow bucket: at most 128 admitted.
+    assert!(
+        admitted <= 128,
+        "{admitted} of 2000 new clients admitted past the cap"
+    );
+    assert!(admitted >= 64, "{admitted}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_is_kept_across_the_redis_round_trip() {
+    // The inner service admits one request at a time (its readiness is a permit).
+    let slow = tower::service_fn(|_req: Request<()>| async {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+    });
+    let inner = tower::ServiceBuilder::new()
+        .concurrency_limit(1)
+        .service(slow);
+    let svc = RateLimitLayer::builder()
+        .store(RedisStore::new(backend(
+            &support::redis_url(),
+            &support::unique("ready"),
+        )))
+        .quota(quota("5/1h", "q"))
+        .headers_on_success(true)
+        .build()
+        .unwrap()
+        .layer_service(inner);
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let svc = svc.clone();
+            tokio::spawn(async move {
+                let resp = svc.oneshot(req("192.0.2.90:1", "GET", "/")).await.unwrap();
+                (resp.status(), resp.headers().contains_key(RATELIMIT))
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for t in tasks {
+        let (s, has_headers) = t.await.unwrap();
+        assert!(
+            has_headers,
+            "headers on admitted and refused responses alike"
+        );
+        if s == StatusCode::OK {
+            ok += 1;
+        } else {
+            assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+        }
+    }
+    assert_eq!(ok, 5);
+    // The five admitted ones ran one at a time: the permit travelled with each request.
+    assert!(
+        start.elapsed() >= Duration::from_millis(100),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_hung_redis_costs_at_most_the_timeout() {
+    let server = support::RedisServer::start();
+    let timeout = Duration::from_millis(50);
+    let make = |mode: OnStoreError| {
+        let b = RedisBackend::builder(server.url())
+            .prefix("hung")
+            .timeout(timeout)
+            .build()
+            .unwrap();
+        RateLimitLayer::builder()
+            .store(RedisStore::new(b))
+            .quota(quota("3/1h", "q"))
+            .on_store_error(mode)
+            .build()
+            .unwrap()
+            .layer_service(ok_service())
+    };
+    let mut open = make(OnStoreError::FailOpen);
+    let mut closed = make(OnStoreError::FailClosed);
+    let mut local = make(OnStoreError::Local { share: 1.0 });
+    // Connected and warm before the hang.
+    assert_eq!(
+        status(&mut open, req("192.0.2.95:1", "GET", "/")).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        status(&mut closed, req("192.0.2.95:1", "GET", "/")).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        status(&mut local, req("192.0.2.95:1", "GET", "/")).await.0,
+        StatusCode::OK
+    );
+    server.freeze();
+    let cases: [(&str, &mut _, StatusCode); 3] = [
+        ("open", &mut open, StatusCode::OK),
+        ("closed", &mut closed, StatusCode::SERVICE_UNAVAILABLE),
+        ("local", &mut local, StatusCode::OK),
+    ];
+    for (name, svc, want) in cases {
+        let t = Instant::now();
+        let (s, _) = status(svc, req("192.0.2.96:1", "GET", "/")).await;
+        let took = t.elapsed();
+        assert_eq!(s, want, "{name}");
+        assert!(
+            took >= timeout && took < timeout + Duration::from_millis(150),
+            "{name}: took {took:?}"
+        );
+    }
+    server.thaw();
+    support::eventually("Redis answers again", Duration::from_secs(10), || {
+        let mut c = closed.clone();
+        async move {
+            (status(&mut c, req("192.0.2.97:1", "GET", "/")).await.0 == StatusCode::OK)
+                .then_some(())
+        }
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -518,8 +710,9 @@ async fn memory_stays_bounded() {
     for i in 0..20_000u32 {
         store.decide(&i, &refs, 1);
     }
+    // The cap, plus one overflow bucket per shard for the keys that did not fit.
     assert!(
-        store.len() <= 64 * 100,
+        store.len() <= 64 * 100 + 64,
         "the hard cap holds: {}",
         store.len()
     );

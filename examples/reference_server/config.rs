@@ -16,6 +16,7 @@ pub struct Config {
     pub pricing_url: Option<String>,
     pub rate_limit: Quota,
     pub export_rate_limit: Quota,
+    pub rate_limit_fallback_share: f64,
     pub client_ip: ClientIp,
     pub session_cookie_secure: bool,
     pub cache_ttl: Duration,
@@ -166,6 +167,22 @@ impl Config {
         };
         let rate_limit = quota("RATE_LIMIT", "100/15m", "api")?;
         let export_rate_limit = quota("EXPORT_RATE_LIMIT", "10/1h", "export")?;
+        let rate_limit_fallback_share = match get("RATE_LIMIT_FALLBACK_SHARE") {
+            None => 1.0,
+            Some(v) => v
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|s| *s > 0.0 && *s <= 1.0)
+                .ok_or_else(|| {
+                    bad(
+                        "RATE_LIMIT_FALLBACK_SHARE",
+                        format!(
+                            "`{v}` is not a share; use 0 < share <= 1, e.g. 0.25 for four instances"
+                        ),
+                    )
+                })?,
+        };
         let client_ip = ClientIp::builder()
             .trust_cidrs(&get("TRUSTED_PROXIES").unwrap_or_default())
             .build()
@@ -185,6 +202,7 @@ impl Config {
             pricing_url,
             rate_limit,
             export_rate_limit,
+            rate_limit_fallback_share,
             client_ip,
             session_cookie_secure,
             cache_ttl,
@@ -241,6 +259,9 @@ mod tests {
             ("LISTEN", "nope"),
             ("RATE_LIMIT", "lots"),
             ("RATE_LIMIT", "0/1m"),
+            ("RATE_LIMIT_FALLBACK_SHARE", "0"),
+            ("RATE_LIMIT_FALLBACK_SHARE", "1.5"),
+            ("RATE_LIMIT_FALLBACK_SHARE", "half"),
             ("EXPORT_RATE_LIMIT", "1/forever"),
             ("TRUSTED_PROXIES", "10.0.0.0/99"),
             ("SESSION_COOKIE_SECURE", "maybe"),

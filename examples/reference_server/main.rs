@@ -319,7 +319,8 @@ async fn identify(State(s): State<Shared>, mut req: Request, next: Next) -> Resp
 
 /// `RATE_LIMIT` per client on `/products*` and `/exports`, plus `EXPORT_RATE_LIMIT` on
 /// `POST /exports` (both checked in one store call). Shared through Redis when configured;
-/// while Redis is down each instance enforces the quotas on its own. `/metrics`,
+/// while Redis is down each instance enforces `RATE_LIMIT_FALLBACK_SHARE` of the quotas on
+/// its own. `/metrics`,
 /// `/healthz` and `/readyz` are never limited.
 fn rate_limit(config: &Config, redis: Option<&RedisBackend>) -> RateLimitLayer<ClientIp, AnyStore> {
     let store: AnyStore = match redis {
@@ -336,7 +337,9 @@ fn rate_limit(config: &Config, redis: Option<&RedisBackend>) -> RateLimitLayer<C
         .quota_for(config.export_rate_limit.clone(), |r| {
             r.method == http::Method::POST && r.uri.path() == "/exports"
         })
-        .on_store_error(OnStoreError::Local { share: 1.0 })
+        .on_store_error(OnStoreError::Local {
+            share: config.rate_limit_fallback_share,
+        })
         .headers_on_success(true)
         .build()
         .expect("two distinct quota names and a valid share")

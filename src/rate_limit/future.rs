@@ -74,7 +74,11 @@ impl<F, O> ResponseFuture<F, O> {
 
 fn finish<B>(mut resp: Response<B>, post: Post) -> Response<RateLimitBody<B>> {
     if let Post::Headers(h) = post {
-        resp.headers_mut().extend(*h);
+        // Append: a layer further in may have set its own RateLimit fields, and the two
+        // lists together describe every quota that applied.
+        for (name, value) in h.iter() {
+            resp.headers_mut().append(name, value.clone());
+        }
     }
     resp.map(RateLimitBody::inner)
 }

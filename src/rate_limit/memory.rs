@@ -16,6 +16,8 @@ use crate::ConfigError;
 const SHARDS: usize = 64;
 /// Every this many checks a shard drops the keys whose buckets are full again.
 const SWEEP_EVERY: u32 = 4096;
+/// A full shard sweeps at most this often (in checks).
+const FULL_SWEEP_EVERY: u32 = 256;
 
 /// Rate-limit state in this process: a sharded map from key to each quota's GCRA
 /// theoretical arrival time.
@@ -23,10 +25,12 @@ const SWEEP_EVERY: u32 = 4096;
 /// Memory stays bounded: a key whose bucket has refilled carries no information (its state
 /// equals having none), so such keys are dropped as the map is used, and memory follows
 /// the number of keys active within one period. A hard cap (`max_keys`, default 1,000,000)
-/// bounds it regardless: when full, a *new* key is judged as if fresh and not remembered
-/// (existing keys are unaffected), and a warning is logged once. The cap is kept per shard
-/// (`max_keys / 64` each), so with uneven hashing a store stops remembering new keys
-/// somewhat before `max_keys` in total (about 0.3% before, at a million keys).
+/// bounds it regardless. It counts (key, quota) states, and is kept per shard (`max_keys /
+/// 64` each), so with uneven hashing a shard fills somewhat before `max_keys` in total
+/// (about 0.3% before, at a million). In a full shard, *new* keys share one overflow
+/// bucket per quota: they are still limited, together, while the keys already held keep
+/// their own state; a warning is logged once and `tower_scale.rate_limit.store_full`
+/// counts each such decision.
 ///
 /// Keys are stored as 64-bit seeded hashes (foldhash, with a random seed per store), not as
 /// themselves: 16 bytes per key and quota whatever the key type. Two keys share state only
@@ -60,7 +64,7 @@ struct Shard {
     ops: u32,
 }
 
-/// The map's keys are already SipHash outputs: hashing them again would only cost time.
+/// The map's keys are already seeded hash outputs: hashing them again would only cost time.
 #[derive(Default)]
 struct PreHashed(u64);
 
@@ -90,7 +94,7 @@ impl MemoryStore {
         Self::with_max_keys(1_000_000).expect("the default is valid")
     }
 
-    /// A store remembering at most `max_keys` keys (per quota).
+    /// A store holding at most `max_keys` (key, quota) states.
     ///
     /// # Errors
     ///
@@ -138,7 +142,8 @@ impl MemoryStore {
     pub fn decide<K: Hash>(&self, key: &K, quotas: &[&QuotaSpec], cost: u64) -> Decision {
         let h = self.inner.hasher.hash_one(key);
         let now = self.now_us();
-        let shard = &self.inner.shards[(h as usize) % SHARDS].0;
+        // High bits pick the shard; the map uses the low bits for buckets.
+        let shard = &self.inner.shards[((h >> 32) as usize) % SHARDS].0;
         let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
         shard.ops += 1;
         if shard.ops >= SWEEP_EVERY {
@@ -155,22 +160,24 @@ impl MemoryStore {
             );
         }
         let n = quotas.len().min(MAX_QUOTAS);
+        let mut slots = [0u64; MAX_QUOTAS];
         let mut tats = [None; MAX_QUOTAS];
         let mut results = Vec::with_capacity(n);
         for (i, q) in quotas.iter().take(n).enumerate() {
-            tats[i] = shard.tats.get(&slot(h, q)).copied();
+            slots[i] = shard.resolve(
+                slot(h, q),
+                q,
+                now,
+                self.inner.max_per_shard,
+                &self.inner.warned_full,
+            );
+            tats[i] = shard.tats.get(&slots[i]).copied();
             results.push(q.gcra().check(tats[i], now, cost));
         }
         if results.iter().all(|(v, _)| v.allowed) {
-            for (q, (_, t)) in quotas.iter().zip(&results) {
+            for (i, (_, t)) in results.iter().enumerate() {
                 if let Some(t) = t {
-                    shard.store(
-                        slot(h, q),
-                        *t,
-                        now,
-                        self.inner.max_per_shard,
-                        &self.inner.warned_full,
-                    );
+                    shard.tats.insert(slots[i], *t);
                 }
             }
             Decision::new(results.into_iter().map(|(v, _)| v))
@@ -193,12 +200,49 @@ impl MemoryStore {
     }
 }
 
-/// Each quota's slot for a key: the key's hash moved by a per-quota odd constant.
+/// Each quota's slot for a key: the key's hash mixed with the quota's name, so quotas
+/// with different names never share state, and layers sharing a store share a quota's
+/// state exactly when they name it alike (as in Redis).
 fn slot(h: u64, q: &QuotaSpec) -> u64 {
-    h.wrapping_add((q.index() as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+    h ^ q.salt()
 }
 
+/// Where the overflow slots live (mixed with each quota's salt).
+const OVERFLOW: u64 = 0xA5A5_5A5A_C3C3_3C3C;
+
 impl Shard {
+    /// The slot a key's quota lives in: its own, unless the shard is full and the key is
+    /// new. Then it is the shard's overflow slot for that quota, shared by every key that
+    /// did not fit, so those keys are still limited (together) rather than not at all.
+    fn resolve(
+        &mut self,
+        slot: u64,
+        q: &QuotaSpec,
+        now: u64,
+        max: usize,
+        warned: &AtomicBool,
+    ) -> u64 {
+        if self.tats.len() < max || self.tats.contains_key(&slot) {
+            return slot;
+        }
+        // Full: sweep, but not on every request, or a flood of new keys would make each of
+        // them scan the shard.
+        if self.ops >= FULL_SWEEP_EVERY {
+            self.sweep(now);
+            if self.tats.len() < max {
+                return slot;
+            }
+        }
+        if !warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                max_keys = max * SHARDS,
+                "rate limit: in-process store is full; new keys share an overflow bucket until others expire"
+            );
+        }
+        ::metrics::counter!("tower_scale.rate_limit.store_full").increment(1);
+        OVERFLOW ^ q.salt()
+    }
+
     /// One quota: a single probe of the map.
     fn decide_one(
         &mut self,
@@ -209,7 +253,7 @@ impl Shard {
         max: usize,
         warned: &AtomicBool,
     ) -> Decision {
-        let full = self.tats.len() >= max;
+        let slot = self.resolve(slot, q, now, max, warned);
         match self.tats.entry(slot) {
             Entry::Occupied(mut e) => {
                 let (v, t) = q.gcra().check(Some(*e.get()), now, cost);
@@ -221,11 +265,7 @@ impl Shard {
             Entry::Vacant(e) => {
                 let (v, t) = q.gcra().check(None, now, cost);
                 if let Some(t) = t {
-                    if full {
-                        self.store(slot, t, now, max, warned);
-                    } else {
-                        e.insert(t);
-                    }
+                    e.insert(t);
                 }
                 Decision::one(v)
             }
@@ -235,23 +275,6 @@ impl Shard {
     fn sweep(&mut self, now: u64) {
         self.tats.retain(|_, tat| *tat > now);
         self.ops = 0;
-    }
-
-    fn store(&mut self, slot: u64, tat: u64, now: u64, max: usize, warned: &AtomicBool) {
-        if self.tats.len() >= max && !self.tats.contains_key(&slot) {
-            self.sweep(now);
-            if self.tats.len() >= max {
-                if !warned.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(
-                        max_keys = max * SHARDS,
-                        "rate limit: in-process store is full; new keys are not remembered until others expire"
-                    );
-                }
-                ::metrics::counter!("tower_scale.rate_limit.store_full").increment(1);
-                return;
-            }
-        }
-        self.tats.insert(slot, tat);
     }
 }
 

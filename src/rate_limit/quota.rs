@@ -8,6 +8,9 @@ use std::time::Duration;
 use super::gcra::Gcra;
 use crate::{ConfigError, format_duration, parse_duration};
 
+/// Ten years in microseconds: the longest burst capacity a quota may have.
+const MAX_CAPACITY_US: u64 = 10 * 366 * 86_400 * 1_000_000;
+
 /// `limit` requests per `period`, of which up to `burst` may arrive at once (default: all
 /// of them, so `100/15m` admits 100 at once, then one every 9 s).
 ///
@@ -39,7 +42,8 @@ impl Quota {
     ///
     /// # Errors
     ///
-    /// A zero limit, or a period shorter than a millisecond or longer than a year.
+    /// A zero limit, a period shorter than a millisecond or longer than a year, or more
+    /// than one request per microsecond.
     pub fn new(limit: u32, period: Duration) -> Result<Self, ConfigError> {
         if limit == 0 {
             return Err(ConfigError::new(
@@ -53,19 +57,46 @@ impl Quota {
                 "the period must be between 1ms and a year",
             ));
         }
-        Ok(Self {
+        if u128::from(limit) > period.as_micros() {
+            return Err(ConfigError::new(
+                "quota",
+                format!(
+                    "{limit} per {} is more than one request per microsecond, the finest this limiter keeps",
+                    format_duration(period)
+                ),
+            ));
+        }
+        Self {
             name: Arc::from(format!("{limit}/{}", format_duration(period))),
             limit,
             period,
             burst: limit,
-        })
+        }
+        .checked()
+    }
+
+    /// A burst's worth of time must stay well inside the range where the Redis script's
+    /// numbers (doubles) are exact integers.
+    fn checked(self) -> Result<Self, ConfigError> {
+        if self
+            .gcra()
+            .emission_us
+            .saturating_mul(u64::from(self.burst))
+            > MAX_CAPACITY_US
+        {
+            return Err(ConfigError::new(
+                "burst",
+                format!("{self} allows a burst lasting more than ten years; lower the burst"),
+            ));
+        }
+        Ok(self)
     }
 
     /// How many may arrive at once (1..=limit is usual; more than the limit is allowed).
     ///
     /// # Errors
     ///
-    /// A zero burst.
+    /// A zero burst, or one lasting more than ten years (burst × period / limit).
     pub fn burst(mut self, burst: u32) -> Result<Self, ConfigError> {
         if burst == 0 {
             return Err(ConfigError::new(
@@ -74,7 +105,7 @@ impl Quota {
             ));
         }
         self.burst = burst;
-        Ok(self)
+        self.checked()
     }
 
     /// Names the quota. Names are written into headers and store keys: 1..=64 characters
@@ -196,6 +227,15 @@ mod tests {
         }
         assert!(Quota::new(1, Duration::from_micros(10)).is_err());
         assert!(q.clone().burst(0).is_err());
+        // A day per unit, 100,000 at once: a burst of 273 years.
+        assert!("1/1d".parse::<Quota>().unwrap().burst(100_000).is_err());
+        assert!(
+            "1000000/1s"
+                .parse::<Quota>()
+                .unwrap()
+                .burst(u32::MAX)
+                .is_ok()
+        );
         assert!(q.clone().named("").is_err());
         assert!(q.clone().named("has space").is_err());
         assert!(q.clone().named("quote\"").is_err());

@@ -135,11 +135,15 @@ fn us_to_secs_ceil(us: u64) -> u64 {
     us.div_ceil(1_000_000)
 }
 
-/// `"name";q=LIMIT;w=WINDOW_SECONDS` for one quota.
+/// `"name";q=LIMIT;w=WINDOW_SECONDS` for one quota. The window is whole seconds: a
+/// sub-second or fractional period is advertised over the window rounded up, with the
+/// quota scaled to it (`5/500ms` is `q=10;w=1`), rounded down so it never overstates.
 pub(crate) fn policy_item(q: &Quota) -> HeaderValue {
     let w = ceil_secs(q.period()).max(1);
+    let scaled = u128::from(q.limit()) * u128::from(w) * 1_000_000 / q.period().as_micros().max(1);
+    let limit = u64::try_from(scaled).unwrap_or(u64::MAX).max(1);
     // Names are restricted to token characters, so this is always a valid header value.
-    HeaderValue::from_str(&format!("\"{}\";q={};w={}", q.name(), q.limit(), w))
+    HeaderValue::from_str(&format!("\"{}\";q={};w={}", q.name(), limit, w))
         .unwrap_or_else(|_| HeaderValue::from_static("\"default\""))
 }
 
@@ -237,6 +241,14 @@ mod tests {
         // X-RateLimit-* describe the refusing quota.
         assert_eq!(h[X_LIMIT], "10");
         assert_eq!(h[X_REMAINING], "0");
+    }
+
+    #[test]
+    fn sub_second_windows_are_scaled_not_stretched() {
+        let q: Quota = "5/500ms".parse().unwrap();
+        assert_eq!(policy_item(&q), "\"5/500ms\";q=10;w=1");
+        let q: Quota = "3/1500ms".parse().unwrap();
+        assert_eq!(policy_item(&q), "\"3/1500ms\";q=4;w=2");
     }
 
     #[test]

@@ -93,15 +93,15 @@ impl<K, S, R: OnRateLimited> Shared<K, S, R> {
 
     fn conclude(&self, applied: &Applied, decision: &Decision) -> Verdicted {
         let verdicts = decision.verdicts();
+        // Admitted: every quota counts an admission. Refused: only the quotas that refused
+        // count, since the others took nothing.
         for (&i, v) in applied.indices().iter().zip(verdicts) {
             let rule = &self.rules[usize::from(i)];
-            let slot = if v.allowed {
-                &rule.allowed
-            } else {
-                &rule.refused
-            };
-            rule.counter(slot, if v.allowed { "allowed" } else { "refused" })
-                .increment(1);
+            if decision.allowed() {
+                rule.counter(&rule.allowed, "allowed").increment(1);
+            } else if !v.allowed {
+                rule.counter(&rule.refused, "refused").increment(1);
+            }
         }
         if decision.allowed() || self.shadow {
             if !decision.allowed() {
@@ -161,6 +161,8 @@ impl<K, S, R: OnRateLimited> Shared<K, S, R> {
         ::metrics::counter!("tower_scale.rate_limit.store_errors").increment(1);
         tracing::debug!(error = %err, "rate limit: store unavailable");
         match &self.fallback {
+            // Shadow mode never refuses, whatever the store does.
+            Fallback::Open | Fallback::Closed if self.shadow => Verdicted::Admit(Post::Nothing),
             Fallback::Open => Verdicted::Admit(Post::Nothing),
             Fallback::Closed => {
                 let refusal = RateLimited {

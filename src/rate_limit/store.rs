@@ -18,6 +18,7 @@ pub const MAX_QUOTAS: usize = 8;
 pub struct QuotaSpec {
     index: usize,
     name: Arc<str>,
+    salt: u64,
     gcra: Gcra,
 }
 
@@ -27,8 +28,14 @@ impl QuotaSpec {
         Self {
             index,
             name: Arc::from(quota.name()),
+            salt: salt(quota.name()),
             gcra: quota.gcra(),
         }
+    }
+
+    /// A stable 64-bit hash of the name, for in-process stores to key state by name.
+    pub fn salt(&self) -> u64 {
+        self.salt
     }
 
     /// The quota's position in its layer (0..MAX_QUOTAS): a stable slot for its state.
@@ -36,7 +43,9 @@ impl QuotaSpec {
         self.index
     }
 
-    /// The quota's name: separates its state from other quotas' in a shared store.
+    /// The quota's name: what identifies its state in a store. Quotas with different names
+    /// never share state; layers sharing a store share a quota's state exactly when they
+    /// give it the same name.
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -45,6 +54,20 @@ impl QuotaSpec {
     pub fn gcra(&self) -> Gcra {
         self.gcra
     }
+}
+
+/// FNV-1a over the name, then a 64-bit finaliser so every bit depends on every byte.
+fn salt(name: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
 }
 
 /// A store's answer for one request: admitted or not, and each quota's verdict, in the
