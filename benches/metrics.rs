@@ -30,6 +30,15 @@ fn recorder() -> PrometheusHandle {
         .unwrap()
 }
 
+/// One request. A function of its own so `scripts/bench-instructions.sh` can count them.
+#[inline(never)]
+fn request() -> Request<Body> {
+    Request::builder()
+        .uri("/products/42")
+        .body(Body::empty())
+        .unwrap()
+}
+
 /// Runs `iters` requests through `svc` on a current-thread runtime and returns the time.
 /// Histogram samples are drained into buckets after the timed loop, as the exporter's
 /// upkeep would do, so the recorder's buffer does not grow across batches.
@@ -43,10 +52,7 @@ where
     let elapsed = rt.block_on(async {
         let start = Instant::now();
         for _ in 0..iters {
-            let req = Request::builder()
-                .uri("/products/42")
-                .body(Body::empty())
-                .unwrap();
+            let req = request();
             let resp = svc.ready().await.unwrap().call(req).await.unwrap();
             let body = resp.into_body().collect().await.unwrap();
             std::hint::black_box(body);

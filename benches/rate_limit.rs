@@ -54,6 +54,8 @@ enum Kind {
     Xff,
 }
 
+/// One request. A function of its own so `scripts/bench-instructions.sh` can count them.
+#[inline(never)]
 fn request(kind: Kind, client: IpAddr) -> Request<Body> {
     let mut req = Request::builder()
         .uri("/products/42")
