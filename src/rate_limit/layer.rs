@@ -10,7 +10,7 @@ use tower_layer::Layer;
 use super::memory::MemoryStore;
 use super::quota::Quota;
 use super::response::{DefaultResponse, OnRateLimited};
-use super::service::RateLimit;
+use super::service::{Applied, RateLimit};
 use super::store::{MAX_QUOTAS, QuotaSpec};
 use crate::ConfigError;
 use crate::key::{KeyExtractor, PeerIp, RequestRef};
@@ -78,6 +78,9 @@ pub(crate) struct Shared<K, S, R> {
     pub(crate) headers_on_success: bool,
     pub(crate) x_headers: bool,
     pub(crate) response: R,
+    /// True if no quota has a predicate, so every quota applies to every request.
+    pub(crate) unconditional: bool,
+    pub(crate) all: Applied,
 }
 
 /// Applies [`RateLimit`] to a service. Cheap to clone; clones share quotas' state.
@@ -306,6 +309,14 @@ impl<K, S, R> RateLimitLayerBuilder<K, S, R> {
                 }
             }
         };
+        let unconditional = self.rules.iter().all(|(_, m)| m.is_none());
+        let mut all = Applied {
+            idx: [0; MAX_QUOTAS],
+            n: self.rules.len(),
+        };
+        for (i, slot) in all.idx.iter_mut().enumerate().take(self.rules.len()) {
+            *slot = i as u8;
+        }
         let rules = self
             .rules
             .into_iter()
@@ -330,6 +341,8 @@ impl<K, S, R> RateLimitLayerBuilder<K, S, R> {
                 headers_on_success: self.headers_on_success,
                 x_headers: self.x_headers,
                 response: self.response,
+                unconditional,
+                all,
             }),
         })
     }

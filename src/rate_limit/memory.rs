@@ -134,8 +134,12 @@ impl MemoryStore {
     }
 
     fn now_us(&self) -> u64 {
-        // Offset by one so that no TAT is ever 0.
-        u64::try_from(self.inner.epoch.elapsed().as_micros()).unwrap_or(u64::MAX - 1) + 1
+        // u64 arithmetic (`as_micros` is u128); offset by one so that no TAT is ever 0.
+        let d = self.inner.epoch.elapsed();
+        d.as_secs()
+            .saturating_mul(1_000_000)
+            .saturating_add(u64::from(d.subsec_micros()))
+            .saturating_add(1)
     }
 
     /// Decides synchronously (what [`Store::check`] returns as ready).

@@ -64,8 +64,8 @@ impl<K: fmt::Display> fmt::Display for BucketKey<K> {
 /// Which of the layer's quotas applied to a request.
 #[derive(Clone, Copy)]
 pub(crate) struct Applied {
-    idx: [u8; MAX_QUOTAS],
-    n: usize,
+    pub(crate) idx: [u8; MAX_QUOTAS],
+    pub(crate) n: usize,
 }
 
 impl Applied {
@@ -93,6 +93,12 @@ impl<K, S, R: OnRateLimited> Shared<K, S, R> {
 
     fn conclude(&self, applied: &Applied, decision: &Decision) -> Verdicted {
         let verdicts = decision.verdicts();
+        // The common case first: one quota, admitted, no headers to write.
+        if decision.allowed() && !self.headers_on_success && applied.n == 1 {
+            let rule = &self.rules[usize::from(applied.idx[0])];
+            rule.counter(&rule.allowed, "allowed").increment(1);
+            return Verdicted::Admit(Post::Nothing);
+        }
         // Admitted: every quota counts an admission. Refused: only the quotas that refused
         // count, since the others took nothing.
         for (&i, v) in applied.indices().iter().zip(verdicts) {
@@ -210,16 +216,22 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let shared = &*self.shared;
         let view = RequestRef::from(&req);
-        let mut applied = Applied {
-            idx: [0; MAX_QUOTAS],
-            n: 0,
-        };
-        for (i, rule) in shared.rules.iter().enumerate() {
-            if rule.matcher.as_ref().is_none_or(|m| m(view)) {
-                applied.idx[applied.n] = i as u8;
-                applied.n += 1;
+        let applied = if shared.unconditional {
+            // No quota has a predicate: all of them apply, as computed at build time.
+            shared.all
+        } else {
+            let mut applied = Applied {
+                idx: [0; MAX_QUOTAS],
+                n: 0,
+            };
+            for (i, rule) in shared.rules.iter().enumerate() {
+                if rule.matcher.as_ref().is_none_or(|m| m(view)) {
+                    applied.idx[applied.n] = i as u8;
+                    applied.n += 1;
+                }
             }
-        }
+            applied
+        };
         let cost = shared.cost.as_ref().map_or(1, |f| f(view));
         if applied.n == 0 || cost == 0 {
             return ResponseFuture::calling(self.inner.call(req), Post::Nothing);
@@ -234,8 +246,16 @@ where
             }
         };
         let cost = u64::from(cost);
-        let specs = shared.specs(&applied);
-        match shared.store.check(&key, &specs[..applied.n], cost) {
+        let one;
+        let many;
+        let specs: &[&QuotaSpec] = if applied.n == 1 {
+            one = [&shared.rules[usize::from(applied.idx[0])].spec];
+            &one
+        } else {
+            many = shared.specs(&applied);
+            &many[..applied.n]
+        };
+        match shared.store.check(&key, specs, cost) {
             StoreFuture::Ready(result) => {
                 let verdicted = match result {
                     Ok(d) => shared.conclude(&applied, &d),
