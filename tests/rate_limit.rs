@@ -533,24 +533,37 @@ async fn readiness_is_kept_across_the_redis_round_trip() {
     );
 }
 
+/// A one-quota layer on the Redis at `url`, with `timeout` and failure `mode`.
+fn layer_on_redis(
+    url: &str,
+    timeout: Duration,
+    q: &str,
+    mode: OnStoreError,
+) -> tower_scale::rate_limit::RateLimit<
+    Inner,
+    tower_scale::key::PeerIp,
+    RedisStore,
+    tower_scale::rate_limit::DefaultResponse,
+> {
+    let b = RedisBackend::builder(url)
+        .prefix(support::unique("modes"))
+        .timeout(timeout)
+        .build()
+        .unwrap();
+    RateLimitLayer::builder()
+        .store(RedisStore::new(b))
+        .quota(quota(q, "q"))
+        .on_store_error(mode)
+        .build()
+        .unwrap()
+        .layer_service(ok_service())
+}
+
 #[tokio::test]
 async fn a_hung_redis_costs_at_most_the_timeout() {
     let server = support::RedisServer::start();
     let timeout = Duration::from_millis(50);
-    let make = |mode: OnStoreError| {
-        let b = RedisBackend::builder(server.url())
-            .prefix("hung")
-            .timeout(timeout)
-            .build()
-            .unwrap();
-        RateLimitLayer::builder()
-            .store(RedisStore::new(b))
-            .quota(quota("3/1h", "q"))
-            .on_store_error(mode)
-            .build()
-            .unwrap()
-            .layer_service(ok_service())
-    };
+    let make = |mode| layer_on_redis(&server.url(), timeout, "3/1h", mode);
     let mut open = make(OnStoreError::FailOpen);
     let mut closed = make(OnStoreError::FailClosed);
     let mut local = make(OnStoreError::Local { share: 1.0 });
@@ -598,20 +611,7 @@ async fn a_hung_redis_costs_at_most_the_timeout() {
 async fn store_failure_modes_with_redis_killed() {
     let mut server = support::RedisServer::start();
     let timeout = Duration::from_millis(50);
-    let make = |mode: OnStoreError| {
-        let b = RedisBackend::builder(server.url())
-            .prefix("modes")
-            .timeout(timeout)
-            .build()
-            .unwrap();
-        RateLimitLayer::builder()
-            .store(RedisStore::new(b))
-            .quota(quota("4/1h", "q"))
-            .on_store_error(mode)
-            .build()
-            .unwrap()
-            .layer_service(ok_service())
-    };
+    let make = |mode| layer_on_redis(&server.url(), timeout, "4/1h", mode);
     let mut open = make(OnStoreError::FailOpen);
     let mut closed = make(OnStoreError::FailClosed);
     let mut local = make(OnStoreError::Local { share: 0.5 });
