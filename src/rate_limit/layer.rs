@@ -119,13 +119,15 @@ impl RateLimitLayer {
         RateLimitLayerBuilder {
             key: PeerIp::new(),
             store: MemoryStore::new(),
-            rules: Vec::new(),
-            cost: None,
-            on_error: OnStoreError::FailOpen,
-            shadow: false,
-            headers_on_success: false,
-            x_headers: false,
             response: DefaultResponse,
+            settings: Settings {
+                rules: Vec::new(),
+                cost: None,
+                on_error: OnStoreError::FailOpen,
+                shadow: false,
+                headers_on_success: false,
+                x_headers: false,
+            },
         }
     }
 }
@@ -146,13 +148,18 @@ impl<In, K: Clone, S: Clone, R> Layer<In> for RateLimitLayer<K, S, R> {
 pub struct RateLimitLayerBuilder<K = PeerIp, S = MemoryStore, R = DefaultResponse> {
     key: K,
     store: S,
+    response: R,
+    settings: Settings,
+}
+
+/// What the builder holds besides its three type parameters.
+struct Settings {
     rules: Vec<(Quota, Option<Matcher>)>,
     cost: Option<CostFn>,
     on_error: OnStoreError,
     shadow: bool,
     headers_on_success: bool,
     x_headers: bool,
-    response: R,
 }
 
 impl<K, S, R> fmt::Debug for RateLimitLayerBuilder<K, S, R> {
@@ -169,13 +176,8 @@ impl<K, S, R> RateLimitLayerBuilder<K, S, R> {
         RateLimitLayerBuilder {
             key,
             store: self.store,
-            rules: self.rules,
-            cost: self.cost,
-            on_error: self.on_error,
-            shadow: self.shadow,
-            headers_on_success: self.headers_on_success,
-            x_headers: self.x_headers,
             response: self.response,
+            settings: self.settings,
         }
     }
 
@@ -185,13 +187,8 @@ impl<K, S, R> RateLimitLayerBuilder<K, S, R> {
         RateLimitLayerBuilder {
             key: self.key,
             store,
-            rules: self.rules,
-            cost: self.cost,
-            on_error: self.on_error,
-            shadow: self.shadow,
-            headers_on_success: self.headers_on_success,
-            x_headers: self.x_headers,
             response: self.response,
+            settings: self.settings,
         }
     }
 
@@ -200,19 +197,14 @@ impl<K, S, R> RateLimitLayerBuilder<K, S, R> {
         RateLimitLayerBuilder {
             key: self.key,
             store: self.store,
-            rules: self.rules,
-            cost: self.cost,
-            on_error: self.on_error,
-            shadow: self.shadow,
-            headers_on_success: self.headers_on_success,
-            x_headers: self.x_headers,
             response,
+            settings: self.settings,
         }
     }
 
     /// A quota every request counts against.
     pub fn quota(mut self, quota: Quota) -> Self {
-        self.rules.push((quota, None));
+        self.settings.rules.push((quota, None));
         self
     }
 
@@ -223,39 +215,39 @@ impl<K, S, R> RateLimitLayerBuilder<K, S, R> {
         quota: Quota,
         applies: impl Fn(RequestRef<'_>) -> bool + Send + Sync + 'static,
     ) -> Self {
-        self.rules.push((quota, Some(Arc::new(applies))));
+        self.settings.rules.push((quota, Some(Arc::new(applies))));
         self
     }
 
     /// What a request costs (default 1 for every request). A cost of 0 is not checked.
     pub fn cost(mut self, cost: impl Fn(RequestRef<'_>) -> u32 + Send + Sync + 'static) -> Self {
-        self.cost = Some(Arc::new(cost));
+        self.settings.cost = Some(Arc::new(cost));
         self
     }
 
     /// What to do when the store cannot answer (default [`OnStoreError::FailOpen`]).
     pub fn on_store_error(mut self, mode: OnStoreError) -> Self {
-        self.on_error = mode;
+        self.settings.on_error = mode;
         self
     }
 
     /// Decide and report, never refuse: for trying a quota on live traffic.
     pub fn shadow(mut self, shadow: bool) -> Self {
-        self.shadow = shadow;
+        self.settings.shadow = shadow;
         self
     }
 
     /// Also send `RateLimit`/`RateLimit-Policy` on admitted responses (default: on refusals
     /// only, which is cheaper).
     pub fn headers_on_success(mut self, on: bool) -> Self {
-        self.headers_on_success = on;
+        self.settings.headers_on_success = on;
         self
     }
 
     /// Also send `X-RateLimit-Limit`, `-Remaining` and `-Reset` (the quota closest to
     /// refusing), for clients that predate the IETF fields.
     pub fn x_ratelimit_headers(mut self, on: bool) -> Self {
-        self.x_headers = on;
+        self.settings.x_headers = on;
         self
     }
 
@@ -265,20 +257,23 @@ impl<K, S, R> RateLimitLayerBuilder<K, S, R> {
     ///
     /// No quota, more than eight, two with one name, or a fallback share outside (0, 1].
     pub fn build(self) -> Result<RateLimitLayer<K, S, R>, ConfigError> {
-        if self.rules.is_empty() {
+        if self.settings.rules.is_empty() {
             return Err(ConfigError::new(
                 "quota",
                 "add at least one quota with .quota(...)",
             ));
         }
-        if self.rules.len() > MAX_QUOTAS {
+        if self.settings.rules.len() > MAX_QUOTAS {
             return Err(ConfigError::new(
                 "quota",
                 format!("at most {MAX_QUOTAS} quotas per layer; use another layer for more"),
             ));
         }
-        for (i, (q, _)) in self.rules.iter().enumerate() {
-            if self.rules[..i].iter().any(|(o, _)| o.name() == q.name()) {
+        for (i, (q, _)) in self.settings.rules.iter().enumerate() {
+            if self.settings.rules[..i]
+                .iter()
+                .any(|(o, _)| o.name() == q.name())
+            {
                 return Err(ConfigError::new(
                     "quota name",
                     format!(
@@ -288,7 +283,7 @@ impl<K, S, R> RateLimitLayerBuilder<K, S, R> {
                 ));
             }
         }
-        let fallback = match self.on_error {
+        let fallback = match self.settings.on_error {
             OnStoreError::FailOpen => Fallback::Open,
             OnStoreError::FailClosed => Fallback::Closed,
             OnStoreError::Local { share } => {
@@ -301,6 +296,7 @@ impl<K, S, R> RateLimitLayerBuilder<K, S, R> {
                 Fallback::Local {
                     store: MemoryStore::new(),
                     specs: self
+                        .settings
                         .rules
                         .iter()
                         .enumerate()
@@ -309,15 +305,21 @@ impl<K, S, R> RateLimitLayerBuilder<K, S, R> {
                 }
             }
         };
-        let unconditional = self.rules.iter().all(|(_, m)| m.is_none());
+        let unconditional = self.settings.rules.iter().all(|(_, m)| m.is_none());
         let mut all = Applied {
             idx: [0; MAX_QUOTAS],
-            n: self.rules.len(),
+            n: self.settings.rules.len(),
         };
-        for (i, slot) in all.idx.iter_mut().enumerate().take(self.rules.len()) {
+        for (i, slot) in all
+            .idx
+            .iter_mut()
+            .enumerate()
+            .take(self.settings.rules.len())
+        {
             *slot = i as u8;
         }
         let rules = self
+            .settings
             .rules
             .into_iter()
             .enumerate()
@@ -335,11 +337,11 @@ impl<K, S, R> RateLimitLayerBuilder<K, S, R> {
                 key: self.key,
                 store: self.store,
                 rules,
-                cost: self.cost,
+                cost: self.settings.cost,
                 fallback,
-                shadow: self.shadow,
-                headers_on_success: self.headers_on_success,
-                x_headers: self.x_headers,
+                shadow: self.settings.shadow,
+                headers_on_success: self.settings.headers_on_success,
+                x_headers: self.settings.x_headers,
                 response: self.response,
                 unconditional,
                 all,
