@@ -34,3 +34,9 @@ for group in "$dir"/"$prefix"*/; do
   done
   echo
 done
+
+# The rate-limit bench records memory after a million keys beside criterion's results.
+if [ -f "$dir/rate_limit_memory.txt" ] && [[ "rate_limit" == "$prefix"* ]]; then
+  echo "## memory"
+  cat "$dir/rate_limit_memory.txt"
+fi
