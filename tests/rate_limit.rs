@@ -15,7 +15,7 @@ use tower::{Service, ServiceExt};
 use tower_scale::key::ClientIp;
 use tower_scale::rate_limit::gcra::{self, Gcra};
 use tower_scale::rate_limit::{
-    AnyStore, MemoryStore, OnStoreError, Quota, QuotaSpec, RATELIMIT, RATELIMIT_POLICY,
+    AnyStore, Clock, MemoryStore, OnStoreError, Quota, QuotaSpec, RATELIMIT, RATELIMIT_POLICY,
     RateLimitLayer, RateLimited, RedisStore,
 };
 use tower_scale::redis::RedisBackend;
@@ -309,6 +309,7 @@ async fn retry_after_is_honest_against_redis() {
 #[tokio::test(start_paused = true)]
 async fn retry_after_is_exact_in_process() {
     let mut svc = RateLimitLayer::builder()
+        .clock(Clock::tokio())
         .quota(quota("3/1m", "m"))
         .x_ratelimit_headers(true)
         .build()
@@ -703,7 +704,11 @@ async fn unkeyed_requests_share_a_bucket_and_unmatched_quotas_are_skipped() {
 
 #[tokio::test(start_paused = true)]
 async fn memory_stays_bounded() {
-    let store = MemoryStore::with_max_keys(64 * 100).unwrap();
+    let store = MemoryStore::builder()
+        .max_keys(64 * 100)
+        .clock(Clock::tokio())
+        .build()
+        .unwrap();
     let q = quota("1/10ms", "tiny");
     let spec = QuotaSpec::new(0, &q);
     let refs = [&spec];

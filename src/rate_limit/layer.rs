@@ -1,5 +1,6 @@
 //! [`RateLimitLayer`] and its builder.
 
+use std::any::Any;
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
@@ -7,6 +8,7 @@ use ::metrics::Counter;
 use http::HeaderValue;
 use tower_layer::Layer;
 
+use super::clock::Clock;
 use super::memory::MemoryStore;
 use super::quota::Quota;
 use super::response::{DefaultResponse, OnRateLimited};
@@ -127,6 +129,8 @@ impl RateLimitLayer {
                 shadow: false,
                 headers_on_success: false,
                 x_headers: false,
+                clock: None,
+                default_store: true,
             },
         }
     }
@@ -160,6 +164,10 @@ struct Settings {
     shadow: bool,
     headers_on_success: bool,
     x_headers: bool,
+    /// The clock of the in-process stores the builder makes itself.
+    clock: Option<Clock>,
+    /// True while the store is the builder's own default, not one given to `store`.
+    default_store: bool,
 }
 
 impl<K, S, R> fmt::Debug for RateLimitLayerBuilder<K, S, R> {
@@ -183,13 +191,35 @@ impl<K, S, R> RateLimitLayerBuilder<K, S, R> {
 
     /// Where state lives (default: [`MemoryStore`], this process only; use
     /// [`RedisStore`](super::RedisStore) to share quotas between instances).
-    pub fn store<S2: Clone>(self, store: S2) -> RateLimitLayerBuilder<K, S2, R> {
+    pub fn store<S2: Clone>(mut self, store: S2) -> RateLimitLayerBuilder<K, S2, R> {
+        self.settings.default_store = false;
         RateLimitLayerBuilder {
             key: self.key,
             store,
             response: self.response,
             settings: self.settings,
         }
+    }
+
+    /// The clock of the in-process stores the layer makes itself: the default
+    /// [`MemoryStore`] and the [`OnStoreError::Local`] fallback (default
+    /// [`Clock::system`]; [`Clock::tokio`] for tests that pause time). A store given to
+    /// [`store`](Self::store) keeps its own clock.
+    pub fn clock(mut self, clock: Clock) -> Self
+    where
+        S: 'static,
+    {
+        if self.settings.default_store {
+            let own: &mut dyn Any = &mut self.store;
+            if let Some(store) = own.downcast_mut::<MemoryStore>() {
+                *store = MemoryStore::builder()
+                    .clock(clock.clone())
+                    .build()
+                    .expect("the default key cap is valid");
+            }
+        }
+        self.settings.clock = Some(clock);
+        self
     }
 
     /// How refusals are answered (default: [`DefaultResponse`], a JSON 429 or 503).
@@ -294,7 +324,9 @@ impl<K, S, R> RateLimitLayerBuilder<K, S, R> {
                     ));
                 }
                 Fallback::Local {
-                    store: MemoryStore::new(),
+                    store: MemoryStore::builder()
+                        .clock(self.settings.clock.clone().unwrap_or_default())
+                        .build()?,
                     specs: self
                         .settings
                         .rules

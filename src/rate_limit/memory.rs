@@ -8,8 +8,7 @@ use foldhash::quality::RandomState;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::time::Instant;
-
+use super::clock::Clock;
 use super::store::{Decision, MAX_QUOTAS, QuotaSpec, Store, StoreFuture};
 use crate::ConfigError;
 
@@ -48,7 +47,7 @@ pub struct MemoryStore {
 struct Inner {
     shards: Box<[Padded<Mutex<Shard>>]>,
     hasher: RandomState,
-    epoch: Instant,
+    clock: Clock,
     max_per_shard: usize,
     warned_full: AtomicBool,
 }
@@ -100,23 +99,15 @@ impl MemoryStore {
     ///
     /// A `max_keys` below 64 (one per shard).
     pub fn with_max_keys(max_keys: usize) -> Result<Self, ConfigError> {
-        if max_keys < SHARDS {
-            return Err(ConfigError::new(
-                "max_keys",
-                format!("must be at least {SHARDS}"),
-            ));
+        Self::builder().max_keys(max_keys).build()
+    }
+
+    /// A builder, to set the key cap and the clock.
+    pub fn builder() -> MemoryStoreBuilder {
+        MemoryStoreBuilder {
+            max_keys: 1_000_000,
+            clock: None,
         }
-        Ok(Self {
-            inner: Arc::new(Inner {
-                shards: (0..SHARDS)
-                    .map(|_| Padded(Mutex::new(Shard::default())))
-                    .collect(),
-                hasher: RandomState::default(),
-                epoch: Instant::now(),
-                max_per_shard: max_keys / SHARDS,
-                warned_full: AtomicBool::new(false),
-            }),
-        })
     }
 
     /// How many (key, quota) states are held now.
@@ -133,19 +124,10 @@ impl MemoryStore {
         self.len() == 0
     }
 
-    fn now_us(&self) -> u64 {
-        // u64 arithmetic (`as_micros` is u128); offset by one so that no TAT is ever 0.
-        let d = self.inner.epoch.elapsed();
-        d.as_secs()
-            .saturating_mul(1_000_000)
-            .saturating_add(u64::from(d.subsec_micros()))
-            .saturating_add(1)
-    }
-
     /// Decides synchronously (what [`Store::check`] returns as ready).
     pub fn decide<K: Hash>(&self, key: &K, quotas: &[&QuotaSpec], cost: u64) -> Decision {
         let h = self.inner.hasher.hash_one(key);
-        let now = self.now_us();
+        let now = self.inner.clock.now_us();
         // High bits pick the shard; the map uses the low bits for buckets.
         let shard = &self.inner.shards[((h >> 32) as usize) % SHARDS].0;
         let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
@@ -279,6 +261,54 @@ impl Shard {
     fn sweep(&mut self, now: u64) {
         self.tats.retain(|_, tat| *tat > now);
         self.ops = 0;
+    }
+}
+
+/// Builds a [`MemoryStore`]; from [`MemoryStore::builder`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct MemoryStoreBuilder {
+    max_keys: usize,
+    clock: Option<Clock>,
+}
+
+impl MemoryStoreBuilder {
+    /// At most this many (key, quota) states (default 1,000,000; at least 64).
+    pub fn max_keys(mut self, max_keys: usize) -> Self {
+        self.max_keys = max_keys;
+        self
+    }
+
+    /// Where the store reads the time (default [`Clock::system`]; [`Clock::tokio`] in tests
+    /// that pause time).
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// The store.
+    ///
+    /// # Errors
+    ///
+    /// A `max_keys` below 64 (one per shard).
+    pub fn build(self) -> Result<MemoryStore, ConfigError> {
+        if self.max_keys < SHARDS {
+            return Err(ConfigError::new(
+                "max_keys",
+                format!("must be at least {SHARDS}"),
+            ));
+        }
+        Ok(MemoryStore {
+            inner: Arc::new(Inner {
+                shards: (0..SHARDS)
+                    .map(|_| Padded(Mutex::new(Shard::default())))
+                    .collect(),
+                hasher: RandomState::default(),
+                clock: self.clock.unwrap_or_default(),
+                max_per_shard: self.max_keys / SHARDS,
+                warned_full: AtomicBool::new(false),
+            }),
+        })
     }
 }
 

@@ -88,6 +88,7 @@
 //! called. Dropping the future after that does not return the units.
 
 mod body;
+mod clock;
 mod future;
 pub mod gcra;
 mod layer;
@@ -100,9 +101,10 @@ mod service;
 mod store;
 
 pub use body::RateLimitBody;
+pub use clock::Clock;
 pub use future::ResponseFuture;
 pub use layer::{OnStoreError, RateLimitLayer, RateLimitLayerBuilder};
-pub use memory::MemoryStore;
+pub use memory::{MemoryStore, MemoryStoreBuilder};
 pub use quota::Quota;
 #[cfg(feature = "redis")]
 pub use redis_store::RedisStore;
