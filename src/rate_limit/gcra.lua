@@ -7,7 +7,8 @@
 --            instant instead (used by the tests that compare this script with gcra.rs)
 -- ARGV[1+2i], ARGV[2+2i]   emission interval (us) and burst of quota i
 --
--- Returns {allowed, now, then per quota: remaining, retry_after_us (-1: never), reset_us}.
+-- Returns {allowed, now, then per quota: retry_after_us (-1: never, 0: admits), reset_us}.
+-- The remaining units follow from reset_us and the quota, so they are not sent.
 -- A refused request writes nothing. Redis runs scripts one at a time, so this is written
 -- to allocate little: at high concurrency its cost is the limiter's throughput.
 
@@ -22,42 +23,32 @@ for i = 1, n do
   local cap = emission * tonumber(ARGV[2 + 2 * i])
   local tat = tonumber(redis.call('GET', KEYS[i]))
   if tat == nil or tat < now then tat = now end
-  local new_tat = tat + cost * emission
-  local r = now + cap - new_tat
-  local base = 3 * i
-  if cost * emission > cap then
+  local inc = cost * emission
+  local base = 1 + 2 * i
+  if inc > cap then
     allowed = false
-    r = now + cap - tat
-    out[base] = (r - r % emission) / emission
-    out[base + 1] = -1
-    out[base + 2] = tat - now
-  elseif r < 0 then
+    out[base] = -1
+    out[base + 1] = tat - now
+  elseif tat + inc - cap > now then
     allowed = false
-    r = now + cap - tat
-    out[base] = (r - r % emission) / emission
-    out[base + 1] = new_tat - cap - now
-    out[base + 2] = tat - now
+    out[base] = tat + inc - cap - now
+    out[base + 1] = tat - now
   else
-    out[base] = (r - r % emission) / emission
-    out[base + 1] = 0
-    out[base + 2] = new_tat - now
+    out[base] = 0
+    out[base + 1] = tat + inc - now
   end
 end
 
 if allowed then
   for i = 1, n do
-    local new_tat = now + out[3 * i + 2]
+    local new_tat = now + out[2 + 2 * i]
     redis.call('SET', KEYS[i], new_tat, 'PX', math.ceil((new_tat - now) / 1000) + 1)
   end
 else
   -- Nothing is taken: quotas that would have admitted it are reported as they stand.
   for i = 1, n do
-    if out[3 * i + 1] == 0 then
-      local emission = tonumber(ARGV[1 + 2 * i])
-      local tat = now + out[3 * i + 2] - cost * emission
-      local r = now + emission * tonumber(ARGV[2 + 2 * i]) - tat
-      out[3 * i] = (r - r % emission) / emission
-      out[3 * i + 2] = tat - now
+    if out[1 + 2 * i] == 0 then
+      out[2 + 2 * i] = out[2 + 2 * i] - cost * tonumber(ARGV[1 + 2 * i])
     end
   end
   out[1] = 0

@@ -27,13 +27,20 @@ pub struct Gcra {
 pub struct Verdict {
     /// Whether the request is admitted.
     pub allowed: bool,
-    /// Units still available right after this decision.
-    pub remaining: u64,
     /// Microseconds until the request could be admitted (0 if it was). `u64::MAX` if it
     /// never can (its cost exceeds the burst).
     pub retry_after_us: u64,
     /// Microseconds until the bucket is full again.
     pub reset_us: u64,
+}
+
+impl Verdict {
+    /// Units still available right after this decision, under the quota that gave it:
+    /// what fits between the bucket's level and its capacity. Derived, not stored, since
+    /// only headers need it and it costs a division.
+    pub fn remaining(&self, quota: &Gcra) -> u64 {
+        quota.capacity_us().saturating_sub(self.reset_us) / quota.emission_us
+    }
 }
 
 impl Gcra {
@@ -56,10 +63,6 @@ impl Gcra {
         let tat = tat_us.unwrap_or(now_us).max(now_us);
         Verdict {
             allowed: true,
-            remaining: (now_us
-                .saturating_add(self.capacity_us())
-                .saturating_sub(tat))
-                / self.emission_us,
             retry_after_us: 0,
             reset_us: tat - now_us,
         }
@@ -71,12 +74,9 @@ impl Gcra {
     pub fn check(&self, tat_us: Option<u64>, now_us: u64, cost: u64) -> (Verdict, Option<u64>) {
         let tat = tat_us.unwrap_or(now_us).max(now_us);
         let cap = self.capacity_us();
-        let remaining_at =
-            |t: u64| (now_us.saturating_add(cap).saturating_sub(t)) / self.emission_us;
         if cost > self.burst {
             let v = Verdict {
                 allowed: false,
-                remaining: remaining_at(tat),
                 retry_after_us: u64::MAX,
                 reset_us: tat - now_us,
             };
@@ -87,7 +87,6 @@ impl Gcra {
         if now_us < allow_at {
             let v = Verdict {
                 allowed: false,
-                remaining: remaining_at(tat),
                 retry_after_us: allow_at - now_us,
                 reset_us: tat - now_us,
             };
@@ -95,7 +94,6 @@ impl Gcra {
         } else {
             let v = Verdict {
                 allowed: true,
-                remaining: remaining_at(new_tat),
                 retry_after_us: 0,
                 reset_us: new_tat - now_us,
             };
@@ -149,7 +147,7 @@ mod tests {
         for i in 0..10 {
             let (v, t) = q.check(tat, 0, 1);
             assert!(v.allowed, "request {i}");
-            assert_eq!(v.remaining, 9 - i);
+            assert_eq!(v.remaining(&q), 9 - i);
             tat = t;
         }
         let (v, t) = q.check(tat, 0, 1);
@@ -167,12 +165,12 @@ mod tests {
     fn costs_and_impossible_costs() {
         let q = Gcra::new(10, S, 10);
         let (v, tat) = q.check(None, 0, 7);
-        assert!(v.allowed && v.remaining == 3);
+        assert!(v.allowed && v.remaining(&q) == 3);
         let (v, _) = q.check(tat, 0, 4);
         assert!(!v.allowed);
         assert_eq!(v.retry_after_us, 100_000);
         let (v, _) = q.check(None, 0, 11);
-        assert!(!v.allowed && v.retry_after_us == u64::MAX && v.remaining == 10);
+        assert!(!v.allowed && v.retry_after_us == u64::MAX && v.remaining(&q) == 10);
     }
 
     #[test]
@@ -180,7 +178,7 @@ mod tests {
         let q = Gcra::new(100, 900 * S, 100);
         let (_, tat) = q.check(None, 0, 100);
         let (v, _) = q.check(tat, 900 * S, 1);
-        assert!(v.allowed && v.remaining == 99);
+        assert!(v.allowed && v.remaining(&q) == 99);
     }
 
     #[test]
@@ -192,7 +190,8 @@ mod tests {
         assert!(stored.is_none());
         assert!(verdicts[0].allowed && !verdicts[1].allowed);
         assert_eq!(
-            verdicts[0].remaining, 100,
+            verdicts[0].remaining(&a),
+            100,
             "the admitting quota is reported untouched"
         );
     }

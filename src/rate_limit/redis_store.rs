@@ -100,31 +100,30 @@ async fn run(
         inv.arg(a);
     }
     let out: Vec<i64> = backend.invoke("rate_limit", &inv).await?;
-    if keys.len() == 1 && out.len() == 3 {
+    if keys.len() == 1 && out.len() == 2 {
         // The one-quota script leaves out `allowed` (implied) and `now`.
-        let full = [i64::from(out[1] == 0), 0, out[0], out[1], out[2]];
+        let full = [i64::from(out[0] == 0), 0, out[0], out[1]];
         return parse(&full, 1);
     }
     parse(&out, keys.len())
 }
 
 fn parse(out: &[i64], n: usize) -> Result<Decision, StoreUnavailable> {
-    if out.len() != 2 + 3 * n {
+    if out.len() != 2 + 2 * n {
         return Err(StoreUnavailable::backend(std::io::Error::other(format!(
             "rate-limit script returned {} values, expected {}",
             out.len(),
-            2 + 3 * n
+            2 + 2 * n
         ))));
     }
     let allowed = out[0] == 1;
-    let verdicts = out[2..].chunks_exact(3).map(|c| {
-        let retry = if c[1] < 0 { u64::MAX } else { c[1] as u64 };
+    let verdicts = out[2..].chunks_exact(2).map(|c| {
+        let retry = if c[0] < 0 { u64::MAX } else { c[0] as u64 };
         Verdict {
             // Each quota's own verdict; a refused request is refused by at least one.
             allowed: retry == 0,
-            remaining: u64::try_from(c[0]).unwrap_or(0),
             retry_after_us: retry,
-            reset_us: u64::try_from(c[2]).unwrap_or(0),
+            reset_us: u64::try_from(c[1]).unwrap_or(0),
         }
     });
     let d = Decision::new(verdicts);

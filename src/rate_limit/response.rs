@@ -152,7 +152,7 @@ pub(crate) fn status(q: &Quota, v: &Verdict) -> QuotaStatus {
         name: Arc::from(q.name()),
         limit: q.limit(),
         window: q.period(),
-        remaining: v.remaining,
+        remaining: v.remaining(&q.gcra()),
         reset: Duration::from_micros(v.reset_us),
         retry_after: (v.retry_after_us != u64::MAX)
             .then(|| Duration::from_micros(v.retry_after_us)),
@@ -177,7 +177,7 @@ pub(crate) fn write_headers(
         state.push_str(&format!(
             "\"{}\";r={};t={}",
             q.name(),
-            v.remaining,
+            v.remaining(&q.gcra()),
             us_to_secs_ceil(v.reset_us)
         ));
     }
@@ -190,10 +190,10 @@ pub(crate) fn write_headers(
     if x_headers
         && let Some((q, _, v)) = applied
             .iter()
-            .min_by_key(|(_, _, v)| (v.allowed, v.remaining))
+            .min_by_key(|(q, _, v)| (v.allowed, v.remaining(&q.gcra())))
     {
         headers.insert(X_LIMIT, HeaderValue::from(q.limit()));
-        headers.insert(X_REMAINING, HeaderValue::from(v.remaining));
+        headers.insert(X_REMAINING, HeaderValue::from(v.remaining(&q.gcra())));
         headers.insert(X_RESET, HeaderValue::from(us_to_secs_ceil(v.reset_us)));
     }
 }
@@ -209,10 +209,9 @@ pub(crate) fn write_retry_after(headers: &mut HeaderMap, retry_after: Option<Dur
 mod tests {
     use super::*;
 
-    fn v(allowed: bool, remaining: u64, retry_us: u64, reset_us: u64) -> Verdict {
+    fn v(allowed: bool, retry_us: u64, reset_us: u64) -> Verdict {
         Verdict {
             allowed,
-            remaining,
             retry_after_us: retry_us,
             reset_us,
         }
@@ -228,8 +227,9 @@ mod tests {
         write_headers(
             &mut h,
             &[
-                (&api, &pa, v(true, 42, 0, 29_000_001)),
-                (&export, &pe, v(false, 0, 5_000_000, 3_600_000_000)),
+                // 100 per 15 min: one unit every 9 s; 42 left is 58 units in use.
+                (&api, &pa, v(true, 0, 58 * 9_000_000 - 1)),
+                (&export, &pe, v(false, 5_000_000, 3_600_000_000)),
             ],
             true,
         );
@@ -237,7 +237,7 @@ mod tests {
             h[RATELIMIT_POLICY],
             "\"api\";q=100;w=900, \"export\";q=10;w=3600"
         );
-        assert_eq!(h[RATELIMIT], "\"api\";r=42;t=30, \"export\";r=0;t=3600");
+        assert_eq!(h[RATELIMIT], "\"api\";r=42;t=522, \"export\";r=0;t=3600");
         // X-RateLimit-* describe the refusing quota.
         assert_eq!(h[X_LIMIT], "10");
         assert_eq!(h[X_REMAINING], "0");
