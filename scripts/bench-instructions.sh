@@ -27,8 +27,8 @@ for id in $ids; do
   f="$out/$(echo "$id" | tr '/' '_').cg"
   valgrind --tool=callgrind --callgrind-out-file="$f" "$bin" --bench --profile-time 2 "^${id}\$" >/dev/null 2>&1
   tree=$(callgrind_annotate --tree=calling --inclusive=yes "$f" 2>/dev/null)
-  loop=$(echo "$tree" | grep -E '^ *[0-9,]+ .*\* +\?\?\?:[a-z_]+::run ' | head -n 1 | awk '{gsub(",","",$1); print $1}')
-  reqs=$(echo "$tree" | grep -E '> +\?\?\?:[a-z_]+::request ' | head -n 1 | sed -n 's/.*(\([0-9,]*\)x).*/\1/p' | tr -d ,)
+  loop=$(echo "$tree" | grep -E '^ *[0-9,]+ .*\* +[^ ]*:[a-z_]+::run ' | head -n 1 | awk '{gsub(",","",$1); print $1}')
+  reqs=$(echo "$tree" | grep -E '> +[^ ]*:[a-z_]+::request ' | head -n 1 | sed -n 's/.*(\([0-9,]*\)x).*/\1/p' | tr -d ,)
   if [ -z "$loop" ] || [ -z "$reqs" ] || [ "$reqs" = 0 ]; then
     echo "$id: could not read the profile ($f)" >&2; continue
   fi

@@ -47,11 +47,7 @@ fn quota(s: &str, name: &str) -> Quota {
 
 async fn status<S>(svc: &mut S, r: Request<()>) -> (StatusCode, http::HeaderMap)
 where
-    S: Service<
-            Request<()>,
-            Response = Response<tower_scale::rate_limit::RateLimitBody<Full<Bytes>>>,
-            Error = Infallible,
-        >,
+    S: Service<Request<()>, Response = Response<Full<Bytes>>, Error = Infallible>,
 {
     let resp = svc.ready().await.unwrap().call(r).await.unwrap();
     let status = resp.status();

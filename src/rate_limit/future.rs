@@ -6,10 +6,7 @@ use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http::{HeaderMap, Response};
-use http_body_util::Full;
 use pin_project_lite::pin_project;
-
-use super::body::RateLimitBody;
 
 /// What happens to the response once the decision is known.
 pub(crate) enum Post {
@@ -18,7 +15,7 @@ pub(crate) enum Post {
     /// Add these headers to the inner response.
     Headers(Box<HeaderMap>),
     /// Refused: answer with this instead.
-    Refuse(Box<Response<Full<Bytes>>>),
+    Refuse(Box<Response<Bytes>>),
 }
 
 type Deciding<O> = Pin<Box<dyn Future<Output = (Option<O>, Post)> + Send>>;
@@ -35,11 +32,11 @@ pin_project! {
     #[project = StateProj]
     enum State<F, O> {
         // Decided in `call` (in-process store): the inner call is under way.
-        Calling { #[pin] fut: F, post: Option<Post> },
+        Calling { #[pin] fut: F, post: Post },
         // Waiting for the store (Redis); the inner call follows in the same boxed future.
         Deciding { fut: Deciding<O> },
         // Refused in `call`.
-        Refused { resp: Option<Box<Response<Full<Bytes>>>> },
+        Refused { resp: Option<Box<Response<Bytes>>> },
     }
 }
 
@@ -52,10 +49,7 @@ impl<F, O> std::fmt::Debug for ResponseFuture<F, O> {
 impl<F, O> ResponseFuture<F, O> {
     pub(crate) fn calling(fut: F, post: Post) -> Self {
         Self {
-            state: State::Calling {
-                fut,
-                post: Some(post),
-            },
+            state: State::Calling { fut, post },
         }
     }
 
@@ -65,14 +59,14 @@ impl<F, O> ResponseFuture<F, O> {
         }
     }
 
-    pub(crate) fn refused(resp: Box<Response<Full<Bytes>>>) -> Self {
+    pub(crate) fn refused(resp: Box<Response<Bytes>>) -> Self {
         Self {
             state: State::Refused { resp: Some(resp) },
         }
     }
 }
 
-fn finish<B>(mut resp: Response<B>, post: Post) -> Response<RateLimitBody<B>> {
+fn add_headers<B>(resp: &mut Response<B>, post: Post) {
     if let Post::Headers(h) = post {
         // Append: a layer further in may have set its own RateLimit fields, and the two
         // lists together describe every quota that applied.
@@ -80,35 +74,46 @@ fn finish<B>(mut resp: Response<B>, post: Post) -> Response<RateLimitBody<B>> {
             resp.headers_mut().append(name, value.clone());
         }
     }
-    resp.map(RateLimitBody::inner)
+}
+
+fn refusal<B: From<Bytes>>(resp: Response<Bytes>) -> Response<B> {
+    resp.map(B::from)
 }
 
 impl<F, B, E> Future for ResponseFuture<F, Result<Response<B>, E>>
 where
     F: Future<Output = Result<Response<B>, E>>,
+    B: From<Bytes>,
 {
-    type Output = Result<Response<RateLimitBody<B>>, E>;
+    type Output = Result<Response<B>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
             StateProj::Calling { fut, post } => {
-                let res = ready!(fut.poll(cx));
-                let post = post.take().unwrap_or(Post::Nothing);
-                Poll::Ready(res.map(|r| finish(r, post)))
+                let mut res = ready!(fut.poll(cx));
+                if !matches!(post, Post::Nothing)
+                    && let Ok(resp) = &mut res
+                {
+                    add_headers(resp, std::mem::replace(post, Post::Nothing));
+                }
+                Poll::Ready(res)
             }
             StateProj::Deciding { fut } => {
                 let (out, post) = ready!(fut.as_mut().poll(cx));
                 match (out, post) {
-                    (Some(res), post) => Poll::Ready(res.map(|r| finish(r, post))),
-                    (None, Post::Refuse(resp)) => {
-                        Poll::Ready(Ok((*resp).map(RateLimitBody::refusal)))
+                    (Some(mut res), post) => {
+                        if let Ok(resp) = &mut res {
+                            add_headers(resp, post);
+                        }
+                        Poll::Ready(res)
                     }
+                    (None, Post::Refuse(resp)) => Poll::Ready(Ok(refusal(*resp))),
                     (None, _) => unreachable!("a request that was not called is always refused"),
                 }
             }
             StateProj::Refused { resp } => {
                 let resp = resp.take().expect("ResponseFuture polled after completion");
-                Poll::Ready(Ok((*resp).map(RateLimitBody::refusal)))
+                Poll::Ready(Ok(refusal(*resp)))
             }
         }
     }

@@ -68,6 +68,18 @@ impl Gcra {
         }
     }
 
+    /// The TAT to store if a request of `cost` at `now_us` is admitted, `None` if it is
+    /// not: [`check`](Self::check) without the verdict, for the admit fast path.
+    #[inline]
+    pub fn admit(&self, tat_us: Option<u64>, now_us: u64, cost: u64) -> Option<u64> {
+        if cost > self.burst {
+            return None;
+        }
+        let tat = tat_us.unwrap_or(now_us).max(now_us);
+        let new_tat = tat.saturating_add(cost.saturating_mul(self.emission_us));
+        (new_tat.saturating_sub(self.capacity_us()) <= now_us).then_some(new_tat)
+    }
+
     /// Decides a request of `cost` at `now_us` for a key whose stored TAT is `tat_us`
     /// (`None` or anything in the past means a full bucket). Returns the verdict and, if
     /// admitted, the TAT to store.
@@ -210,6 +222,15 @@ mod tests {
                 if v.allowed { admitted += cost; tat = t; }
                 prop_assert!(admitted <= burst + now / q.emission_us, "admitted {} by {}", admitted, now);
             }
+        }
+
+        // The admit fast path agrees with the full check, to the stored TAT.
+        #[test]
+        fn admit_agrees_with_check(limit in 1u64..50, burst in 1u64..20, tat in proptest::option::of(0u64..5_000_000),
+                                   now in 0u64..5_000_000, cost in 0u64..25) {
+            let q = Gcra::new(limit, S, burst);
+            let (v, t) = q.check(tat, now, cost);
+            prop_assert_eq!(q.admit(tat, now, cost), if v.allowed { t } else { None });
         }
 
         // Retry-After is honest: waiting exactly that long admits the same request, and a

@@ -82,6 +82,8 @@ pub(crate) struct Shared<K, S, R> {
     pub(crate) response: R,
     /// True if no quota has a predicate, so every quota applies to every request.
     pub(crate) unconditional: bool,
+    /// True if, besides, every request costs 1: nothing about a request needs a look.
+    pub(crate) simple: bool,
     pub(crate) all: Applied,
 }
 
@@ -338,6 +340,7 @@ impl<K, S, R> RateLimitLayerBuilder<K, S, R> {
             }
         };
         let unconditional = self.settings.rules.iter().all(|(_, m)| m.is_none());
+        let simple = unconditional && self.settings.cost.is_none();
         let mut all = Applied {
             idx: [0; MAX_QUOTAS],
             n: self.settings.rules.len(),
@@ -376,6 +379,7 @@ impl<K, S, R> RateLimitLayerBuilder<K, S, R> {
                 x_headers: self.settings.x_headers,
                 response: self.response,
                 unconditional,
+                simple,
                 all,
             }),
         })

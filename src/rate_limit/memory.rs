@@ -124,6 +124,43 @@ impl MemoryStore {
         self.len() == 0
     }
 
+    /// Admits a request against one quota if it fits, taking its units (what
+    /// [`Store::try_admit`] does); `false`, with nothing taken, if it does not.
+    pub fn admit<K: Hash>(&self, key: &K, quota: &QuotaSpec, cost: u64) -> bool {
+        let h = self.inner.hasher.hash_one(key);
+        let now = self.inner.clock.now_us();
+        let shard = &self.inner.shards[((h >> 32) as usize) % SHARDS].0;
+        let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+        shard.ops += 1;
+        if shard.ops >= SWEEP_EVERY {
+            shard.sweep(now);
+        }
+        let slot = shard.resolve(
+            slot(h, quota),
+            quota,
+            now,
+            self.inner.max_per_shard,
+            &self.inner.warned_full,
+        );
+        let gcra = quota.gcra();
+        match shard.tats.get_mut(&slot) {
+            Some(tat) => match gcra.admit(Some(*tat), now, cost) {
+                Some(new_tat) => {
+                    *tat = new_tat;
+                    true
+                }
+                None => false,
+            },
+            None => match gcra.admit(None, now, cost) {
+                Some(new_tat) => {
+                    shard.tats.insert(slot, new_tat);
+                    true
+                }
+                None => false,
+            },
+        }
+    }
+
     /// Decides synchronously (what [`Store::check`] returns as ready).
     pub fn decide<K: Hash>(&self, key: &K, quotas: &[&QuotaSpec], cost: u64) -> Decision {
         let h = self.inner.hasher.hash_one(key);
@@ -200,6 +237,7 @@ impl Shard {
     /// The slot a key's quota lives in: its own, unless the shard is full and the key is
     /// new. Then it is the shard's overflow slot for that quota, shared by every key that
     /// did not fit, so those keys are still limited (together) rather than not at all.
+    #[inline]
     fn resolve(
         &mut self,
         slot: u64,
@@ -211,6 +249,19 @@ impl Shard {
         if self.tats.len() < max || self.tats.contains_key(&slot) {
             return slot;
         }
+        self.resolve_full(slot, q, now, max, warned)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn resolve_full(
+        &mut self,
+        slot: u64,
+        q: &QuotaSpec,
+        now: u64,
+        max: usize,
+        warned: &AtomicBool,
+    ) -> u64 {
         // Full: sweep, but not on every request, or a flood of new keys would make each of
         // them scan the shard.
         if self.ops >= FULL_SWEEP_EVERY {
@@ -315,5 +366,9 @@ impl MemoryStoreBuilder {
 impl<K: Hash> Store<K> for MemoryStore {
     fn check(&self, key: &K, quotas: &[&QuotaSpec], cost: u64) -> StoreFuture {
         StoreFuture::Ready(Ok(self.decide(key, quotas, cost)))
+    }
+
+    fn try_admit(&self, key: &K, quota: &QuotaSpec, cost: u64) -> bool {
+        self.admit(key, quota, cost)
     }
 }

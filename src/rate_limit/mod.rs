@@ -87,7 +87,6 @@
 //! A decision is made (and, if admitted, its units taken) before the inner service is
 //! called. Dropping the future after that does not return the units.
 
-mod body;
 mod clock;
 mod future;
 pub mod gcra;
@@ -100,7 +99,6 @@ mod response;
 mod service;
 mod store;
 
-pub use body::RateLimitBody;
 pub use clock::Clock;
 pub use future::ResponseFuture;
 pub use layer::{OnStoreError, RateLimitLayer, RateLimitLayerBuilder};
@@ -112,4 +110,4 @@ pub use response::{
     DefaultResponse, OnRateLimited, QuotaStatus, RATELIMIT, RATELIMIT_POLICY, RateLimited, Reason,
 };
 pub use service::{BucketKey, RateLimit};
-pub use store::{AnyStore, Decision, MAX_QUOTAS, QuotaSpec, Store, StoreFuture};
+pub use store::{AnyStore, BoxedCheck, Decision, MAX_QUOTAS, QuotaSpec, Store, StoreFuture};

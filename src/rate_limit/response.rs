@@ -12,7 +12,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::RETRY_AFTER;
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
-use http_body_util::Full;
 
 use super::gcra::Verdict;
 use super::quota::Quota;
@@ -96,7 +95,7 @@ impl std::error::Error for RateLimited {}
 /// status and body.
 pub trait OnRateLimited: Clone + Send + Sync + 'static {
     /// The response for `refusal`.
-    fn response(&self, refusal: &RateLimited) -> Response<Full<Bytes>>;
+    fn response(&self, refusal: &RateLimited) -> Response<Bytes>;
 }
 
 /// 429 (or 503 when the store is down and the layer fails closed) with a JSON body
@@ -105,7 +104,7 @@ pub trait OnRateLimited: Clone + Send + Sync + 'static {
 pub struct DefaultResponse;
 
 impl OnRateLimited for DefaultResponse {
-    fn response(&self, refusal: &RateLimited) -> Response<Full<Bytes>> {
+    fn response(&self, refusal: &RateLimited) -> Response<Bytes> {
         let status = match refusal.reason {
             Reason::QuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
             Reason::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -114,7 +113,7 @@ impl OnRateLimited for DefaultResponse {
             .to_string()
             .replace('\\', "\\\\")
             .replace('"', "\\\"");
-        let mut resp = Response::new(Full::new(Bytes::from(format!("{{\"error\":\"{msg}\"}}"))));
+        let mut resp = Response::new(Bytes::from(format!("{{\"error\":\"{msg}\"}}")));
         *resp.status_mut() = status;
         resp.headers_mut().insert(
             http::header::CONTENT_TYPE,

@@ -9,7 +9,6 @@ use std::time::Duration;
 use http::{HeaderMap, Request, Response};
 use tower_service::Service;
 
-use super::body::RateLimitBody;
 use super::future::{Post, ResponseFuture};
 use super::gcra::Verdict;
 use super::layer::{Fallback, Shared};
@@ -77,7 +76,7 @@ impl Applied {
 enum Verdicted {
     Admit(Post),
     // Boxed: refusals are rare, and every future would otherwise carry a response inline.
-    Refuse(Box<http::Response<http_body_util::Full<bytes::Bytes>>>),
+    Refuse(Box<http::Response<bytes::Bytes>>),
 }
 
 static WARNED_UNKEYED: AtomicBool = AtomicBool::new(false);
@@ -91,14 +90,20 @@ impl<K, S, R: OnRateLimited> Shared<K, S, R> {
         specs
     }
 
+    #[inline]
     fn conclude(&self, applied: &Applied, decision: &Decision) -> Verdicted {
-        let verdicts = decision.verdicts();
         // The common case first: one quota, admitted, no headers to write.
         if decision.allowed() && !self.headers_on_success && applied.n == 1 {
             let rule = &self.rules[usize::from(applied.idx[0])];
             rule.counter(&rule.allowed, "allowed").increment(1);
             return Verdicted::Admit(Post::Nothing);
         }
+        self.conclude_slow(applied, decision)
+    }
+
+    #[inline(never)]
+    fn conclude_slow(&self, applied: &Applied, decision: &Decision) -> Verdicted {
+        let verdicts = decision.verdicts();
         // Admitted: every quota counts an admission. Refused: only the quotas that refused
         // count, since the others took nothing.
         for (&i, v) in applied.indices().iter().zip(verdicts) {
@@ -199,13 +204,13 @@ where
     In: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + 'static,
     In::Future: Send + 'static,
     In::Error: Send + 'static,
-    ResBody: Send + 'static,
+    ResBody: From<bytes::Bytes> + Send + 'static,
     B: Send + 'static,
     K: KeyExtractor,
     S: Store<BucketKey<K::Key>>,
     R: OnRateLimited,
 {
-    type Response = Response<RateLimitBody<ResBody>>;
+    type Response = Response<ResBody>;
     type Error = In::Error;
     type Future = ResponseFuture<In::Future, Result<Response<ResBody>, In::Error>>;
 
@@ -213,18 +218,67 @@ where
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let shared = &*self.shared;
-        let view = RequestRef::from(&req);
-        let applied = if shared.unconditional {
+        // Small enough to inline into the caller, so the request is handed on without a
+        // copy; the decision itself is made out of line.
+        match self.shared.decide(&req) {
+            Decided::Now(Verdicted::Admit(post)) => {
+                ResponseFuture::calling(self.inner.call(req), post)
+            }
+            Decided::Now(Verdicted::Refuse(resp)) => ResponseFuture::refused(resp),
+            Decided::Later(pending) => self.call_later(req, pending),
+        }
+    }
+}
+
+/// The decision for a request: made already (in-process store), or awaiting the store.
+enum Decided<Key> {
+    Now(Verdicted),
+    Later(Pending<Key>),
+}
+
+/// A store check under way, with what concluding it needs.
+struct Pending<Key> {
+    check: super::store::BoxedCheck,
+    key: BucketKey<Key>,
+    applied: Applied,
+    cost: u64,
+}
+
+impl<K: KeyExtractor, S: Store<BucketKey<K::Key>>, R: OnRateLimited> Shared<K, S, R> {
+    /// Decides `req` as far as can be done without waiting. Inlined, and the request is
+    /// only lent to code that is inlined too in the common case (every quota applies,
+    /// cost 1), so the caller can hand the request on without copying it.
+    #[inline]
+    fn decide<B>(&self, req: &Request<B>) -> Decided<K::Key> {
+        let (applied, cost) = if self.simple {
+            (self.all, 1)
+        } else {
+            self.select(RequestRef::from(req))
+        };
+        if applied.n == 0 || cost == 0 {
+            return Decided::Now(Verdicted::Admit(Post::Nothing));
+        }
+        let key = match self.key.extract(req) {
+            Ok(k) => BucketKey::Key(k),
+            Err(e) => unkeyed(&e),
+        };
+        self.check(key, applied, u64::from(cost))
+    }
+
+    /// Which quotas apply to a request, and its cost.
+    #[inline(never)]
+    fn select(&self, view: RequestRef<'_>) -> (Applied, u32) {
+        let applied = if self.unconditional {
             // No quota has a predicate: all of them apply, as computed at build time.
-            shared.all
+            self.all
         } else {
             let mut applied = Applied {
                 idx: [0; MAX_QUOTAS],
                 n: 0,
             };
-            for (i, rule) in shared.rules.iter().enumerate() {
+            for (i, rule) in self.rules.iter().enumerate() {
                 if rule.matcher.as_ref().is_none_or(|m| m(view)) {
                     applied.idx[applied.n] = i as u8;
                     applied.n += 1;
@@ -232,57 +286,97 @@ where
             }
             applied
         };
-        let cost = shared.cost.as_ref().map_or(1, |f| f(view));
-        if applied.n == 0 || cost == 0 {
-            return ResponseFuture::calling(self.inner.call(req), Post::Nothing);
-        }
-        let key = match shared.key.extract(&req) {
-            Ok(k) => BucketKey::Key(k),
-            Err(e) => {
-                if !WARNED_UNKEYED.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(error = %e, "rate limit: request could not be keyed; unkeyed requests share one bucket");
-                }
-                BucketKey::Unkeyed
+        (applied, self.cost.as_ref().map_or(1, |f| f(view)))
+    }
+
+    /// Asks the store, and concludes if it answers at once.
+    #[inline]
+    fn check(&self, key: BucketKey<K::Key>, applied: Applied, cost: u64) -> Decided<K::Key> {
+        if applied.n == 1 && !self.headers_on_success {
+            // One quota and nothing to report if admitted: a store that can admits at
+            // once, with no decision to build; otherwise it falls through to `check`.
+            let rule = &self.rules[usize::from(applied.idx[0])];
+            if self.store.try_admit(&key, &rule.spec, cost) {
+                rule.counter(&rule.allowed, "allowed").increment(1);
+                return Decided::Now(Verdicted::Admit(Post::Nothing));
             }
-        };
-        let cost = u64::from(cost);
+        }
+        self.check_store(key, applied, cost)
+    }
+
+    /// Every other case: the store's full decision, now or later.
+    #[inline(never)]
+    fn check_store(&self, key: BucketKey<K::Key>, applied: Applied, cost: u64) -> Decided<K::Key> {
         let one;
         let many;
         let specs: &[&QuotaSpec] = if applied.n == 1 {
-            one = [&shared.rules[usize::from(applied.idx[0])].spec];
+            one = [&self.rules[usize::from(applied.idx[0])].spec];
             &one
         } else {
-            many = shared.specs(&applied);
+            many = self.specs(&applied);
             &many[..applied.n]
         };
-        match shared.store.check(&key, specs, cost) {
-            StoreFuture::Ready(result) => {
-                let verdicted = match result {
-                    Ok(d) => shared.conclude(&applied, &d),
-                    Err(e) => shared.store_failed(&key, &applied, cost, &e),
-                };
-                match verdicted {
-                    Verdicted::Admit(post) => ResponseFuture::calling(self.inner.call(req), post),
-                    Verdicted::Refuse(resp) => ResponseFuture::refused(resp),
-                }
-            }
-            StoreFuture::Pending(check) => {
-                // The readiness `poll_ready` obtained belongs to `self.inner`: take it into the
-                // future, leave a clone for the next request.
-                let clone = self.inner.clone();
-                let mut inner = std::mem::replace(&mut self.inner, clone);
-                let shared = Arc::clone(&self.shared);
-                ResponseFuture::deciding(Box::pin(async move {
-                    let verdicted = match check.await {
-                        Ok(d) => shared.conclude(&applied, &d),
-                        Err(e) => shared.store_failed(&key, &applied, cost, &e),
-                    };
-                    match verdicted {
-                        Verdicted::Admit(post) => (Some(inner.call(req).await), post),
-                        Verdicted::Refuse(resp) => (None, Post::Refuse(resp)),
-                    }
-                }))
-            }
+        match self.store.check(&key, specs, cost) {
+            StoreFuture::Ready(Ok(d)) => Decided::Now(self.conclude(&applied, &d)),
+            StoreFuture::Ready(Err(e)) => Decided::Now(self.store_failed(&key, &applied, cost, &e)),
+            StoreFuture::Pending(check) => Decided::Later(Pending {
+                check,
+                key,
+                applied,
+                cost,
+            }),
         }
+    }
+}
+
+#[cold]
+fn unkeyed<Key>(e: &crate::key::KeyError) -> BucketKey<Key> {
+    if !WARNED_UNKEYED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(error = %e, "rate limit: request could not be keyed; unkeyed requests share one bucket");
+    }
+    BucketKey::Unkeyed
+}
+
+impl<In, K, S, R> RateLimit<In, K, S, R>
+where
+    K: KeyExtractor,
+    S: Store<BucketKey<K::Key>>,
+    R: OnRateLimited,
+{
+    /// The store answers later (Redis): the inner call waits for it, in one boxed future.
+    #[inline(never)]
+    fn call_later<B, ResBody>(
+        &mut self,
+        req: Request<B>,
+        pending: Pending<K::Key>,
+    ) -> ResponseFuture<In::Future, Result<Response<ResBody>, In::Error>>
+    where
+        In: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + 'static,
+        In::Future: Send + 'static,
+        In::Error: Send + 'static,
+        ResBody: Send + 'static,
+        B: Send + 'static,
+    {
+        // The readiness `poll_ready` obtained belongs to `self.inner`: take it into the
+        // future, leave a clone for the next request.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let shared = Arc::clone(&self.shared);
+        let Pending {
+            check,
+            key,
+            applied,
+            cost,
+        } = pending;
+        ResponseFuture::deciding(Box::pin(async move {
+            let verdicted = match check.await {
+                Ok(d) => shared.conclude(&applied, &d),
+                Err(e) => shared.store_failed(&key, &applied, cost, &e),
+            };
+            match verdicted {
+                Verdicted::Admit(post) => (Some(inner.call(req).await), post),
+                Verdicted::Refuse(resp) => (None, Post::Refuse(resp)),
+            }
+        }))
     }
 }

@@ -127,8 +127,11 @@ pub enum StoreFuture {
     /// Decided without waiting.
     Ready(Result<Decision, StoreUnavailable>),
     /// Decided by a round trip.
-    Pending(Pin<Box<dyn Future<Output = Result<Decision, StoreUnavailable>> + Send>>),
+    Pending(BoxedCheck),
 }
+
+/// A store check that answers later.
+pub type BoxedCheck = Pin<Box<dyn Future<Output = Result<Decision, StoreUnavailable>> + Send>>;
 
 impl fmt::Debug for StoreFuture {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -146,6 +149,17 @@ impl fmt::Debug for StoreFuture {
 pub trait Store<K>: Clone + Send + Sync + 'static {
     /// Evaluates a request of `cost` units by `key` against `quotas`.
     fn check(&self, key: &K, quotas: &[&QuotaSpec], cost: u64) -> StoreFuture;
+
+    /// The fast path of the commonest request, for stores that answer without waiting:
+    /// one quota, and only "admitted" is of interest. Returns `true` if the request was
+    /// admitted and its units taken; `false` if it was not decided here, with nothing
+    /// taken, and the layer then calls [`check`](Self::check). The default decides
+    /// nothing.
+    #[inline]
+    fn try_admit(&self, key: &K, quota: &QuotaSpec, cost: u64) -> bool {
+        let _ = (key, quota, cost);
+        false
+    }
 }
 
 /// The in-process or the Redis store, chosen at run time (e.g. from configuration).
@@ -178,6 +192,15 @@ impl<K: std::hash::Hash + fmt::Display> Store<K> for AnyStore {
             AnyStore::Memory(s) => s.check(key, quotas, cost),
             #[cfg(feature = "redis")]
             AnyStore::Redis(s) => s.check(key, quotas, cost),
+        }
+    }
+
+    #[inline]
+    fn try_admit(&self, key: &K, quota: &QuotaSpec, cost: u64) -> bool {
+        match self {
+            AnyStore::Memory(s) => s.try_admit(key, quota, cost),
+            #[cfg(feature = "redis")]
+            AnyStore::Redis(_) => false,
         }
     }
 }
