@@ -229,7 +229,8 @@ pub struct ClientIp {
 
 #[derive(Debug)]
 struct ClientIpInner {
-    trusted: Vec<IpNet>,
+    /// The trusted networks as masks, for a compare per check.
+    masks: Box<[Mask]>,
     header: ForwardedHeader,
     ipv6_prefix: u8,
 }
@@ -255,7 +256,7 @@ impl ClientIp {
 
     fn is_trusted(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
-        self.inner.trusted.iter().any(|net| net.contains(&ip))
+        self.inner.masks.iter().any(|m| m.contains(ip))
     }
 
     /// The client address for a request from `peer` carrying `headers`.
@@ -263,24 +264,23 @@ impl ClientIp {
         if !self.is_trusted(peer) {
             return peer;
         }
-        let name: HeaderName = match self.inner.header {
-            ForwardedHeader::XForwardedFor => HeaderName::from_static("x-forwarded-for"),
-            ForwardedHeader::Forwarded => http::header::FORWARDED,
+        let name = match self.inner.header {
+            ForwardedHeader::XForwardedFor => &X_FORWARDED_FOR,
+            ForwardedHeader::Forwarded => &http::header::FORWARDED,
         };
         // Several header lines form one list, in order; walk them from the last line back.
         // Entries are split as bytes: proxies append to the client's own line, so a line
         // may hold bytes the client chose; only the entry that holds them is unusable, and
         // the walk stops there, never before it reaches what a trusted proxy appended.
         let mut last_trusted = peer;
-        for value in headers.get_all(&name).iter().rev() {
+        for value in headers.get_all(name).iter().rev() {
             for raw in value.as_bytes().rsplit(|b| *b == b',') {
-                let parsed =
-                    std::str::from_utf8(raw)
+                let parsed = match self.inner.header {
+                    ForwardedHeader::XForwardedFor => parse_xff_bytes(raw),
+                    ForwardedHeader::Forwarded => std::str::from_utf8(raw)
                         .ok()
-                        .and_then(|entry| match self.inner.header {
-                            ForwardedHeader::XForwardedFor => parse_xff_entry(entry),
-                            ForwardedHeader::Forwarded => parse_forwarded_element(entry),
-                        });
+                        .and_then(parse_forwarded_element),
+                };
                 match parsed {
                     Some(ip) if self.is_trusted(ip) => last_trusted = ip,
                     Some(ip) => return ip,
@@ -345,7 +345,7 @@ impl ClientIpBuilder {
         }
         Ok(ClientIp {
             inner: Arc::new(ClientIpInner {
-                trusted,
+                masks: trusted.into_iter().map(Mask::new).collect(),
                 header: self.header,
                 ipv6_prefix: check_prefix(self.ipv6_prefix)?,
             }),
@@ -381,6 +381,87 @@ fn canonical_net(net: IpNet) -> IpNet {
 /// (`1.2.3.4:80`, `[::1]:80`) or in brackets. Anything else is `None`.
 pub(crate) fn parse_xff_entry(entry: &str) -> Option<IpAddr> {
     parse_node(entry.trim())
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// One `X-Forwarded-For` entry as bytes: the plain dotted quad that nearly every entry is
+/// takes a byte-level path; anything else goes through [`parse_xff_entry`].
+fn parse_xff_bytes(raw: &[u8]) -> Option<IpAddr> {
+    if let Some(v4) = parse_dotted_quad(raw.trim_ascii()) {
+        return Some(IpAddr::V4(v4));
+    }
+    std::str::from_utf8(raw).ok().and_then(parse_xff_entry)
+}
+
+/// Exactly `a.b.c.d` as the standard library reads it (1 to 3 digits per octet, at most
+/// 255, no leading zero), or `None` for anything else, including forms the general
+/// parser accepts (ports, IPv6): it is only ever a shortcut in front of that parser.
+fn parse_dotted_quad(b: &[u8]) -> Option<std::net::Ipv4Addr> {
+    let mut octets = [0u8; 4];
+    let mut i = 0;
+    for (k, octet) in octets.iter_mut().enumerate() {
+        if k > 0 {
+            if b.get(i) != Some(&b'.') {
+                return None;
+            }
+            i += 1;
+        }
+        let start = i;
+        let mut v: u32 = 0;
+        while i < b.len() && i - start < 3 && b[i].is_ascii_digit() {
+            v = v * 10 + u32::from(b[i] - b'0');
+            i += 1;
+        }
+        let len = i - start;
+        if len == 0 || v > 255 || (len > 1 && b[start] == b'0') {
+            return None;
+        }
+        *octet = v as u8;
+    }
+    (i == b.len()).then(|| std::net::Ipv4Addr::from(octets))
+}
+
+/// A trusted network as a mask and the bits an address must have under it.
+#[derive(Clone, Copy)]
+enum Mask {
+    V4 { mask: u32, net: u32 },
+    V6 { mask: u128, net: u128 },
+}
+
+impl fmt::Debug for Mask {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Mask::V4 { mask, net } => {
+                write!(f, "{}/{}", std::net::Ipv4Addr::from(net), mask.count_ones())
+            }
+            Mask::V6 { mask, net } => write!(f, "{}/{}", Ipv6Addr::from(net), mask.count_ones()),
+        }
+    }
+}
+
+impl Mask {
+    fn new(net: IpNet) -> Self {
+        match net {
+            IpNet::V4(n) => Mask::V4 {
+                mask: u32::from(n.netmask()),
+                net: u32::from(n.network()),
+            },
+            IpNet::V6(n) => Mask::V6 {
+                mask: u128::from(n.netmask()),
+                net: u128::from(n.network()),
+            },
+        }
+    }
+
+    #[inline]
+    fn contains(self, ip: IpAddr) -> bool {
+        match (self, ip) {
+            (Mask::V4 { mask, net }, IpAddr::V4(a)) => u32::from(a) & mask == net,
+            (Mask::V6 { mask, net }, IpAddr::V6(a)) => u128::from(a) & mask == net,
+            _ => false,
+        }
+    }
 }
 
 fn parse_node(s: &str) -> Option<IpAddr> {
@@ -613,6 +694,41 @@ mod tests {
             .trust_cidrs("10.0.0.0/8, 192.168.0.0/16,::1/128")
             .build()
             .unwrap()
+    }
+
+    proptest! {
+        // The byte-level shortcut reads exactly what the general parser reads, or defers.
+        #[test]
+        fn dotted_quad_shortcut_agrees(s in "[ \t]{0,2}[0-9]{0,4}(\\.[0-9]{0,4}){0,4}(:[0-9]{1,5})?[ \t]{0,2}") {
+            let general = parse_xff_entry(&s);
+            prop_assert_eq!(parse_xff_bytes(s.as_bytes()), general);
+            if let Some(v4) = parse_dotted_quad(s.as_bytes().trim_ascii()) {
+                prop_assert_eq!(Some(IpAddr::V4(v4)), general);
+            }
+        }
+    }
+
+    #[test]
+    fn dotted_quad_shortcut_cases() {
+        for (s, want) in [
+            ("198.51.100.4", Some("198.51.100.4")),
+            ("0.0.0.0", Some("0.0.0.0")),
+            ("255.255.255.255", Some("255.255.255.255")),
+            ("256.1.1.1", None),
+            ("01.2.3.4", None),
+            ("1.2.3", None),
+            ("1.2.3.4.5", None),
+            ("1.2.3.4:80", None),
+            ("1..3.4", None),
+            ("1234.1.1.1", None),
+            ("", None),
+        ] {
+            assert_eq!(
+                parse_dotted_quad(s.as_bytes()),
+                want.map(|w| w.parse().unwrap()),
+                "{s}"
+            );
+        }
     }
 
     #[test]

@@ -90,10 +90,12 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
             StateProj::Calling { fut, post } => {
+                if matches!(post, Post::Nothing) {
+                    // The common case: the inner response as it is, straight through.
+                    return fut.poll(cx);
+                }
                 let mut res = ready!(fut.poll(cx));
-                if !matches!(post, Post::Nothing)
-                    && let Ok(resp) = &mut res
-                {
+                if let Ok(resp) = &mut res {
                     add_headers(resp, std::mem::replace(post, Post::Nothing));
                 }
                 Poll::Ready(res)
