@@ -52,7 +52,7 @@ use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{Client, FromRedisValue};
 use tokio::time::Instant;
 
-pub use ::redis::{Cmd, Script, ScriptInvocation, cmd};
+pub use ::redis::{Cmd, Script, ScriptInvocation, Value, cmd};
 
 use crate::key::escape_key_part;
 use crate::{ConfigError, StoreUnavailable};
@@ -130,14 +130,17 @@ impl RedisBackend {
     /// tags never give the same key and no tag can move the hash slot. `namespace` is
     /// escaped the same way, and its `:` too, so (prefix, namespace) pairs cannot collide.
     pub fn key(&self, namespace: &str, tag: &str) -> String {
-        let tag = if tag.is_empty() {
-            std::borrow::Cow::Borrowed("%")
-        } else {
-            escape_key_part(tag)
-        };
+        let mut k = self.key_head(namespace);
+        k.push_str(&escape_tag(tag));
+        k.push('}');
+        k
+    }
+
+    /// `{prefix}:{namespace}:{`: what every key of `namespace` starts with, for callers
+    /// that write the tag themselves (escaped with [`escape_tag`]) and then `}`.
+    pub fn key_head(&self, namespace: &str) -> String {
         let namespace = escape_key_part(namespace);
-        let mut k =
-            String::with_capacity(self.inner.prefix.len() + namespace.len() + tag.len() + 4);
+        let mut k = String::with_capacity(self.inner.prefix.len() + namespace.len() + 48);
         k.push_str(&self.inner.prefix);
         k.push(':');
         if namespace.contains(':') {
@@ -146,8 +149,6 @@ impl RedisBackend {
             k.push_str(&namespace);
         }
         k.push_str(":{");
-        k.push_str(&tag);
-        k.push('}');
         k
     }
 
@@ -189,6 +190,37 @@ impl RedisBackend {
     ) -> Result<T, StoreUnavailable> {
         let mut conn = self.inner.conn.clone();
         self.timed(op, invocation.invoke_async(&mut conn)).await
+    }
+
+    /// Runs `cmd`, an `EVALSHA` of `script` the caller built (`EVALSHA <sha> <numkeys>
+    /// <keys...> <args...>`, with [`Script::get_hash`]), with the timeout, recording its
+    /// round trip under `op`; on `NOSCRIPT` the script is loaded and `cmd` sent again
+    /// within the same timeout. Cheaper than [`invoke`](Self::invoke), which copies every
+    /// argument once more into the command it builds.
+    ///
+    /// # Errors
+    ///
+    /// As [`query`](Self::query).
+    pub async fn evalsha<T: FromRedisValue>(
+        &self,
+        op: &'static str,
+        script: &Script,
+        cmd: &Cmd,
+    ) -> Result<T, StoreUnavailable> {
+        let mut conn = self.inner.conn.clone();
+        self.timed(op, async move {
+            match cmd.query_async(&mut conn).await {
+                Err(e)
+                    if e.kind()
+                        == ::redis::ErrorKind::Server(::redis::ServerErrorKind::NoScript) =>
+                {
+                    script.load_async(&mut conn).await?;
+                    cmd.query_async(&mut conn).await
+                }
+                other => other,
+            }
+        })
+        .await
     }
 
     /// Sends `PING` and returns the round-trip time.
@@ -309,6 +341,16 @@ impl RedisBackendBuilder {
                 address,
             }),
         })
+    }
+}
+
+/// A tag as keys hold it: escaped with [`escape_key_part`], and the empty tag written `%`
+/// (which no escaped tag can be).
+pub fn escape_tag(tag: &str) -> std::borrow::Cow<'_, str> {
+    if tag.is_empty() {
+        std::borrow::Cow::Borrowed("%")
+    } else {
+        escape_key_part(tag)
     }
 }
 

@@ -88,6 +88,16 @@ async fn scripts_survive_script_flush_and_restart() {
         .unwrap();
     let v: i64 = r.invoke("double", &script.arg(5)).await.unwrap();
     assert_eq!(v, 10);
+    // The same through a caller-built EVALSHA.
+    let _: String = r
+        .query("flush", &cmd("SCRIPT").arg("FLUSH").clone())
+        .await
+        .unwrap();
+    let evalsha = cmd("EVALSHA").arg(script.get_hash()).arg(0).arg(8).clone();
+    let v: i64 = r.evalsha("double", &script, &evalsha).await.unwrap();
+    assert_eq!(v, 16);
+    let v: i64 = r.evalsha("double", &script, &evalsha).await.unwrap();
+    assert_eq!(v, 16);
 
     // Redis dies: calls fail within the timeout, never hang.
     server.kill();

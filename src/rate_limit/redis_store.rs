@@ -1,12 +1,12 @@
 //! [`RedisStore`]: rate-limit state shared by every instance through Redis.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::sync::Arc;
 
 use super::gcra::Verdict;
 use super::store::{Decision, QuotaSpec, Store, StoreFuture};
 use crate::StoreUnavailable;
-use crate::redis::{RedisBackend, Script};
+use crate::redis::{Cmd, RedisBackend, Script, Value, escape_tag};
 
 const SCRIPT: &str = concat!(include_str!("now.lua"), include_str!("gcra.lua"));
 const SCRIPT_ONE: &str = concat!(include_str!("now.lua"), include_str!("gcra_one.lua"));
@@ -27,6 +27,8 @@ pub struct RedisStore {
     // Several quotas, and the one-quota case with nothing to loop over (most requests).
     script: Arc<Script>,
     script_one: Arc<Script>,
+    /// `{prefix}:rl:{`, what every key starts with.
+    head: Arc<str>,
 }
 
 impl fmt::Debug for RedisStore {
@@ -42,6 +44,7 @@ impl RedisStore {
     /// the same network).
     pub fn new(backend: RedisBackend) -> Self {
         Self {
+            head: Arc::from(backend.key_head("rl")),
             backend,
             script: Arc::new(Script::new(SCRIPT)),
             script_one: Arc::new(Script::new(SCRIPT_ONE)),
@@ -63,18 +66,62 @@ impl RedisStore {
         cost: u64,
         now_us: Option<u64>,
     ) -> Result<Decision, StoreUnavailable> {
-        let keys: Vec<String> = quotas
-            .iter()
-            .map(|q| self.backend.key_with_suffix("rl", key, q.name()))
-            .collect();
-        let mut args: Vec<String> = Vec::with_capacity(2 + 2 * quotas.len());
-        args.push(cost.to_string());
-        args.push(now_us.map(|n| n.to_string()).unwrap_or_default());
-        for q in quotas {
-            args.push(q.gcra().emission_us.to_string());
-            args.push(q.gcra().burst.to_string());
+        let keys: Vec<String> = quotas.iter().map(|q| self.key_of(key, q)).collect();
+        let cmd = self.command(&keys, quotas, cost, now_us);
+        self.send(&cmd, quotas.len()).await
+    }
+
+    /// `{prefix}:rl:{client}:quota`: the key of one quota's state, in one allocation.
+    fn key_of(&self, client: impl fmt::Display, quota: &QuotaSpec) -> String {
+        let suffix = quota.key_suffix();
+        let mut k = String::with_capacity(self.head.len() + 40 + suffix.len());
+        k.push_str(&self.head);
+        let start = k.len();
+        let _ = write!(k, "{client}");
+        if k.len() == start || needs_escape(&k.as_bytes()[start..]) {
+            let tag = escape_tag(&k[start..]).into_owned();
+            k.truncate(start);
+            k.push_str(&tag);
         }
-        run(&self.backend, self.script_for(quotas.len()), keys, args).await
+        k.push_str(suffix);
+        k
+    }
+
+    /// `EVALSHA sha numkeys keys... cost now (emission burst)...`, built in buffers sized
+    /// once.
+    fn command(
+        &self,
+        keys: &[String],
+        quotas: &[&QuotaSpec],
+        cost: u64,
+        now_us: Option<u64>,
+    ) -> Cmd {
+        let script = self.script_for(quotas.len());
+        let args = 5 + keys.len() + 2 * quotas.len();
+        let bytes = 64 + keys.iter().map(String::len).sum::<usize>() + 40 * quotas.len();
+        let mut c = Cmd::with_capacity(args, bytes);
+        c.arg("EVALSHA").arg(script.get_hash()).arg(keys.len());
+        for k in keys {
+            c.arg(k.as_str());
+        }
+        c.arg(cost);
+        match now_us {
+            Some(n) => c.arg(n),
+            None => c.arg(""),
+        };
+        for q in quotas {
+            let g = q.gcra();
+            c.arg(g.emission_us).arg(g.burst);
+        }
+        c
+    }
+
+    async fn send(&self, cmd: &Cmd, n: usize) -> Result<Decision, StoreUnavailable> {
+        let reply: Value = self
+            .backend
+            .evalsha("rate_limit", self.script_for(n), cmd)
+            .await?;
+        parse(&reply, n)
     }
 
     fn script_for(&self, quotas: usize) -> &Script {
@@ -86,69 +133,67 @@ impl RedisStore {
     }
 }
 
-async fn run(
-    backend: &RedisBackend,
-    script: &Script,
-    keys: Vec<String>,
-    args: Vec<String>,
-) -> Result<Decision, StoreUnavailable> {
-    let mut inv = script.prepare_invoke();
-    for k in &keys {
-        inv.key(k);
-    }
-    for a in &args {
-        inv.arg(a);
-    }
-    let out: Vec<i64> = backend.invoke("rate_limit", &inv).await?;
-    if keys.len() == 1 && out.len() == 2 {
-        // The one-quota script leaves out `allowed` (implied) and `now`.
-        let full = [i64::from(out[0] == 0), 0, out[0], out[1]];
-        return parse(&full, 1);
-    }
-    parse(&out, keys.len())
+fn needs_escape(s: &[u8]) -> bool {
+    s.iter().any(|b| matches!(b, b'%' | b'{' | b'}'))
 }
 
-fn parse(out: &[i64], n: usize) -> Result<Decision, StoreUnavailable> {
-    if out.len() != 2 + 2 * n {
-        return Err(StoreUnavailable::backend(std::io::Error::other(format!(
-            "rate-limit script returned {} values, expected {}",
-            out.len(),
-            2 + 2 * n
-        ))));
+fn malformed(what: impl fmt::Display) -> StoreUnavailable {
+    StoreUnavailable::backend(std::io::Error::other(format!(
+        "rate-limit script replied {what}"
+    )))
+}
+
+fn int(v: &Value) -> Result<i64, StoreUnavailable> {
+    match v {
+        Value::Int(i) => Ok(*i),
+        other => Err(malformed(format_args!("{other:?} where a number belongs"))),
     }
-    let allowed = out[0] == 1;
-    let verdicts = out[2..].chunks_exact(2).map(|c| {
-        let retry = if c[0] < 0 { u64::MAX } else { c[0] as u64 };
-        Verdict {
-            // Each quota's own verdict; a refused request is refused by at least one.
-            allowed: retry == 0,
-            retry_after_us: retry,
-            reset_us: u64::try_from(c[1]).unwrap_or(0),
+}
+
+fn verdict(retry: i64, reset: i64) -> Verdict {
+    let retry = if retry < 0 { u64::MAX } else { retry as u64 };
+    Verdict {
+        // Each quota's own verdict; a refused request is refused by at least one.
+        allowed: retry == 0,
+        retry_after_us: retry,
+        reset_us: u64::try_from(reset).unwrap_or(0),
+    }
+}
+
+/// Reads the script's reply. One quota: the reset time alone if admitted (the reply on
+/// the hot path is one integer), `{retry_after, reset}` if not. Several: `{allowed, now,
+/// then per quota: retry_after, reset}`.
+fn parse(reply: &Value, n: usize) -> Result<Decision, StoreUnavailable> {
+    match (n, reply) {
+        (1, Value::Int(reset)) => Ok(Decision::one(verdict(0, *reset))),
+        (1, Value::Array(a)) if a.len() == 2 => {
+            Ok(Decision::one(verdict(int(&a[0])?, int(&a[1])?)))
         }
-    });
-    let d = Decision::new(verdicts);
-    debug_assert_eq!(d.allowed(), allowed);
-    Ok(d)
+        (_, Value::Array(a)) if n > 1 && a.len() == 2 + 2 * n => {
+            let allowed = int(&a[0])? == 1;
+            let mut verdicts = Vec::with_capacity(n);
+            for c in a[2..].chunks_exact(2) {
+                verdicts.push(verdict(int(&c[0])?, int(&c[1])?));
+            }
+            let d = Decision::new(verdicts);
+            debug_assert_eq!(d.allowed(), allowed);
+            Ok(d)
+        }
+        (_, other) => Err(malformed(format_args!("{other:?} for {n} quotas"))),
+    }
 }
 
 impl<K: fmt::Display> Store<K> for RedisStore {
     fn check(&self, key: &K, quotas: &[&QuotaSpec], cost: u64) -> StoreFuture {
         let this = self.clone();
-        let key = key.to_string();
-        let keys: Vec<String> = quotas
-            .iter()
-            .map(|q| this.backend.key_with_suffix("rl", &key, q.name()))
-            .collect();
-        let mut args: Vec<String> = Vec::with_capacity(2 + 2 * quotas.len());
-        args.push(cost.to_string());
-        args.push(String::new());
-        for q in quotas {
-            args.push(q.gcra().emission_us.to_string());
-            args.push(q.gcra().burst.to_string());
-        }
         let n = quotas.len();
-        StoreFuture::Pending(Box::pin(async move {
-            run(&this.backend, this.script_for(n), keys, args).await
-        }))
+        let cmd = if let [q] = quotas {
+            let k = self.key_of(key, q);
+            self.command(std::slice::from_ref(&k), quotas, cost, None)
+        } else {
+            let keys: Vec<String> = quotas.iter().map(|q| self.key_of(key, q)).collect();
+            self.command(&keys, quotas, cost, None)
+        };
+        StoreFuture::Pending(Box::pin(async move { this.send(&cmd, n).await }))
     }
 }

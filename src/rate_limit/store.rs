@@ -18,6 +18,8 @@ pub const MAX_QUOTAS: usize = 8;
 pub struct QuotaSpec {
     index: usize,
     name: Arc<str>,
+    /// `}:` and the escaped name: how store keys end (see `RedisStore`).
+    key_suffix: Arc<str>,
     salt: u64,
     gcra: Gcra,
 }
@@ -28,6 +30,7 @@ impl QuotaSpec {
         Self {
             index,
             name: Arc::from(quota.name()),
+            key_suffix: Arc::from(format!("}}:{}", crate::key::escape_key_part(quota.name()))),
             salt: salt(quota.name()),
             gcra: quota.gcra(),
         }
@@ -48,6 +51,12 @@ impl QuotaSpec {
     /// give it the same name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// `}:` then the name, escaped for store keys: the end of a hash-tagged key holding
+    /// this quota's state.
+    pub fn key_suffix(&self) -> &str {
+        &self.key_suffix
     }
 
     /// The GCRA constants to evaluate.
