@@ -30,6 +30,9 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets --all-features -- -D warnings"
 cargo clippy --all-targets --all-features -- -D warnings
 
+step "cargo doc (broken or redundant links fail)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features
+
 step "cargo test --all-features (unit, integration, doc)"
 cargo test --all-features --no-fail-fast
 

@@ -11,11 +11,11 @@
 //!
 //! | module | what it does | feature |
 //! |---|---|---|
-//! | [`metrics`](crate::metrics) | latency histograms, in-flight gauge, request counter | `metrics` |
+//! | [`metrics`] | latency histograms, in-flight gauge, request counter | `metrics` |
 //! | [`key`] | who a request counts against (peer IP, client IP behind trusted proxies, API key) | always |
 //! | [`classify`] | one success/failure/slow verdict shared by every layer | always |
-//! | [`rate_limit`](crate::rate_limit) | GCRA rate limits per client, in-process or shared through Redis | `rate-limit` |
-//! | [`redis`](crate::redis) | the shared Redis backend: connection, key layout, scripts, timeouts | `redis` |
+//! | [`rate_limit`] | GCRA rate limits per client, in-process or shared through Redis | `rate-limit` |
+//! | [`redis`] | the shared Redis backend: connection, key layout, scripts, timeouts | `redis` |
 //!
 //! The path of a request through a fully assembled service, and the layers still to come
 //! (cache, rate limit, session, db routing, retry, circuit breaker), are described in
@@ -40,9 +40,9 @@
 //!
 //! | feature | default | enables |
 //! |---|---|---|
-//! | `metrics` | yes | [`metrics`](crate::metrics) |
-//! | `rate-limit` | no | [`rate_limit`](crate::rate_limit); with `redis`, its `RedisStore` |
-//! | `redis` | no | [`redis`](crate::redis) (redis-rs with Tokio and `ConnectionManager`) |
+//! | `metrics` | yes | [`metrics`] |
+//! | `rate-limit` | no | [`rate_limit`]; with `redis`, its `RedisStore` |
+//! | `redis` | no | [`redis`] (redis-rs with Tokio and `ConnectionManager`) |
 //! | `axum` | no | route templates from `MatchedPath`, `ConnectInfo` peer addresses, `RouteKey` |
 //! | `full` | no | all of the above |
 //!

@@ -20,7 +20,14 @@
 //! A refusal is a 429 with `Retry-After` (honest: waiting that long gets the same request
 //! admitted) and the IETF `RateLimit-Policy`/`RateLimit` headers
 //! (draft-ietf-httpapi-ratelimit-headers-10), optionally `X-RateLimit-*`; its body comes from
-//! an [`OnRateLimited`]; the typed [`RateLimited`] is in the response extensions.
+//! an [`OnRateLimited`]; the typed [`RateLimited`] is in the response extensions. Admitted
+//! responses pass through untouched, with the inner service's own body type; refusal bodies
+//! are converted from `Bytes`, so that body type must be `From<Bytes>` (axum's `Body` and
+//! `Full<Bytes>` are).
+//!
+//! The in-process store reads a [`Clock`]: the CPU's time-stamp counter by default. A test
+//! that pauses Tokio's time gives the layer [`Clock::tokio`] with
+//! [`RateLimitLayerBuilder::clock`].
 //!
 //! When the store fails (Redis down, or slower than the backend's timeout), the layer does
 //! what [`OnStoreError`] says: admit, refuse with 503, or enforce a per-instance share of
