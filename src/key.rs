@@ -706,6 +706,13 @@ mod tests {
                 prop_assert_eq!(Some(IpAddr::V4(v4)), general);
             }
         }
+
+        // Where the shortcut decides alone (plain quads, most of them valid), it decides as
+        // the standard library does.
+        #[test]
+        fn dotted_quad_matches_std(s in "(0|[1-9][0-9]{0,3}|0[0-9]{1,2})(\\.(0|[1-9][0-9]{0,3}|0[0-9]{1,2})){3}") {
+            prop_assert_eq!(parse_dotted_quad(s.as_bytes()), s.parse::<std::net::Ipv4Addr>().ok());
+        }
     }
 
     #[test]

@@ -54,7 +54,11 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod builder;
+#[cfg(feature = "circuit-breaker")]
+pub mod circuit_breaker;
 pub mod classify;
+#[cfg(any(feature = "rate-limit", feature = "circuit-breaker"))]
+pub mod clock;
 mod duration;
 mod error;
 pub mod key;

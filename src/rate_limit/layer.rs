@@ -8,13 +8,13 @@ use ::metrics::Counter;
 use http::HeaderValue;
 use tower_layer::Layer;
 
-use super::clock::Clock;
 use super::memory::MemoryStore;
 use super::quota::Quota;
 use super::response::{DefaultResponse, OnRateLimited};
 use super::service::{Applied, RateLimit};
 use super::store::{MAX_QUOTAS, QuotaSpec};
 use crate::ConfigError;
+use crate::clock::Clock;
 use crate::key::{KeyExtractor, PeerIp, RequestRef};
 
 type Matcher = Arc<dyn Fn(RequestRef<'_>) -> bool + Send + Sync>;

@@ -8,9 +8,9 @@ use foldhash::quality::RandomState;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::clock::Clock;
 use super::store::{Decision, MAX_QUOTAS, QuotaSpec, Store, StoreFuture};
 use crate::ConfigError;
+use crate::clock::Clock;
 
 const SHARDS: usize = 64;
 /// Every this many checks a shard drops the keys whose buckets are full again.
@@ -135,13 +135,11 @@ impl MemoryStore {
         if shard.ops >= SWEEP_EVERY {
             shard.sweep(now);
         }
-        let slot = shard.resolve(
-            slot(h, quota),
-            quota,
-            now,
-            self.inner.max_per_shard,
-            &self.inner.warned_full,
-        );
+        let slot = slot(h, quota);
+        if shard.tats.len() >= self.inner.max_per_shard && !shard.tats.contains_key(&slot) {
+            // A full shard and a new key: `check` decides (and counts) that case.
+            return false;
+        }
         let gcra = quota.gcra();
         match shard.tats.get_mut(&slot) {
             Some(tat) => match gcra.admit(Some(*tat), now, cost) {
@@ -370,5 +368,32 @@ impl<K: Hash> Store<K> for MemoryStore {
 
     fn try_admit(&self, key: &K, quota: &QuotaSpec, cost: u64) -> bool {
         self.admit(key, quota, cost)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rate_limit::Quota;
+
+    #[tokio::test(start_paused = true)]
+    async fn admit_takes_units_only_when_it_admits() {
+        let store = MemoryStore::builder()
+            .clock(Clock::tokio())
+            .build()
+            .unwrap();
+        let q = QuotaSpec::new(0, &"3/1m".parse::<Quota>().unwrap());
+        assert!(store.admit(&"k", &q, 2));
+        assert!(!store.admit(&"k", &q, 2), "2 more do not fit in 1");
+        assert!(
+            store.admit(&"k", &q, 1),
+            "the refusal took nothing: 1 still fits"
+        );
+        assert!(!store.admit(&"k", &q, 1));
+        assert!(!store.admit(&"k", &q, 4), "more than the burst never fits");
+        // The full check agrees: nothing left, 20 s to the next unit.
+        let d = store.decide(&"k", &[&q], 1);
+        assert!(!d.allowed());
+        assert_eq!(d.verdicts()[0].retry_after_us, 20_000_000);
     }
 }

@@ -94,7 +94,6 @@
 //! A decision is made (and, if admitted, its units taken) before the inner service is
 //! called. Dropping the future after that does not return the units.
 
-mod clock;
 mod future;
 pub mod gcra;
 mod layer;
@@ -106,7 +105,7 @@ mod response;
 mod service;
 mod store;
 
-pub use clock::Clock;
+pub use crate::clock::Clock;
 pub use future::ResponseFuture;
 pub use layer::{OnStoreError, RateLimitLayer, RateLimitLayerBuilder};
 pub use memory::{MemoryStore, MemoryStoreBuilder};

@@ -169,7 +169,7 @@ fn parse(reply: &Value, n: usize) -> Result<Decision, StoreUnavailable> {
         (1, Value::Array(a)) if a.len() == 2 => {
             Ok(Decision::one(verdict(int(&a[0])?, int(&a[1])?)))
         }
-        (_, Value::Array(a)) if n > 1 && a.len() == 2 + 2 * n => {
+        (_, Value::Array(a)) if n != 1 && a.len() == 2 + 2 * n => {
             let allowed = int(&a[0])? == 1;
             let mut verdicts = Vec::with_capacity(n);
             for c in a[2..].chunks_exact(2) {
@@ -195,5 +195,67 @@ impl<K: fmt::Display> Store<K> for RedisStore {
             self.command(&keys, quotas, cost, None)
         };
         StoreFuture::Pending(Box::pin(async move { this.send(&cmd, n).await }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rate_limit::Quota;
+
+    fn spec(name: &str) -> QuotaSpec {
+        QuotaSpec::new(0, &"5/1s".parse::<Quota>().unwrap().named(name).unwrap())
+    }
+
+    #[tokio::test]
+    async fn keys_are_the_backends_layout() {
+        // A lazy backend: nothing connects until a command is sent.
+        let backend = RedisBackend::builder("redis://127.0.0.1:1")
+            .prefix("p")
+            .build()
+            .unwrap();
+        let store = RedisStore::new(backend.clone());
+        for tag in ["k:198.51.100.4", "", "%", "a{b}c", "k:é%{}"] {
+            for name in ["default", "api-v2"] {
+                assert_eq!(
+                    store.key_of(tag, &spec(name)),
+                    backend.key_with_suffix("rl", tag, name),
+                    "{tag:?} {name:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn replies_are_read_by_shape() {
+        let d = parse(&Value::Int(200_000), 1).unwrap();
+        assert!(d.allowed());
+        assert_eq!(d.verdicts()[0].reset_us, 200_000);
+        let d = parse(&Value::Array(vec![Value::Int(150), Value::Int(900)]), 1).unwrap();
+        assert!(!d.allowed());
+        assert_eq!(
+            (d.verdicts()[0].retry_after_us, d.verdicts()[0].reset_us),
+            (150, 900)
+        );
+        let d = parse(&Value::Array(vec![Value::Int(-1), Value::Int(0)]), 1).unwrap();
+        assert_eq!(d.verdicts()[0].retry_after_us, u64::MAX, "-1: never");
+        let two = Value::Array([0, 7, 0, 10, 40, 50].map(Value::Int).to_vec());
+        let d = parse(&two, 2).unwrap();
+        assert!(!d.allowed() && d.verdicts()[0].allowed && !d.verdicts()[1].allowed);
+        assert!(
+            parse(&Value::Array(vec![Value::Int(1), Value::Int(5)]), 0)
+                .unwrap()
+                .allowed()
+        );
+        // Anything else is an error, not a panic.
+        for (bad, n) in [
+            (Value::Nil, 1),
+            (Value::Int(3), 2),
+            (Value::Array(vec![Value::Int(1)]), 1),
+            (Value::Array(vec![Value::Nil, Value::Int(1)]), 1),
+            (Value::Array([1, 2, 3].map(Value::Int).to_vec()), 2),
+        ] {
+            assert!(parse(&bad, n).is_err(), "{bad:?}");
+        }
     }
 }

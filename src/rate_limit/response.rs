@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http::header::RETRY_AFTER;
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 
-use super::gcra::Verdict;
+use super::gcra::{Gcra, Verdict};
 use super::quota::Quota;
 
 /// `RateLimit-Policy`.
@@ -146,12 +146,12 @@ pub(crate) fn policy_item(q: &Quota) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("\"default\""))
 }
 
-pub(crate) fn status(q: &Quota, v: &Verdict) -> QuotaStatus {
+pub(crate) fn status(q: &Quota, v: &Verdict, gcra: &Gcra) -> QuotaStatus {
     QuotaStatus {
         name: Arc::from(q.name()),
         limit: q.limit(),
         window: q.period(),
-        remaining: v.remaining(&q.gcra()),
+        remaining: v.remaining(gcra),
         reset: Duration::from_micros(v.reset_us),
         retry_after: (v.retry_after_us != u64::MAX)
             .then(|| Duration::from_micros(v.retry_after_us)),
@@ -162,12 +162,12 @@ pub(crate) fn status(q: &Quota, v: &Verdict) -> QuotaStatus {
 /// that applied, in order.
 pub(crate) fn write_headers(
     headers: &mut HeaderMap,
-    applied: &[(&Quota, &HeaderValue, Verdict)],
+    applied: &[(&Quota, &HeaderValue, Verdict, Gcra)],
     x_headers: bool,
 ) {
     let mut policy = Vec::with_capacity(32 * applied.len());
     let mut state = String::with_capacity(32 * applied.len());
-    for (i, (q, p, v)) in applied.iter().enumerate() {
+    for (i, (q, p, v, g)) in applied.iter().enumerate() {
         if i > 0 {
             policy.extend_from_slice(b", ");
             state.push_str(", ");
@@ -176,7 +176,7 @@ pub(crate) fn write_headers(
         state.push_str(&format!(
             "\"{}\";r={};t={}",
             q.name(),
-            v.remaining(&q.gcra()),
+            v.remaining(g),
             us_to_secs_ceil(v.reset_us)
         ));
     }
@@ -187,12 +187,12 @@ pub(crate) fn write_headers(
         headers.insert(RATELIMIT, v);
     }
     if x_headers
-        && let Some((q, _, v)) = applied
+        && let Some((q, _, v, g)) = applied
             .iter()
-            .min_by_key(|(q, _, v)| (v.allowed, v.remaining(&q.gcra())))
+            .min_by_key(|(_, _, v, g)| (v.allowed, v.remaining(g)))
     {
         headers.insert(X_LIMIT, HeaderValue::from(q.limit()));
-        headers.insert(X_REMAINING, HeaderValue::from(v.remaining(&q.gcra())));
+        headers.insert(X_REMAINING, HeaderValue::from(v.remaining(g)));
         headers.insert(X_RESET, HeaderValue::from(us_to_secs_ceil(v.reset_us)));
     }
 }
@@ -227,8 +227,13 @@ mod tests {
             &mut h,
             &[
                 // 100 per 15 min: one unit every 9 s; 42 left is 58 units in use.
-                (&api, &pa, v(true, 0, 58 * 9_000_000 - 1)),
-                (&export, &pe, v(false, 5_000_000, 3_600_000_000)),
+                (&api, &pa, v(true, 0, 58 * 9_000_000 - 1), api.gcra()),
+                (
+                    &export,
+                    &pe,
+                    v(false, 5_000_000, 3_600_000_000),
+                    export.gcra(),
+                ),
             ],
             true,
         );

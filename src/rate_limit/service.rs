@@ -10,7 +10,7 @@ use http::{HeaderMap, Request, Response};
 use tower_service::Service;
 
 use super::future::{Post, ResponseFuture};
-use super::gcra::Verdict;
+use super::gcra::{Gcra, Verdict};
 use super::layer::{Fallback, Shared};
 use super::response::{self, OnRateLimited, RateLimited, Reason};
 use super::store::{Decision, MAX_QUOTAS, QuotaSpec, Store, StoreFuture};
@@ -90,19 +90,33 @@ impl<K, S, R: OnRateLimited> Shared<K, S, R> {
         specs
     }
 
+    /// The GCRA a verdict of quota `i` came from: the layer's, or its local share when the
+    /// store failed and the fallback decided.
+    fn gcra_of(&self, i: u8, local: bool) -> Gcra {
+        match &self.fallback {
+            Fallback::Local { specs, .. } if local => specs[usize::from(i)].gcra(),
+            _ => self.rules[usize::from(i)].spec.gcra(),
+        }
+    }
+
     #[inline]
     fn conclude(&self, applied: &Applied, decision: &Decision) -> Verdicted {
+        self.conclude_from(applied, decision, false)
+    }
+
+    #[inline]
+    fn conclude_from(&self, applied: &Applied, decision: &Decision, local: bool) -> Verdicted {
         // The common case first: one quota, admitted, no headers to write.
         if decision.allowed() && !self.headers_on_success && applied.n == 1 {
             let rule = &self.rules[usize::from(applied.idx[0])];
             rule.counter(&rule.allowed, "allowed").increment(1);
             return Verdicted::Admit(Post::Nothing);
         }
-        self.conclude_slow(applied, decision)
+        self.conclude_slow(applied, decision, local)
     }
 
     #[inline(never)]
-    fn conclude_slow(&self, applied: &Applied, decision: &Decision) -> Verdicted {
+    fn conclude_slow(&self, applied: &Applied, decision: &Decision, local: bool) -> Verdicted {
         let verdicts = decision.verdicts();
         // Admitted: every quota counts an admission. Refused: only the quotas that refused
         // count, since the others took nothing.
@@ -120,7 +134,7 @@ impl<K, S, R: OnRateLimited> Shared<K, S, R> {
             }
             if self.headers_on_success {
                 let mut h = HeaderMap::new();
-                self.write_headers(&mut h, applied, verdicts);
+                self.write_headers(&mut h, applied, verdicts, local);
                 return Verdicted::Admit(Post::Headers(Box::new(h)));
             }
             return Verdicted::Admit(Post::Nothing);
@@ -139,24 +153,36 @@ impl<K, S, R: OnRateLimited> Shared<K, S, R> {
                 .indices()
                 .iter()
                 .zip(verdicts)
-                .map(|(&i, v)| response::status(&self.rules[usize::from(i)].quota, v))
+                .map(|(&i, v)| {
+                    response::status(
+                        &self.rules[usize::from(i)].quota,
+                        v,
+                        &self.gcra_of(i, local),
+                    )
+                })
                 .collect(),
         };
         let mut resp = self.response.response(&refusal);
-        self.write_headers(resp.headers_mut(), applied, verdicts);
+        self.write_headers(resp.headers_mut(), applied, verdicts, local);
         response::write_retry_after(resp.headers_mut(), retry_after);
         resp.extensions_mut().insert(refusal);
         Verdicted::Refuse(Box::new(resp))
     }
 
-    fn write_headers(&self, h: &mut HeaderMap, applied: &Applied, verdicts: &[Verdict]) {
+    fn write_headers(
+        &self,
+        h: &mut HeaderMap,
+        applied: &Applied,
+        verdicts: &[Verdict],
+        local: bool,
+    ) {
         let rows: Vec<_> = applied
             .indices()
             .iter()
             .zip(verdicts)
             .map(|(&i, v)| {
                 let rule = &self.rules[usize::from(i)];
-                (&rule.quota, &rule.policy, *v)
+                (&rule.quota, &rule.policy, *v, self.gcra_of(i, local))
             })
             .collect();
         response::write_headers(h, &rows, self.x_headers);
@@ -193,7 +219,7 @@ impl<K, S, R: OnRateLimited> Shared<K, S, R> {
                     .map(|&i| &specs[usize::from(i)])
                     .collect();
                 let decision = store.decide(key, &local, cost);
-                self.conclude(applied, &decision)
+                self.conclude_from(applied, &decision, true)
             }
         }
     }
@@ -378,5 +404,60 @@ where
                 Verdicted::Refuse(resp) => (None, Post::Refuse(resp)),
             }
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rate_limit::{OnStoreError, Quota, RateLimitLayer};
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use tower_layer::Layer;
+
+    /// A store that is always down.
+    #[derive(Clone, Debug)]
+    struct Down;
+
+    impl<K> Store<K> for Down {
+        fn check(&self, _: &K, _: &[&QuotaSpec], _: u64) -> StoreFuture {
+            StoreFuture::Ready(Err(StoreUnavailable::backend(std::io::Error::other(
+                "down",
+            ))))
+        }
+    }
+
+    #[tokio::test]
+    async fn the_local_share_reports_its_own_remaining() {
+        let layer = RateLimitLayer::builder()
+            .key(crate::key::GlobalKey)
+            .store(Down)
+            .quota("10/1m".parse::<Quota>().unwrap().named("m").unwrap())
+            .headers_on_success(true)
+            .on_store_error(OnStoreError::Local { share: 0.5 })
+            .build()
+            .unwrap();
+        let mut svc = layer.layer(tower::service_fn(|_: Request<()>| async {
+            Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::new())))
+        }));
+        let mut seen = Vec::new();
+        for _ in 0..6 {
+            let r = svc.call(Request::new(())).await.unwrap();
+            let h = r.headers().get("ratelimit").unwrap().to_str().unwrap();
+            seen.push((r.status().as_u16(), h.split(';').nth(1).unwrap().to_owned()));
+        }
+        // Half of 10 per minute: 5 admitted, counting down from 4, then refused at 0.
+        let want: Vec<_> = [
+            (200, "r=4"),
+            (200, "r=3"),
+            (200, "r=2"),
+            (200, "r=1"),
+            (200, "r=0"),
+            (429, "r=0"),
+        ]
+        .iter()
+        .map(|(s, r)| (*s, r.to_string()))
+        .collect();
+        assert_eq!(seen, want);
     }
 }

@@ -1,0 +1,82 @@
+//! Circuit breakers: stop calling an upstream that is failing, give it time, probe, resume.
+//!
+//! [`CircuitBreakerLayer`] wraps any tower service. While **closed**, calls pass and their
+//! outcomes (judged by the shared [`Classify`](crate::classify::Classify); for HTTP, 5xx
+//! and errors fail, 4xx do not) go into a sliding [`Window`]: the last N calls, or the
+//! calls of the last N seconds. Once the window holds [`minimum_calls`], the breaker
+//! **opens** when the failure rate, or the slow-call rate, reaches its threshold. Open, it
+//! refuses every call at once with [`CircuitOpen`] (how long until it probes) for the open
+//! duration, which can grow on consecutive trips ([`open_backoff`]). Then it is
+//! **half-open**: a fixed number of probe calls pass, the rest are refused; the probes'
+//! outcomes close it or open it again.
+//!
+//! Every state change starts a new *generation*: the outcome of a call that began in an
+//! earlier generation is ignored, so a slow call from before a recovery cannot reopen the
+//! breaker, and it cannot count as a probe. A probe whose caller gives up (the future is
+//! dropped) frees its place for another.
+//!
+//! Breakers can be per key: [`PerHost`] keeps one per upstream host (the URI's authority),
+//! [`key_fn`] anything else. Keyed breakers are bounded ([`max_keys`], default 10,000):
+//! a full map drops breakers that hold nothing first, and a key that still does not fit
+//! shares the layer's own breaker.
+//!
+//! Refusals are a typed error ([`BreakerError::Open`]); [`OpenAs503Layer`] turns them into
+//! `503` responses with `Retry-After` for HTTP. A [`CircuitBreakerHandle`] reads the state
+//! and forces a breaker open or closed, or resets it.
+//!
+//! Metrics: `tower_scale.circuit_breaker.transitions` (counter; `breaker`, `from`, `to`),
+//! `tower_scale.circuit_breaker.tripped` (gauge: this layer's breakers not closed) and
+//! `tower_scale.circuit_breaker.refused` (counter); transitions are logged (`warn` when
+//! opening).
+//!
+//! # Composition
+//!
+//! Put retries *outside* the breaker — `retry ─▶ breaker ─▶ client` — so that one breaker
+//! sees every attempt, and a refusal is an answer the retry layer does not retry (a
+//! response carrying [`CircuitOpen`] in its extensions is never retried by
+//! the retry layer). With a hyper client:
+//!
+//! ```
+//! use tower::ServiceBuilder;
+//! use tower_scale::circuit_breaker::{CircuitBreakerLayer, OpenAs503Layer, PerHost};
+//!
+//! let breaker = CircuitBreakerLayer::builder().key(PerHost).build()?;
+//! let client = tower::service_fn(|_req: http::Request<String>| async {
+//!     Ok::<_, std::io::Error>(http::Response::new(String::new()))
+//! });
+//! let svc = ServiceBuilder::new().layer(OpenAs503Layer).layer(breaker).service(client);
+//! # let _ = svc;
+//! # Ok::<(), tower_scale::ConfigError>(())
+//! ```
+//!
+//! [`minimum_calls`]: CircuitBreakerLayerBuilder::minimum_calls
+//! [`open_backoff`]: CircuitBreakerLayerBuilder::open_backoff
+//! [`max_keys`]: CircuitBreakerLayerBuilder::max_keys
+//!
+//! # Errors
+//!
+//! [`CircuitBreakerLayerBuilder::build`] returns a [`ConfigError`](crate::ConfigError) for
+//! settings out of range. The service's error is [`BreakerError`].
+//!
+//! # Panics
+//!
+//! [`ResponseFuture`] panics if polled after it completed.
+//!
+//! # Cancel safety
+//!
+//! Dropping a future before the inner call finishes records nothing against the upstream;
+//! a half-open probe dropped this way is given back.
+
+mod core;
+mod layer;
+mod service;
+
+pub use self::core::{State, Window};
+pub use layer::{
+    BreakerKey, CircuitBreakerHandle, CircuitBreakerLayer, CircuitBreakerLayerBuilder, KeyFn,
+    PerHost, Single, key_fn,
+};
+pub use service::{
+    BreakerError, CircuitBreaker, CircuitOpen, OpenAs503, OpenAs503Future, OpenAs503Layer,
+    ResponseFuture, open_response,
+};
