@@ -57,7 +57,7 @@ mod builder;
 #[cfg(feature = "circuit-breaker")]
 pub mod circuit_breaker;
 pub mod classify;
-#[cfg(any(feature = "rate-limit", feature = "circuit-breaker"))]
+#[cfg(any(feature = "rate-limit", feature = "circuit-breaker", feature = "retry"))]
 pub mod clock;
 mod duration;
 mod error;
@@ -68,6 +68,8 @@ pub mod metrics;
 pub mod rate_limit;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(feature = "retry")]
+pub mod retry;
 
 pub use builder::ServiceBuilderExt;
 pub use duration::{format_duration, parse_duration};
