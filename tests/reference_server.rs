@@ -573,3 +573,83 @@ async fn instances_sharing_redis_share_the_quota() {
         StatusCode::TOO_MANY_REQUESTS
     );
 }
+
+#[tokio::test]
+async fn price_route_breaker_opens_on_faults_and_closes_after() {
+    let upstream = Proc::start("pricing_upstream", &[("FAIL_RATE", "1")]);
+    let server = Proc::start(
+        "reference_server",
+        &[
+            ("PRICING_URL", &upstream.base),
+            ("PRICING_BREAKER_OPEN", "1s"),
+        ],
+    );
+    let upstream_calls = || async {
+        get(&upstream.base, "/admin/faults").await.json()["calls"]
+            .as_u64()
+            .unwrap()
+    };
+
+    // Faults on: retried failures first, then the breaker opens and answers at once.
+    let mut opened = false;
+    for _ in 0..20 {
+        let start = std::time::Instant::now();
+        let r = get(&server.base, "/products/7/price").await;
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(r.headers.contains_key("retry-after"));
+        if r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("circuit breaker open")
+        {
+            assert!(
+                start.elapsed() < Duration::from_millis(200),
+                "refused fast: {:?}",
+                start.elapsed()
+            );
+            opened = true;
+            break;
+        }
+    }
+    assert!(
+        opened,
+        "the breaker opened against an upstream failing every call"
+    );
+    let before = upstream_calls().await;
+    for _ in 0..10 {
+        let r = get(&server.base, "/products/7/price").await;
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    assert!(
+        upstream_calls().await <= before + 2,
+        "while open, at most the half-open probes reach the upstream"
+    );
+
+    // Faults off: after the open duration the probes pass and the breaker closes.
+    let r = call(
+        &upstream.base,
+        Method::PUT,
+        "/admin/faults",
+        &[],
+        r#"{"fail_rate":0,"delay_ms":0}"#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let base = server.base.clone();
+    support::eventually("the price route to answer 200 again", Duration::from_secs(10), || {
+        let base = base.clone();
+        async move { (get(&base, "/products/7/price").await.status == StatusCode::OK).then_some(()) }
+    })
+    .await;
+    for _ in 0..5 {
+        assert_eq!(
+            get(&server.base, "/products/7/price").await.status,
+            StatusCode::OK
+        );
+    }
+    let metrics = String::from_utf8(get(&server.base, "/metrics").await.body.to_vec()).unwrap();
+    assert!(
+        metrics.contains("tower_scale_circuit_breaker_transitions"),
+        "transitions in /metrics"
+    );
+}

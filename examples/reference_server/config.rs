@@ -14,6 +14,8 @@ pub struct Config {
     pub instance_id: Option<String>,
     pub redis_url: Option<String>,
     pub pricing_url: Option<String>,
+    /// How long the pricing breaker stays open before probing.
+    pub pricing_breaker_open: Duration,
     pub rate_limit: Quota,
     pub export_rate_limit: Quota,
     pub rate_limit_fallback_share: f64,
@@ -158,6 +160,16 @@ impl Config {
             .map(|v| parse_pricing_url(&v))
             .transpose()
             .map_err(|m| bad("PRICING_URL", m))?;
+        let pricing_breaker_open =
+            parse_duration(&get("PRICING_BREAKER_OPEN").unwrap_or_else(|| "5s".into()))
+                .ok()
+                .filter(|d| !d.is_zero() && *d <= Duration::from_secs(3600))
+                .ok_or_else(|| {
+                    bad(
+                        "PRICING_BREAKER_OPEN",
+                        "use a duration from 1ms to 1h, e.g. 5s",
+                    )
+                })?;
         let quota = |var: &'static str, default: &str, name: &str| {
             get(var)
                 .unwrap_or_else(|| default.into())
@@ -200,6 +212,7 @@ impl Config {
             instance_id,
             redis_url,
             pricing_url,
+            pricing_breaker_open,
             rate_limit,
             export_rate_limit,
             rate_limit_fallback_share,
@@ -266,6 +279,8 @@ mod tests {
             ("TRUSTED_PROXIES", "10.0.0.0/99"),
             ("SESSION_COOKIE_SECURE", "maybe"),
             ("CACHE_TTL", "soon"),
+            ("PRICING_BREAKER_OPEN", "0s"),
+            ("PRICING_BREAKER_OPEN", "soon"),
             ("REDIS_URL", "localhost:6379"),
             ("PRICING_URL", "ftp://x"),
             ("PRICING_URL", "http://host:99999"),

@@ -37,10 +37,15 @@ use hyper_util::rt::TokioExecutor;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::Deserialize;
 use serde_json::json;
+use tower::ServiceExt;
+use tower_scale::circuit_breaker::{
+    CircuitBreakerHandle, CircuitBreakerLayer, CircuitOpen, OpenAs503Layer, PerHost, Window,
+};
 use tower_scale::key::{ClientIp, KeyExtractor};
 use tower_scale::metrics::{DEFAULT_DURATION_BUCKETS, DURATION_METRIC, HttpMetricsLayer};
 use tower_scale::rate_limit::{AnyStore, MemoryStore, OnStoreError, RateLimitLayer, RedisStore};
 use tower_scale::redis::RedisBackend;
+use tower_scale::retry::{BoxError, ReplayBody, RetryError, RetryLayer};
 use tracing::Instrument;
 
 use catalog::Catalog;
@@ -65,9 +70,52 @@ struct AppState {
 
 type Shared = Arc<AppState>;
 
+/// The pricing upstream's client: retries outside a circuit breaker, each attempt bounded.
+type PriceClient = tower::util::BoxCloneSyncService<
+    http::Request<Empty<Bytes>>,
+    http::Response<axum::body::Body>,
+    RetryError<BoxError>,
+>;
+
 struct Pricing {
     base: String,
-    client: Client<HttpConnector, Empty<Bytes>>,
+    client: PriceClient,
+}
+
+/// Retry (3 attempts within 2.5 s, never into an open breaker) ─▶ 503 for refusals ─▶
+/// circuit breaker (opens at 50% failures of the last 20 calls, once 5 are in; probes with
+/// 2) ─▶ 1 s per attempt ─▶ hyper client. The timeout sits inside the breaker, so a hung
+/// upstream counts as failing.
+fn price_client(open: Duration) -> Result<(PriceClient, CircuitBreakerHandle<PerHost>), Failure> {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(Duration::from_millis(500)));
+    let client: Client<HttpConnector, ReplayBody<Empty<Bytes>>> =
+        Client::builder(TokioExecutor::new()).build(connector);
+    let breaker = CircuitBreakerLayer::builder()
+        .name("pricing")
+        .key(PerHost)
+        .window(Window::Count(20))
+        .minimum_calls(5)
+        .failure_rate(0.5)
+        .open_duration(open)
+        .half_open_probes(2)
+        .build()
+        .map_err(|e| Failure::Config(format!("pricing breaker: {e}")))?;
+    let handle = breaker.handle();
+    let retry = RetryLayer::builder()
+        .max_attempts(3)
+        .backoff(Duration::from_millis(50), Duration::from_millis(400))
+        .deadline(Duration::from_millis(2500))
+        .build()
+        .map_err(|e| Failure::Config(format!("pricing retry: {e}")))?;
+    let svc = tower::ServiceBuilder::new()
+        .layer(retry)
+        .layer(OpenAs503Layer)
+        .layer(breaker)
+        .map_response(|r: http::Response<hyper::body::Incoming>| r.map(axum::body::Body::new))
+        .layer(tower::timeout::TimeoutLayer::new(Duration::from_secs(1)))
+        .service(client);
+    Ok((tower::util::BoxCloneSyncService::new(svc), handle))
 }
 
 /// A JSON error response: `{"error": "..."}` with a status.
@@ -217,31 +265,40 @@ async fn get_price(
         ));
     };
     let uri = format!("{}/price/{id}", p.base);
-    let Ok(uri) = uri.parse::<http::Uri>() else {
+    let Ok(req) = http::Request::get(uri).body(Empty::<Bytes>::new()) else {
         // PRICING_URL was checked at start; only an id could break it, and ids are numbers.
         return Ok(unavailable("pricing upstream URL is invalid".into()));
     };
-    let call = async {
-        let resp = p.client.get(uri).await.map_err(|e| e.to_string())?;
-        let status = resp.status();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        if !status.is_success() {
-            return Err(format!("pricing upstream answered {status}"));
-        }
-        serde_json::from_slice::<serde_json::Value>(&body).map_err(|e| e.to_string())
+    let resp = match p.client.clone().oneshot(req).await {
+        Ok(resp) => resp,
+        Err(e) => return Ok(unavailable(format!("pricing upstream failed: {e}"))),
     };
-    match tokio::time::timeout(Duration::from_secs(2), call).await {
-        Ok(Ok(v)) => match v.get("price_cents").and_then(|c| c.as_i64()) {
-            Some(price) => Ok(Json(json!({ "id": id, "price_cents": price })).into_response()),
-            None => Ok(unavailable("pricing upstream sent no price".into())),
-        },
-        Ok(Err(e)) => Ok(unavailable(e)),
-        Err(_) => Ok(unavailable("pricing upstream timed out".into())),
+    if let Some(open) = resp.extensions().get::<CircuitOpen>() {
+        // Refused at once by the open breaker: its Retry-After is the time until it probes.
+        let secs = open.retry_after.as_micros().div_ceil(1_000_000).max(1) as u64;
+        let mut r = ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "pricing upstream unavailable (circuit breaker open)".into(),
+        )
+        .into_response();
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        return Ok(r);
+    }
+    let status = resp.status();
+    let body = match resp.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return Ok(unavailable(format!("pricing upstream body failed: {e}"))),
+    };
+    if !status.is_success() {
+        return Ok(unavailable(format!("pricing upstream answered {status}")));
+    }
+    let price = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("price_cents").and_then(|c| c.as_i64()));
+    match price {
+        Some(price) => Ok(Json(json!({ "id": id, "price_cents": price })).into_response()),
+        None => Ok(unavailable("pricing upstream sent no price".into())),
     }
 }
 
@@ -477,14 +534,16 @@ async fn run(config: Config) -> Result<(), Failure> {
                 .map_err(|e| Failure::Config(format!("REDIS_URL: {e}")))?,
         ),
     };
-    let pricing = config.pricing_url.as_ref().map(|base| {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_millis(500)));
-        Pricing {
-            base: base.clone(),
-            client: Client::builder(TokioExecutor::new()).build(connector),
+    let pricing = match &config.pricing_url {
+        None => None,
+        Some(base) => {
+            let (client, _breaker) = price_client(config.pricing_breaker_open)?;
+            Some(Pricing {
+                base: base.clone(),
+                client,
+            })
         }
-    });
+    };
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
