@@ -350,7 +350,7 @@ where
         } else if hint.upper().is_some_and(|u| u <= shared.body_cap) {
             (
                 State::Buffering {
-                    collect: body.collect(),
+                    collect: Box::pin(body.collect()),
                     parts: Some(parts),
                 },
                 None,
@@ -385,6 +385,7 @@ impl Template {
 
 /// The timer of the next attempt: its own timeout, or what is left of the deadline,
 /// whichever ends first. `None` (no allocation) when neither is set.
+#[inline]
 fn attempt_timer<C>(shared: &Shared<C>, started: Option<Instant>) -> Option<Pin<Box<Sleep>>> {
     let by_deadline = shared
         .deadline
@@ -403,8 +404,10 @@ pin_project! {
     where
         B: Body,
     {
-        Buffering { #[pin] collect: Collect<B>, parts: Option<Parts> },
-        Ready { req: Option<Request<ReplayBody<B>>> },
+        // Boxed, as is the request of `Ready`: only bodies to buffer and retries use them,
+        // and inline they would make every call's future larger.
+        Buffering { collect: Pin<Box<Collect<B>>>, parts: Option<Parts> },
+        Ready { req: Option<Box<Request<ReplayBody<B>>>> },
         Calling { #[pin] fut: F, timer: Option<Pin<Box<Sleep>>> },
         Backoff { sleep: Pin<Box<Sleep>> },
     }
@@ -477,7 +480,7 @@ where
             let mut this = self.as_mut().project();
             match this.state.as_mut().project() {
                 StateProj::Buffering { collect, parts } => {
-                    let bytes = match ready!(collect.poll(cx)) {
+                    let bytes = match ready!(collect.as_mut().poll(cx)) {
                         Ok(c) => c.to_bytes(),
                         Err(e) => return Poll::Ready(Err(RetryError::Body(e.into()))),
                     };
@@ -485,14 +488,16 @@ where
                     let template = Template { parts, body: bytes };
                     let req = template.request();
                     *this.template = Some(template);
-                    this.state.set(State::Ready { req: Some(req) });
+                    this.state.set(State::Ready {
+                        req: Some(Box::new(req)),
+                    });
                 }
                 StateProj::Ready { req } => {
                     if let Err(e) = ready!(this.svc.poll_ready(cx)) {
                         return Poll::Ready(Err(RetryError::Inner(e)));
                     }
                     let req = req.take().expect("sent once");
-                    let fut = this.svc.call(req);
+                    let fut = this.svc.call(*req);
                     let timer = attempt_timer(this.shared, *this.started);
                     this.state.set(State::Calling { fut, timer });
                 }
@@ -571,7 +576,9 @@ where
                         .as_ref()
                         .expect("only replayable requests back off")
                         .request();
-                    this.state.set(State::Ready { req: Some(req) });
+                    this.state.set(State::Ready {
+                        req: Some(Box::new(req)),
+                    });
                 }
             }
         }
