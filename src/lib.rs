@@ -16,6 +16,9 @@
 //! | [`classify`] | one success/failure/slow verdict shared by every layer | always |
 //! | [`rate_limit`] | GCRA rate limits per client, in-process or shared through Redis | `rate-limit` |
 //! | [`redis`] | the shared Redis backend: connection, key layout, scripts, timeouts | `redis` |
+//! | [`circuit_breaker`] | closed/open/half-open breakers, per key, over any tower service | `circuit-breaker` |
+//! | [`retry`] | retries with jittered backoff, a deadline, a budget and body replay | `retry` |
+//! | [`clock`] | the time source of the in-process state machines | with any of the three above |
 //!
 //! The path of a request through a fully assembled service, and the layers still to come
 //! (cache, rate limit, session, db routing, retry, circuit breaker), are described in
@@ -44,6 +47,8 @@
 //! | `rate-limit` | no | [`rate_limit`]; with `redis`, its `RedisStore` |
 //! | `redis` | no | [`redis`] (redis-rs with Tokio and `ConnectionManager`) |
 //! | `axum` | no | route templates from `MatchedPath`, `ConnectInfo` peer addresses, `RouteKey` |
+//! | `circuit-breaker` | no | [`circuit_breaker`] |
+//! | `retry` | no | [`retry`] |
 //! | `full` | no | all of the above |
 //!
 //! # Minimum supported Rust version

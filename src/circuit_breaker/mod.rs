@@ -34,18 +34,28 @@
 //! Put retries *outside* the breaker — `retry ─▶ breaker ─▶ client` — so that one breaker
 //! sees every attempt, and a refusal is an answer the retry layer does not retry (a
 //! response carrying [`CircuitOpen`] in its extensions is never retried by
-//! the retry layer). With a hyper client:
+//! [`RetryLayer`](crate::retry::RetryLayer)). With a hyper client:
 //!
 //! ```
+//! # #[cfg(feature = "retry")] {
+//! use std::time::Duration;
 //! use tower::ServiceBuilder;
 //! use tower_scale::circuit_breaker::{CircuitBreakerLayer, OpenAs503Layer, PerHost};
+//! use tower_scale::retry::{ReplayBody, RetryLayer};
 //!
+//! let retry = RetryLayer::builder().deadline(Duration::from_secs(2)).build()?;
 //! let breaker = CircuitBreakerLayer::builder().key(PerHost).build()?;
-//! let client = tower::service_fn(|_req: http::Request<String>| async {
+//! // Any client taking `Request<ReplayBody<B>>`: a hyper client, here a stand-in.
+//! let client = tower::service_fn(|_req: http::Request<ReplayBody<String>>| async {
 //!     Ok::<_, std::io::Error>(http::Response::new(String::new()))
 //! });
-//! let svc = ServiceBuilder::new().layer(OpenAs503Layer).layer(breaker).service(client);
+//! let svc = ServiceBuilder::new()
+//!     .layer(retry)
+//!     .layer(OpenAs503Layer)
+//!     .layer(breaker)
+//!     .service(client);
 //! # let _ = svc;
+//! # }
 //! # Ok::<(), tower_scale::ConfigError>(())
 //! ```
 //!

@@ -23,12 +23,16 @@ pub struct RetryBudget {
 }
 
 struct Inner {
-    /// (second, requests, retries) per bucket; the second is written last on rotation.
+    /// (second, requests, retries) per bucket, one per second in a ring of 64 (a power of
+    /// two, so finding a second's bucket is a mask, not a division); the last `ttl` count.
     buckets: Box<[Bucket]>,
+    ttl: u64,
     ratio_milli: u64,
     floor_per_sec: u64,
     clock: Clock,
 }
+
+const RING: u64 = 64;
 
 #[derive(Default)]
 struct Bucket {
@@ -42,7 +46,7 @@ impl fmt::Debug for RetryBudget {
         f.debug_struct("RetryBudget")
             .field("ratio", &(self.inner.ratio_milli as f64 / 1000.0))
             .field("floor_per_sec", &self.inner.floor_per_sec)
-            .field("ttl_secs", &self.inner.buckets.len())
+            .field("ttl_secs", &self.inner.ttl)
             .finish()
     }
 }
@@ -90,7 +94,8 @@ impl RetryBudget {
         }
         Ok(Self {
             inner: Arc::new(Inner {
-                buckets: (0..secs).map(|_| Bucket::default()).collect(),
+                buckets: (0..RING).map(|_| Bucket::default()).collect(),
+                ttl: secs,
                 ratio_milli: (ratio * 1000.0).round() as u64,
                 floor_per_sec: u64::from(floor_per_sec),
                 clock,
@@ -105,7 +110,7 @@ impl RetryBudget {
 
     /// The current second's bucket, emptied first if it holds an older second.
     fn bucket(&self, sec: u64) -> &Bucket {
-        let b = &self.inner.buckets[(sec % self.inner.buckets.len() as u64) as usize];
+        let b = &self.inner.buckets[(sec & (RING - 1)) as usize];
         let seen = b.second.load(Ordering::Acquire);
         if seen != sec
             && b.second
@@ -130,7 +135,7 @@ impl RetryBudget {
     /// Takes one retry from the budget: `false` if it is spent.
     pub fn withdraw(&self) -> bool {
         let sec = self.now_sec();
-        let n = self.inner.buckets.len() as u64;
+        let n = self.inner.ttl;
         let oldest = sec.saturating_sub(n - 1);
         let (mut requests, mut retries) = (0u64, 0u64);
         for b in self.inner.buckets.iter() {

@@ -20,7 +20,7 @@
 //! Backoff before retry n is uniform in [0, min(max, base × 2^(n−1))] ("full jitter",
 //! 25 ms and 1 s by default). A response carrying a circuit breaker's `CircuitOpen` in its
 //! extensions is returned as it is: retries belong outside the breaker (see the
-//! [`circuit_breaker`](crate) module's composition notes).
+//! [`circuit_breaker`](crate::circuit_breaker) module's composition notes).
 //!
 //! Metrics: `tower_scale.retry.retries` (counter) and `tower_scale.retry.budget_exhausted`.
 //!
