@@ -1,6 +1,7 @@
 //! What retry and circuit breaker cost per call, beside tower-resilience in the same run.
 //!
-//! - `resilience/breaker`: a closed breaker over a no-op service (every call succeeds),
+//! - `resilience/breaker`: a closed breaker (one, `Single`) over a no-op service (every
+//!   call succeeds),
 //!   ours versus tower-resilience's `CircuitBreakerLayer` (count window of 100, 50%).
 //! - `resilience/retry`: the no-retry path (the first attempt succeeds), ours versus
 //!   tower-resilience's `RetryLayer` (3 attempts, exponential backoff).
@@ -17,7 +18,7 @@ use criterion::{Criterion, criterion_group};
 use http::{Request, Response};
 use http_body_util::Full;
 use tower::{Layer, Service, ServiceExt};
-use tower_scale::circuit_breaker::{CircuitBreakerLayer, PerHost, Window};
+use tower_scale::circuit_breaker::{CircuitBreakerLayer, PerHost, Single, Window};
 use tower_scale::retry::{ReplayBody, RetryLayer};
 
 type Resp = Response<Full<Bytes>>;
@@ -86,6 +87,7 @@ fn benches(c: &mut Criterion) {
         b.iter_custom(|n| run(&rt, &noop(), &one, n))
     });
     let ours = CircuitBreakerLayer::builder()
+        .key(Single)
         .window(Window::Count(100))
         .failure_rate(0.5)
         .build()

@@ -25,7 +25,7 @@ pub trait BreakerKey<Req>: Clone + Send + Sync + 'static {
     fn key<'a>(&self, req: &'a Req) -> Option<Self::Key<'a>>;
 }
 
-/// One breaker for every request (the default).
+/// One breaker for every request.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Single;
 
@@ -41,8 +41,9 @@ impl<Req> BreakerKey<Req> for Single {
     }
 }
 
-/// One breaker per upstream host: the request URI's authority (an outgoing client's
-/// request), else its `Host` header. Requests naming no host share the layer's breaker.
+/// One breaker per upstream host (the default): the request URI's authority (an outgoing
+/// client's request), else its `Host` header. Requests naming no host share the layer's
+/// breaker.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PerHost;
 
@@ -200,7 +201,7 @@ impl<K, C> Shared<K, C> {
 }
 
 /// Applies [`CircuitBreaker`] to a service. Clones share their breakers.
-pub struct CircuitBreakerLayer<K = Single, C = HttpClassifier> {
+pub struct CircuitBreakerLayer<K = PerHost, C = HttpClassifier> {
     pub(crate) shared: Arc<Shared<K, C>>,
 }
 
@@ -233,8 +234,9 @@ impl<S, K, C> Layer<S> for CircuitBreakerLayer<K, C> {
 }
 
 impl CircuitBreakerLayer {
-    /// A builder with the defaults: one breaker, a window of the last 100 calls, opening
-    /// at a 50% failure rate once 20 calls are in it, open for 30 s, then 3 probes.
+    /// A builder with the defaults: one breaker per upstream host ([`PerHost`]), a window
+    /// of the last 100 calls, opening at a 50% failure rate once 20 calls are in it, open
+    /// for 30 s, then 3 probes; HTTP classification ([`HttpClassifier`]).
     pub fn builder() -> CircuitBreakerLayerBuilder {
         CircuitBreakerLayerBuilder {
             name: "default".into(),
@@ -250,7 +252,7 @@ impl CircuitBreakerLayer {
                 probes: 3,
             },
             max_open: None,
-            key: Single,
+            key: PerHost,
             classifier: HttpClassifier::default(),
             clock: None,
             max_keys: 10_000,
@@ -268,7 +270,7 @@ impl<K, C> CircuitBreakerLayer<K, C> {
 }
 
 /// Reads and forces a layer's breakers, from [`CircuitBreakerLayer::handle`].
-pub struct CircuitBreakerHandle<K = Single, C = HttpClassifier> {
+pub struct CircuitBreakerHandle<K = PerHost, C = HttpClassifier> {
     shared: Arc<Shared<K, C>>,
 }
 
@@ -337,7 +339,7 @@ impl<K, C> CircuitBreakerHandle<K, C> {
 
 /// Builds a [`CircuitBreakerLayer`].
 #[must_use]
-pub struct CircuitBreakerLayerBuilder<K = Single, C = HttpClassifier> {
+pub struct CircuitBreakerLayerBuilder<K = PerHost, C = HttpClassifier> {
     name: String,
     config: Config,
     max_open: Option<Duration>,
@@ -426,7 +428,8 @@ impl<K, C> CircuitBreakerLayerBuilder<K, C> {
         self
     }
 
-    /// Which breaker each request goes through (default [`Single`]).
+    /// Which breaker each request goes through (default [`PerHost`]: one per upstream
+    /// host; [`Single`] for one breaker, as a service that is not HTTP needs).
     pub fn key<K2>(self, key: K2) -> CircuitBreakerLayerBuilder<K2, C> {
         CircuitBreakerLayerBuilder {
             name: self.name,
