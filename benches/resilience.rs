@@ -159,10 +159,64 @@ fn benches(c: &mut Criterion) {
     g.finish();
 }
 
+/// The same comparison with a request that costs nothing to copy (a number), so what is
+/// left is each layer's own machinery: ours is `RetryAnyLayer`.
+mod plain {
+    use super::*;
+
+    #[inline(never)]
+    pub fn request(i: u64) -> u64 {
+        std::hint::black_box(i)
+    }
+
+    #[inline(never)]
+    pub fn run<S>(rt: &tokio::runtime::Runtime, svc: &S, iters: u64) -> Duration
+    where
+        S: Service<u64, Response = u64> + Clone,
+        S::Error: std::fmt::Debug,
+    {
+        let mut svc = svc.clone();
+        rt.block_on(async {
+            let start = Instant::now();
+            for i in 0..iters {
+                let r = svc.ready().await.unwrap().call(request(i)).await.unwrap();
+                std::hint::black_box(r);
+            }
+            start.elapsed()
+        })
+    }
+
+    pub fn benches(c: &mut Criterion) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let noop = tower::service_fn(|n: u64| async move { Ok::<u64, Infallible>(n) });
+        let mut g = c.benchmark_group("resilience/retry-plain");
+        g.bench_function("baseline", |b| b.iter_custom(|n| run(&rt, &noop, n)));
+        let ours = RetryLayer::builder()
+            .max_attempts(3)
+            .classifier(tower_scale::classify::ErrorIsFailure)
+            .build_any()
+            .unwrap()
+            .layer(noop);
+        g.bench_function("tower-scale", |b| b.iter_custom(|n| run(&rt, &ours, n)));
+        let theirs = tower_resilience::retry::RetryLayer::<u64, u64, Infallible>::builder()
+            .max_attempts(3)
+            .exponential_backoff(Duration::from_millis(25))
+            .build()
+            .layer(noop);
+        g.bench_function("tower-resilience", |b| {
+            b.iter_custom(|n| run(&rt, &theirs, n))
+        });
+        g.finish();
+    }
+}
+
 criterion_group! {
     name = group;
     config = Criterion::default().measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
-    targets = benches
+    targets = benches, plain::benches
 }
 
 fn main() {

@@ -22,6 +22,11 @@
 //! extensions is returned as it is: retries belong outside the breaker (see the
 //! [`circuit_breaker`](crate::circuit_breaker) module's composition notes).
 //!
+//! For services that are not HTTP, [`RetryAnyLayer`] (from
+//! [`RetryLayerBuilder::build_any`]) retries any service whose requests can be cloned, with
+//! the same backoff, deadline, attempt timeout and budget; every request is taken as safe to
+//! send again.
+//!
 //! Metrics: `tower_scale.retry.retries` (counter) and `tower_scale.retry.budget_exhausted`.
 //!
 //! [`deadline`]: RetryLayerBuilder::deadline
@@ -56,10 +61,12 @@
 //!
 //! Dropping the future drops the attempt in flight; nothing else is left behind.
 
+mod any;
 mod body;
 mod budget;
 mod service;
 
+pub use any::{AnyFuture, RetryAny, RetryAnyLayer};
 pub use body::ReplayBody;
 pub use budget::RetryBudget;
 pub use service::{

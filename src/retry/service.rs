@@ -62,24 +62,24 @@ impl<E: std::error::Error + 'static> std::error::Error for RetryError<E> {
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
 pub(crate) struct Shared<C> {
-    max_attempts: u32,
-    base_us: u64,
-    max_backoff_us: u64,
-    deadline: Option<Duration>,
-    attempt_timeout: Option<Duration>,
-    retry_after_cap: Duration,
-    body_cap: u64,
-    budget: RetryBudget,
-    classifier: C,
-    jitter: foldhash::fast::RandomState,
-    draws: AtomicU64,
-    retried: OnceLock<::metrics::Counter>,
-    exhausted: OnceLock<::metrics::Counter>,
+    pub(crate) max_attempts: u32,
+    pub(crate) base_us: u64,
+    pub(crate) max_backoff_us: u64,
+    pub(crate) deadline: Option<Duration>,
+    pub(crate) attempt_timeout: Option<Duration>,
+    pub(crate) retry_after_cap: Duration,
+    pub(crate) body_cap: u64,
+    pub(crate) budget: RetryBudget,
+    pub(crate) classifier: C,
+    pub(crate) jitter: foldhash::fast::RandomState,
+    pub(crate) draws: AtomicU64,
+    pub(crate) retried: OnceLock<::metrics::Counter>,
+    pub(crate) exhausted: OnceLock<::metrics::Counter>,
 }
 
 impl<C> Shared<C> {
     /// Full jitter: uniform in [0, min(max, base × 2^(retry − 1))].
-    fn backoff(&self, retry: u32) -> Duration {
+    pub(crate) fn backoff(&self, retry: u32) -> Duration {
         let ceiling = self
             .base_us
             .saturating_mul(1u64 << (retry.saturating_sub(1)).min(40))
@@ -90,7 +90,7 @@ impl<C> Shared<C> {
         Duration::from_micros(draw % (ceiling + 1))
     }
 
-    fn count(&self, slot: &OnceLock<::metrics::Counter>, name: &'static str) {
+    pub(crate) fn count(&self, slot: &OnceLock<::metrics::Counter>, name: &'static str) {
         slot.get_or_init(|| ::metrics::counter!(name)).increment(1);
     }
 }
@@ -237,6 +237,25 @@ impl<C> RetryLayerBuilder<C> {
     /// Zero attempts, a zero backoff base or a maximum below it, a zero deadline or attempt
     /// timeout.
     pub fn build(self) -> Result<RetryLayer<C>, ConfigError> {
+        Ok(RetryLayer {
+            shared: Arc::new(self.shared()?),
+        })
+    }
+
+    /// Validates the settings, for [`RetryAnyLayer`](super::RetryAnyLayer): retries for any
+    /// service whose requests can be cloned (give it a classifier for its response and
+    /// error types, e.g. [`ErrorIsFailure`](crate::classify::ErrorIsFailure)).
+    ///
+    /// # Errors
+    ///
+    /// As [`build`](Self::build).
+    pub fn build_any(self) -> Result<super::RetryAnyLayer<C>, ConfigError> {
+        Ok(super::RetryAnyLayer {
+            shared: Arc::new(self.shared()?),
+        })
+    }
+
+    fn shared(self) -> Result<Shared<C>, ConfigError> {
         if self.max_attempts == 0 {
             return Err(ConfigError::new("max_attempts", "must be at least 1"));
         }
@@ -255,22 +274,20 @@ impl<C> RetryLayerBuilder<C> {
             ));
         }
         let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        Ok(RetryLayer {
-            shared: Arc::new(Shared {
-                max_attempts: self.max_attempts,
-                base_us: us(self.base),
-                max_backoff_us: us(self.max_backoff),
-                deadline: self.deadline,
-                attempt_timeout: self.attempt_timeout,
-                retry_after_cap: self.retry_after_cap,
-                body_cap: self.body_cap,
-                budget: self.budget.unwrap_or_default(),
-                classifier: self.classifier,
-                jitter: foldhash::fast::RandomState::default(),
-                draws: AtomicU64::new(0),
-                retried: OnceLock::new(),
-                exhausted: OnceLock::new(),
-            }),
+        Ok(Shared {
+            max_attempts: self.max_attempts,
+            base_us: us(self.base),
+            max_backoff_us: us(self.max_backoff),
+            deadline: self.deadline,
+            attempt_timeout: self.attempt_timeout,
+            retry_after_cap: self.retry_after_cap,
+            body_cap: self.body_cap,
+            budget: self.budget.unwrap_or_default(),
+            classifier: self.classifier,
+            jitter: foldhash::fast::RandomState::default(),
+            draws: AtomicU64::new(0),
+            retried: OnceLock::new(),
+            exhausted: OnceLock::new(),
         })
     }
 }
@@ -386,7 +403,10 @@ impl Template {
 /// The timer of the next attempt: its own timeout, or what is left of the deadline,
 /// whichever ends first. `None` (no allocation) when neither is set.
 #[inline]
-fn attempt_timer<C>(shared: &Shared<C>, started: Option<Instant>) -> Option<Pin<Box<Sleep>>> {
+pub(crate) fn attempt_timer<C>(
+    shared: &Shared<C>,
+    started: Option<Instant>,
+) -> Option<Pin<Box<Sleep>>> {
     let by_deadline = shared
         .deadline
         .zip(started)
@@ -449,7 +469,7 @@ where
 }
 
 /// Why an attempt failed, when it did.
-enum Failed {
+pub(crate) enum Failed {
     /// A failure response; its `Retry-After`, if any.
     Status(Option<Duration>),
     Error,
@@ -586,7 +606,7 @@ where
 }
 
 /// How long to wait before the next attempt, or `None` to stop here.
-fn next_delay<C>(
+pub(crate) fn next_delay<C>(
     shared: &Shared<C>,
     replayable: bool,
     attempt: u32,
