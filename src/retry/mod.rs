@@ -14,8 +14,8 @@
 //! - attempts remain (3 in all by default), the overall [`deadline`] leaves room for the
 //!   wait, and the [`RetryBudget`] allows it (by default 20% of requests plus 10 per
 //!   second, shared by every clone, so an outage cannot multiply the load on the upstream);
-//! - a failed response's `Retry-After` (seconds) is not over the cap (5 s by default): it
-//!   is waited out instead of the backoff.
+//! - a failed response's `Retry-After` (seconds or an HTTP date) is not over the cap (5 s
+//!   by default): it is waited out instead of the backoff.
 //!
 //! Backoff before retry n is uniform in [0, min(max, base × 2^(n−1))] ("full jitter",
 //! 25 ms and 1 s by default). A response carrying a circuit breaker's `CircuitOpen` in its

@@ -194,8 +194,8 @@ impl<C> RetryLayerBuilder<C> {
         self
     }
 
-    /// A failed response's `Retry-After` (in seconds) is waited out if it is at most this
-    /// (default 5 s); a longer one ends the retries there.
+    /// A failed response's `Retry-After` (seconds or an HTTP date) is waited out if it is
+    /// at most this (default 5 s); a longer one ends the retries there.
     pub fn retry_after_cap(mut self, cap: Duration) -> Self {
         self.retry_after_cap = cap;
         self
@@ -476,14 +476,22 @@ pub(crate) enum Failed {
     TimedOut,
 }
 
+/// `Retry-After` as seconds or as an HTTP date (a date in the past is "now"). Anything
+/// else is ignored, and the backoff applies.
 fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
     let v = headers
         .get(http::header::RETRY_AFTER)?
         .to_str()
         .ok()?
         .trim();
-    // Seconds only; an HTTP date is not understood and falls back to backoff.
-    v.parse::<u64>().ok().map(Duration::from_secs)
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 impl<S, B, RB, C> Future for ResponseFuture<S, B, C>
@@ -632,4 +640,34 @@ pub(crate) fn next_delay<C>(
         return None;
     }
     Some(delay)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_forms() {
+        let h = |v: &str| {
+            let mut m = http::HeaderMap::new();
+            m.insert(http::header::RETRY_AFTER, v.parse().unwrap());
+            retry_after(&m)
+        };
+        assert_eq!(h("3"), Some(Duration::from_secs(3)));
+        assert_eq!(h(" 0 "), Some(Duration::ZERO));
+        assert_eq!(
+            h("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO),
+            "past: now"
+        );
+        let soon = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(30));
+        let d = h(&soon).unwrap();
+        assert!(
+            d > Duration::from_secs(28) && d <= Duration::from_secs(30),
+            "{d:?}"
+        );
+        assert_eq!(h("-1"), None);
+        assert_eq!(h("soon"), None);
+        assert_eq!(retry_after(&http::HeaderMap::new()), None);
+    }
 }
