@@ -582,3 +582,177 @@ async fn retry_does_not_retry_a_breakers_refusal() {
     );
     assert_eq!(handle.state(), State::Open);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_deadline_holds_for_requests_that_are_not_retried() {
+    let hangs = tower::service_fn(|_req: Request<Body>| async {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        Ok::<_, Infallible>(status(200))
+    });
+    for (retry, method) in [
+        (
+            RetryLayer::builder().deadline(Duration::from_millis(500)),
+            "POST",
+        ),
+        (
+            RetryLayer::builder()
+                .max_attempts(1)
+                .attempt_timeout(Duration::from_millis(500)),
+            "GET",
+        ),
+    ] {
+        let mut svc = retry.build().unwrap().layer(hangs);
+        let start = Instant::now();
+        let req = Request::builder()
+            .method(method)
+            .uri("/")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let err = svc.ready().await.unwrap().call(req).await.unwrap_err();
+        assert!(matches!(err, RetryError::TimedOut), "{method}: {err:?}");
+        assert!(start.elapsed() <= Duration::from_millis(500), "{method}");
+    }
+}
+
+/// A body whose size hint promises `hint` bytes, then sends `data`, or stalls for ever.
+struct Lying {
+    hint: u64,
+    data: Option<Bytes>,
+    stall: bool,
+}
+
+impl http_body::Body for Lying {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        if self.stall {
+            return std::task::Poll::Pending;
+        }
+        std::task::Poll::Ready(self.data.take().map(|d| Ok(http_body::Frame::data(d))))
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.hint)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn buffering_is_bounded_in_size_and_time() {
+    let seen = Arc::new(Seen::default());
+    let upstream = tower::service_fn(|_req: Request<ReplayBody<Lying>>| async {
+        Ok::<_, Infallible>(status(200))
+    });
+    let layer = RetryLayer::builder()
+        .body_cap(8)
+        .deadline(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    // Promises 4 bytes, sends 1 KiB: refused, not buffered without bound.
+    let req = Request::put("/x")
+        .body(Lying {
+            hint: 4,
+            data: Some(Bytes::from(vec![b'x'; 1024])),
+            stall: false,
+        })
+        .unwrap();
+    let err = layer.layer(upstream).oneshot(req).await.unwrap_err();
+    assert!(matches!(err, RetryError::Body(_)), "{err:?}");
+    // A body that stalls while buffered: the deadline still ends the call.
+    let req = Request::put("/x")
+        .body(Lying {
+            hint: 4,
+            data: None,
+            stall: true,
+        })
+        .unwrap();
+    let start = Instant::now();
+    let err = layer.layer(upstream).oneshot(req).await.unwrap_err();
+    assert!(matches!(err, RetryError::TimedOut), "{err:?}");
+    assert!(start.elapsed() <= Duration::from_millis(300));
+    drop(seen);
+}
+
+#[tokio::test]
+async fn huge_settings_do_not_panic() {
+    let seen = Arc::new(Seen::default());
+    let mut svc = RetryLayer::builder()
+        .deadline(Duration::MAX)
+        .build()
+        .unwrap()
+        .layer(upstream(Arc::clone(&seen), |n| {
+            status(if n == 0 { 503 } else { 200 })
+        }));
+    let resp = svc.ready().await.unwrap().call(get("/")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        RetryLayer::builder()
+            .backoff(Duration::from_secs(1), Duration::MAX)
+            .build()
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn breaker_settings_that_could_never_open_are_refused() {
+    let err = CircuitBreakerLayer::builder()
+        .window(Window::Count(10))
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("minimum_calls"), "{err}");
+}
+
+#[tokio::test]
+async fn healthy_hosts_make_room_for_new_ones() {
+    let layer = CircuitBreakerLayer::builder()
+        .key(PerHost)
+        .max_keys(160)
+        .minimum_calls(2)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(tower::service_fn(|req: Request<()>| async move {
+        let code = if req.uri().host() == Some("down.example") {
+            500
+        } else {
+            200
+        };
+        Ok::<_, Infallible>(status(code))
+    }));
+    for i in 0..10_000 {
+        let r = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(
+                Request::get(format!("http://h{i}.example/"))
+                    .body(())
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(r.unwrap().status(), 200);
+    }
+    // The map is full of healthy hosts; a failing host still gets its own breaker.
+    for _ in 0..2 {
+        let _ = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(Request::get("http://down.example/").body(()).unwrap())
+            .await;
+    }
+    assert_eq!(handle.state_of("down.example"), State::Open);
+    assert_eq!(
+        handle.state(),
+        State::Closed,
+        "the shared breaker was not tripped"
+    );
+    // Reading a key makes no breaker; forcing one makes it, or says there is no room.
+    assert_eq!(handle.state_of("never.example"), State::Closed);
+    handle.force_open_key("forced.example").unwrap();
+    assert_eq!(handle.state_of("forced.example"), State::Open);
+    assert_eq!(handle.state(), State::Closed);
+}

@@ -286,9 +286,13 @@ async fn get_price(
         return Ok(r);
     }
     let status = resp.status();
-    let body = match resp.into_body().collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => return Ok(unavailable(format!("pricing upstream body failed: {e}"))),
+    // The retry deadline and the attempt timeout end with the response head: the body gets
+    // its own bound, in time and in size.
+    let body = http_body_util::Limited::new(resp.into_body(), 64 * 1024).collect();
+    let body = match tokio::time::timeout(Duration::from_secs(1), body).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) => return Ok(unavailable(format!("pricing upstream body failed: {e}"))),
+        Err(_) => return Ok(unavailable("pricing upstream body timed out".into())),
     };
     if !status.is_success() {
         return Ok(unavailable(format!("pricing upstream answered {status}")));

@@ -101,6 +101,18 @@ impl Config {
         if self.minimum_calls == 0 {
             return Err(ConfigError::new("minimum_calls", "must be at least 1"));
         }
+        if let Window::Count(n) = self.window
+            && self.minimum_calls > n
+        {
+            return Err(ConfigError::new(
+                "minimum_calls",
+                format!(
+                    "{} is more than the window's {n} calls, so the breaker could never open; \
+                     lower it or widen the window",
+                    self.minimum_calls
+                ),
+            ));
+        }
         if self.probes == 0 {
             return Err(ConfigError::new("half_open_probes", "must be at least 1"));
         }
@@ -191,6 +203,8 @@ struct Inner {
     /// Consecutive trips without closing in between, for the open backoff.
     trips: u32,
     half_open: Probes,
+    /// When the breaker last half-opened.
+    half_open_since_us: u64,
     /// A forced state stays until forced otherwise or reset.
     forced: bool,
 }
@@ -313,6 +327,7 @@ impl Breaker {
                 open_until_us: 0,
                 trips: 0,
                 half_open: Probes::default(),
+                half_open_since_us: 0,
                 forced: false,
             }),
         }
@@ -355,6 +370,16 @@ impl Breaker {
         let mut transition = None;
         if s.state == State::Open && !s.forced && now >= s.open_until_us {
             transition = Some(self.set(&mut s, State::HalfOpen));
+            s.half_open_since_us = now;
+        } else if s.state == State::HalfOpen
+            && s.half_open.started >= config.probes
+            && now.saturating_sub(s.half_open_since_us) >= config.open_us
+        {
+            // Probes out for a whole open duration without an answer (an inner call with no
+            // timeout that hangs): start over with fresh probes, a new generation, so the
+            // stragglers' answers are ignored.
+            transition = Some(self.set(&mut s, State::HalfOpen));
+            s.half_open_since_us = now;
         }
         match s.state {
             State::Closed => Ok((
@@ -493,15 +518,23 @@ impl Breaker {
         }
     }
 
-    /// True if the breaker holds nothing worth keeping: closed, not forced, nothing in its
-    /// window. Keyed breakers drop such entries first when they run out of room.
-    pub(crate) fn is_idle(&self) -> bool {
+    /// True if the breaker holds nothing worth keeping: closed, not forced, no failure and
+    /// no slow call in its live window (so it is not on its way to opening). Keyed breakers
+    /// drop such entries when they run out of room.
+    pub(crate) fn is_idle(&self, now_us: u64) -> bool {
         let s = self.lock();
         s.state == State::Closed
             && !s.forced
             && match &s.window {
-                Counts::Count { len, .. } => *len == 0,
-                Counts::Time { buckets } => buckets.iter().all(|b| b.1 == 0),
+                Counts::Count { failures, slow, .. } => *failures == 0 && *slow == 0,
+                Counts::Time { buckets } => {
+                    let sec = now_us / 1_000_000;
+                    let oldest = sec.saturating_sub(buckets.len() as u64 - 1);
+                    buckets
+                        .iter()
+                        .filter(|b| b.0 != u64::MAX && b.0 >= oldest && b.0 <= sec)
+                        .all(|b| b.2 == 0 && b.3 == 0)
+                }
             }
     }
 }
@@ -771,8 +804,47 @@ mod tests {
     }
 
     #[test]
+    fn probes_that_never_answer_are_replaced() {
+        let c = config();
+        let b = Breaker::new(&c);
+        for _ in 0..4 {
+            let _ = call(&b, &c, 0, FAIL);
+        }
+        let (hung1, _) = b.acquire(&c, || 10 * S).unwrap();
+        let (_hung2, _) = b.acquire(&c, || 10 * S).unwrap();
+        assert!(
+            b.acquire(&c, || 15 * S).is_err(),
+            "probes out, not yet overdue"
+        );
+        // A whole open duration later, fresh probes pass...
+        let (p, _) = b.acquire(&c, || 20 * S).unwrap();
+        assert!(p.probe);
+        // ...and a straggler answering now is from an old generation: ignored.
+        assert_eq!(b.record(&c, hung1, FAIL, || 20 * S), None);
+        assert_eq!(b.state(), State::HalfOpen);
+    }
+
+    #[test]
+    fn idle_means_nothing_against_it() {
+        let c = config();
+        let b = Breaker::new(&c);
+        assert!(b.is_idle(0));
+        call(&b, &c, 0, OK).unwrap();
+        assert!(b.is_idle(0), "successes alone keep it evictable");
+        call(&b, &c, 0, FAIL).unwrap();
+        assert!(!b.is_idle(0));
+        let mut t = config();
+        t.window = Window::Time(Duration::from_secs(10));
+        let b = Breaker::new(&t);
+        call(&b, &t, 0, FAIL).unwrap();
+        assert!(!b.is_idle(5 * S));
+        assert!(b.is_idle(20 * S), "its failure has left the window");
+    }
+
+    #[test]
     fn bad_config_is_an_error() {
-        let bad: [fn(&mut Config); 7] = [
+        let bad: [fn(&mut Config); 8] = [
+            |c| c.minimum_calls = 11,
             |c| c.failure_rate = 0.0,
             |c| c.slow_rate = 1.5,
             |c| c.window = Window::Count(0),

@@ -111,12 +111,23 @@ pub(crate) struct Shared<K, C> {
     /// The breaker of unkeyed requests.
     pub(crate) single: Arc<Breaker>,
     hasher: RandomState,
-    shards: Box<[Mutex<Map>]>,
+    shards: Box<[Mutex<Shard>]>,
     max_per_shard: usize,
     refused: std::sync::OnceLock<::metrics::Counter>,
 }
 
 type Map = std::collections::HashMap<u64, Arc<Breaker>, BuildHasherDefault<PreHashed>>;
+
+#[derive(Default)]
+struct Shard {
+    map: Map,
+    /// Overflowing calls left before the next eviction sweep: a full shard whose breakers
+    /// all hold something is not rescanned on every call.
+    skip_sweeps: u32,
+}
+
+/// A full shard that found nothing to evict waits this many overflowing calls to sweep again.
+const SWEEP_BACKOFF: u32 = 256;
 
 /// Keys are already seeded hashes.
 #[derive(Default)]
@@ -137,24 +148,48 @@ impl Hasher for PreHashed {
 }
 
 impl<K, C> Shared<K, C> {
-    /// The breaker for a key hash, made on first use. A full shard first drops breakers
-    /// that hold nothing (closed, empty window); if none can go, the key shares the
-    /// layer's breaker, so memory stays bounded whatever the keys.
+    /// The breaker for a key hash, made on first use. A full shard drops breakers that hold
+    /// nothing against their host (closed, no failure or slow call in the live window); if
+    /// none can go, the key shares the layer's breaker, so memory stays bounded whatever
+    /// the keys.
     pub(crate) fn breaker(&self, hash: u64) -> Arc<Breaker> {
-        let shard = &self.shards[(hash >> 60) as usize % SHARDS];
-        let mut map = shard.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(b) = map.get(&hash) {
-            return Arc::clone(b);
+        self.breaker_or_room(hash)
+            .unwrap_or_else(|| Arc::clone(&self.single))
+    }
+
+    /// As [`breaker`](Self::breaker), but `None` rather than the shared breaker when there
+    /// is no room.
+    fn breaker_or_room(&self, hash: u64) -> Option<Arc<Breaker>> {
+        let mut shard = self.shard(hash);
+        if let Some(b) = shard.map.get(&hash) {
+            return Some(Arc::clone(b));
         }
-        if map.len() >= self.max_per_shard {
-            map.retain(|_, b| !b.is_idle());
-            if map.len() >= self.max_per_shard {
-                return Arc::clone(&self.single);
+        if shard.map.len() >= self.max_per_shard {
+            if shard.skip_sweeps > 0 {
+                shard.skip_sweeps -= 1;
+                return None;
+            }
+            let now = self.clock.now_us();
+            shard.map.retain(|_, b| !b.is_idle(now));
+            if shard.map.len() >= self.max_per_shard {
+                shard.skip_sweeps = SWEEP_BACKOFF;
+                return None;
             }
         }
         let b = Arc::new(Breaker::new(&self.config));
-        map.insert(hash, Arc::clone(&b));
-        b
+        shard.map.insert(hash, Arc::clone(&b));
+        Some(b)
+    }
+
+    /// The breaker for a key hash if it has one; never makes one.
+    fn find(&self, hash: u64) -> Option<Arc<Breaker>> {
+        self.shard(hash).map.get(&hash).cloned()
+    }
+
+    fn shard(&self, hash: u64) -> std::sync::MutexGuard<'_, Shard> {
+        self.shards[(hash >> 60) as usize % SHARDS]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Counts a refusal (the handle is registered on first use, with the recorder of the
@@ -297,10 +332,12 @@ impl<K, C> CircuitBreakerHandle<K, C> {
         self.shared.single.state()
     }
 
-    /// The state of `key`'s breaker (closed if it has none yet). `key` hashes as the
-    /// layer's key does: a `&str` or `String` host for [`PerHost`].
+    /// The state of `key`'s breaker (closed if it has none). `key` hashes as the layer's
+    /// key does: a `&str` or `String` host for [`PerHost`]. Reading makes no breaker.
     pub fn state_of(&self, key: impl Hash) -> State {
-        self.shared.breaker(self.shared.hash(key)).state()
+        self.shared
+            .find(self.shared.hash(key))
+            .map_or(State::Closed, |b| b.state())
     }
 
     /// Opens the shared breaker and keeps it open until forced otherwise or reset.
@@ -319,16 +356,26 @@ impl<K, C> CircuitBreakerHandle<K, C> {
         self.force(&self.shared.single, None);
     }
 
-    /// [`force_open`](Self::force_open) for `key`'s breaker.
-    pub fn force_open_key(&self, key: impl Hash) {
-        let b = self.shared.breaker(self.shared.hash(key));
+    /// [`force_open`](Self::force_open) for `key`'s breaker, made if it has none.
+    ///
+    /// # Errors
+    ///
+    /// [`NoRoom`] if the layer holds `max_keys` breakers and none can be dropped (the
+    /// shared breaker is never forced in a key's place).
+    pub fn force_open_key(&self, key: impl Hash) -> Result<(), NoRoom> {
+        let b = self
+            .shared
+            .breaker_or_room(self.shared.hash(key))
+            .ok_or(NoRoom)?;
         self.force(&b, Some(State::Open));
+        Ok(())
     }
 
-    /// [`reset`](Self::reset) for `key`'s breaker.
+    /// [`reset`](Self::reset) for `key`'s breaker; nothing to do if it has none.
     pub fn reset_key(&self, key: impl Hash) {
-        let b = self.shared.breaker(self.shared.hash(key));
-        self.force(&b, None);
+        if let Some(b) = self.shared.find(self.shared.hash(key)) {
+            self.force(&b, None);
+        }
     }
 
     fn force(&self, b: &Breaker, to: Option<State>) {
@@ -336,6 +383,18 @@ impl<K, C> CircuitBreakerHandle<K, C> {
         self.shared.transitioned(t);
     }
 }
+
+/// A keyed breaker could not be made: the layer holds `max_keys` breakers, none idle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NoRoom;
+
+impl fmt::Display for NoRoom {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("no room for another keyed breaker (max_keys reached)")
+    }
+}
+
+impl std::error::Error for NoRoom {}
 
 /// Builds a [`CircuitBreakerLayer`].
 #[must_use]
@@ -486,7 +545,7 @@ impl<K, C> CircuitBreakerLayerBuilder<K, C> {
                 classifier: self.classifier,
                 clock: self.clock.unwrap_or_default(),
                 hasher: RandomState::default(),
-                shards: (0..SHARDS).map(|_| Mutex::new(Map::default())).collect(),
+                shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
                 max_per_shard: self.max_keys / SHARDS,
             }),
         })

@@ -15,10 +15,16 @@
 //! breaker, and it cannot count as a probe. A probe whose caller gives up (the future is
 //! dropped) frees its place for another.
 //!
-//! Breakers can be per key: [`PerHost`] keeps one per upstream host (the URI's authority),
-//! [`key_fn`] anything else. Keyed breakers are bounded ([`max_keys`], default 10,000):
-//! a full map drops breakers that hold nothing first, and a key that still does not fit
-//! shares the layer's own breaker.
+//! Breakers are per key: [`PerHost`] (the default) keeps one per upstream host (the URI's
+//! authority as written, port included), [`Single`] one for every request, [`key_fn`]
+//! anything else. Keyed breakers are bounded ([`max_keys`], default 10,000): a full map
+//! drops the breakers that hold nothing against their host, and a key that still does not
+//! fit shares the layer's own breaker.
+//!
+//! Put a timeout *inside* the breaker (between it and the upstream): a call that never
+//! ends is neither a success nor a failure. Half-open probes that have not answered after
+//! a whole open duration are replaced by fresh ones, so a hung probe cannot keep the
+//! breaker half-open for good.
 //!
 //! Refusals are a typed error ([`BreakerError::Open`]); [`OpenAs503Layer`] turns them into
 //! `503` responses with `Retry-After` for HTTP. A [`CircuitBreakerHandle`] reads the state
@@ -34,7 +40,9 @@
 //! Put retries *outside* the breaker — `retry ─▶ breaker ─▶ client` — so that one breaker
 //! sees every attempt, and a refusal is an answer the retry layer does not retry (a
 //! response carrying [`CircuitOpen`] in its extensions is never retried by
-//! [`RetryLayer`](crate::retry::RetryLayer)). With a hyper client:
+//! [`RetryLayer`](crate::retry::RetryLayer)). Put [`OpenAs503Layer`] between them: as an
+//! error ([`BreakerError::Open`]) a refusal is just an error to the retry layer, which
+//! would retry it. With a hyper client:
 //!
 //! ```
 //! # #[cfg(feature = "retry")] {
@@ -84,7 +92,7 @@ mod service;
 pub use self::core::{State, Window};
 pub use layer::{
     BreakerKey, CircuitBreakerHandle, CircuitBreakerLayer, CircuitBreakerLayerBuilder, KeyFn,
-    PerHost, Single, key_fn,
+    NoRoom, PerHost, Single, key_fn,
 };
 pub use service::{
     BreakerError, CircuitBreaker, CircuitOpen, OpenAs503, OpenAs503Future, OpenAs503Layer,

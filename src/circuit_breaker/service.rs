@@ -144,15 +144,18 @@ where
     type Output = Result<T, BreakerError<E>>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let Some(fut) = this.fut.as_pin_mut() else {
-            let refusal = this
-                .refused
-                .take()
-                .expect("ResponseFuture polled after completion");
-            return Poll::Ready(Err(BreakerError::Open(refusal)));
+        let mut this = self.project();
+        let res = match this.fut.as_mut().as_pin_mut() {
+            Some(fut) => ready!(fut.poll(cx)),
+            None => {
+                let refusal = this
+                    .refused
+                    .take()
+                    .expect("ResponseFuture polled after completion");
+                return Poll::Ready(Err(BreakerError::Open(refusal)));
+            }
         };
-        let res = ready!(fut.poll(cx));
+        this.fut.set(None);
         if let Some(mut guard) = this.guard.take() {
             let shared = &*guard.shared;
             let failed = shared.classifier.classify(res.as_ref()) == Class::Failure;

@@ -11,7 +11,9 @@ use tokio::time::{Instant, Sleep};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::service::{Failed, RetryError, Shared, attempt_timer, next_delay};
+use super::service::{
+    Failed, RetryError, Shared, attempt_timer, deadline_timer, expired, next_delay,
+};
 use crate::classify::{Class, Classify, ErrorIsFailure};
 
 /// Applies [`RetryAny`] to a service; from
@@ -115,7 +117,7 @@ where
 pin_project! {
     #[project = AnyStateProj]
     enum AnyState<F, Req> {
-        Ready { req: Option<Req> },
+        Ready { req: Option<Req>, timer: Option<Pin<Box<Sleep>>> },
         Calling { #[pin] fut: F, timer: Option<Pin<Box<Sleep>>> },
         Backoff { sleep: Pin<Box<Sleep>> },
     }
@@ -157,9 +159,11 @@ where
         loop {
             let mut this = self.as_mut().project();
             match this.state.as_mut().project() {
-                AnyStateProj::Ready { req } => {
-                    if let Err(e) = ready!(this.svc.poll_ready(cx)) {
-                        return Poll::Ready(Err(RetryError::Inner(e)));
+                AnyStateProj::Ready { req, timer } => {
+                    match this.svc.poll_ready(cx) {
+                        Poll::Ready(Ok(())) => {}
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(RetryError::Inner(e))),
+                        Poll::Pending => return expired(timer, cx),
                     }
                     let fut = this.svc.call(req.take().expect("sent once"));
                     let timer = attempt_timer(this.shared, *this.started);
@@ -212,7 +216,8 @@ where
                 AnyStateProj::Backoff { sleep } => {
                     ready!(sleep.as_mut().poll(cx));
                     let req = this.template.clone();
-                    this.state.set(AnyState::Ready { req });
+                    let timer = deadline_timer(this.shared, *this.started);
+                    this.state.set(AnyState::Ready { req, timer });
                 }
             }
         }

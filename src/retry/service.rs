@@ -13,8 +13,6 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderName, Method, Request, Response};
 use http_body::Body;
-use http_body_util::BodyExt;
-use http_body_util::combinators::Collect;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower_layer::Layer;
@@ -259,10 +257,13 @@ impl<C> RetryLayerBuilder<C> {
         if self.max_attempts == 0 {
             return Err(ConfigError::new("max_attempts", "must be at least 1"));
         }
-        if self.base.is_zero() || self.max_backoff < self.base {
+        if self.base.is_zero()
+            || self.max_backoff < self.base
+            || self.max_backoff > Duration::from_secs(3600)
+        {
             return Err(ConfigError::new(
                 "backoff",
-                "the base must be above zero and the maximum at least the base",
+                "the base must be above zero, the maximum at least the base and at most 1 h",
             ));
         }
         if self.deadline.is_some_and(|d| d.is_zero())
@@ -353,7 +354,7 @@ where
         let hint = body.size_hint();
         let (state, template) = if !retryable {
             let fut = svc.call(Request::from_parts(parts, ReplayBody::stream(body)));
-            (State::calling(fut, None), None)
+            (State::calling(fut, attempt_timer(shared, started)), None)
         } else if body.is_end_stream() || hint.exact() == Some(0) {
             let template = Template {
                 parts: parts.clone(),
@@ -367,8 +368,10 @@ where
         } else if hint.upper().is_some_and(|u| u <= shared.body_cap) {
             (
                 State::Buffering {
-                    collect: Box::pin(body.collect()),
+                    body: Box::pin(body),
+                    buf: Vec::new(),
                     parts: Some(parts),
+                    timer: deadline_timer(shared, started),
                 },
                 None,
             )
@@ -402,6 +405,34 @@ impl Template {
 
 /// The timer of the next attempt: its own timeout, or what is left of the deadline,
 /// whichever ends first. `None` (no allocation) when neither is set.
+/// The deadline's own timer, for the states with no attempt under way (buffering the
+/// body, waiting for the inner service to be ready). `None` without a deadline.
+pub(crate) fn deadline_timer<C>(
+    shared: &Shared<C>,
+    started: Option<Instant>,
+) -> Option<Pin<Box<Sleep>>> {
+    let end = shared
+        .deadline
+        .zip(started)
+        .and_then(|(d, s)| s.checked_add(d))?;
+    Some(Box::pin(tokio::time::sleep_until(end)))
+}
+
+/// `Pending`, unless `timer` has run out: then the call has timed out.
+pub(crate) fn expired<T, E>(
+    timer: &mut Option<Pin<Box<Sleep>>>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<T, RetryError<E>>> {
+    if timer
+        .as_mut()
+        .is_some_and(|t| t.as_mut().poll(cx).is_ready())
+    {
+        Poll::Ready(Err(RetryError::TimedOut))
+    } else {
+        Poll::Pending
+    }
+}
+
 #[inline]
 pub(crate) fn attempt_timer<C>(
     shared: &Shared<C>,
@@ -410,7 +441,8 @@ pub(crate) fn attempt_timer<C>(
     let by_deadline = shared
         .deadline
         .zip(started)
-        .map(|(d, s)| (s + d).saturating_duration_since(Instant::now()));
+        .and_then(|(d, s)| s.checked_add(d))
+        .map(|end| end.saturating_duration_since(Instant::now()));
     let limit = match (shared.attempt_timeout, by_deadline) {
         (Some(a), Some(d)) => Some(a.min(d)),
         (a, d) => a.or(d),
@@ -426,8 +458,13 @@ pin_project! {
     {
         // Boxed, as is the request of `Ready`: only bodies to buffer and retries use them,
         // and inline they would make every call's future larger.
-        Buffering { collect: Pin<Box<Collect<B>>>, parts: Option<Parts> },
-        Ready { req: Option<Box<Request<ReplayBody<B>>>> },
+        Buffering {
+            body: Pin<Box<B>>,
+            buf: Vec<u8>,
+            parts: Option<Parts>,
+            timer: Option<Pin<Box<Sleep>>>,
+        },
+        Ready { req: Option<Box<Request<ReplayBody<B>>>>, timer: Option<Pin<Box<Sleep>>> },
         Calling { #[pin] fut: F, timer: Option<Pin<Box<Sleep>>> },
         Backoff { sleep: Pin<Box<Sleep>> },
     }
@@ -507,22 +544,49 @@ where
         loop {
             let mut this = self.as_mut().project();
             match this.state.as_mut().project() {
-                StateProj::Buffering { collect, parts } => {
-                    let bytes = match ready!(collect.as_mut().poll(cx)) {
-                        Ok(c) => c.to_bytes(),
-                        Err(e) => return Poll::Ready(Err(RetryError::Body(e.into()))),
-                    };
+                StateProj::Buffering {
+                    body,
+                    buf,
+                    parts,
+                    timer,
+                } => {
+                    // Read to the end, within the cap whatever the size hint said (trailers
+                    // are not kept).
+                    loop {
+                        match body.as_mut().poll_frame(cx) {
+                            Poll::Ready(Some(Ok(frame))) => {
+                                if let Ok(data) = frame.into_data() {
+                                    if (buf.len() + data.len()) as u64 > this.shared.body_cap {
+                                        return Poll::Ready(Err(RetryError::Body(
+                                            "request body is larger than its size hint said".into(),
+                                        )));
+                                    }
+                                    buf.extend_from_slice(&data);
+                                }
+                            }
+                            Poll::Ready(Some(Err(e))) => {
+                                return Poll::Ready(Err(RetryError::Body(e.into())));
+                            }
+                            Poll::Ready(None) => break,
+                            Poll::Pending => return expired(timer, cx),
+                        }
+                    }
+                    let bytes = Bytes::from(std::mem::take(buf));
                     let parts = parts.take().expect("buffered once");
                     let template = Template { parts, body: bytes };
                     let req = template.request();
                     *this.template = Some(template);
+                    let timer = timer.take();
                     this.state.set(State::Ready {
                         req: Some(Box::new(req)),
+                        timer,
                     });
                 }
-                StateProj::Ready { req } => {
-                    if let Err(e) = ready!(this.svc.poll_ready(cx)) {
-                        return Poll::Ready(Err(RetryError::Inner(e)));
+                StateProj::Ready { req, timer } => {
+                    match this.svc.poll_ready(cx) {
+                        Poll::Ready(Ok(())) => {}
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(RetryError::Inner(e))),
+                        Poll::Pending => return expired(timer, cx),
                     }
                     let req = req.take().expect("sent once");
                     let fut = this.svc.call(*req);
@@ -604,8 +668,10 @@ where
                         .as_ref()
                         .expect("only replayable requests back off")
                         .request();
+                    let timer = deadline_timer(this.shared, *this.started);
                     this.state.set(State::Ready {
                         req: Some(Box::new(req)),
+                        timer,
                     });
                 }
             }
@@ -630,7 +696,10 @@ pub(crate) fn next_delay<C>(
         Failed::Status(None) | Failed::Error | Failed::TimedOut => shared.backoff(attempt),
     };
     if let (Some(d), Some(s)) = (shared.deadline, started)
-        && Instant::now() + delay >= s + d
+        && let Some(end) = s.checked_add(d)
+        && Instant::now()
+            .checked_add(delay)
+            .is_none_or(|resume| resume >= end)
     {
         return None;
     }
