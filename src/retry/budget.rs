@@ -34,6 +34,9 @@ struct Inner {
 
 const RING: u64 = 64;
 
+/// A bucket's second while it is being emptied for a new one.
+const ROTATING: u64 = u64::MAX;
+
 #[derive(Default)]
 struct Bucket {
     second: AtomicU64,
@@ -108,19 +111,23 @@ impl RetryBudget {
         self.inner.clock.now_us() / 1_000_000 + 1
     }
 
-    /// The current second's bucket, emptied first if it holds an older second.
+    /// The current second's bucket, emptied first if it holds an older second. A bucket
+    /// being emptied is marked [`ROTATING`] until it is, so `withdraw` never counts an old
+    /// second's numbers as this one's.
     fn bucket(&self, sec: u64) -> &Bucket {
         let b = &self.inner.buckets[(sec & (RING - 1)) as usize];
         let seen = b.second.load(Ordering::Acquire);
         if seen != sec
+            && seen != ROTATING
             && b.second
-                .compare_exchange(seen, sec, Ordering::AcqRel, Ordering::Acquire)
+                .compare_exchange(seen, ROTATING, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
         {
-            // Counts added between the swap and these stores are lost: a few requests at
-            // the turn of a second, which only makes the budget a little stricter.
+            // Counts added while the bucket rotates may be lost: a few requests at the turn
+            // of a second, which only makes the budget a little stricter.
             b.requests.store(0, Ordering::Relaxed);
             b.retries.store(0, Ordering::Relaxed);
+            b.second.store(sec, Ordering::Release);
         }
         b
     }
@@ -132,7 +139,9 @@ impl RetryBudget {
         self.bucket(sec).requests.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Takes one retry from the budget: `false` if it is spent.
+    /// Takes one retry from the budget: `false` if it is spent. Callers racing each other
+    /// can each see the last retry as free, so the budget may be exceeded by as many retries
+    /// as there are threads withdrawing at the same instant.
     pub fn withdraw(&self) -> bool {
         let sec = self.now_sec();
         let n = self.inner.ttl;
@@ -140,7 +149,7 @@ impl RetryBudget {
         let (mut requests, mut retries) = (0u64, 0u64);
         for b in self.inner.buckets.iter() {
             let s = b.second.load(Ordering::Acquire);
-            if s >= oldest && s <= sec {
+            if s != ROTATING && s >= oldest && s <= sec {
                 requests += b.requests.load(Ordering::Relaxed);
                 retries += b.retries.load(Ordering::Relaxed);
             }
