@@ -62,7 +62,12 @@ mod builder;
 #[cfg(feature = "circuit-breaker")]
 pub mod circuit_breaker;
 pub mod classify;
-#[cfg(any(feature = "rate-limit", feature = "circuit-breaker", feature = "retry"))]
+#[cfg(any(
+    feature = "rate-limit",
+    feature = "circuit-breaker",
+    feature = "retry",
+    feature = "session"
+))]
 pub mod clock;
 mod duration;
 mod error;
@@ -75,6 +80,8 @@ pub mod rate_limit;
 pub mod redis;
 #[cfg(feature = "retry")]
 pub mod retry;
+#[cfg(feature = "session")]
+pub mod session;
 
 pub use builder::ServiceBuilderExt;
 pub use duration::{format_duration, parse_duration};

@@ -1,0 +1,357 @@
+//! [`Session`]: a request's session, loaded on first use.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::id::SessionId;
+use super::layer::Config;
+use super::store::{Op, Record, SessionStore};
+use crate::StoreUnavailable;
+
+/// What went wrong with a session.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// The store did not answer (Redis down or slow): answer 503.
+    Unavailable(StoreUnavailable),
+    /// The session would exceed the configured size cap: answer 413.
+    TooLarge {
+        /// The cap, in bytes.
+        max: usize,
+    },
+    /// A key that is empty, longer than 128 bytes, or starts with `$` (reserved).
+    BadKey(String),
+    /// A value that does not (de)serialise as JSON.
+    Json(serde_json::Error),
+}
+
+impl fmt::Display for SessionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SessionError::Unavailable(e) => write!(f, "session store unavailable: {e}"),
+            SessionError::TooLarge { max } => {
+                write!(f, "session would exceed its size cap of {max} bytes")
+            }
+            SessionError::BadKey(k) => write!(
+                f,
+                "session key {k:?} is not allowed (1 to 128 bytes, not starting with `$`)"
+            ),
+            SessionError::Json(e) => write!(f, "session value is not valid JSON: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for SessionError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SessionError::Unavailable(e) => Some(e),
+            SessionError::Json(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl SessionError {
+    /// The status to answer with: 503, 413 or 500.
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            SessionError::Unavailable(_) => http::StatusCode::SERVICE_UNAVAILABLE,
+            SessionError::TooLarge { .. } => http::StatusCode::PAYLOAD_TOO_LARGE,
+            SessionError::BadKey(_) | SessionError::Json(_) => {
+                http::StatusCode::INTERNAL_SERVER_ERROR
+            }
+        }
+    }
+}
+
+#[cfg(feature = "axum")]
+impl axum::response::IntoResponse for SessionError {
+    fn into_response(self) -> axum::response::Response {
+        let msg = self.to_string().replace('\\', "\\\\").replace('"', "\\\"");
+        let mut r = (
+            self.status(),
+            [(http::header::CONTENT_TYPE, "application/json")],
+            format!("{{\"error\":\"{msg}\"}}"),
+        )
+            .into_response();
+        if matches!(self, SessionError::Unavailable(_)) {
+            r.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("1"),
+            );
+        }
+        r
+    }
+}
+
+/// The request's session. Cheap to clone; clones are the same session. Nothing is read
+/// from the store until a method needs it, and nothing is written unless something
+/// changed; the layer writes once, after the handler, and sets the cookie.
+#[derive(Clone)]
+pub struct Session {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: Arc<Config>,
+    pub(crate) store: Arc<dyn SessionStore>,
+    /// Set by anything that will need a write: the layer's fast check after the handler.
+    pub(crate) dirty: AtomicBool,
+    pub(crate) state: tokio::sync::Mutex<State>,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session").finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct State {
+    /// The id the client sent, if well formed.
+    pub(crate) sent: Option<SessionId>,
+    /// `None` until loaded; then the values and owner (empty for no session).
+    pub(crate) loaded: Option<Loaded>,
+    /// The id to answer with, if it differs from the one sent (new or cycled).
+    pub(crate) new_id: Option<SessionId>,
+    pub(crate) ops: Vec<Op>,
+    pub(crate) user: Option<String>,
+    pub(crate) destroy: bool,
+    pub(crate) log_out_everywhere: bool,
+}
+
+pub(crate) struct Loaded {
+    /// True if the store had a session for the id sent.
+    pub(crate) existed: bool,
+    pub(crate) values: HashMap<String, String>,
+    pub(crate) user: Option<String>,
+    pub(crate) bytes: usize,
+}
+
+fn check_key(key: &str) -> Result<(), SessionError> {
+    if key.is_empty() || key.len() > 128 || key.starts_with('$') {
+        return Err(SessionError::BadKey(key.to_owned()));
+    }
+    Ok(())
+}
+
+impl Session {
+    pub(crate) fn new(
+        config: Arc<Config>,
+        store: Arc<dyn SessionStore>,
+        sent: Option<SessionId>,
+    ) -> Self {
+        Session {
+            inner: Arc::new(Inner {
+                config,
+                store,
+                dirty: AtomicBool::new(false),
+                state: tokio::sync::Mutex::new(State {
+                    sent,
+                    ..State::default()
+                }),
+            }),
+        }
+    }
+
+    async fn loaded(&self) -> Result<tokio::sync::MutexGuard<'_, State>, SessionError> {
+        let mut s = self.inner.state.lock().await;
+        if s.loaded.is_none() {
+            let record = match &s.sent {
+                Some(id) => {
+                    let key = id.storage_key();
+                    self.inner
+                        .store
+                        .load(&key, self.inner.config.life)
+                        .await
+                        .map_err(|e| {
+                            ::metrics::counter!("tower_scale.session.store_errors").increment(1);
+                            SessionError::Unavailable(e)
+                        })?
+                }
+                None => None,
+            };
+            ::metrics::counter!("tower_scale.session.loads").increment(1);
+            let existed = record.is_some();
+            let Record { values, user } = record.unwrap_or_default();
+            let bytes = values.iter().map(|(k, v)| k.len() + v.len()).sum();
+            s.loaded = Some(Loaded {
+                existed,
+                values,
+                user,
+                bytes,
+            });
+        }
+        Ok(s)
+    }
+
+    /// True if the request came with a session the store knows (loads it).
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::Unavailable`] if the store cannot be read.
+    pub async fn exists(&self) -> Result<bool, SessionError> {
+        let s = self.loaded().await?;
+        Ok(s.loaded.as_ref().is_some_and(|l| l.existed) && !s.destroy)
+    }
+
+    /// The value under `key`, if any.
+    ///
+    /// # Errors
+    ///
+    /// The store cannot be read, the key is not allowed, or the value is not a `T`.
+    pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, SessionError> {
+        check_key(key)?;
+        let s = self.loaded().await?;
+        match s.loaded.as_ref().and_then(|l| l.values.get(key)) {
+            Some(v) => serde_json::from_str(v)
+                .map(Some)
+                .map_err(SessionError::Json),
+            None => Ok(None),
+        }
+    }
+
+    /// Sets `key` (creating the session if there is none).
+    ///
+    /// # Errors
+    ///
+    /// The store cannot be read, the key is not allowed, the value does not serialise, or
+    /// the session would exceed its size cap.
+    pub async fn insert<T: Serialize>(&self, key: &str, value: &T) -> Result<(), SessionError> {
+        check_key(key)?;
+        let json = serde_json::to_string(value).map_err(SessionError::Json)?;
+        let mut s = self.loaded().await?;
+        let max = self.inner.config.max_bytes;
+        let l = s.loaded.as_mut().expect("loaded");
+        let old = l.values.get(key).map_or(0, |v| key.len() + v.len());
+        let bytes = l.bytes - old + key.len() + json.len();
+        if bytes > max {
+            return Err(SessionError::TooLarge { max });
+        }
+        l.bytes = bytes;
+        l.values.insert(key.to_owned(), json.clone());
+        s.ops.push(Op::Set(key.to_owned(), json));
+        self.ensure_id(&mut s);
+        Ok(())
+    }
+
+    /// Adds `by` to the integer under `key` (0 if absent), atomically in the store: 50
+    /// concurrent requests each adding 1 add 50. Returns the value as this request sees it.
+    ///
+    /// # Errors
+    ///
+    /// As [`insert`](Self::insert); a value that is not an integer counts as 0.
+    pub async fn increment(&self, key: &str, by: i64) -> Result<i64, SessionError> {
+        check_key(key)?;
+        let mut s = self.loaded().await?;
+        let l = s.loaded.as_mut().expect("loaded");
+        let cur = l
+            .values
+            .get(key)
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(0);
+        let next = cur.saturating_add(by);
+        let json = next.to_string();
+        let old = l.values.get(key).map_or(0, |v| key.len() + v.len());
+        l.bytes = l.bytes - old + key.len() + json.len();
+        l.values.insert(key.to_owned(), json);
+        s.ops.push(Op::Increment(key.to_owned(), by));
+        self.ensure_id(&mut s);
+        Ok(next)
+    }
+
+    /// Removes `key`.
+    ///
+    /// # Errors
+    ///
+    /// The store cannot be read or the key is not allowed.
+    pub async fn remove(&self, key: &str) -> Result<(), SessionError> {
+        check_key(key)?;
+        let mut s = self.loaded().await?;
+        let l = s.loaded.as_mut().expect("loaded");
+        if let Some(v) = l.values.remove(key) {
+            l.bytes -= key.len() + v.len();
+            s.ops.push(Op::Remove(key.to_owned()));
+            self.mark();
+        }
+        Ok(())
+    }
+
+    /// The user this session belongs to, if it is logged in.
+    ///
+    /// # Errors
+    ///
+    /// The store cannot be read.
+    pub async fn user(&self) -> Result<Option<String>, SessionError> {
+        let s = self.loaded().await?;
+        Ok(s.user
+            .clone()
+            .or_else(|| s.loaded.as_ref().and_then(|l| l.user.clone())))
+    }
+
+    /// Logs `user` in: records the owner (for [`log_out_everywhere`]) and gives the session
+    /// a new id, so an id planted before login (fixation) is worthless after it.
+    ///
+    /// [`log_out_everywhere`]: Self::log_out_everywhere
+    ///
+    /// # Errors
+    ///
+    /// The store cannot be read.
+    pub async fn login(&self, user: &str) -> Result<(), SessionError> {
+        let mut s = self.loaded().await?;
+        s.user = Some(user.to_owned());
+        s.new_id = Some(SessionId::random());
+        self.mark();
+        Ok(())
+    }
+
+    /// Gives the session a new id, keeping its values; the old id stops working. Call it
+    /// on every privilege change.
+    ///
+    /// # Errors
+    ///
+    /// The store cannot be read.
+    pub async fn cycle_id(&self) -> Result<(), SessionError> {
+        let mut s = self.loaded().await?;
+        s.new_id = Some(SessionId::random());
+        self.mark();
+        Ok(())
+    }
+
+    /// Ends the session (logout): the store forgets it and the cookie is cleared.
+    pub async fn destroy(&self) {
+        let mut s = self.inner.state.lock().await;
+        s.destroy = true;
+        self.mark();
+    }
+
+    /// Ends every session of this session's user, this one included.
+    ///
+    /// # Errors
+    ///
+    /// The store cannot be read.
+    pub async fn log_out_everywhere(&self) -> Result<(), SessionError> {
+        let mut s = self.loaded().await?;
+        s.log_out_everywhere = true;
+        s.destroy = true;
+        self.mark();
+        Ok(())
+    }
+
+    fn ensure_id(&self, s: &mut State) {
+        let existed = s.loaded.as_ref().is_some_and(|l| l.existed);
+        if !existed && s.new_id.is_none() {
+            s.new_id = Some(SessionId::random());
+        }
+        self.mark();
+    }
+
+    fn mark(&self) {
+        self.inner.dirty.store(true, Ordering::Release);
+    }
+}

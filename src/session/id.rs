@@ -1,0 +1,180 @@
+//! Session ids: 256 random bits, sent as 64 hex digits, stored only as their SHA-256.
+
+use std::fmt;
+
+use sha2::{Digest, Sha256};
+
+/// A session id: 32 bytes from the operating system's CSPRNG.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct SessionId([u8; 32]);
+
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print an id: it is a bearer credential.
+        f.write_str("SessionId(..)")
+    }
+}
+
+impl SessionId {
+    /// A fresh id.
+    ///
+    /// # Panics
+    ///
+    /// If the operating system has no random source, which no supported platform lacks.
+    pub(crate) fn random() -> Self {
+        let mut b = [0u8; 32];
+        getrandom::fill(&mut b).expect("the OS random source is available");
+        SessionId(b)
+    }
+
+    /// The cookie value: 64 lowercase hex digits.
+    pub(crate) fn to_cookie(&self) -> String {
+        hex(&self.0)
+    }
+
+    /// Reads a cookie value: exactly 64 lowercase hex digits, else `None`.
+    pub(crate) fn from_cookie(v: &[u8]) -> Option<Self> {
+        if v.len() != 64 {
+            return None;
+        }
+        let mut b = [0u8; 32];
+        for (i, pair) in v.chunks_exact(2).enumerate() {
+            b[i] = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+        }
+        Some(SessionId(b))
+    }
+
+    /// What the store keeps instead of the id: its SHA-256, as 64 hex digits. Someone who
+    /// reads the store learns no id they could send back as a cookie.
+    pub(crate) fn storage_key(&self) -> String {
+        hex(&Sha256::digest(self.0))
+    }
+}
+
+fn nibble(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    s
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers, if present exactly once
+/// and well formed. Malformed headers and pairs are skipped, never an error: an attacker's
+/// bytes can at worst mean "no session".
+pub(crate) fn find_cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a [u8]> {
+    let mut found = None;
+    for value in headers.get_all(http::header::COOKIE) {
+        for pair in value.as_bytes().split(|b| *b == b';') {
+            let pair = pair.trim_ascii();
+            let Some(eq) = pair.iter().position(|b| *b == b'=') else {
+                continue;
+            };
+            if &pair[..eq] != name.as_bytes() {
+                continue;
+            }
+            let v = pair[eq + 1..].trim_ascii();
+            let v = v
+                .strip_prefix(b"\"")
+                .and_then(|v| v.strip_suffix(b"\""))
+                .unwrap_or(v);
+            if found.is_some() {
+                // Two cookies of one name: someone planted one (e.g. from a sibling
+                // domain). Trust neither.
+                return None;
+            }
+            found = Some(v);
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn headers(cookies: &[&[u8]]) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        for c in cookies {
+            h.append(
+                http::header::COOKIE,
+                http::HeaderValue::from_bytes(c).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn ids_round_trip_and_hash() {
+        let id = SessionId::random();
+        let c = id.to_cookie();
+        assert_eq!(c.len(), 64);
+        assert_eq!(SessionId::from_cookie(c.as_bytes()), Some(id.clone()));
+        assert_ne!(id.storage_key(), c, "the store never holds the id");
+        assert_ne!(SessionId::random(), id);
+        assert_eq!(format!("{id:?}"), "SessionId(..)");
+    }
+
+    #[test]
+    fn cookie_table() {
+        let good = "ab".repeat(32);
+        let find = |cs: &[&str]| {
+            let bytes: Vec<&[u8]> = cs.iter().map(|c| c.as_bytes()).collect();
+            let h = headers(&bytes);
+            find_cookie(&h, "sid").map(|v| String::from_utf8_lossy(v).into_owned())
+        };
+        assert_eq!(find(&[&format!("sid={good}")]), Some(good.clone()));
+        assert_eq!(
+            find(&[&format!("a=1; sid={good}; b=2")]),
+            Some(good.clone())
+        );
+        assert_eq!(
+            find(&["a=1", &format!("sid=\"{good}\"")]),
+            Some(good.clone())
+        );
+        assert_eq!(find(&["sidx=1; xsid=2"]), None);
+        assert_eq!(find(&["sid=1", "sid=2"]), None, "duplicates are refused");
+        assert_eq!(find(&["garbage;;; =; sid"]), None);
+        assert!(SessionId::from_cookie(b"AB").is_none());
+        assert!(
+            SessionId::from_cookie("AB".repeat(32).as_bytes()).is_none(),
+            "uppercase"
+        );
+        assert!(SessionId::from_cookie("zz".repeat(32).as_bytes()).is_none());
+        let huge = format!("sid={}", "x".repeat(8192));
+        assert_eq!(find(&[&huge]).map(|v| v.len()), Some(8192));
+        assert!(
+            SessionId::from_cookie(huge.as_bytes()).is_none(),
+            "8 KiB is no id"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn any_cookie_header_is_safe(bytes in proptest::collection::vec(0x20u8..0x7f, 0..512)) {
+            if let Ok(v) = http::HeaderValue::from_bytes(&bytes) {
+                let mut h = http::HeaderMap::new();
+                h.insert(http::header::COOKIE, v);
+                if let Some(v) = find_cookie(&h, "sid") {
+                    let _ = SessionId::from_cookie(v);
+                }
+            }
+        }
+
+        #[test]
+        fn only_well_formed_ids_parse(s in "[0-9a-f]{60,68}") {
+            prop_assert_eq!(SessionId::from_cookie(s.as_bytes()).is_some(), s.len() == 64);
+        }
+    }
+}

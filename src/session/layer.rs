@@ -1,0 +1,484 @@
+//! [`SessionLayer`], its builder, the service and its future.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response};
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::handle::{Session, SessionError};
+use super::id::{SessionId, find_cookie};
+use super::store::{Lifetimes, Save, SessionStore};
+use crate::ConfigError;
+
+/// `SameSite` for the session cookie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SameSite {
+    /// Sent on top-level navigations from other sites, not on their subrequests (default).
+    #[default]
+    Lax,
+    /// Never sent from other sites.
+    Strict,
+    /// Always sent (requires `Secure`).
+    None,
+}
+
+/// What the layer and every session handle share.
+#[derive(Debug)]
+pub(crate) struct Config {
+    pub(crate) cookie_name: String,
+    pub(crate) secure: bool,
+    pub(crate) same_site: SameSite,
+    pub(crate) domain: Option<String>,
+    pub(crate) path: String,
+    pub(crate) max_age: Option<Duration>,
+    pub(crate) life: Lifetimes,
+    pub(crate) max_bytes: usize,
+}
+
+impl Config {
+    fn cookie(&self, value: &str, max_age: Option<u64>) -> HeaderValue {
+        let mut c = format!("{}={value}; Path={}; HttpOnly", self.cookie_name, self.path);
+        c.push_str(match self.same_site {
+            SameSite::Lax => "; SameSite=Lax",
+            SameSite::Strict => "; SameSite=Strict",
+            SameSite::None => "; SameSite=None",
+        });
+        if self.secure {
+            c.push_str("; Secure");
+        }
+        if let Some(d) = &self.domain {
+            c.push_str("; Domain=");
+            c.push_str(d);
+        }
+        if let Some(secs) = max_age {
+            c.push_str(&format!("; Max-Age={secs}"));
+        }
+        // Built from validated parts only.
+        HeaderValue::from_str(&c).expect("cookie attributes are validated at build")
+    }
+}
+
+/// Gives every request a lazily loaded [`Session`]. Built by [`SessionLayer::builder`].
+pub struct SessionLayer {
+    config: Arc<Config>,
+    store: Arc<dyn SessionStore>,
+}
+
+impl Clone for SessionLayer {
+    fn clone(&self) -> Self {
+        Self {
+            config: Arc::clone(&self.config),
+            store: Arc::clone(&self.store),
+        }
+    }
+}
+
+impl fmt::Debug for SessionLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionLayer")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionLayer {
+    /// A builder over `store`, with the defaults: cookie `id` (`HttpOnly`, `Secure`,
+    /// `SameSite=Lax`, `Path=/`, no `Max-Age`: it ends with the browser session), 24 h idle
+    /// and 7 days absolute timeouts, expiry pushed back at most once a minute, 16 KiB per
+    /// session.
+    pub fn builder(store: impl SessionStore) -> SessionLayerBuilder {
+        SessionLayerBuilder {
+            store: Arc::new(store),
+            cookie_name: "id".into(),
+            host_prefix: false,
+            secure: true,
+            same_site: SameSite::Lax,
+            domain: None,
+            path: "/".into(),
+            max_age: None,
+            life: Lifetimes {
+                idle: Duration::from_secs(24 * 3600),
+                absolute: Duration::from_secs(7 * 24 * 3600),
+                touch_every: Duration::from_secs(60),
+            },
+            max_bytes: 16 * 1024,
+        }
+    }
+}
+
+/// Builds a [`SessionLayer`].
+#[must_use]
+pub struct SessionLayerBuilder {
+    store: Arc<dyn SessionStore>,
+    cookie_name: String,
+    host_prefix: bool,
+    secure: bool,
+    same_site: SameSite,
+    domain: Option<String>,
+    path: String,
+    max_age: Option<Duration>,
+    life: Lifetimes,
+    max_bytes: usize,
+}
+
+impl fmt::Debug for SessionLayerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionLayerBuilder")
+            .field("cookie_name", &self.cookie_name)
+            .finish_non_exhaustive()
+    }
+}
+
+fn token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+impl SessionLayerBuilder {
+    /// The cookie's name (default `id`).
+    pub fn cookie_name(mut self, name: impl Into<String>) -> Self {
+        self.cookie_name = name.into();
+        self
+    }
+
+    /// Names the cookie `__Host-<name>`: browsers then only accept it `Secure`, from this
+    /// host, with `Path=/` and no `Domain`, so a sibling subdomain cannot plant one.
+    pub fn host_prefix(mut self, on: bool) -> Self {
+        self.host_prefix = on;
+        self
+    }
+
+    /// `Secure` (default on; turn off only to test over plain HTTP).
+    pub fn secure(mut self, on: bool) -> Self {
+        self.secure = on;
+        self
+    }
+
+    /// `SameSite` (default `Lax`).
+    pub fn same_site(mut self, same_site: SameSite) -> Self {
+        self.same_site = same_site;
+        self
+    }
+
+    /// `Domain` (default none: this host only).
+    pub fn domain(mut self, domain: impl Into<String>) -> Self {
+        self.domain = Some(domain.into());
+        self
+    }
+
+    /// `Path` (default `/`).
+    pub fn path(mut self, path: impl Into<String>) -> Self {
+        self.path = path.into();
+        self
+    }
+
+    /// `Max-Age` on the cookie (default none: a browser-session cookie). The server's own
+    /// timeouts apply whatever the cookie says.
+    pub fn cookie_max_age(mut self, d: Duration) -> Self {
+        self.max_age = Some(d);
+        self
+    }
+
+    /// A session unused this long ends (default 24 h).
+    pub fn idle_timeout(mut self, d: Duration) -> Self {
+        self.life.idle = d;
+        self
+    }
+
+    /// A session this old ends, however busy (default 7 days).
+    pub fn absolute_timeout(mut self, d: Duration) -> Self {
+        self.life.absolute = d;
+        self
+    }
+
+    /// Reading a session pushes its idle expiry back at most this often (default 1 min).
+    pub fn touch_every(mut self, d: Duration) -> Self {
+        self.life.touch_every = d;
+        self
+    }
+
+    /// The most a session may hold, keys and JSON values together (default 16 KiB).
+    pub fn max_bytes(mut self, n: usize) -> Self {
+        self.max_bytes = n;
+        self
+    }
+
+    /// Validates the settings.
+    ///
+    /// # Errors
+    ///
+    /// A cookie name that is not a token, a path or domain with characters a cookie
+    /// attribute cannot hold, `SameSite=None` without `Secure`, the `__Host-` prefix with
+    /// `Secure` off or a `Domain` or a path other than `/`, zero timeouts, an idle timeout
+    /// longer than the absolute one, or a zero size cap.
+    pub fn build(self) -> Result<SessionLayer, ConfigError> {
+        if !token(&self.cookie_name) {
+            return Err(ConfigError::new(
+                "cookie_name",
+                format!(
+                    "{:?} is not a cookie name (letters, digits, !#$%&'*+-.^_`|~)",
+                    self.cookie_name
+                ),
+            ));
+        }
+        let attr_ok = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| (0x21..0x7f).contains(&b) && b != b';' && b != b',')
+        };
+        if !attr_ok(&self.path) || !self.path.starts_with('/') {
+            return Err(ConfigError::new(
+                "path",
+                "a cookie path starts with `/` and holds no `;`, `,` or spaces",
+            ));
+        }
+        if self.domain.as_deref().is_some_and(|d| !attr_ok(d)) {
+            return Err(ConfigError::new(
+                "domain",
+                "a cookie domain holds no `;`, `,` or spaces",
+            ));
+        }
+        if self.same_site == SameSite::None && !self.secure {
+            return Err(ConfigError::new("same_site", "SameSite=None needs Secure"));
+        }
+        if self.host_prefix && (!self.secure || self.domain.is_some() || self.path != "/") {
+            return Err(ConfigError::new(
+                "host_prefix",
+                "`__Host-` cookies must be Secure, with Path=/ and no Domain",
+            ));
+        }
+        if self.life.idle.is_zero() || self.life.absolute.is_zero() {
+            return Err(ConfigError::new(
+                "timeout",
+                "session timeouts must be longer than zero",
+            ));
+        }
+        if self.life.idle > self.life.absolute {
+            return Err(ConfigError::new(
+                "idle_timeout",
+                "must not exceed the absolute timeout",
+            ));
+        }
+        if self.max_bytes == 0 {
+            return Err(ConfigError::new("max_bytes", "must be at least 1"));
+        }
+        let cookie_name = if self.host_prefix {
+            format!("__Host-{}", self.cookie_name)
+        } else {
+            self.cookie_name
+        };
+        Ok(SessionLayer {
+            config: Arc::new(Config {
+                cookie_name,
+                secure: self.secure,
+                same_site: self.same_site,
+                domain: self.domain,
+                path: self.path,
+                max_age: self.max_age,
+                life: self.life,
+                max_bytes: self.max_bytes,
+            }),
+            store: self.store,
+        })
+    }
+}
+
+impl<S> Layer<S> for SessionLayer {
+    type Service = SessionService<S>;
+
+    fn layer(&self, inner: S) -> SessionService<S> {
+        SessionService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// Puts a [`Session`] in each request's extensions and saves it after the handler. Built by
+/// [`SessionLayer`].
+#[derive(Clone)]
+pub struct SessionService<S> {
+    inner: S,
+    layer: SessionLayer,
+}
+
+impl<S: fmt::Debug> fmt::Debug for SessionService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionService")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, B, ResBody> Service<Request<B>> for SessionService<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ResBody: From<Bytes> + Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let config = &self.layer.config;
+        let sent = find_cookie(req.headers(), &config.cookie_name).and_then(SessionId::from_cookie);
+        let session = Session::new(Arc::clone(config), Arc::clone(&self.layer.store), sent);
+        req.extensions_mut().insert(session.clone());
+        ResponseFuture {
+            state: State::Calling {
+                fut: self.inner.call(req),
+                session: Some(session),
+            },
+        }
+    }
+}
+
+type Saving<B, E> = Pin<Box<dyn Future<Output = Result<Response<B>, E>> + Send>>;
+
+pin_project! {
+    /// Response future of [`SessionService`].
+    pub struct ResponseFuture<F, B, E> {
+        #[pin]
+        state: State<F, B, E>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, B, E> {
+        Calling { #[pin] fut: F, session: Option<Session> },
+        Saving { fut: Saving<B, E> },
+    }
+}
+
+impl<F, B, E> fmt::Debug for ResponseFuture<F, B, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B, E>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: From<Bytes> + Send + 'static,
+    E: Send + 'static,
+{
+    type Output = Result<Response<B>, E>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            match self.as_mut().project().state.project() {
+                StateProj::Calling { fut, session } => {
+                    let res = ready!(fut.poll(cx));
+                    let session = session.take().expect("polled after completion");
+                    let resp = match res {
+                        Ok(r) if session.inner.dirty.load(Ordering::Acquire) => r,
+                        // Untouched or unchanged: nothing to write, no cookie to set.
+                        other => return Poll::Ready(other),
+                    };
+                    let fut: Saving<B, E> = Box::pin(async move {
+                        match finish(&session).await {
+                            Ok(cookie) => {
+                                let mut resp = resp;
+                                if let Some(c) = cookie {
+                                    resp.headers_mut().append(http::header::SET_COOKIE, c);
+                                }
+                                Ok(resp)
+                            }
+                            Err(e) => Ok(failed(&e)),
+                        }
+                    });
+                    self.as_mut().project().state.set(State::Saving { fut });
+                }
+                StateProj::Saving { fut } => return fut.as_mut().poll(cx),
+            }
+        }
+    }
+}
+
+/// The answer when the session's changes could not be written: the handler's response
+/// would claim a change that did not happen.
+fn failed<B: From<Bytes>>(e: &SessionError) -> Response<B> {
+    let msg = e.to_string().replace('\\', "\\\\").replace('"', "\\\"");
+    let mut r = Response::new(B::from(Bytes::from(format!("{{\"error\":\"{msg}\"}}"))));
+    *r.status_mut() = e.status();
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut()
+        .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}
+
+/// Writes what the request changed; returns the `Set-Cookie` to send, if any.
+async fn finish(session: &Session) -> Result<Option<HeaderValue>, SessionError> {
+    let inner = &session.inner;
+    let config = &inner.config;
+    let store = &inner.store;
+    let mut s = inner.state.lock().await;
+    let sent_key = s.sent.as_ref().map(SessionId::storage_key);
+    let existed = s.loaded.as_ref().is_some_and(|l| l.existed);
+    let unavailable = |e| {
+        ::metrics::counter!("tower_scale.session.store_errors").increment(1);
+        SessionError::Unavailable(e)
+    };
+    if s.destroy {
+        if s.log_out_everywhere {
+            let user = s
+                .user
+                .clone()
+                .or_else(|| s.loaded.as_ref().and_then(|l| l.user.clone()));
+            if let Some(u) = user {
+                store.destroy_user(&u).await.map_err(unavailable)?;
+            }
+        }
+        if let Some(k) = &sent_key {
+            store.destroy(k).await.map_err(unavailable)?;
+        }
+        ::metrics::counter!("tower_scale.session.destroyed").increment(1);
+        return Ok(Some(config.cookie("", Some(0))));
+    }
+    let Some(id) = s.new_id.clone().or_else(|| s.sent.clone()) else {
+        return Ok(None);
+    };
+    let save = Save {
+        key: id.storage_key(),
+        renamed_from: if s.new_id.is_some() && existed {
+            sent_key
+        } else {
+            None
+        },
+        ops: std::mem::take(&mut s.ops),
+        user: s.user.take(),
+        new: !existed,
+    };
+    if save.ops.is_empty() && save.user.is_none() && save.renamed_from.is_none() && !save.new {
+        return Ok(None);
+    }
+    let new = save.new;
+    store.save(save, config.life).await.map_err(unavailable)?;
+    ::metrics::counter!("tower_scale.session.saves").increment(1);
+    if new {
+        ::metrics::counter!("tower_scale.session.created").increment(1);
+    }
+    Ok(s.new_id
+        .as_ref()
+        .map(|id| config.cookie(&id.to_cookie(), config.max_age.map(|d| d.as_secs()))))
+}

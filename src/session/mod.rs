@@ -1,0 +1,94 @@
+//! Sessions kept in a store, so any instance can serve any request and a restart logs
+//! nobody out.
+//!
+//! [`SessionLayer`] reads the session cookie, puts a [`Session`] in the request's
+//! extensions, and after the handler writes what changed and sets the cookie. With the
+//! `axum` feature, `Session` is an extractor.
+//!
+//! - **Ids** are 256 bits from the OS CSPRNG, sent as 64 hex digits in a cookie that is
+//!   `HttpOnly`, `Secure` and `SameSite=Lax` by default (name, domain, path and the
+//!   `__Host-` prefix are configurable). The store keeps only the id's SHA-256, so reading
+//!   the store yields no cookie anyone could send back.
+//! - **Lazy**: a request that never touches its session costs the store nothing. Reading
+//!   loads once (one round trip, which also pushes the idle expiry back, at most once per
+//!   `touch_every`); writes are sent once, after the handler, and only if something changed
+//!   (a second round trip).
+//! - **Lifetimes**: an idle timeout (the store's TTL) and an absolute timeout, both enforced
+//!   by the server whatever the cookie says.
+//! - **Lifecycle**: [`Session::login`] records the user and issues a new id (the id sent
+//!   before login stops working: fixation is useless); [`Session::cycle_id`] does the same
+//!   for other privilege changes; [`Session::destroy`] logs out;
+//!   [`Session::log_out_everywhere`] ends every session of the user through a per-user
+//!   index.
+//! - **Concurrency**: changes merge per key. Two requests of one session that change
+//!   different keys both keep their changes; for one key the last write wins;
+//!   [`Session::increment`] adds atomically in the store (50 concurrent increments add
+//!   50).
+//! - **Bad input**: a missing, malformed, forged, unknown, expired or duplicated cookie is
+//!   "no session", never an error; a session that would outgrow `max_bytes` is refused
+//!   with [`SessionError::TooLarge`] (413).
+//! - **Store down**: a handler that needs its session gets [`SessionError::Unavailable`]
+//!   (503 with `Retry-After`); a request that does not touch it is unaffected; a write that
+//!   fails after the handler turns the response into that 503.
+//!
+//! Stores: [`MemoryStore`] (this process) and, with `redis`, [`RedisSessionStore`].
+//!
+//! Metrics: `tower_scale.session.{loads,saves,created,destroyed,store_errors}` (counters);
+//! the Redis round trips through the [backend](crate::redis).
+//!
+//! # Examples
+//!
+//! ```
+//! use tower_scale::session::{MemoryStore, SessionLayer};
+//!
+//! let layer = SessionLayer::builder(MemoryStore::new())
+//!     .host_prefix(true)
+//!     .build()?;
+//! # let _ = layer;
+//! # Ok::<(), tower_scale::ConfigError>(())
+//! ```
+
+mod handle;
+mod id;
+mod layer;
+#[cfg(feature = "redis")]
+mod redis_store;
+mod store;
+
+pub use handle::{Session, SessionError};
+pub use layer::{ResponseFuture, SameSite, SessionLayer, SessionLayerBuilder, SessionService};
+#[cfg(feature = "redis")]
+pub use redis_store::RedisSessionStore;
+pub use store::{Lifetimes, MemoryStore, Op, Record, Save, SessionStore, StoreFuture};
+
+/// Why a handler could not extract its [`Session`].
+#[cfg(feature = "axum")]
+#[derive(Debug, Clone, Copy)]
+pub struct MissingSessionLayer;
+
+#[cfg(feature = "axum")]
+impl axum::response::IntoResponse for MissingSessionLayer {
+    fn into_response(self) -> axum::response::Response {
+        (
+            http::StatusCode::INTERNAL_SERVER_ERROR,
+            "no session: the route is not behind tower_scale::session::SessionLayer",
+        )
+            .into_response()
+    }
+}
+
+#[cfg(feature = "axum")]
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Session {
+    type Rejection = MissingSessionLayer;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Session>()
+            .cloned()
+            .ok_or(MissingSessionLayer)
+    }
+}

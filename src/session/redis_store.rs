@@ -1,0 +1,271 @@
+//! [`RedisSessionStore`]: sessions in Redis, shared by every instance.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::store::{Lifetimes, Op, Record, Save, SessionStore, StoreFuture};
+use crate::redis::{RedisBackend, Script, Value, cmd};
+
+/// Lua's side of the key escaping (`escape_key_part`): `%`, `{`, `}` percent-encoded.
+const ESCAPE: &str = r"
+local function tag(s)
+  return (s:gsub('%%', '%%25'):gsub('{', '%%7B'):gsub('}', '%%7D'))
+end
+local function now_us()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+";
+
+/// KEYS[1] session. ARGV: absolute (µs), touch interval (µs), idle (ms).
+/// Returns the hash's fields and values, or nil if there is no live session.
+const LOAD: &str = r"
+local now = now_us()
+local h = redis.call('HGETALL', KEYS[1])
+if #h == 0 then return false end
+local c, t
+for i = 1, #h, 2 do
+  if h[i] == '$c' then c = tonumber(h[i + 1]) elseif h[i] == '$t' then t = tonumber(h[i + 1]) end
+end
+if c == nil or now - c >= tonumber(ARGV[1]) then
+  redis.call('DEL', KEYS[1])
+  return false
+end
+if t == nil or now - t >= tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[1], '$t', now)
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+end
+return h
+";
+
+/// KEYS[1] session, KEYS[2] its old key ('' unless the id was cycled).
+/// ARGV: idle (ms), absolute (µs), user ('' for no change), index prefix, old hash, new
+/// hash, then triples (op, key, value): s = set, r = remove, i = increment.
+const SAVE: &str = r"
+local now = now_us()
+local key, old = KEYS[1], KEYS[2]
+local idle, abs = ARGV[1], tonumber(ARGV[2])
+local user, idx, oldhash, newhash = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+if old ~= '' and redis.call('EXISTS', old) == 1 then
+  redis.call('RENAME', old, key)
+  local u = redis.call('HGET', key, '$u')
+  if u then
+    redis.call('SREM', idx .. tag(u) .. '}', oldhash)
+    redis.call('SADD', idx .. tag(u) .. '}', newhash)
+  end
+end
+local c = tonumber(redis.call('HGET', key, '$c'))
+if c and now - c >= abs then
+  redis.call('DEL', key)
+end
+redis.call('HSETNX', key, '$c', now)
+local i = 7
+while i <= #ARGV do
+  local op, k = ARGV[i], 'v:' .. ARGV[i + 1]
+  if op == 's' then
+    redis.call('HSET', key, k, ARGV[i + 2])
+  elseif op == 'r' then
+    redis.call('HDEL', key, k)
+  else
+    local cur = tonumber(redis.call('HGET', key, k)) or 0
+    if cur ~= math.floor(cur) then cur = 0 end
+    redis.call('HSET', key, k, string.format('%d', cur + tonumber(ARGV[i + 2])))
+  end
+  i = i + 3
+end
+if user ~= '' then
+  local prev = redis.call('HGET', key, '$u')
+  if prev and prev ~= user then redis.call('SREM', idx .. tag(prev) .. '}', newhash) end
+  redis.call('HSET', key, '$u', user)
+  redis.call('SADD', idx .. tag(user) .. '}', newhash)
+  redis.call('PEXPIRE', idx .. tag(user) .. '}', math.ceil(abs / 1000))
+end
+redis.call('HSET', key, '$t', now)
+redis.call('PEXPIRE', key, idle)
+return 1
+";
+
+/// KEYS[1] session. ARGV: index prefix, hash.
+const DESTROY: &str = r"
+local u = redis.call('HGET', KEYS[1], '$u')
+if u then redis.call('SREM', ARGV[1] .. tag(u) .. '}', ARGV[2]) end
+return redis.call('DEL', KEYS[1])
+";
+
+/// KEYS[1] the user's index. ARGV: session key prefix.
+const DESTROY_USER: &str = r"
+local members = redis.call('SMEMBERS', KEYS[1])
+for _, h in ipairs(members) do redis.call('DEL', ARGV[1] .. h .. '}') end
+redis.call('DEL', KEYS[1])
+return #members
+";
+
+/// Sessions in Redis: one hash per session under `{prefix}:sess:{SHA-256 of the id}`, with
+/// the idle timeout as its TTL, and a set per user (`{prefix}:sessu:{user}`) for log out
+/// everywhere. Every operation is one script, so one round trip. Redis's clock (`TIME`)
+/// decides the timeouts, so instances with skewed clocks agree.
+///
+/// The scripts touch the user index beside the session, so they need one Redis, not Redis
+/// Cluster (which the backend does not support yet either).
+#[derive(Clone)]
+pub struct RedisSessionStore {
+    backend: RedisBackend,
+    scripts: Arc<Scripts>,
+    session_head: Arc<str>,
+    index_head: Arc<str>,
+}
+
+struct Scripts {
+    load: Script,
+    save: Script,
+    destroy: Script,
+    destroy_user: Script,
+}
+
+impl fmt::Debug for RedisSessionStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisSessionStore")
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{ESCAPE}{body}"))
+}
+
+fn us(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+impl RedisSessionStore {
+    /// A store on `backend` (whose timeout bounds each call).
+    pub fn new(backend: RedisBackend) -> Self {
+        Self {
+            session_head: Arc::from(backend.key_head("sess")),
+            index_head: Arc::from(backend.key_head("sessu")),
+            backend,
+            scripts: Arc::new(Scripts {
+                load: script(LOAD),
+                save: script(SAVE),
+                destroy: script(DESTROY),
+                destroy_user: script(DESTROY_USER),
+            }),
+        }
+    }
+
+    fn key(&self, hash: &str) -> String {
+        format!("{}{hash}}}", self.session_head)
+    }
+
+    /// The storage keys of the live sessions in Redis under this prefix (for tests and
+    /// operations: it scans, so keep it off hot paths).
+    #[doc(hidden)]
+    pub async fn raw_contents(
+        &self,
+    ) -> Result<Vec<(String, Vec<(String, String)>)>, crate::StoreUnavailable> {
+        let pattern = format!("{}*", self.session_head.replace('[', "\\["));
+        let keys: Vec<String> = self
+            .backend
+            .query("session_scan", cmd("KEYS").arg(pattern))
+            .await?;
+        let mut out = Vec::new();
+        for k in keys {
+            let fields: Vec<(String, String)> = self
+                .backend
+                .query("session_scan", cmd("HGETALL").arg(&k))
+                .await?;
+            out.push((k, fields));
+        }
+        Ok(out)
+    }
+}
+
+fn record(reply: Value) -> Option<Record> {
+    let Value::Array(items) = reply else {
+        return None;
+    };
+    let mut rec = Record::default();
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    };
+    for pair in items.chunks_exact(2) {
+        let (Some(k), Some(v)) = (text(&pair[0]), text(&pair[1])) else {
+            continue;
+        };
+        if let Some(name) = k.strip_prefix("v:") {
+            rec.values.insert(name.to_owned(), v);
+        } else if k == "$u" {
+            rec.user = Some(v);
+        }
+    }
+    Some(rec)
+}
+
+impl SessionStore for RedisSessionStore {
+    fn load(&self, key: &str, life: Lifetimes) -> StoreFuture<Option<Record>> {
+        let this = self.clone();
+        let key = self.key(key);
+        Box::pin(async move {
+            let mut inv = this.scripts.load.key(key);
+            inv.arg(us(life.absolute))
+                .arg(us(life.touch_every))
+                .arg(ms(life.idle));
+            let reply: Value = this.backend.invoke("session_load", &inv).await?;
+            Ok(record(reply))
+        })
+    }
+
+    fn save(&self, save: Save, life: Lifetimes) -> StoreFuture<()> {
+        let this = self.clone();
+        Box::pin(async move {
+            let old = save.renamed_from.as_deref().map(|h| this.key(h));
+            let mut inv = this.scripts.save.prepare_invoke();
+            inv.key(this.key(&save.key)).key(old.unwrap_or_default());
+            inv.arg(ms(life.idle))
+                .arg(us(life.absolute))
+                .arg(save.user.as_deref().unwrap_or(""))
+                .arg(&*this.index_head)
+                .arg(save.renamed_from.as_deref().unwrap_or(""))
+                .arg(&save.key);
+            for op in &save.ops {
+                match op {
+                    Op::Set(k, v) => inv.arg("s").arg(k).arg(v),
+                    Op::Remove(k) => inv.arg("r").arg(k).arg(""),
+                    Op::Increment(k, by) => inv.arg("i").arg(k).arg(*by),
+                };
+            }
+            let _: i64 = this.backend.invoke("session_save", &inv).await?;
+            Ok(())
+        })
+    }
+
+    fn destroy(&self, key: &str) -> StoreFuture<()> {
+        let this = self.clone();
+        let key = key.to_owned();
+        Box::pin(async move {
+            let mut inv = this.scripts.destroy.key(this.key(&key));
+            inv.arg(&*this.index_head).arg(&key);
+            let _: i64 = this.backend.invoke("session_destroy", &inv).await?;
+            Ok(())
+        })
+    }
+
+    fn destroy_user(&self, user: &str) -> StoreFuture<u64> {
+        let this = self.clone();
+        let index = self.backend.key("sessu", user);
+        Box::pin(async move {
+            let mut inv = this.scripts.destroy_user.key(index);
+            inv.arg(&*this.session_head);
+            let n: u64 = this.backend.invoke("session_destroy_user", &inv).await?;
+            Ok(n)
+        })
+    }
+}

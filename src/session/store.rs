@@ -1,0 +1,306 @@
+//! Where sessions live: the [`SessionStore`] trait, what it reads and writes, and
+//! [`MemoryStore`].
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::clock::Clock;
+use crate::{ConfigError, StoreUnavailable};
+
+/// A store call's future.
+pub type StoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreUnavailable>> + Send>>;
+
+/// A session as the store hands it back: its values (JSON text per key) and its owner.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Record {
+    /// Each key's value, as JSON text.
+    pub values: HashMap<String, String>,
+    /// The user the session belongs to, if it was logged in.
+    pub user: Option<String>,
+}
+
+/// One change to a session's values. Changes are applied per key: two requests of one
+/// session that change different keys both keep their changes; for one key the last write
+/// wins, except [`Op::Increment`], which adds atomically.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Sets a key to a JSON value.
+    Set(String, String),
+    /// Removes a key.
+    Remove(String),
+    /// Adds to an integer value (a missing key counts as 0).
+    Increment(String, i64),
+}
+
+/// What to write for one request.
+#[derive(Debug, Clone)]
+pub struct Save {
+    /// The session's storage key (the hash of its id).
+    pub key: String,
+    /// The storage key it had before `cycle_id`: its values move to `key`, and the old id
+    /// stops working.
+    pub renamed_from: Option<String>,
+    /// The changes, in order.
+    pub ops: Vec<Op>,
+    /// The owner to record (login), if it changed.
+    pub user: Option<String>,
+    /// True for a session this request created.
+    pub new: bool,
+}
+
+/// The timeouts a store enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct Lifetimes {
+    /// A session unused for this long is gone.
+    pub idle: Duration,
+    /// A session this old is gone, however busy.
+    pub absolute: Duration,
+    /// Reading a session pushes its idle expiry back at most this often.
+    pub touch_every: Duration,
+}
+
+/// Keeps sessions. Every method is one round trip for a networked store.
+pub trait SessionStore: Send + Sync + 'static {
+    /// The session under `key`, or `None` if there is none (or it expired, idle or
+    /// absolute). Also extends its idle expiry if the last extension is older than
+    /// `touch_every`, in the same call.
+    fn load(&self, key: &str, life: Lifetimes) -> StoreFuture<Option<Record>>;
+
+    /// Applies `save`, and sets the idle expiry. A session that expired meanwhile is
+    /// created again with the changes: writes are never silently dropped.
+    fn save(&self, save: Save, life: Lifetimes) -> StoreFuture<()>;
+
+    /// Deletes the session under `key` (logout).
+    fn destroy(&self, key: &str) -> StoreFuture<()>;
+
+    /// Deletes every session of `user` (log out everywhere); returns how many.
+    fn destroy_user(&self, user: &str) -> StoreFuture<u64>;
+}
+
+/// Sessions in this process: for one instance, tests and development. Bounded: at most
+/// `max_sessions` (default 100,000); expired sessions are dropped as the map is used, and a
+/// full store drops the sessions closest to their idle expiry first.
+#[derive(Clone)]
+pub struct MemoryStore {
+    inner: Arc<Mutex<Mem>>,
+    clock: Clock,
+    max: usize,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("max_sessions", &self.max)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct Mem {
+    sessions: HashMap<String, Entry>,
+    users: HashMap<String, HashSet<String>>,
+    ops: u64,
+}
+
+struct Entry {
+    record: Record,
+    created_us: u64,
+    touched_us: u64,
+    expires_us: u64,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    /// A store of at most 100,000 sessions.
+    pub fn new() -> Self {
+        Self::with_max_sessions(100_000, Clock::default()).expect("the default is valid")
+    }
+
+    /// A store of at most `max` sessions, reading `clock` ([`Clock::tokio`] in tests that
+    /// pause time).
+    ///
+    /// # Errors
+    ///
+    /// A `max` of 0.
+    pub fn with_max_sessions(max: usize, clock: Clock) -> Result<Self, ConfigError> {
+        if max == 0 {
+            return Err(ConfigError::new("max_sessions", "must be at least 1"));
+        }
+        Ok(Self {
+            inner: Arc::new(Mutex::new(Mem::default())),
+            clock,
+            max,
+        })
+    }
+
+    /// How many sessions are held (expired ones included until swept).
+    pub fn len(&self) -> usize {
+        self.lock().sessions.len()
+    }
+
+    /// True if none are held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Mem> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn us(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+impl Mem {
+    fn alive(&self, key: &str, now: u64, life: Lifetimes) -> bool {
+        self.sessions.get(key).is_some_and(|e| {
+            now < e.expires_us && now.saturating_sub(e.created_us) < us(life.absolute)
+        })
+    }
+
+    fn remove(&mut self, key: &str) -> Option<Entry> {
+        let e = self.sessions.remove(key)?;
+        if let Some(u) = &e.record.user
+            && let Some(set) = self.users.get_mut(u)
+        {
+            set.remove(key);
+            if set.is_empty() {
+                self.users.remove(u);
+            }
+        }
+        Some(e)
+    }
+
+    /// Drops expired sessions every 1,024 operations, and makes room when full.
+    fn upkeep(&mut self, now: u64, life: Lifetimes, max: usize) {
+        self.ops += 1;
+        if self.ops.is_multiple_of(1024) || self.sessions.len() >= max {
+            let dead: Vec<String> = self
+                .sessions
+                .iter()
+                .filter(|(_, e)| {
+                    now >= e.expires_us || now.saturating_sub(e.created_us) >= us(life.absolute)
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in dead {
+                self.remove(&k);
+            }
+        }
+        while self.sessions.len() >= max {
+            let Some(k) = self
+                .sessions
+                .iter()
+                .min_by_key(|(_, e)| e.expires_us)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            self.remove(&k);
+        }
+    }
+}
+
+impl SessionStore for MemoryStore {
+    fn load(&self, key: &str, life: Lifetimes) -> StoreFuture<Option<Record>> {
+        let now = self.clock.now_us();
+        let mut m = self.lock();
+        let out = if m.alive(key, now, life) {
+            let e = m.sessions.get_mut(key).expect("alive");
+            if now.saturating_sub(e.touched_us) >= us(life.touch_every) {
+                e.touched_us = now;
+                e.expires_us = now.saturating_add(us(life.idle));
+            }
+            Some(e.record.clone())
+        } else {
+            m.remove(key);
+            None
+        };
+        Box::pin(std::future::ready(Ok(out)))
+    }
+
+    fn save(&self, save: Save, life: Lifetimes) -> StoreFuture<()> {
+        let now = self.clock.now_us();
+        let mut m = self.lock();
+        let mut entry = save
+            .renamed_from
+            .as_deref()
+            .filter(|old| m.alive(old, now, life))
+            .and_then(|old| m.remove(old))
+            .or_else(|| {
+                if m.alive(&save.key, now, life) {
+                    m.remove(&save.key)
+                } else {
+                    m.remove(&save.key);
+                    None
+                }
+            })
+            .unwrap_or_else(|| Entry {
+                record: Record::default(),
+                created_us: now,
+                touched_us: now,
+                expires_us: now,
+            });
+        m.upkeep(now, life, self.max);
+        for op in save.ops {
+            match op {
+                Op::Set(k, v) => {
+                    entry.record.values.insert(k, v);
+                }
+                Op::Remove(k) => {
+                    entry.record.values.remove(&k);
+                }
+                Op::Increment(k, by) => {
+                    let cur = entry
+                        .record
+                        .values
+                        .get(&k)
+                        .and_then(|v| v.parse::<i64>().ok())
+                        .unwrap_or(0);
+                    entry
+                        .record
+                        .values
+                        .insert(k, cur.saturating_add(by).to_string());
+                }
+            }
+        }
+        if let Some(u) = save.user {
+            entry.record.user = Some(u);
+        }
+        entry.touched_us = now;
+        entry.expires_us = now.saturating_add(us(life.idle));
+        if let Some(u) = &entry.record.user {
+            m.users
+                .entry(u.clone())
+                .or_default()
+                .insert(save.key.clone());
+        }
+        m.sessions.insert(save.key, entry);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn destroy(&self, key: &str) -> StoreFuture<()> {
+        self.lock().remove(key);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn destroy_user(&self, user: &str) -> StoreFuture<u64> {
+        let mut m = self.lock();
+        let keys: Vec<String> = m
+            .users
+            .get(user)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
+        let n = keys.iter().filter(|k| m.remove(k).is_some()).count() as u64;
+        Box::pin(std::future::ready(Ok(n)))
+    }
+}

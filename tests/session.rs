@@ -1,0 +1,486 @@
+//! Sessions through the layer, against the in-memory store and a real Redis.
+
+mod support;
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use tower::util::BoxCloneSyncService;
+use tower::{Layer, ServiceExt};
+use tower_scale::clock::Clock;
+use tower_scale::session::{
+    MemoryStore, RedisSessionStore, Session, SessionError, SessionLayer, SessionStore,
+};
+
+type App = BoxCloneSyncService<Request<Full<Bytes>>, Response<Full<Bytes>>, Infallible>;
+
+fn text(code: StatusCode, body: impl Into<String>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.into())));
+    *r.status_mut() = code;
+    r
+}
+
+fn error(e: SessionError) -> Response<Full<Bytes>> {
+    text(e.status(), e.to_string())
+}
+
+/// The test application: each path does one thing with the session.
+async fn handle(req: Request<Full<Bytes>>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let s = req.extensions().get::<Session>().cloned().unwrap();
+    let path = req.uri().path().to_owned();
+    let r = match path.as_str() {
+        "/nothing" => Ok(text(StatusCode::OK, "untouched")),
+        "/visits" => s
+            .get::<i64>("visits")
+            .await
+            .map(|v| text(StatusCode::OK, v.unwrap_or(0).to_string())),
+        "/inc" => s
+            .increment("visits", 1)
+            .await
+            .map(|v| text(StatusCode::OK, v.to_string())),
+        "/me" => s.user().await.map(|u| match u {
+            Some(u) => text(StatusCode::OK, u),
+            None => text(StatusCode::UNAUTHORIZED, "no session"),
+        }),
+        "/logout" => {
+            s.destroy().await;
+            Ok(text(StatusCode::NO_CONTENT, ""))
+        }
+        "/everywhere" => s
+            .log_out_everywhere()
+            .await
+            .map(|()| text(StatusCode::NO_CONTENT, "")),
+        "/big" => s
+            .insert("blob", &"x".repeat(20_000))
+            .await
+            .map(|()| text(StatusCode::OK, "stored")),
+        p if p.starts_with("/login/") => s
+            .login(&p["/login/".len()..])
+            .await
+            .map(|()| text(StatusCode::OK, "in")),
+        _ => Ok(text(StatusCode::NOT_FOUND, "")),
+    };
+    Ok(r.unwrap_or_else(error))
+}
+
+fn app(
+    store: impl SessionStore,
+    tweak: impl FnOnce(
+        tower_scale::session::SessionLayerBuilder,
+    ) -> tower_scale::session::SessionLayerBuilder,
+) -> App {
+    let layer = tweak(SessionLayer::builder(store).secure(false))
+        .build()
+        .unwrap();
+    BoxCloneSyncService::new(layer.layer(tower::service_fn(handle)))
+}
+
+/// A client with one cookie.
+#[derive(Default, Clone)]
+struct Client {
+    cookie: Option<String>,
+}
+
+struct Reply {
+    status: StatusCode,
+    body: String,
+    set_cookie: Option<String>,
+}
+
+impl Client {
+    async fn call(&mut self, app: &App, path: &str) -> Reply {
+        let mut req = Request::post(path);
+        if let Some(c) = &self.cookie {
+            req = req.header("cookie", c.as_str());
+        }
+        let resp = app
+            .clone()
+            .oneshot(req.body(Full::new(Bytes::new())).unwrap())
+            .await
+            .unwrap();
+        let set_cookie = resp
+            .headers()
+            .get("set-cookie")
+            .map(|v| v.to_str().unwrap().to_owned());
+        if let Some(sc) = &set_cookie {
+            let pair = sc.split(';').next().unwrap();
+            self.cookie = (!sc.contains("Max-Age=0")).then(|| pair.to_owned());
+        }
+        let status = resp.status();
+        let body = String::from_utf8(
+            resp.into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes()
+                .to_vec(),
+        )
+        .unwrap();
+        Reply {
+            status,
+            body,
+            set_cookie,
+        }
+    }
+}
+
+fn redis_store(url: &str) -> RedisSessionStore {
+    RedisSessionStore::new(support::redis_backend(url, &support::unique("sess")))
+}
+
+/// Both stores, for the tests that hold for each.
+type MakeApp = Box<dyn Fn() -> App>;
+
+fn stores() -> Vec<(&'static str, MakeApp)> {
+    let url = support::redis_url();
+    let redis = redis_store(&url);
+    let mem = MemoryStore::new();
+    vec![
+        ("memory", Box::new(move || app(mem.clone(), |b| b))),
+        ("redis", Box::new(move || app(redis.clone(), |b| b))),
+    ]
+}
+
+#[tokio::test]
+async fn a_session_made_on_one_instance_is_used_on_another() {
+    for (name, make) in stores() {
+        // Two "instances": two layers over one store.
+        let (a, b) = (make(), make());
+        let mut c = Client::default();
+        let r = c.call(&a, "/inc").await;
+        assert_eq!(r.status, StatusCode::OK, "{name}");
+        let sc = r.set_cookie.unwrap();
+        assert!(
+            sc.contains("HttpOnly") && sc.contains("SameSite=Lax") && sc.contains("Path=/"),
+            "{name}: {sc}"
+        );
+        assert_eq!(c.call(&b, "/inc").await.body, "2", "{name}");
+        assert_eq!(c.call(&a, "/visits").await.body, "2", "{name}");
+        // Unchanged: no new cookie.
+        assert!(c.call(&b, "/visits").await.set_cookie.is_none(), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn login_rotates_the_id_and_logout_ends_it() {
+    for (name, make) in stores() {
+        let app = make();
+        let mut c = Client::default();
+        c.call(&app, "/inc").await;
+        let before = c.clone();
+        assert_eq!(c.call(&app, "/login/ada").await.status, StatusCode::OK);
+        assert_ne!(before.cookie, c.cookie, "{name}: login issues a new id");
+        assert_eq!(c.call(&app, "/me").await.body, "ada", "{name}");
+        assert_eq!(
+            c.call(&app, "/visits").await.body,
+            "1",
+            "{name}: values kept across login"
+        );
+        let mut old = before;
+        assert_eq!(
+            old.call(&app, "/me").await.status,
+            StatusCode::UNAUTHORIZED,
+            "{name}: the pre-login id is dead"
+        );
+        let r = c.call(&app, "/logout").await;
+        assert!(
+            r.set_cookie.unwrap().contains("Max-Age=0"),
+            "{name}: cookie cleared"
+        );
+        let mut after = Client {
+            cookie: old.cookie.take(),
+        };
+        after.cookie = c.cookie.clone();
+        assert_eq!(
+            c.call(&app, "/me").await.status,
+            StatusCode::UNAUTHORIZED,
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn log_out_everywhere_ends_every_session_of_the_user() {
+    for (name, make) in stores() {
+        let app = make();
+        let (mut laptop, mut phone, mut other) =
+            (Client::default(), Client::default(), Client::default());
+        laptop.call(&app, "/login/bob").await;
+        phone.call(&app, "/login/bob").await;
+        other.call(&app, "/login/eve").await;
+        assert_eq!(
+            phone.call(&app, "/everywhere").await.status,
+            StatusCode::NO_CONTENT,
+            "{name}"
+        );
+        assert_eq!(
+            laptop.call(&app, "/me").await.status,
+            StatusCode::UNAUTHORIZED,
+            "{name}"
+        );
+        assert_eq!(
+            other.call(&app, "/me").await.body,
+            "eve",
+            "{name}: other users untouched"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_concurrent_increments_count_fifty() {
+    for (name, make) in stores() {
+        let app = make();
+        let mut c = Client::default();
+        c.call(&app, "/inc").await;
+        let mut tasks = Vec::new();
+        for _ in 0..50 {
+            let (app, mut c) = (app.clone(), c.clone());
+            tasks.push(tokio::spawn(
+                async move { c.call(&app, "/inc").await.status },
+            ));
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), StatusCode::OK);
+        }
+        assert_eq!(c.call(&app, "/visits").await.body, "51", "{name}");
+    }
+}
+
+#[tokio::test]
+async fn bad_cookies_are_no_session_and_big_sessions_are_refused() {
+    for (name, make) in stores() {
+        let app = make();
+        for junk in [
+            "id=".to_owned(),
+            "id=not-hex".to_owned(),
+            format!("id={}", "A".repeat(64)),
+            format!("id={}", "0".repeat(64)),
+            format!("id={}", "x".repeat(8192)),
+            "id=1; id=2".to_owned(),
+            ";;;=;".to_owned(),
+        ] {
+            let mut c = Client {
+                cookie: Some(junk.clone()),
+            };
+            let r = c.call(&app, "/me").await;
+            assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{name}: {junk:.40}");
+            let r = c.call(&app, "/inc").await;
+            assert_eq!(r.status, StatusCode::OK, "{name}");
+            assert!(
+                r.set_cookie.is_some(),
+                "{name}: a fresh id, never the one sent"
+            );
+        }
+        let mut c = Client::default();
+        assert_eq!(
+            c.call(&app, "/big").await.status,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_store_holds_no_raw_id() {
+    let store = redis_store(&support::redis_url());
+    let app = app(store.clone(), |b| b);
+    let mut c = Client::default();
+    c.call(&app, "/login/zoe").await;
+    c.call(&app, "/inc").await;
+    let id = c
+        .cookie
+        .clone()
+        .unwrap()
+        .split('=')
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    let contents = store.raw_contents().await.unwrap();
+    assert_eq!(contents.len(), 1);
+    let dump = format!("{contents:?}");
+    assert!(!dump.contains(&id), "the raw id is in Redis: {dump}");
+}
+
+#[tokio::test]
+async fn untouched_requests_send_nothing_to_redis() {
+    let server = support::RedisServer::start();
+    let store = RedisSessionStore::new(support::redis_backend(&server.url(), "s"));
+    let app = app(store, |b| b);
+    let probe = support::redis_backend(&server.url(), "probe");
+    // Redis counts the commands a script runs under their own names, so "every command"
+    // is the sum over all, and round trips are the client's own: EVALSHA (or EVAL, and
+    // SCRIPT LOAD after a flush).
+    let stats = |only_client: bool| {
+        let probe = probe.clone();
+        async move {
+            let info: String = probe
+                .query("info", tower_scale::redis::cmd("INFO").arg("commandstats"))
+                .await
+                .unwrap();
+            info.lines()
+                .filter(|l| {
+                    !only_client
+                        || l.starts_with("cmdstat_evalsha:")
+                        || l.starts_with("cmdstat_eval:")
+                        || l.starts_with("cmdstat_script")
+                })
+                .filter_map(|l| l.split("calls=").nth(1))
+                .filter_map(|r| r.split(',').next()?.parse::<u64>().ok())
+                .sum::<u64>()
+        }
+    };
+    let calls = || stats(false);
+    let trips = || stats(true);
+    let mut c = Client::default();
+    // Both scripts loaded (a first call meets NOSCRIPT and loads its script).
+    c.call(&app, "/inc").await;
+    c.call(&app, "/visits").await;
+    let before = calls().await;
+    for _ in 0..10 {
+        assert_eq!(c.call(&app, "/nothing").await.status, StatusCode::OK);
+    }
+    // The INFO calls themselves are the only commands.
+    assert_eq!(
+        calls().await - before,
+        1,
+        "no command for untouched requests"
+    );
+    // Read-only: one round trip; modified: two.
+    let before = trips().await;
+    c.call(&app, "/visits").await;
+    assert_eq!(trips().await - before, 1, "read: one EVALSHA");
+    let before = trips().await;
+    c.call(&app, "/inc").await;
+    assert_eq!(trips().await - before, 2, "modified: load and save");
+}
+
+#[tokio::test]
+async fn redis_down_is_503_where_the_session_is_needed_only() {
+    let mut server = support::RedisServer::start();
+    let backend = tower_scale::redis::RedisBackend::builder(server.url())
+        .prefix("down")
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let app = app(RedisSessionStore::new(backend), |b| b);
+    let mut c = Client::default();
+    assert_eq!(c.call(&app, "/inc").await.status, StatusCode::OK);
+    server.kill();
+    assert_eq!(c.call(&app, "/nothing").await.status, StatusCode::OK);
+    let r = c.call(&app, "/visits").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    server.restart();
+    let app2 = app.clone();
+    support::eventually("sessions to work again", Duration::from_secs(10), || {
+        let (app, mut c) = (app2.clone(), c.clone());
+        async move { (c.call(&app, "/inc").await.status == StatusCode::OK).then_some(()) }
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_and_absolute_timeouts() {
+    let store = MemoryStore::with_max_sessions(1000, Clock::tokio()).unwrap();
+    let app = app(store, |b| {
+        b.idle_timeout(Duration::from_secs(60))
+            .absolute_timeout(Duration::from_secs(300))
+            .touch_every(Duration::from_secs(10))
+    });
+    let mut c = Client::default();
+    c.call(&app, "/inc").await;
+    // Used every 50 s: the idle timeout never passes...
+    for _ in 0..5 {
+        tokio::time::advance(Duration::from_secs(50)).await;
+        assert_eq!(c.call(&app, "/visits").await.body, "1");
+    }
+    // ...but the absolute one does (250 s so far; 300 s since creation at the next step).
+    tokio::time::advance(Duration::from_secs(50)).await;
+    assert_eq!(c.call(&app, "/visits").await.body, "0", "absolute timeout");
+    // A fresh session left alone for longer than the idle timeout is gone.
+    let mut d = Client::default();
+    d.call(&app, "/inc").await;
+    tokio::time::advance(Duration::from_secs(61)).await;
+    assert_eq!(d.call(&app, "/visits").await.body, "0", "idle timeout");
+}
+
+#[tokio::test]
+async fn redis_idle_timeout_is_the_keys_ttl() {
+    let app = app(redis_store(&support::redis_url()), |b| {
+        b.idle_timeout(Duration::from_millis(600))
+            .touch_every(Duration::from_millis(100))
+    });
+    let mut c = Client::default();
+    c.call(&app, "/inc").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        c.call(&app, "/visits").await.body,
+        "1",
+        "still alive; touched"
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        c.call(&app, "/visits").await.body,
+        "1",
+        "the touch pushed expiry back"
+    );
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(
+        c.call(&app, "/visits").await.body,
+        "0",
+        "idle past the timeout"
+    );
+}
+
+#[test]
+fn bad_configuration_is_an_error() {
+    let bad: Vec<Box<dyn Fn() -> Result<SessionLayer, tower_scale::ConfigError>>> = vec![
+        Box::new(|| {
+            SessionLayer::builder(MemoryStore::new())
+                .cookie_name("a b")
+                .build()
+        }),
+        Box::new(|| {
+            SessionLayer::builder(MemoryStore::new())
+                .path("no-slash")
+                .build()
+        }),
+        Box::new(|| {
+            SessionLayer::builder(MemoryStore::new())
+                .domain("a;b")
+                .build()
+        }),
+        Box::new(|| {
+            SessionLayer::builder(MemoryStore::new())
+                .secure(false)
+                .host_prefix(true)
+                .build()
+        }),
+        Box::new(|| {
+            SessionLayer::builder(MemoryStore::new())
+                .secure(false)
+                .same_site(tower_scale::session::SameSite::None)
+                .build()
+        }),
+        Box::new(|| {
+            SessionLayer::builder(MemoryStore::new())
+                .idle_timeout(Duration::from_secs(10))
+                .absolute_timeout(Duration::from_secs(5))
+                .build()
+        }),
+        Box::new(|| {
+            SessionLayer::builder(MemoryStore::new())
+                .max_bytes(0)
+                .build()
+        }),
+    ];
+    for (i, b) in bad.iter().enumerate() {
+        assert!(b().is_err(), "case {i}");
+    }
+    let ok = SessionLayer::builder(MemoryStore::new())
+        .host_prefix(true)
+        .build();
+    assert!(ok.is_ok());
+}
