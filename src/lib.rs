@@ -18,7 +18,8 @@
 //! | [`redis`] | the shared Redis backend: connection, key layout, scripts, timeouts | `redis` |
 //! | [`circuit_breaker`] | closed/open/half-open breakers, per key, over any tower service | `circuit-breaker` |
 //! | [`retry`] | retries with jittered backoff, a deadline, a budget and body replay | `retry` |
-//! | [`clock`] | the time source of the in-process state machines | with any of the three above |
+//! | [`session`] | sessions in a store: hashed ids in cookies, lazy, merged per key | `session` |
+//! | [`clock`] | the time source of the in-process state machines | with `rate-limit`, `circuit-breaker`, `retry` or `session` |
 //!
 //! The path of a request through a fully assembled service, and the layers still to come
 //! (cache, rate limit, session, db routing, retry, circuit breaker), are described in
@@ -49,6 +50,7 @@
 //! | `axum` | no | route templates from `MatchedPath`, `ConnectInfo` peer addresses, `RouteKey` |
 //! | `circuit-breaker` | no | [`circuit_breaker`] |
 //! | `retry` | no | [`retry`] |
+//! | `session` | no | [`session`]; with `redis`, its `RedisSessionStore` |
 //! | `full` | no | all of the above |
 //!
 //! # Minimum supported Rust version

@@ -251,8 +251,45 @@ async fn routes_follow_the_contract() {
             StatusCode::SERVICE_UNAVAILABLE,
         ),
     ];
+    // Sessions: writes need a login; /me counts its own calls; logout ends it.
+    let r = call(
+        base,
+        Method::PUT,
+        "/products/2",
+        &[],
+        r#"{"name":"x","price_cents":1}"#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "PUT needs a login");
+    assert_eq!(get(base, "/me").await.status, StatusCode::UNAUTHORIZED);
+    let r = call(base, Method::POST, "/login", &[], r#"{"user":""}"#).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let planted = format!("id={}", "ab".repeat(32));
+    let r = call(
+        base,
+        Method::POST,
+        "/login",
+        &[("cookie", &planted)],
+        r#"{"user":"tester"}"#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["user"], "tester");
+    let set = r.headers["set-cookie"].to_str().unwrap().to_owned();
+    for attr in ["HttpOnly", "SameSite=Lax", "Secure", "Path=/"] {
+        assert!(set.contains(attr), "{attr} in {set}");
+    }
+    let cookie = set.split(';').next().unwrap().to_owned();
+    assert_ne!(cookie, planted, "login never keeps the id sent");
+    for visits in 1..=2 {
+        let me = call(base, Method::GET, "/me", &[("cookie", &cookie)], "").await;
+        assert_eq!(me.json()["user"], "tester");
+        assert_eq!(me.json()["visits"], visits);
+    }
+    let auth: &[(&str, &str)] = &[("cookie", &cookie)];
+
     for (name, method, path, body, want) in cases {
-        let r = call(base, method.clone(), path, &[], body).await;
+        let r = call(base, method.clone(), path, auth, body).await;
         assert_eq!(r.status, *want, "case {name}");
         assert!(
             r.json()["error"].is_string(),
@@ -283,7 +320,7 @@ async fn routes_follow_the_contract() {
         base,
         Method::PUT,
         "/products/2",
-        &[],
+        auth,
         r#"{"name":"Renamed","price_cents":999}"#,
     )
     .await;
@@ -303,12 +340,25 @@ async fn routes_follow_the_contract() {
             base,
             Method::PUT,
             "/products/5001",
-            &[],
+            auth,
             r#"{"name":"New","price_cents":0}"#
         )
         .await
         .json()["version"],
         1
+    );
+
+    let r = call(base, Method::POST, "/logout", auth, "").await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert!(
+        r.headers["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+    assert_eq!(
+        call(base, Method::GET, "/me", auth, "").await.status,
+        StatusCode::UNAUTHORIZED
     );
 
     // Request ids are echoed when sane, replaced when not.
@@ -572,6 +622,17 @@ async fn instances_sharing_redis_share_the_quota() {
         get(&b.base, "/products/2").await.status,
         StatusCode::TOO_MANY_REQUESTS
     );
+
+    // A login on one instance is a session on the other (sessions live in Redis); /me is
+    // outside the rate-limited routes.
+    let r = call(&a.base, Method::POST, "/login", &[], r#"{"user":"roam"}"#).await;
+    let set = r.headers["set-cookie"].to_str().unwrap().to_owned();
+    let cookie = set.split(';').next().unwrap();
+    let me = call(&b.base, Method::GET, "/me", &[("cookie", cookie)], "").await;
+    assert_eq!(me.status, StatusCode::OK);
+    assert_eq!(me.json()["user"], "roam");
+    let me = call(&a.base, Method::GET, "/me", &[("cookie", cookie)], "").await;
+    assert_eq!(me.json()["visits"], 2, "one counter across both instances");
 }
 
 #[tokio::test]

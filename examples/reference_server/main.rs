@@ -46,6 +46,9 @@ use tower_scale::metrics::{DEFAULT_DURATION_BUCKETS, DURATION_METRIC, HttpMetric
 use tower_scale::rate_limit::{AnyStore, MemoryStore, OnStoreError, RateLimitLayer, RedisStore};
 use tower_scale::redis::RedisBackend;
 use tower_scale::retry::{BoxError, ReplayBody, RetryError, RetryLayer};
+use tower_scale::session::{
+    MemoryStore as SessionMemoryStore, RedisSessionStore, Session, SessionLayer,
+};
 use tracing::Instrument;
 
 use catalog::Catalog;
@@ -216,11 +219,32 @@ struct ProductInput {
 
 async fn put_product(
     State(s): State<Shared>,
+    session: Session,
     ProductId(id): ProductId,
     body: Result<Json<ProductInput>, JsonRejection>,
+) -> Result<Response, Response> {
+    if session
+        .user()
+        .await
+        .map_err(IntoResponse::into_response)?
+        .is_none()
+    {
+        return Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "log in first (POST /login)".into(),
+        )
+        .into_response());
+    }
+    put_product_as(s, id, body)
+        .await
+        .map_err(IntoResponse::into_response)
+}
+
+async fn put_product_as(
+    s: Shared,
+    id: i64,
+    body: Result<Json<ProductInput>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    // The contract requires a logged-in session here (401 otherwise); that check is added
-    // together with the session layer. Until then the route is open.
     let Json(input) = body.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
     let name = input.name.trim();
     if name.is_empty() || name.chars().count() > 200 {
@@ -406,8 +430,72 @@ fn rate_limit(config: &Config, redis: Option<&RedisBackend>) -> RateLimitLayer<C
         .expect("two distinct quota names and a valid share")
 }
 
-fn app(state: Shared, limits: RateLimitLayer<ClientIp, AnyStore>) -> Router {
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginInput {
+    user: String,
+}
+
+async fn login(
+    session: Session,
+    body: Result<Json<LoginInput>, JsonRejection>,
+) -> Result<Response, Response> {
+    let Json(input) =
+        body.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()).into_response())?;
+    let user = input.user.trim();
+    if user.is_empty() || user.chars().count() > 64 {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "`user` must be 1..=64 characters".into(),
+        )
+        .into_response());
+    }
+    // A new id whatever the client sent: a session planted before login is worthless.
+    session
+        .login(user)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    Ok(Json(json!({ "user": user })).into_response())
+}
+
+async fn me(session: Session) -> Result<Response, Response> {
+    let Some(user) = session.user().await.map_err(IntoResponse::into_response)? else {
+        return Err(
+            ApiError(StatusCode::UNAUTHORIZED, "no session; POST /login".into()).into_response(),
+        );
+    };
+    let visits = session
+        .increment("visits", 1)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    Ok(Json(json!({ "user": user, "visits": visits })).into_response())
+}
+
+async fn logout(session: Session) -> StatusCode {
+    session.destroy().await;
+    StatusCode::NO_CONTENT
+}
+
+fn sessions(config: &Config, redis: Option<&RedisBackend>) -> Result<SessionLayer, Failure> {
+    let builder = match redis {
+        Some(r) => SessionLayer::builder(RedisSessionStore::new(r.clone())),
+        None => SessionLayer::builder(SessionMemoryStore::new()),
+    };
+    builder
+        .secure(config.session_cookie_secure)
+        .build()
+        .map_err(|e| Failure::Config(format!("sessions: {e}")))
+}
+
+fn app(
+    state: Shared,
+    limits: RateLimitLayer<ClientIp, AnyStore>,
+    sessions: SessionLayer,
+) -> Router {
     Router::new()
+        .route("/login", post(login))
+        .route("/me", get(me))
+        .route("/logout", post(logout))
         .route("/products", get(list_products))
         .route("/products/{id}", get(get_product).put(put_product))
         .route("/products/{id}/price", get(get_price))
@@ -417,6 +505,7 @@ fn app(state: Shared, limits: RateLimitLayer<ClientIp, AnyStore>) -> Router {
         .route("/readyz", get(readyz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(sessions)
         .layer(limits)
         .layer(HttpMetricsLayer::new())
         .layer(middleware::from_fn_with_state(state.clone(), identify))
@@ -590,9 +679,10 @@ async fn run(config: Config) -> Result<(), Failure> {
 
     let notify = Arc::new(tokio::sync::Notify::new());
     let limits = rate_limit(&config, redis.as_ref());
+    let sessions = sessions(&config, redis.as_ref())?;
     let server = axum::serve(
         listener,
-        app(state, limits).into_make_service_with_connect_info::<SocketAddr>(),
+        app(state, limits, sessions).into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown_signal(Arc::clone(&notify)));
     let grace = async {

@@ -178,6 +178,10 @@ impl Session {
             };
             ::metrics::counter!("tower_scale.session.loads").increment(1);
             let existed = record.is_some();
+            if s.sent.is_some() && !existed {
+                // A well-formed id the store does not know: expired, or never issued.
+                ::metrics::counter!("tower_scale.session.expired").increment(1);
+            }
             let Record { values, user } = record.unwrap_or_default();
             let bytes = values.iter().map(|(k, v)| k.len() + v.len()).sum();
             s.loaded = Some(Loaded {

@@ -33,8 +33,9 @@
 //!
 //! Stores: [`MemoryStore`] (this process) and, with `redis`, [`RedisSessionStore`].
 //!
-//! Metrics: `tower_scale.session.{loads,saves,created,destroyed,store_errors}` (counters);
-//! the Redis round trips through the [backend](crate::redis).
+//! Metrics: `tower_scale.session.{loads,saves,created,destroyed,expired,store_errors}`
+//! (counters; `expired` counts well-formed ids the store no longer knows); the Redis round
+//! trips through the [backend](crate::redis).
 //!
 //! # Examples
 //!
