@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::id::SessionId;
+use super::id::{RawCookies, SessionId};
 use super::layer::Config;
 use super::store::{Op, Record, SessionStore};
 use crate::StoreUnavailable;
@@ -111,9 +111,10 @@ impl fmt::Debug for Session {
     }
 }
 
-#[derive(Default)]
 pub(crate) struct State {
-    /// The id the client sent, if well formed.
+    /// The request's cookies, until first needed.
+    pub(crate) raw: Option<RawCookies>,
+    /// The id the client sent, if well formed (once `raw` is resolved).
     pub(crate) sent: Option<SessionId>,
     /// `None` until loaded; then the values and owner (empty for no session).
     pub(crate) loaded: Option<Loaded>,
@@ -123,6 +124,15 @@ pub(crate) struct State {
     pub(crate) user: Option<String>,
     pub(crate) destroy: bool,
     pub(crate) log_out_everywhere: bool,
+}
+
+impl State {
+    /// Reads the session id out of the cookies, once.
+    pub(crate) fn resolve(&mut self, cookie_name: &str) {
+        if let Some(raw) = self.raw.take() {
+            self.sent = raw.id(cookie_name);
+        }
+    }
 }
 
 pub(crate) struct Loaded {
@@ -141,19 +151,21 @@ fn check_key(key: &str) -> Result<(), SessionError> {
 }
 
 impl Session {
-    pub(crate) fn new(
-        config: Arc<Config>,
-        store: Arc<dyn SessionStore>,
-        sent: Option<SessionId>,
-    ) -> Self {
+    pub(crate) fn new(config: Arc<Config>, store: Arc<dyn SessionStore>, raw: RawCookies) -> Self {
         Session {
             inner: Arc::new(Inner {
                 config,
                 store,
                 dirty: AtomicBool::new(false),
                 state: tokio::sync::Mutex::new(State {
-                    sent,
-                    ..State::default()
+                    raw: Some(raw),
+                    sent: None,
+                    loaded: None,
+                    new_id: None,
+                    ops: Vec::new(),
+                    user: None,
+                    destroy: false,
+                    log_out_everywhere: false,
                 }),
             }),
         }
@@ -162,6 +174,7 @@ impl Session {
     async fn loaded(&self) -> Result<tokio::sync::MutexGuard<'_, State>, SessionError> {
         let mut s = self.inner.state.lock().await;
         if s.loaded.is_none() {
+            s.resolve(&self.inner.config.cookie_name);
             let record = match &s.sent {
                 Some(id) => {
                     let key = id.storage_key();

@@ -38,10 +38,14 @@ impl SessionId {
             return None;
         }
         let mut b = [0u8; 32];
+        let mut bad = 0u8;
         for (i, pair) in v.chunks_exact(2).enumerate() {
-            b[i] = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+            let (hi, lo) = (HEX[usize::from(pair[0])], HEX[usize::from(pair[1])]);
+            bad |= hi | lo;
+            b[i] = (hi << 4) | (lo & 15);
         }
-        Some(SessionId(b))
+        // Invalid digits map to 0x80: one check at the end instead of one per digit.
+        (bad & 0x80 == 0).then_some(SessionId(b))
     }
 
     /// What the store keeps instead of the id: its SHA-256, as 64 hex digits. Someone who
@@ -51,13 +55,21 @@ impl SessionId {
     }
 }
 
-fn nibble(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
+/// Lowercase hex digit values; 0x80 for anything else.
+const HEX: [u8; 256] = {
+    let mut t = [0x80u8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
     }
-}
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
 
 fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -73,17 +85,31 @@ fn hex(bytes: &[u8]) -> String {
 /// and well formed. Malformed headers and pairs are skipped, never an error: an attacker's
 /// bytes can at worst mean "no session".
 pub(crate) fn find_cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a [u8]> {
+    find_in(
+        headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .map(http::HeaderValue::as_bytes),
+        name,
+    )
+}
+
+/// [`find_cookie`] over raw `Cookie` header values.
+pub(crate) fn find_in<'a>(
+    values: impl IntoIterator<Item = &'a [u8]>,
+    name: &str,
+) -> Option<&'a [u8]> {
     let mut found = None;
-    for value in headers.get_all(http::header::COOKIE) {
-        for pair in value.as_bytes().split(|b| *b == b';') {
+    for value in values {
+        for pair in value.split(|b| *b == b';') {
             let pair = pair.trim_ascii();
-            let Some(eq) = pair.iter().position(|b| *b == b'=') else {
+            let Some(rest) = pair
+                .strip_prefix(name.as_bytes())
+                .and_then(|r| r.strip_prefix(b"="))
+            else {
                 continue;
             };
-            if &pair[..eq] != name.as_bytes() {
-                continue;
-            }
-            let v = pair[eq + 1..].trim_ascii();
+            let v = rest.trim_ascii();
             let v = v
                 .strip_prefix(b"\"")
                 .and_then(|v| v.strip_suffix(b"\""))
@@ -97,6 +123,52 @@ pub(crate) fn find_cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Optio
         }
     }
     found
+}
+
+/// The request's `Cookie` header, kept raw until the session is first used, so a request
+/// that never touches its session never parses it.
+// Inline on purpose: it lives in the session's one allocation; boxing the copy would add a
+// second allocation per request.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum RawCookies {
+    /// No `Cookie` header.
+    None,
+    /// One header of at most [`INLINE`] bytes, copied.
+    Inline { len: u16, buf: [u8; INLINE] },
+    /// Several headers, or a long one: parsed when the request came.
+    Parsed(Option<SessionId>),
+}
+
+/// The longest single `Cookie` header kept raw.
+pub(crate) const INLINE: usize = 256;
+
+impl RawCookies {
+    pub(crate) fn from_headers(headers: &http::HeaderMap, name: &str) -> Self {
+        let mut values = headers.get_all(http::header::COOKIE).iter();
+        match (values.next(), values.next()) {
+            (None, _) => RawCookies::None,
+            (Some(v), None) if v.len() <= INLINE => {
+                let mut buf = [0u8; INLINE];
+                buf[..v.len()].copy_from_slice(v.as_bytes());
+                RawCookies::Inline {
+                    len: v.len() as u16,
+                    buf,
+                }
+            }
+            _ => RawCookies::Parsed(find_cookie(headers, name).and_then(SessionId::from_cookie)),
+        }
+    }
+
+    /// The well-formed session id among them, if any.
+    pub(crate) fn id(&self, name: &str) -> Option<SessionId> {
+        match self {
+            RawCookies::None => None,
+            RawCookies::Inline { len, buf } => {
+                find_in([&buf[..usize::from(*len)]], name).and_then(SessionId::from_cookie)
+            }
+            RawCookies::Parsed(id) => id.clone(),
+        }
+    }
 }
 
 #[cfg(test)]

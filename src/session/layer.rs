@@ -15,7 +15,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::handle::{Session, SessionError};
-use super::id::{SessionId, find_cookie};
+use super::id::{RawCookies, SessionId};
 use super::store::{Lifetimes, Save, SessionStore};
 use crate::ConfigError;
 
@@ -337,8 +337,9 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let config = &self.layer.config;
-        let sent = find_cookie(req.headers(), &config.cookie_name).and_then(SessionId::from_cookie);
-        let session = Session::new(Arc::clone(config), Arc::clone(&self.layer.store), sent);
+        // Kept raw: parsed only if the handler uses its session.
+        let raw = RawCookies::from_headers(req.headers(), &config.cookie_name);
+        let session = Session::new(Arc::clone(config), Arc::clone(&self.layer.store), raw);
         req.extensions_mut().insert(session.clone());
         ResponseFuture {
             state: State::Calling {
@@ -433,6 +434,7 @@ async fn finish(session: &Session) -> Result<Option<HeaderValue>, SessionError> 
     let config = &inner.config;
     let store = &inner.store;
     let mut s = inner.state.lock().await;
+    s.resolve(&config.cookie_name);
     let sent_key = s.sent.as_ref().map(SessionId::storage_key);
     let existed = s.loaded.as_ref().is_some_and(|l| l.existed);
     let unavailable = |e| {
