@@ -76,6 +76,8 @@ mod error;
 pub mod key;
 #[cfg(feature = "metrics")]
 pub mod metrics;
+#[cfg(any(feature = "rate-limit", feature = "circuit-breaker"))]
+mod prehashed;
 #[cfg(feature = "rate-limit")]
 pub mod rate_limit;
 #[cfg(feature = "redis")]

@@ -1,7 +1,7 @@
 //! [`CircuitBreakerLayer`], its builder, keys and handle.
 
 use std::fmt;
-use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,6 +13,7 @@ use super::service::CircuitBreaker;
 use crate::ConfigError;
 use crate::classify::HttpClassifier;
 use crate::clock::Clock;
+use crate::prehashed::PreHashed;
 
 /// Which breaker a request goes through.
 pub trait BreakerKey<Req>: Clone + Send + Sync + 'static {
@@ -128,24 +129,6 @@ struct Shard {
 
 /// A full shard that found nothing to evict waits this many overflowing calls to sweep again.
 const SWEEP_BACKOFF: u32 = 256;
-
-/// Keys are already seeded hashes.
-#[derive(Default)]
-struct PreHashed(u64);
-
-impl Hasher for PreHashed {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 << 8) | u64::from(*b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
 
 impl<K, C> Shared<K, C> {
     /// The breaker for a key hash, made on first use. A full shard drops breakers that hold

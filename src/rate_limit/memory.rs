@@ -2,15 +2,16 @@
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
-
-use foldhash::quality::RandomState;
+use std::hash::{BuildHasher, BuildHasherDefault, Hash};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+
+use foldhash::quality::RandomState;
 
 use super::store::{Decision, MAX_QUOTAS, QuotaSpec, Store, StoreFuture};
 use crate::ConfigError;
 use crate::clock::Clock;
+use crate::prehashed::PreHashed;
 
 const SHARDS: usize = 64;
 /// Every this many checks a shard drops the keys whose buckets are full again.
@@ -63,24 +64,6 @@ struct Shard {
     ops: u32,
 }
 
-/// The map's keys are already seeded hash outputs: hashing them again would only cost time.
-#[derive(Default)]
-struct PreHashed(u64);
-
-impl Hasher for PreHashed {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 << 8) | u64::from(*b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
 impl Default for MemoryStore {
     fn default() -> Self {
         Self::new()
@@ -124,17 +107,25 @@ impl MemoryStore {
         self.len() == 0
     }
 
-    /// Admits a request against one quota if it fits, taking its units (what
-    /// [`Store::try_admit`] does); `false`, with nothing taken, if it does not.
-    pub fn admit<K: Hash>(&self, key: &K, quota: &QuotaSpec, cost: u64) -> bool {
+    /// The key's hash, the time, and its shard, locked, swept when due.
+    #[inline(always)]
+    fn enter<K: Hash>(&self, key: &K) -> (u64, u64, std::sync::MutexGuard<'_, Shard>) {
         let h = self.inner.hasher.hash_one(key);
         let now = self.inner.clock.now_us();
+        // High bits pick the shard; the map uses the low bits for buckets.
         let shard = &self.inner.shards[((h >> 32) as usize) % SHARDS].0;
         let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
         shard.ops += 1;
         if shard.ops >= SWEEP_EVERY {
             shard.sweep(now);
         }
+        (h, now, shard)
+    }
+
+    /// Admits a request against one quota if it fits, taking its units (what
+    /// [`Store::try_admit`] does); `false`, with nothing taken, if it does not.
+    pub fn admit<K: Hash>(&self, key: &K, quota: &QuotaSpec, cost: u64) -> bool {
+        let (h, now, mut shard) = self.enter(key);
         let slot = slot(h, quota);
         if shard.tats.len() >= self.inner.max_per_shard && !shard.tats.contains_key(&slot) {
             // A full shard and a new key: `check` decides (and counts) that case.
@@ -161,15 +152,7 @@ impl MemoryStore {
 
     /// Decides synchronously (what [`Store::check`] returns as ready).
     pub fn decide<K: Hash>(&self, key: &K, quotas: &[&QuotaSpec], cost: u64) -> Decision {
-        let h = self.inner.hasher.hash_one(key);
-        let now = self.inner.clock.now_us();
-        // High bits pick the shard; the map uses the low bits for buckets.
-        let shard = &self.inner.shards[((h >> 32) as usize) % SHARDS].0;
-        let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
-        shard.ops += 1;
-        if shard.ops >= SWEEP_EVERY {
-            shard.sweep(now);
-        }
+        let (h, now, mut shard) = self.enter(key);
         if let [q] = quotas {
             return shard.decide_one(
                 slot(h, q),
