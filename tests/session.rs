@@ -12,7 +12,7 @@ use tower::util::BoxCloneSyncService;
 use tower::{Layer, ServiceExt};
 use tower_scale::clock::Clock;
 use tower_scale::session::{
-    MemoryStore, RedisSessionStore, Session, SessionError, SessionLayer, SessionStore,
+    MemoryStore, Op, RedisSessionStore, Save, Session, SessionError, SessionLayer, SessionStore,
 };
 
 type App = BoxCloneSyncService<Request<Full<Bytes>>, Response<Full<Bytes>>, Infallible>;
@@ -483,4 +483,129 @@ fn bad_configuration_is_an_error() {
         .host_prefix(true)
         .build();
     assert!(ok.is_ok());
+}
+
+fn life() -> tower_scale::session::Lifetimes {
+    tower_scale::session::Lifetimes {
+        idle: Duration::from_secs(60),
+        absolute: Duration::from_secs(600),
+        touch_every: Duration::from_secs(10),
+    }
+}
+
+fn save(key: &str, ops: Vec<Op>, user: Option<&str>, new: bool) -> Save {
+    Save {
+        key: key.to_owned(),
+        renamed_from: None,
+        ops,
+        user: user.map(str::to_owned),
+        new,
+    }
+}
+
+/// Both stores, raw.
+fn raw_stores() -> Vec<(&'static str, Box<dyn SessionStore>)> {
+    vec![
+        ("memory", Box::new(MemoryStore::new())),
+        ("redis", Box::new(redis_store(&support::redis_url()))),
+    ]
+}
+
+#[tokio::test]
+async fn a_late_write_never_brings_a_session_back() {
+    for (name, store) in raw_stores() {
+        let k = format!("{:064x}", rand_key());
+        assert!(
+            store
+                .save(
+                    save(
+                        &k,
+                        vec![Op::Set("a".into(), "1".into())],
+                        Some("alice"),
+                        true
+                    ),
+                    life()
+                )
+                .await
+                .unwrap()
+        );
+        // Logged out everywhere while another request of the session was running...
+        assert_eq!(store.destroy_user("alice").await.unwrap(), 1, "{name}");
+        // ...whose write arrives now: dropped.
+        let late = save(&k, vec![Op::Increment("visits".into(), 1)], None, false);
+        assert!(!store.save(late, life()).await.unwrap(), "{name}");
+        assert_eq!(
+            store.load(&k, life()).await.unwrap(),
+            None,
+            "{name}: still gone"
+        );
+        assert_eq!(
+            store.destroy_user("alice").await.unwrap(),
+            0,
+            "{name}: nothing left to count"
+        );
+    }
+}
+
+fn rand_key() -> u128 {
+    use std::hash::{BuildHasher, RandomState};
+    let s = RandomState::new();
+    (u128::from(s.hash_one(1u8)) << 64) | u128::from(s.hash_one(2u8))
+}
+
+#[tokio::test]
+async fn increments_are_i64_in_both_stores() {
+    for (name, store) in raw_stores() {
+        let k = format!("{:064x}", rand_key());
+        let ops = vec![
+            Op::Set("max".into(), i64::MAX.to_string()),
+            Op::Set("float".into(), "2.0".into()),
+            Op::Set("sci".into(), "1e300".into()),
+            Op::Set("text".into(), "\"5\"".into()),
+            Op::Increment("max".into(), 1),
+            Op::Increment("float".into(), 1),
+            Op::Increment("sci".into(), 1),
+            Op::Increment("text".into(), 1),
+            Op::Increment("fresh".into(), -3),
+        ];
+        assert!(store.save(save(&k, ops, None, true), life()).await.unwrap());
+        let r = store.load(&k, life()).await.unwrap().unwrap();
+        let v = |f: &str| r.values.get(f).cloned().unwrap();
+        assert_eq!(v("max"), i64::MAX.to_string(), "{name}: saturates");
+        assert_eq!(v("float"), "1", "{name}: not an integer counts as 0");
+        assert_eq!(v("sci"), "1", "{name}");
+        assert_eq!(v("text"), "1", "{name}");
+        assert_eq!(v("fresh"), "-3", "{name}");
+    }
+}
+
+#[tokio::test]
+async fn another_users_login_starts_afresh() {
+    for (name, make) in stores() {
+        let app = make();
+        let mut c = Client::default();
+        c.call(&app, "/login/alice").await;
+        c.call(&app, "/inc").await;
+        assert_eq!(
+            c.call(&app, "/login/bob").await.status,
+            StatusCode::OK,
+            "{name}"
+        );
+        assert_eq!(c.call(&app, "/me").await.body, "bob", "{name}");
+        assert_eq!(
+            c.call(&app, "/visits").await.body,
+            "0",
+            "{name}: nothing of alice's"
+        );
+        // The same user logging in again keeps the session's values.
+        c.call(&app, "/inc").await;
+        c.call(&app, "/login/bob").await;
+        assert_eq!(c.call(&app, "/visits").await.body, "1", "{name}");
+        // An empty user is refused.
+        assert_eq!(
+            c.call(&app, "/login/").await.status,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "{name}"
+        );
+    }
 }

@@ -6,10 +6,10 @@
 //! `LISTEN`, `INSTANCE_ID`, `REDIS_URL`, `PRICING_URL`, `RATE_LIMIT`, `EXPORT_RATE_LIMIT`,
 //! `TRUSTED_PROXIES`, `SESSION_COOKIE_SECURE`, `CACHE_TTL`.
 //!
-//! What this build assembles: latency histograms on every route, per-client rate limits
-//! (shared through Redis when `REDIS_URL` is set), the shared Redis backend, and the
-//! embedded catalogue. Caching, sessions, read/write routing, retries and the circuit
-//! breaker join as their layers land (see CHANGELOG.md).
+//! What this build assembles: latency histograms on every route, per-client rate limits and
+//! sessions (shared through Redis when `REDIS_URL` is set), retries and a circuit breaker
+//! on the price route, and the embedded catalogue. Caching and read/write routing join as
+//! their layers land (see CHANGELOG.md).
 
 mod catalog;
 mod config;
@@ -483,6 +483,8 @@ fn sessions(config: &Config, redis: Option<&RedisBackend>) -> Result<SessionLaye
     };
     builder
         .secure(config.session_cookie_secure)
+        // `__Host-id` whenever the cookie is Secure: no sibling subdomain can plant one.
+        .host_prefix(config.session_cookie_secure)
         .build()
         .map_err(|e| Failure::Config(format!("sessions: {e}")))
 }

@@ -24,7 +24,8 @@ pub enum SessionError {
         /// The cap, in bytes.
         max: usize,
     },
-    /// A key that is empty, longer than 128 bytes, or starts with `$` (reserved).
+    /// A key that is empty, longer than 128 bytes, or starts with `$` (reserved); or a
+    /// user name that is empty or longer than 128 bytes.
     BadKey(String),
     /// A value that does not (de)serialise as JSON.
     Json(serde_json::Error),
@@ -39,7 +40,7 @@ impl fmt::Display for SessionError {
             }
             SessionError::BadKey(k) => write!(
                 f,
-                "session key {k:?} is not allowed (1 to 128 bytes, not starting with `$`)"
+                "session key or user {k:?} is not allowed (1 to 128 bytes; keys not starting with `$`)"
             ),
             SessionError::Json(e) => write!(f, "session value is not valid JSON: {e}"),
         }
@@ -69,14 +70,31 @@ impl SessionError {
     }
 }
 
+impl SessionError {
+    /// What to tell the client: a fixed message per kind (the store's own error text, which
+    /// can name hosts or scripts, goes to logs, not to clients).
+    pub fn public_message(&self) -> &'static str {
+        match self {
+            SessionError::Unavailable(_) => "session store unavailable; try again shortly",
+            SessionError::TooLarge { .. } => "session too large",
+            SessionError::BadKey(_) | SessionError::Json(_) => "session error",
+        }
+    }
+
+    /// `{"error": "<public message>"}`.
+    pub(crate) fn json_body(&self) -> String {
+        serde_json::json!({ "error": self.public_message() }).to_string()
+    }
+}
+
 #[cfg(feature = "axum")]
 impl axum::response::IntoResponse for SessionError {
     fn into_response(self) -> axum::response::Response {
-        let msg = self.to_string().replace('\\', "\\\\").replace('"', "\\\"");
+        tracing::debug!(error = %self, "session error");
         let mut r = (
             self.status(),
             [(http::header::CONTENT_TYPE, "application/json")],
-            format!("{{\"error\":\"{msg}\"}}"),
+            self.json_body(),
         )
             .into_response();
         if matches!(self, SessionError::Unavailable(_)) {
@@ -124,6 +142,8 @@ pub(crate) struct State {
     pub(crate) user: Option<String>,
     pub(crate) destroy: bool,
     pub(crate) log_out_everywhere: bool,
+    /// A login by a different user: the old session ends, a new one starts.
+    pub(crate) replace_old: bool,
 }
 
 impl State {
@@ -166,6 +186,7 @@ impl Session {
                     user: None,
                     destroy: false,
                     log_out_everywhere: false,
+                    replace_old: false,
                 }),
             }),
         }
@@ -312,15 +333,34 @@ impl Session {
     }
 
     /// Logs `user` in: records the owner (for [`log_out_everywhere`]) and gives the session
-    /// a new id, so an id planted before login (fixation) is worthless after it.
+    /// a new id, so an id planted before login (fixation) is worthless after it. If the
+    /// session belonged to another user, it is not carried over: that session ends and a
+    /// fresh one starts, with nothing of the other user's in it.
     ///
     /// [`log_out_everywhere`]: Self::log_out_everywhere
     ///
     /// # Errors
     ///
-    /// The store cannot be read.
+    /// The store cannot be read, or `user` is empty or longer than 128 bytes
+    /// ([`SessionError::BadKey`]).
     pub async fn login(&self, user: &str) -> Result<(), SessionError> {
+        if user.is_empty() || user.len() > 128 {
+            return Err(SessionError::BadKey(user.to_owned()));
+        }
         let mut s = self.loaded().await?;
+        let other = s
+            .loaded
+            .as_ref()
+            .and_then(|l| l.user.as_deref())
+            .is_some_and(|u| u != user);
+        if other {
+            let l = s.loaded.as_mut().expect("loaded");
+            l.values.clear();
+            l.bytes = 0;
+            l.existed = false;
+            s.ops.clear();
+            s.replace_old = true;
+        }
         s.user = Some(user.to_owned());
         s.new_id = Some(SessionId::random());
         self.mark();

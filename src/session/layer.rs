@@ -182,8 +182,9 @@ impl SessionLayerBuilder {
         self
     }
 
-    /// `Max-Age` on the cookie (default none: a browser-session cookie). The server's own
-    /// timeouts apply whatever the cookie says.
+    /// `Max-Age` on the cookie (default none: a browser-session cookie). It is sent when
+    /// the id is issued (a new session, a login, `cycle_id`), so it counts from then, not
+    /// from the last request. The server's own timeouts apply whatever the cookie says.
     pub fn cookie_max_age(mut self, d: Duration) -> Self {
         self.max_age = Some(d);
         self
@@ -261,6 +262,13 @@ impl SessionLayerBuilder {
             return Err(ConfigError::new(
                 "timeout",
                 "session timeouts must be longer than zero",
+            ));
+        }
+        let year = Duration::from_secs(366 * 24 * 3600);
+        if self.life.absolute > year || self.max_age.is_some_and(|d| d > year) {
+            return Err(ConfigError::new(
+                "timeout",
+                "session timeouts and the cookie's Max-Age are at most a year",
             ));
         }
         if self.life.idle > self.life.absolute {
@@ -416,8 +424,8 @@ where
 /// The answer when the session's changes could not be written: the handler's response
 /// would claim a change that did not happen.
 fn failed<B: From<Bytes>>(e: &SessionError) -> Response<B> {
-    let msg = e.to_string().replace('\\', "\\\\").replace('"', "\\\"");
-    let mut r = Response::new(B::from(Bytes::from(format!("{{\"error\":\"{msg}\"}}"))));
+    tracing::debug!(error = %e, "session write failed");
+    let mut r = Response::new(B::from(Bytes::from(e.json_body())));
     *r.status_mut() = e.status();
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -457,6 +465,12 @@ async fn finish(session: &Session) -> Result<Option<HeaderValue>, SessionError> 
         ::metrics::counter!("tower_scale.session.destroyed").increment(1);
         return Ok(Some(config.cookie("", Some(0))));
     }
+    if s.replace_old
+        && let Some(k) = &sent_key
+    {
+        // A login by another user: the old user's session ends here.
+        store.destroy(k).await.map_err(unavailable)?;
+    }
     let Some(id) = s.new_id.clone().or_else(|| s.sent.clone()) else {
         return Ok(None);
     };
@@ -475,7 +489,14 @@ async fn finish(session: &Session) -> Result<Option<HeaderValue>, SessionError> 
         return Ok(None);
     }
     let new = save.new;
-    store.save(save, config.life).await.map_err(unavailable)?;
+    let applied = store.save(save, config.life).await.map_err(unavailable)?;
+    if !applied {
+        // The session ended while this request ran (logout elsewhere, expiry, or a
+        // concurrent login rotated its id): its changes are dropped, not written into a
+        // session brought back to life, and the cookie is cleared.
+        ::metrics::counter!("tower_scale.session.expired").increment(1);
+        return Ok(Some(config.cookie("", Some(0))));
+    }
     ::metrics::counter!("tower_scale.session.saves").increment(1);
     if new {
         ::metrics::counter!("tower_scale.session.created").increment(1);

@@ -16,17 +16,24 @@
 //! - **Lifetimes**: an idle timeout (the store's TTL) and an absolute timeout, both enforced
 //!   by the server whatever the cookie says.
 //! - **Lifecycle**: [`Session::login`] records the user and issues a new id (the id sent
-//!   before login stops working: fixation is useless); [`Session::cycle_id`] does the same
+//!   before login stops working: fixation is useless; a session of another user is not
+//!   carried over); [`Session::cycle_id`] does the same
 //!   for other privilege changes; [`Session::destroy`] logs out;
 //!   [`Session::log_out_everywhere`] ends every session of the user through a per-user
 //!   index.
 //! - **Concurrency**: changes merge per key. Two requests of one session that change
 //!   different keys both keep their changes; for one key the last write wins;
 //!   [`Session::increment`] adds atomically in the store (50 concurrent increments add
-//!   50).
+//!   50; integers are `i64` and saturate). A write that arrives after its session ended
+//!   (logged out, expired, or its id rotated by a concurrent login) is dropped, never
+//!   written into a session brought back. Changes made through a clone of the handle after
+//!   the handler returned (e.g. in a spawned task) are not written.
 //! - **Bad input**: a missing, malformed, forged, unknown, expired or duplicated cookie is
-//!   "no session", never an error; a session that would outgrow `max_bytes` is refused
-//!   with [`SessionError::TooLarge`] (413).
+//!   "no session", never an error (a duplicate can be planted from a sibling subdomain:
+//!   use the `__Host-` prefix where it matters); a request that would make its session
+//!   outgrow `max_bytes` is refused with [`SessionError::TooLarge`] (413). The cap is
+//!   checked against the session as the request sees it, so concurrent requests that add
+//!   different keys can together pass it.
 //! - **Store down**: a handler that needs its session gets [`SessionError::Unavailable`]
 //!   (503 with `Retry-After`); a request that does not touch it is unaffected; a write that
 //!   fails after the handler turns the response into that 503.

@@ -41,12 +41,13 @@ return h
 
 /// KEYS[1] session, KEYS[2] its old key ('' unless the id was cycled).
 /// ARGV: idle (ms), absolute (µs), user ('' for no change), index prefix, old hash, new
-/// hash, then triples (op, key, value): s = set, r = remove, i = increment.
+/// hash, '1' if the session is new, then triples (op, key, value): s = set, r = remove,
+/// i = increment. Returns 0, writing nothing, for a session that is not new and is gone.
 const SAVE: &str = r"
 local now = now_us()
 local key, old = KEYS[1], KEYS[2]
 local idle, abs = ARGV[1], tonumber(ARGV[2])
-local user, idx, oldhash, newhash = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local user, idx, oldhash, newhash, new = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 if old ~= '' and redis.call('EXISTS', old) == 1 then
   redis.call('RENAME', old, key)
   local u = redis.call('HGET', key, '$u')
@@ -57,10 +58,17 @@ if old ~= '' and redis.call('EXISTS', old) == 1 then
 end
 local c = tonumber(redis.call('HGET', key, '$c'))
 if c and now - c >= abs then
+  local u = redis.call('HGET', key, '$u')
+  if u then redis.call('SREM', idx .. tag(u) .. '}', newhash) end
   redis.call('DEL', key)
+  c = nil
 end
-redis.call('HSETNX', key, '$c', now)
-local i = 7
+if c == nil then
+  -- Gone (expired, logged out, or rotated away): only a new session is made here.
+  if new ~= '1' then return 0 end
+  redis.call('HSET', key, '$c', now)
+end
+local i = 8
 while i <= #ARGV do
   local op, k = ARGV[i], 'v:' .. ARGV[i + 1]
   if op == 's' then
@@ -68,9 +76,17 @@ while i <= #ARGV do
   elseif op == 'r' then
     redis.call('HDEL', key, k)
   else
-    local cur = tonumber(redis.call('HGET', key, k)) or 0
-    if cur ~= math.floor(cur) then cur = 0 end
-    redis.call('HSET', key, k, string.format('%d', cur + tonumber(ARGV[i + 2])))
+    -- Integers only, as the Rust side reads them (i64); anything else counts as 0, and
+    -- the sum saturates instead of wrapping.
+    local cur = redis.call('HGET', key, k)
+    if not cur or not string.match(cur, '^%-?%d+$') or #cur > 20 then
+      redis.call('HSET', key, k, '0')
+    end
+    local ok = pcall(redis.call, 'HINCRBY', key, k, ARGV[i + 2])
+    if not ok then
+      local by = ARGV[i + 2]
+      redis.call('HSET', key, k, string.sub(by, 1, 1) == '-' and '-9223372036854775808' or '9223372036854775807')
+    end
   end
   i = i + 3
 end
@@ -78,8 +94,14 @@ if user ~= '' then
   local prev = redis.call('HGET', key, '$u')
   if prev and prev ~= user then redis.call('SREM', idx .. tag(prev) .. '}', newhash) end
   redis.call('HSET', key, '$u', user)
-  redis.call('SADD', idx .. tag(user) .. '}', newhash)
-  redis.call('PEXPIRE', idx .. tag(user) .. '}', math.ceil(abs / 1000))
+  local index = idx .. tag(user) .. '}'
+  -- Prune a few members whose sessions are gone, so the index does not only grow.
+  local head = string.sub(key, 1, #key - #newhash - 1)
+  for _, h in ipairs(redis.call('SRANDMEMBER', index, 3)) do
+    if redis.call('EXISTS', head .. h .. '}') == 0 then redis.call('SREM', index, h) end
+  end
+  redis.call('SADD', index, newhash)
+  redis.call('PEXPIRE', index, math.ceil(abs / 1000))
 end
 redis.call('HSET', key, '$t', now)
 redis.call('PEXPIRE', key, idle)
@@ -95,10 +117,12 @@ return redis.call('DEL', KEYS[1])
 
 /// KEYS[1] the user's index. ARGV: session key prefix.
 const DESTROY_USER: &str = r"
-local members = redis.call('SMEMBERS', KEYS[1])
-for _, h in ipairs(members) do redis.call('DEL', ARGV[1] .. h .. '}') end
+local n = 0
+for _, h in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  n = n + redis.call('DEL', ARGV[1] .. h .. '}')
+end
 redis.call('DEL', KEYS[1])
-return #members
+return n
 ";
 
 /// Sessions in Redis: one hash per session under `{prefix}:sess:{SHA-256 of the id}`, with
@@ -223,7 +247,7 @@ impl SessionStore for RedisSessionStore {
         })
     }
 
-    fn save(&self, save: Save, life: Lifetimes) -> StoreFuture<()> {
+    fn save(&self, save: Save, life: Lifetimes) -> StoreFuture<bool> {
         let this = self.clone();
         Box::pin(async move {
             let old = save.renamed_from.as_deref().map(|h| this.key(h));
@@ -234,7 +258,8 @@ impl SessionStore for RedisSessionStore {
                 .arg(save.user.as_deref().unwrap_or(""))
                 .arg(&*this.index_head)
                 .arg(save.renamed_from.as_deref().unwrap_or(""))
-                .arg(&save.key);
+                .arg(&save.key)
+                .arg(if save.new { "1" } else { "0" });
             for op in &save.ops {
                 match op {
                     Op::Set(k, v) => inv.arg("s").arg(k).arg(v),
@@ -242,8 +267,8 @@ impl SessionStore for RedisSessionStore {
                     Op::Increment(k, by) => inv.arg("i").arg(k).arg(*by),
                 };
             }
-            let _: i64 = this.backend.invoke("session_save", &inv).await?;
-            Ok(())
+            let applied: i64 = this.backend.invoke("session_save", &inv).await?;
+            Ok(applied == 1)
         })
     }
 

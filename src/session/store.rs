@@ -69,9 +69,10 @@ pub trait SessionStore: Send + Sync + 'static {
     /// `touch_every`, in the same call.
     fn load(&self, key: &str, life: Lifetimes) -> StoreFuture<Option<Record>>;
 
-    /// Applies `save`, and sets the idle expiry. A session that expired meanwhile is
-    /// created again with the changes: writes are never silently dropped.
-    fn save(&self, save: Save, life: Lifetimes) -> StoreFuture<()>;
+    /// Applies `save` and sets the idle expiry. Returns `false`, applying nothing, if the
+    /// session is not new and no longer exists (it expired, was logged out, or its id was
+    /// rotated by a concurrent request): a late write must not bring a session back.
+    fn save(&self, save: Save, life: Lifetimes) -> StoreFuture<bool>;
 
     /// Deletes the session under `key` (logout).
     fn destroy(&self, key: &str) -> StoreFuture<()>;
@@ -180,10 +181,12 @@ impl Mem {
         Some(e)
     }
 
-    /// Drops expired sessions every 1,024 operations, and makes room when full.
+    /// Drops expired sessions every 1,024 operations, and makes room when full: a full
+    /// store evicts, among a few sessions it looks at, the one closest to expiry, anonymous
+    /// sessions before logged-in ones, so each save does bounded work.
     fn upkeep(&mut self, now: u64, life: Lifetimes, max: usize) {
         self.ops += 1;
-        if self.ops.is_multiple_of(1024) || self.sessions.len() >= max {
+        if self.ops.is_multiple_of(1024) {
             let dead: Vec<String> = self
                 .sessions
                 .iter()
@@ -200,7 +203,8 @@ impl Mem {
             let Some(k) = self
                 .sessions
                 .iter()
-                .min_by_key(|(_, e)| e.expires_us)
+                .take(16)
+                .min_by_key(|(_, e)| (e.record.user.is_some(), e.expires_us))
                 .map(|(k, _)| k.clone())
             else {
                 break;
@@ -228,28 +232,32 @@ impl SessionStore for MemoryStore {
         Box::pin(std::future::ready(Ok(out)))
     }
 
-    fn save(&self, save: Save, life: Lifetimes) -> StoreFuture<()> {
+    fn save(&self, save: Save, life: Lifetimes) -> StoreFuture<bool> {
         let now = self.clock.now_us();
         let mut m = self.lock();
-        let mut entry = save
+        let from_old = save
             .renamed_from
             .as_deref()
             .filter(|old| m.alive(old, now, life))
-            .and_then(|old| m.remove(old))
-            .or_else(|| {
-                if m.alive(&save.key, now, life) {
-                    m.remove(&save.key)
-                } else {
-                    m.remove(&save.key);
-                    None
-                }
-            })
-            .unwrap_or_else(|| Entry {
+            .and_then(|old| m.remove(old));
+        let current = match from_old {
+            Some(e) => Some(e),
+            None if m.alive(&save.key, now, life) => m.remove(&save.key),
+            None => {
+                m.remove(&save.key);
+                None
+            }
+        };
+        let mut entry = match current {
+            Some(e) => e,
+            None if save.new => Entry {
                 record: Record::default(),
                 created_us: now,
                 touched_us: now,
                 expires_us: now,
-            });
+            },
+            None => return Box::pin(std::future::ready(Ok(false))),
+        };
         m.upkeep(now, life, self.max);
         for op in save.ops {
             match op {
@@ -285,7 +293,7 @@ impl SessionStore for MemoryStore {
                 .insert(save.key.clone());
         }
         m.sessions.insert(save.key, entry);
-        Box::pin(std::future::ready(Ok(())))
+        Box::pin(std::future::ready(Ok(true)))
     }
 
     fn destroy(&self, key: &str) -> StoreFuture<()> {
