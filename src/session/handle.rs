@@ -9,8 +9,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::id::{RawCookies, SessionId};
-use super::layer::Config;
-use super::store::{Op, Record, SessionStore};
+use super::layer::Shared;
+use super::store::{Op, Record};
 use crate::StoreUnavailable;
 
 /// What went wrong with a session.
@@ -116,8 +116,8 @@ pub struct Session {
 }
 
 pub(crate) struct Inner {
-    pub(crate) config: Arc<Config>,
-    pub(crate) store: Arc<dyn SessionStore>,
+    /// The layer's settings and store, behind one reference count.
+    pub(crate) shared: Arc<Shared>,
     /// Set by anything that will need a write: the layer's fast check after the handler.
     pub(crate) dirty: AtomicBool,
     pub(crate) state: tokio::sync::Mutex<State>,
@@ -171,11 +171,10 @@ fn check_key(key: &str) -> Result<(), SessionError> {
 }
 
 impl Session {
-    pub(crate) fn new(config: Arc<Config>, store: Arc<dyn SessionStore>, raw: RawCookies) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>, raw: RawCookies) -> Self {
         Session {
             inner: Arc::new(Inner {
-                config,
-                store,
+                shared,
                 dirty: AtomicBool::new(false),
                 state: tokio::sync::Mutex::new(State {
                     raw: Some(raw),
@@ -195,13 +194,14 @@ impl Session {
     async fn loaded(&self) -> Result<tokio::sync::MutexGuard<'_, State>, SessionError> {
         let mut s = self.inner.state.lock().await;
         if s.loaded.is_none() {
-            s.resolve(&self.inner.config.cookie_name);
+            s.resolve(&self.inner.shared.config.cookie_name);
             let record = match &s.sent {
                 Some(id) => {
                     let key = id.storage_key();
                     self.inner
+                        .shared
                         .store
-                        .load(&key, self.inner.config.life)
+                        .load(&key, self.inner.shared.config.life)
                         .await
                         .map_err(|e| {
                             ::metrics::counter!("tower_scale.session.store_errors").increment(1);
@@ -264,7 +264,7 @@ impl Session {
         check_key(key)?;
         let json = serde_json::to_string(value).map_err(SessionError::Json)?;
         let mut s = self.loaded().await?;
-        let max = self.inner.config.max_bytes;
+        let max = self.inner.shared.config.max_bytes;
         let l = s.loaded.as_mut().expect("loaded");
         let old = l.values.get(key).map_or(0, |v| key.len() + v.len());
         let bytes = l.bytes - old + key.len() + json.len();

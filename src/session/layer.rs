@@ -67,17 +67,21 @@ impl Config {
     }
 }
 
+/// The settings and the store, shared by the layer and every session handle.
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) store: Box<dyn SessionStore>,
+}
+
 /// Gives every request a lazily loaded [`Session`]. Built by [`SessionLayer::builder`].
 pub struct SessionLayer {
-    config: Arc<Config>,
-    store: Arc<dyn SessionStore>,
+    shared: Arc<Shared>,
 }
 
 impl Clone for SessionLayer {
     fn clone(&self) -> Self {
         Self {
-            config: Arc::clone(&self.config),
-            store: Arc::clone(&self.store),
+            shared: Arc::clone(&self.shared),
         }
     }
 }
@@ -85,7 +89,7 @@ impl Clone for SessionLayer {
 impl fmt::Debug for SessionLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SessionLayer")
-            .field("config", &self.config)
+            .field("config", &self.shared.config)
             .finish_non_exhaustive()
     }
 }
@@ -97,7 +101,7 @@ impl SessionLayer {
     /// session.
     pub fn builder(store: impl SessionStore) -> SessionLayerBuilder {
         SessionLayerBuilder {
-            store: Arc::new(store),
+            store: Box::new(store),
             cookie_name: "id".into(),
             host_prefix: false,
             secure: true,
@@ -118,7 +122,7 @@ impl SessionLayer {
 /// Builds a [`SessionLayer`].
 #[must_use]
 pub struct SessionLayerBuilder {
-    store: Arc<dyn SessionStore>,
+    store: Box<dyn SessionStore>,
     cookie_name: String,
     host_prefix: bool,
     secure: bool,
@@ -286,17 +290,19 @@ impl SessionLayerBuilder {
             self.cookie_name
         };
         Ok(SessionLayer {
-            config: Arc::new(Config {
-                cookie_name,
-                secure: self.secure,
-                same_site: self.same_site,
-                domain: self.domain,
-                path: self.path,
-                max_age: self.max_age,
-                life: self.life,
-                max_bytes: self.max_bytes,
+            shared: Arc::new(Shared {
+                config: Config {
+                    cookie_name,
+                    secure: self.secure,
+                    same_site: self.same_site,
+                    domain: self.domain,
+                    path: self.path,
+                    max_age: self.max_age,
+                    life: self.life,
+                    max_bytes: self.max_bytes,
+                },
+                store: self.store,
             }),
-            store: self.store,
         })
     }
 }
@@ -344,10 +350,10 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let config = &self.layer.config;
+        let shared = &self.layer.shared;
         // Kept raw: parsed only if the handler uses its session.
-        let raw = RawCookies::from_headers(req.headers(), &config.cookie_name);
-        let session = Session::new(Arc::clone(config), Arc::clone(&self.layer.store), raw);
+        let raw = RawCookies::from_headers(req.headers(), &shared.config.cookie_name);
+        let session = Session::new(Arc::clone(shared), raw);
         req.extensions_mut().insert(session.clone());
         ResponseFuture {
             state: State::Calling {
@@ -439,8 +445,8 @@ fn failed<B: From<Bytes>>(e: &SessionError) -> Response<B> {
 /// Writes what the request changed; returns the `Set-Cookie` to send, if any.
 async fn finish(session: &Session) -> Result<Option<HeaderValue>, SessionError> {
     let inner = &session.inner;
-    let config = &inner.config;
-    let store = &inner.store;
+    let config = &inner.shared.config;
+    let store = &inner.shared.store;
     let mut s = inner.state.lock().await;
     s.resolve(&config.cookie_name);
     let sent_key = s.sent.as_ref().map(SessionId::storage_key);
