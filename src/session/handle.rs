@@ -198,15 +198,16 @@ impl Session {
             let record = match &s.sent {
                 Some(id) => {
                     let key = id.storage_key();
-                    self.inner
-                        .shared
-                        .store
-                        .load(&key, self.inner.shared.config.life)
-                        .await
-                        .map_err(|e| {
-                            ::metrics::counter!("tower_scale.session.store_errors").increment(1);
-                            SessionError::Unavailable(e)
-                        })?
+                    let shared = &self.inner.shared;
+                    let life = shared.config.life;
+                    let answer = match shared.store.load_now(&key, life) {
+                        Some(answer) => answer,
+                        None => shared.store.load(&key, life).await,
+                    };
+                    answer.map_err(|e| {
+                        ::metrics::counter!("tower_scale.session.store_errors").increment(1);
+                        SessionError::Unavailable(e)
+                    })?
                 }
                 None => None,
             };

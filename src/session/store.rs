@@ -69,6 +69,17 @@ pub trait SessionStore: Send + Sync + 'static {
     /// `touch_every`, in the same call.
     fn load(&self, key: &str, life: Lifetimes) -> StoreFuture<Option<Record>>;
 
+    /// [`load`](Self::load) for stores that answer without waiting (in-process ones):
+    /// `Some` answer, and no future to box. The default, `None`, means "call `load`".
+    fn load_now(
+        &self,
+        key: &str,
+        life: Lifetimes,
+    ) -> Option<Result<Option<Record>, StoreUnavailable>> {
+        let _ = (key, life);
+        None
+    }
+
     /// Applies `save` and sets the idle expiry. Returns `false`, applying nothing, if the
     /// session is not new and no longer exists (it expired, was logged out, or its id was
     /// rotated by a concurrent request): a late write must not bring a session back.
@@ -152,6 +163,22 @@ impl MemoryStore {
         self.len() == 0
     }
 
+    fn load_sync(&self, key: &str, life: Lifetimes) -> Option<Record> {
+        let now = self.clock.now_us();
+        let mut m = self.lock();
+        if m.alive(key, now, life) {
+            let e = m.sessions.get_mut(key).expect("alive");
+            if now.saturating_sub(e.touched_us) >= us(life.touch_every) {
+                e.touched_us = now;
+                e.expires_us = now.saturating_add(us(life.idle));
+            }
+            Some(e.record.clone())
+        } else {
+            m.remove(key);
+            None
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Mem> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -216,20 +243,15 @@ impl Mem {
 
 impl SessionStore for MemoryStore {
     fn load(&self, key: &str, life: Lifetimes) -> StoreFuture<Option<Record>> {
-        let now = self.clock.now_us();
-        let mut m = self.lock();
-        let out = if m.alive(key, now, life) {
-            let e = m.sessions.get_mut(key).expect("alive");
-            if now.saturating_sub(e.touched_us) >= us(life.touch_every) {
-                e.touched_us = now;
-                e.expires_us = now.saturating_add(us(life.idle));
-            }
-            Some(e.record.clone())
-        } else {
-            m.remove(key);
-            None
-        };
-        Box::pin(std::future::ready(Ok(out)))
+        Box::pin(std::future::ready(Ok(self.load_sync(key, life))))
+    }
+
+    fn load_now(
+        &self,
+        key: &str,
+        life: Lifetimes,
+    ) -> Option<Result<Option<Record>, StoreUnavailable>> {
+        Some(Ok(self.load_sync(key, life)))
     }
 
     fn save(&self, save: Save, life: Lifetimes) -> StoreFuture<bool> {
