@@ -70,6 +70,18 @@ pub fn format_duration(d: Duration) -> String {
     format!("{ms}ms")
 }
 
+/// Whole microseconds, saturating at `u64::MAX` (`as_micros` is u128): how the in-process
+/// state machines and the Redis scripts count time.
+#[cfg(any(
+    feature = "rate-limit",
+    feature = "circuit-breaker",
+    feature = "retry",
+    feature = "session"
+))]
+pub(crate) fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,6 +13,7 @@ use super::service::CircuitBreaker;
 use crate::ConfigError;
 use crate::classify::HttpClassifier;
 use crate::clock::Clock;
+use crate::duration::micros;
 use crate::prehashed::PreHashed;
 
 /// Which breaker a request goes through.
@@ -398,10 +399,6 @@ impl<K, C> fmt::Debug for CircuitBreakerLayerBuilder<K, C> {
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
-}
-
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 impl<K, C> CircuitBreakerLayerBuilder<K, C> {

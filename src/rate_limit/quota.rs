@@ -162,7 +162,7 @@ impl Quota {
     }
 
     pub(crate) fn gcra(&self) -> Gcra {
-        let period_us = u64::try_from(self.period.as_micros()).unwrap_or(u64::MAX);
+        let period_us = crate::duration::micros(self.period);
         Gcra::new(u64::from(self.limit), period_us, u64::from(self.burst))
     }
 }

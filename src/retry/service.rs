@@ -22,6 +22,7 @@ use super::body::ReplayBody;
 use super::budget::RetryBudget;
 use crate::ConfigError;
 use crate::classify::{Class, Classify, HttpClassifier};
+use crate::duration::micros;
 
 /// A boxed error, for a request body that failed while it was being buffered.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -274,11 +275,10 @@ impl<C> RetryLayerBuilder<C> {
                 "deadlines and timeouts must be longer than zero",
             ));
         }
-        let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
         Ok(Shared {
             max_attempts: self.max_attempts,
-            base_us: us(self.base),
-            max_backoff_us: us(self.max_backoff),
+            base_us: micros(self.base),
+            max_backoff_us: micros(self.max_backoff),
             deadline: self.deadline,
             attempt_timeout: self.attempt_timeout,
             retry_after_cap: self.retry_after_cap,

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::store::{Lifetimes, Op, Record, Save, SessionStore, StoreFuture};
+use crate::duration::micros as us;
 use crate::redis::{RedisBackend, Script, Value, cmd};
 
 /// Lua's side of the key escaping (`escape_key_part`): `%`, `{`, `}` percent-encoded.
@@ -157,10 +158,6 @@ impl fmt::Debug for RedisSessionStore {
 
 fn script(body: &str) -> Script {
     Script::new(&format!("{ESCAPE}{body}"))
-}
-
-fn us(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 fn ms(d: Duration) -> u64 {

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::clock::Clock;
+use crate::duration::micros as us;
 use crate::{ConfigError, StoreUnavailable};
 
 /// A store call's future.
@@ -182,10 +183,6 @@ impl MemoryStore {
     fn lock(&self) -> std::sync::MutexGuard<'_, Mem> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
-}
-
-fn us(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 impl Mem {
