@@ -756,3 +756,39 @@ async fn healthy_hosts_make_room_for_new_ones() {
     assert_eq!(handle.state_of("forced.example"), State::Open);
     assert_eq!(handle.state(), State::Closed);
 }
+
+#[tokio::test]
+async fn breakers_keyed_by_a_crate_key_extractor() {
+    use tower_scale::circuit_breaker::ByKey;
+    use tower_scale::key::HeaderKey;
+    let layer = CircuitBreakerLayer::builder()
+        .key(ByKey(HeaderKey::named("x-tenant").unwrap()))
+        .minimum_calls(2)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(tower::service_fn(|req: Request<()>| async move {
+        let bad = req.headers().get("x-tenant").is_some_and(|t| t == "noisy");
+        Ok::<_, Infallible>(status(if bad { 500 } else { 200 }))
+    }));
+    let req = |tenant: &str| {
+        Request::get("/")
+            .header("x-tenant", tenant)
+            .body(())
+            .unwrap()
+    };
+    for _ in 0..2 {
+        let _ = svc.ready().await.unwrap().call(req("noisy")).await;
+    }
+    assert!(matches!(
+        svc.ready().await.unwrap().call(req("noisy")).await,
+        Err(BreakerError::Open(_))
+    ));
+    let r = svc.ready().await.unwrap().call(req("quiet")).await.unwrap();
+    assert_eq!(r.status(), 200, "another tenant's breaker is closed");
+    assert_eq!(
+        handle.state(),
+        State::Closed,
+        "the shared breaker was not tripped"
+    );
+}

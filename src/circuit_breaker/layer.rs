@@ -14,6 +14,7 @@ use crate::ConfigError;
 use crate::classify::HttpClassifier;
 use crate::clock::Clock;
 use crate::duration::micros;
+use crate::key::KeyExtractor;
 use crate::prehashed::PreHashed;
 
 /// Which breaker a request goes through.
@@ -64,6 +65,25 @@ impl<B> BreakerKey<http::Request<B>> for PerHost {
                 .get(http::header::HOST)
                 .and_then(|h| h.to_str().ok()),
         }
+    }
+}
+
+/// Keys breakers with one of the crate's [`KeyExtractor`]s, the same ones the rate
+/// limiter uses: [`HeaderKey`](crate::key::HeaderKey) for a tenant header,
+/// [`ClientIp`](crate::key::ClientIp), [`RouteKey`](crate::key::RouteKey) for one breaker
+/// per route of an inbound service. A request the extractor cannot key shares the layer's
+/// breaker.
+#[derive(Debug, Clone)]
+pub struct ByKey<K>(pub K);
+
+impl<K: KeyExtractor, B> BreakerKey<http::Request<B>> for ByKey<K> {
+    type Key<'a>
+        = K::Key
+    where
+        B: 'a;
+
+    fn key(&self, req: &http::Request<B>) -> Option<K::Key> {
+        self.0.extract(req).ok()
     }
 }
 

@@ -16,8 +16,9 @@
 //! dropped) frees its place for another.
 //!
 //! Breakers are per key: [`PerHost`] (the default) keeps one per upstream host (the URI's
-//! authority as written, port included), [`Single`] one for every request, [`key_fn`]
-//! anything else. Keyed breakers are bounded ([`max_keys`], default 10,000): a full map
+//! authority as written, port included), [`Single`] one for every request, [`ByKey`] any
+//! of the crate's [`KeyExtractor`](crate::key::KeyExtractor)s (a tenant header, the route),
+//! [`key_fn`] anything else. Keyed breakers are bounded ([`max_keys`], default 10,000): a full map
 //! drops the breakers that hold nothing against their host, and a key that still does not
 //! fit shares the layer's own breaker.
 //!
@@ -91,8 +92,8 @@ mod service;
 
 pub use self::core::{State, Window};
 pub use layer::{
-    BreakerKey, CircuitBreakerHandle, CircuitBreakerLayer, CircuitBreakerLayerBuilder, KeyFn,
-    NoRoom, PerHost, Single, key_fn,
+    BreakerKey, ByKey, CircuitBreakerHandle, CircuitBreakerLayer, CircuitBreakerLayerBuilder,
+    KeyFn, NoRoom, PerHost, Single, key_fn,
 };
 pub use service::{
     BreakerError, CircuitBreaker, CircuitOpen, OpenAs503, OpenAs503Future, OpenAs503Layer,
