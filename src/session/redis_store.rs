@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::store::{Lifetimes, Op, Record, Save, SessionStore, StoreFuture};
 use crate::duration::micros as us;
-use crate::redis::{RedisBackend, Script, Value, cmd};
+use crate::redis::{RedisBackend, Script, Value};
 
 /// Lua's side of the key escaping (`escape_key_part`): `%`, `{`, `}` percent-encoded.
 const ESCAPE: &str = r"
@@ -182,28 +182,6 @@ impl RedisSessionStore {
 
     fn key(&self, hash: &str) -> String {
         format!("{}{hash}}}", self.session_head)
-    }
-
-    /// The storage keys of the live sessions in Redis under this prefix (for tests and
-    /// operations: it scans, so keep it off hot paths).
-    #[doc(hidden)]
-    pub async fn raw_contents(
-        &self,
-    ) -> Result<Vec<(String, Vec<(String, String)>)>, crate::StoreUnavailable> {
-        let pattern = format!("{}*", self.session_head.replace('[', "\\["));
-        let keys: Vec<String> = self
-            .backend
-            .query("session_scan", cmd("KEYS").arg(pattern))
-            .await?;
-        let mut out = Vec::new();
-        for k in keys {
-            let fields: Vec<(String, String)> = self
-                .backend
-                .query("session_scan", cmd("HGETALL").arg(&k))
-                .await?;
-            out.push((k, fields));
-        }
-        Ok(out)
     }
 }
 
