@@ -12,7 +12,8 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::service::{
-    Failed, RetryError, Shared, attempt_timer, deadline_timer, expired, next_delay,
+    Failed, RetryError, Shared, answer, attempt_timer, backoff, deadline_timer, expired,
+    poll_attempt,
 };
 use crate::classify::{Class, Classify, ErrorIsFailure};
 
@@ -170,47 +171,20 @@ where
                     this.state.set(AnyState::Calling { fut, timer });
                 }
                 AnyStateProj::Calling { fut, timer } => {
-                    let res = match fut.poll(cx) {
-                        Poll::Ready(res) => Some(res),
-                        Poll::Pending => {
-                            let expired = timer
-                                .as_mut()
-                                .is_some_and(|t| t.as_mut().poll(cx).is_ready());
-                            if !expired {
-                                return Poll::Pending;
-                            }
-                            None
-                        }
-                    };
+                    let res = ready!(poll_attempt(fut, timer, cx));
                     let shared = &**this.shared;
                     let failed = match &res {
                         None => Failed::TimedOut,
                         Some(r) => match shared.classifier.classify(r.as_ref()) {
-                            Class::Success => {
-                                return Poll::Ready(
-                                    res.expect("present").map_err(RetryError::Inner),
-                                );
-                            }
+                            Class::Success => return Poll::Ready(answer(res)),
                             Class::Failure if r.is_ok() => Failed::Status(None),
                             Class::Failure => Failed::Error,
                         },
                     };
                     let replayable = this.template.is_some();
-                    match next_delay(shared, replayable, *this.attempt, *this.started, &failed) {
-                        Some(delay) => {
-                            drop(res);
-                            *this.attempt += 1;
-                            shared.count(&shared.retried, "tower_scale.retry.retries");
-                            this.state.set(AnyState::Backoff {
-                                sleep: Box::pin(tokio::time::sleep(delay)),
-                            });
-                        }
-                        None => {
-                            return Poll::Ready(match res {
-                                Some(r) => r.map_err(RetryError::Inner),
-                                None => Err(RetryError::TimedOut),
-                            });
-                        }
+                    match backoff(shared, replayable, this.attempt, *this.started, &failed) {
+                        Some(sleep) => this.state.set(AnyState::Backoff { sleep }),
+                        None => return Poll::Ready(answer(res)),
                     }
                 }
                 AnyStateProj::Backoff { sleep } => {

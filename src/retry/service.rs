@@ -594,18 +594,7 @@ where
                     this.state.set(State::Calling { fut, timer });
                 }
                 StateProj::Calling { fut, timer } => {
-                    let res = match fut.poll(cx) {
-                        Poll::Ready(res) => Some(res),
-                        Poll::Pending => {
-                            let expired = timer
-                                .as_mut()
-                                .is_some_and(|t| t.as_mut().poll(cx).is_ready());
-                            if !expired {
-                                return Poll::Pending;
-                            }
-                            None
-                        }
-                    };
+                    let res = ready!(poll_attempt(fut, timer, cx));
                     let shared = &**this.shared;
                     let failed = match &res {
                         None => Failed::TimedOut,
@@ -617,48 +606,25 @@ where
                                 .is_some()
                             {
                                 // The breaker refused: an answer, not a failure to retry.
-                                return Poll::Ready(
-                                    res.expect("present").map_err(RetryError::Inner),
-                                );
+                                return Poll::Ready(answer(res));
                             }
                             if shared.classifier.classify(Ok(resp)) == Class::Success {
-                                return Poll::Ready(
-                                    res.expect("present").map_err(RetryError::Inner),
-                                );
+                                return Poll::Ready(answer(res));
                             }
                             Failed::Status(retry_after(resp.headers()))
                         }
                         Some(Err(e)) => {
                             if shared.classifier.classify(Err(e)) == Class::Success {
-                                return Poll::Ready(
-                                    res.expect("present").map_err(RetryError::Inner),
-                                );
+                                return Poll::Ready(answer(res));
                             }
                             Failed::Error
                         }
                     };
-                    match next_delay(
-                        shared,
-                        this.template.is_some(),
-                        *this.attempt,
-                        *this.started,
-                        &failed,
-                    ) {
-                        Some(delay) => {
-                            // Drop the failed attempt (and its body) before waiting.
-                            drop(res);
-                            *this.attempt += 1;
-                            shared.count(&shared.retried, "tower_scale.retry.retries");
-                            this.state.set(State::Backoff {
-                                sleep: Box::pin(tokio::time::sleep(delay)),
-                            });
-                        }
-                        None => {
-                            return Poll::Ready(match res {
-                                Some(r) => r.map_err(RetryError::Inner),
-                                None => Err(RetryError::TimedOut),
-                            });
-                        }
+                    let replayable = this.template.is_some();
+                    match backoff(shared, replayable, this.attempt, *this.started, &failed) {
+                        // The failed attempt (and its body) is dropped before the wait.
+                        Some(sleep) => this.state.set(State::Backoff { sleep }),
+                        None => return Poll::Ready(answer(res)),
                     }
                 }
                 StateProj::Backoff { sleep } => {
@@ -679,8 +645,52 @@ where
     }
 }
 
+/// Polls an attempt against its timer: `Ready(None)` if the timer ran out first.
+#[inline]
+pub(crate) fn poll_attempt<F: Future>(
+    fut: Pin<&mut F>,
+    timer: &mut Option<Pin<Box<Sleep>>>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<F::Output>> {
+    match fut.poll(cx) {
+        Poll::Ready(res) => Poll::Ready(Some(res)),
+        Poll::Pending
+            if timer
+                .as_mut()
+                .is_some_and(|t| t.as_mut().poll(cx).is_ready()) =>
+        {
+            Poll::Ready(None)
+        }
+        Poll::Pending => Poll::Pending,
+    }
+}
+
+/// The last attempt's result as the caller gets it (`None`: it timed out).
+#[inline]
+pub(crate) fn answer<T, E>(res: Option<Result<T, E>>) -> Result<T, RetryError<E>> {
+    match res {
+        Some(r) => r.map_err(RetryError::Inner),
+        None => Err(RetryError::TimedOut),
+    }
+}
+
+/// After a failed attempt: the wait before the next one (the attempt and the retry
+/// counted), or `None` to stop and answer with this one.
+pub(crate) fn backoff<C>(
+    shared: &Shared<C>,
+    replayable: bool,
+    attempt: &mut u32,
+    started: Option<Instant>,
+    failed: &Failed,
+) -> Option<Pin<Box<Sleep>>> {
+    let delay = next_delay(shared, replayable, *attempt, started, failed)?;
+    *attempt += 1;
+    shared.count(&shared.retried, "tower_scale.retry.retries");
+    Some(Box::pin(tokio::time::sleep(delay)))
+}
+
 /// How long to wait before the next attempt, or `None` to stop here.
-pub(crate) fn next_delay<C>(
+fn next_delay<C>(
     shared: &Shared<C>,
     replayable: bool,
     attempt: u32,
