@@ -64,11 +64,14 @@ mod builder;
 #[cfg(feature = "circuit-breaker")]
 pub mod circuit_breaker;
 pub mod classify;
+#[cfg(feature = "cache")]
+pub mod cache;
 #[cfg(any(
     feature = "rate-limit",
     feature = "circuit-breaker",
     feature = "retry",
-    feature = "session"
+    feature = "session",
+    feature = "cache"
 ))]
 pub mod clock;
 mod duration;

@@ -65,6 +65,8 @@ pub struct RedisBackend {
 
 struct Inner {
     conn: ConnectionManager,
+    client: Client,
+    connect_timeout: Duration,
     prefix: String,
     timeout: Duration,
     address: String,
@@ -223,6 +225,35 @@ impl RedisBackend {
         .await
     }
 
+    /// A new dedicated connection subscribed to `channel` (a name from
+    /// [`channel`](Self::channel)), for listeners such as the cache's invalidation
+    /// subscriber. Pub/sub needs a connection of its own: the shared multiplexed one keeps
+    /// serving commands.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreUnavailable`] if the connection or the `SUBSCRIBE` does not complete within
+    /// the connect timeout plus the call timeout.
+    pub async fn subscribe(&self, channel: &str) -> Result<::redis::aio::PubSub, StoreUnavailable> {
+        let limit = self.inner.connect_timeout + self.inner.timeout;
+        let fut = async {
+            let mut pubsub = self.inner.client.get_async_pubsub().await?;
+            pubsub.subscribe(channel).await?;
+            Ok::<_, ::redis::RedisError>(pubsub)
+        };
+        match tokio::time::timeout(limit, fut).await {
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(e)) => Err(StoreUnavailable::backend(e)),
+            Err(_) => Err(StoreUnavailable::timeout(limit)),
+        }
+    }
+
+    /// The pub/sub channel `{prefix}:{name}`, so applications sharing a Redis under
+    /// different prefixes do not hear each other.
+    pub fn channel(&self, name: &str) -> String {
+        format!("{}:{}", self.inner.prefix, escape_key_part(name))
+    }
+
     /// Sends `PING` and returns the round-trip time.
     ///
     /// # Errors
@@ -327,7 +358,7 @@ impl RedisBackendBuilder {
             // Reconnect attempts back off up to a second; callers are bounded by `timeout`.
             .set_number_of_retries(3)
             .set_max_delay(Duration::from_secs(1));
-        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| {
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(|e| {
             ConfigError::new(
                 "redis_url",
                 format!("cannot create the Redis connection: {e}"),
@@ -336,6 +367,8 @@ impl RedisBackendBuilder {
         Ok(RedisBackend {
             inner: Arc::new(Inner {
                 conn,
+                client,
+                connect_timeout: self.connect_timeout,
                 prefix: self.prefix,
                 timeout: self.timeout,
                 address,

@@ -1,0 +1,525 @@
+//! The Redis tier: entries as hashes read and written by Lua scripts (one round trip
+//! each, Redis `TIME` as the clock), per-key generations and tag versions as fences, and
+//! the pub/sub subscriber that carries invalidations to every instance's L1.
+//!
+//! Layout (prefix `p`): entry `p:cache:{key}` (hash: `v` value, `f` fresh until, `w` end
+//! of stale-while-revalidate, `i` end of stale-if-error, `c` stored at, all Redis ms, `t`
+//! tags as JSON), generation `p:cache:{key}:g`, tag version `p:cache-tag:{tag}`, prefix
+//! generation `p:cache-meta:{prefix-gen}`, channel `p:cache-invalidations`. The scripts
+//! read the tag keys beside the entry, so the tier needs one Redis node (as the backend
+//! does), not Cluster.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+use super::engine::{Entry, Inner, Lifetimes};
+use crate::StoreUnavailable;
+use crate::redis::{RedisBackend, Script, Value, cmd};
+
+/// After an L2 failure, skip L2 for this long so a dead Redis costs one timeout, not one
+/// per miss.
+const L2_BACKOFF_US: u64 = 500_000;
+/// Generation keys outlive any load; tag versions outlive any entry (entries are capped
+/// at half of it), so an expired version can never make an old entry valid again.
+const GEN_TTL_MS: u64 = 24 * 3600 * 1000;
+const TAG_TTL_MS: u64 = 30 * 24 * 3600 * 1000;
+const MAX_ENTRY_MS: u64 = TAG_TTL_MS / 2;
+
+const GET: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {false, 0, 0, 0, 0, '', redis.call('GET', KEYS[2]) or '0', redis.call('GET', KEYS[3]) or '0'}
+for i = 4, #KEYS do out[#out + 1] = redis.call('GET', KEYS[i]) or '0' end
+local h = redis.call('HMGET', KEYS[1], 'v', 'f', 'w', 'i', 'c', 't')
+if h[1] then
+  local ok = true
+  if h[6] and h[6] ~= '[]' then
+    for _, tv in ipairs(cjson.decode(h[6])) do
+      if (redis.call('GET', tv[3]) or '0') ~= tv[2] then ok = false end
+    end
+  end
+  if ok then
+    out[1] = h[1]
+    out[2] = tonumber(h[2]) - now
+    out[3] = tonumber(h[3]) - now
+    out[4] = tonumber(h[4]) - now
+    out[5] = now - tonumber(h[5])
+    out[6] = h[6]
+  end
+end
+return out
+";
+
+const SET: &str = r"
+if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[5] then return 0 end
+if (redis.call('GET', KEYS[3]) or '0') ~= ARGV[6] then return 0 end
+for i = 4, #KEYS do
+  if (redis.call('GET', KEYS[i]) or '0') ~= ARGV[i + 4] then return 0 end
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local f = now + tonumber(ARGV[2])
+local w = f + tonumber(ARGV[3])
+local i = f + tonumber(ARGV[4])
+redis.call('HSET', KEYS[1], 'v', ARGV[1], 'f', f, 'w', w, 'i', i, 'c', now, 't', ARGV[7])
+redis.call('PEXPIRE', KEYS[1], math.max(1, math.max(w, i) - now))
+return 1
+";
+
+const INVALIDATE_KEY: &str = r"
+redis.call('INCR', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('DEL', KEYS[1])
+return redis.call('PUBLISH', ARGV[1], ARGV[2])
+";
+
+const INVALIDATE_TAG: &str = r"
+local v = redis.call('INCR', KEYS[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PUBLISH', ARGV[1], 't' .. ARGV[4] .. v .. ' ' .. ARGV[2])
+return v
+";
+
+pub(crate) struct L2 {
+    pub(crate) backend: RedisBackend,
+    pub(crate) channel: String,
+    pgen_key: String,
+    get: Script,
+    set: Script,
+    invalidate_key: Script,
+    invalidate_tag: Script,
+    down_until: AtomicU64,
+    /// This instance's id in messages (16 hex digits), so it skips its own.
+    me: String,
+}
+
+/// What a store must find unchanged in Redis to write.
+pub(crate) struct Fence {
+    generation: String,
+    pgen: String,
+    pub(crate) tag_versions: Vec<u64>,
+}
+
+pub(crate) struct Read {
+    pub(crate) entry: Option<Arc<Entry>>,
+    pub(crate) fence: Fence,
+}
+
+impl L2 {
+    pub(crate) fn new(backend: RedisBackend, seed: u64) -> Self {
+        Self {
+            channel: backend.channel("cache-invalidations"),
+            pgen_key: backend.key("cache-meta", "prefix-gen"),
+            backend,
+            get: Script::new(GET),
+            set: Script::new(SET),
+            invalidate_key: Script::new(INVALIDATE_KEY),
+            invalidate_tag: Script::new(INVALIDATE_TAG),
+            down_until: AtomicU64::new(0),
+            me: format!("{seed:016x}"),
+        }
+    }
+
+    fn me(&self) -> &str {
+        &self.me
+    }
+
+    fn available(&self, inner: &Inner) -> bool {
+        inner.clock.now_us() >= self.down_until.load(Ordering::Relaxed)
+    }
+
+    fn failed(&self, inner: &Inner, err: &StoreUnavailable) {
+        tracing::debug!(error = %err, "cache L2 call failed; serving from L1 and the loader");
+        self.down_until.store(
+            inner.clock.now_us().saturating_add(L2_BACKOFF_US),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Reads `key` and the fence values, in one round trip. `None` if Redis is failing
+    /// (then nothing is written back to L2 for this load).
+    pub(crate) async fn get(&self, key: &str, tags: &[&str], inner: &Inner) -> Option<Read> {
+        if !self.available(inner) {
+            return None;
+        }
+        let mut c = cmd("EVALSHA");
+        c.arg(self.get.get_hash())
+            .arg(3 + tags.len())
+            .arg(self.backend.key("cache", key))
+            .arg(self.backend.key_with_suffix("cache", key, "g"))
+            .arg(&self.pgen_key);
+        for t in tags {
+            c.arg(self.backend.key("cache-tag", t));
+        }
+        let reply: Value = match self.backend.evalsha("cache_get", &self.get, &c).await {
+            Ok(v) => v,
+            Err(e) => {
+                self.failed(inner, &e);
+                return None;
+            }
+        };
+        let parsed = parse_get(reply, tags.len(), inner.clock.now_us());
+        if parsed.is_none() {
+            tracing::warn!("cache L2 answered in an unexpected shape; treating it as a miss");
+        }
+        parsed
+    }
+
+    /// Writes `entry` unless the fence moved. `Some(true)` stored, `Some(false)` fenced
+    /// off (an invalidation happened), `None` Redis failed.
+    pub(crate) async fn set(
+        &self,
+        key: &str,
+        entry: &Entry,
+        ttl: Duration,
+        lifetimes: Lifetimes,
+        tags: &[&str],
+        fence: &Fence,
+    ) -> Option<bool> {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let ttl_ms = ms(ttl).clamp(1, MAX_ENTRY_MS);
+        let swr_ms = ms(lifetimes.swr).min(MAX_ENTRY_MS - ttl_ms);
+        let sie_ms = ms(lifetimes.sie).min(MAX_ENTRY_MS - ttl_ms);
+        let tags_json = serde_json::to_string(
+            &entry
+                .tags
+                .iter()
+                .map(|(t, v)| (t.as_ref(), v.to_string(), self.backend.key("cache-tag", t)))
+                .collect::<Vec<_>>(),
+        )
+        .ok()?;
+        let mut c = cmd("EVALSHA");
+        c.arg(self.set.get_hash())
+            .arg(3 + tags.len())
+            .arg(self.backend.key("cache", key))
+            .arg(self.backend.key_with_suffix("cache", key, "g"))
+            .arg(&self.pgen_key);
+        for t in tags {
+            c.arg(self.backend.key("cache-tag", t));
+        }
+        c.arg(&entry.value[..])
+            .arg(ttl_ms)
+            .arg(swr_ms)
+            .arg(sie_ms)
+            .arg(&fence.generation)
+            .arg(&fence.pgen)
+            .arg(tags_json);
+        for v in &fence.tag_versions {
+            c.arg(v.to_string());
+        }
+        match self.backend.evalsha::<i64>("cache_set", &self.set, &c).await {
+            Ok(n) => Some(n == 1),
+            Err(e) => {
+                tracing::debug!(error = %e, "cache L2 write failed");
+                None
+            }
+        }
+    }
+
+    pub(crate) async fn invalidate_key(&self, key: &str) -> Result<(), StoreUnavailable> {
+        let mut c = cmd("EVALSHA");
+        c.arg(self.invalidate_key.get_hash())
+            .arg(2)
+            .arg(self.backend.key("cache", key))
+            .arg(self.backend.key_with_suffix("cache", key, "g"))
+            .arg(&self.channel)
+            .arg(format!("k{}{key}", self.me()))
+            .arg(GEN_TTL_MS);
+        self.backend
+            .evalsha::<i64>("cache_invalidate", &self.invalidate_key, &c)
+            .await
+            .map(drop)
+    }
+
+    pub(crate) async fn invalidate_tag(&self, tag: &str) -> Result<u64, StoreUnavailable> {
+        let mut c = cmd("EVALSHA");
+        c.arg(self.invalidate_tag.get_hash())
+            .arg(1)
+            .arg(self.backend.key("cache-tag", tag))
+            .arg(&self.channel)
+            .arg(tag)
+            .arg(TAG_TTL_MS)
+            .arg(self.me());
+        self.backend
+            .evalsha::<u64>("cache_invalidate", &self.invalidate_tag, &c)
+            .await
+    }
+
+    /// Bumps the prefix generation (fencing every load under way), deletes the matching
+    /// entries (a `SCAN` of the cache's keys: O(keys), unlike tags), and tells every
+    /// instance.
+    pub(crate) async fn invalidate_prefix(&self, prefix: &str) -> Result<(), StoreUnavailable> {
+        let _: i64 = self
+            .backend
+            .query("cache_invalidate", cmd("INCR").arg(&self.pgen_key))
+            .await?;
+        let mut pattern = self.backend.key_head("cache");
+        for ch in crate::key::escape_key_part(prefix).chars() {
+            if matches!(ch, '*' | '?' | '[' | ']' | '\\') {
+                pattern.push('\\');
+            }
+            pattern.push(ch);
+        }
+        pattern.push('*');
+        let mut cursor = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<Vec<u8>>) = self
+                .backend
+                .query(
+                    "cache_scan",
+                    cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(1000),
+                )
+                .await?;
+            if !keys.is_empty() {
+                let _: i64 = self
+                    .backend
+                    .query("cache_invalidate", cmd("UNLINK").arg(keys))
+                    .await?;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        let _: i64 = self
+            .backend
+            .query(
+                "cache_invalidate",
+                cmd("PUBLISH")
+                    .arg(&self.channel)
+                    .arg(format!("p{}{prefix}", self.me())),
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+fn as_bytes(v: &Value) -> Option<&[u8]> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.as_bytes()),
+        _ => None,
+    }
+}
+
+fn as_int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(n) => Some(*n),
+        _ => as_bytes(v).and_then(|b| std::str::from_utf8(b).ok()?.parse().ok()),
+    }
+}
+
+fn parse_get(reply: Value, ntags: usize, now: u64) -> Option<Read> {
+    let Value::Array(items) = reply else {
+        return None;
+    };
+    if items.len() != 8 + ntags {
+        return None;
+    }
+    let text = |v: &Value| as_bytes(v).map(|b| String::from_utf8_lossy(b).into_owned());
+    let fence = Fence {
+        generation: text(&items[6])?,
+        pgen: text(&items[7])?,
+        tag_versions: items[8..]
+            .iter()
+            .map(|v| as_int(v).map(|n| n.max(0) as u64))
+            .collect::<Option<_>>()?,
+    };
+    let entry = match &items[0] {
+        Value::Nil => None,
+        v => {
+            let value = Bytes::copy_from_slice(as_bytes(v)?);
+            let us = |ms: i64| ms.saturating_mul(1000);
+            let at = |ms: i64| now.saturating_add_signed(us(ms));
+            let fresh_until = at(as_int(&items[1])?);
+            let swr_until = at(as_int(&items[2])?);
+            let sie_until = at(as_int(&items[3])?);
+            let stored_at = now.saturating_sub(us(as_int(&items[4])?).max(0) as u64);
+            let tags: Vec<(String, String, String)> =
+                serde_json::from_slice(as_bytes(&items[5])?).ok()?;
+            let tags = tags
+                .into_iter()
+                .map(|(t, v, _)| Some((t.into_boxed_str(), v.parse().ok()?)))
+                .collect::<Option<Box<[_]>>>()?;
+            Some(Arc::new(Entry::from_parts(
+                value,
+                stored_at,
+                fresh_until,
+                swr_until,
+                sie_until,
+                tags,
+            )))
+        }
+    };
+    Some(Read { entry, fence })
+}
+
+/// The invalidation subscriber: applies other instances' invalidations to this L1, and
+/// proves its own subscription alive with a heartbeat. Ends when the engine is dropped.
+pub(crate) async fn listen(
+    engine: Weak<Inner>,
+    backend: RedisBackend,
+    channel: String,
+    heartbeat: Duration,
+    seed: u64,
+) {
+    let me = format!("{seed:016x}");
+    let beat = format!("h{me}");
+    let mut delay = Duration::from_millis(50);
+    loop {
+        let subscribed = backend.subscribe(&channel).await;
+        let Some(inner) = engine.upgrade() else {
+            return;
+        };
+        let pubsub = match subscribed {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(error = %e, "cache invalidation subscriber cannot subscribe");
+                if inner.is_subscribed() {
+                    tracing::warn!(
+                        "cache invalidation subscription lost; local copies are distrusted"
+                    );
+                    inner.set_subscribed(false);
+                }
+                drop(inner);
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        delay = Duration::from_millis(50);
+        inner.set_subscribed(true);
+        tracing::info!(channel = %channel, "cache invalidation subscriber listening");
+        drop(inner);
+        let mut stream = pubsub.into_on_message();
+        let mut heard = tokio::time::Instant::now();
+        let mut next_beat = tokio::time::Instant::now();
+        loop {
+            let now = tokio::time::Instant::now();
+            if now >= next_beat {
+                if now.duration_since(heard) > heartbeat * 3 {
+                    tracing::warn!("cache invalidation subscriber heard no heartbeat; resubscribing");
+                    break;
+                }
+                let backend = backend.clone();
+                let (channel, beat) = (channel.clone(), beat.clone());
+                tokio::spawn(async move {
+                    let _ = backend
+                        .query::<i64>("cache_heartbeat", cmd("PUBLISH").arg(channel).arg(beat))
+                        .await;
+                });
+                next_beat = now + heartbeat;
+            }
+            let msg = match tokio::time::timeout_at(next_beat, stream.next()).await {
+                Err(_) => continue,
+                Ok(None) => break,
+                Ok(Some(msg)) => msg,
+            };
+            let payload = msg.get_payload_bytes();
+            if payload == beat.as_bytes() {
+                heard = tokio::time::Instant::now();
+                continue;
+            }
+            let Some(inner) = engine.upgrade() else {
+                return;
+            };
+            apply(&inner, payload, &me);
+        }
+        let Some(inner) = engine.upgrade() else {
+            return;
+        };
+        tracing::warn!("cache invalidation subscription lost; local copies are distrusted");
+        inner.set_subscribed(false);
+    }
+}
+
+/// Applies one message: `k<sender><key>`, `t<sender><version> <tag>`, `p<sender><prefix>`
+/// (`<sender>` is 16 hex digits), `h...` heartbeats of other instances (ignored).
+fn apply(inner: &Inner, payload: &[u8], me: &str) {
+    let (Some(&kind), Some(sender), Some(body)) =
+        (payload.first(), payload.get(1..17), payload.get(17..))
+    else {
+        return;
+    };
+    let Ok(body) = std::str::from_utf8(body) else {
+        return;
+    };
+    let own = sender == me.as_bytes();
+    match kind {
+        b'k' if !own => {
+            inner.metrics.invalidation_received("key");
+            inner.drop_key(body);
+        }
+        b'p' if !own => {
+            inner.metrics.invalidation_received("prefix");
+            inner.drop_prefix(body);
+        }
+        b't' => {
+            // Own tag messages are applied too: versions only move forward.
+            if let Some((version, tag)) = body.split_once(' ') {
+                if let Ok(version) = version.parse() {
+                    if !own {
+                        inner.metrics.invalidation_received("tag");
+                    }
+                    inner.set_tag_version(tag, version);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn get_replies_of_the_wrong_shape_are_misses_not_panics() {
+        let cases = [
+            ("not an array", Value::Int(1)),
+            ("short", Value::Array(vec![Value::Nil])),
+            (
+                "bad fence",
+                Value::Array(vec![
+                    Value::Nil,
+                    Value::Int(0),
+                    Value::Int(0),
+                    Value::Int(0),
+                    Value::Int(0),
+                    Value::Nil,
+                    Value::Nil,
+                    Value::Nil,
+                ]),
+            ),
+        ];
+        for (name, reply) in cases {
+            assert!(parse_get(reply, 0, 1).is_none(), "case {name}");
+        }
+        let ok = Value::Array(vec![
+            Value::BulkString(b"v".to_vec()),
+            Value::Int(5_000),
+            Value::Int(6_000),
+            Value::Int(7_000),
+            Value::Int(1_000),
+            Value::BulkString(br#"[["t","3","k"]]"#.to_vec()),
+            Value::BulkString(b"2".to_vec()),
+            Value::BulkString(b"0".to_vec()),
+            Value::BulkString(b"3".to_vec()),
+        ]);
+        let read = parse_get(ok, 1, 10_000_000).unwrap();
+        let e = read.entry.unwrap();
+        assert_eq!(e.fresh_until, 15_000_000);
+        assert_eq!(e.stored_at, 9_000_000);
+        assert_eq!(&*e.tags, &[("t".into(), 3)]);
+        assert_eq!(read.fence.tag_versions, vec![3]);
+    }
+}

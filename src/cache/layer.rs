@@ -1,0 +1,235 @@
+//! [`ResponseCacheLayer`] and its builder.
+
+use std::fmt;
+use std::sync::Arc;
+
+use http::header::{HeaderName, HeaderValue};
+use http::{StatusCode, request};
+use tower_layer::Layer;
+
+use super::engine::CacheEngine;
+use super::service::ResponseCache;
+use crate::ConfigError;
+
+pub(crate) type TagFnRef = dyn Fn(&request::Parts) -> Vec<String> + Send + Sync;
+type TagFn = Arc<TagFnRef>;
+
+/// Caches HTTP responses to `GET` (and answers `HEAD` from them) in a [`CacheEngine`],
+/// and drops them when an unsafe request to the same resource succeeds. See the
+/// [module docs](super) for the rules.
+#[derive(Clone)]
+pub struct ResponseCacheLayer {
+    pub(crate) settings: Arc<Settings>,
+}
+
+pub(crate) struct Settings {
+    pub(crate) engine: CacheEngine,
+    pub(crate) statuses: Vec<StatusCode>,
+    pub(crate) vary: Vec<HeaderName>,
+    pub(crate) max_body: usize,
+    pub(crate) cache_authorized: bool,
+    pub(crate) tags: Option<TagFn>,
+    pub(crate) invalidates: Option<TagFn>,
+    pub(crate) name: String,
+}
+
+impl fmt::Debug for ResponseCacheLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.settings;
+        f.debug_struct("ResponseCacheLayer")
+            .field("engine", &s.engine)
+            .field("statuses", &s.statuses)
+            .field("vary", &s.vary)
+            .field("max_body", &s.max_body)
+            .field("cache_authorized", &s.cache_authorized)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`ResponseCacheLayer`].
+#[must_use]
+pub struct ResponseCacheLayerBuilder {
+    engine: CacheEngine,
+    statuses: Vec<StatusCode>,
+    vary: Vec<String>,
+    max_body: usize,
+    cache_authorized: bool,
+    tags: Option<TagFn>,
+    invalidates: Option<TagFn>,
+    name: String,
+}
+
+impl fmt::Debug for ResponseCacheLayerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseCacheLayerBuilder")
+            .field("statuses", &self.statuses)
+            .field("vary", &self.vary)
+            .field("max_body", &self.max_body)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ResponseCacheLayer {
+    /// A layer with the defaults: status 200 only, no `Vary` headers, bodies up to 1 MiB,
+    /// requests with `Authorization` not cached.
+    pub fn new(engine: &CacheEngine) -> Self {
+        Self::builder(engine)
+            .build()
+            .expect("the default configuration is valid")
+    }
+
+    /// Starts a builder.
+    pub fn builder(engine: &CacheEngine) -> ResponseCacheLayerBuilder {
+        ResponseCacheLayerBuilder {
+            engine: engine.clone(),
+            statuses: vec![StatusCode::OK],
+            vary: Vec::new(),
+            max_body: 1 << 20,
+            cache_authorized: false,
+            tags: None,
+            invalidates: None,
+            name: "tower-scale".into(),
+        }
+    }
+
+    /// The tag every cached response to `path` carries (and an unsafe request to `path`
+    /// invalidates): for [`ResponseCacheLayerBuilder::invalidates`] and
+    /// [`CacheEngine::invalidate_tag`].
+    pub fn path_tag(path: &str) -> String {
+        format!("path:{path}")
+    }
+}
+
+impl ResponseCacheLayerBuilder {
+    /// The statuses whose responses are stored (default: 200 only).
+    pub fn statuses(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
+        self.statuses = statuses.into_iter().collect();
+        self
+    }
+
+    /// Request headers that select among responses (`Accept-Encoding`, `Accept-Language`):
+    /// their values are part of the key. A response whose own `Vary` names a header not
+    /// listed here is not stored.
+    pub fn vary<I, S>(mut self, headers: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.vary = headers.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The largest body stored (default 1 MiB). Larger responses are streamed through,
+    /// never buffered beyond this.
+    pub fn max_body(mut self, bytes: usize) -> Self {
+        self.max_body = bytes;
+        self
+    }
+
+    /// Cache responses to requests that carry `Authorization` (default: no, they pass
+    /// through). Only for responses that do not depend on who asked.
+    pub fn cache_authorized(mut self, yes: bool) -> Self {
+        self.cache_authorized = yes;
+        self
+    }
+
+    /// Extra tags for a cached response, from its request (every response already
+    /// carries [`ResponseCacheLayer::path_tag`] of its path).
+    pub fn tags(
+        mut self,
+        f: impl Fn(&request::Parts) -> Vec<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.tags = Some(Arc::new(f));
+        self
+    }
+
+    /// Extra tags a successful unsafe request (POST, PUT, PATCH, DELETE) invalidates,
+    /// beyond its own path's: e.g. a `PUT /products/7` also invalidating the list at
+    /// `/products`.
+    pub fn invalidates(
+        mut self,
+        f: impl Fn(&request::Parts) -> Vec<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.invalidates = Some(Arc::new(f));
+        self
+    }
+
+    /// The cache's name in `Cache-Status` (default `tower-scale`).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Validates the configuration.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] for no statuses, a status that is not cacheable by default
+    /// (1xx, 206, 304), a `Vary` name that is not a header name, a zero body cap, or a
+    /// name that cannot be a header value.
+    pub fn build(self) -> Result<ResponseCacheLayer, ConfigError> {
+        if self.statuses.is_empty() {
+            return Err(ConfigError::new(
+                "statuses",
+                "list at least one status to store, e.g. 200",
+            ));
+        }
+        if let Some(s) = self.statuses.iter().find(|s| {
+            s.is_informational()
+                || **s == StatusCode::PARTIAL_CONTENT
+                || **s == StatusCode::NOT_MODIFIED
+        }) {
+            return Err(ConfigError::new(
+                "statuses",
+                format!("{s} cannot be stored whole; use final statuses such as 200, 301, 404"),
+            ));
+        }
+        let mut vary = Vec::with_capacity(self.vary.len());
+        for v in &self.vary {
+            let name = HeaderName::from_bytes(v.trim().as_bytes()).map_err(|_| {
+                ConfigError::new("vary", format!("`{v}` is not a header name"))
+            })?;
+            if !vary.contains(&name) {
+                vary.push(name);
+            }
+        }
+        if self.max_body == 0 {
+            return Err(ConfigError::new(
+                "max_body",
+                "must be above zero; 1 MiB suits most JSON",
+            ));
+        }
+        if self.name.is_empty()
+            || HeaderValue::from_str(&self.name).is_err()
+            || self.name.contains([';', ',', ' '])
+        {
+            return Err(ConfigError::new(
+                "name",
+                "must be a non-empty token (letters, digits, `-`, `.`)",
+            ));
+        }
+        Ok(ResponseCacheLayer {
+            settings: Arc::new(Settings {
+                engine: self.engine,
+                statuses: self.statuses,
+                vary,
+                max_body: self.max_body,
+                cache_authorized: self.cache_authorized,
+                tags: self.tags,
+                invalidates: self.invalidates,
+                name: self.name,
+            }),
+        })
+    }
+}
+
+impl<S> Layer<S> for ResponseCacheLayer {
+    type Service = ResponseCache<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ResponseCache {
+            inner,
+            settings: Arc::clone(&self.settings),
+        }
+    }
+}

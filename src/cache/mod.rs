@@ -1,0 +1,140 @@
+//! Two-tier cache-aside: an in-process L1 ([moka]) in front of a shared L2 (Redis), with
+//! invalidation that reaches every instance within milliseconds.
+//!
+//! One engine, [`CacheEngine`], and two faces over it:
+//!
+//! - [`Cache<K, V>`](Cache) for application data: [`get_or_load`](Cache::get_or_load),
+//!   [`get`](Cache::get), [`set`](Cache::set), [`invalidate`](Cache::invalidate),
+//!   [`invalidate_prefix`](Cache::invalidate_prefix) and
+//!   [`CacheEngine::invalidate_tag`]; values are serialised with serde (JSON) for Redis
+//!   and kept decoded in L1.
+//! - [`ResponseCacheLayer`], a tower layer that caches HTTP responses.
+//!
+//! What both get:
+//!
+//! - **TTL with jitter**: up to 10% (configurable) is cut from each TTL at random, so
+//!   values stored together do not expire together.
+//! - **Stampede protection**: concurrent misses of one key run one loader per instance;
+//!   the others wait for its result, and get its error if it fails (errors are never
+//!   cached). A waiter whose loader is cancelled takes over.
+//! - **Serving stale** (RFC 5861): within stale-while-revalidate the old value is served
+//!   at once and one background load refreshes it; within stale-if-error the old value is
+//!   served while the loader (or, for HTTP, the backend with a 5xx) fails.
+//! - **Invalidation** by key, by prefix, and by tag. A tag is a version counter in Redis:
+//!   invalidating it is one `INCR` and one message, whatever the number of entries, and
+//!   every entry records the versions of its tags, checked when read. Prefixes are
+//!   matched in L1 and scanned in Redis (O(keys): prefer tags on hot paths).
+//! - **Everywhere at once**: invalidations are published on a Redis channel; every
+//!   instance's subscriber drops its L1 copies (measured p50 and p99 in
+//!   `docs/benchmarks.md`). The subscriber proves itself alive with a heartbeat; while it
+//!   is down (or before it first connects) L1 entries are trusted for at most
+//!   `unsubscribed_ttl` (1 s), and L1 is emptied when it connects again, since messages
+//!   sent meanwhile are lost.
+//! - **No stale write-back**: a load records, before it starts, the key's generation, the
+//!   prefix generation and its tags' versions; its result is written (to L1 and, checked
+//!   atomically by a script, to L2) only if none of them moved. A slow loader that began
+//!   before an invalidation never writes its older value afterwards.
+//! - **Redis down or slow**: every Redis call is bounded by the backend's timeout; a
+//!   failure makes the cache skip L2 for half a second and serve from L1 and the loader.
+//!   Requests never fail because the cache did, and it recovers by itself.
+//!
+//! # `ResponseCache` rules
+//!
+//! - `GET` is cached; `HEAD` is answered from `GET` entries (a `HEAD` miss passes
+//!   through); other methods pass through.
+//! - Key: authority, path and query, and the values of the configured `Vary` headers. A
+//!   response whose own `Vary` names any other header, or `*`, is not stored.
+//! - Stored only if its status is configured (200 by default), it has no `Set-Cookie`,
+//!   and its `Cache-Control` has none of `no-store`, `private`, `no-cache`, nor a
+//!   malformed value. Its TTL is `s-maxage`, else `max-age`, else the engine's; its own
+//!   `stale-while-revalidate` / `stale-if-error` override the engine's windows, and
+//!   `must-revalidate` turns both off.
+//! - Requests carrying `Authorization` pass through unless
+//!   [`cache_authorized`](ResponseCacheLayerBuilder::cache_authorized); a request's
+//!   `Cache-Control: no-store` passes through, `no-cache` or `max-age=0` refetches (and
+//!   stores the result).
+//! - Bodies up to `max_body` (1 MiB) are stored; larger ones are streamed through,
+//!   buffered no further than the cap.
+//! - Every stored response gets a strong `ETag` (from its body's SHA-256, so every
+//!   instance agrees) unless it has one; `If-None-Match` that matches is answered 304.
+//! - `Cache-Status` (RFC 9211) on every cached route: `tower-scale; hit; ttl=42`
+//!   (negative while stale), `fwd=miss; stored`, `fwd=bypass`, `fwd=request`, with
+//!   `detail=l2`, `coalesced` or `stale-if-error` where it applies; `Age` on hits.
+//! - A successful (2xx, 3xx) `POST`, `PUT`, `PATCH` or `DELETE` invalidates the tag of its
+//!   path, which every `GET` entry of that path carries (all query strings and `Vary`
+//!   variants), plus any tags from
+//!   [`invalidates`](ResponseCacheLayerBuilder::invalidates).
+//!
+//! # Metrics
+//!
+//! `tower_scale.cache.hits` (label `tier`: `l1`, `l2`), `.misses`, `.stale_served`
+//! (`reason`: `revalidate`, `error`), `.loads` (`outcome`), `.coalesced`,
+//! `.invalidations` (`direction`: `sent`, `received`; `kind`: `key`, `tag`, `prefix`),
+//! the gauge `.subscribed`; L2 round trips through the [backend](crate::redis) under
+//! `op` `cache_get`, `cache_set`, `cache_invalidate`.
+//!
+//! # Examples
+//!
+//! An HTTP cache in process:
+//!
+//! ```
+//! use axum::{Router, routing::get};
+//! use tower_scale::cache::{CacheEngine, ResponseCacheLayer};
+//!
+//! let engine = CacheEngine::builder().build()?;
+//! let app: Router = Router::new()
+//!     .route("/products/{id}", get(|| async { "a product" }))
+//!     .layer(ResponseCacheLayer::new(&engine));
+//! # Ok::<(), tower_scale::ConfigError>(())
+//! ```
+//!
+//! Shared by every instance through Redis, serving stale, and a `PUT` to a product also
+//! invalidating the list:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tower_scale::cache::{CacheEngine, ResponseCacheLayer};
+//! use tower_scale::redis::RedisBackend;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let redis = RedisBackend::builder("redis://127.0.0.1:6379").build()?;
+//! let engine = CacheEngine::builder()
+//!     .redis(redis)
+//!     .ttl(Duration::from_secs(60))
+//!     .stale_while_revalidate(Duration::from_secs(10))
+//!     .stale_if_error(Duration::from_secs(300))
+//!     .build()?;
+//! let layer = ResponseCacheLayer::builder(&engine)
+//!     .vary(["accept-encoding"])
+//!     .invalidates(|req| {
+//!         if req.uri().path().starts_with("/products/") {
+//!             vec![ResponseCacheLayer::path_tag("/products")]
+//!         } else {
+//!             vec![]
+//!         }
+//!     })
+//!     .build()?;
+//! # let _ = layer; Ok(()) }
+//! ```
+//!
+//! # Cancel safety
+//!
+//! Dropping a caller that is loading a key hands the load to one of its waiters; nothing
+//! half-loaded is stored.
+
+mod body;
+pub mod control;
+mod engine;
+#[cfg(feature = "redis")]
+mod l2;
+mod layer;
+mod metrics;
+mod response;
+mod service;
+mod typed;
+
+pub use body::CacheBody;
+pub use engine::{CacheEngine, CacheEngineBuilder};
+pub use layer::{ResponseCacheLayer, ResponseCacheLayerBuilder};
+pub use service::{ResponseCache, ResponseFuture};
+pub use typed::{Cache, LoadError, LoadOptions};

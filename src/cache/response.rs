@@ -1,0 +1,339 @@
+//! Stored HTTP responses: which may be stored and for how long, their encoding in the
+//! engine, and the responses built from them (hits, 304s).
+
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Response, StatusCode};
+use sha2::{Digest, Sha256};
+
+use super::control::{CacheControl, Vary, if_none_match};
+use super::engine::Lifetimes;
+
+/// A stored response as L1 keeps it decoded.
+#[derive(Debug, Clone)]
+pub(crate) struct StoredResponse {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+    pub(crate) etag: Option<HeaderValue>,
+}
+
+/// Headers that describe one connection or one transfer, never stored.
+fn hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "content-length"
+            | "age"
+            | "cache-status"
+    )
+}
+
+/// Why a response is not stored, or for how long it is.
+pub(crate) fn storable(
+    status: StatusCode,
+    headers: &HeaderMap,
+    statuses: &[StatusCode],
+    vary: &[HeaderName],
+    defaults: Lifetimes,
+) -> Option<Lifetimes> {
+    if !statuses.contains(&status) || headers.contains_key(header::SET_COOKIE) {
+        return None;
+    }
+    let cc = CacheControl::parse(headers.get_all(header::CACHE_CONTROL));
+    if cc.no_store || cc.private || cc.no_cache || cc.invalid {
+        return None;
+    }
+    match Vary::parse(headers.get_all(header::VARY)) {
+        Vary::None => {}
+        Vary::Any => return None,
+        // The key holds the configured headers only; a response that varies on another
+        // would be served to requests it was not made for.
+        Vary::Headers(names) => {
+            if !names.iter().all(|n| vary.contains(n)) {
+                return None;
+            }
+        }
+    }
+    let ttl = match cc.shared_max_age() {
+        Some(0) => return None,
+        Some(secs) => Duration::from_secs(u64::from(secs)),
+        None => defaults.ttl,
+    };
+    let secs = |s: Option<u32>, d: Duration| s.map_or(d, |s| Duration::from_secs(u64::from(s)));
+    let (swr, sie) = if cc.must_revalidate {
+        (Duration::ZERO, Duration::ZERO)
+    } else {
+        (
+            secs(cc.stale_while_revalidate, defaults.swr),
+            secs(cc.stale_if_error, defaults.sie),
+        )
+    };
+    Some(Lifetimes { ttl, swr, sie })
+}
+
+/// A strong validator from the body: 128 bits of its SHA-256, so every instance gives the
+/// same response the same tag.
+pub(crate) fn etag_for(body: &[u8]) -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digest = Sha256::digest(body);
+    let mut tag = Vec::with_capacity(34);
+    tag.push(b'"');
+    for b in &digest[..16] {
+        tag.push(HEX[usize::from(b >> 4)]);
+        tag.push(HEX[usize::from(b & 15)]);
+    }
+    tag.push(b'"');
+    HeaderValue::from_bytes(&tag).expect("hex digits are a valid header value")
+}
+
+/// Encodes a response for the engine: status, headers (minus hop-by-hop ones; with an
+/// `ETag`), body.
+pub(crate) fn encode(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(body.len() + 256);
+    out.put_u16(status.as_u16());
+    let kept: Vec<(&HeaderName, &HeaderValue)> =
+        headers.iter().filter(|(n, _)| !hop_by_hop(n)).collect();
+    let etag = if headers.contains_key(header::ETAG) {
+        None
+    } else {
+        Some(etag_for(body))
+    };
+    let count = kept.len() + usize::from(etag.is_some());
+    out.put_u16(u16::try_from(count).unwrap_or(u16::MAX));
+    let mut put = |name: &HeaderName, value: &HeaderValue| {
+        out.put_u16(name.as_str().len() as u16);
+        out.put_slice(name.as_str().as_bytes());
+        out.put_u32(value.len() as u32);
+        out.put_slice(value.as_bytes());
+    };
+    for (name, value) in kept.iter().take(usize::from(u16::MAX)) {
+        put(name, value);
+    }
+    if let Some(etag) = &etag {
+        put(&header::ETAG, etag);
+    }
+    out.put_slice(body);
+    out.freeze()
+}
+
+/// Decodes what [`encode`] wrote; `None` for anything else (an entry of another type or
+/// from another version), which the caller treats as a miss.
+pub(crate) fn decode(bytes: &Bytes) -> Option<StoredResponse> {
+    let mut at = 0usize;
+    let take = |at: &mut usize, n: usize| -> Option<&[u8]> {
+        let s = bytes.get(*at..at.checked_add(n)?)?;
+        *at += n;
+        Some(s)
+    };
+    let u16_at = |at: &mut usize| take(at, 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
+    let status = StatusCode::from_u16(u16_at(&mut at)?).ok()?;
+    let count = u16_at(&mut at)?;
+    let mut headers = HeaderMap::with_capacity(usize::from(count));
+    for _ in 0..count {
+        let n = usize::from(u16_at(&mut at)?);
+        let name = HeaderName::from_bytes(take(&mut at, n)?).ok()?;
+        let l = take(&mut at, 4)?;
+        let len = u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize;
+        let value = HeaderValue::from_bytes(take(&mut at, len)?).ok()?;
+        headers.append(name, value);
+    }
+    let etag = headers.get(header::ETAG).cloned();
+    Some(StoredResponse {
+        status,
+        headers,
+        body: bytes.slice(at..),
+        etag,
+    })
+}
+
+/// The headers a 304 carries (RFC 9110 §15.4.5).
+const NOT_MODIFIED_HEADERS: [HeaderName; 6] = [
+    header::CACHE_CONTROL,
+    header::CONTENT_LOCATION,
+    header::DATE,
+    header::ETAG,
+    header::EXPIRES,
+    header::VARY,
+];
+
+/// The response a stored one gives: a 304 when `If-None-Match` matches its `ETag`, no body
+/// for `HEAD`, with `Age` and `Cache-Status`.
+pub(crate) fn respond(
+    stored: &StoredResponse,
+    request_headers: &HeaderMap,
+    head: bool,
+    age_secs: u64,
+    cache_status: HeaderValue,
+) -> Response<Option<Bytes>> {
+    let not_modified = stored.etag.as_ref().is_some_and(|etag| {
+        request_headers.contains_key(header::IF_NONE_MATCH)
+            && if_none_match(request_headers.get_all(header::IF_NONE_MATCH), etag.as_bytes())
+    });
+    let mut res;
+    if not_modified {
+        res = Response::new(None);
+        *res.status_mut() = StatusCode::NOT_MODIFIED;
+        let headers = res.headers_mut();
+        for name in NOT_MODIFIED_HEADERS {
+            for v in stored.headers.get_all(&name) {
+                headers.append(name.clone(), v.clone());
+            }
+        }
+    } else {
+        res = Response::new(if head { None } else { Some(stored.body.clone()) });
+        *res.status_mut() = stored.status;
+        *res.headers_mut() = stored.headers.clone();
+        res.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(stored.body.len()));
+    }
+    res.headers_mut().insert(header::AGE, HeaderValue::from(age_secs));
+    res.headers_mut()
+        .insert(HeaderName::from_static("cache-status"), cache_status);
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.append(*n, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    const DEFAULTS: Lifetimes = Lifetimes {
+        ttl: Duration::from_secs(60),
+        swr: Duration::from_secs(5),
+        sie: Duration::from_secs(50),
+    };
+
+    #[test]
+    fn storable_table() {
+        let ok = [StatusCode::OK];
+        let vary = [HeaderName::from_static("accept-language")];
+        let secs = Duration::from_secs;
+        let cases: [(&str, u16, &[(&'static str, &'static str)], Option<Lifetimes>); 14] = [
+            ("plain 200", 200, &[], Some(DEFAULTS)),
+            ("404 not configured", 404, &[], None),
+            ("set-cookie", 200, &[("set-cookie", "a=b")], None),
+            ("no-store", 200, &[("cache-control", "no-store")], None),
+            ("private", 200, &[("cache-control", "private, max-age=60")], None),
+            ("no-cache", 200, &[("cache-control", "no-cache")], None),
+            ("max-age=0", 200, &[("cache-control", "max-age=0")], None),
+            ("bad max-age", 200, &[("cache-control", "max-age=x")], None),
+            (
+                "max-age",
+                200,
+                &[("cache-control", "max-age=7")],
+                Some(Lifetimes {
+                    ttl: secs(7),
+                    ..DEFAULTS
+                }),
+            ),
+            (
+                "s-maxage wins",
+                200,
+                &[("cache-control", "max-age=7, s-maxage=9, stale-while-revalidate=1")],
+                Some(Lifetimes {
+                    ttl: secs(9),
+                    swr: secs(1),
+                    ..DEFAULTS
+                }),
+            ),
+            (
+                "must-revalidate serves nothing stale",
+                200,
+                &[("cache-control", "max-age=7, must-revalidate")],
+                Some(Lifetimes {
+                    ttl: secs(7),
+                    swr: Duration::ZERO,
+                    sie: Duration::ZERO,
+                }),
+            ),
+            ("vary *", 200, &[("vary", "*")], None),
+            ("vary on a configured header", 200, &[("vary", "Accept-Language")], Some(DEFAULTS)),
+            ("vary on another header", 200, &[("vary", "accept-language, cookie")], None),
+        ];
+        for (name, status, hs, want) in cases {
+            let got = storable(
+                StatusCode::from_u16(status).unwrap(),
+                &headers(hs),
+                &ok,
+                &vary,
+                DEFAULTS,
+            );
+            assert_eq!(got, want, "case {name}");
+        }
+    }
+
+    #[test]
+    fn encoding_round_trips_and_adds_an_etag() {
+        let h = headers(&[
+            ("content-type", "application/json"),
+            ("x-a", "1"),
+            ("x-a", "2"),
+            ("connection", "close"),
+            ("content-length", "2"),
+        ]);
+        let bytes = encode(StatusCode::OK, &h, b"{}");
+        let r = decode(&bytes).unwrap();
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(&r.body[..], b"{}");
+        assert_eq!(r.headers.get_all("x-a").iter().count(), 2);
+        assert!(!r.headers.contains_key("connection"));
+        assert!(!r.headers.contains_key("content-length"));
+        assert_eq!(r.etag, Some(etag_for(b"{}")));
+        // An ETag from the origin is kept.
+        let h = headers(&[("etag", "W/\"v1\"")]);
+        let r = decode(&encode(StatusCode::OK, &h, b"x")).unwrap();
+        assert_eq!(r.etag.unwrap(), "W/\"v1\"");
+    }
+
+    #[test]
+    fn truncated_or_foreign_bytes_do_not_decode() {
+        let bytes = encode(StatusCode::OK, &headers(&[("x-a", "1")]), b"body");
+        for cut in 0..12 {
+            assert!(decode(&bytes.slice(..cut)).is_none(), "cut at {cut}");
+        }
+        assert!(decode(&Bytes::from_static(b"\"json value\"")).is_none());
+    }
+
+    #[test]
+    fn respond_gives_304_on_a_matching_if_none_match_and_no_body_for_head() {
+        let h = headers(&[("content-type", "text/plain"), ("cache-control", "max-age=5")]);
+        let stored = decode(&encode(StatusCode::OK, &h, b"hello")).unwrap();
+        let etag = stored.etag.clone().unwrap();
+        let status = HeaderValue::from_static("tower-scale; hit");
+        let mut req = HeaderMap::new();
+        req.insert(header::IF_NONE_MATCH, etag.clone());
+        let res = respond(&stored, &req, false, 3, status.clone());
+        assert_eq!(res.status(), StatusCode::NOT_MODIFIED);
+        assert!(res.body().is_none());
+        assert_eq!(res.headers()[header::ETAG], etag);
+        assert_eq!(res.headers()[header::CACHE_CONTROL], "max-age=5");
+        assert!(!res.headers().contains_key(header::CONTENT_TYPE));
+        let res = respond(&stored, &HeaderMap::new(), true, 3, status.clone());
+        assert_eq!(res.status(), StatusCode::OK);
+        assert!(res.body().is_none());
+        assert_eq!(res.headers()[header::CONTENT_LENGTH], "5");
+        assert_eq!(res.headers()[header::AGE], "3");
+        let mut req = HeaderMap::new();
+        req.insert(header::IF_NONE_MATCH, HeaderValue::from_static("\"other\""));
+        let res = respond(&stored, &req, false, 0, status);
+        assert_eq!(res.body().as_deref(), Some(&b"hello"[..]));
+    }
+}

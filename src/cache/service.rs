@@ -1,0 +1,548 @@
+//! [`ResponseCache`]: the service and its future.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response};
+use http_body::{Body, Frame};
+use http_body_util::BodyExt;
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use super::body::CacheBody;
+use super::control::CacheControl;
+use super::engine::{Begin, Entry, Leader, Lookup, Outcome, wait};
+use super::layer::{ResponseCacheLayer, Settings};
+use super::response::{StoredResponse, decode, encode, respond, storable};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// The service [`ResponseCacheLayer`] makes. See the [module docs](super).
+#[derive(Clone)]
+pub struct ResponseCache<S> {
+    pub(crate) inner: S,
+    pub(crate) settings: Arc<Settings>,
+}
+
+impl<S: fmt::Debug> fmt::Debug for ResponseCache<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseCache")
+            .field("inner", &self.inner)
+            .field(
+                "layer",
+                &ResponseCacheLayer {
+                    settings: Arc::clone(&self.settings),
+                },
+            )
+            .finish()
+    }
+}
+
+pin_project! {
+    /// The future of [`ResponseCache`]: ready at once for a hit, the inner service's own
+    /// for a request that passes through, boxed for a miss (which waits on the network
+    /// anyway).
+    pub struct ResponseFuture<F, B, E> {
+        #[pin]
+        kind: FutKind<F, B, E>,
+    }
+}
+
+pin_project! {
+    #[project = FutKindProj]
+    enum FutKind<F, B, E> {
+        Ready { res: Option<Response<CacheBody<B>>> },
+        Pass { #[pin] fut: F, status: Option<HeaderValue> },
+        Boxed { fut: BoxFuture<Result<Response<CacheBody<B>>, E>> },
+    }
+}
+
+impl<F, B, E> fmt::Debug for ResponseFuture<F, B, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ResponseFuture")
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B, E>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<CacheBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            FutKindProj::Ready { res } => Poll::Ready(Ok(res
+                .take()
+                .expect("ResponseFuture polled after completion"))),
+            FutKindProj::Pass { fut, status } => {
+                let res = std::task::ready!(fut.poll(cx))?;
+                Poll::Ready(Ok(pass(res, status.take())))
+            }
+            FutKindProj::Boxed { fut } => fut.as_mut().poll(cx),
+        }
+    }
+}
+
+fn pass<B>(res: Response<B>, status: Option<HeaderValue>) -> Response<CacheBody<B>> {
+    let mut res = res.map(CacheBody::inner);
+    if let Some(status) = status {
+        res.headers_mut()
+            .insert(HeaderName::from_static("cache-status"), status);
+    }
+    res
+}
+
+fn status_value(name: &str, rest: &str) -> HeaderValue {
+    let mut s = String::with_capacity(name.len() + rest.len() + 2);
+    s.push_str(name);
+    s.push_str("; ");
+    s.push_str(rest);
+    HeaderValue::from_maybe_shared(Bytes::from(s))
+        .unwrap_or_else(|_| HeaderValue::from_static("tower-scale"))
+}
+
+fn hit_status(name: &str, entry: &Entry, now: u64, detail: Option<&str>) -> HeaderValue {
+    let ttl = entry.ttl_secs(now);
+    let rest = match detail {
+        Some(d) => format!("hit; ttl={ttl}; detail={d}"),
+        None => format!("hit; ttl={ttl}"),
+    };
+    status_value(name, &rest)
+}
+
+fn stored_of(entry: &Entry) -> Option<Arc<StoredResponse>> {
+    entry.decoded::<StoredResponse>(decode)
+}
+
+fn respond_entry<B>(
+    s: &Settings,
+    entry: &Entry,
+    stored: &StoredResponse,
+    request_headers: &HeaderMap,
+    head: bool,
+    status: HeaderValue,
+) -> Response<CacheBody<B>> {
+    let now = s.engine.now();
+    respond(stored, request_headers, head, entry.age_secs(now), status).map(CacheBody::full)
+}
+
+/// The cache key: method class, authority, path and query, and the configured `Vary`
+/// headers' values.
+fn key_of<B>(req: &Request<B>, vary: &[HeaderName]) -> String {
+    let mut key = String::with_capacity(64);
+    key.push_str("h:");
+    if let Some(a) = req.uri().authority() {
+        key.push_str(a.as_str());
+    } else if let Some(host) = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()) {
+        key.push_str(host);
+    }
+    key.push_str(
+        req.uri()
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str()),
+    );
+    for name in vary {
+        key.push('\n');
+        key.push_str(name.as_str());
+        key.push(':');
+        for (i, v) in req.headers().get_all(name).iter().enumerate() {
+            if i > 0 {
+                key.push(',');
+            }
+            key.push_str(&String::from_utf8_lossy(v.as_bytes()));
+        }
+    }
+    key
+}
+
+fn tags_of<B>(req: Request<B>, f: Option<&super::layer::TagFnRef>) -> (Request<B>, Vec<String>) {
+    let mut tags = vec![ResponseCacheLayer::path_tag(req.uri().path())];
+    match f {
+        Some(f) => {
+            let (parts, body) = req.into_parts();
+            tags.extend(f(&parts));
+            (Request::from_parts(parts, body), tags)
+        }
+        None => (req, tags),
+    }
+}
+
+fn unsafe_method(m: &Method) -> bool {
+    matches!(*m, Method::POST | Method::PUT | Method::PATCH | Method::DELETE)
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ResponseCache<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Default + Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    type Response = Response<CacheBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let method = req.method();
+        if method == Method::GET || method == Method::HEAD {
+            return self.read(req);
+        }
+        if unsafe_method(method) {
+            let s = Arc::clone(&self.settings);
+            let (req, tags) = tags_of(req, s.invalidates.as_deref());
+            let fut = self.inner.call(req);
+            return boxed(async move {
+                let res = fut.await?;
+                if res.status().is_success() || res.status().is_redirection() {
+                    for tag in &tags {
+                        if let Err(e) = s.engine.invalidate_tag(tag).await {
+                            tracing::warn!(tag = %tag, error = %e, "cache invalidation could not reach Redis; other instances keep their copies until TTL");
+                        }
+                    }
+                }
+                Ok(pass(res, None))
+            });
+        }
+        ResponseFuture {
+            kind: FutKind::Pass {
+                fut: self.inner.call(req),
+                status: None,
+            },
+        }
+    }
+}
+
+fn boxed<F, B, E>(
+    fut: impl Future<Output = Result<Response<CacheBody<B>>, E>> + Send + 'static,
+) -> ResponseFuture<F, B, E> {
+    ResponseFuture {
+        kind: FutKind::Boxed { fut: Box::pin(fut) },
+    }
+}
+
+impl<S> ResponseCache<S> {
+    fn pass_with<ReqBody, ResBody>(
+        &mut self,
+        req: Request<ReqBody>,
+        fwd: &str,
+    ) -> ResponseFuture<S::Future, ResBody, S::Error>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    {
+        let status = status_value(&self.settings.name, fwd);
+        ResponseFuture {
+            kind: FutKind::Pass {
+                fut: self.inner.call(req),
+                status: Some(status),
+            },
+        }
+    }
+
+    fn read<ReqBody, ResBody>(
+        &mut self,
+        req: Request<ReqBody>,
+    ) -> ResponseFuture<S::Future, ResBody, S::Error>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+        ReqBody: Default + Send + 'static,
+        ResBody: Body<Data = Bytes> + Send + 'static,
+        ResBody::Error: Into<BoxError>,
+    {
+        let s = &*self.settings;
+        let head = req.method() == Method::HEAD;
+        if !s.cache_authorized && req.headers().contains_key(header::AUTHORIZATION) {
+            return self.pass_with(req, "fwd=bypass");
+        }
+        let req_cc = if req.headers().contains_key(header::CACHE_CONTROL) {
+            CacheControl::parse(req.headers().get_all(header::CACHE_CONTROL))
+        } else {
+            CacheControl::default()
+        };
+        if req_cc.no_store {
+            return self.pass_with(req, "fwd=bypass");
+        }
+        let refresh = req_cc.no_cache || req_cc.max_age == Some(0);
+        let key = key_of(&req, &s.vary);
+        let mut fallback = None;
+        if !refresh {
+            match s.engine.lookup(&key) {
+                Lookup::Fresh(entry) => {
+                    if let Some(stored) = stored_of(&entry) {
+                        s.engine.inner.metrics.hit_l1.increment(1);
+                        let status = hit_status(&s.name, &entry, s.engine.now(), None);
+                        let res = respond_entry(s, &entry, &stored, req.headers(), head, status);
+                        return ResponseFuture {
+                            kind: FutKind::Ready { res: Some(res) },
+                        };
+                    }
+                }
+                Lookup::Stale(entry) => {
+                    if let Some(stored) = stored_of(&entry) {
+                        s.engine.inner.metrics.stale_revalidate.increment(1);
+                        let status = hit_status(&s.name, &entry, s.engine.now(), None);
+                        let res = respond_entry(s, &entry, &stored, req.headers(), head, status);
+                        self.refresh_in_background(&req, key);
+                        return ResponseFuture {
+                            kind: FutKind::Ready { res: Some(res) },
+                        };
+                    }
+                }
+                Lookup::Miss { fallback: f } => fallback = f,
+            }
+        }
+        if head {
+            // A HEAD response has no body to store; it is answered from GET entries only.
+            return self.pass_with(req, "fwd=miss");
+        }
+        s.engine.inner.metrics.miss.increment(1);
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let s = Arc::clone(&self.settings);
+        boxed(miss(s, inner, req, key, fallback, refresh))
+    }
+
+    fn refresh_in_background<ReqBody, ResBody>(&self, req: &Request<ReqBody>, key: String)
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+        ReqBody: Default + Send + 'static,
+        ResBody: Body<Data = Bytes> + Send + 'static,
+        ResBody::Error: Into<BoxError>,
+    {
+        let Begin::Leader(leader) = self.settings.engine.begin(&key) else {
+            return;
+        };
+        let mut r = Request::new(ReqBody::default());
+        *r.uri_mut() = req.uri().clone();
+        *r.version_mut() = req.version();
+        *r.extensions_mut() = req.extensions().clone();
+        let headers = r.headers_mut();
+        for (name, value) in req.headers() {
+            if !matches!(
+                name.as_str(),
+                "if-none-match" | "if-modified-since" | "if-match" | "if-unmodified-since" | "if-range" | "cache-control"
+            ) {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        let s = Arc::clone(&self.settings);
+        let mut svc = self.inner.clone();
+        tokio::spawn(async move {
+            if std::future::poll_fn(|cx| svc.poll_ready(cx)).await.is_ok() {
+                let _ = lead(&s, svc, r, leader, None, false).await;
+            }
+        });
+    }
+}
+
+async fn miss<S, ReqBody, ResBody>(
+    s: Arc<Settings>,
+    mut inner: S,
+    req: Request<ReqBody>,
+    key: String,
+    fallback: Option<Arc<Entry>>,
+    refresh: bool,
+) -> Result<Response<CacheBody<ResBody>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Body<Data = Bytes>,
+    ResBody::Error: Into<BoxError>,
+{
+    loop {
+        match s.engine.begin(&key) {
+            Begin::Wait(rx) => match wait(rx).await {
+                Some(Outcome::Value(entry)) => {
+                    if let Some(stored) = stored_of(&entry) {
+                        let now = s.engine.now();
+                        let status = if now < entry.fresh_until {
+                            hit_status(&s.name, &entry, now, Some("coalesced"))
+                        } else {
+                            hit_status(&s.name, &entry, now, Some("stale-if-error"))
+                        };
+                        return Ok(respond_entry(
+                            &s,
+                            &entry,
+                            &stored,
+                            req.headers(),
+                            false,
+                            status,
+                        ));
+                    }
+                    break;
+                }
+                Some(_) => break,
+                None => continue,
+            },
+            Begin::Leader(leader) => return lead(&s, inner, req, leader, fallback, refresh).await,
+        }
+    }
+    let res = inner.call(req).await?;
+    Ok(pass(res, Some(status_value(&s.name, "fwd=miss"))))
+}
+
+/// What reading a body up to the cap gave.
+enum Collected<B> {
+    Whole(Bytes),
+    /// Too large, with trailers, or failed: the part read, then the rest (or the error).
+    Partial(VecDeque<Frame<Bytes>>, Option<Pin<Box<B>>>, Option<BoxError>),
+}
+
+async fn collect<B>(body: B, cap: usize) -> Collected<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let mut body = Box::pin(body);
+    if body.size_hint().lower() > cap as u64 {
+        return Collected::Partial(VecDeque::new(), Some(body), None);
+    }
+    let mut frames = VecDeque::new();
+    let mut size = 0usize;
+    loop {
+        match body.frame().await {
+            None => break,
+            Some(Ok(frame)) => {
+                let trailers = frame.is_trailers();
+                if let Some(d) = frame.data_ref() {
+                    size = size.saturating_add(d.len());
+                }
+                frames.push_back(frame);
+                if trailers || size > cap {
+                    return Collected::Partial(frames, Some(body), None);
+                }
+            }
+            Some(Err(e)) => return Collected::Partial(frames, None, Some(e.into())),
+        }
+    }
+    if frames.len() == 1 {
+        if let Ok(d) = frames.pop_front().expect("one frame").into_data() {
+            return Collected::Whole(d);
+        }
+        return Collected::Whole(Bytes::new());
+    }
+    let mut all = BytesMut::with_capacity(size);
+    for f in frames {
+        if let Ok(d) = f.into_data() {
+            all.extend_from_slice(&d);
+        }
+    }
+    Collected::Whole(all.freeze())
+}
+
+async fn lead<S, ReqBody, ResBody>(
+    s: &Settings,
+    mut inner: S,
+    req: Request<ReqBody>,
+    mut leader: Leader,
+    mut fallback: Option<Arc<Entry>>,
+    refresh: bool,
+) -> Result<Response<CacheBody<ResBody>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Body<Data = Bytes>,
+    ResBody::Error: Into<BoxError>,
+{
+    let (req, tags) = tags_of(req, s.tags.as_deref());
+    let tag_refs: Vec<&str> = tags.iter().map(String::as_str).collect();
+    let request_headers = req.headers().clone();
+    if let Some(entry) = leader.read_l2(&tag_refs).await {
+        let now = s.engine.now();
+        if !refresh && now < entry.fresh_until {
+            if let Some(stored) = stored_of(&entry) {
+                let status = hit_status(&s.name, &entry, now, Some("l2"));
+                let res = respond_entry(s, &entry, &stored, &request_headers, false, status);
+                leader.complete(Outcome::Value(entry));
+                return Ok(res);
+            }
+        }
+        if now < entry.sie_until {
+            fallback = Some(entry);
+        }
+    }
+    let serve_stale = |leader: Leader, fallback: Option<Arc<Entry>>| {
+        let entry = fallback?;
+        let stored = stored_of(&entry)?;
+        s.engine.inner.metrics.stale_error.increment(1);
+        let status = hit_status(&s.name, &entry, s.engine.now(), Some("stale-if-error"));
+        let res = respond_entry(s, &entry, &stored, &request_headers, false, status);
+        leader.complete(Outcome::Value(entry));
+        Some(res)
+    };
+    let res = match inner.call(req).await {
+        Ok(res) => res,
+        Err(e) => {
+            s.engine.inner.metrics.load_err.increment(1);
+            if fallback.is_some() {
+                if let Some(res) = serve_stale(leader, fallback) {
+                    return Ok(res);
+                }
+            }
+            return Err(e);
+        }
+    };
+    if res.status().is_server_error() {
+        s.engine.inner.metrics.load_err.increment(1);
+        if fallback.is_some() {
+            if let Some(stale) = serve_stale(leader, fallback) {
+                return Ok(stale);
+            }
+            return Ok(pass(res, Some(status_value(&s.name, "fwd=miss"))));
+        }
+    } else {
+        s.engine.inner.metrics.load_ok.increment(1);
+    }
+    let fwd = if refresh { "fwd=request" } else { "fwd=miss" };
+    let Some(lifetimes) = storable(
+        res.status(),
+        res.headers(),
+        &s.statuses,
+        &s.vary,
+        s.engine.inner.defaults,
+    ) else {
+        leader.complete(Outcome::Pass);
+        return Ok(pass(res, Some(status_value(&s.name, fwd))));
+    };
+    let (parts, body) = res.into_parts();
+    match collect(body, s.max_body).await {
+        Collected::Whole(body) => {
+            let value = encode(parts.status, &parts.headers, &body);
+            let Some(stored) = decode(&value) else {
+                leader.complete(Outcome::Pass);
+                let res = Response::from_parts(parts, CacheBody::full(Some(body)));
+                return Ok(res);
+            };
+            let stored = Arc::new(stored);
+            let entry = leader
+                .store(value, Some(stored.clone()), lifetimes, &tag_refs)
+                .await;
+            leader.complete(Outcome::Value(Arc::clone(&entry)));
+            let status = status_value(&s.name, &format!("{fwd}; stored"));
+            Ok(respond_entry(s, &entry, &stored, &request_headers, false, status))
+        }
+        Collected::Partial(frames, rest, error) => {
+            leader.complete(Outcome::Pass);
+            let mut res = Response::from_parts(parts, CacheBody::prefixed(frames, rest, error));
+            res.headers_mut().insert(
+                HeaderName::from_static("cache-status"),
+                status_value(&s.name, fwd),
+            );
+            Ok(res)
+        }
+    }
+}
