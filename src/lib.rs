@@ -61,11 +61,11 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod builder;
+#[cfg(feature = "cache")]
+pub mod cache;
 #[cfg(feature = "circuit-breaker")]
 pub mod circuit_breaker;
 pub mod classify;
-#[cfg(feature = "cache")]
-pub mod cache;
 #[cfg(any(
     feature = "rate-limit",
     feature = "circuit-breaker",

@@ -358,12 +358,13 @@ impl RedisBackendBuilder {
             // Reconnect attempts back off up to a second; callers are bounded by `timeout`.
             .set_number_of_retries(3)
             .set_max_delay(Duration::from_secs(1));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(|e| {
-            ConfigError::new(
-                "redis_url",
-                format!("cannot create the Redis connection: {e}"),
-            )
-        })?;
+        let conn =
+            ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(|e| {
+                ConfigError::new(
+                    "redis_url",
+                    format!("cannot create the Redis connection: {e}"),
+                )
+            })?;
         Ok(RedisBackend {
             inner: Arc::new(Inner {
                 conn,

@@ -134,14 +134,18 @@ where
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Kind::Full { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
             Kind::Inner { body } => body.size_hint(),
             Kind::Prefixed { frames, rest, .. } => {
                 let buffered: u64 = frames
                     .iter()
                     .filter_map(|f| f.data_ref().map(|d| d.len() as u64))
                     .sum();
-                let rest = rest.as_ref().map_or(SizeHint::with_exact(0), |b| b.size_hint());
+                let rest = rest
+                    .as_ref()
+                    .map_or(SizeHint::with_exact(0), |b| b.size_hint());
                 let mut hint = SizeHint::new();
                 hint.set_lower(rest.lower().saturating_add(buffered));
                 if let Some(upper) = rest.upper() {

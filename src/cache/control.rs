@@ -360,7 +360,12 @@ mod tests {
         ];
         for case in cases {
             let values: Vec<_> = case.lines.iter().map(|l| hv(l)).collect();
-            assert_eq!(CacheControl::parse(&values), case.want, "case {}", case.name);
+            assert_eq!(
+                CacheControl::parse(&values),
+                case.want,
+                "case {}",
+                case.name
+            );
         }
     }
 

@@ -117,6 +117,7 @@ pub(crate) enum Outcome {
 }
 
 type Flight = watch::Sender<Option<Outcome>>;
+type TagVersions = Box<[(Box<str>, u64)]>;
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 const FENCE_SLOTS: usize = 4096;
@@ -159,7 +160,10 @@ impl fmt::Debug for CacheEngine {
         d.field("entries", &self.inner.l1.entry_count())
             .field("defaults", &self.inner.defaults);
         #[cfg(feature = "redis")]
-        d.field("redis", &self.inner.l2.as_ref().map(|l2| l2.backend.address()));
+        d.field(
+            "redis",
+            &self.inner.l2.as_ref().map(|l2| l2.backend.address()),
+        );
         d.finish_non_exhaustive()
     }
 }
@@ -382,7 +386,7 @@ pub(crate) struct Leader {
     pub(crate) key: String,
     flight: Arc<Flight>,
     fence: u64,
-    tag_snapshot: Option<Box<[(Box<str>, u64)]>>,
+    tag_snapshot: Option<TagVersions>,
     #[cfg(feature = "redis")]
     l2_fence: Option<super::l2::Fence>,
 }
@@ -412,6 +416,11 @@ impl Leader {
             );
             self.l2_fence = Some(read.fence);
             let entry = read.entry?;
+            // The script checked the entry's tag versions against Redis: they were current
+            // a moment ago. Learn them, unless a newer invalidation already arrived.
+            for (tag, version) in &entry.tags {
+                inner.set_tag_version(tag, *version);
+            }
             if !entry.tags.is_empty() && !inner.tags_current(&entry.tags) {
                 return None;
             }
@@ -475,16 +484,14 @@ impl Leader {
         let fresh_locally = inner.local_fence_ok(&self.key, self.fence)
             && (entry.tags.is_empty() || inner.tags_current(&entry.tags));
         #[cfg(feature = "redis")]
-        if let (Some(l2), Some(fence)) = (&inner.l2, &self.l2_fence) {
-            if fresh_locally {
-                let stored = l2
-                    .set(&self.key, &entry, ttl, lifetimes, tags, fence)
-                    .await;
-                // The L2 check is the one every instance agrees on; a refusal there means
-                // another instance invalidated meanwhile.
-                if stored == Some(false) {
-                    return entry;
-                }
+        if let (Some(l2), Some(fence)) = (&inner.l2, &self.l2_fence)
+            && fresh_locally
+        {
+            let stored = l2.set(&self.key, &entry, ttl, lifetimes, tags, fence).await;
+            // The L2 check is the one every instance agrees on; a refusal there means
+            // another instance invalidated meanwhile.
+            if stored == Some(false) {
+                return entry;
             }
         }
         if fresh_locally && inner.local_fence_ok(&self.key, self.fence) {
@@ -571,12 +578,7 @@ impl Inner {
     }
 
     fn tag_version_or_init(&self, tag: &str) -> u64 {
-        if let Some(v) = self
-            .tags
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(tag)
-        {
+        if let Some(v) = self.tags.read().unwrap_or_else(|e| e.into_inner()).get(tag) {
             return *v;
         }
         let mut table = self.tags.write().unwrap_or_else(|e| e.into_inner());
@@ -638,7 +640,6 @@ impl Inner {
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
     }
-
 }
 
 struct EntryExpiry;
@@ -829,7 +830,10 @@ impl CacheEngineBuilder {
             l2: self.redis.map(|b| super::l2::L2::new(b, seed)),
             metrics,
         });
-        inner.metrics.subscribed.set(if has_redis { 0.0 } else { 1.0 });
+        inner
+            .metrics
+            .subscribed
+            .set(if has_redis { 0.0 } else { 1.0 });
         #[cfg(feature = "redis")]
         if let Some(l2) = &inner.l2 {
             tokio::spawn(super::l2::listen(
@@ -864,7 +868,9 @@ mod tests {
         };
         e.invalidate_key("k").await.unwrap();
         let lt = e.inner.defaults;
-        let entry = leader.store(Bytes::from_static(b"old"), None, lt, &[]).await;
+        let entry = leader
+            .store(Bytes::from_static(b"old"), None, lt, &[])
+            .await;
         assert_eq!(&entry.value[..], b"old");
         assert!(matches!(e.lookup("k"), Lookup::Miss { fallback: None }));
         leader.complete(Outcome::Pass);
@@ -872,7 +878,9 @@ mod tests {
         let Begin::Leader(leader) = e.begin("k") else {
             panic!("the old flight ended")
         };
-        leader.store(Bytes::from_static(b"new"), None, lt, &[]).await;
+        leader
+            .store(Bytes::from_static(b"new"), None, lt, &[])
+            .await;
         assert!(matches!(e.lookup("k"), Lookup::Fresh(_)));
     }
 

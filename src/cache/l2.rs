@@ -211,7 +211,11 @@ impl L2 {
         for v in &fence.tag_versions {
             c.arg(v.to_string());
         }
-        match self.backend.evalsha::<i64>("cache_set", &self.set, &c).await {
+        match self
+            .backend
+            .evalsha::<i64>("cache_set", &self.set, &c)
+            .await
+        {
             Ok(n) => Some(n == 1),
             Err(e) => {
                 tracing::debug!(error = %e, "cache L2 write failed");
@@ -407,7 +411,9 @@ pub(crate) async fn listen(
             let now = tokio::time::Instant::now();
             if now >= next_beat {
                 if now.duration_since(heard) > heartbeat * 3 {
-                    tracing::warn!("cache invalidation subscriber heard no heartbeat; resubscribing");
+                    tracing::warn!(
+                        "cache invalidation subscriber heard no heartbeat; resubscribing"
+                    );
                     break;
                 }
                 let backend = backend.clone();
@@ -465,13 +471,13 @@ fn apply(inner: &Inner, payload: &[u8], me: &str) {
         }
         b't' => {
             // Own tag messages are applied too: versions only move forward.
-            if let Some((version, tag)) = body.split_once(' ') {
-                if let Ok(version) = version.parse() {
-                    if !own {
-                        inner.metrics.invalidation_received("tag");
-                    }
-                    inner.set_tag_version(tag, version);
+            if let Some((version, tag)) = body.split_once(' ')
+                && let Ok(version) = version.parse()
+            {
+                if !own {
+                    inner.metrics.invalidation_received("tag");
                 }
+                inner.set_tag_version(tag, version);
             }
         }
         _ => {}

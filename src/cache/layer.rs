@@ -186,9 +186,8 @@ impl ResponseCacheLayerBuilder {
         }
         let mut vary = Vec::with_capacity(self.vary.len());
         for v in &self.vary {
-            let name = HeaderName::from_bytes(v.trim().as_bytes()).map_err(|_| {
-                ConfigError::new("vary", format!("`{v}` is not a header name"))
-            })?;
+            let name = HeaderName::from_bytes(v.trim().as_bytes())
+                .map_err(|_| ConfigError::new("vary", format!("`{v}` is not a header name")))?;
             if !vary.contains(&name) {
                 vary.push(name);
             }

@@ -107,7 +107,7 @@
 //! let layer = ResponseCacheLayer::builder(&engine)
 //!     .vary(["accept-encoding"])
 //!     .invalidates(|req| {
-//!         if req.uri().path().starts_with("/products/") {
+//!         if req.uri.path().starts_with("/products/") {
 //!             vec![ResponseCacheLayer::path_tag("/products")]
 //!         } else {
 //!             vec![]

@@ -178,7 +178,10 @@ pub(crate) fn respond(
 ) -> Response<Option<Bytes>> {
     let not_modified = stored.etag.as_ref().is_some_and(|etag| {
         request_headers.contains_key(header::IF_NONE_MATCH)
-            && if_none_match(request_headers.get_all(header::IF_NONE_MATCH), etag.as_bytes())
+            && if_none_match(
+                request_headers.get_all(header::IF_NONE_MATCH),
+                etag.as_bytes(),
+            )
     });
     let mut res;
     if not_modified {
@@ -191,13 +194,18 @@ pub(crate) fn respond(
             }
         }
     } else {
-        res = Response::new(if head { None } else { Some(stored.body.clone()) });
+        res = Response::new(if head {
+            None
+        } else {
+            Some(stored.body.clone())
+        });
         *res.status_mut() = stored.status;
         *res.headers_mut() = stored.headers.clone();
         res.headers_mut()
             .insert(header::CONTENT_LENGTH, HeaderValue::from(stored.body.len()));
     }
-    res.headers_mut().insert(header::AGE, HeaderValue::from(age_secs));
+    res.headers_mut()
+        .insert(header::AGE, HeaderValue::from(age_secs));
     res.headers_mut()
         .insert(HeaderName::from_static("cache-status"), cache_status);
     res
@@ -226,12 +234,22 @@ mod tests {
         let ok = [StatusCode::OK];
         let vary = [HeaderName::from_static("accept-language")];
         let secs = Duration::from_secs;
-        let cases: [(&str, u16, &[(&'static str, &'static str)], Option<Lifetimes>); 14] = [
+        let cases: [(
+            &str,
+            u16,
+            &[(&'static str, &'static str)],
+            Option<Lifetimes>,
+        ); 14] = [
             ("plain 200", 200, &[], Some(DEFAULTS)),
             ("404 not configured", 404, &[], None),
             ("set-cookie", 200, &[("set-cookie", "a=b")], None),
             ("no-store", 200, &[("cache-control", "no-store")], None),
-            ("private", 200, &[("cache-control", "private, max-age=60")], None),
+            (
+                "private",
+                200,
+                &[("cache-control", "private, max-age=60")],
+                None,
+            ),
             ("no-cache", 200, &[("cache-control", "no-cache")], None),
             ("max-age=0", 200, &[("cache-control", "max-age=0")], None),
             ("bad max-age", 200, &[("cache-control", "max-age=x")], None),
@@ -247,7 +265,10 @@ mod tests {
             (
                 "s-maxage wins",
                 200,
-                &[("cache-control", "max-age=7, s-maxage=9, stale-while-revalidate=1")],
+                &[(
+                    "cache-control",
+                    "max-age=7, s-maxage=9, stale-while-revalidate=1",
+                )],
                 Some(Lifetimes {
                     ttl: secs(9),
                     swr: secs(1),
@@ -265,8 +286,18 @@ mod tests {
                 }),
             ),
             ("vary *", 200, &[("vary", "*")], None),
-            ("vary on a configured header", 200, &[("vary", "Accept-Language")], Some(DEFAULTS)),
-            ("vary on another header", 200, &[("vary", "accept-language, cookie")], None),
+            (
+                "vary on a configured header",
+                200,
+                &[("vary", "Accept-Language")],
+                Some(DEFAULTS),
+            ),
+            (
+                "vary on another header",
+                200,
+                &[("vary", "accept-language, cookie")],
+                None,
+            ),
         ];
         for (name, status, hs, want) in cases {
             let got = storable(
@@ -314,7 +345,10 @@ mod tests {
 
     #[test]
     fn respond_gives_304_on_a_matching_if_none_match_and_no_body_for_head() {
-        let h = headers(&[("content-type", "text/plain"), ("cache-control", "max-age=5")]);
+        let h = headers(&[
+            ("content-type", "text/plain"),
+            ("cache-control", "max-age=5"),
+        ]);
         let stored = decode(&encode(StatusCode::OK, &h, b"hello")).unwrap();
         let etag = stored.etag.clone().unwrap();
         let status = HeaderValue::from_static("tower-scale; hit");

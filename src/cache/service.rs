@@ -140,14 +140,14 @@ fn key_of<B>(req: &Request<B>, vary: &[HeaderName]) -> String {
     key.push_str("h:");
     if let Some(a) = req.uri().authority() {
         key.push_str(a.as_str());
-    } else if let Some(host) = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()) {
+    } else if let Some(host) = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+    {
         key.push_str(host);
     }
-    key.push_str(
-        req.uri()
-            .path_and_query()
-            .map_or("/", |pq| pq.as_str()),
-    );
+    key.push_str(req.uri().path_and_query().map_or("/", |pq| pq.as_str()));
     for name in vary {
         key.push('\n');
         key.push_str(name.as_str());
@@ -175,7 +175,10 @@ fn tags_of<B>(req: Request<B>, f: Option<&super::layer::TagFnRef>) -> (Request<B
 }
 
 fn unsafe_method(m: &Method) -> bool {
-    matches!(*m, Method::POST | Method::PUT | Method::PATCH | Method::DELETE)
+    matches!(
+        *m,
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    )
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ResponseCache<S>
@@ -336,7 +339,12 @@ impl<S> ResponseCache<S> {
         for (name, value) in req.headers() {
             if !matches!(
                 name.as_str(),
-                "if-none-match" | "if-modified-since" | "if-match" | "if-unmodified-since" | "if-range" | "cache-control"
+                "if-none-match"
+                    | "if-modified-since"
+                    | "if-match"
+                    | "if-unmodified-since"
+                    | "if-range"
+                    | "cache-control"
             ) {
                 headers.append(name.clone(), value.clone());
             }
@@ -400,7 +408,11 @@ where
 enum Collected<B> {
     Whole(Bytes),
     /// Too large, with trailers, or failed: the part read, then the rest (or the error).
-    Partial(VecDeque<Frame<Bytes>>, Option<Pin<Box<B>>>, Option<BoxError>),
+    Partial(
+        VecDeque<Frame<Bytes>>,
+        Option<Pin<Box<B>>>,
+        Option<BoxError>,
+    ),
 }
 
 async fn collect<B>(body: B, cap: usize) -> Collected<B>
@@ -463,13 +475,14 @@ where
     let request_headers = req.headers().clone();
     if let Some(entry) = leader.read_l2(&tag_refs).await {
         let now = s.engine.now();
-        if !refresh && now < entry.fresh_until {
-            if let Some(stored) = stored_of(&entry) {
-                let status = hit_status(&s.name, &entry, now, Some("l2"));
-                let res = respond_entry(s, &entry, &stored, &request_headers, false, status);
-                leader.complete(Outcome::Value(entry));
-                return Ok(res);
-            }
+        if !refresh
+            && now < entry.fresh_until
+            && let Some(stored) = stored_of(&entry)
+        {
+            let status = hit_status(&s.name, &entry, now, Some("l2"));
+            let res = respond_entry(s, &entry, &stored, &request_headers, false, status);
+            leader.complete(Outcome::Value(entry));
+            return Ok(res);
         }
         if now < entry.sie_until {
             fallback = Some(entry);
@@ -488,10 +501,10 @@ where
         Ok(res) => res,
         Err(e) => {
             s.engine.inner.metrics.load_err.increment(1);
-            if fallback.is_some() {
-                if let Some(res) = serve_stale(leader, fallback) {
-                    return Ok(res);
-                }
+            if fallback.is_some()
+                && let Some(res) = serve_stale(leader, fallback)
+            {
+                return Ok(res);
             }
             return Err(e);
         }
@@ -533,7 +546,14 @@ where
                 .await;
             leader.complete(Outcome::Value(Arc::clone(&entry)));
             let status = status_value(&s.name, &format!("{fwd}; stored"));
-            Ok(respond_entry(s, &entry, &stored, &request_headers, false, status))
+            Ok(respond_entry(
+                s,
+                &entry,
+                &stored,
+                &request_headers,
+                false,
+                status,
+            ))
         }
         Collected::Partial(frames, rest, error) => {
             leader.complete(Outcome::Pass);

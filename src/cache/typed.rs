@@ -412,7 +412,12 @@ where
             };
             let lifetimes = opts.lifetimes(engine.inner.defaults);
             let entry = leader
-                .store(Bytes::from(bytes), Some(Arc::new(v.clone())), lifetimes, &tags)
+                .store(
+                    Bytes::from(bytes),
+                    Some(Arc::new(v.clone())),
+                    lifetimes,
+                    &tags,
+                )
                 .await;
             leader.complete(Outcome::Value(entry));
             Ok(v)
@@ -420,12 +425,12 @@ where
         Err(e) => {
             metrics.load_err.increment(1);
             let err = LoadError::new(e);
-            if let Some(fb) = fallback {
-                if let Some(v) = decode::<V>(&fb) {
-                    metrics.stale_error.increment(1);
-                    leader.complete(Outcome::Value(fb));
-                    return Ok(v);
-                }
+            if let Some(fb) = fallback
+                && let Some(v) = decode::<V>(&fb)
+            {
+                metrics.stale_error.increment(1);
+                leader.complete(Outcome::Value(fb));
+                return Ok(v);
             }
             leader.complete(Outcome::Failed(err.clone()));
             Err(err)

@@ -1,0 +1,950 @@
+//! The cache: the typed face and the HTTP layer, in process and through a real Redis shared
+//! by two engines ("instances"), including a private Redis killed mid-test.
+
+mod support;
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use support::{LayerExt, RedisServer, eventually, redis_backend, redis_url, unique};
+use tower::ServiceExt;
+use tower::util::BoxCloneSyncService;
+use tower_scale::cache::{Cache, CacheEngine, LoadOptions, ResponseCacheLayer};
+use tower_scale::clock::Clock;
+
+fn redis_engine(url: &str, prefix: &str) -> CacheEngine {
+    CacheEngine::builder()
+        .redis(redis_backend(url, prefix))
+        .ttl_jitter(0.0)
+        .heartbeat(Duration::from_millis(200))
+        .build()
+        .unwrap()
+}
+
+async fn subscribed(engines: &[&CacheEngine]) {
+    for e in engines {
+        eventually(
+            "the invalidation subscriber",
+            Duration::from_secs(5),
+            || async { e.is_subscribed().then_some(()) },
+        )
+        .await;
+    }
+}
+
+/// A loader error for the tests.
+#[derive(Debug, Clone, PartialEq)]
+struct Boom(&'static str);
+
+impl std::fmt::Display for Boom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "boom: {}", self.0)
+    }
+}
+
+impl std::error::Error for Boom {}
+
+// ---------------------------------------------------------------------------------------
+// The typed face
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_concurrent_misses_run_the_loader_once() {
+    let prefix = unique("stampede");
+    let engines = [
+        ("in process", CacheEngine::builder().build().unwrap()),
+        ("with redis", redis_engine(&redis_url(), &prefix)),
+    ];
+    for (name, engine) in engines {
+        let cache: Cache<str, u64> = Cache::new(&engine, "stampede");
+        let runs = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..1000 {
+            let (cache, runs) = (cache.clone(), Arc::clone(&runs));
+            tasks.push(tokio::spawn(async move {
+                cache
+                    .get_or_load("cold", move || async move {
+                        runs.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        Ok::<_, Boom>(7)
+                    })
+                    .await
+                    .unwrap()
+            }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), 7, "{name}");
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "{name}: loader runs");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_load_reaches_every_waiter_and_is_not_cached() {
+    let engine = CacheEngine::builder().build().unwrap();
+    let cache: Cache<str, u64> = Cache::new(&engine, "errors");
+    let runs = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let (cache, runs) = (cache.clone(), Arc::clone(&runs));
+        tasks.push(tokio::spawn(async move {
+            cache
+                .get_or_load("k", move || async move {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Err::<u64, _>(Boom("db down"))
+                })
+                .await
+        }));
+    }
+    for t in tasks {
+        let err = t.await.unwrap().unwrap_err();
+        assert_eq!(err.downcast_ref::<Boom>(), Some(&Boom("db down")));
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    // Not cached: the next call loads again.
+    let v = cache
+        .get_or_load("k", || async { Ok::<_, Boom>(1) })
+        .await
+        .unwrap();
+    assert_eq!(v, 1);
+}
+
+fn paused_engine() -> CacheEngine {
+    CacheEngine::builder()
+        .clock(Clock::tokio())
+        .ttl(Duration::from_secs(10))
+        .ttl_jitter(0.0)
+        .stale_while_revalidate(Duration::from_secs(5))
+        .stale_if_error(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_while_revalidate_serves_the_old_value_and_refreshes_once() {
+    let engine = paused_engine();
+    let cache: Cache<str, u64> = Cache::new(&engine, "swr");
+    let loads = Arc::new(AtomicUsize::new(0));
+    let loader = |value: u64, loads: Arc<AtomicUsize>| {
+        move || async move {
+            loads.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Ok::<_, Boom>(value)
+        }
+    };
+    assert_eq!(
+        cache
+            .get_or_load("k", loader(1, loads.clone()))
+            .await
+            .unwrap(),
+        1
+    );
+    tokio::time::advance(Duration::from_secs(11)).await; // stale, within SWR
+    for _ in 0..10 {
+        // Served at once, old value; one refresh starts in the background.
+        let v = cache
+            .get_or_load("k", loader(2, loads.clone()))
+            .await
+            .unwrap();
+        assert_eq!(v, 1);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await; // the refresh finishes
+    assert_eq!(
+        loads.load(Ordering::SeqCst),
+        2,
+        "one initial load, one refresh"
+    );
+    assert_eq!(
+        cache
+            .get_or_load("k", loader(3, loads.clone()))
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(loads.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_if_error_serves_the_old_value_while_the_loader_fails_and_not_after() {
+    let engine = paused_engine();
+    let cache: Cache<str, u64> = Cache::new(&engine, "sie");
+    cache
+        .get_or_load("k", || async { Ok::<_, Boom>(1) })
+        .await
+        .unwrap();
+    let failing = || async { Err::<u64, _>(Boom("down")) };
+    struct Step {
+        name: &'static str,
+        advance: u64,
+        want: Result<u64, ()>,
+    }
+    let steps = [
+        Step {
+            name: "past SWR, within SIE",
+            advance: 20,
+            want: Ok(1),
+        },
+        Step {
+            name: "still within SIE",
+            advance: 15,
+            want: Ok(1),
+        },
+        Step {
+            name: "past SIE",
+            advance: 10,
+            want: Err(()),
+        },
+    ];
+    for step in steps {
+        tokio::time::advance(Duration::from_secs(step.advance)).await;
+        let got = cache.get_or_load("k", failing).await.map_err(drop);
+        assert_eq!(got, step.want, "step {}", step.name);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidation_on_one_instance_reaches_the_other_within_milliseconds() {
+    let prefix = unique("propagation");
+    let a = redis_engine(&redis_url(), &prefix);
+    let b = redis_engine(&redis_url(), &prefix);
+    subscribed(&[&a, &b]).await;
+    let ca: Cache<str, String> = Cache::new(&a, "p");
+    let cb: Cache<str, String> = Cache::new(&b, "p");
+    let mut micros = Vec::new();
+    for round in 0..200 {
+        let key = format!("k{round}");
+        // B holds the old value in L1 (read through L2 after A stored it).
+        ca.set(&key, &"old".to_string()).await.unwrap();
+        assert_eq!(cb.get(&key).await.as_deref(), Some("old"));
+        let start = Instant::now();
+        ca.invalidate(&key).await.unwrap();
+        loop {
+            // B's L1 must drop it; a read that goes to L2 finds nothing either.
+            if cb.get(&key).await.is_none() {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(2),
+                "round {round}: B still serves the old value"
+            );
+            tokio::task::yield_now().await;
+        }
+        micros.push(start.elapsed().as_micros() as u64);
+    }
+    micros.sort_unstable();
+    let p50 = micros[micros.len() / 2];
+    let p99 = micros[micros.len() * 99 / 100];
+    println!("invalidation propagation over 200 rounds: p50 {p50} µs, p99 {p99} µs");
+    assert!(p99 < 200_000, "p99 {p99} µs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_and_prefixes_invalidate_on_every_instance() {
+    let prefix = unique("tags");
+    let a = redis_engine(&redis_url(), &prefix);
+    let b = redis_engine(&redis_url(), &prefix);
+    subscribed(&[&a, &b]).await;
+    let ca: Cache<str, u32> = Cache::new(&a, "n");
+    let cb: Cache<str, u32> = Cache::new(&b, "n");
+    let team = LoadOptions::new().tag("team");
+    for (k, v) in [("x", 1), ("y", 2)] {
+        ca.get_or_load_with(k, &team, move || async move { Ok::<_, Boom>(v) })
+            .await
+            .unwrap();
+    }
+    ca.set("user:1", &10).await.unwrap();
+    ca.set("user:2", &20).await.unwrap();
+    ca.set("other", &30).await.unwrap();
+    // B reads everything through L2 into its L1.
+    for (k, v) in [
+        ("x", 1),
+        ("y", 2),
+        ("user:1", 10),
+        ("user:2", 20),
+        ("other", 30),
+    ] {
+        assert_eq!(cb.get(k).await, Some(v), "B reads {k}");
+    }
+    a.invalidate_tag("team").await.unwrap();
+    ca.invalidate_prefix("user:").await.unwrap();
+    for k in ["x", "y", "user:1", "user:2"] {
+        eventually(&format!("B drops {k}"), Duration::from_secs(2), || async {
+            cb.get(k).await.is_none().then_some(())
+        })
+        .await;
+        assert_eq!(ca.get(k).await, None, "A drops {k}");
+    }
+    assert_eq!(cb.get("other").await, Some(30), "untouched keys stay");
+    // Reloaded values carry the new tag version and are served again.
+    let v = cb
+        .get_or_load_with("x", &team, || async { Ok::<_, Boom>(5) })
+        .await
+        .unwrap();
+    assert_eq!(v, 5);
+    assert_eq!(ca.get("x").await, Some(5), "A reads B's reload through L2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_loader_never_writes_back_a_value_older_than_an_invalidation() {
+    let prefix = unique("race");
+    let a = redis_engine(&redis_url(), &prefix);
+    let b = redis_engine(&redis_url(), &prefix);
+    subscribed(&[&a, &b]).await;
+    let raw = redis_backend(&redis_url(), &prefix);
+    struct Case {
+        name: &'static str,
+        invalidate: fn(Cache<str, String>, CacheEngine) -> tokio::task::JoinHandle<()>,
+    }
+    let cases = [
+        Case {
+            name: "key",
+            invalidate: |c, _| tokio::spawn(async move { c.invalidate("k").await.unwrap() }),
+        },
+        Case {
+            name: "tag",
+            invalidate: |_, e| tokio::spawn(async move { e.invalidate_tag("t").await.unwrap() }),
+        },
+        Case {
+            name: "prefix",
+            invalidate: |c, _| tokio::spawn(async move { c.invalidate_prefix("").await.unwrap() }),
+        },
+        Case {
+            // An instance whose message never arrives (a partition): only the generation
+            // in Redis moves, and the store script alone must refuse the old value.
+            name: "silent",
+            invalidate: |_, e| {
+                tokio::spawn(async move {
+                    let _ = e;
+                })
+            },
+        },
+    ];
+    for case in cases {
+        let ca: Cache<str, String> = Cache::new(&a, case.name);
+        let cb: Cache<str, String> = Cache::new(&b, case.name);
+        let opts = LoadOptions::new().tag("t");
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+        let slow = {
+            let ca = ca.clone();
+            let opts = opts.clone();
+            tokio::spawn(async move {
+                ca.get_or_load_with("k", &opts, move || async move {
+                    let _ = started_tx.send(());
+                    let _ = go_rx.await;
+                    Ok::<_, Boom>("old".to_string())
+                })
+                .await
+                .unwrap()
+            })
+        };
+        started_rx.await.unwrap();
+        // The data changes and B invalidates while A's load is under way.
+        (case.invalidate)(cb.clone(), b.clone()).await.unwrap();
+        if case.name == "silent" {
+            let gen_key = raw.key_with_suffix("cache", "d:silent:k", "g");
+            let _: i64 = raw
+                .query("test", tower_scale::redis::cmd("INCR").arg(gen_key))
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        go_tx.send(()).unwrap();
+        assert_eq!(
+            slow.await.unwrap(),
+            "old",
+            "{}: the caller gets what it loaded",
+            case.name
+        );
+        // Neither tier kept it: the next read on either instance loads afresh.
+        for (who, c) in [("A", &ca), ("B", &cb)] {
+            let v = c
+                .get_or_load_with("k", &opts, || async { Ok::<_, Boom>("new".to_string()) })
+                .await
+                .unwrap();
+            assert_eq!(v, "new", "{}: {who} must not see the old value", case.name);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_redis_fails_no_request_and_the_cache_resumes() {
+    let mut redis = RedisServer::start();
+    let prefix = unique("killed");
+    let a = redis_engine(&redis.url(), &prefix);
+    let b = redis_engine(&redis.url(), &prefix);
+    subscribed(&[&a, &b]).await;
+    let ca: Cache<str, u32> = Cache::new(&a, "k");
+    let cb: Cache<str, u32> = Cache::new(&b, "k");
+    let loads = Arc::new(AtomicUsize::new(0));
+    let load = |v: u32, loads: &Arc<AtomicUsize>| {
+        let loads = Arc::clone(loads);
+        move || async move {
+            loads.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, Boom>(v)
+        }
+    };
+    assert_eq!(ca.get_or_load("x", load(1, &loads)).await.unwrap(), 1);
+    redis.kill();
+    // Every call answers, from L1 or the loader, within the Redis timeout.
+    for round in 0..20 {
+        let start = Instant::now();
+        let v = cb.get_or_load("x", load(1, &loads)).await.unwrap();
+        assert_eq!(v, 1, "round {round}");
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "round {round} took {:?}",
+            start.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eventually(
+        "A to notice the lost subscription",
+        Duration::from_secs(3),
+        || async { (!a.is_subscribed()).then_some(()) },
+    )
+    .await;
+    redis.restart();
+    subscribed(&[&a, &b]).await;
+    // Resumed: L2 and invalidation work again across the instances.
+    ca.set("y", &5).await.unwrap();
+    assert_eq!(cb.get("y").await, Some(5), "B reads A's write through L2");
+    ca.invalidate("y").await.unwrap();
+    eventually("B to drop y", Duration::from_secs(2), || async {
+        cb.get("y").await.is_none().then_some(())
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------
+// The HTTP face
+
+type App = BoxCloneSyncService<Request<Full<Bytes>>, Response<Full<Bytes>>, Infallible>;
+
+/// An origin whose responses a test sets per path, counting the calls it gets.
+#[derive(Clone, Default)]
+struct Origin {
+    calls: Arc<AtomicUsize>,
+    version: Arc<AtomicUsize>,
+    headers: Arc<Mutex<Vec<(&'static str, String)>>>,
+    status: Arc<Mutex<Option<StatusCode>>>,
+    body_size: Arc<Mutex<Option<usize>>>,
+}
+
+impl Origin {
+    fn app(&self) -> App {
+        let o = self.clone();
+        BoxCloneSyncService::new(tower::service_fn(move |req: Request<Full<Bytes>>| {
+            let o = o.clone();
+            async move {
+                o.calls.fetch_add(1, Ordering::SeqCst);
+                if req.method() == Method::PUT {
+                    o.version.fetch_add(1, Ordering::SeqCst);
+                    return Ok(Response::new(Full::new(Bytes::from_static(b"ok"))));
+                }
+                let v = o.version.load(Ordering::SeqCst);
+                let body = match *o.body_size.lock().unwrap() {
+                    Some(n) => "x".repeat(n),
+                    None => format!("{} v{v}", req.uri()),
+                };
+                let mut res = Response::new(Full::new(Bytes::from(body)));
+                *res.status_mut() = o.status.lock().unwrap().unwrap_or(StatusCode::OK);
+                for (n, v) in o.headers.lock().unwrap().iter() {
+                    res.headers_mut()
+                        .append(*n, HeaderValue::from_str(v).unwrap());
+                }
+                Ok::<_, Infallible>(res)
+            }
+        }))
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+struct Got {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+async fn send<S>(svc: &S, method: Method, uri: &str, headers: &[(&str, &str)]) -> Got
+where
+    S: tower::Service<Request<Full<Bytes>>, Error = Infallible> + Clone,
+    S::Response: Into<Response<tower_scale::cache::CacheBody<Full<Bytes>>>>,
+{
+    let mut req = Request::builder().method(method).uri(uri);
+    for (n, v) in headers {
+        req = req.header(*n, *v);
+    }
+    let res: Response<_> = svc
+        .clone()
+        .oneshot(req.body(Full::default()).unwrap())
+        .await
+        .unwrap()
+        .into();
+    let (parts, body) = res.into_parts();
+    Got {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.unwrap().to_bytes(),
+    }
+}
+
+fn cache_status(g: &Got) -> &str {
+    g.headers
+        .get("cache-status")
+        .map_or("", |v| v.to_str().unwrap())
+}
+
+#[tokio::test]
+async fn http_storage_rules() {
+    struct Case {
+        name: &'static str,
+        response_headers: &'static [(&'static str, &'static str)],
+        request_headers: &'static [(&'static str, &'static str)],
+        status: StatusCode,
+        cached: bool,
+    }
+    let cases = [
+        Case {
+            name: "plain 200",
+            response_headers: &[],
+            request_headers: &[],
+            status: StatusCode::OK,
+            cached: true,
+        },
+        Case {
+            name: "404 is not a configured status",
+            response_headers: &[],
+            request_headers: &[],
+            status: StatusCode::NOT_FOUND,
+            cached: false,
+        },
+        Case {
+            name: "500",
+            response_headers: &[],
+            request_headers: &[],
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            cached: false,
+        },
+        Case {
+            name: "set-cookie",
+            response_headers: &[("set-cookie", "a=b")],
+            request_headers: &[],
+            status: StatusCode::OK,
+            cached: false,
+        },
+        Case {
+            name: "no-store",
+            response_headers: &[("cache-control", "no-store")],
+            request_headers: &[],
+            status: StatusCode::OK,
+            cached: false,
+        },
+        Case {
+            name: "private",
+            response_headers: &[("cache-control", "private, max-age=60")],
+            request_headers: &[],
+            status: StatusCode::OK,
+            cached: false,
+        },
+        Case {
+            name: "no-cache",
+            response_headers: &[("cache-control", "no-cache")],
+            request_headers: &[],
+            status: StatusCode::OK,
+            cached: false,
+        },
+        Case {
+            name: "max-age=0",
+            response_headers: &[("cache-control", "max-age=0")],
+            request_headers: &[],
+            status: StatusCode::OK,
+            cached: false,
+        },
+        Case {
+            name: "s-maxage=0 beats max-age",
+            response_headers: &[("cache-control", "max-age=60, s-maxage=0")],
+            request_headers: &[],
+            status: StatusCode::OK,
+            cached: false,
+        },
+        Case {
+            name: "public max-age",
+            response_headers: &[("cache-control", "public, max-age=60")],
+            request_headers: &[],
+            status: StatusCode::OK,
+            cached: true,
+        },
+        Case {
+            name: "vary *",
+            response_headers: &[("vary", "*")],
+            request_headers: &[],
+            status: StatusCode::OK,
+            cached: false,
+        },
+        Case {
+            name: "vary on a configured header",
+            response_headers: &[("vary", "Accept-Language")],
+            request_headers: &[("accept-language", "en")],
+            status: StatusCode::OK,
+            cached: true,
+        },
+        Case {
+            name: "vary on another header",
+            response_headers: &[("vary", "cookie")],
+            request_headers: &[],
+            status: StatusCode::OK,
+            cached: false,
+        },
+        Case {
+            name: "authorization",
+            response_headers: &[],
+            request_headers: &[("authorization", "Bearer x")],
+            status: StatusCode::OK,
+            cached: false,
+        },
+        Case {
+            name: "request no-store",
+            response_headers: &[],
+            request_headers: &[("cache-control", "no-store")],
+            status: StatusCode::OK,
+            cached: false,
+        },
+        Case {
+            name: "malformed cache-control",
+            response_headers: &[("cache-control", "max-age=\"a,,=\"\"")],
+            request_headers: &[],
+            status: StatusCode::OK,
+            cached: false,
+        },
+    ];
+    for case in cases {
+        let engine = CacheEngine::builder().build().unwrap();
+        let layer = ResponseCacheLayer::builder(&engine)
+            .vary(["accept-language"])
+            .build()
+            .unwrap();
+        let origin = Origin::default();
+        *origin.headers.lock().unwrap() = case
+            .response_headers
+            .iter()
+            .map(|(n, v)| (*n, v.to_string()))
+            .collect();
+        *origin.status.lock().unwrap() = Some(case.status);
+        let svc = layer.layer_service(origin.app());
+        let first = send(&svc, Method::GET, "/r", case.request_headers).await;
+        let second = send(&svc, Method::GET, "/r", case.request_headers).await;
+        assert_eq!(first.status, case.status, "{}", case.name);
+        assert_eq!(first.body, second.body, "{}", case.name);
+        let want_calls = if case.cached { 1 } else { 2 };
+        assert_eq!(
+            origin.calls(),
+            want_calls,
+            "case {}: origin calls",
+            case.name
+        );
+        if case.cached {
+            assert!(
+                cache_status(&first).contains("fwd=miss; stored"),
+                "{}: {}",
+                case.name,
+                cache_status(&first)
+            );
+            assert!(
+                cache_status(&second).contains("hit; ttl="),
+                "{}: {}",
+                case.name,
+                cache_status(&second)
+            );
+            assert!(second.headers.contains_key("age"), "{}", case.name);
+        } else {
+            assert!(
+                !cache_status(&second).contains("hit"),
+                "{}: {}",
+                case.name,
+                cache_status(&second)
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn http_keys_etags_head_and_body_cap() {
+    let engine = CacheEngine::builder().build().unwrap();
+    let layer = ResponseCacheLayer::builder(&engine)
+        .vary(["accept-language"])
+        .max_body(1024)
+        .build()
+        .unwrap();
+    let origin = Origin::default();
+    let svc = layer.layer_service(origin.app());
+
+    // Query strings and Vary values are separate entries.
+    for (uri, lang) in [("/a?x=1", "en"), ("/a?x=2", "en"), ("/a?x=1", "fr")] {
+        let g = send(&svc, Method::GET, uri, &[("accept-language", lang)]).await;
+        assert!(cache_status(&g).contains("fwd=miss"), "{uri} {lang}");
+    }
+    assert_eq!(origin.calls(), 3);
+    let g = send(&svc, Method::GET, "/a?x=1", &[("accept-language", "fr")]).await;
+    assert!(cache_status(&g).contains("hit"));
+    assert_eq!(origin.calls(), 3);
+
+    // ETag and If-None-Match.
+    let etag = g.headers["etag"].to_str().unwrap().to_owned();
+    assert!(etag.starts_with('"') && etag.len() == 34, "{etag}");
+    for (inm, want) in [
+        (etag.as_str(), StatusCode::NOT_MODIFIED),
+        (&*format!("W/{etag}"), StatusCode::NOT_MODIFIED),
+        ("*", StatusCode::NOT_MODIFIED),
+        ("\"other\"", StatusCode::OK),
+        ("garbage, \"", StatusCode::OK),
+    ] {
+        let g = send(
+            &svc,
+            Method::GET,
+            "/a?x=1",
+            &[("accept-language", "fr"), ("if-none-match", inm)],
+        )
+        .await;
+        assert_eq!(g.status, want, "If-None-Match {inm}");
+        if want == StatusCode::NOT_MODIFIED {
+            assert!(g.body.is_empty());
+            assert_eq!(g.headers["etag"], etag.as_str());
+        }
+    }
+    // Every instance computes the same ETag: it comes from the body.
+    let other = CacheEngine::builder().build().unwrap();
+    let svc2 = ResponseCacheLayer::new(&other).layer_service(origin.app());
+    let g2 = send(&svc2, Method::GET, "/a?x=1", &[("accept-language", "fr")]).await;
+    assert_eq!(g2.headers["etag"], etag.as_str());
+
+    // HEAD is answered from the GET entry, without a body.
+    let calls = origin.calls();
+    let h = send(&svc, Method::HEAD, "/a?x=1", &[("accept-language", "fr")]).await;
+    assert_eq!(origin.calls(), calls);
+    assert!(h.body.is_empty());
+    assert_eq!(
+        h.headers["content-length"],
+        g.body.len().to_string().as_str()
+    );
+    // A HEAD miss passes through and stores nothing.
+    send(&svc, Method::HEAD, "/head-only", &[]).await;
+    send(&svc, Method::HEAD, "/head-only", &[]).await;
+    assert_eq!(origin.calls(), calls + 2);
+
+    // A body over the cap is streamed whole and not stored.
+    *origin.body_size.lock().unwrap() = Some(4096);
+    let calls = origin.calls();
+    for _ in 0..2 {
+        let g = send(&svc, Method::GET, "/big", &[]).await;
+        assert_eq!(g.body.len(), 4096);
+        assert!(!cache_status(&g).contains("stored"));
+    }
+    assert_eq!(origin.calls(), calls + 2);
+    *origin.body_size.lock().unwrap() = Some(1024);
+    send(&svc, Method::GET, "/at-cap", &[]).await;
+    let g = send(&svc, Method::GET, "/at-cap", &[]).await;
+    assert!(
+        cache_status(&g).contains("hit"),
+        "a body of exactly the cap is stored"
+    );
+
+    // A request's no-cache refetches and stores the fresh result.
+    let calls = origin.calls();
+    let g = send(
+        &svc,
+        Method::GET,
+        "/at-cap",
+        &[("cache-control", "no-cache")],
+    )
+    .await;
+    assert!(
+        cache_status(&g).contains("fwd=request; stored"),
+        "{}",
+        cache_status(&g)
+    );
+    assert_eq!(origin.calls(), calls + 1);
+}
+
+#[tokio::test]
+async fn http_bad_input_never_panics() {
+    let engine = CacheEngine::builder().build().unwrap();
+    let layer = ResponseCacheLayer::builder(&engine)
+        .vary(["accept"])
+        .build()
+        .unwrap();
+    let origin = Origin::default();
+    let svc = layer.layer_service(origin.app());
+    let huge = "max-age=1,".repeat(10_000);
+    let garbage = "\"\\\",,,;;==W/\"".repeat(1000);
+    let inputs: [(&str, &str); 6] = [
+        ("cache-control", &huge),
+        ("cache-control", &garbage),
+        ("if-none-match", &garbage),
+        ("if-none-match", &huge),
+        ("accept", &garbage),
+        ("cache-control", "max-age=99999999999999999999999999999"),
+    ];
+    for (name, value) in inputs {
+        let g = send(&svc, Method::GET, "/bad", &[(name, value)]).await;
+        assert_eq!(g.status, StatusCode::OK, "{name}");
+    }
+    // Malformed response headers: never stored, never a panic.
+    for value in [huge.as_str(), garbage.as_str()] {
+        *origin.headers.lock().unwrap() = vec![
+            ("cache-control", value.to_owned()),
+            ("vary", value.to_owned()),
+        ];
+        let g = send(&svc, Method::GET, "/bad-response", &[]).await;
+        assert_eq!(g.status, StatusCode::OK);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_invalidates_the_resource_and_its_list_on_every_instance() {
+    let prefix = unique("http-put");
+    let a = redis_engine(&redis_url(), &prefix);
+    let b = redis_engine(&redis_url(), &prefix);
+    subscribed(&[&a, &b]).await;
+    let layer = |e: &CacheEngine| {
+        ResponseCacheLayer::builder(e)
+            .invalidates(|req| {
+                if req.uri.path().starts_with("/products/") {
+                    vec![ResponseCacheLayer::path_tag("/products")]
+                } else {
+                    vec![]
+                }
+            })
+            .build()
+            .unwrap()
+    };
+    let origin = Origin::default();
+    let sa = layer(&a).layer_service(origin.app());
+    let sb = layer(&b).layer_service(origin.app());
+    for uri in ["/products/1", "/products?limit=5", "/products/2"] {
+        let first = send(&sa, Method::GET, uri, &[]).await;
+        assert!(first.body.ends_with(b"v0"));
+        // B reads A's entry from L2.
+        let g = send(&sb, Method::GET, uri, &[]).await;
+        assert!(
+            cache_status(&g).contains("detail=l2"),
+            "{uri}: {}",
+            cache_status(&g)
+        );
+        let g = send(&sb, Method::GET, uri, &[]).await;
+        assert!(
+            cache_status(&g).contains("hit; ttl="),
+            "{uri}: {}",
+            cache_status(&g)
+        );
+    }
+    let put = send(&sa, Method::PUT, "/products/1", &[]).await;
+    assert_eq!(put.status, StatusCode::OK);
+    // The product and the list change on B; another product does not.
+    for (uri, changed) in [
+        ("/products/1", true),
+        ("/products?limit=5", true),
+        ("/products/2", false),
+    ] {
+        eventually(&format!("B's {uri}"), Duration::from_secs(2), || async {
+            let g = send(&sb, Method::GET, uri, &[]).await;
+            (g.body.ends_with(b"v1") == changed).then_some(())
+        })
+        .await;
+        let g = send(&sa, Method::GET, uri, &[]).await;
+        assert_eq!(g.body.ends_with(b"v1"), changed, "A's {uri}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn http_stale_while_revalidate_and_stale_if_error() {
+    let engine = CacheEngine::builder()
+        .clock(Clock::tokio())
+        .ttl(Duration::from_secs(10))
+        .ttl_jitter(0.0)
+        .stale_while_revalidate(Duration::from_secs(5))
+        .stale_if_error(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let origin = Origin::default();
+    let svc = ResponseCacheLayer::new(&engine).layer_service(origin.app());
+    let g = send(&svc, Method::GET, "/p", &[]).await;
+    assert!(g.body.ends_with(b"v0"));
+    origin.version.fetch_add(1, Ordering::SeqCst);
+    tokio::time::advance(Duration::from_secs(12)).await;
+    // Stale within SWR: the old body at once, with a negative ttl, and one refresh.
+    let g = send(&svc, Method::GET, "/p", &[]).await;
+    assert!(g.body.ends_with(b"v0"));
+    assert!(cache_status(&g).contains("ttl=-"), "{}", cache_status(&g));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(origin.calls(), 2);
+    let g = send(&svc, Method::GET, "/p", &[]).await;
+    assert!(g.body.ends_with(b"v1"), "refreshed");
+    // The origin fails: within SIE the stale copy is served instead of the 500.
+    *origin.status.lock().unwrap() = Some(StatusCode::INTERNAL_SERVER_ERROR);
+    tokio::time::advance(Duration::from_secs(20)).await;
+    let g = send(&svc, Method::GET, "/p", &[]).await;
+    assert_eq!(g.status, StatusCode::OK);
+    assert!(g.body.ends_with(b"v1"));
+    assert!(
+        cache_status(&g).contains("stale-if-error"),
+        "{}",
+        cache_status(&g)
+    );
+    tokio::time::advance(Duration::from_secs(60)).await;
+    let g = send(&svc, Method::GET, "/p", &[]).await;
+    assert_eq!(
+        g.status,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "past SIE the failure shows"
+    );
+}
+
+#[test]
+fn layers_and_futures_are_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    fn assert_send<T: Send>() {}
+    assert_send_sync::<CacheEngine>();
+    assert_send_sync::<Cache<str, String>>();
+    assert_send_sync::<ResponseCacheLayer>();
+    assert_send_sync::<tower_scale::cache::ResponseCache<App>>();
+    assert_send::<
+        tower_scale::cache::ResponseFuture<
+            <App as tower::Service<Request<Full<Bytes>>>>::Future,
+            Full<Bytes>,
+            Infallible,
+        >,
+    >();
+}
+
+#[test]
+fn bad_layer_config_names_the_setting() {
+    let engine = CacheEngine::builder().build().unwrap();
+    let cases = [
+        (
+            "statuses",
+            ResponseCacheLayer::builder(&engine).statuses([]),
+        ),
+        (
+            "statuses",
+            ResponseCacheLayer::builder(&engine).statuses([StatusCode::PARTIAL_CONTENT]),
+        ),
+        (
+            "vary",
+            ResponseCacheLayer::builder(&engine).vary(["bad header"]),
+        ),
+        ("max_body", ResponseCacheLayer::builder(&engine).max_body(0)),
+        ("name", ResponseCacheLayer::builder(&engine).name("a; b")),
+    ];
+    for (setting, b) in cases {
+        assert_eq!(b.build().unwrap_err().setting(), setting);
+    }
+}
