@@ -234,12 +234,13 @@ mod tests {
         let ok = [StatusCode::OK];
         let vary = [HeaderName::from_static("accept-language")];
         let secs = Duration::from_secs;
-        let cases: [(
-            &str,
+        type Case = (
+            &'static str,
             u16,
-            &[(&'static str, &'static str)],
+            &'static [(&'static str, &'static str)],
             Option<Lifetimes>,
-        ); 14] = [
+        );
+        let cases: [Case; 14] = [
             ("plain 200", 200, &[], Some(DEFAULTS)),
             ("404 not configured", 404, &[], None),
             ("set-cookie", 200, &[("set-cookie", "a=b")], None),
