@@ -714,3 +714,127 @@ async fn price_route_breaker_opens_on_faults_and_closes_after() {
         "transitions in /metrics"
     );
 }
+
+fn cache_status(r: &Resp) -> String {
+    r.headers
+        .get("cache-status")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+async fn login(base: &str, user: &str) -> String {
+    let r = call(
+        base,
+        Method::POST,
+        "/login",
+        &[],
+        &format!(r#"{{"user":"{user}"}}"#),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let set = r.headers["set-cookie"].to_str().unwrap().to_owned();
+    set.split(';').next().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn product_reads_are_cached_and_a_put_invalidates_them() {
+    let server = Proc::start("reference_server", &[]);
+    let base = &server.base;
+    let first = get(base, "/products/3").await;
+    assert!(
+        cache_status(&first).contains("fwd=miss; stored"),
+        "{}",
+        cache_status(&first)
+    );
+    let hit = get(base, "/products/3").await;
+    assert!(
+        cache_status(&hit).contains("hit; ttl="),
+        "{}",
+        cache_status(&hit)
+    );
+    assert_eq!(hit.json(), first.json());
+    assert_eq!(hit.headers["x-served-by"], first.headers["x-served-by"]);
+    let etag = hit.headers["etag"].to_str().unwrap().to_owned();
+    let r = call(
+        base,
+        Method::GET,
+        "/products/3",
+        &[("if-none-match", &etag)],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+    let list = get(base, "/products?limit=5").await;
+    assert_eq!(list.json()["products"][2]["name"], "Product 3");
+    assert!(cache_status(&get(base, "/products?limit=5").await).contains("hit"));
+
+    let cookie = login(base, "editor").await;
+    let r = call(
+        base,
+        Method::PUT,
+        "/products/3",
+        &[("cookie", &cookie)],
+        r#"{"name":"Fresh","price_cents":5}"#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    // Both the product and the list are dropped: the next reads see the write.
+    let after = get(base, "/products/3").await;
+    assert!(
+        cache_status(&after).contains("fwd=miss"),
+        "{}",
+        cache_status(&after)
+    );
+    assert_eq!(after.json()["name"], "Fresh");
+    assert_ne!(after.headers["etag"].to_str().unwrap(), etag);
+    let list = get(base, "/products?limit=5").await;
+    assert_eq!(list.json()["products"][2]["name"], "Fresh");
+    // The cache reports itself in /metrics.
+    let m = String::from_utf8(get(base, "/metrics").await.body.to_vec()).unwrap();
+    assert!(
+        m.contains("tower_scale_cache_hits"),
+        "cache hits in /metrics"
+    );
+}
+
+#[tokio::test]
+async fn instances_sharing_redis_share_the_cache_and_its_invalidations() {
+    let redis = support::RedisServer::start();
+    let env = [("REDIS_URL", redis.url())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let a = Proc::start("reference_server", &env);
+    let b = Proc::start("reference_server", &env);
+    // The subscribers connect within moments of start; until then L1 is trusted for 1 s.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = get(&a.base, "/products/4").await;
+    assert!(cache_status(&r).contains("stored"), "{}", cache_status(&r));
+    let r = get(&b.base, "/products/4").await;
+    assert!(
+        cache_status(&r).contains("detail=l2"),
+        "B reads A's entry: {}",
+        cache_status(&r)
+    );
+    let r = get(&b.base, "/products/4").await;
+    assert!(
+        cache_status(&r).contains("hit; ttl="),
+        "{}",
+        cache_status(&r)
+    );
+
+    let cookie = login(&a.base, "editor").await;
+    let r = call(
+        &a.base,
+        Method::PUT,
+        "/products/4",
+        &[("cookie", &cookie)],
+        r#"{"name":"Renamed on A","price_cents":1}"#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    // B drops its copy: its next read goes to its own database.
+    support::eventually("B to drop /products/4", Duration::from_secs(2), || async {
+        let r = get(&b.base, "/products/4").await;
+        cache_status(&r).contains("fwd=miss").then_some(())
+    })
+    .await;
+}

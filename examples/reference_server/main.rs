@@ -38,6 +38,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::Deserialize;
 use serde_json::json;
 use tower::ServiceExt;
+use tower_scale::cache::{CacheEngine, ResponseCacheLayer};
 use tower_scale::circuit_breaker::{
     CircuitBreakerHandle, CircuitBreakerLayer, CircuitOpen, OpenAs503Layer, PerHost, Window,
 };
@@ -489,17 +490,49 @@ fn sessions(config: &Config, redis: Option<&RedisBackend>) -> Result<SessionLaye
         .map_err(|e| Failure::Config(format!("sessions: {e}")))
 }
 
+/// The product routes' response cache: L1 in process, L2 and invalidation through Redis
+/// when `REDIS_URL` is set. A `PUT /products/{id}` invalidates its own path (the layer
+/// does that for every unsafe request) and the list, on every instance.
+fn response_cache(
+    config: &Config,
+    redis: Option<&RedisBackend>,
+) -> Result<ResponseCacheLayer, Failure> {
+    let mut engine = CacheEngine::builder()
+        .ttl(config.cache_ttl)
+        .stale_if_error(config.cache_ttl.saturating_mul(5));
+    if let Some(r) = redis {
+        engine = engine.redis(r.clone());
+    }
+    let engine = engine
+        .build()
+        .map_err(|e| Failure::Config(format!("CACHE_TTL: {e}")))?;
+    ResponseCacheLayer::builder(&engine)
+        .invalidates(|req| {
+            if req.uri.path().starts_with("/products/") {
+                vec![ResponseCacheLayer::path_tag("/products")]
+            } else {
+                Vec::new()
+            }
+        })
+        .build()
+        .map_err(|e| Failure::Config(format!("cache: {e}")))
+}
+
 fn app(
     state: Shared,
     limits: RateLimitLayer<ClientIp, AnyStore>,
     sessions: SessionLayer,
-) -> Router {
+    cache: ResponseCacheLayer,
+) -> Router<()> {
+    let products = Router::new()
+        .route("/products", get(list_products))
+        .route("/products/{id}", get(get_product).put(put_product))
+        .layer(cache);
     Router::new()
         .route("/login", post(login))
         .route("/me", get(me))
         .route("/logout", post(logout))
-        .route("/products", get(list_products))
-        .route("/products/{id}", get(get_product).put(put_product))
+        .merge(products)
         .route("/products/{id}/price", get(get_price))
         .route("/exports", post(create_export))
         .route("/metrics", get(metrics))
@@ -682,9 +715,10 @@ async fn run(config: Config) -> Result<(), Failure> {
     let notify = Arc::new(tokio::sync::Notify::new());
     let limits = rate_limit(&config, redis.as_ref());
     let sessions = sessions(&config, redis.as_ref())?;
+    let cache = response_cache(&config, redis.as_ref())?;
     let server = axum::serve(
         listener,
-        app(state, limits, sessions).into_make_service_with_connect_info::<SocketAddr>(),
+        app(state, limits, sessions, cache).into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown_signal(Arc::clone(&notify)));
     let grace = async {

@@ -42,8 +42,11 @@
 //!
 //! - `GET` is cached; `HEAD` is answered from `GET` entries (a `HEAD` miss passes
 //!   through); other methods pass through.
-//! - Key: authority, path and query, and the values of the configured `Vary` headers. A
-//!   response whose own `Vary` names any other header, or `*`, is not stored.
+//! - Key: the URI's path and query (and authority, in absolute form), and the values of
+//!   the configured `Vary` headers. `Host` is not part of it, so every instance behind a
+//!   load balancer shares entries; a service that answers several hosts lists `host`
+//!   among its `vary` headers. A response whose own `Vary` names any other header, or
+//!   `*`, is not stored.
 //! - Stored only if its status is configured (200 by default), it has no `Set-Cookie`,
 //!   and its `Cache-Control` has none of `no-store`, `private`, `no-cache`, nor a
 //!   malformed value. Its TTL is `s-maxage`, else `max-age`, else the engine's; its own

@@ -133,19 +133,15 @@ fn respond_entry<B>(
     respond(stored, request_headers, head, entry.age_secs(now), status).map(CacheBody::full)
 }
 
-/// The cache key: method class, authority, path and query, and the configured `Vary`
-/// headers' values.
+/// The cache key: the URI as the request gives it (path and query; the authority too in
+/// absolute form) and the configured `Vary` headers' values. The `Host` header is not in
+/// it, so instances reached under different names share entries; a service that answers
+/// several hosts lists `host` among its `vary` headers.
 fn key_of<B>(req: &Request<B>, vary: &[HeaderName]) -> String {
     let mut key = String::with_capacity(64);
     key.push_str("h:");
     if let Some(a) = req.uri().authority() {
         key.push_str(a.as_str());
-    } else if let Some(host) = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-    {
-        key.push_str(host);
     }
     key.push_str(req.uri().path_and_query().map_or("/", |pq| pq.as_str()));
     for name in vary {
