@@ -1,1 +1,237 @@
-fn main() {}
+//! What the cache costs, beside its peers in the same run.
+//!
+//! - `cache/http-hit`: a `GET` answered from L1 through `ResponseCache`, beside
+//!   axum-response-cache answering the same request from its cache, and `baseline` (the
+//!   handler alone, which builds the same response). Both layers build a full response per
+//!   hit; ours also adds `ETag`, `Age` and `Cache-Status`.
+//! - `cache/get-or-load-hit`: `Cache::get_or_load` on a cached key, beside a plain moka
+//!   `get_with_by_ref` (the floor: one moka lookup), in an async loop.
+//! - `cache/l2-hit`: a read that misses L1 and is answered by Redis (one EVALSHA), beside
+//!   one raw `GET` round trip on the same connection. Needs Redis (`TEST_REDIS_URL`, else
+//!   127.0.0.1:6379); skipped without it.
+//!
+//! Added cost = median minus `baseline` where there is one.
+
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use criterion::{Criterion, criterion_group};
+use http::{Request, Response};
+use tower::{Layer, Service, ServiceExt};
+use tower_scale::cache::{Cache, CacheEngine, ResponseCacheLayer};
+
+const PRODUCT: &str = r#"{"id":7,"name":"Product 7","price_cents":1234,"version":1}"#;
+
+#[inline(never)]
+fn request() -> Request<Body> {
+    Request::get("/products/7").body(Body::empty()).unwrap()
+}
+
+fn handler() -> impl Service<
+    Request<Body>,
+    Response = Response<Body>,
+    Error = Infallible,
+    Future = impl Send + 'static,
+> + Clone
++ Send
++ 'static {
+    tower::service_fn(|_req: Request<Body>| async {
+        let mut r = Response::new(Body::from(PRODUCT));
+        r.headers_mut()
+            .insert("content-type", "application/json".parse().unwrap());
+        Ok::<_, Infallible>(r)
+    })
+}
+
+#[inline(never)]
+fn run<S, B>(rt: &tokio::runtime::Runtime, svc: &S, iters: u64) -> Duration
+where
+    S: Service<Request<Body>, Response = Response<B>> + Clone,
+    S::Error: std::fmt::Debug,
+{
+    let mut svc = svc.clone();
+    rt.block_on(async {
+        let start = Instant::now();
+        for _ in 0..iters {
+            let resp = svc.ready().await.unwrap().call(request()).await.unwrap();
+            std::hint::black_box(resp);
+        }
+        start.elapsed()
+    })
+}
+
+fn http_hit(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
+    let engine = rt.block_on(async { CacheEngine::builder().build().unwrap() });
+    let ours = ResponseCacheLayer::new(&engine).layer(handler());
+    let theirs =
+        axum_response_cache::CacheLayer::with_lifespan(Duration::from_secs(3600)).layer(handler());
+    // Warm both caches and check they answer from them.
+    rt.block_on(async {
+        for _ in 0..2 {
+            let r = ours.clone().oneshot(request()).await.unwrap();
+            std::hint::black_box(r);
+            let r = theirs.clone().oneshot(request()).await.unwrap();
+            std::hint::black_box(r);
+        }
+        let r = ours.clone().oneshot(request()).await.unwrap();
+        let status = r.headers()["cache-status"].to_str().unwrap();
+        assert!(status.contains("hit"), "ours must hit: {status}");
+    });
+    let baseline = handler();
+    let mut g = c.benchmark_group("cache/http-hit");
+    g.bench_function("baseline", |b| b.iter_custom(|n| run(rt, &baseline, n)));
+    g.bench_function("tower-scale", |b| b.iter_custom(|n| run(rt, &ours, n)));
+    g.bench_function("axum-response-cache", |b| {
+        b.iter_custom(|n| run(rt, &theirs, n))
+    });
+    g.finish();
+}
+
+fn get_or_load_hit(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
+    let engine = CacheEngine::builder().build().unwrap();
+    let ours: Cache<str, u64> = Cache::new(&engine, "bench");
+    rt.block_on(async {
+        ours.get_or_load("product:7", || async { Ok::<_, Infallible>(7) })
+            .await
+            .unwrap();
+    });
+    let moka: moka::sync::Cache<String, u64> = moka::sync::Cache::new(10_000);
+    moka.insert("product:7".to_owned(), 7);
+    let mut g = c.benchmark_group("cache/get-or-load-hit");
+    g.bench_function("tower-scale", |b| {
+        b.iter_custom(|n| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..n {
+                    let v = ours
+                        .get_or_load("product:7", || async { Ok::<_, Infallible>(0) })
+                        .await
+                        .unwrap();
+                    std::hint::black_box(v);
+                }
+                start.elapsed()
+            })
+        })
+    });
+    g.bench_function("moka-get_with", |b| {
+        b.iter_custom(|n| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..n {
+                    let v = moka.get_with_by_ref("product:7", || 0);
+                    std::hint::black_box(v);
+                }
+                start.elapsed()
+            })
+        })
+    });
+    g.finish();
+}
+
+fn l2_hit(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
+    let url = std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let prefix = format!("bench-cache-{}", std::process::id());
+    let backend = rt.block_on(async {
+        tower_scale::redis::RedisBackend::builder(&url)
+            .prefix(&prefix)
+            .timeout(Duration::from_secs(1))
+            .build()
+            .unwrap()
+    });
+    if rt.block_on(backend.ping()).is_err() {
+        eprintln!("cache/l2-hit skipped: no Redis at {url}");
+        return;
+    }
+    const KEYS: u64 = 5_000;
+    let engine = |rt: &tokio::runtime::Runtime| {
+        rt.block_on(async {
+            CacheEngine::builder()
+                .redis(backend.clone())
+                .build()
+                .unwrap()
+        })
+    };
+    let writer = engine(rt);
+    let cache: Cache<u64, String> = Cache::new(&writer, "l2");
+    rt.block_on(async {
+        for k in 0..KEYS {
+            cache.set(&k, &PRODUCT.to_owned()).await.unwrap();
+        }
+        let _: () = backend
+            .query(
+                "bench",
+                tower_scale::redis::cmd("SET").arg("raw").arg(PRODUCT),
+            )
+            .await
+            .unwrap();
+    });
+    let mut g = c.benchmark_group("cache/l2-hit");
+    g.bench_function("tower-scale", |b| {
+        b.iter_custom(|n| {
+            let mut total = Duration::ZERO;
+            let mut done = 0;
+            while done < n {
+                // A fresh instance: every read misses L1 and is answered by L2.
+                let reader = engine(rt);
+                let c: Cache<u64, String> = Cache::new(&reader, "l2");
+                let batch = (n - done).min(KEYS);
+                total += rt.block_on(async {
+                    let start = Instant::now();
+                    for k in 0..batch {
+                        let v = c.get(&k).await;
+                        assert!(v.is_some());
+                        std::hint::black_box(v);
+                    }
+                    start.elapsed()
+                });
+                done += batch;
+            }
+            total
+        })
+    });
+    g.bench_function("redis-get", |b| {
+        b.iter_custom(|n| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..n {
+                    let v: Vec<u8> = backend
+                        .query("bench", tower_scale::redis::cmd("GET").arg("raw"))
+                        .await
+                        .unwrap();
+                    std::hint::black_box(v);
+                }
+                start.elapsed()
+            })
+        })
+    });
+    g.finish();
+    rt.block_on(async {
+        cache.invalidate_prefix("").await.unwrap();
+        let _: i64 = backend
+            .query("bench", tower_scale::redis::cmd("DEL").arg("raw"))
+            .await
+            .unwrap();
+    });
+}
+
+fn benches(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    http_hit(c, &rt);
+    get_or_load_hit(c, &rt);
+    l2_hit(c, &rt);
+}
+
+criterion_group! {
+    name = group;
+    config = Criterion::default().measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
+    targets = benches
+}
+
+fn main() {
+    group();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use arc_swap::ArcSwapOption;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
@@ -81,6 +83,19 @@ impl Entry {
         value.downcast::<T>().ok()
     }
 
+    /// The value decoded as `T`, by reference (no reference count touched on the hit
+    /// path), decoding once per entry with `decode`.
+    pub(crate) fn decoded_ref<T: Any + Send + Sync>(
+        &self,
+        decode: impl FnOnce(&Bytes) -> Option<T>,
+    ) -> Option<&T> {
+        if self.decoded.get().is_none() {
+            let value: Arc<dyn Any + Send + Sync> = Arc::new(decode(&self.value)?);
+            let _ = self.decoded.set(value);
+        }
+        self.decoded.get()?.downcast_ref::<T>()
+    }
+
     /// Seconds of freshness left at `now` (negative once stale), for `Cache-Status`.
     pub(crate) fn ttl_secs(&self, now: u64) -> i64 {
         (self.fresh_until as i64 - now as i64).div_euclid(1_000_000)
@@ -121,6 +136,36 @@ type TagVersions = Box<[(Box<str>, u64)]>;
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 const FENCE_SLOTS: usize = 4096;
+const HOT_SLOTS: usize = 1024;
+/// Larger values are never kept in a hot slot, which bounds what the slots can hold on to
+/// after moka evicts their entries (1,024 × 16 KiB).
+const HOT_MAX_BYTES: usize = 16 << 10;
+/// One hit in this many through a hot slot is also read from moka, so its frequency
+/// sketch still sees the key as hot.
+const HOT_FEED_EVERY: u32 = 64;
+
+/// True once in [`HOT_FEED_EVERY`] calls on this thread (no shared counter to contend on).
+fn feed_moka() -> bool {
+    thread_local! {
+        static HITS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    }
+    HITS.with(|h| {
+        let n = h.get().wrapping_add(1);
+        h.set(n);
+        n % HOT_FEED_EVERY == 0
+    })
+}
+
+/// A recently hit entry, in a direct-mapped slot in front of moka: a hit there is one
+/// atomic load and a key compare, not moka's lookup and read recording. `epoch` is the
+/// invalidation epoch before the entry was read from moka; an invalidation of the key
+/// (its fence slot) or of everything after it makes the slot useless.
+struct Hot {
+    hash: u64,
+    key: Box<str>,
+    entry: Arc<Entry>,
+    epoch: u64,
+}
 
 /// The two-tier cache engine. Cheap to clone; every clone is the same cache.
 ///
@@ -146,6 +191,7 @@ pub(crate) struct Inner {
     broad: AtomicU64,
     slots: Box<[AtomicU64]>,
     slot_hasher: foldhash::fast::FixedState,
+    hot: Box<[ArcSwapOption<Hot>]>,
     /// True while every invalidation from other instances reaches this one.
     subscribed: AtomicBool,
     rng: AtomicU64,
@@ -260,6 +306,7 @@ impl CacheEngine {
     /// Empties this instance's L1 (not L2, not other instances).
     pub fn clear_local(&self) {
         self.inner.l1.invalidate_all();
+        self.inner.stamp_broad();
     }
 
     /// Number of entries in L1 (approximate: moka applies writes in batches).
@@ -282,16 +329,22 @@ impl CacheEngine {
     /// Looks `key` up in L1.
     #[inline]
     pub(crate) fn lookup(&self, key: &str) -> Lookup {
+        self.lookup_now(key).0
+    }
+
+    /// Looks `key` up in L1; also returns the time it was judged at (0 for a miss).
+    #[inline]
+    pub(crate) fn lookup_now(&self, key: &str) -> (Lookup, u64) {
         let inner = &*self.inner;
-        let Some(entry) = inner.l1.get(key) else {
-            return Lookup::Miss { fallback: None };
+        let Some(entry) = inner.l1_get(key) else {
+            return (Lookup::Miss { fallback: None }, 0);
         };
         if !entry.tags.is_empty() && !inner.tags_current(&entry.tags) {
             inner.l1.invalidate(key);
-            return Lookup::Miss { fallback: None };
+            return (Lookup::Miss { fallback: None }, 0);
         }
         let now = inner.clock.now_us();
-        if now < entry.fresh_until {
+        let found = if now < entry.fresh_until {
             Lookup::Fresh(entry)
         } else if now < entry.swr_until {
             Lookup::Stale(entry)
@@ -301,7 +354,8 @@ impl CacheEngine {
             }
         } else {
             Lookup::Miss { fallback: None }
-        }
+        };
+        (found, now)
     }
 
     /// Becomes the one loader of `key` in this process, or a waiter on the one there is.
@@ -456,12 +510,18 @@ impl Leader {
         let inner = &*self.engine.inner;
         let now = inner.clock.now_us();
         let ttl = self.engine.jittered(lifetimes.ttl);
-        let ttl = if inner.subscribed.load(Ordering::Acquire) {
-            ttl
-        } else {
-            ttl.min(inner.unsubscribed_ttl)
-        };
         let fresh_until = now.saturating_add(crate::duration::micros(ttl));
+        let mut swr_until = fresh_until.saturating_add(crate::duration::micros(lifetimes.swr));
+        let mut sie_until = fresh_until.saturating_add(crate::duration::micros(lifetimes.sie));
+        let mut l1_fresh_until = fresh_until;
+        if !inner.subscribed.load(Ordering::Acquire) {
+            // Invalidations from other instances may be missed: this copy is trusted
+            // briefly, stale windows included. L2 keeps the full lifetimes.
+            let cap = now.saturating_add(crate::duration::micros(inner.unsubscribed_ttl));
+            l1_fresh_until = l1_fresh_until.min(cap);
+            swr_until = swr_until.min(cap);
+            sie_until = sie_until.min(cap);
+        }
         let tag_versions: Box<[(Box<str>, u64)]> = match &self.tag_snapshot {
             Some(snapshot) => snapshot.clone(),
             None => tags
@@ -472,9 +532,9 @@ impl Leader {
         let entry = Arc::new(Entry {
             value,
             stored_at: now,
-            fresh_until,
-            swr_until: fresh_until.saturating_add(crate::duration::micros(lifetimes.swr)),
-            sie_until: fresh_until.saturating_add(crate::duration::micros(lifetimes.sie)),
+            fresh_until: l1_fresh_until,
+            swr_until,
+            sie_until,
             tags: tag_versions,
             decoded: OnceLock::new(),
         });
@@ -526,7 +586,46 @@ impl Drop for Leader {
 
 impl Inner {
     pub(crate) fn insert(&self, key: &str, entry: Arc<Entry>) {
+        let h = self.slot_hasher.hash_one(key);
+        let hot = &self.hot[h as usize % HOT_SLOTS];
+        if hot.load().as_ref().is_some_and(|s| &*s.key == key) {
+            hot.store(None);
+        }
         self.l1.insert(key.to_owned(), entry);
+    }
+
+    /// L1's entry for `key`: from its hot slot if that is still good, else from moka
+    /// (filling the slot).
+    #[inline]
+    fn l1_get(&self, key: &str) -> Option<Arc<Entry>> {
+        let h = self.slot_hasher.hash_one(key);
+        let hot = &self.hot[h as usize % HOT_SLOTS];
+        let fence = &self.slots[h as usize % FENCE_SLOTS];
+        {
+            let slot = hot.load();
+            if let Some(s) = slot.as_ref()
+                && s.hash == h
+                && &*s.key == key
+                && s.epoch >= fence.load(Ordering::Acquire)
+                && s.epoch >= self.broad.load(Ordering::Acquire)
+            {
+                if feed_moka() {
+                    let _ = self.l1.get(key);
+                }
+                return Some(Arc::clone(&s.entry));
+            }
+        }
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let entry = self.l1.get(key)?;
+        if entry.value.len() <= HOT_MAX_BYTES {
+            hot.store(Some(Arc::new(Hot {
+                hash: h,
+                key: key.into(),
+                entry: Arc::clone(&entry),
+                epoch,
+            })));
+        }
+        Some(entry)
     }
 
     fn slot(&self, key: &str) -> &AtomicU64 {
@@ -544,15 +643,23 @@ impl Inner {
             && self.broad.load(Ordering::Acquire) <= snapshot
     }
 
+    /// Stamps the key's fence slot before removing it from moka (so a load under way does
+    /// not store) and after (so a hot slot filled from moka meanwhile is not used).
     pub(crate) fn drop_key(&self, key: &str) {
         let e = self.bump_epoch();
         self.slot(key).fetch_max(e, Ordering::AcqRel);
         self.l1.invalidate(key);
+        let e = self.bump_epoch();
+        self.slot(key).fetch_max(e, Ordering::AcqRel);
+    }
+
+    fn stamp_broad(&self) {
+        let e = self.bump_epoch();
+        self.broad.fetch_max(e, Ordering::AcqRel);
     }
 
     pub(crate) fn drop_prefix(&self, prefix: &str) {
-        let e = self.bump_epoch();
-        self.broad.fetch_max(e, Ordering::AcqRel);
+        self.stamp_broad();
         let doomed: Vec<Arc<String>> = self
             .l1
             .iter()
@@ -562,14 +669,15 @@ impl Inner {
         for k in doomed {
             self.l1.invalidate(k.as_str());
         }
+        self.stamp_broad();
     }
 
     /// Forgets every local copy and tag version: invalidations may have been missed.
     pub(crate) fn drop_all(&self) {
-        let e = self.bump_epoch();
-        self.broad.fetch_max(e, Ordering::AcqRel);
+        self.stamp_broad();
         self.tags.write().unwrap_or_else(|e| e.into_inner()).clear();
         self.l1.invalidate_all();
+        self.stamp_broad();
     }
 
     fn tags_current(&self, tags: &[(Box<str>, u64)]) -> bool {
@@ -587,6 +695,7 @@ impl Inner {
             table.clear();
             drop(table);
             self.l1.invalidate_all();
+            self.stamp_broad();
             table = self.tags.write().unwrap_or_else(|e| e.into_inner());
         }
         *table.entry(tag.into()).or_insert(0)
@@ -823,6 +932,7 @@ impl CacheEngineBuilder {
             epoch: AtomicU64::new(0),
             broad: AtomicU64::new(0),
             slots: (0..FENCE_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            hot: (0..HOT_SLOTS).map(|_| ArcSwapOption::empty()).collect(),
             slot_hasher: foldhash::fast::FixedState::with_seed(seed),
             subscribed: AtomicBool::new(!has_redis),
             rng: AtomicU64::new(seed),

@@ -31,6 +31,7 @@ pub(crate) struct Settings {
     pub(crate) tags: Option<TagFn>,
     pub(crate) invalidates: Option<TagFn>,
     pub(crate) name: String,
+    pub(crate) hit_status: super::response::HitStatus,
 }
 
 impl fmt::Debug for ResponseCacheLayer {
@@ -216,6 +217,7 @@ impl ResponseCacheLayerBuilder {
                 cache_authorized: self.cache_authorized,
                 tags: self.tags,
                 invalidates: self.invalidates,
+                hit_status: super::response::HitStatus::new(&self.name),
                 name: self.name,
             }),
         })

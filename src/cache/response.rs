@@ -1,6 +1,7 @@
 //! Stored HTTP responses: which may be stored and for how long, their encoding in the
 //! engine, and the responses built from them (hits, 304s).
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -11,13 +12,93 @@ use sha2::{Digest, Sha256};
 use super::control::{CacheControl, Vary, if_none_match};
 use super::engine::Lifetimes;
 
-/// A stored response as L1 keeps it decoded.
-#[derive(Debug, Clone)]
+/// A stored response as L1 keeps it decoded: the headers of a hit ready to clone, with
+/// `Age` and `Cache-Status` present so that setting them replaces rather than grows the
+/// map.
+#[derive(Debug)]
 pub(crate) struct StoredResponse {
     pub(crate) status: StatusCode,
     pub(crate) headers: HeaderMap,
     pub(crate) body: Bytes,
     pub(crate) etag: Option<HeaderValue>,
+}
+
+/// What `Cache-Status` says of a response built from a stored one.
+pub(crate) enum Status<'a> {
+    /// A plain hit: `{name}; hit; ttl={ttl}`.
+    Hit(&'a HitStatus, i64),
+    /// Anything else, built by the caller.
+    Other(HeaderValue),
+}
+
+/// The `Cache-Status` values of plain hits, one per `ttl` from -60 to 3600 s, built on
+/// first use and then shared (a hit clones one instead of formatting it).
+#[derive(Debug)]
+pub(crate) struct HitStatus {
+    name: String,
+    table: OnceLock<Box<[OnceLock<HeaderValue>]>>,
+}
+
+const TTL_MIN: i64 = -60;
+const TTL_MAX: i64 = 3600;
+
+impl HitStatus {
+    pub(crate) fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            table: OnceLock::new(),
+        }
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn value(&self, ttl: i64) -> HeaderValue {
+        let build = || value_of(format!("{}; hit; ttl={ttl}", self.name));
+        if !(TTL_MIN..=TTL_MAX).contains(&ttl) {
+            return build();
+        }
+        let table = self
+            .table
+            .get_or_init(|| (TTL_MIN..=TTL_MAX).map(|_| OnceLock::new()).collect());
+        table[(ttl - TTL_MIN) as usize].get_or_init(build).clone()
+    }
+}
+
+/// `Age` values for the first hour as static strings: cloning one touches no reference
+/// count. Built once per process (one allocation of about 15 KB).
+fn age_value(age: u64) -> HeaderValue {
+    static AGES: OnceLock<Box<[HeaderValue]>> = OnceLock::new();
+    const N: u64 = 3601;
+    if age >= N {
+        return HeaderValue::from(age);
+    }
+    let table = AGES.get_or_init(|| {
+        let mut all = String::new();
+        let mut ends = Vec::with_capacity(N as usize);
+        for n in 0..N {
+            all.push_str(&n.to_string());
+            ends.push(all.len());
+        }
+        let all: &'static str = Box::leak(all.into_boxed_str());
+        let mut start = 0;
+        ends.into_iter()
+            .map(|end| {
+                let v = HeaderValue::from_static(&all[start..end]);
+                start = end;
+                v
+            })
+            .collect()
+    });
+    table[age as usize].clone()
+}
+
+pub(crate) const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+/// A header value from text the caller knows is valid (digits, a validated name).
+fn value_of(s: String) -> HeaderValue {
+    HeaderValue::from_maybe_shared(Bytes::from(s)).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 /// Headers that describe one connection or one transfer, never stored.
@@ -139,7 +220,7 @@ pub(crate) fn decode(bytes: &Bytes) -> Option<StoredResponse> {
     let u16_at = |at: &mut usize| take(at, 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
     let status = StatusCode::from_u16(u16_at(&mut at)?).ok()?;
     let count = u16_at(&mut at)?;
-    let mut headers = HeaderMap::with_capacity(usize::from(count));
+    let mut headers = HeaderMap::with_capacity(usize::from(count) + 3);
     for _ in 0..count {
         let n = usize::from(u16_at(&mut at)?);
         let name = HeaderName::from_bytes(take(&mut at, n)?).ok()?;
@@ -149,10 +230,13 @@ pub(crate) fn decode(bytes: &Bytes) -> Option<StoredResponse> {
         headers.append(name, value);
     }
     let etag = headers.get(header::ETAG).cloned();
+    let body = bytes.slice(at..);
+    headers.insert(header::AGE, HeaderValue::from_static("0"));
+    headers.insert(CACHE_STATUS, HeaderValue::from_static("-"));
     Some(StoredResponse {
         status,
         headers,
-        body: bytes.slice(at..),
+        body,
         etag,
     })
 }
@@ -173,8 +257,8 @@ pub(crate) fn respond(
     stored: &StoredResponse,
     request_headers: &HeaderMap,
     head: bool,
-    age_secs: u64,
-    cache_status: HeaderValue,
+    age: u64,
+    status: Status<'_>,
 ) -> Response<Option<Bytes>> {
     let not_modified = stored.etag.as_ref().is_some_and(|etag| {
         request_headers.contains_key(header::IF_NONE_MATCH)
@@ -183,6 +267,11 @@ pub(crate) fn respond(
                 etag.as_bytes(),
             )
     });
+    let age_value = age_value(age);
+    let status_value = match status {
+        Status::Hit(table, ttl) => table.value(ttl),
+        Status::Other(v) => v,
+    };
     let mut res;
     if not_modified {
         res = Response::new(None);
@@ -194,20 +283,35 @@ pub(crate) fn respond(
             }
         }
     } else {
-        res = Response::new(if head {
+        res = Response::new(if head || stored.body.is_empty() {
             None
         } else {
             Some(stored.body.clone())
         });
         *res.status_mut() = stored.status;
         *res.headers_mut() = stored.headers.clone();
-        res.headers_mut()
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(stored.body.len()));
+        if head {
+            // A GET's body carries its own length; a HEAD answer must state it.
+            res.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(stored.body.len()));
+        }
+        // The stored map has both (see `decode`): replace in place, no hashing, no growth.
+        let (mut age_value, mut status_value) = (Some(age_value), Some(status_value));
+        for (name, value) in res.headers_mut().iter_mut() {
+            if *name == header::AGE {
+                if let Some(v) = age_value.take() {
+                    *value = v;
+                }
+            } else if *name == CACHE_STATUS {
+                if let Some(v) = status_value.take() {
+                    *value = v;
+                }
+            }
+        }
+        return res;
     }
-    res.headers_mut()
-        .insert(header::AGE, HeaderValue::from(age_secs));
-    res.headers_mut()
-        .insert(HeaderName::from_static("cache-status"), cache_status);
+    res.headers_mut().insert(header::AGE, age_value);
+    res.headers_mut().insert(CACHE_STATUS, status_value);
     res
 }
 
@@ -352,23 +456,34 @@ mod tests {
         ]);
         let stored = decode(&encode(StatusCode::OK, &h, b"hello")).unwrap();
         let etag = stored.etag.clone().unwrap();
-        let status = HeaderValue::from_static("tower-scale; hit");
+        let table = HitStatus::new("tower-scale");
+        let status = || Status::Hit(&table, 5);
         let mut req = HeaderMap::new();
         req.insert(header::IF_NONE_MATCH, etag.clone());
-        let res = respond(&stored, &req, false, 3, status.clone());
+        let res = respond(&stored, &req, false, 3, status());
         assert_eq!(res.status(), StatusCode::NOT_MODIFIED);
         assert!(res.body().is_none());
         assert_eq!(res.headers()[header::ETAG], etag);
         assert_eq!(res.headers()[header::CACHE_CONTROL], "max-age=5");
         assert!(!res.headers().contains_key(header::CONTENT_TYPE));
-        let res = respond(&stored, &HeaderMap::new(), true, 3, status.clone());
+        let res = respond(&stored, &HeaderMap::new(), true, 3, status());
         assert_eq!(res.status(), StatusCode::OK);
         assert!(res.body().is_none());
         assert_eq!(res.headers()[header::CONTENT_LENGTH], "5");
         assert_eq!(res.headers()[header::AGE], "3");
         let mut req = HeaderMap::new();
         req.insert(header::IF_NONE_MATCH, HeaderValue::from_static("\"other\""));
-        let res = respond(&stored, &req, false, 0, status);
+        let res = respond(&stored, &req, false, 0, status());
+        assert_eq!(res.headers()["cache-status"], "tower-scale; hit; ttl=5");
+        for age in [0, 1, 59, 3600, 3601, u64::MAX] {
+            assert_eq!(age_value(age), age.to_string().as_str());
+        }
+        for ttl in [-61, -60, 0, 3600, 3601] {
+            assert_eq!(
+                table.value(ttl),
+                format!("tower-scale; hit; ttl={ttl}").as_str()
+            );
+        }
         assert_eq!(res.body().as_deref(), Some(&b"hello"[..]));
     }
 }

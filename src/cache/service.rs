@@ -19,7 +19,7 @@ use super::body::CacheBody;
 use super::control::CacheControl;
 use super::engine::{Begin, Entry, Leader, Lookup, Outcome, wait};
 use super::layer::{ResponseCacheLayer, Settings};
-use super::response::{StoredResponse, decode, encode, respond, storable};
+use super::response::{CACHE_STATUS, Status, StoredResponse, decode, encode, respond, storable};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -93,8 +93,7 @@ where
 fn pass<B>(res: Response<B>, status: Option<HeaderValue>) -> Response<CacheBody<B>> {
     let mut res = res.map(CacheBody::inner);
     if let Some(status) = status {
-        res.headers_mut()
-            .insert(HeaderName::from_static("cache-status"), status);
+        res.headers_mut().insert(CACHE_STATUS, status);
     }
     res
 }
@@ -108,37 +107,46 @@ fn status_value(name: &str, rest: &str) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("tower-scale"))
 }
 
-fn hit_status(name: &str, entry: &Entry, now: u64, detail: Option<&str>) -> HeaderValue {
+fn hit_status<'a>(s: &'a Settings, entry: &Entry, now: u64, detail: Option<&str>) -> Status<'a> {
     let ttl = entry.ttl_secs(now);
-    let rest = match detail {
-        Some(d) => format!("hit; ttl={ttl}; detail={d}"),
-        None => format!("hit; ttl={ttl}"),
-    };
-    status_value(name, &rest)
+    match detail {
+        None => Status::Hit(&s.hit_status, ttl),
+        Some(d) => Status::Other(status_value(
+            s.hit_status.name(),
+            &format!("hit; ttl={ttl}; detail={d}"),
+        )),
+    }
 }
 
-fn stored_of(entry: &Entry) -> Option<Arc<StoredResponse>> {
-    entry.decoded::<StoredResponse>(decode)
+fn stored_of(entry: &Entry) -> Option<&StoredResponse> {
+    entry.decoded_ref::<StoredResponse>(decode)
 }
 
 fn respond_entry<B>(
-    s: &Settings,
     entry: &Entry,
     stored: &StoredResponse,
     request_headers: &HeaderMap,
     head: bool,
-    status: HeaderValue,
+    status: Status<'_>,
+    now: u64,
 ) -> Response<CacheBody<B>> {
-    let now = s.engine.now();
     respond(stored, request_headers, head, entry.age_secs(now), status).map(CacheBody::full)
+}
+
+/// The owned key: the one already copied, or written again (only misses need one).
+fn key_for<B>(req: &Request<B>, vary: &[HeaderName], copied: Option<String>) -> String {
+    copied.unwrap_or_else(|| {
+        let mut key = String::with_capacity(64);
+        write_key(&mut key, req, vary);
+        key
+    })
 }
 
 /// The cache key: the URI as the request gives it (path and query; the authority too in
 /// absolute form) and the configured `Vary` headers' values. The `Host` header is not in
 /// it, so instances reached under different names share entries; a service that answers
 /// several hosts lists `host` among its `vary` headers.
-fn key_of<B>(req: &Request<B>, vary: &[HeaderName]) -> String {
-    let mut key = String::with_capacity(64);
+fn write_key<B>(key: &mut String, req: &Request<B>, vary: &[HeaderName]) {
     key.push_str("h:");
     if let Some(a) = req.uri().authority() {
         key.push_str(a.as_str());
@@ -155,7 +163,11 @@ fn key_of<B>(req: &Request<B>, vary: &[HeaderName]) -> String {
             key.push_str(&String::from_utf8_lossy(v.as_bytes()));
         }
     }
-    key
+}
+
+thread_local! {
+    /// The key of the request being looked up: a hit needs no owned copy.
+    static KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
 }
 
 fn tags_of<B>(req: Request<B>, f: Option<&super::layer::TagFnRef>) -> (Request<B>, Vec<String>) {
@@ -276,34 +288,45 @@ impl<S> ResponseCache<S> {
             return self.pass_with(req, "fwd=bypass");
         }
         let refresh = req_cc.no_cache || req_cc.max_age == Some(0);
-        let key = key_of(&req, &s.vary);
+        let looked_up = KEY.with_borrow_mut(|key| {
+            key.clear();
+            write_key(key, &req, &s.vary);
+            let (found, now) = if refresh {
+                (Lookup::Miss { fallback: None }, 0)
+            } else {
+                s.engine.lookup_now(key)
+            };
+            // A fresh hit needs no owned key; anything else will.
+            let owned = (!matches!(found, Lookup::Fresh(_))).then(|| key.clone());
+            (found, now, owned)
+        });
+        let (found, now, key) = looked_up;
         let mut fallback = None;
-        if !refresh {
-            match s.engine.lookup(&key) {
-                Lookup::Fresh(entry) => {
-                    if let Some(stored) = stored_of(&entry) {
-                        s.engine.inner.metrics.hit_l1.increment(1);
-                        let status = hit_status(&s.name, &entry, s.engine.now(), None);
-                        let res = respond_entry(s, &entry, &stored, req.headers(), head, status);
-                        return ResponseFuture {
-                            kind: FutKind::Ready { res: Some(res) },
-                        };
-                    }
+        match found {
+            Lookup::Fresh(entry) => {
+                if let Some(stored) = stored_of(&entry) {
+                    s.engine.inner.metrics.hit_l1.increment(1);
+                    let status = hit_status(s, &entry, now, None);
+                    let res = respond_entry(&entry, stored, req.headers(), head, status, now);
+                    return ResponseFuture {
+                        kind: FutKind::Ready { res: Some(res) },
+                    };
                 }
-                Lookup::Stale(entry) => {
-                    if let Some(stored) = stored_of(&entry) {
-                        s.engine.inner.metrics.stale_revalidate.increment(1);
-                        let status = hit_status(&s.name, &entry, s.engine.now(), None);
-                        let res = respond_entry(s, &entry, &stored, req.headers(), head, status);
-                        self.refresh_in_background(&req, key);
-                        return ResponseFuture {
-                            kind: FutKind::Ready { res: Some(res) },
-                        };
-                    }
-                }
-                Lookup::Miss { fallback: f } => fallback = f,
             }
+            Lookup::Stale(entry) => {
+                if let Some(stored) = stored_of(&entry) {
+                    s.engine.inner.metrics.stale_revalidate.increment(1);
+                    let status = hit_status(s, &entry, now, None);
+                    let res = respond_entry(&entry, stored, req.headers(), head, status, now);
+                    self.refresh_in_background(&req, key_for(&req, &s.vary, key));
+                    return ResponseFuture {
+                        kind: FutKind::Ready { res: Some(res) },
+                    };
+                }
+            }
+            Lookup::Miss { fallback: f } => fallback = f,
         }
+        let key = key_for(&req, &s.vary, key);
         if head {
             // A HEAD response has no body to store; it is answered from GET entries only.
             return self.pass_with(req, "fwd=miss");
@@ -375,17 +398,17 @@ where
                     if let Some(stored) = stored_of(&entry) {
                         let now = s.engine.now();
                         let status = if now < entry.fresh_until {
-                            hit_status(&s.name, &entry, now, Some("coalesced"))
+                            hit_status(&s, &entry, now, Some("coalesced"))
                         } else {
-                            hit_status(&s.name, &entry, now, Some("stale-if-error"))
+                            hit_status(&s, &entry, now, Some("stale-if-error"))
                         };
                         return Ok(respond_entry(
-                            &s,
                             &entry,
-                            &stored,
+                            stored,
                             req.headers(),
                             false,
                             status,
+                            now,
                         ));
                     }
                     break;
@@ -475,8 +498,8 @@ where
             && now < entry.fresh_until
             && let Some(stored) = stored_of(&entry)
         {
-            let status = hit_status(&s.name, &entry, now, Some("l2"));
-            let res = respond_entry(s, &entry, &stored, &request_headers, false, status);
+            let status = hit_status(s, &entry, now, Some("l2"));
+            let res = respond_entry(&entry, stored, &request_headers, false, status, now);
             leader.complete(Outcome::Value(entry));
             return Ok(res);
         }
@@ -488,8 +511,9 @@ where
         let entry = fallback?;
         let stored = stored_of(&entry)?;
         s.engine.inner.metrics.stale_error.increment(1);
-        let status = hit_status(&s.name, &entry, s.engine.now(), Some("stale-if-error"));
-        let res = respond_entry(s, &entry, &stored, &request_headers, false, status);
+        let now = s.engine.now();
+        let status = hit_status(s, &entry, now, Some("stale-if-error"));
+        let res = respond_entry(&entry, stored, &request_headers, false, status, now);
         leader.complete(Outcome::Value(entry));
         Some(res)
     };
@@ -541,23 +565,21 @@ where
                 .store(value, Some(stored.clone()), lifetimes, &tag_refs)
                 .await;
             leader.complete(Outcome::Value(Arc::clone(&entry)));
-            let status = status_value(&s.name, &format!("{fwd}; stored"));
+            let status = Status::Other(status_value(&s.name, &format!("{fwd}; stored")));
             Ok(respond_entry(
-                s,
                 &entry,
                 &stored,
                 &request_headers,
                 false,
                 status,
+                s.engine.now(),
             ))
         }
         Collected::Partial(frames, rest, error) => {
             leader.complete(Outcome::Pass);
             let mut res = Response::from_parts(parts, CacheBody::prefixed(frames, rest, error));
-            res.headers_mut().insert(
-                HeaderName::from_static("cache-status"),
-                status_value(&s.name, fwd),
-            );
+            res.headers_mut()
+                .insert(CACHE_STATUS, status_value(&s.name, fwd));
             Ok(res)
         }
     }
