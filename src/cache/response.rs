@@ -298,14 +298,15 @@ pub(crate) fn respond(
         // The stored map has both (see `decode`): replace in place, no hashing, no growth.
         let (mut age_value, mut status_value) = (Some(age_value), Some(status_value));
         for (name, value) in res.headers_mut().iter_mut() {
-            if *name == header::AGE {
-                if let Some(v) = age_value.take() {
-                    *value = v;
-                }
+            let new = if *name == header::AGE {
+                age_value.take()
             } else if *name == CACHE_STATUS {
-                if let Some(v) = status_value.take() {
-                    *value = v;
-                }
+                status_value.take()
+            } else {
+                None
+            };
+            if let Some(v) = new {
+                *value = v;
             }
         }
         return res;
