@@ -42,7 +42,7 @@ cargo bench --no-run --all-features
 
 step "each feature alone"
 cargo check --no-default-features
-for feature in metrics rate-limit redis axum circuit-breaker retry session full; do
+for feature in metrics rate-limit redis axum circuit-breaker retry session cache full; do
   echo "-- $feature"
   cargo check --no-default-features --features "$feature"
 done

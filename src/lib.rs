@@ -19,11 +19,11 @@
 //! | [`circuit_breaker`] | closed/open/half-open breakers, per key, over any tower service | `circuit-breaker` |
 //! | [`retry`] | retries with jittered backoff, a deadline, a budget and body replay | `retry` |
 //! | [`session`] | sessions in a store: hashed ids in cookies, lazy, merged per key | `session` |
-//! | [`clock`] | the time source of the in-process state machines | with `rate-limit`, `circuit-breaker`, `retry` or `session` |
+//! | [`cache`] | two-tier cache-aside (moka + Redis) for data and HTTP responses, invalidated everywhere | `cache` |
+//! | [`clock`] | the time source of the in-process state machines | with `rate-limit`, `circuit-breaker`, `retry`, `session` or `cache` |
 //!
-//! The path of a request through a fully assembled service, and the layers still to come
-//! (cache, rate limit, session, db routing, retry, circuit breaker), are described in
-//! `docs/architecture.md`.
+//! The path of a request through a fully assembled service, and the layer still to come
+//! (db routing), are described in `docs/architecture.md`.
 //!
 //! # Example
 //!
@@ -51,6 +51,7 @@
 //! | `circuit-breaker` | no | [`circuit_breaker`] |
 //! | `retry` | no | [`retry`] |
 //! | `session` | no | [`session`]; with `redis`, its `RedisSessionStore` |
+//! | `cache` | no | [`cache`]; with `redis`, the shared L2 tier and cross-instance invalidation |
 //! | `full` | no | all of the above |
 //!
 //! # Minimum supported Rust version

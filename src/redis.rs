@@ -52,7 +52,7 @@ use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{Client, FromRedisValue};
 use tokio::time::Instant;
 
-pub use ::redis::{Cmd, Script, ScriptInvocation, Value, cmd};
+pub use ::redis::{Cmd, Pipeline, Script, ScriptInvocation, Value, cmd, pipe};
 
 use crate::key::escape_key_part;
 use crate::{ConfigError, StoreUnavailable};
@@ -176,6 +176,21 @@ impl RedisBackend {
     ) -> Result<T, StoreUnavailable> {
         let mut conn = self.inner.conn.clone();
         self.timed(op, cmd.query_async(&mut conn)).await
+    }
+
+    /// Sends a pipeline (several commands, one round trip) with the timeout, recording its
+    /// round trip under `op`.
+    ///
+    /// # Errors
+    ///
+    /// As [`query`](Self::query).
+    pub async fn pipeline<T: FromRedisValue>(
+        &self,
+        op: &'static str,
+        pipeline: &Pipeline,
+    ) -> Result<T, StoreUnavailable> {
+        let mut conn = self.inner.conn.clone();
+        self.timed(op, pipeline.query_async(&mut conn)).await
     }
 
     /// Runs a script invocation (EVALSHA, loading the script on `NOSCRIPT`) with the

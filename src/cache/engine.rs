@@ -543,13 +543,14 @@ impl Leader {
         }
         let fresh_locally = inner.local_fence_ok(&self.key, self.fence)
             && (entry.tags.is_empty() || inner.tags_current(&entry.tags));
+        // L2 is written whatever the local fence says: the script's own checks (generation,
+        // prefix generation, tag versions) are the ones every instance agrees on, while the
+        // local fence also moves for local reasons (the subscription coming back empties
+        // L1) that say nothing about the value.
         #[cfg(feature = "redis")]
-        if let (Some(l2), Some(fence)) = (&inner.l2, &self.l2_fence)
-            && fresh_locally
-        {
+        if let (Some(l2), Some(fence)) = (&inner.l2, &self.l2_fence) {
             let stored = l2.set(&self.key, &entry, ttl, lifetimes, tags, fence).await;
-            // The L2 check is the one every instance agrees on; a refusal there means
-            // another instance invalidated meanwhile.
+            // A refusal means an instance invalidated meanwhile.
             if stored == Some(false) {
                 return entry;
             }

@@ -18,7 +18,7 @@ use futures_util::StreamExt;
 
 use super::engine::{Entry, Inner, Lifetimes};
 use crate::StoreUnavailable;
-use crate::redis::{RedisBackend, Script, Value, cmd};
+use crate::redis::{RedisBackend, Script, Value, cmd, pipe};
 
 /// After an L2 failure, skip L2 for this long so a dead Redis costs one timeout, not one
 /// per miss.
@@ -28,31 +28,6 @@ const L2_BACKOFF_US: u64 = 500_000;
 const GEN_TTL_MS: u64 = 24 * 3600 * 1000;
 const TAG_TTL_MS: u64 = 30 * 24 * 3600 * 1000;
 const MAX_ENTRY_MS: u64 = TAG_TTL_MS / 2;
-
-const GET: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local out = {false, 0, 0, 0, 0, '', redis.call('GET', KEYS[2]) or '0', redis.call('GET', KEYS[3]) or '0'}
-for i = 4, #KEYS do out[#out + 1] = redis.call('GET', KEYS[i]) or '0' end
-local h = redis.call('HMGET', KEYS[1], 'v', 'f', 'w', 'i', 'c', 't')
-if h[1] then
-  local ok = true
-  if h[6] and h[6] ~= '[]' then
-    for _, tv in ipairs(cjson.decode(h[6])) do
-      if (redis.call('GET', tv[3]) or '0') ~= tv[2] then ok = false end
-    end
-  end
-  if ok then
-    out[1] = h[1]
-    out[2] = tonumber(h[2]) - now
-    out[3] = tonumber(h[3]) - now
-    out[4] = tonumber(h[4]) - now
-    out[5] = now - tonumber(h[5])
-    out[6] = h[6]
-  end
-end
-return out
-";
 
 const SET: &str = r"
 if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[5] then return 0 end
@@ -88,7 +63,6 @@ pub(crate) struct L2 {
     pub(crate) backend: RedisBackend,
     pub(crate) channel: String,
     pgen_key: String,
-    get: Script,
     set: Script,
     invalidate_key: Script,
     invalidate_tag: Script,
@@ -115,7 +89,6 @@ impl L2 {
             channel: backend.channel("cache-invalidations"),
             pgen_key: backend.key("cache-meta", "prefix-gen"),
             backend,
-            get: Script::new(GET),
             set: Script::new(SET),
             invalidate_key: Script::new(INVALIDATE_KEY),
             invalidate_tag: Script::new(INVALIDATE_TAG),
@@ -140,33 +113,67 @@ impl L2 {
         );
     }
 
-    /// Reads `key` and the fence values, in one round trip. `None` if Redis is failing
-    /// (then nothing is written back to L2 for this load).
+    /// Reads `key` and the fence values in one round trip: a pipeline of plain commands
+    /// (`TIME`, the generations, the tags' versions, `HMGET` of the entry), which costs
+    /// Redis a fraction of a script call. `None` if Redis is failing (then nothing is
+    /// written back to L2 for this load).
     pub(crate) async fn get(&self, key: &str, tags: &[&str], inner: &Inner) -> Option<Read> {
         if !self.available(inner) {
             return None;
         }
-        let mut c = cmd("EVALSHA");
-        c.arg(self.get.get_hash())
-            .arg(3 + tags.len())
-            .arg(self.backend.key("cache", key))
+        let mut p = pipe();
+        p.cmd("TIME")
+            .cmd("GET")
             .arg(self.backend.key_with_suffix("cache", key, "g"))
+            .cmd("GET")
             .arg(&self.pgen_key);
         for t in tags {
-            c.arg(self.backend.key("cache-tag", t));
+            p.cmd("GET").arg(self.backend.key("cache-tag", t));
         }
-        let reply: Value = match self.backend.evalsha("cache_get", &self.get, &c).await {
+        p.cmd("HMGET")
+            .arg(self.backend.key("cache", key))
+            .arg(&["v", "f", "w", "i", "c", "t"]);
+        let reply: Vec<Value> = match self.backend.pipeline("cache_get", &p).await {
             Ok(v) => v,
             Err(e) => {
                 self.failed(inner, &e);
                 return None;
             }
         };
-        let parsed = parse_get(reply, tags.len(), inner.clock.now_us());
-        if parsed.is_none() {
+        let Some(mut read) = parse_get(reply, tags, inner.clock.now_us()) else {
             tracing::warn!("cache L2 answered in an unexpected shape; treating it as a miss");
+            return None;
+        };
+        // Tags the entry carries that the caller did not name (a plain `get` of a tagged
+        // value): one more round trip to check their versions.
+        if let Some(entry) = &read.entry {
+            let unknown: Vec<&(Box<str>, u64)> = entry
+                .tags
+                .iter()
+                .filter(|(t, _)| !tags.contains(&&**t))
+                .collect();
+            if !unknown.is_empty() {
+                let mut p = pipe();
+                for (t, _) in &unknown {
+                    p.cmd("GET").arg(self.backend.key("cache-tag", t));
+                }
+                let current: Vec<Option<u64>> = match self.backend.pipeline("cache_get", &p).await {
+                    Ok(v) => v,
+                    Err(e) => {
+                        self.failed(inner, &e);
+                        return None;
+                    }
+                };
+                let all_current = unknown
+                    .iter()
+                    .zip(current)
+                    .all(|((_, v), now)| now.unwrap_or(0) == *v);
+                if !all_current {
+                    read.entry = None;
+                }
+            }
         }
-        parsed
+        Some(read)
     }
 
     /// Writes `entry` unless the fence moved. `Some(true)` stored, `Some(false)` fenced
@@ -322,46 +329,72 @@ fn as_int(v: &Value) -> Option<i64> {
     }
 }
 
-fn parse_get(reply: Value, ntags: usize, now: u64) -> Option<Read> {
-    let Value::Array(items) = reply else {
-        return None;
-    };
-    if items.len() != 8 + ntags {
+/// Parses the read pipeline's replies: `TIME`, generation, prefix generation, one version
+/// per caller tag, then the entry's fields. An entry whose recorded version of a caller tag
+/// differs from the current one is dropped here.
+fn parse_get(reply: Vec<Value>, tags: &[&str], now: u64) -> Option<Read> {
+    let ntags = tags.len();
+    if reply.len() != 4 + ntags {
         return None;
     }
-    let text = |v: &Value| as_bytes(v).map(|b| String::from_utf8_lossy(b).into_owned());
+    let text = |v: &Value| match v {
+        Value::Nil => Some("0".to_owned()),
+        v => as_bytes(v).map(|b| String::from_utf8_lossy(b).into_owned()),
+    };
+    let redis_ms = match &reply[0] {
+        Value::Array(t) if t.len() == 2 => {
+            as_int(&t[0])?.saturating_mul(1000) + as_int(&t[1])? / 1000
+        }
+        _ => return None,
+    };
     let fence = Fence {
-        generation: text(&items[6])?,
-        pgen: text(&items[7])?,
-        tag_versions: items[8..]
+        generation: text(&reply[1])?,
+        pgen: text(&reply[2])?,
+        tag_versions: reply[3..3 + ntags]
             .iter()
-            .map(|v| as_int(v).map(|n| n.max(0) as u64))
+            .map(|v| match v {
+                Value::Nil => Some(0),
+                v => as_int(v).map(|n| n.max(0) as u64),
+            })
             .collect::<Option<_>>()?,
     };
-    let entry = match &items[0] {
+    let Value::Array(fields) = &reply[3 + ntags] else {
+        return None;
+    };
+    if fields.len() != 6 {
+        return None;
+    }
+    let entry = match &fields[0] {
         Value::Nil => None,
         v => {
             let value = Bytes::copy_from_slice(as_bytes(v)?);
             let us = |ms: i64| ms.saturating_mul(1000);
-            let at = |ms: i64| now.saturating_add_signed(us(ms));
-            let fresh_until = at(as_int(&items[1])?);
-            let swr_until = at(as_int(&items[2])?);
-            let sie_until = at(as_int(&items[3])?);
-            let stored_at = now.saturating_sub(us(as_int(&items[4])?).max(0) as u64);
-            let tags: Vec<(String, String, String)> =
-                serde_json::from_slice(as_bytes(&items[5])?).ok()?;
-            let tags = tags
+            let at = |ms: i64| now.saturating_add_signed(us(ms - redis_ms));
+            let fresh_until = at(as_int(&fields[1])?);
+            let swr_until = at(as_int(&fields[2])?);
+            let sie_until = at(as_int(&fields[3])?);
+            let stored_at = now.saturating_sub(us(redis_ms - as_int(&fields[4])?).max(0) as u64);
+            let recorded: Vec<(String, String, String)> =
+                serde_json::from_slice(as_bytes(&fields[5])?).ok()?;
+            let recorded = recorded
                 .into_iter()
                 .map(|(t, v, _)| Some((t.into_boxed_str(), v.parse().ok()?)))
-                .collect::<Option<Box<[_]>>>()?;
-            Some(Arc::new(Entry::from_parts(
-                value,
-                stored_at,
-                fresh_until,
-                swr_until,
-                sie_until,
-                tags,
-            )))
+                .collect::<Option<Box<[(Box<str>, u64)]>>>()?;
+            let current = recorded.iter().all(|(t, v)| {
+                tags.iter()
+                    .position(|c| *c == &**t)
+                    .is_none_or(|i| fence.tag_versions[i] == *v)
+            });
+            current.then(|| {
+                Arc::new(Entry::from_parts(
+                    value,
+                    stored_at,
+                    fresh_until,
+                    swr_until,
+                    sie_until,
+                    recorded,
+                ))
+            })
         }
     };
     Some(Read { entry, fence })
@@ -490,42 +523,68 @@ mod tests {
 
     #[test]
     fn get_replies_of_the_wrong_shape_are_misses_not_panics() {
+        let time = || {
+            Value::Array(vec![
+                Value::BulkString(b"10".to_vec()),
+                Value::BulkString(b"0".to_vec()),
+            ])
+        };
         let cases = [
-            ("not an array", Value::Int(1)),
-            ("short", Value::Array(vec![Value::Nil])),
+            ("empty", vec![]),
+            ("short", vec![time(), Value::Nil]),
             (
-                "bad fence",
-                Value::Array(vec![
-                    Value::Nil,
-                    Value::Int(0),
-                    Value::Int(0),
-                    Value::Int(0),
-                    Value::Int(0),
+                "bad time",
+                vec![
+                    Value::Int(1),
                     Value::Nil,
                     Value::Nil,
-                    Value::Nil,
-                ]),
+                    Value::Array(vec![Value::Nil; 6]),
+                ],
+            ),
+            (
+                "fields not an array",
+                vec![time(), Value::Nil, Value::Nil, Value::Int(3)],
             ),
         ];
         for (name, reply) in cases {
-            assert!(parse_get(reply, 0, 1).is_none(), "case {name}");
+            assert!(parse_get(reply, &[], 1).is_none(), "case {name}");
         }
-        let ok = Value::Array(vec![
-            Value::BulkString(b"v".to_vec()),
-            Value::Int(5_000),
-            Value::Int(6_000),
-            Value::Int(7_000),
-            Value::Int(1_000),
-            Value::BulkString(br#"[["t","3","k"]]"#.to_vec()),
+        let entry = |tag_version: &str| {
+            Value::Array(vec![
+                Value::BulkString(b"v".to_vec()),
+                Value::BulkString(b"15000".to_vec()),
+                Value::BulkString(b"16000".to_vec()),
+                Value::BulkString(b"17000".to_vec()),
+                Value::BulkString(b"9000".to_vec()),
+                Value::BulkString(format!(r#"[["t","{tag_version}","k"]]"#).into_bytes()),
+            ])
+        };
+        // Redis time 10 s; fresh until 15 s; stored at 9 s; local clock at 10 s.
+        let ok = vec![
+            time(),
             Value::BulkString(b"2".to_vec()),
-            Value::BulkString(b"0".to_vec()),
+            Value::Nil,
             Value::BulkString(b"3".to_vec()),
-        ]);
-        let read = parse_get(ok, 1, 10_000_000).unwrap();
+            entry("3"),
+        ];
+        let read = parse_get(ok, &["t"], 10_000_000).unwrap();
         let e = read.entry.unwrap();
         assert_eq!(e.fresh_until, 15_000_000);
         assert_eq!(e.stored_at, 9_000_000);
         assert_eq!(&*e.tags, &[("t".into(), 3)]);
         assert_eq!(read.fence.tag_versions, vec![3]);
+        assert_eq!(read.fence.generation, "2");
+        assert_eq!(read.fence.pgen, "0");
+        // The tag moved on since the entry was stored: no entry, but the fence stands.
+        let stale = vec![
+            time(),
+            Value::Nil,
+            Value::Nil,
+            Value::BulkString(b"4".to_vec()),
+            entry("3"),
+        ];
+        let read = parse_get(stale, &["t"], 10_000_000).unwrap();
+        assert!(read.entry.is_none());
+        assert_eq!(read.fence.tag_versions, vec![4]);
     }
 }
