@@ -76,7 +76,8 @@ pub fn format_duration(d: Duration) -> String {
     feature = "rate-limit",
     feature = "circuit-breaker",
     feature = "retry",
-    feature = "session"
+    feature = "session",
+    feature = "cache"
 ))]
 pub(crate) fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)

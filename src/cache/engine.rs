@@ -51,6 +51,7 @@ impl fmt::Debug for Entry {
 }
 
 impl Entry {
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn from_parts(
         value: Bytes,
         stored_at: u64,
@@ -452,9 +453,9 @@ impl Leader {
     /// never writes back a value older than an invalidation that happened meanwhile.
     /// Returns a valid L2 entry (fresh or within a stale window).
     pub(crate) async fn read_l2(&mut self, tags: &[&str]) -> Option<Arc<Entry>> {
-        let inner = Arc::clone(&self.engine.inner);
         #[cfg(feature = "redis")]
-        if let Some(l2) = &inner.l2 {
+        if let Some(l2) = &self.engine.inner.l2 {
+            let inner = Arc::clone(&self.engine.inner);
             let Some(read) = l2.get(&self.key, tags, &inner).await else {
                 self.snapshot_local(tags);
                 return None;
@@ -674,6 +675,7 @@ impl Inner {
     }
 
     /// Forgets every local copy and tag version: invalidations may have been missed.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn drop_all(&self) {
         self.stamp_broad();
         self.tags.write().unwrap_or_else(|e| e.into_inner()).clear();
@@ -714,6 +716,7 @@ impl Inner {
     }
 
     /// Records a version Redis reported: versions only move forward.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn set_tag_version(&self, tag: &str, version: u64) {
         let mut table = self.tags.write().unwrap_or_else(|e| e.into_inner());
         match table.get_mut(tag) {
@@ -725,10 +728,12 @@ impl Inner {
         }
     }
 
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn is_subscribed(&self) -> bool {
         self.subscribed.load(Ordering::Acquire)
     }
 
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn set_subscribed(&self, on: bool) {
         let was = self.subscribed.swap(on, Ordering::AcqRel);
         if on || was {

@@ -4,6 +4,7 @@ use metrics::{Counter, Gauge, counter, gauge};
 
 pub(crate) struct Metrics {
     pub(crate) hit_l1: Counter,
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) hit_l2: Counter,
     pub(crate) miss: Counter,
     pub(crate) stale_revalidate: Counter,
