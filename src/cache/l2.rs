@@ -1,13 +1,13 @@
-//! The Redis tier: entries as hashes read and written by Lua scripts (one round trip
-//! each, Redis `TIME` as the clock), per-key generations and tag versions as fences, and
+//! The Redis tier: entries as hashes, read by a pipeline of plain commands and written by
+//! a Lua script that checks the fences (one round trip each, Redis `TIME` as the clock), per-key generations and tag versions as fences, and
 //! the pub/sub subscriber that carries invalidations to every instance's L1.
 //!
 //! Layout (prefix `p`): entry `p:cache:{key}` (hash: `v` value, `f` fresh until, `w` end
 //! of stale-while-revalidate, `i` end of stale-if-error, `c` stored at, all Redis ms, `t`
 //! tags as JSON), generation `p:cache:{key}:g`, tag version `p:cache-tag:{tag}`, prefix
-//! generation `p:cache-meta:{prefix-gen}`, channel `p:cache-invalidations`. The scripts
-//! read the tag keys beside the entry, so the tier needs one Redis node (as the backend
-//! does), not Cluster.
+//! generation `p:cache-meta:{prefix-gen}`, channel `p:cache-invalidations`. The write
+//! script reads the tag keys and the prefix generation beside the entry, so the tier needs
+//! one Redis node (as the backend does), not Cluster.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
