@@ -434,6 +434,7 @@ struct Origin {
     headers: Arc<Mutex<Vec<(&'static str, String)>>>,
     status: Arc<Mutex<Option<StatusCode>>>,
     body_size: Arc<Mutex<Option<usize>>>,
+    conditional_seen: Arc<AtomicUsize>,
 }
 
 impl Origin {
@@ -443,6 +444,11 @@ impl Origin {
             let o = o.clone();
             async move {
                 o.calls.fetch_add(1, Ordering::SeqCst);
+                for h in ["if-none-match", "if-modified-since", "range"] {
+                    if req.headers().contains_key(h) {
+                        o.conditional_seen.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
                 if req.method() == Method::PUT {
                     o.version.fetch_add(1, Ordering::SeqCst);
                     return Ok(Response::new(Full::new(Bytes::from_static(b"ok"))));
@@ -757,6 +763,28 @@ async fn http_keys_etags_head_and_body_cap() {
         "a body of exactly the cap is stored"
     );
 
+    // A conditional or ranged miss asks the origin for the whole response, stores it, and
+    // answers the condition itself.
+    let g = send(
+        &svc,
+        Method::GET,
+        "/conditional",
+        &[("if-none-match", "\"nope\""), ("range", "bytes=0-1")],
+    )
+    .await;
+    assert_eq!(g.status, StatusCode::OK);
+    assert!(cache_status(&g).contains("stored"), "{}", cache_status(&g));
+    assert_eq!(origin.conditional_seen.load(Ordering::SeqCst), 0);
+    let etag = g.headers["etag"].to_str().unwrap().to_owned();
+    let g = send(
+        &svc,
+        Method::GET,
+        "/conditional",
+        &[("if-none-match", &etag)],
+    )
+    .await;
+    assert_eq!(g.status, StatusCode::NOT_MODIFIED);
+
     // A request's no-cache refetches and stores the fresh result.
     let calls = origin.calls();
     let g = send(
@@ -906,6 +934,38 @@ async fn http_stale_while_revalidate_and_stale_if_error() {
         StatusCode::INTERNAL_SERVER_ERROR,
         "past SIE the failure shows"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_subscriber_goes_away_with_the_engine() {
+    let prefix = unique("subscriber");
+    let backend = redis_backend(&redis_url(), &prefix);
+    let channel = backend.channel("cache-invalidations");
+    let subscribers = || {
+        let (backend, channel) = (backend.clone(), channel.clone());
+        async move {
+            let (_, n): (String, i64) = backend
+                .query(
+                    "test",
+                    tower_scale::redis::cmd("PUBSUB")
+                        .arg("NUMSUB")
+                        .arg(&channel),
+                )
+                .await
+                .unwrap();
+            n
+        }
+    };
+    let engine = redis_engine(&redis_url(), &prefix);
+    subscribed(&[&engine]).await;
+    assert_eq!(subscribers().await, 1);
+    drop(engine);
+    eventually(
+        "the subscriber to leave",
+        Duration::from_secs(3),
+        || async { (subscribers().await == 0).then_some(()) },
+    )
+    .await;
 }
 
 #[test]

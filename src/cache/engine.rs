@@ -137,6 +137,9 @@ type TagVersions = Box<[(Box<str>, u64)]>;
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 const FENCE_SLOTS: usize = 4096;
+/// Versions made in this process have the top bit set; Redis's are microsecond times, below
+/// it, so the two never meet.
+const LOCAL_VERSION: u64 = 1 << 63;
 const HOT_SLOTS: usize = 1024;
 /// Larger values are never kept in a hot slot, which bounds what the slots can hold on to
 /// after moka evicts their entries (1,024 × 16 KiB).
@@ -166,6 +169,7 @@ struct Hot {
     key: Box<str>,
     entry: Arc<Entry>,
     epoch: u64,
+    generation: u64,
 }
 
 /// The two-tier cache engine. Cheap to clone; every clone is the same cache.
@@ -193,6 +197,8 @@ pub(crate) struct Inner {
     slots: Box<[AtomicU64]>,
     slot_hasher: foldhash::fast::FixedState,
     hot: Box<[ArcSwapOption<Hot>]>,
+    /// Bumped whenever moka's entry behind a hot slot changes (insert, drop).
+    hot_gen: Box<[AtomicU64]>,
     /// True while every invalidation from other instances reaches this one.
     subscribed: AtomicBool,
     rng: AtomicU64,
@@ -260,7 +266,12 @@ impl CacheEngine {
         self.inner.metrics.invalidation_sent("key");
         #[cfg(feature = "redis")]
         if let Some(l2) = &self.inner.l2 {
-            return l2.invalidate_key(key).await;
+            let told = l2.invalidate_key(key).await;
+            // A load that began after the first drop may have read L2 before Redis
+            // deleted the entry, and put it into L1 meanwhile: drop again once Redis is
+            // done (own messages are not applied).
+            self.inner.drop_key(key);
+            return told;
         }
         Ok(())
     }
@@ -274,7 +285,9 @@ impl CacheEngine {
         self.inner.metrics.invalidation_sent("prefix");
         #[cfg(feature = "redis")]
         if let Some(l2) = &self.inner.l2 {
-            return l2.invalidate_prefix(prefix).await;
+            let told = l2.invalidate_prefix(prefix).await;
+            self.inner.drop_prefix(prefix);
+            return told;
         }
         Ok(())
     }
@@ -297,7 +310,7 @@ impl CacheEngine {
             // Make the local copy unusable at once; the version from Redis follows.
             self.inner.bump_tag_local(tag);
             let version = l2.invalidate_tag(tag).await?;
-            self.inner.set_tag_version(tag, version);
+            self.inner.set_tag_version(tag, version, None);
             return Ok(());
         }
         self.inner.bump_tag_local(tag);
@@ -402,7 +415,21 @@ impl CacheEngine {
             l2_fence: None,
         };
         let _ = leader.read_l2(tags).await;
-        leader.store(value, Some(decoded), lifetimes, tags).await;
+        // With Redis, L1 is not filled: two instances writing one key at once must not
+        // each keep their own value; every instance reads the winner from L2 next.
+        #[cfg(feature = "redis")]
+        let shared = self.inner.l2.is_some();
+        #[cfg(not(feature = "redis"))]
+        let shared = false;
+        leader
+            .store(value, Some(decoded), lifetimes, tags, !shared)
+            .await;
+        #[cfg(feature = "redis")]
+        if let Some(l2) = &self.inner.l2 {
+            // Instances that read the key between the first invalidation and the write
+            // drop it again.
+            let _ = l2.publish_key(key).await;
+        }
     }
 
     /// A random TTL cut of up to `jitter`, so entries stored together do not expire
@@ -460,8 +487,9 @@ impl Leader {
                 self.snapshot_local(tags);
                 return None;
             };
+            let expired_before = Some(read.fence.expired_before());
             for (tag, version) in tags.iter().zip(&read.fence.tag_versions) {
-                inner.set_tag_version(tag, *version);
+                inner.set_tag_version(tag, *version, expired_before);
             }
             self.tag_snapshot = Some(
                 tags.iter()
@@ -471,18 +499,16 @@ impl Leader {
             );
             self.l2_fence = Some(read.fence);
             let entry = read.entry?;
-            // The script checked the entry's tag versions against Redis: they were current
-            // a moment ago. Learn them, unless a newer invalidation already arrived.
+            // The read checked the entry's tag versions against Redis: they were current a
+            // moment ago. Learn them, unless a newer invalidation already arrived.
             for (tag, version) in &entry.tags {
-                inner.set_tag_version(tag, *version);
+                inner.set_tag_version(tag, *version, expired_before);
             }
             if !entry.tags.is_empty() && !inner.tags_current(&entry.tags) {
                 return None;
             }
             inner.metrics.hit_l2.increment(1);
-            if inner.local_fence_ok(&self.key, self.fence) {
-                inner.insert(&self.key, Arc::clone(&entry));
-            }
+            inner.insert_fenced(&self.key, inner.l1_copy(&entry), self.fence);
             return Some(entry);
         }
         self.snapshot_local(tags);
@@ -507,6 +533,7 @@ impl Leader {
         decoded: Option<Arc<dyn Any + Send + Sync>>,
         lifetimes: Lifetimes,
         tags: &[&str],
+        fill_l1: bool,
     ) -> Arc<Entry> {
         let inner = &*self.engine.inner;
         let now = inner.clock.now_us();
@@ -556,8 +583,8 @@ impl Leader {
                 return entry;
             }
         }
-        if fresh_locally && inner.local_fence_ok(&self.key, self.fence) {
-            inner.insert(&self.key, Arc::clone(&entry));
+        if fresh_locally && fill_l1 {
+            inner.insert_fenced(&self.key, Arc::clone(&entry), self.fence);
         }
         entry
     }
@@ -587,13 +614,43 @@ impl Drop for Leader {
 }
 
 impl Inner {
-    pub(crate) fn insert(&self, key: &str, entry: Arc<Entry>) {
-        let h = self.slot_hasher.hash_one(key);
-        let hot = &self.hot[h as usize % HOT_SLOTS];
-        if hot.load().as_ref().is_some_and(|s| &*s.key == key) {
-            hot.store(None);
+    /// Inserts `entry` into moka unless an invalidation that touches `key` came after
+    /// `fence`; the check is made again after the insert (an invalidation may land
+    /// between check and insert), and the entry taken out if it failed.
+    pub(crate) fn insert_fenced(&self, key: &str, entry: Arc<Entry>, fence: u64) {
+        if !self.local_fence_ok(key, fence) {
+            return;
         }
+        let h = self.slot_hasher.hash_one(key);
+        let i = h as usize % HOT_SLOTS;
         self.l1.insert(key.to_owned(), entry);
+        // A hot slot filled from the entry this one replaces must not be used again.
+        self.hot_gen[i].fetch_add(1, Ordering::AcqRel);
+        self.hot[i].store(None);
+        if !self.local_fence_ok(key, fence) {
+            self.l1.invalidate(key);
+        }
+    }
+
+    /// What L1 may hold of an entry read from L2: while invalidations may be missed, its
+    /// lifetimes are cut to `unsubscribed_ttl`, as for a loaded value.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    fn l1_copy(&self, entry: &Arc<Entry>) -> Arc<Entry> {
+        if self.subscribed.load(Ordering::Acquire) {
+            return Arc::clone(entry);
+        }
+        let cap = self
+            .clock
+            .now_us()
+            .saturating_add(crate::duration::micros(self.unsubscribed_ttl));
+        Arc::new(Entry::from_parts(
+            entry.value.clone(),
+            entry.stored_at,
+            entry.fresh_until.min(cap),
+            entry.swr_until.min(cap),
+            entry.sie_until.min(cap),
+            entry.tags.clone(),
+        ))
     }
 
     /// L1's entry for `key`: from its hot slot if that is still good, else from moka
@@ -601,13 +658,15 @@ impl Inner {
     #[inline]
     fn l1_get(&self, key: &str) -> Option<Arc<Entry>> {
         let h = self.slot_hasher.hash_one(key);
-        let hot = &self.hot[h as usize % HOT_SLOTS];
+        let i = h as usize % HOT_SLOTS;
+        let hot = &self.hot[i];
         let fence = &self.slots[h as usize % FENCE_SLOTS];
         {
             let slot = hot.load();
             if let Some(s) = slot.as_ref()
                 && s.hash == h
                 && &*s.key == key
+                && s.generation == self.hot_gen[i].load(Ordering::Acquire)
                 && s.epoch >= fence.load(Ordering::Acquire)
                 && s.epoch >= self.broad.load(Ordering::Acquire)
             {
@@ -618,6 +677,7 @@ impl Inner {
             }
         }
         let epoch = self.epoch.load(Ordering::Acquire);
+        let generation = self.hot_gen[i].load(Ordering::Acquire);
         let entry = self.l1.get(key)?;
         if entry.value.len() <= HOT_MAX_BYTES {
             hot.store(Some(Arc::new(Hot {
@@ -625,6 +685,7 @@ impl Inner {
                 key: key.into(),
                 entry: Arc::clone(&entry),
                 epoch,
+                generation,
             })));
         }
         Some(entry)
@@ -651,6 +712,8 @@ impl Inner {
         let e = self.bump_epoch();
         self.slot(key).fetch_max(e, Ordering::AcqRel);
         self.l1.invalidate(key);
+        let i = self.slot_hasher.hash_one(key) as usize % HOT_SLOTS;
+        self.hot_gen[i].fetch_add(1, Ordering::AcqRel);
         let e = self.bump_epoch();
         self.slot(key).fetch_max(e, Ordering::AcqRel);
     }
@@ -688,43 +751,52 @@ impl Inner {
         tags.iter().all(|(t, v)| table.get(t) == Some(v))
     }
 
+    /// The version of `tag` this process knows; an unknown tag gets a new local version
+    /// (one no other tag state ever had, so no older entry can match it).
     fn tag_version_or_init(&self, tag: &str) -> u64 {
         if let Some(v) = self.tags.read().unwrap_or_else(|e| e.into_inner()).get(tag) {
             return *v;
         }
         let mut table = self.tags.write().unwrap_or_else(|e| e.into_inner());
-        if table.len() >= self.max_tags {
-            // Entries whose tags are forgotten read as invalid; a full table starts over.
-            table.clear();
-            drop(table);
-            self.l1.invalidate_all();
-            self.stamp_broad();
-            table = self.tags.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(v) = table.get(tag) {
+            return *v;
         }
-        *table.entry(tag.into()).or_insert(0)
+        let v = LOCAL_VERSION | self.bump_epoch();
+        self.insert_tag(&mut table, tag, v);
+        v
+    }
+
+    /// Bounded by `max_tags`: a full table starts over. That is safe: an entry whose tag
+    /// is forgotten reads as invalid, and a tag learned again gets a version no entry has
+    /// (locally) or the one Redis holds.
+    fn insert_tag(&self, table: &mut FastMap<Box<str>, u64>, tag: &str, version: u64) {
+        if table.len() >= self.max_tags {
+            table.clear();
+        }
+        table.insert(tag.into(), version);
     }
 
     /// A local tag invalidation: entries loaded under the old version stop matching.
     fn bump_tag_local(&self, tag: &str) {
-        let e = self.bump_epoch();
-        self.broad.fetch_max(e, Ordering::AcqRel);
-        let mut table = self.tags.write().unwrap_or_else(|e| e.into_inner());
-        let v = table.entry(tag.into()).or_insert(0);
-        // Local bumps use the top half of the range so they never equal a version Redis
-        // hands out, which counts up from 1.
-        *v = (*v | (1 << 63)).wrapping_add(1) | (1 << 63);
-    }
-
-    /// Records a version Redis reported: versions only move forward.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    pub(crate) fn set_tag_version(&self, tag: &str, version: u64) {
+        let v = LOCAL_VERSION | self.bump_epoch();
         let mut table = self.tags.write().unwrap_or_else(|e| e.into_inner());
         match table.get_mut(tag) {
-            Some(v) if *v >= (1 << 63) || *v < version => *v = version,
+            Some(old) => *old = v,
+            None => self.insert_tag(&mut table, tag, v),
+        }
+    }
+
+    /// Records a version Redis reported. Versions only move forward, with one exception:
+    /// a tag whose key expired in Redis (no invalidation for longer than its TTL) reads 0
+    /// again, which is taken when the known version is older than `expired_before`.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn set_tag_version(&self, tag: &str, version: u64, expired_before: Option<u64>) {
+        let mut table = self.tags.write().unwrap_or_else(|e| e.into_inner());
+        match table.get_mut(tag) {
+            Some(v) if *v >= LOCAL_VERSION || *v < version => *v = version,
+            Some(v) if version == 0 && expired_before.is_some_and(|t| *v < t) => *v = 0,
             Some(_) => {}
-            None => {
-                table.insert(tag.into(), version);
-            }
+            None => self.insert_tag(&mut table, tag, version),
         }
     }
 
@@ -939,6 +1011,7 @@ impl CacheEngineBuilder {
             broad: AtomicU64::new(0),
             slots: (0..FENCE_SLOTS).map(|_| AtomicU64::new(0)).collect(),
             hot: (0..HOT_SLOTS).map(|_| ArcSwapOption::empty()).collect(),
+            hot_gen: (0..HOT_SLOTS).map(|_| AtomicU64::new(0)).collect(),
             slot_hasher: foldhash::fast::FixedState::with_seed(seed),
             subscribed: AtomicBool::new(!has_redis),
             rng: AtomicU64::new(seed),
@@ -985,7 +1058,7 @@ mod tests {
         e.invalidate_key("k").await.unwrap();
         let lt = e.inner.defaults;
         let entry = leader
-            .store(Bytes::from_static(b"old"), None, lt, &[])
+            .store(Bytes::from_static(b"old"), None, lt, &[], true)
             .await;
         assert_eq!(&entry.value[..], b"old");
         assert!(matches!(e.lookup("k"), Lookup::Miss { fallback: None }));
@@ -995,7 +1068,7 @@ mod tests {
             panic!("the old flight ended")
         };
         leader
-            .store(Bytes::from_static(b"new"), None, lt, &[])
+            .store(Bytes::from_static(b"new"), None, lt, &[], true)
             .await;
         assert!(matches!(e.lookup("k"), Lookup::Fresh(_)));
     }
@@ -1009,7 +1082,7 @@ mod tests {
         };
         assert!(leader.read_l2(&["t"]).await.is_none());
         e.invalidate_tag("t").await.unwrap();
-        leader.store(Bytes::new(), None, lt, &["t"]).await;
+        leader.store(Bytes::new(), None, lt, &["t"], true).await;
         // The entry carries the tag's version from before the invalidation.
         assert!(matches!(e.lookup("k"), Lookup::Miss { .. }));
     }
@@ -1025,7 +1098,7 @@ mod tests {
         let Begin::Leader(leader) = e.begin("k") else {
             panic!()
         };
-        leader.store(Bytes::new(), None, lt, &[]).await;
+        leader.store(Bytes::new(), None, lt, &[], true).await;
         drop(leader);
         let steps = [
             ("fresh", 9, "fresh"),

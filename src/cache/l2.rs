@@ -42,6 +42,8 @@ local w = f + tonumber(ARGV[3])
 local i = f + tonumber(ARGV[4])
 redis.call('HSET', KEYS[1], 'v', ARGV[1], 'f', f, 'w', w, 'i', i, 'c', now, 't', ARGV[7])
 redis.call('PEXPIRE', KEYS[1], math.max(1, math.max(w, i) - now))
+-- A tag in use keeps its version: its key lives as long as entries are stored with it.
+for k = 4, #KEYS do redis.call('PEXPIRE', KEYS[k], ARGV[#ARGV]) end
 return 1
 ";
 
@@ -52,9 +54,13 @@ redis.call('DEL', KEYS[1])
 return redis.call('PUBLISH', ARGV[1], ARGV[2])
 ";
 
+/// Tag versions are Redis times in µs (or one more than the last, if the clock stalls), so
+/// a tag key that expired and came back never repeats a version an entry recorded.
 const INVALIDATE_TAG: &str = r"
-local v = redis.call('INCR', KEYS[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+local t = redis.call('TIME')
+local v = string.format('%.0f', math.max(cur + 1, tonumber(t[1]) * 1000000 + tonumber(t[2])))
+redis.call('SET', KEYS[1], v, 'PX', ARGV[3])
 redis.call('PUBLISH', ARGV[1], 't' .. ARGV[4] .. v .. ' ' .. ARGV[2])
 return v
 ";
@@ -76,6 +82,16 @@ pub(crate) struct Fence {
     generation: String,
     pgen: String,
     pub(crate) tag_versions: Vec<u64>,
+    /// Redis's clock at the read, µs.
+    redis_us: u64,
+}
+
+impl Fence {
+    /// Tag versions (Redis µs times) older than this belong to keys that may have expired.
+    pub(crate) fn expired_before(&self) -> u64 {
+        self.redis_us
+            .saturating_sub(TAG_TTL_MS.saturating_mul(1000))
+    }
 }
 
 pub(crate) struct Read {
@@ -218,6 +234,7 @@ impl L2 {
         for v in &fence.tag_versions {
             c.arg(v.to_string());
         }
+        c.arg(TAG_TTL_MS);
         match self
             .backend
             .evalsha::<i64>("cache_set", &self.set, &c)
@@ -242,6 +259,19 @@ impl L2 {
             .arg(GEN_TTL_MS);
         self.backend
             .evalsha::<i64>("cache_invalidate", &self.invalidate_key, &c)
+            .await
+            .map(drop)
+    }
+
+    /// Tells the other instances to drop `key` from L1, without touching L2.
+    pub(crate) async fn publish_key(&self, key: &str) -> Result<(), StoreUnavailable> {
+        self.backend
+            .query::<i64>(
+                "cache_invalidate",
+                cmd("PUBLISH")
+                    .arg(&self.channel)
+                    .arg(format!("k{}{key}", self.me())),
+            )
             .await
             .map(drop)
     }
@@ -290,6 +320,8 @@ impl L2 {
                         .arg(1000),
                 )
                 .await?;
+            // Generation keys stay: deleting one would let a count repeat.
+            let keys: Vec<Vec<u8>> = keys.into_iter().filter(|k| !k.ends_with(b"}:g")).collect();
             if !keys.is_empty() {
                 let _: i64 = self
                     .backend
@@ -341,9 +373,13 @@ fn parse_get(reply: Vec<Value>, tags: &[&str], now: u64) -> Option<Read> {
         Value::Nil => Some("0".to_owned()),
         v => as_bytes(v).map(|b| String::from_utf8_lossy(b).into_owned()),
     };
-    let redis_ms = match &reply[0] {
+    let (redis_ms, redis_us) = match &reply[0] {
         Value::Array(t) if t.len() == 2 => {
-            as_int(&t[0])?.saturating_mul(1000) + as_int(&t[1])? / 1000
+            let (secs, micros) = (as_int(&t[0])?, as_int(&t[1])?);
+            (
+                secs.saturating_mul(1000).saturating_add(micros / 1000),
+                secs.saturating_mul(1_000_000).saturating_add(micros).max(0) as u64,
+            )
         }
         _ => return None,
     };
@@ -357,6 +393,7 @@ fn parse_get(reply: Vec<Value>, tags: &[&str], now: u64) -> Option<Read> {
                 v => as_int(v).map(|n| n.max(0) as u64),
             })
             .collect::<Option<_>>()?,
+        redis_us,
     };
     let Value::Array(fields) = &reply[3 + ntags] else {
         return None;
@@ -369,11 +406,12 @@ fn parse_get(reply: Vec<Value>, tags: &[&str], now: u64) -> Option<Read> {
         v => {
             let value = Bytes::copy_from_slice(as_bytes(v)?);
             let us = |ms: i64| ms.saturating_mul(1000);
-            let at = |ms: i64| now.saturating_add_signed(us(ms - redis_ms));
+            let at = |ms: i64| now.saturating_add_signed(us(ms.saturating_sub(redis_ms)));
             let fresh_until = at(as_int(&fields[1])?);
             let swr_until = at(as_int(&fields[2])?);
             let sie_until = at(as_int(&fields[3])?);
-            let stored_at = now.saturating_sub(us(redis_ms - as_int(&fields[4])?).max(0) as u64);
+            let stored_at =
+                now.saturating_sub(us(redis_ms.saturating_sub(as_int(&fields[4])?)).max(0) as u64);
             let recorded: Vec<(String, String, String)> =
                 serde_json::from_slice(as_bytes(&fields[5])?).ok()?;
             let recorded = recorded
@@ -441,6 +479,9 @@ pub(crate) async fn listen(
         let mut heard = tokio::time::Instant::now();
         let mut next_beat = tokio::time::Instant::now();
         loop {
+            if engine.strong_count() == 0 {
+                return;
+            }
             let now = tokio::time::Instant::now();
             if now >= next_beat {
                 if now.duration_since(heard) > heartbeat * 3 {
@@ -510,7 +551,7 @@ fn apply(inner: &Inner, payload: &[u8], me: &str) {
                 if !own {
                     inner.metrics.invalidation_received("tag");
                 }
-                inner.set_tag_version(tag, version);
+                inner.set_tag_version(tag, version, None);
             }
         }
         _ => {}

@@ -36,7 +36,13 @@
 //!   before an invalidation never writes its older value afterwards.
 //! - **Redis down or slow**: every Redis call is bounded by the backend's timeout; a
 //!   failure makes the cache skip L2 for half a second and serve from L1 and the loader.
-//!   Requests never fail because the cache did, and it recovers by itself.
+//!   Requests never fail because the cache did, and it recovers by itself. An
+//!   invalidation that cannot reach Redis acts locally and returns the error; it is not
+//!   retried, so other instances (and L2) keep the old value until its TTL: callers that
+//!   cannot accept that retry it.
+//! - **Memory**: `max_bytes` weighs keys and stored bytes; the decoded form kept beside
+//!   them (the typed value, a response's header map) is not counted, so budget up to
+//!   about twice the figure.
 //!
 //! # `ResponseCache` rules
 //!
@@ -49,9 +55,14 @@
 //!   `*`, is not stored.
 //! - Stored only if its status is configured (200 by default), it has no `Set-Cookie`,
 //!   and its `Cache-Control` has none of `no-store`, `private`, `no-cache`, nor a
-//!   malformed value. Its TTL is `s-maxage`, else `max-age`, else the engine's; its own
-//!   `stale-while-revalidate` / `stale-if-error` override the engine's windows, and
-//!   `must-revalidate` turns both off.
+//!   malformed value. Its TTL is `s-maxage`, else `max-age`, else `Expires` minus `Date`
+//!   (an invalid or past `Expires` is not stored), else the engine's, less the `Age` it
+//!   arrived with. Its own `stale-while-revalidate` / `stale-if-error` override the
+//!   engine's windows; `must-revalidate` turns both off, and `s-maxage` leaves only the
+//!   response's own.
+//! - The origin is asked for the whole response: the client's conditional and `Range`
+//!   headers are not forwarded on a miss; `If-None-Match` is answered from the stored
+//!   response (2xx only), and `Range` is ignored (a full 200).
 //! - Requests carrying `Authorization` pass through unless
 //!   [`cache_authorized`](ResponseCacheLayerBuilder::cache_authorized); a request's
 //!   `Cache-Control: no-store` passes through, `no-cache` or `max-age=0` refetches (and
@@ -61,8 +72,9 @@
 //! - Every stored response gets a strong `ETag` (from its body's SHA-256, so every
 //!   instance agrees) unless it has one; `If-None-Match` that matches is answered 304.
 //! - `Cache-Status` (RFC 9211) on every cached route: `tower-scale; hit; ttl=42`
-//!   (negative while stale), `fwd=miss; stored`, `fwd=bypass`, `fwd=request`, with
-//!   `detail=l2`, `coalesced` or `stale-if-error` where it applies; `Age` on hits.
+//!   (negative while stale), `fwd=miss; stored`, `fwd=miss; collapsed` (answered by
+//!   another request's fetch), `fwd=bypass`, `fwd=request`, and `detail=l2` or
+//!   `detail=stale-if-error` where it applies; `Age` on hits.
 //! - A successful (2xx, 3xx) `POST`, `PUT`, `PATCH` or `DELETE` invalidates the tag of its
 //!   path, which every `GET` entry of that path carries (all query strings and `Vary`
 //!   variants), plus any tags from

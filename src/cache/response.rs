@@ -146,14 +146,30 @@ pub(crate) fn storable(
             }
         }
     }
-    let ttl = match cc.shared_max_age() {
-        Some(0) => return None,
+    let lifetime = match cc.shared_max_age() {
         Some(secs) => Duration::from_secs(u64::from(secs)),
-        None => defaults.ttl,
+        None => match headers.get(header::EXPIRES) {
+            // RFC 9111 §5.3: an invalid `Expires` (such as `0`) means already expired.
+            Some(expires) => expires_lifetime(expires, headers.get(header::DATE))?,
+            None => defaults.ttl,
+        },
     };
+    // Freshness already used up on the way here (RFC 9111 §4.2.3).
+    let age = headers
+        .get(header::AGE)
+        .and_then(|a| a.to_str().ok()?.trim().parse::<u64>().ok())
+        .map_or(Duration::ZERO, Duration::from_secs);
+    let ttl = lifetime.checked_sub(age).filter(|t| !t.is_zero())?;
     let secs = |s: Option<u32>, d: Duration| s.map_or(d, |s| Duration::from_secs(u64::from(s)));
     let (swr, sie) = if cc.must_revalidate {
         (Duration::ZERO, Duration::ZERO)
+    } else if cc.s_maxage.is_some() {
+        // `s-maxage` implies proxy-revalidate for a shared cache (RFC 9111 §5.2.2.10): only
+        // the response's own RFC 5861 directives may allow serving it stale.
+        (
+            secs(cc.stale_while_revalidate, Duration::ZERO),
+            secs(cc.stale_if_error, Duration::ZERO),
+        )
     } else {
         (
             secs(cc.stale_while_revalidate, defaults.swr),
@@ -161,6 +177,17 @@ pub(crate) fn storable(
         )
     };
     Some(Lifetimes { ttl, swr, sie })
+}
+
+/// `Expires` minus `Date` (or now, without a usable `Date`); `None` if `Expires` is not an
+/// HTTP date or is not in the future.
+fn expires_lifetime(expires: &HeaderValue, date: Option<&HeaderValue>) -> Option<Duration> {
+    let parse = |v: &HeaderValue| httpdate::parse_http_date(v.to_str().ok()?).ok();
+    let expires = parse(expires)?;
+    let date = date
+        .and_then(parse)
+        .unwrap_or_else(std::time::SystemTime::now);
+    expires.duration_since(date).ok().filter(|d| !d.is_zero())
 }
 
 /// A strong validator from the body: 128 bits of its SHA-256, so every instance gives the
@@ -183,22 +210,27 @@ pub(crate) fn etag_for(body: &[u8]) -> HeaderValue {
 pub(crate) fn encode(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(body.len() + 256);
     out.put_u16(status.as_u16());
-    let kept: Vec<(&HeaderName, &HeaderValue)> =
-        headers.iter().filter(|(n, _)| !hop_by_hop(n)).collect();
     let etag = if headers.contains_key(header::ETAG) {
         None
     } else {
         Some(etag_for(body))
     };
+    // The count is a u16: past it, headers are dropped rather than miscounted.
+    let room = usize::from(u16::MAX) - usize::from(etag.is_some());
+    let kept: Vec<(&HeaderName, &HeaderValue)> = headers
+        .iter()
+        .filter(|(n, _)| !hop_by_hop(n))
+        .take(room)
+        .collect();
     let count = kept.len() + usize::from(etag.is_some());
-    out.put_u16(u16::try_from(count).unwrap_or(u16::MAX));
+    out.put_u16(count as u16);
     let mut put = |name: &HeaderName, value: &HeaderValue| {
         out.put_u16(name.as_str().len() as u16);
         out.put_slice(name.as_str().as_bytes());
         out.put_u32(value.len() as u32);
         out.put_slice(value.as_bytes());
     };
-    for (name, value) in kept.iter().take(usize::from(u16::MAX)) {
+    for (name, value) in &kept {
         put(name, value);
     }
     if let Some(etag) = &etag {
@@ -260,13 +292,15 @@ pub(crate) fn respond(
     age: u64,
     status: Status<'_>,
 ) -> Response<Option<Bytes>> {
-    let not_modified = stored.etag.as_ref().is_some_and(|etag| {
-        request_headers.contains_key(header::IF_NONE_MATCH)
-            && if_none_match(
-                request_headers.get_all(header::IF_NONE_MATCH),
-                etag.as_bytes(),
-            )
-    });
+    // Preconditions apply to 2xx responses only (RFC 9110 §13.2.1).
+    let not_modified = stored.status.is_success()
+        && stored.etag.as_ref().is_some_and(|etag| {
+            request_headers.contains_key(header::IF_NONE_MATCH)
+                && if_none_match(
+                    request_headers.get_all(header::IF_NONE_MATCH),
+                    etag.as_bytes(),
+                )
+        });
     let age_value = age_value(age);
     let status_value = match status {
         Status::Hit(table, ttl) => table.value(ttl),
@@ -345,7 +379,7 @@ mod tests {
             &'static [(&'static str, &'static str)],
             Option<Lifetimes>,
         );
-        let cases: [Case; 14] = [
+        let cases: [Case; 19] = [
             ("plain 200", 200, &[], Some(DEFAULTS)),
             ("404 not configured", 404, &[], None),
             ("set-cookie", 200, &[("set-cookie", "a=b")], None),
@@ -378,7 +412,7 @@ mod tests {
                 Some(Lifetimes {
                     ttl: secs(9),
                     swr: secs(1),
-                    ..DEFAULTS
+                    sie: Duration::ZERO,
                 }),
             ),
             (
@@ -392,6 +426,43 @@ mod tests {
                 }),
             ),
             ("vary *", 200, &[("vary", "*")], None),
+            ("expires 0", 200, &[("expires", "0")], None),
+            (
+                "expires in the past",
+                200,
+                &[
+                    ("date", "Tue, 01 Dec 2026 10:00:00 GMT"),
+                    ("expires", "Tue, 01 Dec 2026 09:00:00 GMT"),
+                ],
+                None,
+            ),
+            (
+                "expires a minute after date",
+                200,
+                &[
+                    ("date", "Tue, 01 Dec 2026 10:00:00 GMT"),
+                    ("expires", "Tue, 01 Dec 2026 10:01:00 GMT"),
+                ],
+                Some(Lifetimes {
+                    ttl: secs(60),
+                    ..DEFAULTS
+                }),
+            ),
+            (
+                "age is subtracted",
+                200,
+                &[("cache-control", "max-age=60"), ("age", "45")],
+                Some(Lifetimes {
+                    ttl: secs(15),
+                    ..DEFAULTS
+                }),
+            ),
+            (
+                "age beyond max-age",
+                200,
+                &[("cache-control", "max-age=60"), ("age", "60")],
+                None,
+            ),
             (
                 "vary on a configured header",
                 200,

@@ -182,6 +182,17 @@ fn tags_of<B>(req: Request<B>, f: Option<&super::layer::TagFnRef>) -> (Request<B
     }
 }
 
+/// Request headers that would make the origin answer something other than the whole
+/// response (a 304, a 206), which could not be stored.
+const CONDITIONAL: [HeaderName; 6] = [
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_MATCH,
+    header::IF_UNMODIFIED_SINCE,
+    header::IF_RANGE,
+    header::RANGE,
+];
+
 fn unsafe_method(m: &Method) -> bool {
     matches!(
         *m,
@@ -218,11 +229,17 @@ where
             return boxed(async move {
                 let res = fut.await?;
                 if res.status().is_success() || res.status().is_redirection() {
-                    for tag in &tags {
-                        if let Err(e) = s.engine.invalidate_tag(tag).await {
-                            tracing::warn!(tag = %tag, error = %e, "cache invalidation could not reach Redis; other instances keep their copies until TTL");
+                    // A task of its own: the write is done, so the invalidation must be
+                    // too, even if the client goes away meanwhile.
+                    let engine = s.engine.clone();
+                    let task = tokio::spawn(async move {
+                        for tag in &tags {
+                            if let Err(e) = engine.invalidate_tag(tag).await {
+                                tracing::warn!(tag = %tag, error = %e, "cache invalidation could not reach Redis; other instances keep their copies until TTL");
+                            }
                         }
-                    }
+                    });
+                    let _ = task.await;
                 }
                 Ok(pass(res, None))
             });
@@ -356,15 +373,7 @@ impl<S> ResponseCache<S> {
         *r.extensions_mut() = req.extensions().clone();
         let headers = r.headers_mut();
         for (name, value) in req.headers() {
-            if !matches!(
-                name.as_str(),
-                "if-none-match"
-                    | "if-modified-since"
-                    | "if-match"
-                    | "if-unmodified-since"
-                    | "if-range"
-                    | "cache-control"
-            ) {
+            if !CONDITIONAL.contains(name) && name != header::CACHE_CONTROL {
                 headers.append(name.clone(), value.clone());
             }
         }
@@ -398,7 +407,7 @@ where
                     if let Some(stored) = stored_of(&entry) {
                         let now = s.engine.now();
                         let status = if now < entry.fresh_until {
-                            hit_status(&s, &entry, now, Some("coalesced"))
+                            Status::Other(status_value(&s.name, "fwd=miss; collapsed"))
                         } else {
                             hit_status(&s, &entry, now, Some("stale-if-error"))
                         };
@@ -489,9 +498,14 @@ where
     ResBody: Body<Data = Bytes>,
     ResBody::Error: Into<BoxError>,
 {
-    let (req, tags) = tags_of(req, s.tags.as_deref());
+    let (mut req, tags) = tags_of(req, s.tags.as_deref());
     let tag_refs: Vec<&str> = tags.iter().map(String::as_str).collect();
     let request_headers = req.headers().clone();
+    // The origin is asked for the whole, unconditional response, which can be stored;
+    // the client's conditions are answered from it here.
+    for name in CONDITIONAL {
+        req.headers_mut().remove(name);
+    }
     if let Some(entry) = leader.read_l2(&tag_refs).await {
         let now = s.engine.now();
         if !refresh
@@ -507,26 +521,31 @@ where
             fallback = Some(entry);
         }
     }
+    // Serves the stale-if-error copy to the caller and the waiters; without one, lets
+    // the waiters go to the backend themselves.
     let serve_stale = |leader: Leader, fallback: Option<Arc<Entry>>| {
-        let entry = fallback?;
-        let stored = stored_of(&entry)?;
+        let Some((entry, stored)) = fallback
+            .as_ref()
+            .and_then(|e| stored_of(e).map(|st| (e, st)))
+        else {
+            leader.complete(Outcome::Pass);
+            return None;
+        };
         s.engine.inner.metrics.stale_error.increment(1);
         let now = s.engine.now();
-        let status = hit_status(s, &entry, now, Some("stale-if-error"));
-        let res = respond_entry(&entry, stored, &request_headers, false, status, now);
-        leader.complete(Outcome::Value(entry));
+        let status = hit_status(s, entry, now, Some("stale-if-error"));
+        let res = respond_entry(entry, stored, &request_headers, false, status, now);
+        leader.complete(Outcome::Value(Arc::clone(entry)));
         Some(res)
     };
     let res = match inner.call(req).await {
         Ok(res) => res,
         Err(e) => {
             s.engine.inner.metrics.load_err.increment(1);
-            if fallback.is_some()
-                && let Some(res) = serve_stale(leader, fallback)
-            {
-                return Ok(res);
-            }
-            return Err(e);
+            return match serve_stale(leader, fallback) {
+                Some(res) => Ok(res),
+                None => Err(e),
+            };
         }
     };
     if res.status().is_server_error() {
@@ -562,7 +581,7 @@ where
             };
             let stored = Arc::new(stored);
             let entry = leader
-                .store(value, Some(stored.clone()), lifetimes, &tag_refs)
+                .store(value, Some(stored.clone()), lifetimes, &tag_refs, true)
                 .await;
             leader.complete(Outcome::Value(Arc::clone(&entry)));
             let status = Status::Other(status_value(&s.name, &format!("{fwd}; stored")));

@@ -417,6 +417,7 @@ where
                     Some(Arc::new(v.clone())),
                     lifetimes,
                     &tags,
+                    true,
                 )
                 .await;
             leader.complete(Outcome::Value(entry));
