@@ -18,7 +18,9 @@ state=${TOWER_SCALE_STATE:-/var/tmp/tower-scale}
 install -d -m 0755 "$state"
 exec 9>"$state/test.lock"
 flock 9
-services=$(bash scripts/services.sh) || { echo "services could not be started" >&2; exit 1; }
+# `9>&-`: the servers it starts must not inherit the lock, or they would hold it for as
+# long as they run and the next test run on this machine would wait for ever.
+services=$(bash scripts/services.sh 9>&-) || { echo "services could not be started" >&2; exit 1; }
 eval "$services"
 echo "redis: $TEST_REDIS_URL"
 echo "postgres primary: $TEST_DATABASE_URL"
