@@ -1,7 +1,7 @@
 //! [`ServiceBuilderExt`]: one `ServiceBuilder` method per middleware.
 
 use tower::ServiceBuilder;
-#[cfg(any(feature = "metrics", feature = "rate-limit"))]
+#[cfg(any(feature = "metrics", feature = "rate-limit", feature = "cache"))]
 use tower::layer::util::Stack;
 
 mod sealed {
@@ -26,6 +26,13 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed + Sized {
         self,
         layer: crate::rate_limit::RateLimitLayer<K, S, R>,
     ) -> ServiceBuilder<Stack<crate::rate_limit::RateLimitLayer<K, S, R>, L>>;
+
+    /// Adds [`ResponseCacheLayer`](crate::cache::ResponseCacheLayer).
+    #[cfg(feature = "cache")]
+    fn response_cache(
+        self,
+        layer: crate::cache::ResponseCacheLayer,
+    ) -> ServiceBuilder<Stack<crate::cache::ResponseCacheLayer, L>>;
 }
 
 impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
@@ -42,6 +49,14 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
         self,
         layer: crate::rate_limit::RateLimitLayer<K, S, R>,
     ) -> ServiceBuilder<Stack<crate::rate_limit::RateLimitLayer<K, S, R>, L>> {
+        self.layer(layer)
+    }
+
+    #[cfg(feature = "cache")]
+    fn response_cache(
+        self,
+        layer: crate::cache::ResponseCacheLayer,
+    ) -> ServiceBuilder<Stack<crate::cache::ResponseCacheLayer, L>> {
         self.layer(layer)
     }
 }

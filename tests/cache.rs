@@ -604,11 +604,11 @@ async fn http_storage_rules() {
             cached: true,
         },
         Case {
-            name: "vary on another header",
+            name: "vary on another header (a variant)",
             response_headers: &[("vary", "cookie")],
             request_headers: &[],
             status: StatusCode::OK,
-            cached: false,
+            cached: true,
         },
         Case {
             name: "authorization",
@@ -800,6 +800,57 @@ async fn http_keys_etags_head_and_body_cap() {
         cache_status(&g)
     );
     assert_eq!(origin.calls(), calls + 1);
+}
+
+#[tokio::test]
+async fn responses_varying_on_other_headers_are_stored_per_variant() {
+    for redis in [false, true] {
+        let prefix = unique("variants");
+        let engine = if redis {
+            redis_engine(&redis_url(), &prefix)
+        } else {
+            CacheEngine::builder().build().unwrap()
+        };
+        // Only `accept` is configured; the origin also varies on `accept-language`.
+        let layer = ResponseCacheLayer::builder(&engine)
+            .vary(["accept"])
+            .build()
+            .unwrap();
+        let origin = Origin::default();
+        *origin.headers.lock().unwrap() = vec![("vary", "Accept, Accept-Language".to_owned())];
+        let svc = layer.layer_service(origin.app());
+        let get = |lang: &'static str| {
+            let svc = svc.clone();
+            async move { send(&svc, Method::GET, "/v", &[("accept-language", lang)]).await }
+        };
+        assert!(cache_status(&get("en").await).contains("stored"));
+        assert!(
+            cache_status(&get("fr").await).contains("stored"),
+            "fr is another variant"
+        );
+        assert_eq!(origin.calls(), 2, "redis={redis}");
+        for lang in ["en", "fr", "en"] {
+            let g = get(lang).await;
+            assert!(
+                cache_status(&g).contains("hit"),
+                "{lang}: {}",
+                cache_status(&g)
+            );
+        }
+        assert_eq!(
+            origin.calls(),
+            2,
+            "redis={redis}: variants answered from the cache"
+        );
+        // A PUT to the URI drops every variant.
+        send(&svc, Method::PUT, "/v", &[]).await;
+        let g = get("fr").await;
+        assert!(
+            cache_status(&g).contains("fwd=miss"),
+            "{}",
+            cache_status(&g)
+        );
+    }
 }
 
 #[tokio::test]

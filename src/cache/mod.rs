@@ -51,8 +51,10 @@
 //! - Key: the URI's path and query (and authority, in absolute form), and the values of
 //!   the configured `Vary` headers. `Host` is not part of it, so every instance behind a
 //!   load balancer shares entries; a service that answers several hosts lists `host`
-//!   among its `vary` headers. A response whose own `Vary` names any other header, or
-//!   `*`, is not stored.
+//!   among its `vary` headers. A response whose own `Vary` names other headers is stored
+//!   as a variant: a marker at the URI's key names those headers, and each request's
+//!   variant has a key with their values (one more L1 lookup for such URIs). `Vary: *`
+//!   is never stored.
 //! - Stored only if its status is configured (200 by default), it has no `Set-Cookie`,
 //!   and its `Cache-Control` has none of `no-store`, `private`, `no-cache`, nor a
 //!   malformed value. Its TTL is `s-maxage`, else `max-age`, else `Expires` minus `Date`

@@ -121,13 +121,15 @@ fn hop_by_hop(name: &HeaderName) -> bool {
 }
 
 /// Why a response is not stored, or for how long it is.
+/// Whether a response may be stored, for how long, and which request headers beyond the
+/// configured ones it varies on (sorted; those select a variant under the URI's key).
 pub(crate) fn storable(
     status: StatusCode,
     headers: &HeaderMap,
     statuses: &[StatusCode],
     vary: &[HeaderName],
     defaults: Lifetimes,
-) -> Option<Lifetimes> {
+) -> Option<(Lifetimes, Vec<HeaderName>)> {
     if !statuses.contains(&status) || headers.contains_key(header::SET_COOKIE) {
         return None;
     }
@@ -135,17 +137,16 @@ pub(crate) fn storable(
     if cc.no_store || cc.private || cc.no_cache || cc.invalid {
         return None;
     }
-    match Vary::parse(headers.get_all(header::VARY)) {
-        Vary::None => {}
+    let extra = match Vary::parse(headers.get_all(header::VARY)) {
+        Vary::None => Vec::new(),
         Vary::Any => return None,
-        // The key holds the configured headers only; a response that varies on another
-        // would be served to requests it was not made for.
         Vary::Headers(names) => {
-            if !names.iter().all(|n| vary.contains(n)) {
-                return None;
-            }
+            let mut extra: Vec<HeaderName> =
+                names.into_iter().filter(|n| !vary.contains(n)).collect();
+            extra.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+            extra
         }
-    }
+    };
     let lifetime = match cc.shared_max_age() {
         Some(secs) => Duration::from_secs(u64::from(secs)),
         None => match headers.get(header::EXPIRES) {
@@ -176,7 +177,54 @@ pub(crate) fn storable(
             secs(cc.stale_if_error, defaults.sie),
         )
     };
-    Some(Lifetimes { ttl, swr, sie })
+    Some((Lifetimes { ttl, swr, sie }, extra))
+}
+
+/// Stored at a URI's key when its responses vary on headers beyond the configured ones:
+/// the names, so a lookup can find the variant for its request. Encoded with a zero
+/// status, which no response has.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct VaryMarker(pub(crate) Vec<HeaderName>);
+
+pub(crate) fn encode_marker(names: &[HeaderName]) -> Bytes {
+    let mut out = BytesMut::with_capacity(2 + names.len() * 16);
+    out.put_u16(0);
+    for (i, n) in names.iter().enumerate() {
+        if i > 0 {
+            out.put_u8(b'\n');
+        }
+        out.put_slice(n.as_str().as_bytes());
+    }
+    out.freeze()
+}
+
+pub(crate) fn decode_marker(bytes: &Bytes) -> Option<VaryMarker> {
+    let names = bytes.strip_prefix(&[0, 0])?;
+    names
+        .split(|&b| b == b'\n')
+        .map(|n| HeaderName::from_bytes(n).ok())
+        .collect::<Option<Vec<_>>>()
+        .filter(|v| !v.is_empty())
+        .map(VaryMarker)
+}
+
+/// The key of a request's variant under `primary`: the values of `names` appended.
+pub(crate) fn variant_key(primary: &str, request: &HeaderMap, names: &[HeaderName]) -> String {
+    let mut key = String::with_capacity(primary.len() + 32);
+    key.push_str(primary);
+    key.push_str("\n~");
+    for name in names {
+        key.push('\n');
+        key.push_str(name.as_str());
+        key.push(':');
+        for (i, v) in request.get_all(name).iter().enumerate() {
+            if i > 0 {
+                key.push(',');
+            }
+            key.push_str(&String::from_utf8_lossy(v.as_bytes()));
+        }
+    }
+    key
 }
 
 /// `Expires` minus `Date` (or now, without a usable `Date`); `None` if `Expires` is not an
@@ -470,10 +518,10 @@ mod tests {
                 Some(DEFAULTS),
             ),
             (
-                "vary on another header",
+                "vary on another header: stored as a variant",
                 200,
                 &[("vary", "accept-language, cookie")],
-                None,
+                Some(DEFAULTS),
             ),
         ];
         for (name, status, hs, want) in cases {
@@ -484,8 +532,28 @@ mod tests {
                 &vary,
                 DEFAULTS,
             );
-            assert_eq!(got, want, "case {name}");
+            assert_eq!(got.map(|(l, _)| l), want, "case {name}");
         }
+    }
+
+    #[test]
+    fn vary_beyond_the_configured_headers_names_the_extra_ones_sorted() {
+        let vary = [HeaderName::from_static("accept-language")];
+        let (_, extra) = storable(
+            StatusCode::OK,
+            &headers(&[("vary", "X-B, accept-language, x-a")]),
+            &[StatusCode::OK],
+            &vary,
+            DEFAULTS,
+        )
+        .unwrap();
+        assert_eq!(extra, ["x-a", "x-b"]);
+        let marker = encode_marker(&extra);
+        assert_eq!(decode_marker(&marker), Some(VaryMarker(extra.clone())));
+        assert!(decode(&marker).is_none(), "a marker is never a response");
+        assert!(decode_marker(&encode(StatusCode::OK, &HeaderMap::new(), b"x")).is_none());
+        let req = headers(&[("x-a", "1"), ("x-b", "2"), ("x-b", "3")]);
+        assert_eq!(variant_key("h:/p", &req, &extra), "h:/p\n~\nx-a:1\nx-b:2,3");
     }
 
     #[test]

@@ -19,7 +19,10 @@ use super::body::CacheBody;
 use super::control::CacheControl;
 use super::engine::{Begin, Entry, Leader, Lookup, Outcome, wait};
 use super::layer::{ResponseCacheLayer, Settings};
-use super::response::{CACHE_STATUS, Status, StoredResponse, decode, encode, respond, storable};
+use super::response::{
+    CACHE_STATUS, Status, StoredResponse, VaryMarker, decode, decode_marker, encode, encode_marker,
+    respond, storable, variant_key,
+};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -120,6 +123,10 @@ fn hit_status<'a>(s: &'a Settings, entry: &Entry, now: u64, detail: Option<&str>
 
 fn stored_of(entry: &Entry) -> Option<&StoredResponse> {
     entry.decoded_ref::<StoredResponse>(decode)
+}
+
+fn marker_of(entry: &Entry) -> Option<&VaryMarker> {
+    entry.decoded_ref::<VaryMarker>(decode_marker)
 }
 
 fn respond_entry<B>(
@@ -317,7 +324,21 @@ impl<S> ResponseCache<S> {
             let owned = (!matches!(found, Lookup::Fresh(_))).then(|| key.clone());
             (found, now, owned)
         });
-        let (found, now, key) = looked_up;
+        let (mut found, mut now, mut key) = looked_up;
+        // The URI's responses vary on headers beyond the configured ones: its key holds a
+        // marker naming them, and this request's variant has a key of its own.
+        let mut variant = None;
+        if let Lookup::Fresh(e) | Lookup::Stale(e) = &found
+            && stored_of(e).is_none()
+            && let Some(marker) = marker_of(e)
+        {
+            let names = marker.0.clone();
+            let primary = key_for(&req, &s.vary, key.take());
+            let secondary = variant_key(&primary, req.headers(), &names);
+            (found, now) = s.engine.lookup_now(&secondary);
+            key = Some(secondary);
+            variant = Some(names);
+        }
         let mut fallback = None;
         match found {
             Lookup::Fresh(entry) => {
@@ -335,7 +356,7 @@ impl<S> ResponseCache<S> {
                     s.engine.inner.metrics.stale_revalidate.increment(1);
                     let status = hit_status(s, &entry, now, None);
                     let res = respond_entry(&entry, stored, req.headers(), head, status, now);
-                    self.refresh_in_background(&req, key_for(&req, &s.vary, key));
+                    self.refresh_in_background(&req, key_for(&req, &s.vary, key), variant);
                     return ResponseFuture {
                         kind: FutKind::Ready { res: Some(res) },
                     };
@@ -352,11 +373,15 @@ impl<S> ResponseCache<S> {
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let s = Arc::clone(&self.settings);
-        boxed(miss(s, inner, req, key, fallback, refresh))
+        boxed(miss(s, inner, req, key, fallback, refresh, variant))
     }
 
-    fn refresh_in_background<ReqBody, ResBody>(&self, req: &Request<ReqBody>, key: String)
-    where
+    fn refresh_in_background<ReqBody, ResBody>(
+        &self,
+        req: &Request<ReqBody>,
+        key: String,
+        variant: Option<Vec<HeaderName>>,
+    ) where
         S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
         S::Future: Send + 'static,
         S::Error: Send + 'static,
@@ -381,7 +406,7 @@ impl<S> ResponseCache<S> {
         let mut svc = self.inner.clone();
         tokio::spawn(async move {
             if std::future::poll_fn(|cx| svc.poll_ready(cx)).await.is_ok() {
-                let _ = lead(&s, svc, r, leader, None, false).await;
+                let _ = lead(&s, svc, r, leader, None, false, variant).await;
             }
         });
     }
@@ -394,6 +419,7 @@ async fn miss<S, ReqBody, ResBody>(
     key: String,
     fallback: Option<Arc<Entry>>,
     refresh: bool,
+    variant: Option<Vec<HeaderName>>,
 ) -> Result<Response<CacheBody<ResBody>>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
@@ -425,7 +451,9 @@ where
                 Some(_) => break,
                 None => continue,
             },
-            Begin::Leader(leader) => return lead(&s, inner, req, leader, fallback, refresh).await,
+            Begin::Leader(leader) => {
+                return lead(&s, inner, req, leader, fallback, refresh, variant).await;
+            }
         }
     }
     let res = inner.call(req).await?;
@@ -492,6 +520,7 @@ async fn lead<S, ReqBody, ResBody>(
     mut leader: Leader,
     mut fallback: Option<Arc<Entry>>,
     refresh: bool,
+    variant: Option<Vec<HeaderName>>,
 ) -> Result<Response<CacheBody<ResBody>>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
@@ -560,7 +589,7 @@ where
         s.engine.inner.metrics.load_ok.increment(1);
     }
     let fwd = if refresh { "fwd=request" } else { "fwd=miss" };
-    let Some(lifetimes) = storable(
+    let Some((lifetimes, extra)) = storable(
         res.status(),
         res.headers(),
         &s.statuses,
@@ -569,6 +598,17 @@ where
     ) else {
         leader.complete(Outcome::Pass);
         return Ok(pass(res, Some(status_value(&s.name, fwd))));
+    };
+    // Where the response goes: under the leader's key (no extra `Vary`, or the variant
+    // key the marker led to), or under a variant key with a marker at the URI's key.
+    let learn_variant = match &variant {
+        None => !extra.is_empty(),
+        Some(names) if *names == extra => false,
+        // The resource's `Vary` changed since the marker: store nothing until it expires.
+        Some(_) => {
+            leader.complete(Outcome::Pass);
+            return Ok(pass(res, Some(status_value(&s.name, fwd))));
+        }
     };
     let (parts, body) = res.into_parts();
     match collect(body, s.max_body).await {
@@ -580,11 +620,38 @@ where
                 return Ok(res);
             };
             let stored = Arc::new(stored);
-            let entry = leader
-                .store(value, Some(stored.clone()), lifetimes, &tag_refs, true)
-                .await;
-            leader.complete(Outcome::Value(Arc::clone(&entry)));
             let status = Status::Other(status_value(&s.name, &format!("{fwd}; stored")));
+            let entry = if learn_variant {
+                // The marker at the URI's key, then the response at this request's
+                // variant key (unless a load of that variant is already under way).
+                let secondary = variant_key(&leader.key, &request_headers, &extra);
+                leader
+                    .store(encode_marker(&extra), None, lifetimes, &tag_refs, true)
+                    .await;
+                leader.complete(Outcome::Pass);
+                match s.engine.begin(&secondary) {
+                    Begin::Leader(mut variant_leader) => {
+                        let _ = variant_leader.read_l2(&tag_refs).await;
+                        let entry = variant_leader
+                            .store(value, Some(stored.clone()), lifetimes, &tag_refs, true)
+                            .await;
+                        variant_leader.complete(Outcome::Value(Arc::clone(&entry)));
+                        entry
+                    }
+                    Begin::Wait(_) => {
+                        let mut res = Response::from_parts(parts, CacheBody::full(Some(body)));
+                        res.headers_mut()
+                            .insert(CACHE_STATUS, status_value(&s.name, fwd));
+                        return Ok(res);
+                    }
+                }
+            } else {
+                let entry = leader
+                    .store(value, Some(stored.clone()), lifetimes, &tag_refs, true)
+                    .await;
+                leader.complete(Outcome::Value(Arc::clone(&entry)));
+                entry
+            };
             Ok(respond_entry(
                 &entry,
                 &stored,
