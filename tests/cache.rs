@@ -1054,6 +1054,8 @@ fn bad_layer_config_names_the_setting() {
         ),
         ("max_body", ResponseCacheLayer::builder(&engine).max_body(0)),
         ("name", ResponseCacheLayer::builder(&engine).name("a; b")),
+        ("name", ResponseCacheLayer::builder(&engine).name("cache-é")),
+        ("name", ResponseCacheLayer::builder(&engine).name("")),
     ];
     for (setting, b) in cases {
         assert_eq!(b.build().unwrap_err().setting(), setting);

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use http::header::{HeaderName, HeaderValue};
+use http::header::HeaderName;
 use http::{StatusCode, request};
 use tower_layer::Layer;
 
@@ -200,12 +200,14 @@ impl ResponseCacheLayerBuilder {
             ));
         }
         if self.name.is_empty()
-            || HeaderValue::from_str(&self.name).is_err()
-            || self.name.contains([';', ',', ' '])
+            || !self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
         {
             return Err(ConfigError::new(
                 "name",
-                "must be a non-empty token (letters, digits, `-`, `.`)",
+                "must be a non-empty token of ASCII letters, digits, `-`, `.` and `_`",
             ));
         }
         Ok(ResponseCacheLayer {

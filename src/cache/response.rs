@@ -32,11 +32,13 @@ pub(crate) enum Status<'a> {
 }
 
 /// The `Cache-Status` values of plain hits, one per `ttl` from -60 to 3600 s, built on
-/// first use and then shared (a hit clones one instead of formatting it).
+/// first use as static strings (a hit clones one without touching a reference count).
+/// There is one table per cache name per process, whatever the number of layers, so what
+/// it holds for good is bounded: about 150 KB per name, plus the values used.
 #[derive(Debug)]
 pub(crate) struct HitStatus {
     name: String,
-    table: OnceLock<Box<[OnceLock<HeaderValue>]>>,
+    table: &'static [OnceLock<HeaderValue>],
 }
 
 const TTL_MIN: i64 = -60;
@@ -44,9 +46,21 @@ const TTL_MAX: i64 = 3600;
 
 impl HitStatus {
     pub(crate) fn new(name: &str) -> Self {
+        type Tables = Vec<(String, &'static [OnceLock<HeaderValue>])>;
+        static TABLES: std::sync::Mutex<Tables> = std::sync::Mutex::new(Vec::new());
+        let mut tables = TABLES.lock().unwrap_or_else(|e| e.into_inner());
+        let table = match tables.iter().find(|(n, _)| n == name) {
+            Some((_, t)) => *t,
+            None => {
+                let t: &'static [OnceLock<HeaderValue>] =
+                    Box::leak((TTL_MIN..=TTL_MAX).map(|_| OnceLock::new()).collect());
+                tables.push((name.to_owned(), t));
+                t
+            }
+        };
         Self {
             name: name.to_owned(),
-            table: OnceLock::new(),
+            table,
         }
     }
 
@@ -55,14 +69,16 @@ impl HitStatus {
     }
 
     fn value(&self, ttl: i64) -> HeaderValue {
-        let build = || value_of(format!("{}; hit; ttl={ttl}", self.name));
+        let text = || format!("{}; hit; ttl={ttl}", self.name);
         if !(TTL_MIN..=TTL_MAX).contains(&ttl) {
-            return build();
+            return value_of(text());
         }
-        let table = self
-            .table
-            .get_or_init(|| (TTL_MIN..=TTL_MAX).map(|_| OnceLock::new()).collect());
-        table[(ttl - TTL_MIN) as usize].get_or_init(build).clone()
+        self.table[(ttl - TTL_MIN) as usize]
+            .get_or_init(|| {
+                let s: &'static str = Box::leak(text().into_boxed_str());
+                HeaderValue::from_static(s)
+            })
+            .clone()
     }
 }
 

@@ -325,11 +325,21 @@ impl<S> ResponseCache<S> {
             (found, now, owned)
         });
         let (mut found, mut now, mut key) = looked_up;
+        // The common case first: a fresh stored response.
+        if let Lookup::Fresh(entry) = &found
+            && let Some(stored) = stored_of(entry)
+        {
+            s.engine.inner.metrics.hit_l1.increment(1);
+            let status = hit_status(s, entry, now, None);
+            let res = respond_entry(entry, stored, req.headers(), head, status, now);
+            return ResponseFuture {
+                kind: FutKind::Ready { res: Some(res) },
+            };
+        }
         // The URI's responses vary on headers beyond the configured ones: its key holds a
         // marker naming them, and this request's variant has a key of its own.
         let mut variant = None;
         if let Lookup::Fresh(e) | Lookup::Stale(e) = &found
-            && stored_of(e).is_none()
             && let Some(marker) = marker_of(e)
         {
             let names = marker.0.clone();
