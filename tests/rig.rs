@@ -156,3 +156,42 @@ async fn replica_streams_from_primary_and_pauses() {
         .await
         .unwrap();
 }
+
+/// The private pair fault tests use: a real streaming replica that a test may stop and
+/// start without touching the shared one.
+#[tokio::test]
+async fn a_private_pair_replicates_and_its_replica_can_be_stopped_and_started() {
+    let pair = support::PgPair::start();
+    let primary = connect(&pair.primary_url()).await;
+    primary
+        .batch_execute("CREATE TABLE t (id int primary key); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    let replica = connect(&pair.replica_url()).await;
+    support::eventually(
+        "row 1 on the private replica",
+        Duration::from_secs(10),
+        || async { visible_on(&replica, "t", 1).await.then_some(()) },
+    )
+    .await;
+
+    pair.stop_replica();
+    assert!(
+        tokio_postgres::connect(&pair.replica_url(), NoTls)
+            .await
+            .is_err(),
+        "a stopped replica refuses connections"
+    );
+    primary
+        .execute("INSERT INTO t VALUES (2)", &[])
+        .await
+        .unwrap();
+    pair.start_replica();
+    let replica = connect(&pair.replica_url()).await;
+    support::eventually(
+        "row 2 after the restart",
+        Duration::from_secs(10),
+        || async { visible_on(&replica, "t", 2).await.then_some(()) },
+    )
+    .await;
+}

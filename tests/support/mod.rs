@@ -195,3 +195,194 @@ pub fn redis_backend(url: &str, prefix: &str) -> tower_scale::redis::RedisBacken
         .build()
         .unwrap()
 }
+
+/// A private PostgreSQL primary with a physical streaming replica, for fault tests that
+/// stop and start the replica (the shared pair from `scripts/services.sh` must never be
+/// stopped). Both run from a temporary directory on free ports and are stopped, and the
+/// directory removed, on drop. Starting a pair takes a few seconds.
+pub struct PgPair {
+    pub primary_port: u16,
+    pub replica_port: u16,
+    dir: PathBuf,
+    bin: PathBuf,
+}
+
+impl PgPair {
+    pub fn start() -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL server binaries (scripts/services.sh installs them)")
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .filter(|p| p.join("initdb").exists())
+            .max()
+            .expect("an initdb under /usr/lib/postgresql/*/bin");
+        let dir = PathBuf::from("/var/tmp").join(unique("pgpair"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pair = Self {
+            primary_port: free_port(),
+            replica_port: free_port(),
+            dir,
+            bin,
+        };
+        pair.chown();
+        let primary = pair.dir.join("primary");
+        pair.pg(
+            "initdb",
+            &[
+                "-D",
+                primary.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
+        );
+        pair.append_conf(
+            &primary,
+            &format!(
+                "listen_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = '{}'\n\
+                 wal_level = replica\nmax_wal_senders = 5\nfsync = off\n\
+                 synchronous_commit = off\nfull_page_writes = off\n",
+                pair.primary_port,
+                pair.dir.display()
+            ),
+        );
+        pair.ctl(&primary, "start");
+        let replica = pair.dir.join("replica");
+        pair.pg(
+            "pg_basebackup",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &pair.primary_port.to_string(),
+                "-U",
+                "postgres",
+                "-D",
+                replica.to_str().unwrap(),
+                "-R",
+                "-X",
+                "stream",
+            ],
+        );
+        pair.append_conf(
+            &replica,
+            &format!(
+                "port = {}\nhot_standby = on\nwal_receiver_status_interval = 1s\n",
+                pair.replica_port
+            ),
+        );
+        pair.start_replica();
+        pair
+    }
+
+    pub fn primary_url(&self) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/postgres",
+            self.primary_port
+        )
+    }
+
+    pub fn replica_url(&self) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/postgres",
+            self.replica_port
+        )
+    }
+
+    /// Stops the replica at once (`immediate`: like a crash).
+    pub fn stop_replica(&self) {
+        self.ctl(&self.dir.join("replica"), "stop");
+    }
+
+    /// Starts the replica (again) and waits until it accepts connections.
+    pub fn start_replica(&self) {
+        self.ctl(&self.dir.join("replica"), "start");
+    }
+
+    fn ctl(&self, data: &std::path::Path, action: &str) {
+        if let Err(e) = self.try_ctl(data, action) {
+            panic!("{e}");
+        }
+    }
+
+    fn try_ctl(&self, data: &std::path::Path, action: &str) -> Result<(), String> {
+        let log = data.with_extension("log");
+        let mut args = vec![action, "-D", data.to_str().unwrap(), "-w"];
+        let log_s = log.to_str().unwrap().to_owned();
+        if action == "start" {
+            args.extend(["-l", &log_s]);
+        } else {
+            args.extend(["-m", "immediate"]);
+        }
+        self.try_pg("pg_ctl", &args)
+    }
+
+    /// Runs a PostgreSQL program and panics with its output if it fails.
+    fn pg(&self, program: &str, args: &[&str]) {
+        if let Err(e) = self.try_pg(program, args) {
+            panic!("{e}");
+        }
+    }
+
+    /// Runs a PostgreSQL program, as the `postgres` user when we are root (the server
+    /// refuses to run as root).
+    fn try_pg(&self, program: &str, args: &[&str]) -> Result<(), String> {
+        let path = self.bin.join(program);
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| o.stdout.starts_with(b"0"))
+            .unwrap_or(false);
+        let mut cmd = if root {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&path);
+            c
+        } else {
+            Command::new(&path)
+        };
+        let out = cmd
+            .args(args)
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run {program}: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{program} {args:?} failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+
+    fn append_conf(&self, data: &std::path::Path, lines: &str) {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .unwrap();
+        f.write_all(lines.as_bytes()).unwrap();
+    }
+
+    fn chown(&self) {
+        let _ = Command::new("chown")
+            .args(["postgres:", self.dir.to_str().unwrap()])
+            .status();
+    }
+}
+
+impl Drop for PgPair {
+    fn drop(&mut self) {
+        // Never panics: it may run while a failed test unwinds. A node already stopped
+        // is fine.
+        for node in ["replica", "primary"] {
+            let _ = self.try_ctl(&self.dir.join(node), "stop");
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
