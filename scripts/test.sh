@@ -44,7 +44,7 @@ cargo bench --no-run --all-features
 
 step "each feature alone"
 cargo check --no-default-features
-for feature in metrics rate-limit redis axum circuit-breaker retry session cache full; do
+for feature in metrics rate-limit redis axum circuit-breaker retry session cache db-route sqlx-postgres full; do
   echo "-- $feature"
   cargo check --no-default-features --features "$feature"
 done

@@ -20,6 +20,7 @@
 //! | [`retry`] | retries with jittered backoff, a deadline, a budget and body replay | `retry` |
 //! | [`session`] | sessions in a store: hashed ids in cookies, lazy, merged per key | `session` |
 //! | [`cache`] | two-tier cache-aside (moka + Redis) for data and HTTP responses, invalidated everywhere | `cache` |
+//! | [`db_route`] | reads to replicas, writes to the primary, read-your-writes by WAL position (in progress: the core) | `db-route`, `sqlx-postgres` |
 //! | [`clock`] | the time source of the in-process state machines | with `rate-limit`, `circuit-breaker`, `retry`, `session` or `cache` |
 //!
 //! The path of a request through a fully assembled service, and the layer still to come
@@ -52,6 +53,8 @@
 //! | `retry` | no | [`retry`] |
 //! | `session` | no | [`session`]; with `redis`, its `RedisSessionStore` |
 //! | `cache` | no | [`cache`]; with `redis`, the shared L2 tier and cross-instance invalidation |
+//! | `db-route` | no | [`db_route`]'s driver-agnostic core |
+//! | `sqlx-postgres` | no | `db-route` with its sqlx `PgPool` integration |
 //! | `full` | no | all of the above |
 //!
 //! # Minimum supported Rust version
@@ -75,6 +78,8 @@ pub mod classify;
     feature = "cache"
 ))]
 pub mod clock;
+#[cfg(feature = "db-route")]
+pub mod db_route;
 mod duration;
 mod error;
 pub mod key;

@@ -1,0 +1,191 @@
+//! WAL positions and the consistency token a client carries after a write. Pure: no I/O.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A PostgreSQL WAL position (`pg_lsn`), written `16/B374D848`. Ordered: a replica whose
+/// replayed position is at or past a write's position has that write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Lsn(pub u64);
+
+/// A text that is not a WAL position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadLsn;
+
+impl fmt::Display for BadLsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("not a WAL position; expected two hex numbers such as `16/B374D848`")
+    }
+}
+
+impl std::error::Error for BadLsn {}
+
+impl FromStr for Lsn {
+    type Err = BadLsn;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (hi, lo) = s.split_once('/').ok_or(BadLsn)?;
+        let half = |h: &str| {
+            if h.is_empty() || h.len() > 8 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(BadLsn);
+            }
+            u32::from_str_radix(h, 16).map_err(|_| BadLsn)
+        };
+        Ok(Self((u64::from(half(hi)?) << 32) | u64::from(half(lo)?)))
+    }
+}
+
+impl fmt::Display for Lsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)
+    }
+}
+
+/// What a client carries after a request that wrote: the primary's WAL position after the
+/// write (none for drivers that cannot tell), and when the token was issued.
+///
+/// A client's read may go to a replica only once that replica has replayed past `lsn`;
+/// without a position, reads go to the primary for the router's time pin. A token is
+/// honoured for at most its maximum age, so a forged or garbage one can at worst send its
+/// client to the primary for that long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsistencyToken {
+    /// The primary's position after the write.
+    pub lsn: Option<Lsn>,
+    /// When it was issued, milliseconds since the Unix epoch.
+    pub issued_ms: u64,
+}
+
+/// How far in the future a token's issue time may be (clocks of instances differ).
+const SKEW_MS: u64 = 5_000;
+
+impl ConsistencyToken {
+    /// `1.<lsn as 16 hex digits, or ->.<issued ms>`: short, cookie-safe.
+    pub fn encode(&self) -> String {
+        match self.lsn {
+            Some(l) => format!("1.{:016x}.{}", l.0, self.issued_ms),
+            None => format!("1.-.{}", self.issued_ms),
+        }
+    }
+
+    /// Reads a token, or `None` for anything malformed, older than `max_age`, or issued
+    /// more than a few seconds in the future. Never fails otherwise, whatever the input.
+    pub fn decode(s: &str, now_ms: u64, max_age: Duration) -> Option<Self> {
+        if s.len() > 64 {
+            return None;
+        }
+        let mut parts = s.split('.');
+        if parts.next()? != "1" {
+            return None;
+        }
+        let lsn = match parts.next()? {
+            "-" => None,
+            h if h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                Some(Lsn(u64::from_str_radix(h, 16).ok()?))
+            }
+            _ => return None,
+        };
+        let issued = parts.next()?;
+        if parts.next().is_some()
+            || issued.is_empty()
+            || !issued.bytes().all(|b| b.is_ascii_digit())
+        {
+            return None;
+        }
+        let issued_ms: u64 = issued.parse().ok()?;
+        let max_age_ms = u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX);
+        if issued_ms > now_ms.saturating_add(SKEW_MS)
+            || now_ms.saturating_sub(issued_ms) > max_age_ms
+        {
+            return None;
+        }
+        Some(Self { lsn, issued_ms })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn lsn_table() {
+        let cases: [(&str, Option<u64>); 9] = [
+            ("0/0", Some(0)),
+            ("16/B374D848", Some(0x16_B374_D848)),
+            ("FFFFFFFF/FFFFFFFF", Some(u64::MAX)),
+            ("a/b", Some(0xa_0000_000b)),
+            ("", None),
+            ("16", None),
+            ("/1", None),
+            ("1FFFFFFFF/0", None),
+            ("g/0", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(text.parse::<Lsn>().ok().map(|l| l.0), want, "case {text:?}");
+        }
+        assert_eq!(Lsn(0x16_B374_D848).to_string(), "16/B374D848");
+        assert!(Lsn(5) < Lsn(6));
+    }
+
+    #[test]
+    fn token_table() {
+        let now = 1_000_000_000;
+        let age = Duration::from_secs(30);
+        let good = ConsistencyToken {
+            lsn: Some(Lsn(0x16_B374_D848)),
+            issued_ms: now - 1_000,
+        };
+        assert_eq!(
+            ConsistencyToken::decode(&good.encode(), now, age),
+            Some(good)
+        );
+        let pin = ConsistencyToken {
+            lsn: None,
+            issued_ms: now,
+        };
+        assert_eq!(ConsistencyToken::decode(&pin.encode(), now, age), Some(pin));
+        let huge = "x".repeat(10_000);
+        let bad = [
+            ("empty", ""),
+            ("garbage", "hello"),
+            ("wrong version", "2.0000000000000001.999999000"),
+            ("short lsn", "1.16.999999000"),
+            ("non-hex lsn", "1.zzzzzzzzzzzzzzzz.999999000"),
+            ("no time", "1.0000000000000001."),
+            ("negative time", "1.0000000000000001.-5"),
+            ("extra part", "1.0000000000000001.999999000.1"),
+            ("too old", "1.0000000000000001.900000000"),
+            ("far future", "1.0000000000000001.1000010000"),
+            ("huge", &huge),
+        ];
+        for (name, text) in bad {
+            assert_eq!(
+                ConsistencyToken::decode(text, now, age),
+                None,
+                "case {name}"
+            );
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn lsn_round_trips(n in any::<u64>()) {
+            prop_assert_eq!(Lsn(n).to_string().parse::<Lsn>(), Ok(Lsn(n)));
+        }
+
+        #[test]
+        fn token_round_trips_within_its_age(lsn in proptest::option::of(any::<u64>()), back in 0u64..30_000) {
+            let now = 2_000_000_000_000;
+            let t = ConsistencyToken { lsn: lsn.map(Lsn), issued_ms: now - back };
+            prop_assert_eq!(ConsistencyToken::decode(&t.encode(), now, Duration::from_secs(30)), Some(t));
+        }
+
+        #[test]
+        fn any_text_decodes_or_is_refused_without_panic(s in ".{0,80}") {
+            let _ = ConsistencyToken::decode(&s, 1_000_000, Duration::from_secs(30));
+            let _ = s.parse::<Lsn>();
+        }
+    }
+}

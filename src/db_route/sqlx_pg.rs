@@ -1,0 +1,35 @@
+//! [`PositionSource`] for sqlx's `PgPool`.
+
+use std::time::Duration;
+
+use super::position::Lsn;
+use super::router::{PositionSource, ReplicaPosition};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl PositionSource for sqlx::PgPool {
+    async fn write_position(&self) -> Result<Lsn, BoxError> {
+        // The insert position: with `synchronous_commit = off` the write position
+        // (`pg_current_wal_lsn()`) can trail a commit that already returned.
+        let text: String = sqlx::query_scalar("SELECT pg_current_wal_insert_lsn()::text")
+            .fetch_one(self)
+            .await?;
+        Ok(text.parse()?)
+    }
+
+    async fn replica_position(&self) -> Result<ReplicaPosition, BoxError> {
+        let (lsn, lag): (Option<String>, Option<f64>) = sqlx::query_as(
+            "SELECT pg_last_wal_replay_lsn()::text, \
+             EXTRACT(EPOCH FROM (now() - pg_last_xact_replay_timestamp()))::float8",
+        )
+        .fetch_one(self)
+        .await?;
+        let lsn = lsn.ok_or("not a replica: pg_last_wal_replay_lsn() is NULL")?;
+        Ok(ReplicaPosition {
+            replayed: lsn.parse()?,
+            lag: lag
+                .filter(|s| s.is_finite() && *s >= 0.0)
+                .map(Duration::from_secs_f64),
+        })
+    }
+}
