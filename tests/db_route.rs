@@ -169,3 +169,164 @@ async fn a_primary_is_not_a_replica() {
     let err = primary.replica_position().await.unwrap_err();
     assert!(err.to_string().contains("not a replica"), "{err}");
 }
+
+// ---------------------------------------------------------------------------------------
+// The layer, around handlers that use the `Db` it hands them.
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use tower::ServiceExt;
+use tower_scale::db_route::{Db, DbRouteLayer};
+
+type Svc =
+    tower::util::BoxCloneSyncService<Request<Full<Bytes>>, Response<Full<Bytes>>, Infallible>;
+
+fn app(router: DbRouter<PgPool>) -> Svc {
+    let layer = DbRouteLayer::builder(router)
+        .secure(false)
+        .route_header(true)
+        .build()
+        .unwrap();
+    let handler = tower::service_fn(|req: Request<Full<Bytes>>| async move {
+        let db = req.extensions().get::<Db<PgPool>>().cloned().unwrap();
+        let id: i32 = req
+            .uri()
+            .path()
+            .trim_start_matches("/row/")
+            .parse()
+            .unwrap();
+        let status = if req.method() == Method::PUT {
+            sqlx::query("INSERT INTO t VALUES ($1) ON CONFLICT DO NOTHING")
+                .bind(id)
+                .execute(db.writer())
+                .await
+                .unwrap();
+            StatusCode::OK
+        } else if has_row(db.reader(), id).await {
+            StatusCode::OK
+        } else {
+            StatusCode::NOT_FOUND
+        };
+        let mut r = Response::new(Full::new(Bytes::new()));
+        *r.status_mut() = status;
+        Ok::<_, Infallible>(r)
+    });
+    tower::util::BoxCloneSyncService::new(tower::Layer::layer(&layer, handler))
+}
+
+/// Status, `x-db-route`, and the token cookie set, if any.
+async fn call(
+    svc: &Svc,
+    method: Method,
+    id: i32,
+    cookie: Option<&str>,
+) -> (StatusCode, String, Option<String>) {
+    let mut req = Request::builder().method(method).uri(format!("/row/{id}"));
+    if let Some(c) = cookie {
+        req = req.header("cookie", c);
+    }
+    let res = svc
+        .clone()
+        .oneshot(req.body(Full::default()).unwrap())
+        .await
+        .unwrap();
+    let route = res.headers()["x-db-route"].to_str().unwrap().to_owned();
+    let set = res
+        .headers()
+        .get("set-cookie")
+        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned());
+    (res.status(), route, set)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_layer_routes_reads_and_gives_writers_their_writes() {
+    let pair = PgPair::start();
+    let primary = pool(&pair.primary_url()).await;
+    let replica = pool(&pair.replica_url()).await;
+    sqlx::raw_sql("CREATE TABLE t (id int primary key)")
+        .execute(&primary)
+        .await
+        .unwrap();
+    let router = DbRouter::builder(primary.clone())
+        .replica("r1", replica.clone())
+        .build()
+        .unwrap();
+    let svc = app(router.clone());
+    eventually(
+        "the table on the replica",
+        Duration::from_secs(10),
+        || async { sqlx::query("SELECT 1 FROM t").execute(&replica).await.ok() },
+    )
+    .await;
+
+    // GET reads the replica; PUT writes the primary and sets the token.
+    let (status, route, set) = call(&svc, Method::GET, 1, None).await;
+    assert_eq!(
+        (status, route.as_str(), set),
+        (StatusCode::NOT_FOUND, "replica", None)
+    );
+    let (status, route, cookie) = call(&svc, Method::PUT, 1, None).await;
+    assert_eq!((status, route.as_str()), (StatusCode::OK, "primary"));
+    let cookie = cookie.expect("a write sets the token");
+    assert!(cookie.starts_with("db_pos=1."), "{cookie}");
+
+    // Replay paused: the writer reads the primary and sees its write; another client
+    // reads the replica, which has not replayed it.
+    sqlx::query("SELECT pg_wal_replay_pause()")
+        .execute(&replica)
+        .await
+        .unwrap();
+    let (_, _, cookie) = call(&svc, Method::PUT, 5, None).await;
+    let cookie = cookie.unwrap();
+    router.check_health().await;
+    let (status, route, _) = call(&svc, Method::GET, 5, Some(&cookie)).await;
+    assert_eq!((status, route.as_str()), (StatusCode::OK, "primary"));
+    let (status, route, _) = call(&svc, Method::GET, 5, None).await;
+    assert_eq!((status, route.as_str()), (StatusCode::NOT_FOUND, "replica"));
+
+    // Bad tokens: garbage and stale ones are ignored; a forged far-ahead position pins
+    // its client to the primary, and only for the token's age.
+    let now = now_ms();
+    let cases = [
+        ("garbage", "db_pos=garbage".to_owned(), "replica"),
+        (
+            "huge",
+            format!("db_pos={}", "f".repeat(8 * 1024)),
+            "replica",
+        ),
+        (
+            "stale",
+            format!("db_pos=1.ffffffffffffffff.{}", now - 60_000),
+            "replica",
+        ),
+        (
+            "forged far ahead",
+            format!("db_pos=1.ffffffffffffffff.{now}"),
+            "primary",
+        ),
+    ];
+    for (name, cookie, want) in cases {
+        let (status, route, _) = call(&svc, Method::GET, 1, Some(&cookie)).await;
+        assert_eq!(route, want, "case {name}");
+        assert_ne!(status, StatusCode::INTERNAL_SERVER_ERROR, "case {name}");
+    }
+
+    // Resumed and caught up: the writer is back on the replica.
+    sqlx::query("SELECT pg_wal_replay_resume()")
+        .execute(&replica)
+        .await
+        .unwrap();
+    eventually(
+        "the writer back on the replica",
+        Duration::from_secs(10),
+        || async {
+            router.check_health().await;
+            let (status, route, _) = call(&svc, Method::GET, 5, Some(&cookie)).await;
+            (status == StatusCode::OK && route == "replica").then_some(())
+        },
+    )
+    .await;
+}

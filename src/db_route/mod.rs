@@ -1,11 +1,19 @@
 //! Read/write database routing: reads from replicas, writes to the primary, and
 //! read-your-writes by WAL position.
 //!
-//! **In progress.** Built so far: the driver-agnostic core, [`DbRouter`] (a primary and
-//! its replicas, replica health from their replayed WAL position and lag, and the choice
-//! of where a read goes), the client's [`ConsistencyToken`], and, with `sqlx-postgres`,
-//! [`PositionSource`] for sqlx's `PgPool`. The tower layer that routes per request and
-//! sets the token, and the `Db` extractor, come next (`docs/architecture.md`).
+//! - [`DbRouter`] holds a primary and its replicas (any handle type, such as a pool; the
+//!   driver-specific part is [`PositionSource`], implemented for sqlx's `PgPool` with
+//!   `sqlx-postgres`).
+//! - [`DbRouteLayer`] decides per request: `GET`, `HEAD` and `OPTIONS` read, other methods
+//!   write (overridable with [`intent`](DbRouteLayerBuilder::intent)). It puts a [`Db`]
+//!   in the request's extensions (with `axum`, an extractor) whose
+//!   [`reader`](Db::reader) is this request's read handle and [`writer`](Db::writer) the
+//!   primary. After a request that used the writer and succeeded, it reads the primary's
+//!   position (one query) and sets the client's token cookie (`db_pos`); optionally it
+//!   names the database used in `x-db-route`.
+//!
+//! **In progress**: the reference server's PostgreSQL catalogue, the sharding helper and
+//! the benchmarks come next.
 //!
 //! - A read goes to a healthy replica, in turn. A client that wrote carries a token with
 //!   the primary's position after its write (`pg_current_wal_insert_lsn()`); its reads go
@@ -18,8 +26,9 @@
 //!   check timeout, or lags beyond `max_lag` or `max_lag_bytes` is skipped; with no
 //!   healthy replica, reads go to the primary; a replica that recovers is used again.
 //!
-//! Metrics: `tower_scale.db_route.replica_lag_bytes` and `.replica_lag_seconds` (gauges,
-//! label `replica`), `.health_changes` (counter, labels `replica`, `healthy`).
+//! Metrics: `tower_scale.db_route.reads` (counter, labels `to`: `replica` or `primary`,
+//! `why`), `.replica_lag_bytes` and `.replica_lag_seconds` (gauges, label `replica`),
+//! `.health_changes` (counter, labels `replica`, `healthy`).
 //!
 //! # Examples
 //!
@@ -44,11 +53,17 @@
 //! # let _ = (rows, ReadRoute::Replica(0)); Ok(()) }
 //! ```
 
+mod layer;
 mod position;
 mod router;
 #[cfg(feature = "sqlx-postgres")]
 mod sqlx_pg;
 
+#[cfg(feature = "axum")]
+pub use layer::MissingDbRouteLayer;
+pub use layer::{
+    Db, DbRoute, DbRouteLayer, DbRouteLayerBuilder, Intent, ResponseFuture, X_DB_ROUTE,
+};
 pub use position::{BadLsn, ConsistencyToken, Lsn};
 pub use router::{
     DbRouter, DbRouterBuilder, PositionSource, PrimaryReason, ReadRoute, ReplicaHealth,

@@ -46,6 +46,8 @@ pub enum PrimaryReason {
     /// The client wrote recently, through a driver that gives no position: it reads from
     /// the primary for the time pin.
     TimePinned,
+    /// The request writes: its reads go to the primary too.
+    Write,
 }
 
 impl PrimaryReason {
@@ -56,6 +58,7 @@ impl PrimaryReason {
             Self::NoHealthyReplica => "no_healthy_replica",
             Self::NotReplayed => "not_replayed",
             Self::TimePinned => "time_pinned",
+            Self::Write => "write",
         }
     }
 }

@@ -1,0 +1,524 @@
+//! [`DbRouteLayer`]: decides per request where its reads go, hands handlers a [`Db`], and
+//! gives a client that wrote its [`ConsistencyToken`].
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Method, Request, Response, request};
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::position::{ConsistencyToken, Lsn};
+use super::router::{DbRouter, PositionSource, PrimaryReason, ReadRoute};
+use crate::ConfigError;
+
+type IntentFn = Arc<dyn Fn(&request::Parts) -> Option<Intent> + Send + Sync>;
+
+/// What a request does to the database, when its method does not say (a `POST` that only
+/// reads, a `GET` that writes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Intent {
+    /// Reads only: a replica, unless read-your-writes needs the primary.
+    Read,
+    /// Writes: every query on the primary, and the client gets a token afterwards.
+    Write,
+}
+
+/// The header naming which database served a request (`primary` or `replica`).
+pub const X_DB_ROUTE: HeaderName = HeaderName::from_static("x-db-route");
+
+const USED_READER: u8 = 1;
+const USED_WRITER: u8 = 2;
+
+/// The database handles of one request, in its extensions (and, with `axum`, an
+/// extractor). Cheap to clone.
+pub struct Db<P> {
+    inner: Arc<DbState<P>>,
+}
+
+struct DbState<P> {
+    router: DbRouter<P>,
+    read: ReadRoute,
+    used: AtomicU8,
+}
+
+impl<P> Clone for Db<P> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<P> fmt::Debug for Db<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Db")
+            .field("read", &self.inner.read)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P> Db<P> {
+    /// The handle for this request's reads: a replica, or the primary when the request
+    /// writes, the client must see its own recent write, or no replica is healthy.
+    pub fn reader(&self) -> &P {
+        self.inner.used.fetch_or(USED_READER, Ordering::Relaxed);
+        self.inner.router.handle(self.inner.read)
+    }
+
+    /// The primary. Using it marks the request as writing: the client gets a token, so
+    /// its next reads see what it wrote.
+    pub fn writer(&self) -> &P {
+        self.inner.used.fetch_or(USED_WRITER, Ordering::Relaxed);
+        self.inner.router.writer()
+    }
+
+    /// Where this request's reads go.
+    pub fn read_route(&self) -> ReadRoute {
+        self.inner.read
+    }
+}
+
+/// Routes each request's database use (see the [module docs](super)).
+pub struct DbRouteLayer<P> {
+    settings: Arc<Settings<P>>,
+}
+
+struct Settings<P> {
+    router: DbRouter<P>,
+    cookie: String,
+    secure: bool,
+    route_header: bool,
+    intent: Option<IntentFn>,
+}
+
+impl<P> Clone for DbRouteLayer<P> {
+    fn clone(&self) -> Self {
+        Self {
+            settings: Arc::clone(&self.settings),
+        }
+    }
+}
+
+impl<P> fmt::Debug for DbRouteLayer<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DbRouteLayer")
+            .field("router", &self.settings.router)
+            .field("cookie", &self.settings.cookie)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`DbRouteLayer`].
+#[must_use]
+pub struct DbRouteLayerBuilder<P> {
+    router: DbRouter<P>,
+    cookie: String,
+    secure: bool,
+    route_header: bool,
+    intent: Option<IntentFn>,
+}
+
+impl<P> fmt::Debug for DbRouteLayerBuilder<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DbRouteLayerBuilder")
+            .field("cookie", &self.cookie)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P> DbRouteLayer<P> {
+    /// Starts a builder: token cookie `db_pos` (`Secure`), no `x-db-route` header, intent
+    /// from the method (`GET`, `HEAD`, `OPTIONS` read; others write).
+    pub fn builder(router: DbRouter<P>) -> DbRouteLayerBuilder<P> {
+        DbRouteLayerBuilder {
+            router,
+            cookie: "db_pos".into(),
+            secure: true,
+            route_header: false,
+            intent: None,
+        }
+    }
+}
+
+impl<P> DbRouteLayerBuilder<P> {
+    /// The cookie that carries the token (default `db_pos`).
+    pub fn cookie_name(mut self, name: impl Into<String>) -> Self {
+        self.cookie = name.into();
+        self
+    }
+
+    /// Whether the cookie is `Secure` (default yes; turn off for plain-HTTP testing only).
+    pub fn secure(mut self, secure: bool) -> Self {
+        self.secure = secure;
+        self
+    }
+
+    /// Adds `x-db-route: primary` or `replica` to every response, naming the database
+    /// the handler used (the writer wins when it used both).
+    pub fn route_header(mut self, on: bool) -> Self {
+        self.route_header = on;
+        self
+    }
+
+    /// Decides a request's intent where its method does not (return `None` to keep the
+    /// method's).
+    pub fn intent(
+        mut self,
+        f: impl Fn(&request::Parts) -> Option<Intent> + Send + Sync + 'static,
+    ) -> Self {
+        self.intent = Some(Arc::new(f));
+        self
+    }
+
+    /// Validates the configuration.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] for a cookie name that is not a cookie token.
+    pub fn build(self) -> Result<DbRouteLayer<P>, ConfigError> {
+        if self.cookie.is_empty()
+            || !self
+                .cookie
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(ConfigError::new(
+                "cookie_name",
+                "must be a non-empty token of ASCII letters, digits, `-`, `_` and `.`",
+            ));
+        }
+        Ok(DbRouteLayer {
+            settings: Arc::new(Settings {
+                router: self.router,
+                cookie: self.cookie,
+                secure: self.secure,
+                route_header: self.route_header,
+                intent: self.intent,
+            }),
+        })
+    }
+}
+
+impl<S, P> Layer<S> for DbRouteLayer<P> {
+    type Service = DbRoute<S, P>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        DbRoute {
+            inner,
+            settings: Arc::clone(&self.settings),
+        }
+    }
+}
+
+/// The service [`DbRouteLayer`] makes.
+pub struct DbRoute<S, P> {
+    inner: S,
+    settings: Arc<Settings<P>>,
+}
+
+impl<S: Clone, P> Clone for DbRoute<S, P> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            settings: Arc::clone(&self.settings),
+        }
+    }
+}
+
+impl<S: fmt::Debug, P> fmt::Debug for DbRoute<S, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DbRoute")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The token in the request's `Cookie` headers, if one is there and good. Duplicates,
+/// garbage and expired tokens read as none.
+fn token_of(headers: &http::HeaderMap, name: &str, max_age: Duration) -> Option<ConsistencyToken> {
+    let mut found = None;
+    for value in headers.get_all(header::COOKIE) {
+        let Ok(text) = value.to_str() else { continue };
+        for pair in text.split(';') {
+            let Some((k, v)) = pair.trim().split_once('=') else {
+                continue;
+            };
+            if k == name {
+                if found.is_some() {
+                    return None;
+                }
+                found = Some(v);
+            }
+        }
+    }
+    ConsistencyToken::decode(found?, now_ms(), max_age)
+}
+
+impl<S, P, ReqBody, ResBody> Service<Request<ReqBody>> for DbRoute<S, P>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Future: Send + 'static,
+    P: PositionSource,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, P, ResBody, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let s = &*self.settings;
+        let (mut parts, body) = req.into_parts();
+        let by_method = if matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) {
+            Intent::Read
+        } else {
+            Intent::Write
+        };
+        let intent = s
+            .intent
+            .as_ref()
+            .and_then(|f| f(&parts))
+            .unwrap_or(by_method);
+        let read = match intent {
+            Intent::Write => ReadRoute::Primary(PrimaryReason::Write),
+            Intent::Read => {
+                let token = token_of(&parts.headers, &s.cookie, s.router.token_max_age());
+                s.router.route_read(token.as_ref(), now_ms())
+            }
+        };
+        record(read);
+        let db = Db {
+            inner: Arc::new(DbState {
+                router: s.router.clone(),
+                read,
+                used: AtomicU8::new(if intent == Intent::Write {
+                    USED_WRITER
+                } else {
+                    0
+                }),
+            }),
+        };
+        parts.extensions.insert(db.clone());
+        ResponseFuture {
+            state: State::Inner {
+                fut: self.inner.call(Request::from_parts(parts, body)),
+            },
+            db: Some(db),
+            settings: Arc::clone(&self.settings),
+            _e: std::marker::PhantomData,
+        }
+    }
+}
+
+fn record(read: ReadRoute) {
+    match read {
+        ReadRoute::Replica(_) => {
+            ::metrics::counter!("tower_scale.db_route.reads", "to" => "replica", "why" => "healthy")
+                .increment(1);
+        }
+        ReadRoute::Primary(why) => {
+            ::metrics::counter!("tower_scale.db_route.reads", "to" => "primary", "why" => why.as_str())
+                .increment(1);
+        }
+    }
+}
+
+type PositionFuture = Pin<Box<dyn Future<Output = Option<Lsn>> + Send>>;
+
+pin_project! {
+    /// The future of [`DbRoute`]: the inner service's, then, after a request that wrote,
+    /// one read of the primary's position for the client's token.
+    pub struct ResponseFuture<F, P, B, E> {
+        #[pin]
+        state: State<F, B>,
+        db: Option<Db<P>>,
+        settings: Arc<Settings<P>>,
+        _e: std::marker::PhantomData<fn() -> E>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, B> {
+        Inner { #[pin] fut: F },
+        Position { fut: PositionFuture, res: Option<Response<B>> },
+    }
+}
+
+impl<F, P, B, E> fmt::Debug for ResponseFuture<F, P, B, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("db_route::ResponseFuture")
+    }
+}
+
+impl<F, P, B, E> Future for ResponseFuture<F, P, B, E>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    P: PositionSource,
+{
+    type Output = Result<Response<B>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Inner { fut } => {
+                    let mut res = std::task::ready!(fut.poll(cx))?;
+                    let db = this.db.take().expect("polled after completion");
+                    let used = db.inner.used.load(Ordering::Relaxed);
+                    if this.settings.route_header {
+                        let to = if used & USED_WRITER != 0 {
+                            "primary"
+                        } else {
+                            match db.inner.read {
+                                ReadRoute::Replica(_) => "replica",
+                                ReadRoute::Primary(_) => "primary",
+                            }
+                        };
+                        res.headers_mut()
+                            .insert(X_DB_ROUTE, HeaderValue::from_static(to));
+                    }
+                    let wrote = used & USED_WRITER != 0
+                        && (res.status().is_success() || res.status().is_redirection());
+                    if !wrote {
+                        return Poll::Ready(Ok(res));
+                    }
+                    let router = db.inner.router.clone();
+                    let fut: PositionFuture = Box::pin(async move {
+                        match router.writer().write_position().await {
+                            Ok(l) => Some(l),
+                            Err(e) => {
+                                tracing::debug!(error = %e, "primary position unavailable; the client gets a time pin");
+                                None
+                            }
+                        }
+                    });
+                    this.state.set(State::Position {
+                        fut,
+                        res: Some(res),
+                    });
+                }
+                StateProj::Position { fut, res } => {
+                    let lsn = std::task::ready!(fut.as_mut().poll(cx));
+                    let mut res = res.take().expect("polled after completion");
+                    let token = ConsistencyToken {
+                        lsn,
+                        issued_ms: now_ms(),
+                    };
+                    let s = &**this.settings;
+                    let cookie = format!(
+                        "{}={}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax{}",
+                        s.cookie,
+                        token.encode(),
+                        s.router.token_max_age().as_secs().max(1),
+                        if s.secure { "; Secure" } else { "" }
+                    );
+                    if let Ok(v) = HeaderValue::from_str(&cookie) {
+                        res.headers_mut().append(header::SET_COOKIE, v);
+                    }
+                    return Poll::Ready(Ok(res));
+                }
+            }
+        }
+    }
+}
+
+/// Why a handler could not extract its [`Db`].
+#[cfg(feature = "axum")]
+#[derive(Debug, Clone, Copy)]
+pub struct MissingDbRouteLayer;
+
+#[cfg(feature = "axum")]
+impl axum::response::IntoResponse for MissingDbRouteLayer {
+    fn into_response(self) -> axum::response::Response {
+        (
+            http::StatusCode::INTERNAL_SERVER_ERROR,
+            "no database handles: the route is not behind tower_scale::db_route::DbRouteLayer",
+        )
+            .into_response()
+    }
+}
+
+#[cfg(feature = "axum")]
+impl<S: Send + Sync, P: Send + Sync + 'static> axum::extract::FromRequestParts<S> for Db<P> {
+    type Rejection = MissingDbRouteLayer;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Db<P>>()
+            .cloned()
+            .ok_or(MissingDbRouteLayer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_in_cookies() {
+        let age = Duration::from_secs(30);
+        let good = ConsistencyToken {
+            lsn: Some(Lsn(7)),
+            issued_ms: now_ms(),
+        }
+        .encode();
+        let headers = |values: &[&str]| {
+            let mut h = http::HeaderMap::new();
+            for v in values {
+                h.append(header::COOKIE, HeaderValue::from_str(v).unwrap());
+            }
+            h
+        };
+        let big = format!("db_pos={}", "9".repeat(8 * 1024));
+        let cases: [(&str, Vec<String>, bool); 7] = [
+            ("alone", vec![format!("db_pos={good}")], true),
+            (
+                "among others",
+                vec![format!("a=1; db_pos={good}; b=2")],
+                true,
+            ),
+            (
+                "second header",
+                vec!["a=1".into(), format!("db_pos={good}")],
+                true,
+            ),
+            (
+                "duplicated",
+                vec![format!("db_pos={good}; db_pos={good}")],
+                false,
+            ),
+            ("garbage", vec!["db_pos=%%%".into()], false),
+            ("8 KiB", vec![big], false),
+            ("absent", vec!["other=1".into()], false),
+        ];
+        for (name, values, want) in cases {
+            let refs: Vec<&str> = values.iter().map(String::as_str).collect();
+            assert_eq!(
+                token_of(&headers(&refs), "db_pos", age).is_some(),
+                want,
+                "case {name}"
+            );
+        }
+    }
+}
