@@ -247,25 +247,28 @@ fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// The token in the request's `Cookie` headers, if one is there and good. Duplicates,
-/// garbage and expired tokens read as none.
-fn token_of(headers: &http::HeaderMap, name: &str, max_age: Duration) -> Option<ConsistencyToken> {
-    let mut found = None;
+/// The token in the request's `Cookie` headers, if one is there and good (judged at
+/// `now_ms`). Duplicates, garbage and expired tokens read as none.
+fn token_of(
+    headers: &http::HeaderMap,
+    name: &str,
+    max_age: Duration,
+    now_ms: u64,
+) -> Option<ConsistencyToken> {
+    let mut found: Option<&[u8]> = None;
+    let name = name.as_bytes();
     for value in headers.get_all(header::COOKIE) {
-        let Ok(text) = value.to_str() else { continue };
-        for pair in text.split(';') {
-            let Some((k, v)) = pair.trim().split_once('=') else {
-                continue;
-            };
-            if k == name {
+        for pair in value.as_bytes().split(|&b| b == b';') {
+            let pair = pair.trim_ascii();
+            if pair.len() > name.len() && pair.starts_with(name) && pair[name.len()] == b'=' {
                 if found.is_some() {
                     return None;
                 }
-                found = Some(v);
+                found = Some(&pair[name.len() + 1..]);
             }
         }
     }
-    ConsistencyToken::decode(found?, now_ms(), max_age)
+    ConsistencyToken::decode_bytes(found?, now_ms, max_age)
 }
 
 impl<S, P, ReqBody, ResBody> Service<Request<ReqBody>> for DbRoute<S, P>
@@ -297,12 +300,15 @@ where
             .unwrap_or(by_method);
         let read = match intent {
             Intent::Write => ReadRoute::Primary(PrimaryReason::Write),
-            Intent::Read => {
-                let token = token_of(&parts.headers, &s.cookie, s.router.token_max_age());
-                s.router.route_read(token.as_ref(), now_ms())
+            // The clock is read only for a request that carries cookies (a token's age).
+            Intent::Read if parts.headers.contains_key(header::COOKIE) => {
+                let now = now_ms();
+                let token = token_of(&parts.headers, &s.cookie, s.router.token_max_age(), now);
+                s.router.route_read(token.as_ref(), now)
             }
+            Intent::Read => s.router.route_read(None, 0),
         };
-        record(read);
+        s.router.record(read);
         let db = Db {
             inner: Arc::new(DbState {
                 router: s.router.clone(),
@@ -322,19 +328,6 @@ where
             db: Some(db),
             settings: Arc::clone(&self.settings),
             _e: std::marker::PhantomData,
-        }
-    }
-}
-
-fn record(read: ReadRoute) {
-    match read {
-        ReadRoute::Replica(_) => {
-            ::metrics::counter!("tower_scale.db_route.reads", "to" => "replica", "why" => "healthy")
-                .increment(1);
-        }
-        ReadRoute::Primary(why) => {
-            ::metrics::counter!("tower_scale.db_route.reads", "to" => "primary", "why" => why.as_str())
-                .increment(1);
         }
     }
 }
@@ -515,7 +508,7 @@ mod tests {
         for (name, values, want) in cases {
             let refs: Vec<&str> = values.iter().map(String::as_str).collect();
             assert_eq!(
-                token_of(&headers(&refs), "db_pos", age).is_some(),
+                token_of(&headers(&refs), "db_pos", age, now_ms()).is_some(),
                 want,
                 "case {name}"
             );

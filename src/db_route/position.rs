@@ -72,28 +72,46 @@ impl ConsistencyToken {
     /// Reads a token, or `None` for anything malformed, older than `max_age`, or issued
     /// more than a few seconds in the future. Never fails otherwise, whatever the input.
     pub fn decode(s: &str, now_ms: u64, max_age: Duration) -> Option<Self> {
-        if s.len() > 64 {
+        Self::decode_bytes(s.as_bytes(), now_ms, max_age)
+    }
+
+    /// [`decode`](Self::decode) on bytes (a cookie value as it arrived).
+    pub fn decode_bytes(b: &[u8], now_ms: u64, max_age: Duration) -> Option<Self> {
+        if b.len() > 64 {
             return None;
         }
-        let mut parts = s.split('.');
-        if parts.next()? != "1" {
-            return None;
-        }
-        let lsn = match parts.next()? {
-            "-" => None,
-            h if h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit()) => {
-                Some(Lsn(u64::from_str_radix(h, 16).ok()?))
+        let rest = b.strip_prefix(b"1.")?;
+        let (lsn, rest) = match rest.strip_prefix(b"-.") {
+            Some(rest) => (None, rest),
+            None => {
+                if rest.len() < 17 || rest[16] != b'.' {
+                    return None;
+                }
+                let mut v: u64 = 0;
+                for &c in &rest[..16] {
+                    let d = match c {
+                        b'0'..=b'9' => c - b'0',
+                        b'a'..=b'f' => c - b'a' + 10,
+                        b'A'..=b'F' => c - b'A' + 10,
+                        _ => return None,
+                    };
+                    v = (v << 4) | u64::from(d);
+                }
+                (Some(Lsn(v)), &rest[17..])
             }
-            _ => return None,
         };
-        let issued = parts.next()?;
-        if parts.next().is_some()
-            || issued.is_empty()
-            || !issued.bytes().all(|b| b.is_ascii_digit())
-        {
+        if rest.is_empty() || rest.len() > 20 {
             return None;
         }
-        let issued_ms: u64 = issued.parse().ok()?;
+        let mut issued_ms: u64 = 0;
+        for &c in rest {
+            if !c.is_ascii_digit() {
+                return None;
+            }
+            issued_ms = issued_ms
+                .checked_mul(10)?
+                .checked_add(u64::from(c - b'0'))?;
+        }
         let max_age_ms = u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX);
         if issued_ms > now_ms.saturating_add(SKEW_MS)
             || now_ms.saturating_sub(issued_ms) > max_age_ms

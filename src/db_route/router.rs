@@ -117,6 +117,8 @@ struct Inner<P> {
     time_pin: Duration,
     token_max_age: Duration,
     check_timeout: Duration,
+    /// `tower_scale.db_route.reads` by destination and reason, registered once.
+    reads: [::metrics::Counter; 6],
 }
 
 struct Slot<P> {
@@ -231,6 +233,19 @@ impl<P> DbRouter<P> {
         } else {
             PrimaryReason::NoHealthyReplica
         })
+    }
+
+    /// Counts a routing decision in `tower_scale.db_route.reads`.
+    pub(crate) fn record(&self, route: ReadRoute) {
+        let i = match route {
+            ReadRoute::Replica(_) => 0,
+            ReadRoute::Primary(PrimaryReason::NoReplicas) => 1,
+            ReadRoute::Primary(PrimaryReason::NoHealthyReplica) => 2,
+            ReadRoute::Primary(PrimaryReason::NotReplayed) => 3,
+            ReadRoute::Primary(PrimaryReason::TimePinned) => 4,
+            ReadRoute::Primary(PrimaryReason::Write) => 5,
+        };
+        self.inner.reads[i].increment(1);
     }
 
     /// Every replica's health as last checked.
@@ -408,6 +423,17 @@ impl<P> DbRouterBuilder<P> {
                 time_pin: self.time_pin,
                 token_max_age: self.token_max_age,
                 check_timeout: self.check_timeout,
+                reads: [
+                    ("replica", "healthy"),
+                    ("primary", PrimaryReason::NoReplicas.as_str()),
+                    ("primary", PrimaryReason::NoHealthyReplica.as_str()),
+                    ("primary", PrimaryReason::NotReplayed.as_str()),
+                    ("primary", PrimaryReason::TimePinned.as_str()),
+                    ("primary", PrimaryReason::Write.as_str()),
+                ]
+                .map(|(to, why)| {
+                    ::metrics::counter!("tower_scale.db_route.reads", "to" => to, "why" => why)
+                }),
             }),
         })
     }
