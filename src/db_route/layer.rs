@@ -467,6 +467,84 @@ impl<S: Send + Sync, P: Send + Sync + 'static> axum::extract::FromRequestParts<S
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::db_route::ReplicaPosition;
+    use std::convert::Infallible;
+    use tower::ServiceExt;
+
+    /// A driver that cannot tell the primary's position: writers get a time pin.
+    struct NoPosition;
+
+    impl PositionSource for NoPosition {
+        async fn write_position(&self) -> Result<Lsn, Box<dyn std::error::Error + Send + Sync>> {
+            Err("no position".into())
+        }
+
+        async fn replica_position(
+            &self,
+        ) -> Result<ReplicaPosition, Box<dyn std::error::Error + Send + Sync>> {
+            Ok(ReplicaPosition {
+                replayed: Lsn(0),
+                lag: None,
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn without_a_position_a_writer_is_pinned_to_the_primary_for_a_while() {
+        let router = DbRouter::builder(NoPosition)
+            .replica("r", NoPosition)
+            .time_pin(Duration::from_millis(300))
+            .build()
+            .unwrap();
+        router.check_health().await;
+        let layer = DbRouteLayer::builder(router)
+            .secure(false)
+            .route_header(true)
+            .build()
+            .unwrap();
+        let svc = layer.layer(tower::service_fn(|req: Request<()>| async move {
+            let db = req.extensions().get::<Db<NoPosition>>().cloned().unwrap();
+            if req.method() == Method::PUT {
+                let _ = db.writer();
+            } else {
+                let _ = db.reader();
+            }
+            Ok::<_, Infallible>(Response::new(()))
+        }));
+        let send = |method: Method, cookie: Option<String>| {
+            let svc = svc.clone();
+            async move {
+                let mut req = Request::builder().method(method).uri("/");
+                if let Some(c) = cookie {
+                    req = req.header(header::COOKIE, c);
+                }
+                svc.oneshot(req.body(()).unwrap()).await.unwrap()
+            }
+        };
+        let res = send(Method::PUT, None).await;
+        assert_eq!(res.headers()[X_DB_ROUTE], "primary");
+        let set = res.headers()[header::SET_COOKIE]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(set.starts_with("db_pos=1.-."), "{set}");
+        assert!(
+            set.contains("HttpOnly") && set.contains("SameSite=Lax"),
+            "{set}"
+        );
+        let cookie = set.split(';').next().unwrap().to_owned();
+        let res = send(Method::GET, Some(cookie.clone())).await;
+        assert_eq!(res.headers()[X_DB_ROUTE], "primary", "pinned");
+        let res = send(Method::GET, None).await;
+        assert_eq!(
+            res.headers()[X_DB_ROUTE],
+            "replica",
+            "other clients are not"
+        );
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        let res = send(Method::GET, Some(cookie)).await;
+        assert_eq!(res.headers()[X_DB_ROUTE], "replica", "the pin ends");
+    }
 
     #[test]
     fn tokens_in_cookies() {
