@@ -27,6 +27,15 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
+/// A private pair with table `t` created by `sql` on the primary, and a pool to each.
+async fn pair_with(sql: &str) -> (PgPair, PgPool, PgPool) {
+    let pair = PgPair::start();
+    let primary = pool(&pair.primary_url()).await;
+    let replica = pool(&pair.replica_url()).await;
+    sqlx::raw_sql(sql).execute(&primary).await.unwrap();
+    (pair, primary, replica)
+}
+
 async fn has_row(pool: &PgPool, id: i32) -> bool {
     sqlx::query_scalar::<_, i32>("SELECT id FROM t WHERE id = $1")
         .bind(id)
@@ -39,13 +48,8 @@ async fn has_row(pool: &PgPool, id: i32) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_follow_the_writers_position() {
-    let pair = PgPair::start();
-    let primary = pool(&pair.primary_url()).await;
-    let replica = pool(&pair.replica_url()).await;
-    sqlx::raw_sql("CREATE TABLE t (id int primary key); INSERT INTO t VALUES (1)")
-        .execute(&primary)
-        .await
-        .unwrap();
+    let (_pair, primary, replica) =
+        pair_with("CREATE TABLE t (id int primary key); INSERT INTO t VALUES (1)").await;
     let router = DbRouter::builder(primary.clone())
         .replica("r1", replica.clone())
         .build()
@@ -243,13 +247,7 @@ async fn call(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_layer_routes_reads_and_gives_writers_their_writes() {
-    let pair = PgPair::start();
-    let primary = pool(&pair.primary_url()).await;
-    let replica = pool(&pair.replica_url()).await;
-    sqlx::raw_sql("CREATE TABLE t (id int primary key)")
-        .execute(&primary)
-        .await
-        .unwrap();
+    let (_pair, primary, replica) = pair_with("CREATE TABLE t (id int primary key)").await;
     let router = DbRouter::builder(primary.clone())
         .replica("r1", replica.clone())
         .build()
