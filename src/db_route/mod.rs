@@ -12,8 +12,10 @@
 //!   position (one query) and sets the client's token cookie (`db_pos`); optionally it
 //!   names the database used in `x-db-route`.
 //!
-//! **In progress**: the reference server's PostgreSQL catalogue, the sharding helper and
-//! the benchmarks come next.
+//! - [`Shards`] maps a key (a user, a tenant) to one of N databases, stably: the last
+//!   resort for scaling writes, after caching and replicas.
+//!
+//! **In progress**: the reference server's PostgreSQL catalogue comes next.
 //!
 //! - A read goes to a healthy replica, in turn. A client that wrote carries a token with
 //!   the primary's position after its write (`pg_current_wal_insert_lsn()`); its reads go
@@ -56,6 +58,7 @@
 mod layer;
 mod position;
 mod router;
+mod shard;
 #[cfg(feature = "sqlx-postgres")]
 mod sqlx_pg;
 
@@ -69,3 +72,4 @@ pub use router::{
     DbRouter, DbRouterBuilder, PositionSource, PrimaryReason, ReadRoute, ReplicaHealth,
     ReplicaPosition,
 };
+pub use shard::Shards;
