@@ -838,3 +838,122 @@ async fn instances_sharing_redis_share_the_cache_and_its_invalidations() {
     })
     .await;
 }
+
+/// The first `name=value` of a response's `Set-Cookie` headers for `name`.
+fn set_cookie(r: &Resp, name: &str) -> Option<String> {
+    r.headers
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok()?.split(';').next().map(str::to_owned))
+        .find(|c| c.starts_with(&format!("{name}=")))
+}
+
+#[tokio::test]
+async fn with_postgres_reads_go_to_the_replica_and_a_writer_reads_its_write() {
+    let pair = support::PgPair::start();
+    let (primary_url, replica_url) = (pair.primary_url(), pair.replica_url());
+    let server = Proc::start(
+        "reference_server",
+        &[
+            ("DATABASE_URL", &primary_url),
+            ("DATABASE_REPLICA_URLS", &replica_url),
+            ("SESSION_COOKIE_SECURE", "0"),
+        ],
+    );
+    let base = &server.base;
+    // The seed reaches the replica; reads go there.
+    let r = support::eventually(
+        "a product from the replica",
+        Duration::from_secs(10),
+        || async {
+            let r = get(base, "/products/3?fresh").await;
+            (r.status == StatusCode::OK).then_some(r)
+        },
+    )
+    .await;
+    let _ = r;
+    let r = call(
+        base,
+        Method::GET,
+        "/products/1",
+        &[("cache-control", "no-store")],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["name"], "Product 1");
+    assert_eq!(r.headers["x-db-route"], "replica");
+    let ready = get(base, "/readyz").await;
+    assert_eq!(ready.status, StatusCode::OK);
+
+    // Replay paused on the replica: the writer's next read goes to the primary and sees
+    // its write; another client still reads the replica.
+    let (replica, conn) = tokio_postgres::connect(&replica_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    replica
+        .execute("SELECT pg_wal_replay_pause()", &[])
+        .await
+        .unwrap();
+    let session = login(base, "writer").await;
+    let put = call(
+        base,
+        Method::PUT,
+        "/products/2",
+        &[("cookie", &session)],
+        r#"{"name":"Written","price_cents":7}"#,
+    )
+    .await;
+    assert_eq!(put.status, StatusCode::OK);
+    assert_eq!(put.headers["x-db-route"], "primary");
+    let token = set_cookie(&put, "db_pos").expect("a write sets the token");
+    // Wait for a health check to see the paused replica's position.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let cookies = format!("{session}; {token}");
+    let mine = call(
+        base,
+        Method::GET,
+        "/products/2",
+        &[("cookie", &cookies), ("cache-control", "no-store")],
+        "",
+    )
+    .await;
+    assert_eq!(mine.json()["name"], "Written", "the writer sees its write");
+    assert_eq!(mine.headers["x-db-route"], "primary");
+    let theirs = call(
+        base,
+        Method::GET,
+        "/products/2",
+        &[("cache-control", "no-store")],
+        "",
+    )
+    .await;
+    assert_eq!(
+        theirs.json()["name"],
+        "Product 2",
+        "the paused replica has not replayed it"
+    );
+    assert_eq!(theirs.headers["x-db-route"], "replica");
+
+    replica
+        .execute("SELECT pg_wal_replay_resume()", &[])
+        .await
+        .unwrap();
+    support::eventually(
+        "the writer back on the replica",
+        Duration::from_secs(10),
+        || async {
+            let r = call(
+                base,
+                Method::GET,
+                "/products/2",
+                &[("cookie", &cookies), ("cache-control", "no-store")],
+                "",
+            )
+            .await;
+            (r.headers["x-db-route"] == "replica" && r.json()["name"] == "Written").then_some(())
+        },
+    )
+    .await;
+}

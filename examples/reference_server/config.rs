@@ -22,6 +22,9 @@ pub struct Config {
     pub client_ip: ClientIp,
     pub session_cookie_secure: bool,
     pub cache_ttl: Duration,
+    /// PostgreSQL primary; `None` for the embedded database.
+    pub database_url: Option<String>,
+    pub database_replica_urls: Vec<String>,
 }
 
 /// A configuration error: which variable, and what is wrong with its value.
@@ -150,12 +153,6 @@ impl Config {
                 "replicas need a primary: set DATABASE_URL too",
             ));
         }
-        if database_url.is_some() {
-            return Err(bad(
-                "DATABASE_URL",
-                "PostgreSQL is not supported by this build yet; unset it to use the embedded database",
-            ));
-        }
         let pricing_url = get("PRICING_URL")
             .map(|v| parse_pricing_url(&v))
             .transpose()
@@ -219,6 +216,8 @@ impl Config {
             client_ip,
             session_cookie_secure,
             cache_ttl,
+            database_url,
+            database_replica_urls: replicas,
         })
     }
 
@@ -287,6 +286,8 @@ mod tests {
             ("PRICING_URL", "http://host/base?x=1"),
             ("PRICING_URL", "http:// spaced"),
             ("INSTANCE_ID", "has space"),
+            ("DATABASE_URL", "mysql://x"),
+            ("DATABASE_REPLICA_URLS", "postgres://r"),
         ];
         for (var, value) in cases {
             let err = Config::from_lookup(|v| (v == var).then(|| value.to_owned())).unwrap_err();

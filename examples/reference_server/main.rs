@@ -4,12 +4,13 @@
 //! (embedded SQLite database, in-process state). The HTTP contract is in
 //! `shared/reference-server.md`; configuration is from the environment or `--flags`:
 //! `LISTEN`, `INSTANCE_ID`, `REDIS_URL`, `PRICING_URL`, `RATE_LIMIT`, `EXPORT_RATE_LIMIT`,
-//! `TRUSTED_PROXIES`, `SESSION_COOKIE_SECURE`, `CACHE_TTL`.
+//! `TRUSTED_PROXIES`, `SESSION_COOKIE_SECURE`, `CACHE_TTL`, `DATABASE_URL`,
+//! `DATABASE_REPLICA_URLS`.
 //!
-//! What this build assembles: latency histograms on every route, per-client rate limits and
-//! sessions (shared through Redis when `REDIS_URL` is set), retries and a circuit breaker
-//! on the price route, and the embedded catalogue. Caching and read/write routing join as
-//! their layers land (see CHANGELOG.md).
+//! What it assembles: latency histograms on every route; per-client rate limits, sessions
+//! and the product response cache (shared through Redis when `REDIS_URL` is set); retries
+//! and a circuit breaker on the price route; the catalogue on the embedded database, or on
+//! PostgreSQL with read/write routing to its replicas.
 
 mod catalog;
 mod config;
@@ -52,8 +53,11 @@ use tower_scale::session::{
 };
 use tracing::Instrument;
 
-use catalog::Catalog;
+use catalog::{Catalog, Embedded};
 use config::Config;
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use tower_scale::db_route::{Db, DbRouteLayer, DbRouter};
 
 const X_SERVED_BY: HeaderName = HeaderName::from_static("x-served-by");
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -166,8 +170,12 @@ impl<S: Send + Sync> FromRequestParts<S> for ProductId {
     }
 }
 
+/// The request's database handles, present with PostgreSQL (`DbRouteLayer`).
+type PgDb = Option<axum::Extension<Db<PgPool>>>;
+
 fn with_db_route(resp: impl IntoResponse) -> Response {
-    // One embedded database: every query is served by the primary.
+    // The embedded database answers everything as the primary; with PostgreSQL the routing
+    // layer replaces this with the database the handler really used.
     let mut r = resp.into_response();
     r.headers_mut()
         .insert(X_DB_ROUTE, HeaderValue::from_static("primary"));
@@ -177,8 +185,9 @@ fn with_db_route(resp: impl IntoResponse) -> Response {
 async fn get_product(
     State(s): State<Shared>,
     ProductId(id): ProductId,
+    db: PgDb,
 ) -> Result<Response, ApiError> {
-    match s.catalog.get(id).map_err(internal)? {
+    match s.catalog.get(db.as_deref(), id).await.map_err(internal)? {
         Some(p) => Ok(with_db_route(Json(p))),
         None => Err(ApiError(StatusCode::NOT_FOUND, format!("no product {id}"))),
     }
@@ -186,6 +195,7 @@ async fn get_product(
 
 async fn list_products(
     State(s): State<Shared>,
+    db: PgDb,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let number = |name: &str, default: i64, min: i64, max: i64| -> Result<i64, ApiError> {
@@ -205,7 +215,11 @@ async fn list_products(
     };
     let limit = number("limit", 20, 1, 100)?;
     let offset = number("offset", 0, 0, i64::from(i32::MAX))?;
-    let products = s.catalog.list(limit, offset).map_err(internal)?;
+    let products = s
+        .catalog
+        .list(db.as_deref(), limit, offset)
+        .await
+        .map_err(internal)?;
     Ok(with_db_route(Json(
         json!({ "products": products, "limit": limit, "offset": offset }),
     )))
@@ -222,6 +236,7 @@ async fn put_product(
     State(s): State<Shared>,
     session: Session,
     ProductId(id): ProductId,
+    db: PgDb,
     body: Result<Json<ProductInput>, JsonRejection>,
 ) -> Result<Response, Response> {
     if session
@@ -236,7 +251,7 @@ async fn put_product(
         )
         .into_response());
     }
-    put_product_as(s, id, body)
+    put_product_as(s, id, db.as_deref(), body)
         .await
         .map_err(IntoResponse::into_response)
 }
@@ -244,6 +259,7 @@ async fn put_product(
 async fn put_product_as(
     s: Shared,
     id: i64,
+    db: Option<&Db<PgPool>>,
     body: Result<Json<ProductInput>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(input) = body.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
@@ -262,7 +278,8 @@ async fn put_product_as(
     }
     let p = s
         .catalog
-        .upsert(id, name, input.price_cents)
+        .upsert(db, id, name, input.price_cents)
+        .await
         .map_err(internal)?;
     Ok(with_db_route(Json(p)))
 }
@@ -348,7 +365,7 @@ async fn healthz() -> Json<serde_json::Value> {
 
 async fn readyz(State(s): State<Shared>) -> Response {
     let mut failing = Vec::new();
-    if let Err(e) = s.catalog.ping() {
+    if let Err(e) = s.catalog.ping().await {
         failing.push(format!("database: {e}"));
     }
     if let Some(r) = &s.redis
@@ -518,16 +535,54 @@ fn response_cache(
         .map_err(|e| Failure::Config(format!("cache: {e}")))
 }
 
+/// PostgreSQL: pools to the primary and each replica (connected lazily, so the server
+/// starts while a replica is down), the router with health checks every second, the
+/// schema and seed on the primary, and the routing layer for the product routes.
+async fn postgres(url: &str, config: &Config) -> Result<(Catalog, DbRouteLayer<PgPool>), Failure> {
+    let pool = |url: &str, var: &str| {
+        PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(2))
+            .connect_lazy(url)
+            .map_err(|e| Failure::Config(format!("{var}: {e}")))
+    };
+    let mut router = DbRouter::builder(pool(url, "DATABASE_URL")?);
+    for (i, replica) in config.database_replica_urls.iter().enumerate() {
+        router = router.replica(
+            format!("replica-{}", i + 1),
+            pool(replica, "DATABASE_REPLICA_URLS")?,
+        );
+    }
+    let router = router
+        .build()
+        .map_err(|e| Failure::Config(format!("DATABASE_REPLICA_URLS: {e}")))?;
+    router.spawn_health_checks(Duration::from_secs(1));
+    let catalog = Catalog::postgres(router.clone()).await.map_err(|e| {
+        Failure::Run(format!("cannot prepare the PostgreSQL catalogue: {e}").into())
+    })?;
+    let layer = DbRouteLayer::builder(router)
+        .secure(config.session_cookie_secure)
+        .route_header(true)
+        .build()
+        .map_err(|e| Failure::Config(format!("database routing: {e}")))?;
+    Ok((catalog, layer))
+}
+
 fn app(
     state: Shared,
     limits: RateLimitLayer<ClientIp, AnyStore>,
     sessions: SessionLayer,
     cache: ResponseCacheLayer,
+    db_route: Option<DbRouteLayer<PgPool>>,
 ) -> Router<()> {
-    let products = Router::new()
+    let mut products = Router::new()
         .route("/products", get(list_products))
-        .route("/products/{id}", get(get_product).put(put_product))
-        .layer(cache);
+        .route("/products/{id}", get(get_product).put(put_product));
+    // Inside the cache: a hit never reaches the database; a miss is routed.
+    if let Some(layer) = db_route {
+        products = products.layer(layer);
+    }
+    let products = products.layer(cache);
     Router::new()
         .route("/login", post(login))
         .route("/me", get(me))
@@ -648,8 +703,19 @@ async fn run(config: Config) -> Result<(), Failure> {
         });
     }
 
-    let catalog =
-        Catalog::embedded().map_err(|e| format!("cannot create the embedded database: {e}"))?;
+    let (catalog, db_route) = match &config.database_url {
+        None => (
+            Catalog::Embedded(
+                Embedded::open()
+                    .map_err(|e| format!("cannot create the embedded database: {e}"))?,
+            ),
+            None,
+        ),
+        Some(url) => {
+            let (catalog, layer) = postgres(url, &config).await?;
+            (catalog, Some(layer))
+        }
+    };
     let redis = match &config.redis_url {
         None => None,
         Some(url) => Some(
@@ -700,7 +766,15 @@ async fn run(config: Config) -> Result<(), Failure> {
         "reference_server listening on http://{addr} as {instance}"
     ));
     say(format_args!(
-        "backends: database=embedded sqlite ({} products); redis={}; pricing={}; cache ttl {:?}; rate limits {} and {} on exports; secure session cookie {}",
+        "backends: database={} ({} products); redis={}; pricing={}; cache ttl {:?}; rate limits {} and {} on exports; secure session cookie {}",
+        if config.database_url.is_some() {
+            format!(
+                "postgres, {} replica(s)",
+                config.database_replica_urls.len()
+            )
+        } else {
+            "embedded sqlite".to_owned()
+        },
         catalog::SEED_PRODUCTS,
         redis
             .as_ref()
@@ -718,7 +792,8 @@ async fn run(config: Config) -> Result<(), Failure> {
     let cache = response_cache(&config, redis.as_ref())?;
     let server = axum::serve(
         listener,
-        app(state, limits, sessions, cache).into_make_service_with_connect_info::<SocketAddr>(),
+        app(state, limits, sessions, cache, db_route)
+            .into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown_signal(Arc::clone(&notify)));
     let grace = async {

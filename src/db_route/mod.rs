@@ -15,7 +15,7 @@
 //! - [`Shards`] maps a key (a user, a tenant) to one of N databases, stably: the last
 //!   resort for scaling writes, after caching and replicas.
 //!
-//! **In progress**: the reference server's PostgreSQL catalogue comes next.
+//! The reference server uses it with `DATABASE_URL` and `DATABASE_REPLICA_URLS`.
 //!
 //! - A read goes to a healthy replica, in turn. A client that wrote carries a token with
 //!   the primary's position after its write (`pg_current_wal_insert_lsn()`); its reads go
