@@ -736,6 +736,18 @@ async fn login(base: &str, user: &str) -> String {
     set.split(';').next().unwrap().to_owned()
 }
 
+/// `PUT /products/{id}` as the session in `cookie`.
+async fn put_product(base: &str, cookie: &str, id: i64, name: &str, price_cents: i64) -> Resp {
+    call(
+        base,
+        Method::PUT,
+        &format!("/products/{id}"),
+        &[("cookie", cookie)],
+        &format!(r#"{{"name":"{name}","price_cents":{price_cents}}}"#),
+    )
+    .await
+}
+
 #[tokio::test]
 async fn product_reads_are_cached_and_a_put_invalidates_them() {
     let server = Proc::start("reference_server", &[]);
@@ -769,14 +781,7 @@ async fn product_reads_are_cached_and_a_put_invalidates_them() {
     assert!(cache_status(&get(base, "/products?limit=5").await).contains("hit"));
 
     let cookie = login(base, "editor").await;
-    let r = call(
-        base,
-        Method::PUT,
-        "/products/3",
-        &[("cookie", &cookie)],
-        r#"{"name":"Fresh","price_cents":5}"#,
-    )
-    .await;
+    let r = put_product(base, &cookie, 3, "Fresh", 5).await;
     assert_eq!(r.status, StatusCode::OK);
     // Both the product and the list are dropped: the next reads see the write.
     let after = get(base, "/products/3").await;
@@ -822,14 +827,7 @@ async fn instances_sharing_redis_share_the_cache_and_its_invalidations() {
     );
 
     let cookie = login(&a.base, "editor").await;
-    let r = call(
-        &a.base,
-        Method::PUT,
-        "/products/4",
-        &[("cookie", &cookie)],
-        r#"{"name":"Renamed on A","price_cents":1}"#,
-    )
-    .await;
+    let r = put_product(&a.base, &cookie, 4, "Renamed on A", 1).await;
     assert_eq!(r.status, StatusCode::OK);
     // B drops its copy: its next read goes to its own database.
     support::eventually("B to drop /products/4", Duration::from_secs(2), || async {
@@ -897,14 +895,7 @@ async fn with_postgres_reads_go_to_the_replica_and_a_writer_reads_its_write() {
         .await
         .unwrap();
     let session = login(base, "writer").await;
-    let put = call(
-        base,
-        Method::PUT,
-        "/products/2",
-        &[("cookie", &session)],
-        r#"{"name":"Written","price_cents":7}"#,
-    )
-    .await;
+    let put = put_product(base, &session, 2, "Written", 7).await;
     assert_eq!(put.status, StatusCode::OK);
     assert_eq!(put.headers["x-db-route"], "primary");
     let token = set_cookie(&put, "db_pos").expect("a write sets the token");
