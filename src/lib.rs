@@ -78,6 +78,8 @@ pub mod classify;
     feature = "cache"
 ))]
 pub mod clock;
+#[cfg(any(feature = "session", feature = "db-route"))]
+mod cookie;
 #[cfg(feature = "db-route")]
 pub mod db_route;
 mod duration;

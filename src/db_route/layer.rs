@@ -255,20 +255,7 @@ fn token_of(
     max_age: Duration,
     now_ms: u64,
 ) -> Option<ConsistencyToken> {
-    let mut found: Option<&[u8]> = None;
-    let name = name.as_bytes();
-    for value in headers.get_all(header::COOKIE) {
-        for pair in value.as_bytes().split(|&b| b == b';') {
-            let pair = pair.trim_ascii();
-            if pair.len() > name.len() && pair.starts_with(name) && pair[name.len()] == b'=' {
-                if found.is_some() {
-                    return None;
-                }
-                found = Some(&pair[name.len() + 1..]);
-            }
-        }
-    }
-    ConsistencyToken::decode_bytes(found?, now_ms, max_age)
+    ConsistencyToken::decode_bytes(crate::cookie::find_cookie(headers, name)?, now_ms, max_age)
 }
 
 impl<S, P, ReqBody, ResBody> Service<Request<ReqBody>> for DbRoute<S, P>

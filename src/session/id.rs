@@ -4,6 +4,8 @@ use std::fmt;
 
 use sha2::{Digest, Sha256};
 
+use crate::cookie::{find_cookie, find_in};
+
 /// A session id: 32 bytes from the operating system's CSPRNG.
 #[derive(Clone, PartialEq, Eq)]
 pub(crate) struct SessionId([u8; 32]);
@@ -79,50 +81,6 @@ fn hex(bytes: &[u8]) -> String {
         s.push(char::from(DIGITS[usize::from(b & 15)]));
     }
     s
-}
-
-/// The value of cookie `name` in the request's `Cookie` headers, if present exactly once
-/// and well formed. Malformed headers and pairs are skipped, never an error: an attacker's
-/// bytes can at worst mean "no session".
-pub(crate) fn find_cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a [u8]> {
-    find_in(
-        headers
-            .get_all(http::header::COOKIE)
-            .iter()
-            .map(http::HeaderValue::as_bytes),
-        name,
-    )
-}
-
-/// [`find_cookie`] over raw `Cookie` header values.
-pub(crate) fn find_in<'a>(
-    values: impl IntoIterator<Item = &'a [u8]>,
-    name: &str,
-) -> Option<&'a [u8]> {
-    let mut found = None;
-    for value in values {
-        for pair in value.split(|b| *b == b';') {
-            let pair = pair.trim_ascii();
-            let Some(rest) = pair
-                .strip_prefix(name.as_bytes())
-                .and_then(|r| r.strip_prefix(b"="))
-            else {
-                continue;
-            };
-            let v = rest.trim_ascii();
-            let v = v
-                .strip_prefix(b"\"")
-                .and_then(|v| v.strip_suffix(b"\""))
-                .unwrap_or(v);
-            if found.is_some() {
-                // Two cookies of one name: someone planted one (e.g. from a sibling
-                // domain). Trust neither.
-                return None;
-            }
-            found = Some(v);
-        }
-    }
-    found
 }
 
 /// The request's `Cookie` header, kept raw until the session is first used, so a request
