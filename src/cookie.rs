@@ -15,32 +15,123 @@ pub(crate) fn find_cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Optio
 }
 
 /// [`find_cookie`] over raw `Cookie` header values.
+///
+/// A pair is what lies between two `;`, less ASCII whitespace at both ends; it is this
+/// cookie if it starts with `name=`. The value is what follows, without surrounding
+/// double quotes. One pass over the bytes: a pair that does not start with the name is
+/// skipped to its `;` without being trimmed or split further.
 pub(crate) fn find_in<'a>(
     values: impl IntoIterator<Item = &'a [u8]>,
     name: &str,
 ) -> Option<&'a [u8]> {
+    let name = name.as_bytes();
     let mut found = None;
     for value in values {
-        for pair in value.split(|b| *b == b';') {
-            let pair = pair.trim_ascii();
-            let Some(rest) = pair
-                .strip_prefix(name.as_bytes())
-                .and_then(|r| r.strip_prefix(b"="))
-            else {
-                continue;
-            };
-            let v = rest.trim_ascii();
-            let v = v
-                .strip_prefix(b"\"")
-                .and_then(|v| v.strip_suffix(b"\""))
-                .unwrap_or(v);
-            if found.is_some() {
-                // Two cookies of one name: someone planted one (e.g. from a sibling
-                // domain). Trust neither.
-                return None;
+        let mut i = 0;
+        while i < value.len() {
+            // The start of a pair: past its leading whitespace.
+            while i < value.len() && value[i].is_ascii_whitespace() {
+                i += 1;
             }
-            found = Some(v);
+            let end = memchr::memchr(b';', &value[i..]).map_or(value.len(), |p| i + p);
+            let pair = &value[i..end];
+            if pair.len() > name.len() && pair[name.len()] == b'=' && pair.starts_with(name) {
+                let v = pair[name.len() + 1..].trim_ascii();
+                let v = v
+                    .strip_prefix(b"\"")
+                    .and_then(|v| v.strip_suffix(b"\""))
+                    .unwrap_or(v);
+                if found.is_some() {
+                    // Two cookies of one name: someone planted one (e.g. from a sibling
+                    // domain). Trust neither.
+                    return None;
+                }
+                found = Some(v);
+            }
+            i = end + 1;
         }
     }
     found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The definition the fast scan must agree with: split on `;`, trim, match the name.
+    fn by_definition<'a>(values: &[&'a [u8]], name: &str) -> Option<&'a [u8]> {
+        let mut found = None;
+        for value in values {
+            for pair in value.split(|b| *b == b';') {
+                let Some(rest) = pair
+                    .trim_ascii()
+                    .strip_prefix(name.as_bytes())
+                    .and_then(|r| r.strip_prefix(b"="))
+                else {
+                    continue;
+                };
+                let v = rest.trim_ascii();
+                let v = v
+                    .strip_prefix(b"\"")
+                    .and_then(|v| v.strip_suffix(b"\""))
+                    .unwrap_or(v);
+                if found.is_some() {
+                    return None;
+                }
+                found = Some(v);
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn table() {
+        let cases: [(&[&str], Option<&str>); 14] = [
+            (&["sid=abc"], Some("abc")),
+            (&["a=1; sid=abc; b=2"], Some("abc")),
+            (&["a=1;sid=abc;b=2"], Some("abc")),
+            (&["  sid = x"], None),
+            (&["sid=  abc  ; b"], Some("abc")),
+            (&["sid=\"abc\""], Some("abc")),
+            (&["sid=\""], Some("\"")),
+            (&["sid="], Some("")),
+            (&["a=1", "sid=abc"], Some("abc")),
+            (&["sid=1", "sid=2"], None),
+            (&["sid=1; sid=1"], None),
+            (&["xsid=1; sidx=2; a=sid=3"], None),
+            (&["garbage;;; =; sid"], None),
+            (&[";;;", ""], None),
+        ];
+        for (values, want) in cases {
+            let bytes: Vec<&[u8]> = values.iter().map(|v| v.as_bytes()).collect();
+            assert_eq!(
+                find_in(bytes.iter().copied(), "sid"),
+                want.map(str::as_bytes),
+                "case {values:?}"
+            );
+            assert_eq!(
+                by_definition(&bytes, "sid"),
+                want.map(str::as_bytes),
+                "definition, case {values:?}"
+            );
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn agrees_with_the_definition(
+            parts in proptest::collection::vec(
+                proptest::sample::select(&["sid", "=", ";", " ", "\t", "\"", "x", "1"][..]),
+                0..24,
+            ),
+            b in proptest::collection::vec(any::<u8>(), 0..40),
+        ) {
+            // Built from tokens, so that `sid=` turns up often, beside noise.
+            let a = parts.concat().into_bytes();
+            let values: [&[u8]; 2] = [&a, &b];
+            prop_assert_eq!(find_in(values.iter().copied(), "sid"), by_definition(&values, "sid"));
+            prop_assert_eq!(find_in([&a[..]], "sid"), by_definition(&[&a], "sid"));
+        }
+    }
 }

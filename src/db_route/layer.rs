@@ -247,15 +247,17 @@ fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// The token in the request's `Cookie` headers, if one is there and good (judged at
-/// `now_ms`). Duplicates, garbage and expired tokens read as none.
+/// The token in the request's `Cookie` headers and the time it was judged at, if one is
+/// there and good. Duplicates, garbage and expired tokens read as none. The clock is read
+/// only when there is a token to judge.
 fn token_of(
     headers: &http::HeaderMap,
     name: &str,
     max_age: Duration,
-    now_ms: u64,
-) -> Option<ConsistencyToken> {
-    ConsistencyToken::decode_bytes(crate::cookie::find_cookie(headers, name)?, now_ms, max_age)
+) -> Option<(ConsistencyToken, u64)> {
+    let value = crate::cookie::find_cookie(headers, name)?;
+    let now = now_ms();
+    Some((ConsistencyToken::decode_bytes(value, now, max_age)?, now))
 }
 
 impl<S, P, ReqBody, ResBody> Service<Request<ReqBody>> for DbRoute<S, P>
@@ -287,13 +289,10 @@ where
             .unwrap_or(by_method);
         let read = match intent {
             Intent::Write => ReadRoute::Primary(PrimaryReason::Write),
-            // The clock is read only for a request that carries cookies (a token's age).
-            Intent::Read if parts.headers.contains_key(header::COOKIE) => {
-                let now = now_ms();
-                let token = token_of(&parts.headers, &s.cookie, s.router.token_max_age(), now);
-                s.router.route_read(token.as_ref(), now)
-            }
-            Intent::Read => s.router.route_read(None, 0),
+            Intent::Read => match token_of(&parts.headers, &s.cookie, s.router.token_max_age()) {
+                Some((token, now)) => s.router.route_read(Some(&token), now),
+                None => s.router.route_read(None, 0),
+            },
         };
         s.router.record(read);
         let db = Db {
@@ -573,7 +572,7 @@ mod tests {
         for (name, values, want) in cases {
             let refs: Vec<&str> = values.iter().map(String::as_str).collect();
             assert_eq!(
-                token_of(&headers(&refs), "db_pos", age, now_ms()).is_some(),
+                token_of(&headers(&refs), "db_pos", age).is_some(),
                 want,
                 "case {name}"
             );

@@ -87,31 +87,20 @@ impl ConsistencyToken {
                 if rest.len() < 17 || rest[16] != b'.' {
                     return None;
                 }
-                let mut v: u64 = 0;
+                // Digits map to their value, anything else to 0x80: one check at the end.
+                let (mut v, mut bad) = (0u64, 0u8);
                 for &c in &rest[..16] {
-                    let d = match c {
-                        b'0'..=b'9' => c - b'0',
-                        b'a'..=b'f' => c - b'a' + 10,
-                        b'A'..=b'F' => c - b'A' + 10,
-                        _ => return None,
-                    };
-                    v = (v << 4) | u64::from(d);
+                    let d = HEX[usize::from(c)];
+                    bad |= d;
+                    v = (v << 4) | u64::from(d & 15);
+                }
+                if bad & 0x80 != 0 {
+                    return None;
                 }
                 (Some(Lsn(v)), &rest[17..])
             }
         };
-        if rest.is_empty() || rest.len() > 20 {
-            return None;
-        }
-        let mut issued_ms: u64 = 0;
-        for &c in rest {
-            if !c.is_ascii_digit() {
-                return None;
-            }
-            issued_ms = issued_ms
-                .checked_mul(10)?
-                .checked_add(u64::from(c - b'0'))?;
-        }
+        let issued_ms = decimal(rest)?;
         let max_age_ms = u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX);
         if issued_ms > now_ms.saturating_add(SKEW_MS)
             || now_ms.saturating_sub(issued_ms) > max_age_ms
@@ -119,6 +108,46 @@ impl ConsistencyToken {
             return None;
         }
         Some(Self { lsn, issued_ms })
+    }
+}
+
+/// Hex digit values (either case); 0x80 for anything else.
+const HEX: [u8; 256] = {
+    let mut t = [0x80u8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        t[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
+
+/// 1 to 20 decimal digits as a `u64`; `None` for anything else or a value past `u64::MAX`.
+fn decimal(b: &[u8]) -> Option<u64> {
+    if b.is_empty() || b.len() > 20 {
+        return None;
+    }
+    // Nineteen digits cannot overflow: check each digit, not each step.
+    let head = &b[..b.len().min(19)];
+    let (mut v, mut bad) = (0u64, false);
+    for &c in head {
+        let d = c.wrapping_sub(b'0');
+        bad |= d > 9;
+        v = v.wrapping_mul(10).wrapping_add(u64::from(d));
+    }
+    if bad {
+        return None;
+    }
+    match b.get(19) {
+        None => Some(v),
+        Some(&c) if c.is_ascii_digit() => v.checked_mul(10)?.checked_add(u64::from(c - b'0')),
+        Some(_) => None,
     }
 }
 
@@ -164,6 +193,15 @@ mod tests {
             issued_ms: now,
         };
         assert_eq!(ConsistencyToken::decode(&pin.encode(), now, age), Some(pin));
+        let mixed = ConsistencyToken::decode("1.00000000000000aA.00000000000999999000", now, age);
+        assert_eq!(
+            mixed,
+            Some(ConsistencyToken {
+                lsn: Some(Lsn(0xaa)),
+                issued_ms: 999_999_000
+            }),
+            "either case, twenty digits"
+        );
         let huge = "x".repeat(10_000);
         let bad = [
             ("empty", ""),
@@ -177,6 +215,9 @@ mod tests {
             ("too old", "1.0000000000000001.900000000"),
             ("far future", "1.0000000000000001.1000010000"),
             ("huge", &huge),
+            ("high byte in lsn", "1.000000000000000\u{e9}.999999000"),
+            ("time past u64", "1.0000000000000001.18446744073709551616"),
+            ("21 digits", "1.0000000000000001.000000000000999999000"),
         ];
         for (name, text) in bad {
             assert_eq!(
@@ -198,6 +239,12 @@ mod tests {
             let now = 2_000_000_000_000;
             let t = ConsistencyToken { lsn: lsn.map(Lsn), issued_ms: now - back };
             prop_assert_eq!(ConsistencyToken::decode(&t.encode(), now, Duration::from_secs(30)), Some(t));
+        }
+
+        #[test]
+        fn decimal_agrees_with_parse(s in "[0-9]{1,21}|[0-9]{0,19}[^0-9][0-9]{0,3}") {
+            let want = if s.len() <= 20 { s.parse::<u64>().ok() } else { None };
+            prop_assert_eq!(decimal(s.as_bytes()), want);
         }
 
         #[test]
