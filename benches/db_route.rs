@@ -5,7 +5,11 @@
 //!   read and the position check).
 //!
 //! No peer: no Rust crate routes reads and writes as a tower layer. Added cost = median
-//! minus `baseline` (the same requests to the bare service).
+//! minus `baseline` (the same requests to the bare service). `extension-floor` is what any
+//! layer pays to hand a handler per-request state through the extensions (one shared flag,
+//! no cookie, no routing): the part of the cost that is not routing.
+
+mod common;
 
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
@@ -109,6 +113,9 @@ fn benches(c: &mut Criterion) {
         let mut g = c.benchmark_group(group);
         g.bench_function("baseline", |b| {
             b.iter_custom(|n| run(&rt, &baseline, cookie.as_deref(), n))
+        });
+        g.bench_function("extension-floor", |b| {
+            b.iter_custom(|n| run(&rt, &common::ExtensionFloor(baseline), cookie.as_deref(), n))
         });
         g.bench_function("tower-scale", |b| {
             b.iter_custom(|n| run(&rt, &ours, cookie.as_deref(), n))

@@ -6,6 +6,10 @@
 //! - `session/read-one`: the handler reads one value from the existing session.
 //!
 //! Added cost = median minus `baseline` (the handler alone, same requests).
+//! `extension-floor` is what any layer pays to hand a handler per-request state through the
+//! extensions (one shared flag, no cookie, no store): the floor under both layers.
+
+mod common;
 
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
@@ -129,6 +133,9 @@ fn benches(c: &mut Criterion) {
         let (oc, tc) = (first_cookie(&rt, &o), first_cookie(&rt, &t));
         g.bench_function("baseline", |b| {
             b.iter_custom(|n| run(&rt, &baseline, &oc, n))
+        });
+        g.bench_function("extension-floor", |b| {
+            b.iter_custom(|n| run(&rt, &common::ExtensionFloor(baseline), &oc, n))
         });
         g.bench_function("tower-scale", |b| b.iter_custom(|n| run(&rt, &o, &oc, n)));
         g.bench_function("tower-sessions", |b| {

@@ -7,7 +7,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, request};
@@ -15,7 +14,7 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::position::{ConsistencyToken, Lsn};
+use super::position::{ConsistencyToken, Lsn, now_ms};
 use super::router::{DbRouter, PositionSource, PrimaryReason, ReadRoute};
 use crate::ConfigError;
 
@@ -241,23 +240,10 @@ impl<S: fmt::Debug, P> fmt::Debug for DbRoute<S, P> {
     }
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// The token in the request's `Cookie` headers and the time it was judged at, if one is
-/// there and good. Duplicates, garbage and expired tokens read as none. The clock is read
-/// only when there is a token to judge.
-fn token_of(
-    headers: &http::HeaderMap,
-    name: &str,
-    max_age: Duration,
-) -> Option<(ConsistencyToken, u64)> {
-    let value = crate::cookie::find_cookie(headers, name)?;
-    let now = now_ms();
-    Some((ConsistencyToken::decode_bytes(value, now, max_age)?, now))
+/// The token in the request's `Cookie` headers, if one is there and well formed, its age
+/// unchecked. Duplicates and garbage read as none.
+fn token_of(headers: &http::HeaderMap, name: &str) -> Option<ConsistencyToken> {
+    ConsistencyToken::parse_bytes(crate::cookie::find_cookie(headers, name)?)
 }
 
 impl<S, P, ReqBody, ResBody> Service<Request<ReqBody>> for DbRoute<S, P>
@@ -289,8 +275,8 @@ where
             .unwrap_or(by_method);
         let read = match intent {
             Intent::Write => ReadRoute::Primary(PrimaryReason::Write),
-            Intent::Read => match token_of(&parts.headers, &s.cookie, s.router.token_max_age()) {
-                Some((token, now)) => s.router.route_read(Some(&token), now),
+            Intent::Read => match token_of(&parts.headers, &s.cookie) {
+                Some(token) => s.router.route_carried(&token),
                 None => s.router.route_read(None, 0),
             },
         };
@@ -336,7 +322,8 @@ pin_project! {
     #[project = StateProj]
     enum State<F, B> {
         Inner { #[pin] fut: F },
-        Position { fut: PositionFuture, res: Option<Response<B>> },
+        // The response waits boxed: inline it would make every request's future larger.
+        Position { fut: PositionFuture, res: Option<Box<Response<B>>> },
     }
 }
 
@@ -390,12 +377,12 @@ where
                     });
                     this.state.set(State::Position {
                         fut,
-                        res: Some(res),
+                        res: Some(Box::new(res)),
                     });
                 }
                 StateProj::Position { fut, res } => {
                     let lsn = std::task::ready!(fut.as_mut().poll(cx));
-                    let mut res = res.take().expect("polled after completion");
+                    let mut res = *res.take().expect("polled after completion");
                     let token = ConsistencyToken {
                         lsn,
                         issued_ms: now_ms(),
@@ -455,6 +442,7 @@ mod tests {
     use super::*;
     use crate::db_route::ReplicaPosition;
     use std::convert::Infallible;
+    use std::time::Duration;
     use tower::ServiceExt;
 
     /// A driver that cannot tell the primary's position: writers get a time pin.
@@ -572,7 +560,7 @@ mod tests {
         for (name, values, want) in cases {
             let refs: Vec<&str> = values.iter().map(String::as_str).collect();
             assert_eq!(
-                token_of(&headers(&refs), "db_pos", age).is_some(),
+                token_of(&headers(&refs), "db_pos").is_some_and(|t| t.is_current(now_ms(), age)),
                 want,
                 "case {name}"
             );

@@ -57,6 +57,13 @@ pub struct ConsistencyToken {
     pub issued_ms: u64,
 }
 
+/// The wall clock in milliseconds since the Unix epoch, as tokens carry it.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// How far in the future a token's issue time may be (clocks of instances differ).
 const SKEW_MS: u64 = 5_000;
 
@@ -77,6 +84,19 @@ impl ConsistencyToken {
 
     /// [`decode`](Self::decode) on bytes (a cookie value as it arrived).
     pub fn decode_bytes(b: &[u8], now_ms: u64, max_age: Duration) -> Option<Self> {
+        Self::parse_bytes(b).filter(|t| t.is_current(now_ms, max_age))
+    }
+
+    /// Whether the token is honoured at `now_ms`: issued at most `max_age` ago and not more
+    /// than a few seconds in the future (clocks of instances differ).
+    pub fn is_current(&self, now_ms: u64, max_age: Duration) -> bool {
+        let max_age_ms = u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX);
+        self.issued_ms <= now_ms.saturating_add(SKEW_MS)
+            && now_ms.saturating_sub(self.issued_ms) <= max_age_ms
+    }
+
+    /// The token's form alone, its age unchecked: `None` for anything malformed.
+    pub(crate) fn parse_bytes(b: &[u8]) -> Option<Self> {
         if b.len() > 64 {
             return None;
         }
@@ -100,14 +120,10 @@ impl ConsistencyToken {
                 (Some(Lsn(v)), &rest[17..])
             }
         };
-        let issued_ms = decimal(rest)?;
-        let max_age_ms = u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX);
-        if issued_ms > now_ms.saturating_add(SKEW_MS)
-            || now_ms.saturating_sub(issued_ms) > max_age_ms
-        {
-            return None;
-        }
-        Some(Self { lsn, issued_ms })
+        Some(Self {
+            lsn,
+            issued_ms: decimal(rest)?,
+        })
     }
 }
 

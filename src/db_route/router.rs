@@ -196,6 +196,32 @@ impl<P> DbRouter<P> {
     /// Where a read goes, for a client that carries `token` (checked against `now_ms`,
     /// milliseconds since the Unix epoch).
     pub fn route_read(&self, token: Option<&ConsistencyToken>, now_ms: u64) -> ReadRoute {
+        self.route(token, || now_ms)
+    }
+
+    /// [`route_read`](Self::route_read) for a token as the client sent it, whose age has
+    /// not been checked. A token too old, or from the future, counts as none; but the
+    /// clock is read only when the answer depends on it: a time pin, or a position that no
+    /// healthy replica has replayed yet. Once a replica has replayed the client's write,
+    /// which is the usual case a few milliseconds after it, the token's age does not
+    /// matter: that replica is where the read would go without a token too.
+    pub(crate) fn route_carried(&self, token: &ConsistencyToken) -> ReadRoute {
+        let max_age = self.inner.token_max_age;
+        if token.lsn.is_some() {
+            let route = self.route(Some(token), || 0);
+            if route != ReadRoute::Primary(PrimaryReason::NotReplayed) {
+                return route;
+            }
+        }
+        let now = super::position::now_ms();
+        if token.is_current(now, max_age) {
+            self.route(Some(token), || now)
+        } else {
+            self.route(None, || now)
+        }
+    }
+
+    fn route(&self, token: Option<&ConsistencyToken>, now_ms: impl FnOnce() -> u64) -> ReadRoute {
         let inner = &*self.inner;
         let n = inner.replicas.len();
         if n == 0 {
@@ -207,7 +233,7 @@ impl<P> DbRouter<P> {
                 issued_ms,
             }) => {
                 let pin = u64::try_from(inner.time_pin.as_millis()).unwrap_or(u64::MAX);
-                if now_ms < issued_ms.saturating_add(pin) {
+                if now_ms() < issued_ms.saturating_add(pin) {
                     return ReadRoute::Primary(PrimaryReason::TimePinned);
                 }
                 None
@@ -215,18 +241,17 @@ impl<P> DbRouter<P> {
             Some(ConsistencyToken { lsn: Some(l), .. }) => Some(*l),
             None => None,
         };
-        let start = inner.next.fetch_add(1, Ordering::Relaxed);
+        let mut i = inner.next.fetch_add(1, Ordering::Relaxed) % n;
         let mut any_healthy = false;
-        for k in 0..n {
-            let i = (start + k) % n;
+        for _ in 0..n {
             let slot = &inner.replicas[i];
-            if !slot.healthy.load(Ordering::Acquire) {
-                continue;
+            if slot.healthy.load(Ordering::Acquire) {
+                any_healthy = true;
+                if needed.is_none_or(|l| slot.replayed.load(Ordering::Acquire) >= l.0) {
+                    return ReadRoute::Replica(i);
+                }
             }
-            any_healthy = true;
-            if needed.is_none_or(|l| slot.replayed.load(Ordering::Acquire) >= l.0) {
-                return ReadRoute::Replica(i);
-            }
+            i = if i + 1 == n { 0 } else { i + 1 };
         }
         ReadRoute::Primary(if any_healthy {
             PrimaryReason::NotReplayed
@@ -559,6 +584,83 @@ mod tests {
         assert_eq!(
             alone.route_read(None, now),
             ReadRoute::Primary(PrimaryReason::NoReplicas)
+        );
+    }
+
+    #[tokio::test]
+    async fn carried_tokens_are_aged_only_when_it_matters() {
+        let (a, b) = (Fake::new(0, 100), Fake::new(0, 40));
+        let router = DbRouter::builder(Fake::new(100, 0))
+            .replica("a", a.clone())
+            .replica("b", b.clone())
+            .token_max_age(Duration::from_secs(30))
+            .time_pin(Duration::from_secs(2))
+            .build()
+            .unwrap();
+        router.check_health().await;
+        let now = super::super::position::now_ms();
+        let token = |lsn: Option<u64>, issued_ms: u64| ConsistencyToken {
+            lsn: lsn.map(Lsn),
+            issued_ms,
+        };
+        let cases = [
+            (
+                "replayed by a: a",
+                token(Some(90), now),
+                ReadRoute::Replica(0),
+            ),
+            (
+                "replayed by a, too old: a all the same",
+                token(Some(90), now - 60_000),
+                ReadRoute::Replica(0),
+            ),
+            (
+                "replayed by none, fresh: the primary",
+                token(Some(101), now - 1_000),
+                ReadRoute::Primary(PrimaryReason::NotReplayed),
+            ),
+            (
+                "replayed by none, from the far future: no token",
+                token(Some(101), now + 3_600_000),
+                ReadRoute::Replica(usize::MAX),
+            ),
+            (
+                "replayed by none, too old: no token",
+                token(Some(u64::MAX), now - 31_000),
+                ReadRoute::Replica(usize::MAX),
+            ),
+            (
+                "time pin, fresh: the primary",
+                token(None, now - 500),
+                ReadRoute::Primary(PrimaryReason::TimePinned),
+            ),
+            (
+                "time pin, over: a replica",
+                token(None, now - 2_500),
+                ReadRoute::Replica(usize::MAX),
+            ),
+            (
+                "time pin from the far future: no token",
+                token(None, now + 3_600_000),
+                ReadRoute::Replica(usize::MAX),
+            ),
+        ];
+        for (name, t, want) in cases {
+            // `Replica(usize::MAX)`: any replica (no token alternates between them).
+            for _ in 0..2 {
+                match (router.route_carried(&t), want) {
+                    (ReadRoute::Replica(_), ReadRoute::Replica(usize::MAX)) => {}
+                    (got, want) => assert_eq!(got, want, "case {name}"),
+                }
+            }
+        }
+        // No healthy replica: the primary, whatever the token.
+        a.up.store(false, Ordering::Relaxed);
+        b.up.store(false, Ordering::Relaxed);
+        router.check_health().await;
+        assert_eq!(
+            router.route_carried(&token(Some(1), now)),
+            ReadRoute::Primary(PrimaryReason::NoHealthyReplica)
         );
     }
 
