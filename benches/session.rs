@@ -5,7 +5,8 @@
 //!   handler never touches it.
 //! - `session/read-one`: the handler reads one value from the existing session.
 //!
-//! Added cost = median minus `baseline` (the handler alone, same requests).
+//! Added cost = median minus `baseline` (a handler of the same shape alone, same requests:
+//! its future holds the request, as the measured handlers' do).
 //! `extension-floor` is what any layer pays to hand a handler per-request state through the
 //! extensions (one shared flag, no cookie, no store): the floor under both layers.
 
@@ -22,10 +23,13 @@ use tower::{Layer, Service, ServiceExt};
 
 type Resp = Response<Full<Bytes>>;
 
+/// A request as hyper hands it over: its header values are slices of the connection's
+/// read buffer (a reference count, not a copy), here one shared buffer holding the cookie.
 #[inline(never)]
-fn request(cookie: &str) -> Request<Full<Bytes>> {
+fn request(cookie: &Bytes) -> Request<Full<Bytes>> {
+    let value = http::HeaderValue::from_maybe_shared(cookie.slice(..)).unwrap();
     Request::get("/me")
-        .header("cookie", cookie)
+        .header("cookie", value)
         .body(Full::new(Bytes::new()))
         .unwrap()
 }
@@ -37,6 +41,7 @@ where
     S::Error: std::fmt::Debug,
 {
     let mut svc = svc.clone();
+    let cookie = Bytes::copy_from_slice(cookie.as_bytes());
     rt.block_on(async {
         let start = Instant::now();
         for _ in 0..iters {
@@ -44,7 +49,7 @@ where
                 .ready()
                 .await
                 .unwrap()
-                .call(request(cookie))
+                .call(request(&cookie))
                 .await
                 .unwrap();
             std::hint::black_box(resp);
@@ -79,70 +84,129 @@ fn benches(c: &mut Criterion) {
         .build()
         .unwrap();
 
-    // Ours: POST creates the session, GET /me reads one value or nothing.
+    // Each layer serves three handlers over one store: a login that creates the session
+    // (its cookie is what the measured requests carry), one that takes the session and
+    // leaves it untouched, one that reads a value. Separate handlers, so that neither
+    // measured handler's future carries the others' states.
     let ours_layer =
         tower_scale::session::SessionLayer::builder(tower_scale::session::MemoryStore::new())
             .secure(false)
             .build()
             .unwrap();
-    let ours = |read: bool| {
-        ours_layer.layer(tower::service_fn(
-            move |req: Request<Full<Bytes>>| async move {
-                let s = req
-                    .extensions()
-                    .get::<tower_scale::session::Session>()
-                    .cloned()
-                    .unwrap();
-                if req.method() == http::Method::POST {
-                    s.insert("n", &7i64).await.unwrap();
-                } else if read {
-                    std::hint::black_box(s.get::<i64>("n").await.unwrap());
-                }
-                Ok::<_, Infallible>(ok())
-            },
-        ))
+    let ours_session = |req: &Request<Full<Bytes>>| {
+        req.extensions()
+            .get::<tower_scale::session::Session>()
+            .cloned()
+            .unwrap()
     };
+    let ours_login = ours_layer.layer(tower::service_fn(
+        move |req: Request<Full<Bytes>>| async move {
+            ours_session(&req).insert("n", &7i64).await.unwrap();
+            Ok::<_, Infallible>(ok())
+        },
+    ));
+    let ours_untouched = ours_layer.layer(tower::service_fn(
+        move |req: Request<Full<Bytes>>| async move {
+            std::hint::black_box(ours_session(&req));
+            Ok::<_, Infallible>(ok())
+        },
+    ));
+    let ours_read = ours_layer.layer(tower::service_fn(
+        move |req: Request<Full<Bytes>>| async move {
+            let s = ours_session(&req);
+            std::hint::black_box(s.get::<i64>("n").await.unwrap());
+            Ok::<_, Infallible>(ok())
+        },
+    ));
+
     // tower-sessions, the same handlers.
     let theirs_layer =
         tower_sessions::SessionManagerLayer::new(tower_sessions::MemoryStore::default())
             .with_secure(false);
-    let theirs = |read: bool| {
-        theirs_layer.clone().layer(tower::service_fn(
-            move |req: Request<Full<Bytes>>| async move {
-                let s = req
-                    .extensions()
-                    .get::<tower_sessions::Session>()
-                    .cloned()
-                    .unwrap();
-                if req.method() == http::Method::POST {
-                    s.insert("n", 7i64).await.unwrap();
-                } else if read {
-                    std::hint::black_box(s.get::<i64>("n").await.unwrap());
-                }
-                Ok::<_, Infallible>(ok())
-            },
-        ))
+    let theirs_session = |req: &Request<Full<Bytes>>| {
+        req.extensions()
+            .get::<tower_sessions::Session>()
+            .cloned()
+            .unwrap()
     };
-    let baseline =
-        tower::service_fn(|_req: Request<Full<Bytes>>| async { Ok::<_, Infallible>(ok()) });
+    let theirs_login = theirs_layer.clone().layer(tower::service_fn(
+        move |req: Request<Full<Bytes>>| async move {
+            theirs_session(&req).insert("n", 7i64).await.unwrap();
+            Ok::<_, Infallible>(ok())
+        },
+    ));
+    let theirs_untouched = theirs_layer.clone().layer(tower::service_fn(
+        move |req: Request<Full<Bytes>>| async move {
+            std::hint::black_box(theirs_session(&req));
+            Ok::<_, Infallible>(ok())
+        },
+    ));
+    let theirs_read = theirs_layer.clone().layer(tower::service_fn(
+        move |req: Request<Full<Bytes>>| async move {
+            let s = theirs_session(&req);
+            std::hint::black_box(s.get::<i64>("n").await.unwrap());
+            Ok::<_, Infallible>(ok())
+        },
+    ));
 
-    for (group, read) in [("session/untouched", false), ("session/read-one", true)] {
-        let mut g = c.benchmark_group(group);
-        let o = ours(read);
-        let t = theirs(read);
-        let (oc, tc) = (first_cookie(&rt, &o), first_cookie(&rt, &t));
-        g.bench_function("baseline", |b| {
-            b.iter_custom(|n| run(&rt, &baseline, &oc, n))
-        });
-        g.bench_function("extension-floor", |b| {
-            b.iter_custom(|n| run(&rt, &common::ExtensionFloor(baseline), &oc, n))
-        });
-        g.bench_function("tower-scale", |b| b.iter_custom(|n| run(&rt, &o, &oc, n)));
-        g.bench_function("tower-sessions", |b| {
-            b.iter_custom(|n| run(&rt, &t, &tc, n))
-        });
-        g.finish();
-    }
+    let cookies = Cookies {
+        ours: first_cookie(&rt, &ours_login),
+        theirs: first_cookie(&rt, &theirs_login),
+    };
+    compare(
+        c,
+        &rt,
+        "session/untouched",
+        &ours_untouched,
+        &theirs_untouched,
+        &cookies,
+    );
+    compare(
+        c,
+        &rt,
+        "session/read-one",
+        &ours_read,
+        &theirs_read,
+        &cookies,
+    );
+}
+
+/// The session cookie each layer gave at login.
+struct Cookies {
+    ours: String,
+    theirs: String,
+}
+
+/// One group: the handler alone, the extension floor, ours and tower-sessions.
+fn compare<O, T>(
+    c: &mut Criterion,
+    rt: &tokio::runtime::Runtime,
+    group: &str,
+    ours: &O,
+    theirs: &T,
+    cookies: &Cookies,
+) where
+    O: Service<Request<Full<Bytes>>, Response = Resp> + Clone,
+    O::Error: std::fmt::Debug,
+    T: Service<Request<Full<Bytes>>, Response = Resp> + Clone,
+    T::Error: std::fmt::Debug,
+{
+    // The handler alone, shaped like the measured ones: its future holds the request.
+    let baseline = tower::service_fn(|req: Request<Full<Bytes>>| async move {
+        std::hint::black_box(req.extensions().len());
+        Ok::<_, Infallible>(ok())
+    });
+    let (oc, tc) = (&cookies.ours, &cookies.theirs);
+    let mut g = c.benchmark_group(group);
+    g.bench_function("baseline", |b| b.iter_custom(|n| run(rt, &baseline, oc, n)));
+    g.bench_function("extension-floor", |b| {
+        b.iter_custom(|n| run(rt, &common::ExtensionFloor(baseline), oc, n))
+    });
+    g.bench_function("tower-scale", |b| b.iter_custom(|n| run(rt, ours, oc, n)));
+    g.bench_function("tower-sessions", |b| {
+        b.iter_custom(|n| run(rt, theirs, tc, n))
+    });
+    g.finish();
 }
 
 criterion_group! {

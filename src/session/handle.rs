@@ -120,7 +120,26 @@ pub(crate) struct Inner {
     pub(crate) shared: Arc<Shared>,
     /// Set by anything that will need a write: the layer's fast check after the handler.
     pub(crate) dirty: AtomicBool,
-    pub(crate) state: tokio::sync::Mutex<State>,
+    /// The request's cookies, read when the session is first used.
+    raw: RawCookies,
+    /// `None` until the session is first used: a request that never touches it builds no
+    /// state (and the handle stays small, cheap to make and to drop).
+    state: tokio::sync::Mutex<Option<Box<State>>>,
+}
+
+/// The state behind a [`Session`], locked.
+pub(crate) type StateGuard<'a> = tokio::sync::MappedMutexGuard<'a, State>;
+
+impl Inner {
+    /// Locks the state, making it on first use (reading the id out of the cookies).
+    pub(crate) async fn state(&self) -> StateGuard<'_> {
+        let guard = self.state.lock().await;
+        tokio::sync::MutexGuard::map(guard, |s| {
+            &mut **s.get_or_insert_with(|| {
+                Box::new(State::new(self.raw.id(&self.shared.config.cookie_name)))
+            })
+        })
+    }
 }
 
 impl fmt::Debug for Session {
@@ -130,9 +149,7 @@ impl fmt::Debug for Session {
 }
 
 pub(crate) struct State {
-    /// The request's cookies, until first needed.
-    pub(crate) raw: Option<RawCookies>,
-    /// The id the client sent, if well formed (once `raw` is resolved).
+    /// The id the client sent, if well formed.
     pub(crate) sent: Option<SessionId>,
     /// `None` until loaded; then the values and owner (empty for no session).
     pub(crate) loaded: Option<Loaded>,
@@ -147,10 +164,16 @@ pub(crate) struct State {
 }
 
 impl State {
-    /// Reads the session id out of the cookies, once.
-    pub(crate) fn resolve(&mut self, cookie_name: &str) {
-        if let Some(raw) = self.raw.take() {
-            self.sent = raw.id(cookie_name);
+    fn new(sent: Option<SessionId>) -> Self {
+        State {
+            sent,
+            loaded: None,
+            new_id: None,
+            ops: Vec::new(),
+            user: None,
+            destroy: false,
+            log_out_everywhere: false,
+            replace_old: false,
         }
     }
 }
@@ -176,25 +199,15 @@ impl Session {
             inner: Arc::new(Inner {
                 shared,
                 dirty: AtomicBool::new(false),
-                state: tokio::sync::Mutex::new(State {
-                    raw: Some(raw),
-                    sent: None,
-                    loaded: None,
-                    new_id: None,
-                    ops: Vec::new(),
-                    user: None,
-                    destroy: false,
-                    log_out_everywhere: false,
-                    replace_old: false,
-                }),
+                raw,
+                state: tokio::sync::Mutex::new(None),
             }),
         }
     }
 
-    async fn loaded(&self) -> Result<tokio::sync::MutexGuard<'_, State>, SessionError> {
-        let mut s = self.inner.state.lock().await;
+    async fn loaded(&self) -> Result<StateGuard<'_>, SessionError> {
+        let mut s = self.inner.state().await;
         if s.loaded.is_none() {
-            s.resolve(&self.inner.shared.config.cookie_name);
             let record = match &s.sent {
                 Some(id) => {
                     let key = id.storage_key();
@@ -383,7 +396,7 @@ impl Session {
 
     /// Ends the session (logout): the store forgets it and the cookie is cleared.
     pub async fn destroy(&self) {
-        let mut s = self.inner.state.lock().await;
+        let mut s = self.inner.state().await;
         s.destroy = true;
         self.mark();
     }

@@ -4,7 +4,7 @@ use std::fmt;
 
 use sha2::{Digest, Sha256};
 
-use crate::cookie::{find_cookie, find_in};
+use crate::cookie::find_in;
 
 /// A session id: 32 bytes from the operating system's CSPRNG.
 #[derive(Clone, PartialEq, Eq)]
@@ -83,37 +83,29 @@ fn hex(bytes: &[u8]) -> String {
     s
 }
 
-/// The request's `Cookie` header, kept raw until the session is first used, so a request
-/// that never touches its session never parses it.
-// Inline on purpose: it lives in the session's one allocation; boxing the copy would add a
-// second allocation per request.
-#[allow(clippy::large_enum_variant)]
+/// The request's `Cookie` header, kept as it came until the session is first used, so a
+/// request that never touches its session never parses it.
 pub(crate) enum RawCookies {
     /// No `Cookie` header.
     None,
-    /// One header of at most [`INLINE`] bytes, copied.
-    Inline { len: u16, buf: [u8; INLINE] },
-    /// Several headers, or a long one: parsed when the request came.
+    /// One header, kept (for a request read by hyper, a reference count on its buffer).
+    One(http::HeaderValue),
+    /// Several headers (HTTP/2 sends cookies as separate fields): parsed when the request
+    /// came.
     Parsed(Option<SessionId>),
 }
 
-/// The longest single `Cookie` header kept raw.
-pub(crate) const INLINE: usize = 256;
-
 impl RawCookies {
     pub(crate) fn from_headers(headers: &http::HeaderMap, name: &str) -> Self {
-        let mut values = headers.get_all(http::header::COOKIE).iter();
+        let all = headers.get_all(http::header::COOKIE);
+        let mut values = all.iter();
         match (values.next(), values.next()) {
             (None, _) => RawCookies::None,
-            (Some(v), None) if v.len() <= INLINE => {
-                let mut buf = [0u8; INLINE];
-                buf[..v.len()].copy_from_slice(v.as_bytes());
-                RawCookies::Inline {
-                    len: v.len() as u16,
-                    buf,
-                }
-            }
-            _ => RawCookies::Parsed(find_cookie(headers, name).and_then(SessionId::from_cookie)),
+            (Some(v), None) => RawCookies::One(v.clone()),
+            _ => RawCookies::Parsed(
+                find_in(all.iter().map(http::HeaderValue::as_bytes), name)
+                    .and_then(SessionId::from_cookie),
+            ),
         }
     }
 
@@ -121,9 +113,7 @@ impl RawCookies {
     pub(crate) fn id(&self, name: &str) -> Option<SessionId> {
         match self {
             RawCookies::None => None,
-            RawCookies::Inline { len, buf } => {
-                find_in([&buf[..usize::from(*len)]], name).and_then(SessionId::from_cookie)
-            }
+            RawCookies::One(v) => find_in([v.as_bytes()], name).and_then(SessionId::from_cookie),
             RawCookies::Parsed(id) => id.clone(),
         }
     }
@@ -132,6 +122,7 @@ impl RawCookies {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cookie::find_cookie;
     use proptest::prelude::*;
 
     fn headers(cookies: &[&[u8]]) -> http::HeaderMap {

@@ -447,8 +447,7 @@ async fn finish(session: &Session) -> Result<Option<HeaderValue>, SessionError> 
     let inner = &session.inner;
     let config = &inner.shared.config;
     let store = &inner.shared.store;
-    let mut s = inner.state.lock().await;
-    s.resolve(&config.cookie_name);
+    let mut s = inner.state().await;
     let sent_key = s.sent.as_ref().map(SessionId::storage_key);
     let existed = s.loaded.as_ref().is_some_and(|l| l.existed);
     let unavailable = |e| {
