@@ -10,7 +10,6 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::request::Parts;
 use http::{HeaderName, Method, Request, Response};
 use http_body::Body;
 use pin_project_lite::pin_project;
@@ -350,34 +349,38 @@ where
         // future, leave a clone for the next request.
         let clone = self.inner.clone();
         let mut svc = std::mem::replace(&mut self.inner, clone);
-        let (parts, body) = req.into_parts();
-        let hint = body.size_hint();
+        let hint = req.body().size_hint();
         let (state, template) = if !retryable {
-            let fut = svc.call(Request::from_parts(parts, ReplayBody::stream(body)));
+            let fut = svc.call(req.map(ReplayBody::stream));
             (State::calling(fut, attempt_timer(shared, started)), None)
-        } else if body.is_end_stream() || hint.exact() == Some(0) {
-            let template = Template {
-                parts: parts.clone(),
+        } else if req.body().is_end_stream() || hint.exact() == Some(0) {
+            let (parts, _) = req.into_parts();
+            let template = Box::new(Template {
+                head: Request::from_parts(parts.clone(), ()),
                 body: Bytes::new(),
-            };
+            });
             let fut = svc.call(Request::from_parts(parts, ReplayBody::bytes(Bytes::new())));
             (
                 State::calling(fut, attempt_timer(shared, started)),
                 Some(template),
             )
         } else if hint.upper().is_some_and(|u| u <= shared.body_cap) {
+            // The head waits in the template while the body is read into it.
+            let (parts, body) = req.into_parts();
             (
                 State::Buffering {
                     body: Box::pin(body),
                     buf: Vec::new(),
-                    parts: Some(parts),
                     timer: deadline_timer(shared, started),
                 },
-                None,
+                Some(Box::new(Template {
+                    head: Request::from_parts(parts, ()),
+                    body: Bytes::new(),
+                })),
             )
         } else {
             // Too large, or of unknown size, to hold: sent once.
-            let fut = svc.call(Request::from_parts(parts, ReplayBody::stream(body)));
+            let fut = svc.call(req.map(ReplayBody::stream));
             (State::calling(fut, attempt_timer(shared, started)), None)
         };
         ResponseFuture {
@@ -391,15 +394,19 @@ where
     }
 }
 
-/// What a retry sends again.
+/// What a retry sends again. Boxed in the future: inline, its request head would make
+/// every call's future (moved several times on its way to the executor) hundreds of bytes
+/// larger.
 struct Template {
-    parts: Parts,
+    head: Request<()>,
     body: Bytes,
 }
 
 impl Template {
     fn request<B>(&self) -> Request<ReplayBody<B>> {
-        Request::from_parts(self.parts.clone(), ReplayBody::bytes(self.body.clone()))
+        self.head
+            .clone()
+            .map(|()| ReplayBody::bytes(self.body.clone()))
     }
 }
 
@@ -461,7 +468,6 @@ pin_project! {
         Buffering {
             body: Pin<Box<B>>,
             buf: Vec<u8>,
-            parts: Option<Parts>,
             timer: Option<Pin<Box<Sleep>>>,
         },
         Ready { req: Option<Box<Request<ReplayBody<B>>>>, timer: Option<Pin<Box<Sleep>>> },
@@ -485,7 +491,7 @@ pin_project! {
     {
         svc: S,
         shared: Arc<Shared<C>>,
-        template: Option<Template>,
+        template: Option<Box<Template>>,
         attempt: u32,
         started: Option<Instant>,
         #[pin]
@@ -544,12 +550,7 @@ where
         loop {
             let mut this = self.as_mut().project();
             match this.state.as_mut().project() {
-                StateProj::Buffering {
-                    body,
-                    buf,
-                    parts,
-                    timer,
-                } => {
+                StateProj::Buffering { body, buf, timer } => {
                     // Read to the end, within the cap whatever the size hint said (trailers
                     // are not kept).
                     loop {
@@ -571,11 +572,9 @@ where
                             Poll::Pending => return expired(timer, cx),
                         }
                     }
-                    let bytes = Bytes::from(std::mem::take(buf));
-                    let parts = parts.take().expect("buffered once");
-                    let template = Template { parts, body: bytes };
+                    let template = this.template.as_mut().expect("buffering has a template");
+                    template.body = Bytes::from(std::mem::take(buf));
                     let req = template.request();
-                    *this.template = Some(template);
                     let timer = timer.take();
                     this.state.set(State::Ready {
                         req: Some(Box::new(req)),
