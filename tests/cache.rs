@@ -14,7 +14,7 @@ use http_body_util::{BodyExt, Full};
 use support::{LayerExt, RedisServer, eventually, redis_backend, redis_url, unique};
 use tower::ServiceExt;
 use tower::util::BoxCloneSyncService;
-use tower_scale::cache::{Cache, CacheEngine, LoadOptions, ResponseCacheLayer};
+use tower_scale::cache::{Cache, CacheEngine, LoadOptions, ResponseCacheLayer, SetError};
 use tower_scale::clock::Clock;
 
 fn redis_engine(url: &str, prefix: &str) -> CacheEngine {
@@ -112,6 +112,25 @@ async fn a_failed_load_reaches_every_waiter_and_is_not_cached() {
         .await
         .unwrap();
     assert_eq!(v, 1);
+}
+
+#[tokio::test]
+async fn a_value_that_does_not_serialise_is_refused_and_changes_nothing() {
+    use std::collections::HashMap;
+    // JSON object keys must be strings: a map keyed by pairs does not serialise.
+    type Grid = HashMap<(u8, u8), u8>;
+    let engine = CacheEngine::builder().build().unwrap();
+    let cache: Cache<str, Grid> = Cache::new(&engine, "grids");
+    cache.set("g", &Grid::new()).await.unwrap();
+    let bad = Grid::from([((1, 2), 3)]);
+    let err = cache.set("g", &bad).await.unwrap_err();
+    assert!(matches!(err, SetError::Encode(_)), "{err:?}");
+    assert!(err.to_string().contains("does not serialise"), "{err}");
+    assert_eq!(
+        cache.get("g").await,
+        Some(Grid::new()),
+        "the stored value stays"
+    );
 }
 
 fn paused_engine() -> CacheEngine {

@@ -154,4 +154,4 @@ pub use body::CacheBody;
 pub use engine::{CacheEngine, CacheEngineBuilder};
 pub use layer::{ResponseCacheLayer, ResponseCacheLayerBuilder};
 pub use service::{ResponseCache, ResponseFuture};
-pub use typed::{Cache, LoadError, LoadOptions};
+pub use typed::{Cache, LoadError, LoadOptions, SetError};

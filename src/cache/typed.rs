@@ -123,6 +123,36 @@ impl LoadOptions {
     }
 }
 
+/// Why [`Cache::set`] or [`Cache::set_with`] failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum SetError {
+    /// The value does not serialise as JSON (a map with non-string keys, a failing
+    /// `Serialize`): nothing was changed, here or in Redis.
+    Encode(serde_json::Error),
+    /// Redis could not be told: the value is in this instance's L1 only, and other
+    /// instances may keep their copies until those expire.
+    Store(StoreUnavailable),
+}
+
+impl fmt::Display for SetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SetError::Encode(e) => write!(f, "cache value does not serialise: {e}"),
+            SetError::Store(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for SetError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SetError::Encode(e) => Some(e),
+            SetError::Store(e) => Some(e),
+        }
+    }
+}
+
 /// A loader failed. Every caller that waited for that load gets a clone; the failure is
 /// not cached.
 #[derive(Clone)]
@@ -223,7 +253,11 @@ where
 
     /// Stores `value` under `key` with the engine's defaults (see
     /// [`set_with`](Self::set_with)).
-    pub async fn set(&self, key: &K, value: &V) -> Result<(), StoreUnavailable> {
+    ///
+    /// # Errors
+    ///
+    /// As [`set_with`](Self::set_with).
+    pub async fn set(&self, key: &K, value: &V) -> Result<(), SetError> {
         self.set_with(key, value, &LoadOptions::new()).await
     }
 
@@ -232,17 +266,13 @@ where
     ///
     /// # Errors
     ///
-    /// [`StoreUnavailable`] if Redis could not be told; the value is then in this
-    /// instance's L1 only.
-    pub async fn set_with(
-        &self,
-        key: &K,
-        value: &V,
-        opts: &LoadOptions,
-    ) -> Result<(), StoreUnavailable> {
+    /// [`SetError::Encode`] if the value does not serialise (checked before anything
+    /// changes); [`SetError::Store`] if Redis could not be told, and the value is then in
+    /// this instance's L1 only.
+    pub async fn set_with(&self, key: &K, value: &V, opts: &LoadOptions) -> Result<(), SetError> {
+        let bytes = serde_json::to_vec(value).map_err(SetError::Encode)?;
         let full = self.full_key(key);
         let told = self.engine.invalidate_key(&full).await;
-        let bytes = serde_json::to_vec(value).map_err(StoreUnavailable::backend)?;
         let tags = opts.tag_refs();
         let lifetimes = opts.lifetimes(self.engine.inner.defaults);
         self.engine
@@ -254,7 +284,7 @@ where
                 &tags,
             )
             .await;
-        told
+        told.map_err(SetError::Store)
     }
 
     /// Drops `key` here, from Redis, and from every instance's L1 (within milliseconds,
