@@ -4,6 +4,7 @@
 /// The value of cookie `name` in the request's `Cookie` headers, if present exactly once
 /// and well formed. Malformed headers and pairs are skipped, never an error: an attacker's
 /// bytes can at worst mean "no session".
+#[cfg_attr(not(feature = "db-route"), allow(dead_code))]
 pub(crate) fn find_cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a [u8]> {
     find_in(
         headers
@@ -36,11 +37,7 @@ pub(crate) fn find_in<'a>(
             let end = memchr::memchr(b';', &value[i..]).map_or(value.len(), |p| i + p);
             let pair = &value[i..end];
             if pair.len() > name.len() && pair[name.len()] == b'=' && pair.starts_with(name) {
-                let v = pair[name.len() + 1..].trim_ascii();
-                let v = v
-                    .strip_prefix(b"\"")
-                    .and_then(|v| v.strip_suffix(b"\""))
-                    .unwrap_or(v);
+                let v = unquote(pair[name.len() + 1..].trim_ascii());
                 if found.is_some() {
                     // Two cookies of one name: someone planted one (e.g. from a sibling
                     // domain). Trust neither.
@@ -52,6 +49,33 @@ pub(crate) fn find_in<'a>(
         }
     }
     found
+}
+
+/// A cookie value without the double quotes around it, if it has them.
+fn unquote(v: &[u8]) -> &[u8] {
+    v.strip_prefix(b"\"")
+        .and_then(|v| v.strip_suffix(b"\""))
+        .unwrap_or(v)
+}
+
+/// Hex digit values for a byte: 0x80 for anything that is not a digit (lowercase letters
+/// only unless `upper`), so that a run of lookups needs one check at the end.
+pub(crate) const fn hex_digits(upper: bool) -> [u8; 256] {
+    let mut t = [0x80u8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        if upper {
+            t[b'A' as usize + i] = 10 + i as u8;
+        }
+        i += 1;
+    }
+    t
 }
 
 #[cfg(test)]
@@ -71,11 +95,7 @@ mod tests {
                 else {
                     continue;
                 };
-                let v = rest.trim_ascii();
-                let v = v
-                    .strip_prefix(b"\"")
-                    .and_then(|v| v.strip_suffix(b"\""))
-                    .unwrap_or(v);
+                let v = unquote(rest.trim_ascii());
                 if found.is_some() {
                     return None;
                 }

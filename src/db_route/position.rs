@@ -128,21 +128,7 @@ impl ConsistencyToken {
 }
 
 /// Hex digit values (either case); 0x80 for anything else.
-const HEX: [u8; 256] = {
-    let mut t = [0x80u8; 256];
-    let mut i = 0;
-    while i < 10 {
-        t[b'0' as usize + i] = i as u8;
-        i += 1;
-    }
-    let mut i = 0;
-    while i < 6 {
-        t[b'a' as usize + i] = 10 + i as u8;
-        t[b'A' as usize + i] = 10 + i as u8;
-        i += 1;
-    }
-    t
-};
+const HEX: [u8; 256] = crate::cookie::hex_digits(true);
 
 /// 1 to 20 decimal digits as a `u64`; `None` for anything else or a value past `u64::MAX`.
 fn decimal(b: &[u8]) -> Option<u64> {
