@@ -120,11 +120,17 @@ pub(crate) struct Inner {
     pub(crate) shared: Arc<Shared>,
     /// Set by anything that will need a write: the layer's fast check after the handler.
     pub(crate) dirty: AtomicBool,
-    /// The request's cookies, read when the session is first used.
-    raw: RawCookies,
-    /// `None` until the session is first used: a request that never touches it builds no
-    /// state (and the handle stays small, cheap to make and to drop).
-    state: tokio::sync::Mutex<Option<Box<State>>>,
+    /// The request's cookies until the session is first used, then its state: a request
+    /// that never touches its session builds no state (the handle stays small, cheap to
+    /// make and to drop), and one that does lets go of the cookies once it has the id.
+    state: tokio::sync::Mutex<Slot>,
+}
+
+struct Slot {
+    /// Until first use.
+    raw: Option<RawCookies>,
+    /// From first use.
+    state: Option<Box<State>>,
 }
 
 /// The state behind a [`Session`], locked.
@@ -134,10 +140,12 @@ impl Inner {
     /// Locks the state, making it on first use (reading the id out of the cookies).
     pub(crate) async fn state(&self) -> StateGuard<'_> {
         let guard = self.state.lock().await;
-        tokio::sync::MutexGuard::map(guard, |s| {
-            &mut **s.get_or_insert_with(|| {
-                Box::new(State::new(self.raw.id(&self.shared.config.cookie_name)))
-            })
+        let name = &self.shared.config.cookie_name;
+        tokio::sync::MutexGuard::map(guard, |slot| {
+            let raw = &mut slot.raw;
+            &mut **slot
+                .state
+                .get_or_insert_with(|| Box::new(State::new(raw.take().and_then(|r| r.id(name)))))
         })
     }
 }
@@ -199,8 +207,10 @@ impl Session {
             inner: Arc::new(Inner {
                 shared,
                 dirty: AtomicBool::new(false),
-                raw,
-                state: tokio::sync::Mutex::new(None),
+                state: tokio::sync::Mutex::new(Slot {
+                    raw: Some(raw),
+                    state: None,
+                }),
             }),
         }
     }
