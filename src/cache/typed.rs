@@ -19,7 +19,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// `Display`), serialised with serde (JSON) for the Redis tier and kept decoded in L1.
 ///
 /// Every method degrades rather than fails when Redis does: reads fall back to L1 and the
-/// loader; only the `invalidate*` methods report that Redis could not be told.
+/// loader; only `set`, `set_with` and the `invalidate*` methods report that Redis could not
+/// be told.
 ///
 /// # Examples
 ///

@@ -19,7 +19,7 @@
 //!
 //! - A read goes to a healthy replica, in turn. A client that wrote carries a token with
 //!   the primary's position after its write (`pg_current_wal_insert_lsn()`); its reads go
-//!   to a replica only once that replica has replayed past it (`pg_last_wal_replay_lsn()`),
+//!   to the next replica in turn that has replayed past it (`pg_last_wal_replay_lsn()`),
 //!   else to the primary. A token without a position pins the client to the primary for
 //!   the time pin (2 s by default). A token is honoured for at most `token_max_age`, so a
 //!   forged or garbage one can at worst keep its client on the primary that long.

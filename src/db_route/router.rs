@@ -196,32 +196,49 @@ impl<P> DbRouter<P> {
     /// Where a read goes, for a client that carries `token` (checked against `now_ms`,
     /// milliseconds since the Unix epoch).
     pub fn route_read(&self, token: Option<&ConsistencyToken>, now_ms: u64) -> ReadRoute {
-        self.route(token, || now_ms)
+        self.route(token, || now_ms, self.turn())
     }
 
     /// [`route_read`](Self::route_read) for a token as the client sent it, whose age has
     /// not been checked. A token too old, or from the future, counts as none; but the
     /// clock is read only when the answer depends on it: a time pin, or a position that no
     /// healthy replica has replayed yet. Once a replica has replayed the client's write,
-    /// which is the usual case a few milliseconds after it, the token's age does not
-    /// matter: that replica is where the read would go without a token too.
+    /// which is the usual case a few milliseconds after it, the token's age cannot change
+    /// where the read goes, a replica: without the token it would go to the next healthy
+    /// replica in turn, with it to the next one that has replayed the write.
     pub(crate) fn route_carried(&self, token: &ConsistencyToken) -> ReadRoute {
         let max_age = self.inner.token_max_age;
-        if token.lsn.is_some() {
-            let route = self.route(Some(token), || 0);
-            if route != ReadRoute::Primary(PrimaryReason::NotReplayed) {
-                return route;
-            }
+        // One turn per request, whichever way it is routed.
+        let turn = self.turn();
+        if token.lsn.is_none() {
+            let now = super::position::now_ms();
+            let token = token.is_current(now, max_age).then_some(token);
+            return self.route(token, || now, turn);
+        }
+        // A token with a position never asks for the time.
+        let route = self.route(Some(token), || 0, turn);
+        if route != ReadRoute::Primary(PrimaryReason::NotReplayed) {
+            return route;
         }
         let now = super::position::now_ms();
         if token.is_current(now, max_age) {
-            self.route(Some(token), || now)
+            route
         } else {
-            self.route(None, || now)
+            self.route(None, || now, turn)
         }
     }
 
-    fn route(&self, token: Option<&ConsistencyToken>, now_ms: impl FnOnce() -> u64) -> ReadRoute {
+    /// The next turn of the round robin among replicas.
+    fn turn(&self) -> usize {
+        self.inner.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn route(
+        &self,
+        token: Option<&ConsistencyToken>,
+        now_ms: impl FnOnce() -> u64,
+        turn: usize,
+    ) -> ReadRoute {
         let inner = &*self.inner;
         let n = inner.replicas.len();
         if n == 0 {
@@ -241,7 +258,7 @@ impl<P> DbRouter<P> {
             Some(ConsistencyToken { lsn: Some(l), .. }) => Some(*l),
             None => None,
         };
-        let mut i = inner.next.fetch_add(1, Ordering::Relaxed) % n;
+        let mut i = turn % n;
         let mut any_healthy = false;
         for _ in 0..n {
             let slot = &inner.replicas[i];
@@ -654,6 +671,17 @@ mod tests {
                 }
             }
         }
+        // Stale tokens are routed as no token, one round-robin turn each: reads still
+        // alternate.
+        let stale = token(Some(u64::MAX), now - 31_000);
+        let mut seen = [0; 2];
+        for _ in 0..10 {
+            match router.route_carried(&stale) {
+                ReadRoute::Replica(i) => seen[i] += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(seen, [5, 5]);
         // No healthy replica: the primary, whatever the token.
         a.up.store(false, Ordering::Relaxed);
         b.up.store(false, Ordering::Relaxed);
