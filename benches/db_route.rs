@@ -12,13 +12,13 @@
 mod common;
 
 use std::convert::Infallible;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group};
 use http::{Request, Response};
 use http_body_util::Full;
-use tower::{Layer, Service, ServiceExt};
+use tower::Layer;
 use tower_scale::db_route::{
     ConsistencyToken, DbRouteLayer, DbRouter, Lsn, PositionSource, ReplicaPosition,
 };
@@ -48,29 +48,6 @@ fn request(cookie: Option<&str>) -> Request<Full<Bytes>> {
         r = r.header("cookie", c);
     }
     r.body(Full::new(Bytes::new())).unwrap()
-}
-
-#[inline(never)]
-fn run<S>(rt: &tokio::runtime::Runtime, svc: &S, cookie: Option<&str>, iters: u64) -> Duration
-where
-    S: Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>> + Clone,
-    S::Error: std::fmt::Debug,
-{
-    let mut svc = svc.clone();
-    rt.block_on(async {
-        let start = Instant::now();
-        for _ in 0..iters {
-            let resp = svc
-                .ready()
-                .await
-                .unwrap()
-                .call(request(cookie))
-                .await
-                .unwrap();
-            std::hint::black_box(resp);
-        }
-        start.elapsed()
-    })
 }
 
 fn benches(c: &mut Criterion) {
@@ -115,13 +92,20 @@ fn benches(c: &mut Criterion) {
         let cookie = with_token.then(cookie);
         let mut g = c.benchmark_group(group);
         g.bench_function("baseline", |b| {
-            b.iter_custom(|n| run(&rt, &baseline, cookie.as_deref(), n))
+            b.iter_custom(|n| common::run(&rt, &baseline, || request(cookie.as_deref()), n))
         });
         g.bench_function("extension-floor", |b| {
-            b.iter_custom(|n| run(&rt, &common::ExtensionFloor(baseline), cookie.as_deref(), n))
+            b.iter_custom(|n| {
+                common::run(
+                    &rt,
+                    &common::ExtensionFloor(baseline),
+                    || request(cookie.as_deref()),
+                    n,
+                )
+            })
         });
         g.bench_function("tower-scale", |b| {
-            b.iter_custom(|n| run(&rt, &ours, cookie.as_deref(), n))
+            b.iter_custom(|n| common::run(&rt, &ours, || request(cookie.as_deref()), n))
         });
         g.finish();
     }

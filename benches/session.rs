@@ -13,7 +13,7 @@
 mod common;
 
 use std::convert::Infallible;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group};
@@ -34,23 +34,14 @@ fn request(cookie: &Bytes) -> Request<Full<Bytes>> {
         .unwrap()
 }
 
-#[inline(never)]
+/// The measured loop over requests carrying `cookie`.
 fn run<S>(rt: &tokio::runtime::Runtime, svc: &S, cookie: &str, iters: u64) -> Duration
 where
     S: Service<Request<Full<Bytes>>> + Clone,
     S::Error: std::fmt::Debug,
 {
-    let mut svc = svc.clone();
     let cookie = Bytes::copy_from_slice(cookie.as_bytes());
-    rt.block_on(async {
-        let start = Instant::now();
-        for _ in 0..iters {
-            let ready = ServiceExt::<Request<Full<Bytes>>>::ready(&mut svc).await;
-            let resp = ready.unwrap().call(request(&cookie)).await.unwrap();
-            std::hint::black_box(resp);
-        }
-        start.elapsed()
-    })
+    common::run(rt, svc, || request(&cookie), iters)
 }
 
 fn ok() -> Resp {

@@ -5,9 +5,36 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
 
 use http::Request;
-use tower::Service;
+use tower::{Service, ServiceExt};
+
+/// The measured loop: `iters` requests made by `request`, each sent through `svc` and its
+/// answer dropped, on one thread. `scripts/bench-instructions.sh` divides this function's
+/// instructions by the calls of the bench's `request` function.
+#[inline(never)]
+pub fn run<S, B>(
+    rt: &tokio::runtime::Runtime,
+    svc: &S,
+    request: impl Fn() -> Request<B>,
+    iters: u64,
+) -> Duration
+where
+    S: Service<Request<B>> + Clone,
+    S::Error: std::fmt::Debug,
+{
+    let mut svc = svc.clone();
+    rt.block_on(async {
+        let start = Instant::now();
+        for _ in 0..iters {
+            let ready = ServiceExt::<Request<B>>::ready(&mut svc).await;
+            let resp = ready.unwrap().call(request()).await.unwrap();
+            std::hint::black_box(resp);
+        }
+        start.elapsed()
+    })
+}
 
 /// The floor of any layer that gives a handler per-request state through the request's
 /// extensions (where an axum extractor finds it) and looks at that state again when the
