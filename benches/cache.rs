@@ -12,11 +12,13 @@
 //!
 //! Added cost = median minus `baseline` where there is one.
 
+mod common;
+
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use criterion::{Criterion, criterion_group};
+use criterion::Criterion;
 use http::{Request, Response};
 use tower::{Layer, Service, ServiceExt};
 use tower_scale::cache::{Cache, CacheEngine, ResponseCacheLayer};
@@ -44,21 +46,12 @@ fn handler() -> impl Service<
     })
 }
 
-#[inline(never)]
 fn run<S, B>(rt: &tokio::runtime::Runtime, svc: &S, iters: u64) -> Duration
 where
     S: Service<Request<Body>, Response = Response<B>> + Clone,
     S::Error: std::fmt::Debug,
 {
-    let mut svc = svc.clone();
-    rt.block_on(async {
-        let start = Instant::now();
-        for _ in 0..iters {
-            let resp = svc.ready().await.unwrap().call(request()).await.unwrap();
-            std::hint::black_box(resp);
-        }
-        start.elapsed()
-    })
+    common::run(rt, svc, |_| request(), iters)
 }
 
 fn http_hit(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
@@ -231,13 +224,4 @@ fn benches(c: &mut Criterion) {
     l2_hit(c, &rt);
 }
 
-criterion_group! {
-    name = group;
-    config = Criterion::default().measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
-    targets = benches
-}
-
-fn main() {
-    group();
-    Criterion::default().configure_from_args().final_summary();
-}
+common::bench_main!(benches);

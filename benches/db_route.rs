@@ -12,10 +12,9 @@
 mod common;
 
 use std::convert::Infallible;
-use std::time::Duration;
 
 use bytes::Bytes;
-use criterion::{Criterion, criterion_group};
+use criterion::Criterion;
 use http::{Request, Response};
 use http_body_util::Full;
 use tower::Layer;
@@ -92,32 +91,23 @@ fn benches(c: &mut Criterion) {
         let cookie = with_token.then(cookie);
         let mut g = c.benchmark_group(group);
         g.bench_function("baseline", |b| {
-            b.iter_custom(|n| common::run(&rt, &baseline, || request(cookie.as_deref()), n))
+            b.iter_custom(|n| common::run(&rt, &baseline, |_| request(cookie.as_deref()), n))
         });
         g.bench_function("extension-floor", |b| {
             b.iter_custom(|n| {
                 common::run(
                     &rt,
                     &common::ExtensionFloor(baseline),
-                    || request(cookie.as_deref()),
+                    |_| request(cookie.as_deref()),
                     n,
                 )
             })
         });
         g.bench_function("tower-scale", |b| {
-            b.iter_custom(|n| common::run(&rt, &ours, || request(cookie.as_deref()), n))
+            b.iter_custom(|n| common::run(&rt, &ours, |_| request(cookie.as_deref()), n))
         });
         g.finish();
     }
 }
 
-criterion_group! {
-    name = group;
-    config = Criterion::default().measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
-    targets = benches
-}
-
-fn main() {
-    group();
-    Criterion::default().configure_from_args().final_summary();
-}
+common::bench_main!(benches);

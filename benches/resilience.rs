@@ -10,11 +10,13 @@
 //!
 //! Added cost = median minus `baseline` (the no-op service alone, same requests).
 
+mod common;
+
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use criterion::{Criterion, criterion_group};
+use criterion::Criterion;
 use http::{Request, Response};
 use http_body_util::Full;
 use tower::{Layer, Service, ServiceExt};
@@ -57,22 +59,12 @@ fn request(i: u64, hosts: &[String]) -> Request<Full<Bytes>> {
         .unwrap()
 }
 
-#[inline(never)]
 fn run<S>(rt: &tokio::runtime::Runtime, svc: &S, hosts: &[String], iters: u64) -> Duration
 where
     S: Service<Request<Full<Bytes>>, Response = Resp> + Clone,
     S::Error: std::fmt::Debug,
 {
-    let mut svc = svc.clone();
-    rt.block_on(async {
-        let start = Instant::now();
-        for i in 0..iters {
-            let req = request(i, hosts);
-            let resp = svc.ready().await.unwrap().call(req).await.unwrap();
-            std::hint::black_box(resp);
-        }
-        start.elapsed()
-    })
+    common::run(rt, svc, |i| request(i, hosts), iters)
 }
 
 fn benches(c: &mut Criterion) {
@@ -213,13 +205,4 @@ mod plain {
     }
 }
 
-criterion_group! {
-    name = group;
-    config = Criterion::default().measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
-    targets = benches, plain::benches
-}
-
-fn main() {
-    group();
-    Criterion::default().configure_from_args().final_summary();
-}
+common::bench_main!(benches, plain::benches);

@@ -16,7 +16,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use bytes::Bytes;
-use criterion::{Criterion, criterion_group};
+use criterion::Criterion;
 use http::{Request, Response};
 use http_body_util::Full;
 use tower::{Layer, Service, ServiceExt};
@@ -41,7 +41,7 @@ where
     S::Error: std::fmt::Debug,
 {
     let cookie = Bytes::copy_from_slice(cookie.as_bytes());
-    common::run(rt, svc, || request(&cookie), iters)
+    common::run(rt, svc, |_| request(&cookie), iters)
 }
 
 fn ok() -> Resp {
@@ -234,13 +234,4 @@ fn compare<O, T>(
     g.finish();
 }
 
-criterion_group! {
-    name = group;
-    config = Criterion::default().measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
-    targets = benches
-}
-
-fn main() {
-    group();
-    Criterion::default().configure_from_args().final_summary();
-}
+common::bench_main!(benches);

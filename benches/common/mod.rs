@@ -1,4 +1,6 @@
-//! Shared by the benches of layers that hand per-request state to handlers.
+//! Shared by the benches: the measured loop, the criterion set-up, and the floor of layers
+//! that hand per-request state to handlers. Each bench uses the parts it needs.
+#![allow(dead_code)]
 
 use std::future::Future;
 use std::pin::Pin;
@@ -10,14 +12,14 @@ use std::time::{Duration, Instant};
 use http::Request;
 use tower::{Service, ServiceExt};
 
-/// The measured loop: `iters` requests made by `request`, each sent through `svc` and its
-/// answer dropped, on one thread. `scripts/bench-instructions.sh` divides this function's
-/// instructions by the calls of the bench's `request` function.
+/// The measured loop: `iters` requests, the i-th made by `request(i)`, each sent through
+/// `svc` and its answer dropped, on one thread. `scripts/bench-instructions.sh` divides
+/// this function's instructions by the calls of the bench's `request` function.
 #[inline(never)]
 pub fn run<S, B>(
     rt: &tokio::runtime::Runtime,
     svc: &S,
-    request: impl Fn() -> Request<B>,
+    request: impl Fn(u64) -> Request<B>,
     iters: u64,
 ) -> Duration
 where
@@ -27,9 +29,9 @@ where
     let mut svc = svc.clone();
     rt.block_on(async {
         let start = Instant::now();
-        for _ in 0..iters {
+        for i in 0..iters {
             let ready = ServiceExt::<Request<B>>::ready(&mut svc).await;
-            let resp = ready.unwrap().call(request()).await.unwrap();
+            let resp = ready.unwrap().call(request(i)).await.unwrap();
             std::hint::black_box(resp);
         }
         start.elapsed()
@@ -83,3 +85,23 @@ impl<F: Future> Future for FloorFuture<F> {
         Poll::Ready(out)
     }
 }
+
+/// The bench binary's `main`: the given functions as one criterion group, 1 s of warm-up
+/// and 4 s of measurement per bench, then criterion's summary.
+macro_rules! bench_main {
+    ($($target:path),+ $(,)?) => {
+        criterion::criterion_group! {
+            name = group;
+            config = criterion::Criterion::default()
+                .measurement_time(std::time::Duration::from_secs(4))
+                .warm_up_time(std::time::Duration::from_secs(1));
+            targets = $($target),+
+        }
+
+        fn main() {
+            group();
+            criterion::Criterion::default().configure_from_args().final_summary();
+        }
+    };
+}
+pub(crate) use bench_main;
