@@ -101,6 +101,14 @@ impl std::error::Error for StoreUnavailable {
     }
 }
 
+/// The answer of an extractor whose layer is missing from the route: a 500 naming the
+/// layer (a server misconfiguration, not the client's fault).
+#[cfg(all(feature = "axum", any(feature = "session", feature = "db-route")))]
+pub(crate) fn missing_layer(message: &'static str) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (http::StatusCode::INTERNAL_SERVER_ERROR, message).into_response()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,6 +121,35 @@ mod tests {
             e.to_string(),
             "invalid `prefix`: must not contain `{` or `}`"
         );
+    }
+
+    /// A route whose layer is missing: the extractor's rejection is a 500 naming the layer.
+    #[cfg(all(feature = "axum", feature = "session", feature = "db-route"))]
+    #[tokio::test]
+    async fn extractors_without_their_layer_name_it() {
+        use axum::extract::FromRequestParts;
+        use axum::response::IntoResponse;
+        use http_body_util::BodyExt;
+
+        async fn rejection<T: FromRequestParts<()>>() -> (http::StatusCode, String)
+        where
+            T::Rejection: IntoResponse,
+        {
+            let (mut parts, ()) = http::Request::new(()).into_parts();
+            let Err(r) = T::from_request_parts(&mut parts, &()).await else {
+                panic!("extracted without its layer");
+            };
+            let res = r.into_response();
+            let status = res.status();
+            let body = res.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8(body.to_vec()).unwrap())
+        }
+        let (status, body) = rejection::<crate::session::Session>().await;
+        assert_eq!(status, http::StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(body.contains("SessionLayer"), "{body}");
+        let (status, body) = rejection::<crate::db_route::Db<()>>().await;
+        assert_eq!(status, http::StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(body.contains("DbRouteLayer"), "{body}");
     }
 
     #[test]

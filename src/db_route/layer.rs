@@ -413,11 +413,9 @@ pub struct MissingDbRouteLayer;
 #[cfg(feature = "axum")]
 impl axum::response::IntoResponse for MissingDbRouteLayer {
     fn into_response(self) -> axum::response::Response {
-        (
-            http::StatusCode::INTERNAL_SERVER_ERROR,
+        crate::error::missing_layer(
             "no database handles: the route is not behind tower_scale::db_route::DbRouteLayer",
         )
-            .into_response()
     }
 }
 

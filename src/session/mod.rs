@@ -77,11 +77,9 @@ pub struct MissingSessionLayer;
 #[cfg(feature = "axum")]
 impl axum::response::IntoResponse for MissingSessionLayer {
     fn into_response(self) -> axum::response::Response {
-        (
-            http::StatusCode::INTERNAL_SERVER_ERROR,
+        crate::error::missing_layer(
             "no session: the route is not behind tower_scale::session::SessionLayer",
         )
-            .into_response()
     }
 }
 
