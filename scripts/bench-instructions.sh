@@ -7,6 +7,9 @@
 #
 #   bash scripts/bench-instructions.sh rate_limit 'rate_limit/(global|peer-ip|x-forwarded-for)'
 #   bash scripts/bench-instructions.sh metrics 'metrics/service'
+#
+# KEEP=DIR keeps each profile as DIR/<group>_<bench>.cg, for a per-function view:
+#   callgrind_annotate DIR/resilience_retry_tower-scale.cg   (counts for all requests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bench=${1:?bench name, e.g. rate_limit}
@@ -43,4 +46,7 @@ for id in $ids; do
   [ -n "${per[$base]:-}" ] && added=$(( per[$id] - per[$base] ))
   printf '%-48s %14s %12s\n' "$id" "${per[$id]}" "$added"
 done
+if [ -n "${KEEP:-}" ]; then
+  mkdir -p "$KEEP" && cp "$out"/*.cg "$KEEP"/ && echo "profiles kept in $KEEP"
+fi
 rm -rf "$out"

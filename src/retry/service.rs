@@ -724,6 +724,19 @@ fn next_delay<C>(
 mod tests {
     use super::*;
 
+    /// The future every call returns is moved several times on its way to the executor:
+    /// the request copy for a retry lives boxed so that it stays small (it was 560 bytes
+    /// with the copy inline).
+    #[test]
+    fn the_response_future_stays_small() {
+        type Body = http_body_util::Full<Bytes>;
+        type Ready = std::future::Ready<Result<Response<Body>, std::convert::Infallible>>;
+        type Svc = tower::util::ServiceFn<fn(Request<ReplayBody<Body>>) -> Ready>;
+        let size = std::mem::size_of::<ResponseFuture<Svc, Body, HttpClassifier>>();
+        eprintln!("retry response future: {size} bytes");
+        assert!(size <= 320, "{size} bytes");
+    }
+
     #[test]
     fn retry_after_forms() {
         let h = |v: &str| {

@@ -436,3 +436,14 @@ impl Session {
         self.inner.dirty.store(true, Ordering::Release);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// An untouched request allocates only the handle: its state comes on first use.
+    #[test]
+    fn the_handle_stays_small() {
+        let size = std::mem::size_of::<super::Inner>();
+        eprintln!("session handle: {size} bytes, plus the reference counts");
+        assert!(size <= 128, "{size} bytes");
+    }
+}
