@@ -20,7 +20,7 @@
 //! | [`retry`] | retries with jittered backoff, a deadline, a budget and body replay | `retry` |
 //! | [`session`] | sessions in a store: hashed ids in cookies, lazy, merged per key | `session` |
 //! | [`cache`] | two-tier cache-aside (moka + Redis) for data and HTTP responses, invalidated everywhere | `cache` |
-//! | [`db_route`] | reads to replicas, writes to the primary, read-your-writes by WAL position (in progress) | `db-route`, `sqlx-postgres` |
+//! | [`db_route`] | reads to replicas, writes to the primary, read-your-writes by WAL position | `db-route`, `sqlx-postgres` |
 //! | [`clock`] | the time source of the in-process state machines | with `rate-limit`, `circuit-breaker`, `retry`, `session` or `cache` |
 //!
 //! The path of a request through a fully assembled service, and the layer still to come
