@@ -58,26 +58,6 @@ fn unquote(v: &[u8]) -> &[u8] {
         .unwrap_or(v)
 }
 
-/// Hex digit values for a byte: 0x80 for anything that is not a digit (lowercase letters
-/// only unless `upper`), so that a run of lookups needs one check at the end.
-pub(crate) const fn hex_digits(upper: bool) -> [u8; 256] {
-    let mut t = [0x80u8; 256];
-    let mut i = 0;
-    while i < 10 {
-        t[b'0' as usize + i] = i as u8;
-        i += 1;
-    }
-    let mut i = 0;
-    while i < 6 {
-        t[b'a' as usize + i] = 10 + i as u8;
-        if upper {
-            t[b'A' as usize + i] = 10 + i as u8;
-        }
-        i += 1;
-    }
-    t
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

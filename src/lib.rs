@@ -84,6 +84,8 @@ mod cookie;
 pub mod db_route;
 mod duration;
 mod error;
+#[cfg(any(feature = "session", feature = "db-route", feature = "cache"))]
+mod hex;
 pub mod key;
 #[cfg(feature = "metrics")]
 pub mod metrics;

@@ -257,14 +257,10 @@ fn expires_lifetime(expires: &HeaderValue, date: Option<&HeaderValue>) -> Option
 /// A strong validator from the body: 128 bits of its SHA-256, so every instance gives the
 /// same response the same tag.
 pub(crate) fn etag_for(body: &[u8]) -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = Sha256::digest(body);
     let mut tag = Vec::with_capacity(34);
     tag.push(b'"');
-    for b in &digest[..16] {
-        tag.push(HEX[usize::from(b >> 4)]);
-        tag.push(HEX[usize::from(b & 15)]);
-    }
+    crate::hex::encode_into(&digest[..16], &mut tag);
     tag.push(b'"');
     HeaderValue::from_bytes(&tag).expect("hex digits are a valid header value")
 }

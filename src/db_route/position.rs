@@ -128,7 +128,7 @@ impl ConsistencyToken {
 }
 
 /// Hex digit values (either case); 0x80 for anything else.
-const HEX: [u8; 256] = crate::cookie::hex_digits(true);
+const HEX: [u8; 256] = crate::hex::digits(true);
 
 /// 1 to 20 decimal digits as a `u64`; `None` for anything else or a value past `u64::MAX`.
 fn decimal(b: &[u8]) -> Option<u64> {

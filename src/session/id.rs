@@ -31,7 +31,7 @@ impl SessionId {
 
     /// The cookie value: 64 lowercase hex digits.
     pub(crate) fn to_cookie(&self) -> String {
-        hex(&self.0)
+        crate::hex::encode(&self.0)
     }
 
     /// Reads a cookie value: exactly 64 lowercase hex digits, else `None`.
@@ -53,22 +53,12 @@ impl SessionId {
     /// What the store keeps instead of the id: its SHA-256, as 64 hex digits. Someone who
     /// reads the store learns no id they could send back as a cookie.
     pub(crate) fn storage_key(&self) -> String {
-        hex(&Sha256::digest(self.0))
+        crate::hex::encode(&Sha256::digest(self.0))
     }
 }
 
 /// Lowercase hex digit values; 0x80 for anything else.
-const HEX: [u8; 256] = crate::cookie::hex_digits(false);
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 15)]));
-    }
-    s
-}
+const HEX: [u8; 256] = crate::hex::digits(false);
 
 /// The request's `Cookie` header, kept as it came until the session is first used, so a
 /// request that never touches its session never parses it.
