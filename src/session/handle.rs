@@ -2,8 +2,8 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -120,33 +120,26 @@ pub(crate) struct Inner {
     pub(crate) shared: Arc<Shared>,
     /// Set by anything that will need a write: the layer's fast check after the handler.
     pub(crate) dirty: AtomicBool,
-    /// The request's cookies until the session is first used, then its state: a request
-    /// that never touches its session builds no state (the handle stays small, cheap to
-    /// make and to drop), and one that does lets go of the cookies once it has the id.
-    state: tokio::sync::Mutex<Slot>,
-}
-
-struct Slot {
-    /// Until first use.
-    raw: Option<RawCookies>,
-    /// From first use.
-    state: Option<Box<State>>,
+    /// The request's cookies, read for the id on first use.
+    raw: RawCookies,
+    /// The state, made on first use: a request that never touches its session builds no
+    /// state and no lock (the handle stays small, cheap to make and to drop).
+    state: OnceLock<Box<tokio::sync::Mutex<State>>>,
 }
 
 /// The state behind a [`Session`], locked.
-pub(crate) type StateGuard<'a> = tokio::sync::MappedMutexGuard<'a, State>;
+pub(crate) type StateGuard<'a> = tokio::sync::MutexGuard<'a, State>;
 
 impl Inner {
     /// Locks the state, making it on first use (reading the id out of the cookies).
     pub(crate) async fn state(&self) -> StateGuard<'_> {
-        let guard = self.state.lock().await;
-        let name = &self.shared.config.cookie_name;
-        tokio::sync::MutexGuard::map(guard, |slot| {
-            let raw = &mut slot.raw;
-            &mut **slot
-                .state
-                .get_or_insert_with(|| Box::new(State::new(raw.take().and_then(|r| r.id(name)))))
-        })
+        self.state
+            .get_or_init(|| {
+                let id = self.raw.id(&self.shared.config.cookie_name);
+                Box::new(tokio::sync::Mutex::new(State::new(id)))
+            })
+            .lock()
+            .await
     }
 }
 
@@ -207,10 +200,8 @@ impl Session {
             inner: Arc::new(Inner {
                 shared,
                 dirty: AtomicBool::new(false),
-                state: tokio::sync::Mutex::new(Slot {
-                    raw: Some(raw),
-                    state: None,
-                }),
+                raw,
+                state: OnceLock::new(),
             }),
         }
     }
@@ -444,6 +435,6 @@ mod tests {
     fn the_handle_stays_small() {
         let size = std::mem::size_of::<super::Inner>();
         eprintln!("session handle: {size} bytes, plus the reference counts");
-        assert!(size <= 128, "{size} bytes");
+        assert!(size <= 96, "{size} bytes");
     }
 }
