@@ -3,12 +3,24 @@
 
 const DIGITS: &[u8; 16] = b"0123456789abcdef";
 
+/// Each byte's two digits: one lookup per byte.
+const PAIRS: [[u8; 2]; 256] = {
+    let mut t = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [DIGITS[i >> 4], DIGITS[i & 15]];
+        i += 1;
+    }
+    t
+};
+
 /// `bytes` as lowercase hex digits, appended to `out`.
 pub(crate) fn encode_into(bytes: &[u8], out: &mut Vec<u8>) {
-    out.reserve(bytes.len() * 2);
-    for b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)]);
-        out.push(DIGITS[usize::from(b & 15)]);
+    let start = out.len();
+    // Sized once, then written a pair at a time: no capacity check per digit.
+    out.resize(start + bytes.len() * 2, 0);
+    for (pair, &b) in out[start..].chunks_exact_mut(2).zip(bytes) {
+        pair.copy_from_slice(&PAIRS[usize::from(b)]);
     }
 }
 
@@ -17,6 +29,7 @@ pub(crate) fn encode_into(bytes: &[u8], out: &mut Vec<u8>) {
 pub(crate) fn encode(bytes: &[u8]) -> String {
     let mut out = Vec::with_capacity(bytes.len() * 2);
     encode_into(bytes, &mut out);
+    // Hex digits are ASCII: the check always passes.
     String::from_utf8(out).unwrap_or_default()
 }
 
@@ -48,6 +61,9 @@ mod tests {
     #[test]
     fn encodes_and_decodes() {
         assert_eq!(encode(&[0x00, 0x9f, 0xa0, 0xff]), "009fa0ff");
+        let mut tag = b"W/\"".to_vec();
+        encode_into(&[0x01, 0xfe], &mut tag);
+        assert_eq!(tag, b"W/\"01fe", "appends after what is there");
         let lower = digits(false);
         let any = digits(true);
         for (c, v) in "0123456789abcdef".bytes().zip(0u8..) {

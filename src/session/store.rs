@@ -111,10 +111,14 @@ impl std::fmt::Debug for MemoryStore {
     }
 }
 
+/// Its keys are storage keys (hashes of ids the server made) and user names the
+/// application chose, never bytes a client picks, so a fast hasher is safe here.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 #[derive(Default)]
 struct Mem {
-    sessions: HashMap<String, Entry>,
-    users: HashMap<String, HashSet<String>>,
+    sessions: FastMap<String, Entry>,
+    users: FastMap<String, HashSet<String, foldhash::fast::RandomState>>,
     ops: u64,
 }
 
@@ -123,6 +127,13 @@ struct Entry {
     created_us: u64,
     touched_us: u64,
     expires_us: u64,
+}
+
+impl Entry {
+    /// Neither idle nor absolute timeout has passed.
+    fn alive(&self, now: u64, life: Lifetimes) -> bool {
+        now < self.expires_us && now.saturating_sub(self.created_us) < us(life.absolute)
+    }
 }
 
 impl Default for MemoryStore {
@@ -167,16 +178,19 @@ impl MemoryStore {
     fn load_sync(&self, key: &str, life: Lifetimes) -> Option<Record> {
         let now = self.clock.now_us();
         let mut m = self.lock();
-        if m.alive(key, now, life) {
-            let e = m.sessions.get_mut(key).expect("alive");
-            if now.saturating_sub(e.touched_us) >= us(life.touch_every) {
-                e.touched_us = now;
-                e.expires_us = now.saturating_add(us(life.idle));
+        match m.sessions.get_mut(key) {
+            Some(e) if e.alive(now, life) => {
+                if now.saturating_sub(e.touched_us) >= us(life.touch_every) {
+                    e.touched_us = now;
+                    e.expires_us = now.saturating_add(us(life.idle));
+                }
+                Some(e.record.clone())
             }
-            Some(e.record.clone())
-        } else {
-            m.remove(key);
-            None
+            Some(_) => {
+                m.remove(key);
+                None
+            }
+            None => None,
         }
     }
 
@@ -187,9 +201,7 @@ impl MemoryStore {
 
 impl Mem {
     fn alive(&self, key: &str, now: u64, life: Lifetimes) -> bool {
-        self.sessions.get(key).is_some_and(|e| {
-            now < e.expires_us && now.saturating_sub(e.created_us) < us(life.absolute)
-        })
+        self.sessions.get(key).is_some_and(|e| e.alive(now, life))
     }
 
     fn remove(&mut self, key: &str) -> Option<Entry> {
