@@ -41,10 +41,10 @@ impl SessionId {
         }
         let mut b = [0u8; 32];
         let mut bad = 0u8;
-        for (i, pair) in v.chunks_exact(2).enumerate() {
+        for (out, pair) in b.iter_mut().zip(v.chunks_exact(2)) {
             let (hi, lo) = (HEX[usize::from(pair[0])], HEX[usize::from(pair[1])]);
             bad |= hi | lo;
-            b[i] = (hi << 4) | (lo & 15);
+            *out = (hi << 4) | (lo & 15);
         }
         // Invalid digits map to 0x80: one check at the end instead of one per digit.
         (bad & 0x80 == 0).then_some(SessionId(b))
