@@ -186,9 +186,24 @@ fn benches(c: &mut Criterion) {
         .layer(tower::util::MapResponseLayer::new(
             |r: axum::response::Response| r,
         ));
+    // The floor in a router: the flag layer, the handler taking the flag as an extractor.
+    let floor_router = axum::Router::new()
+        .route(
+            "/me",
+            axum::routing::get(
+                |axum::Extension(f): axum::Extension<Arc<AtomicBool>>| async move {
+                    std::hint::black_box(f);
+                    "ok"
+                },
+            ),
+        )
+        .layer(tower::layer::layer_fn(common::ExtensionFloor));
     let mut g = c.benchmark_group("session/router-untouched");
     g.bench_function("passthrough-layer", |b| {
         b.iter_custom(|n| run(&rt, &bare, &cookies.ours, n))
+    });
+    g.bench_function("extension-floor", |b| {
+        b.iter_custom(|n| run(&rt, &floor_router, &cookies.ours, n))
     });
     g.bench_function("tower-scale", |b| {
         b.iter_custom(|n| run(&rt, &ours_router, &cookies.ours, n))

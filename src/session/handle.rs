@@ -120,7 +120,8 @@ pub(crate) struct Inner {
     pub(crate) shared: Arc<Shared>,
     /// Set by anything that will need a write: the layer's fast check after the handler.
     pub(crate) dirty: AtomicBool,
-    /// The request's cookies, read for the id on first use.
+    /// The request's cookies, read for the id on first use and kept as long as the handle
+    /// (for a request read by hyper, a reference count on its read buffer).
     raw: RawCookies,
     /// The state, made on first use: a request that never touches its session builds no
     /// state and no lock (the handle stays small, cheap to make and to drop).

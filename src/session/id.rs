@@ -60,8 +60,8 @@ impl SessionId {
 /// Lowercase hex digit values; 0x80 for anything else.
 const HEX: [u8; 256] = crate::hex::digits(false);
 
-/// The request's `Cookie` header, kept as it came until the session is first used, so a
-/// request that never touches its session never parses it.
+/// The request's `Cookie` header, kept as it came and read only if the session is used,
+/// so a request that never touches its session never parses it.
 pub(crate) enum RawCookies {
     /// No `Cookie` header.
     None,

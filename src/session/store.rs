@@ -111,14 +111,15 @@ impl std::fmt::Debug for MemoryStore {
     }
 }
 
-/// Its keys are storage keys (hashes of ids the server made) and user names the
-/// application chose, never bytes a client picks, so a fast hasher is safe here.
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+/// Sessions by storage key. The keys are SHA-256 digests (of ids the server made, or of
+/// whatever a client sends, for lookups), which no client can steer, so a fast hasher is
+/// safe here. The user index keeps the standard one: user names may come from clients.
+type Sessions = HashMap<String, Entry, foldhash::fast::RandomState>;
 
 #[derive(Default)]
 struct Mem {
-    sessions: FastMap<String, Entry>,
-    users: FastMap<String, HashSet<String, foldhash::fast::RandomState>>,
+    sessions: Sessions,
+    users: HashMap<String, HashSet<String>>,
     ops: u64,
 }
 
