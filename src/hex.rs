@@ -14,14 +14,19 @@ const PAIRS: [[u8; 2]; 256] = {
     t
 };
 
+/// `bytes` as lowercase hex digits, written over `out`, two a byte (as far as both go).
+pub(crate) fn encode_to(bytes: &[u8], out: &mut [u8]) {
+    for (pair, &b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair.copy_from_slice(&PAIRS[usize::from(b)]);
+    }
+}
+
 /// `bytes` as lowercase hex digits, appended to `out`.
 pub(crate) fn encode_into(bytes: &[u8], out: &mut Vec<u8>) {
     let start = out.len();
     // Sized once, then written a pair at a time: no capacity check per digit.
     out.resize(start + bytes.len() * 2, 0);
-    for (pair, &b) in out[start..].chunks_exact_mut(2).zip(bytes) {
-        pair.copy_from_slice(&PAIRS[usize::from(b)]);
-    }
+    encode_to(bytes, &mut out[start..]);
 }
 
 /// `bytes` as lowercase hex digits.

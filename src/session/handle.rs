@@ -212,12 +212,12 @@ impl Session {
         if s.loaded.is_none() {
             let record = match &s.sent {
                 Some(id) => {
-                    let key = id.storage_key();
-                    let shared = &self.inner.shared;
+                    let key = id.storage_key_digits();
+                    let (key, shared) = (key.as_str(), &self.inner.shared);
                     let life = shared.config.life;
-                    let answer = match shared.store.load_now(&key, life) {
+                    let answer = match shared.store.load_now(key, life) {
                         Some(answer) => answer,
-                        None => shared.store.load(&key, life).await,
+                        None => shared.store.load(key, life).await,
                     };
                     answer.map_err(|e| {
                         ::metrics::counter!("tower_scale.session.store_errors").increment(1);

@@ -53,7 +53,24 @@ impl SessionId {
     /// What the store keeps instead of the id: its SHA-256, as 64 hex digits. Someone who
     /// reads the store learns no id they could send back as a cookie.
     pub(crate) fn storage_key(&self) -> String {
-        crate::hex::encode(&Sha256::digest(self.0))
+        self.storage_key_digits().as_str().to_owned()
+    }
+
+    /// [`storage_key`](Self::storage_key) on the stack, for a lookup.
+    pub(crate) fn storage_key_digits(&self) -> StorageKey {
+        let mut digits = [0; 64];
+        crate::hex::encode_to(&Sha256::digest(self.0), &mut digits);
+        StorageKey(digits)
+    }
+}
+
+/// A storage key (64 hex digits) that needs no allocation.
+pub(crate) struct StorageKey([u8; 64]);
+
+impl StorageKey {
+    pub(crate) fn as_str(&self) -> &str {
+        // Hex digits are ASCII: the check always passes.
+        std::str::from_utf8(&self.0).unwrap_or_default()
     }
 }
 
@@ -120,6 +137,12 @@ mod tests {
         assert_eq!(c.len(), 64);
         assert_eq!(SessionId::from_cookie(c.as_bytes()), Some(id.clone()));
         assert_ne!(id.storage_key(), c, "the store never holds the id");
+        assert_eq!(id.storage_key_digits().as_str(), id.storage_key());
+        // The stored form: lowercase hex of SHA-256 (keys written before stay valid).
+        assert_eq!(
+            SessionId([0; 32]).storage_key(),
+            "66687aadf862bd776c8fc18b8e9f8e20089714856ee233b3902a591d0d5f2925"
+        );
         assert_ne!(SessionId::random(), id);
         assert_eq!(format!("{id:?}"), "SessionId(..)");
     }
