@@ -1,5 +1,6 @@
-//! Hex digits: the one encoder and the one decoding table, for session ids and their
-//! storage keys, routing tokens and response ETags.
+//! Hex digits: the one encoder (session ids and their storage keys, routing tokens,
+//! response ETags) and the decoders: a table (routing tokens) and eight digits at a time
+//! (session ids).
 
 const DIGITS: &[u8; 16] = b"0123456789abcdef";
 
@@ -38,9 +39,35 @@ pub(crate) fn encode(bytes: &[u8]) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH: u64 = 0x8080_8080_8080_8080;
+
+/// The high bit of each byte lane set where the byte is at least `lo`; exact for lanes
+/// below 0x80 (no carry crosses a lane), which is all that [`decode8`] accepts.
+#[cfg_attr(not(feature = "session"), allow(dead_code))]
+const fn at_least(lanes: u64, lo: u8) -> u64 {
+    lanes.wrapping_add(ONES * (0x80 - lo as u64)) & HIGH
+}
+
+/// Eight lowercase hex digits (the lanes of a little-endian `u64`, first digit lowest) as
+/// four bytes, and a mask that is nonzero if any lane is not such a digit.
+#[cfg_attr(not(feature = "session"), allow(dead_code))]
+pub(crate) const fn decode8(lanes: u64) -> ([u8; 4], u64) {
+    let digit = at_least(lanes, b'0') & !at_least(lanes, b'9' + 1);
+    let letter = at_least(lanes, b'a') & !at_least(lanes, b'f' + 1);
+    let bad = (lanes & HIGH) | ((digit | letter) ^ HIGH);
+    // Each digit's value: its low four bits, plus 9 for a letter (bit 6 set).
+    let n = (lanes & 0x0f0f_0f0f_0f0f_0f0f) + ((lanes >> 6) & ONES) * 9;
+    // Pairs of lanes into bytes (first digit high), then the bytes side by side.
+    let mut t = ((n & 0x00ff_00ff_00ff_00ff) << 4) | ((n >> 8) & 0x00ff_00ff_00ff_00ff);
+    t = (t | (t >> 8)) & 0x0000_ffff_0000_ffff;
+    t = (t | (t >> 16)) & 0xffff_ffff;
+    ((t as u32).to_le_bytes(), bad)
+}
+
 /// Hex digit values for a byte: 0x80 for anything that is not a digit (lowercase letters
 /// only unless `upper`), so that a run of lookups needs one check at the end.
-#[cfg_attr(not(any(feature = "session", feature = "db-route")), allow(dead_code))]
+#[cfg_attr(not(feature = "db-route"), allow(dead_code))]
 pub(crate) const fn digits(upper: bool) -> [u8; 256] {
     let mut t = [0x80u8; 256];
     let mut i = 0;
