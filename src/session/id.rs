@@ -213,11 +213,24 @@ mod tests {
 
     proptest! {
         #[test]
-        fn ids_decode_as_defined(v in proptest::collection::vec(
-            proptest::sample::select(b"0123456789abcdefABCDEFgz/:`@G\x80\xff ".to_vec()),
-            64,
-        )) {
+        fn ids_decode_as_defined(
+            id in proptest::collection::vec(proptest::sample::select(b"0123456789abcdef".to_vec()), 64),
+            spoilt in proptest::collection::vec(
+                (0..64usize, proptest::sample::select(b"ABCDEFgz/:`@G\x80\xff ".to_vec())),
+                0..3,
+            ),
+        ) {
+            let mut v = id;
+            for (pos, byte) in spoilt {
+                v[pos] = byte;
+            }
             prop_assert_eq!(SessionId::from_cookie(&v), reference(&v));
+        }
+
+        #[test]
+        fn any_id_round_trips(bytes in any::<[u8; 32]>()) {
+            let id = SessionId(bytes);
+            prop_assert_eq!(SessionId::from_cookie(id.to_cookie().as_bytes()), Some(id));
         }
 
         #[test]
