@@ -887,10 +887,7 @@ async fn with_postgres_reads_go_to_the_replica_and_a_writer_reads_its_write() {
         .await
         .unwrap();
     tokio::spawn(conn);
-    replica
-        .execute("SELECT pg_wal_replay_pause()", &[])
-        .await
-        .unwrap();
+    support::pause_replay(&replica_url).await;
     let session = login(base, "writer").await;
     let put = put_product(base, &session, 2, "Written", 7).await;
     assert_eq!(put.status, StatusCode::OK);

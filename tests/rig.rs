@@ -82,19 +82,7 @@ async fn replica_streams_from_primary_and_pauses() {
 
     // With replay paused, a new row is held back; after resume it arrives.
     let _resume = ResumeOnDrop(support::pg_replica_url());
-    replica
-        .execute("SELECT pg_wal_replay_pause()", &[])
-        .await
-        .unwrap();
-    support::eventually("replay paused", Duration::from_secs(5), || async {
-        let state: String = replica
-            .query_one("SELECT pg_get_wal_replay_pause_state()", &[])
-            .await
-            .unwrap()
-            .get(0);
-        (state == "paused").then_some(())
-    })
-    .await;
+    support::pause_replay(&support::pg_replica_url()).await;
     primary
         .execute(&format!("INSERT INTO {table} VALUES (2)"), &[])
         .await

@@ -101,16 +101,13 @@ mod tests {
         // Known values: a change here would move every user's data.
         assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
-        let shards = Shards::new((0..10).collect()).unwrap();
-        let got: Vec<usize> = ["user:1", "user:2", "user:3", "tenant:acme"]
-            .iter()
-            .map(|k| shards.index_of(k))
-            .collect();
-        let again: Vec<usize> = ["user:1", "user:2", "user:3", "tenant:acme"]
-            .iter()
-            .map(|k| shards.index_of(k))
-            .collect();
-        assert_eq!(got, again);
+        // Computed apart from this code (FNV-1a, then jump consistent hash as published).
+        let keys = ["user:1", "user:2", "user:3", "tenant:acme"];
+        for (n, want) in [(3, [0, 2, 1, 1]), (10, [5, 7, 6, 1]), (11, [5, 7, 6, 1])] {
+            let shards = Shards::new((0..n).collect()).unwrap();
+            let got = keys.map(|k| shards.index_of(k));
+            assert_eq!(got, want, "{n} shards");
+        }
         assert!(Shards::<u8>::new(vec![]).is_err());
         assert_eq!(Shards::new(vec![7]).unwrap().for_key("anything"), &7);
     }

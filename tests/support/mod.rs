@@ -171,6 +171,29 @@ where
     }
 }
 
+/// Pauses WAL replay on the replica at `replica_url` and waits until it is paused
+/// (`pg_wal_replay_pause()` only asks; a record may still be replayed until then).
+#[allow(dead_code)]
+pub async fn pause_replay(replica_url: &str) {
+    let (client, conn) = tokio_postgres::connect(replica_url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {replica_url}: {e}"));
+    tokio::spawn(conn);
+    client
+        .execute("SELECT pg_wal_replay_pause()", &[])
+        .await
+        .unwrap();
+    eventually("replay paused", Duration::from_secs(5), || async {
+        let state: String = client
+            .query_one("SELECT pg_get_wal_replay_pause_state()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        (state == "paused").then_some(())
+    })
+    .await;
+}
+
 /// Applies a layer to a service (`Layer::layer`, callable as a method on the layer).
 pub trait LayerExt {
     fn layer_service<S>(&self, inner: S) -> <Self as tower::Layer<S>>::Service
