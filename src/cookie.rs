@@ -3,7 +3,7 @@
 
 /// The value of cookie `name` in the request's `Cookie` headers, if present exactly once
 /// and well formed. Malformed headers and pairs are skipped, never an error: an attacker's
-/// bytes can at worst mean "no session".
+/// bytes can at worst mean "no cookie" (no session, no routing token).
 #[cfg_attr(not(feature = "db-route"), allow(dead_code))]
 pub(crate) fn find_cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a [u8]> {
     find_in(
@@ -49,6 +49,14 @@ pub(crate) fn find_in<'a>(
         }
     }
     found
+}
+
+/// True for a valid cookie name: a non-empty HTTP token (RFC 6265 with RFC 9110's
+/// `tchar`).
+pub(crate) fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// A cookie value without the double quotes around it, if it has them.

@@ -83,6 +83,16 @@ pub(crate) fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
+/// Whole milliseconds, saturating at `u64::MAX`: how Redis expiries and routing tokens
+/// count time.
+#[cfg(any(
+    all(feature = "redis", any(feature = "cache", feature = "session")),
+    feature = "db-route"
+))]
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,6 @@
-//! Hex digits: the one encoder (session ids and their storage keys, routing tokens,
-//! response ETags) and the decoders: a table (routing tokens) and eight digits at a time
-//! (session ids).
+//! Hex digits: the encoder of session ids, their storage keys and response ETags, and the
+//! decoders: a table (routing tokens, whose positions `format!` writes) and eight digits
+//! at a time (session ids).
 
 const DIGITS: &[u8; 16] = b"0123456789abcdef";
 

@@ -23,8 +23,8 @@
 //! | [`db_route`] | reads to replicas, writes to the primary, read-your-writes by WAL position | `db-route`, `sqlx-postgres` |
 //! | [`clock`] | the time source of the in-process state machines | with `rate-limit`, `circuit-breaker`, `retry`, `session` or `cache` |
 //!
-//! The path of a request through a fully assembled service, and the layer still to come
-//! (db routing), are described in `docs/architecture.md`.
+//! The path of a request through a fully assembled service is described in
+//! `docs/architecture.md`.
 //!
 //! # Example
 //!

@@ -57,11 +57,10 @@ use catalog::{Catalog, Embedded};
 use config::Config;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
-use tower_scale::db_route::{Db, DbRouteLayer, DbRouter};
+use tower_scale::db_route::{Db, DbRouteLayer, DbRouter, X_DB_ROUTE};
 
 const X_SERVED_BY: HeaderName = HeaderName::from_static("x-served-by");
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-const X_DB_ROUTE: HeaderName = HeaderName::from_static("x-db-route");
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 struct AppState {

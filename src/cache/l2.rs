@@ -203,7 +203,7 @@ impl L2 {
         tags: &[&str],
         fence: &Fence,
     ) -> Option<bool> {
-        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let ms = crate::duration::millis;
         let ttl_ms = ms(ttl).clamp(1, MAX_ENTRY_MS);
         let swr_ms = ms(lifetimes.swr).min(MAX_ENTRY_MS - ttl_ms);
         let sie_ms = ms(lifetimes.sie).min(MAX_ENTRY_MS - ttl_ms);

@@ -65,11 +65,19 @@ impl<P> fmt::Debug for Db<P> {
 }
 
 impl<P> Db<P> {
-    /// The handle for this request's reads: a replica, or the primary when the request
-    /// writes, the client must see its own recent write, or no replica is healthy.
+    /// The handle for this request's reads: a replica, or the primary when the request's
+    /// intent is to write, it has already used [`writer`](Self::writer), the client must
+    /// see its own recent write, or no replica is healthy. For a request that writes, this
+    /// is the writer (and counts as using it).
     pub fn reader(&self) -> &P {
-        self.inner.used.fetch_or(USED_READER, Ordering::Relaxed);
-        self.inner.router.handle(self.inner.read)
+        let s = &*self.inner;
+        if matches!(s.read, ReadRoute::Primary(PrimaryReason::Write))
+            || s.used.load(Ordering::Relaxed) & USED_WRITER != 0
+        {
+            return self.writer();
+        }
+        s.used.fetch_or(USED_READER, Ordering::Relaxed);
+        s.router.handle(s.read)
     }
 
     /// The primary. Using it marks the request as writing: the client gets a token, so
@@ -93,7 +101,8 @@ pub struct DbRouteLayer<P> {
 struct Settings<P> {
     router: DbRouter<P>,
     cookie: String,
-    secure: bool,
+    /// What follows `name=token` in the `Set-Cookie`.
+    cookie_attributes: String,
     route_header: bool,
     intent: Option<IntentFn>,
 }
@@ -183,22 +192,26 @@ impl<P> DbRouteLayerBuilder<P> {
     ///
     /// A [`ConfigError`] for a cookie name that is not a cookie token.
     pub fn build(self) -> Result<DbRouteLayer<P>, ConfigError> {
-        if self.cookie.is_empty()
-            || !self
-                .cookie
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        {
+        if !crate::cookie::is_token(&self.cookie) {
             return Err(ConfigError::new(
                 "cookie_name",
-                "must be a non-empty token of ASCII letters, digits, `-`, `_` and `.`",
+                format!(
+                    "{:?} is not a cookie name (letters, digits, !#$%&'*+-.^_`|~)",
+                    self.cookie
+                ),
             ));
         }
+        // The `Set-Cookie` around a token, made once.
+        let cookie_attributes = format!(
+            "; Path=/; Max-Age={}; HttpOnly; SameSite=Lax{}",
+            self.router.token_max_age().as_secs().max(1),
+            if self.secure { "; Secure" } else { "" }
+        );
         Ok(DbRouteLayer {
             settings: Arc::new(Settings {
                 router: self.router,
                 cookie: self.cookie,
-                secure: self.secure,
+                cookie_attributes,
                 route_header: self.route_header,
                 intent: self.intent,
             }),
@@ -285,11 +298,7 @@ where
             inner: Arc::new(DbState {
                 router: s.router.clone(),
                 read,
-                used: AtomicU8::new(if intent == Intent::Write {
-                    USED_WRITER
-                } else {
-                    0
-                }),
+                used: AtomicU8::new(0),
             }),
         };
         parts.extensions.insert(db.clone());
@@ -367,10 +376,19 @@ where
                     }
                     let router = db.inner.router.clone();
                     let fut: PositionFuture = Box::pin(async move {
-                        match router.writer().write_position().await {
-                            Ok(l) => Some(l),
-                            Err(e) => {
+                        // Bounded like a health check: a slow primary delays the response
+                        // by at most the check timeout, and the client gets a time pin.
+                        let read = router.writer().write_position();
+                        match tokio::time::timeout(router.check_timeout(), read).await {
+                            Ok(Ok(l)) => Some(l),
+                            Ok(Err(e)) => {
                                 tracing::debug!(error = %e, "primary position unavailable; the client gets a time pin");
+                                None
+                            }
+                            Err(_) => {
+                                tracing::debug!(
+                                    "primary position timed out; the client gets a time pin"
+                                );
                                 None
                             }
                         }
@@ -388,16 +406,11 @@ where
                         issued_ms: now_ms(),
                     };
                     let s = &**this.settings;
-                    let cookie = format!(
-                        "{}={}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax{}",
-                        s.cookie,
-                        token.encode(),
-                        s.router.token_max_age().as_secs().max(1),
-                        if s.secure { "; Secure" } else { "" }
-                    );
-                    if let Ok(v) = HeaderValue::from_str(&cookie) {
-                        res.headers_mut().append(header::SET_COOKIE, v);
-                    }
+                    let cookie = format!("{}={}{}", s.cookie, token.encode(), s.cookie_attributes);
+                    // A validated name, a token of digits, hex, `.` and `-`, and fixed
+                    // attributes.
+                    let cookie = HeaderValue::try_from(cookie).expect("a valid Set-Cookie");
+                    res.headers_mut().append(header::SET_COOKIE, cookie);
                     return Poll::Ready(Ok(res));
                 }
             }
@@ -516,6 +529,84 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(350)).await;
         let res = send(Method::GET, Some(cookie)).await;
         assert_eq!(res.headers()[X_DB_ROUTE], "replica", "the pin ends");
+    }
+
+    /// A token (and its position read) only after a request really used the primary;
+    /// within one request, reads after a write go to the primary.
+    #[tokio::test]
+    async fn only_a_request_that_used_the_writer_gets_a_token() {
+        let router = DbRouter::builder(NoPosition)
+            .replica("r", NoPosition)
+            .build()
+            .unwrap();
+        router.check_health().await;
+        let layer = DbRouteLayer::builder(router)
+            .secure(false)
+            .route_header(true)
+            .build()
+            .unwrap();
+        let svc = layer.layer(tower::service_fn(|req: Request<()>| async move {
+            let db = req.extensions().get::<Db<NoPosition>>().cloned().unwrap();
+            let reads_primary = match req.uri().path() {
+                "/none" => None,
+                "/read" => {
+                    let _ = db.reader();
+                    Some(matches!(db.read_route(), ReadRoute::Primary(_)))
+                }
+                _ => {
+                    let w: *const NoPosition = db.writer();
+                    Some(std::ptr::eq(db.reader(), w))
+                }
+            };
+            let mut res = Response::new(());
+            if let Some(p) = reads_primary {
+                res.headers_mut().insert(
+                    "x-reads-primary",
+                    HeaderValue::from_static(if p { "yes" } else { "no" }),
+                );
+            }
+            Ok::<_, Infallible>(res)
+        }));
+        let send = |method: Method, path: &'static str| {
+            let svc = svc.clone();
+            async move {
+                let req = Request::builder()
+                    .method(method)
+                    .uri(path)
+                    .body(())
+                    .unwrap();
+                svc.oneshot(req).await.unwrap()
+            }
+        };
+        let cases = [
+            (Method::POST, "/none", "primary", None, false),
+            (Method::POST, "/read", "primary", Some("yes"), true),
+            (Method::GET, "/read", "replica", Some("no"), false),
+            (
+                Method::GET,
+                "/write-then-read",
+                "primary",
+                Some("yes"),
+                true,
+            ),
+        ];
+        for (method, path, route, reads_primary, token) in cases {
+            let res = send(method.clone(), path).await;
+            let name = format!("{method} {path}");
+            assert_eq!(res.headers()[X_DB_ROUTE], route, "{name}");
+            assert_eq!(
+                res.headers()
+                    .get("x-reads-primary")
+                    .map(|v| v.to_str().unwrap()),
+                reads_primary,
+                "{name}"
+            );
+            assert_eq!(
+                res.headers().contains_key(header::SET_COOKIE),
+                token,
+                "{name}"
+            );
+        }
     }
 
     #[test]

@@ -8,9 +8,10 @@
 //!   write (overridable with [`intent`](DbRouteLayerBuilder::intent)). It puts a [`Db`]
 //!   in the request's extensions (with `axum`, an extractor) whose
 //!   [`reader`](Db::reader) is this request's read handle and [`writer`](Db::writer) the
-//!   primary. After a request that used the writer and succeeded, it reads the primary's
-//!   position (one query) and sets the client's token cookie (`db_pos`); optionally it
-//!   names the database used in `x-db-route`.
+//!   primary (for a request that writes, both are the primary). After a request that used
+//!   the primary that way and answered with a 2xx or 3xx, it reads the primary's position
+//!   (one query, bounded by the check timeout) and sets the client's token cookie
+//!   (`db_pos`); optionally it names the database used in `x-db-route`.
 //!
 //! - [`Shards`] maps a key (a user, a tenant) to one of N databases, stably: the last
 //!   resort for scaling writes, after caching and replicas.
@@ -21,8 +22,9 @@
 //!   the primary's position after its write (`pg_current_wal_insert_lsn()`); its reads go
 //!   to the next replica in turn that has replayed past it (`pg_last_wal_replay_lsn()`),
 //!   else to the primary. A token without a position pins the client to the primary for
-//!   the time pin (2 s by default). A token is honoured for at most `token_max_age`, so a
-//!   forged or garbage one can at worst keep its client on the primary that long.
+//!   the time pin (2 s by default). A token is honoured for at most `token_max_age` (plus 5 s
+//!   for clocks that run ahead), so a forged or garbage one can at worst keep its client on
+//!   the primary that long.
 //! - [`DbRouter::check_health`] (periodically with [`DbRouter::spawn_health_checks`])
 //!   reads each replica's position and lag; one that errs, does not answer within the
 //!   check timeout, or lags beyond `max_lag` or `max_lag_bytes` is skipped; with no

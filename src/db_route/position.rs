@@ -61,7 +61,7 @@ pub struct ConsistencyToken {
 pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .map_or(0, crate::duration::millis)
 }
 
 /// How far in the future a token's issue time may be (clocks of instances differ).
@@ -90,7 +90,7 @@ impl ConsistencyToken {
     /// Whether the token is honoured at `now_ms`: issued at most `max_age` ago and not more
     /// than a few seconds in the future (clocks of instances differ).
     pub fn is_current(&self, now_ms: u64, max_age: Duration) -> bool {
-        let max_age_ms = u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX);
+        let max_age_ms = crate::duration::millis(max_age);
         self.issued_ms <= now_ms.saturating_add(SKEW_MS)
             && now_ms.saturating_sub(self.issued_ms) <= max_age_ms
     }

@@ -17,8 +17,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub struct ReplicaPosition {
     /// The last WAL position it replayed.
     pub replayed: Lsn,
-    /// How long ago it replayed its last transaction, when it is behind; `None` when it is
-    /// not known.
+    /// How long ago it replayed its last transaction; `None` when it is not known. Used
+    /// only when the replica is behind the primary's position (or that is unknown).
     pub lag: Option<Duration>,
 }
 
@@ -179,12 +179,22 @@ impl<P> DbRouter<P> {
         &self.inner.primary
     }
 
-    /// The handle a route names.
+    /// The handle a route names (the primary for a replica index this router does not
+    /// have).
     pub fn handle(&self, route: ReadRoute) -> &P {
         match route {
-            ReadRoute::Replica(i) => &self.inner.replicas[i].pool,
+            ReadRoute::Replica(i) => self
+                .inner
+                .replicas
+                .get(i)
+                .map_or(&self.inner.primary, |r| &r.pool),
             ReadRoute::Primary(_) => &self.inner.primary,
         }
+    }
+
+    /// How long a database may take to answer a position read.
+    pub(crate) fn check_timeout(&self) -> Duration {
+        self.inner.check_timeout
     }
 
     /// How long a client's token is honoured (its reads may be pinned to the primary for
@@ -249,7 +259,7 @@ impl<P> DbRouter<P> {
                 lsn: None,
                 issued_ms,
             }) => {
-                let pin = u64::try_from(inner.time_pin.as_millis()).unwrap_or(u64::MAX);
+                let pin = crate::duration::millis(inner.time_pin);
                 if now_ms() < issued_ms.saturating_add(pin) {
                     return ReadRoute::Primary(PrimaryReason::TimePinned);
                 }
@@ -331,10 +341,8 @@ impl<P: PositionSource> DbRouter<P> {
                     };
                     slot.replayed.fetch_max(pos.replayed.0, Ordering::AcqRel);
                     slot.lag_bytes.store(lag_bytes, Ordering::Release);
-                    slot.lag_ms.store(
-                        u64::try_from(lag.as_millis()).unwrap_or(u64::MAX),
-                        Ordering::Release,
-                    );
+                    slot.lag_ms
+                        .store(crate::duration::millis(lag), Ordering::Release);
                     lag <= inner.max_lag && lag_bytes <= inner.max_lag_bytes
                 }
                 Ok(Err(e)) => {
@@ -359,8 +367,9 @@ impl<P: PositionSource> DbRouter<P> {
         }
     }
 
-    /// Runs [`check_health`](Self::check_health) now and then every `every`, on a Tokio
-    /// task that ends when the last clone of the router is dropped.
+    /// Runs [`check_health`](Self::check_health) now and then every `every` (at least
+    /// 10 ms apart), on a Tokio task that ends when the last clone of the router is
+    /// dropped.
     ///
     /// # Panics
     ///
@@ -371,7 +380,7 @@ impl<P: PositionSource> DbRouter<P> {
             loop {
                 let Some(inner) = weak.upgrade() else { return };
                 DbRouter { inner }.check_health().await;
-                tokio::time::sleep(every).await;
+                tokio::time::sleep(every.max(Duration::from_millis(10))).await;
             }
         })
     }

@@ -142,12 +142,6 @@ impl fmt::Debug for SessionLayerBuilder {
     }
 }
 
-fn token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
 impl SessionLayerBuilder {
     /// The cookie's name (default `id`).
     pub fn cookie_name(mut self, name: impl Into<String>) -> Self {
@@ -227,7 +221,7 @@ impl SessionLayerBuilder {
     /// `Secure` off or a `Domain` or a path other than `/`, zero timeouts, an idle timeout
     /// longer than the absolute one, or a zero size cap.
     pub fn build(self) -> Result<SessionLayer, ConfigError> {
-        if !token(&self.cookie_name) {
+        if !crate::cookie::is_token(&self.cookie_name) {
             return Err(ConfigError::new(
                 "cookie_name",
                 format!(

@@ -161,7 +161,7 @@ fn script(body: &str) -> Script {
 }
 
 fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+    crate::duration::millis(d).max(1)
 }
 
 impl RedisSessionStore {
