@@ -578,10 +578,24 @@ fn app(
         .route("/products", get(list_products))
         .route("/products/{id}", get(get_product).put(put_product));
     // Inside the cache: a hit never reaches the database; a miss is routed.
-    if let Some(layer) = db_route {
-        products = products.layer(layer);
+    if let Some(layer) = &db_route {
+        products = products.layer(layer.clone());
     }
-    let products = products.layer(cache);
+    let mut products = products.layer(cache);
+    if let Some(layer) = db_route {
+        // A client who just wrote reads past the cache (refreshing its entry): another
+        // client may have filled it from a replica that had not replayed the write.
+        products = products.layer(middleware::map_request(move |mut req: Request| {
+            let layer = layer.clone();
+            async move {
+                if layer.current_token(req.headers()).is_some() {
+                    req.headers_mut()
+                        .append(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+                }
+                req
+            }
+        }));
+    }
     Router::new()
         .route("/login", post(login))
         .route("/me", get(me))

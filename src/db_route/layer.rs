@@ -156,6 +156,17 @@ impl<P> DbRouteLayer<P> {
     }
 }
 
+impl<P> DbRouteLayer<P> {
+    /// The token in `headers` if it is well formed and still honoured: for a layer in
+    /// front of this one that must treat a client who just wrote differently (a response
+    /// cache should not answer it from an entry another client filled from a lagging
+    /// replica).
+    pub fn current_token(&self, headers: &http::HeaderMap) -> Option<ConsistencyToken> {
+        let s = &*self.settings;
+        token_of(headers, &s.cookie).filter(|t| t.is_current(now_ms(), s.router.token_max_age()))
+    }
+}
+
 impl<P> DbRouteLayerBuilder<P> {
     /// The cookie that carries the token (default `db_pos`).
     pub fn cookie_name(mut self, name: impl Into<String>) -> Self {
