@@ -1,11 +1,9 @@
 //! The tower-scale reference server: a small product catalogue assembling the crate's layers.
 //!
 //! `cargo run --release --example reference_server` starts it with nothing else installed
-//! (embedded SQLite database, in-process state). The HTTP contract is in
-//! `shared/reference-server.md`; configuration is from the environment or `--flags`:
-//! `LISTEN`, `INSTANCE_ID`, `REDIS_URL`, `PRICING_URL`, `RATE_LIMIT`, `EXPORT_RATE_LIMIT`,
-//! `TRUSTED_PROXIES`, `SESSION_COOKIE_SECURE`, `CACHE_TTL`, `DATABASE_URL`,
-//! `DATABASE_REPLICA_URLS`.
+//! (embedded SQLite database, in-process state). Its routes and configuration are in
+//! `docs/reference-server.md`; configuration is from the environment or `--flags`, the
+//! variables listed there.
 //!
 //! What it assembles: latency histograms on every route; per-client rate limits, sessions
 //! and the product response cache (shared through Redis when `REDIS_URL` is set); retries
