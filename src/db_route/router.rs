@@ -323,10 +323,22 @@ impl<P: PositionSource> DbRouter<P> {
     /// are judged by their time lag alone.
     pub async fn check_health(&self) {
         let inner = &*self.inner;
-        let primary = tokio::time::timeout(inner.check_timeout, inner.primary.write_position())
-            .await
-            .ok()
-            .and_then(Result::ok);
+        let primary = match tokio::time::timeout(
+            inner.check_timeout,
+            inner.primary.write_position(),
+        )
+        .await
+        {
+            Ok(Ok(p)) => Some(p),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "primary position unavailable; replicas judged by time lag");
+                None
+            }
+            Err(_) => {
+                tracing::debug!("primary position timed out; replicas judged by time lag");
+                None
+            }
+        };
         for slot in inner.replicas.iter() {
             let read =
                 tokio::time::timeout(inner.check_timeout, slot.pool.replica_position()).await;
@@ -339,7 +351,9 @@ impl<P: PositionSource> DbRouter<P> {
                     } else {
                         pos.lag.unwrap_or(Duration::ZERO)
                     };
-                    slot.replayed.fetch_max(pos.replayed.0, Ordering::AcqRel);
+                    // Stored as read, not kept at its highest: a replica rebuilt from an older
+                    // backup must not be trusted with positions it no longer has.
+                    slot.replayed.store(pos.replayed.0, Ordering::Release);
                     slot.lag_bytes.store(lag_bytes, Ordering::Release);
                     slot.lag_ms
                         .store(crate::duration::millis(lag), Ordering::Release);
