@@ -154,9 +154,7 @@ impl<P> DbRouteLayer<P> {
             intent: None,
         }
     }
-}
 
-impl<P> DbRouteLayer<P> {
     /// The token in `headers` if it is well formed and still honoured: for a layer in
     /// front of this one that must treat a client who just wrote differently (a response
     /// cache should not answer it from an entry another client filled from a lagging
