@@ -21,7 +21,7 @@ PORT=${PORT:-18090}
 if ! command -v wrk >/dev/null; then
   apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
 fi
-cargo build --release --example reference_server -q
+cargo build --release -p reference-server --example reference_server -q
 server="$CARGO_TARGET_DIR/release/examples/reference_server"
 
 LISTEN="127.0.0.1:$PORT" RATE_LIMIT=1000000/1s "$server" >/tmp/tower-scale-load.log 2>&1 &

@@ -29,24 +29,24 @@ echo "postgres replica: $TEST_DATABASE_REPLICA_URL"
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
-step "cargo clippy --all-targets --all-features -- -D warnings"
-cargo clippy --all-targets --all-features -- -D warnings
+step "cargo clippy --workspace --all-targets --all-features -- -D warnings"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
 
 step "cargo doc (broken or redundant links fail)"
-RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features -p tower-scale
 
-step "cargo test --all-features (unit, integration, doc)"
-cargo test --all-features --no-fail-fast
+step "cargo test --workspace --all-features (unit, integration, doc; the reference server in process and as processes)"
+cargo test --workspace --all-features --no-fail-fast
 
-step "build examples and benches"
-cargo build --release --examples
-cargo bench --no-run --all-features
+step "build the reference server (as the README starts it) and the benches"
+cargo build --release -p reference-server --examples
+cargo bench --no-run --all-features -p tower-scale
 
 step "each feature alone"
-cargo check --no-default-features
+cargo check -p tower-scale --no-default-features
 for feature in metrics rate-limit redis axum circuit-breaker retry session cache db-route sqlx-postgres full; do
   echo "-- $feature"
-  cargo check --no-default-features --features "$feature"
+  cargo check -p tower-scale --no-default-features --features "$feature"
 done
 
 step "all checks passed"

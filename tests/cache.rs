@@ -822,6 +822,34 @@ async fn http_keys_etags_head_and_body_cap() {
 }
 
 #[tokio::test]
+async fn a_request_the_refresh_hook_picks_is_answered_by_the_origin_and_replaces_the_entry() {
+    let engine = CacheEngine::builder().build().unwrap();
+    let layer = ResponseCacheLayer::builder(&engine)
+        .refresh_if(|req| req.headers.contains_key("x-wrote"))
+        .build()
+        .unwrap();
+    let origin = Origin::default();
+    let svc = layer.layer_service(origin.app());
+    let g = send(&svc, Method::GET, "/r", &[]).await;
+    assert_eq!(g.body, "/r v0");
+    origin.version.fetch_add(1, Ordering::SeqCst);
+    // Others still get the entry; the picked request goes to the origin, whose answer
+    // replaces it.
+    assert_eq!(send(&svc, Method::GET, "/r", &[]).await.body, "/r v0");
+    let g = send(&svc, Method::GET, "/r", &[("x-wrote", "1")]).await;
+    assert_eq!(g.body, "/r v1");
+    assert!(
+        cache_status(&g).contains("fwd=request; stored"),
+        "{}",
+        cache_status(&g)
+    );
+    let g = send(&svc, Method::GET, "/r", &[]).await;
+    assert_eq!(g.body, "/r v1");
+    assert!(cache_status(&g).contains("hit"), "{}", cache_status(&g));
+    assert_eq!(origin.calls(), 2);
+}
+
+#[tokio::test]
 async fn responses_varying_on_other_headers_are_stored_per_variant() {
     for redis in [false, true] {
         let prefix = unique("variants");

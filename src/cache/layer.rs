@@ -13,6 +13,7 @@ use crate::ConfigError;
 
 pub(crate) type TagFnRef = dyn Fn(&request::Parts) -> Vec<String> + Send + Sync;
 type TagFn = Arc<TagFnRef>;
+pub(crate) type RefreshFn = Arc<dyn Fn(&request::Parts) -> bool + Send + Sync>;
 
 /// Caches HTTP responses to `GET` (and answers `HEAD` from them) in a [`CacheEngine`],
 /// and drops them when an unsafe request to the same resource succeeds. See the
@@ -30,6 +31,7 @@ pub(crate) struct Settings {
     pub(crate) cache_authorized: bool,
     pub(crate) tags: Option<TagFn>,
     pub(crate) invalidates: Option<TagFn>,
+    pub(crate) refresh_if: Option<RefreshFn>,
     pub(crate) name: String,
     pub(crate) hit_status: super::response::HitStatus,
 }
@@ -57,6 +59,7 @@ pub struct ResponseCacheLayerBuilder {
     cache_authorized: bool,
     tags: Option<TagFn>,
     invalidates: Option<TagFn>,
+    refresh_if: Option<RefreshFn>,
     name: String,
 }
 
@@ -89,6 +92,7 @@ impl ResponseCacheLayer {
             cache_authorized: false,
             tags: None,
             invalidates: None,
+            refresh_if: None,
             name: "tower-scale".into(),
         }
     }
@@ -152,6 +156,29 @@ impl ResponseCacheLayerBuilder {
         f: impl Fn(&request::Parts) -> Vec<String> + Send + Sync + 'static,
     ) -> Self {
         self.invalidates = Some(Arc::new(f));
+        self
+    }
+
+    /// Requests that must not be answered from the cache: for them the layer asks the
+    /// inner service and stores its answer in place of the entry, as for a request with
+    /// `Cache-Control: no-cache` (default: none). For a client whose reads must see its
+    /// own recent writes, which an entry filled by another client from a lagging replica
+    /// may not hold: with database routing, ask the routing layer
+    /// (`DbRouteLayer::current_token`).
+    ///
+    /// ```
+    /// # use tower_scale::cache::{CacheEngine, ResponseCacheLayer};
+    /// # let engine = CacheEngine::builder().build().unwrap();
+    /// let layer = ResponseCacheLayer::builder(&engine)
+    ///     .refresh_if(|req| req.headers.contains_key("x-fresh"))
+    ///     .build()?;
+    /// # Ok::<(), tower_scale::ConfigError>(())
+    /// ```
+    pub fn refresh_if(
+        mut self,
+        f: impl Fn(&request::Parts) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.refresh_if = Some(Arc::new(f));
         self
     }
 
@@ -219,6 +246,7 @@ impl ResponseCacheLayerBuilder {
                 cache_authorized: self.cache_authorized,
                 tags: self.tags,
                 invalidates: self.invalidates,
+                refresh_if: self.refresh_if,
                 hit_status: super::response::HitStatus::new(&self.name),
                 name: self.name,
             }),

@@ -378,8 +378,11 @@ where
                         res.headers_mut()
                             .insert(X_DB_ROUTE, HeaderValue::from_static(to));
                     }
+                    // With no replica to lag behind, a client needs no token to see its
+                    // writes.
                     let wrote = used & USED_WRITER != 0
-                        && (res.status().is_success() || res.status().is_redirection());
+                        && (res.status().is_success() || res.status().is_redirection())
+                        && db.inner.router.has_replicas();
                     if !wrote {
                         return Poll::Ready(Ok(res));
                     }
@@ -538,6 +541,28 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(350)).await;
         let res = send(Method::GET, Some(cookie)).await;
         assert_eq!(res.headers()[X_DB_ROUTE], "replica", "the pin ends");
+    }
+
+    #[tokio::test]
+    async fn a_router_without_replicas_sets_no_token() {
+        let router = DbRouter::builder(NoPosition).build().unwrap();
+        let layer = DbRouteLayer::builder(router)
+            .route_header(true)
+            .build()
+            .unwrap();
+        let svc = layer.layer(tower::service_fn(|req: Request<()>| async move {
+            let db = req.extensions().get::<Db<NoPosition>>().cloned().unwrap();
+            let _ = db.writer();
+            Ok::<_, Infallible>(Response::new(()))
+        }));
+        let req = Request::builder()
+            .method(Method::PUT)
+            .uri("/")
+            .body(())
+            .unwrap();
+        let res = svc.oneshot(req).await.unwrap();
+        assert_eq!(res.headers()[X_DB_ROUTE], "primary");
+        assert!(!res.headers().contains_key(header::SET_COOKIE));
     }
 
     /// A token (and its position read) only after a request really used the primary;

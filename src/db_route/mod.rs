@@ -11,7 +11,8 @@
 //!   primary (for a request that writes, both are the primary). After a request that used
 //!   the primary that way and answered with a 2xx or 3xx, it reads the primary's position
 //!   (one query, bounded by the check timeout) and sets the client's token cookie
-//!   (`db_pos`); optionally it names the database used in `x-db-route`.
+//!   (`db_pos`), unless the router has no replicas; optionally it names the database used
+//!   in `x-db-route`.
 //!
 //! - [`Shards`] maps a key (a user, a tenant) to one of N databases, stably: the last
 //!   resort for scaling writes, after caching and replicas.

@@ -192,6 +192,12 @@ impl<P> DbRouter<P> {
         }
     }
 
+    /// Whether the router has replicas. Without them every read is the primary's, so the
+    /// routing layer sets no token.
+    pub fn has_replicas(&self) -> bool {
+        !self.inner.replicas.is_empty()
+    }
+
     /// How long a database may take to answer a position read.
     pub(crate) fn check_timeout(&self) -> Duration {
         self.inner.check_timeout

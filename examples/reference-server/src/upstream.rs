@@ -1,4 +1,5 @@
-//! A flaky pricing upstream for the reference server's `GET /products/{id}/price`.
+//! A flaky pricing upstream for the reference server's `GET /products/{id}/price`: the
+//! `pricing_upstream` example and the `pricing-upstream` binary.
 //!
 //! `GET /price/{id}` answers `{"id":ID,"price_cents":N}`, failing with 503 for a fraction
 //! `FAIL_RATE` (0..1) of requests and answering after `DELAY_MS`. `PUT /admin/faults` with
@@ -123,8 +124,9 @@ async fn stats(State(f): State<Arc<Faults>>) -> Json<serde_json::Value> {
     }))
 }
 
+/// Serves the upstream until SIGINT.
 #[tokio::main]
-async fn main() -> ExitCode {
+pub async fn main() -> ExitCode {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
     let listen = env("LISTEN").unwrap_or_else(|| "127.0.0.1:8081".into());
     let fail_rate = match env("FAIL_RATE").map(|v| {

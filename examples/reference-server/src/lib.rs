@@ -1,0 +1,215 @@
+//! The tower-scale reference server: a small product catalogue assembling every layer of
+//! the crate, as a library ([`app`] for in-process tests, [`run`] to serve) and a thin
+//! `main.rs`.
+//!
+//! `cargo run --release --example reference_server` starts it with nothing else installed
+//! (embedded SQLite database, in-process state). Its routes and configuration are in
+//! `docs/reference-server.md`.
+//!
+//! The path of a request, outermost first: request id (tower-http) ─▶ trace span ─▶
+//! `x-served-by` ─▶ JSON error bodies ─▶ latency histograms ─▶ request timeout ─▶ body
+//! limit ─▶ rate limits ─▶ sessions ─▶ the route. The product routes add the response
+//! cache and, inside it, database routing; the price route calls its upstream through
+//! retries and a circuit breaker.
+
+pub mod catalog;
+pub mod config;
+pub mod error;
+mod routes;
+pub mod state;
+pub mod telemetry;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::{HeaderName, StatusCode};
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
+use tower_scale::metrics::HttpMetricsLayer;
+
+pub use config::Config;
+pub use error::Failure;
+pub use state::AppState;
+
+/// Names the instance that answered, on every response.
+pub const X_SERVED_BY: HeaderName = HeaderName::from_static("x-served-by");
+
+/// The largest request body taken (product and login bodies are far smaller).
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// How long a request may take as a whole before it is answered 503.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long in-flight requests may run after SIGTERM before the process exits anyway.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// The whole service: every route and layer, ready for `axum::serve` (with connect info,
+/// for the client address) or, in tests, `tower::ServiceExt::oneshot`.
+pub fn app(state: AppState) -> Router {
+    let shared = Arc::clone(&state.shared);
+    Router::new()
+        .merge(routes::sessions::router())
+        .merge(routes::products::router(&state))
+        .merge(routes::price::router())
+        .merge(routes::exports::router())
+        .merge(routes::ops::router())
+        .fallback(routes::ops::not_found)
+        .method_not_allowed_fallback(routes::ops::method_not_allowed)
+        .layer(state.layers.sessions)
+        .layer(state.layers.rate_limit)
+        .layer(RequestBodyLimitLayer::new(MAX_BODY))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            REQUEST_TIMEOUT,
+        ))
+        .layer(HttpMetricsLayer::new())
+        .layer(axum::middleware::map_response(error::json_errors))
+        .layer(SetResponseHeaderLayer::overriding(
+            X_SERVED_BY,
+            shared.instance.clone(),
+        ))
+        .layer(PropagateRequestIdLayer::new(telemetry::X_REQUEST_ID))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(telemetry::request_span(shared.client_ip.clone()))
+                // 5xx answers are the service's own story (a failing upstream, a refused
+                // dependency), already counted in the metrics.
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+        )
+        .layer(SetRequestIdLayer::new(
+            telemetry::X_REQUEST_ID,
+            telemetry::MakeId::default(),
+        ))
+        .layer(tower::util::MapRequestLayer::new(
+            telemetry::drop_insane_request_id,
+        ))
+        .with_state(shared)
+}
+
+/// The server's `main`: logs, configuration from the environment and arguments, [`run`];
+/// exit code 2 for bad configuration, 1 for a failure while running.
+#[tokio::main]
+pub async fn main() -> std::process::ExitCode {
+    use std::process::ExitCode;
+    telemetry::init_tracing();
+    let config = match Config::from_env_and_args() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("reference_server: bad configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e @ Failure::Config(_)) => {
+            eprintln!("reference_server: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("reference_server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Binds `config.listen`, builds the state, prints where it listens and what it uses, and
+/// serves until SIGTERM or SIGINT; then finishes in-flight requests for up to
+/// [`SHUTDOWN_GRACE`].
+///
+/// # Errors
+///
+/// [`Failure::Config`] for a setting that is wrong, [`Failure::Run`] for a failure to
+/// listen or serve.
+pub async fn run(config: Config) -> Result<(), Failure> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| {
+            Failure::Run(format!("cannot listen on {} (LISTEN): {e}", config.listen).into())
+        })?;
+    let addr = listener.local_addr()?;
+    let instance = config
+        .instance_id
+        .clone()
+        .unwrap_or_else(|| addr.to_string());
+    let state = AppState::build(&config, &instance).await?;
+
+    say(format_args!(
+        "reference_server listening on http://{addr} as {instance}"
+    ));
+    say(format_args!(
+        "backends: database={} ({} products); redis={}; pricing={}; cache ttl {:?}; rate limits {} and {} on exports; secure session cookie {}",
+        if config.database_url.is_some() {
+            format!(
+                "postgres, {} replica(s)",
+                config.database_replica_urls.len()
+            )
+        } else {
+            "embedded sqlite".to_owned()
+        },
+        catalog::SEED_PRODUCTS,
+        config
+            .redis_url
+            .as_deref()
+            .map_or("none (in-process)", |_| "redis"),
+        config.pricing_url.as_deref().unwrap_or("none"),
+        config.cache_ttl,
+        config.rate_limit,
+        config.export_rate_limit,
+        config.session_cookie_secure,
+    ));
+
+    let notify = Arc::new(tokio::sync::Notify::new());
+    let server = axum::serve(
+        listener,
+        app(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal(Arc::clone(&notify)));
+    let grace = async {
+        notify.notified().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        res = server => res?,
+        _ = grace => tracing::warn!("in-flight requests still running after {SHUTDOWN_GRACE:?}; exiting"),
+    }
+    say(format_args!("reference_server stopped"));
+    Ok(())
+}
+
+async fn shutdown_signal(notify: Arc<tokio::sync::Notify>) {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down: no new connections, finishing in-flight requests");
+    notify.notify_one();
+}
+
+/// Prints a line to stdout. A closed stdout (a supervisor that stopped reading) must not
+/// take the server down, so write errors are ignored.
+fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}

@@ -1,0 +1,133 @@
+//! `GET /products`, `GET /products/{id}`, `PUT /products/{id}`: the catalogue, through
+//! the response cache and database routing.
+
+use std::collections::HashMap;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequestParts, Path, Query};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router, routing::get};
+use serde::Deserialize;
+use serde_json::json;
+use tower_scale::db_route::Db;
+use tower_scale::session::Session;
+
+use crate::catalog::Database;
+use crate::error::ApiError;
+use crate::state::{AppState, Shared};
+
+/// The product routes, behind the response cache and, inside it, database routing: a
+/// hit never reaches the database; a miss is routed.
+pub(crate) fn router(state: &AppState) -> Router<std::sync::Arc<Shared>> {
+    Router::new()
+        .route("/products", get(list))
+        .route("/products/{id}", get(get_one).put(put))
+        .layer(state.layers.db_route.clone())
+        .layer(state.layers.cache.clone())
+}
+
+/// Product ids are 1..=MAX_PRODUCT_ID, which bounds what a client can add to the
+/// catalogue.
+pub const MAX_PRODUCT_ID: i64 = 1_000_000;
+
+/// The `{id}` of a product route; a bad one is a JSON 400, whatever bytes the path holds.
+pub(crate) struct ProductId(pub(crate) i64);
+
+impl<S: Send + Sync> FromRequestParts<S> for ProductId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::bad_request(e.body_text()))?;
+        raw.parse::<i64>()
+            .ok()
+            .filter(|id| (1..=MAX_PRODUCT_ID).contains(id))
+            .map(ProductId)
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "product id must be a whole number in 1..={MAX_PRODUCT_ID}"
+                ))
+            })
+    }
+}
+
+async fn get_one(ProductId(id): ProductId, db: Db<Database>) -> Result<Response, ApiError> {
+    match db.reader().get(id).await.map_err(ApiError::internal)? {
+        Some(p) => Ok(Json(p).into_response()),
+        None => Err(ApiError(StatusCode::NOT_FOUND, format!("no product {id}"))),
+    }
+}
+
+async fn list(
+    db: Db<Database>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let number = |name: &str, default: i64, min: i64, max: i64| -> Result<i64, ApiError> {
+        match q.get(name) {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<i64>()
+                .ok()
+                .filter(|n| (min..=max).contains(n))
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "`{name}` must be a whole number in {min}..={max}"
+                    ))
+                }),
+        }
+    };
+    let limit = number("limit", 20, 1, 100)?;
+    let offset = number("offset", 0, 0, i64::from(i32::MAX))?;
+    let products = db
+        .reader()
+        .list(limit, offset)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!({ "products": products, "limit": limit, "offset": offset })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProductInput {
+    name: String,
+    price_cents: i64,
+}
+
+async fn put(
+    session: Session,
+    ProductId(id): ProductId,
+    db: Db<Database>,
+    body: Result<Json<ProductInput>, JsonRejection>,
+) -> Result<Response, Response> {
+    if session
+        .user()
+        .await
+        .map_err(IntoResponse::into_response)?
+        .is_none()
+    {
+        return Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "log in first (POST /login)".into(),
+        )
+        .into_response());
+    }
+    let Json(input) = body.map_err(|e| ApiError::bad_request(e.body_text()).into_response())?;
+    let name = input.name.trim();
+    if name.is_empty() || name.chars().count() > 200 {
+        return Err(ApiError::bad_request("`name` must be 1..=200 characters").into_response());
+    }
+    if input.price_cents < 0 {
+        return Err(ApiError::bad_request("`price_cents` must be >= 0").into_response());
+    }
+    let p = db
+        .writer()
+        .upsert(id, name, input.price_cents)
+        .await
+        .map_err(|e| ApiError::internal(e).into_response())?;
+    Ok(Json(p).into_response())
+}

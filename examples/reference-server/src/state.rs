@@ -1,0 +1,231 @@
+//! What the routes share, and the layers built from the configuration.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::HeaderValue;
+use metrics_exporter_prometheus::PrometheusHandle;
+use sqlx::postgres::PgPoolOptions;
+use tower_scale::cache::{CacheEngine, ResponseCacheLayer};
+use tower_scale::db_route::{DbRouteLayer, DbRouter};
+use tower_scale::key::ClientIp;
+use tower_scale::rate_limit::{AnyStore, MemoryStore, OnStoreError, RateLimitLayer, RedisStore};
+use tower_scale::redis::RedisBackend;
+use tower_scale::session::{MemoryStore as SessionMemoryStore, RedisSessionStore, SessionLayer};
+
+use crate::catalog::Database;
+use crate::config::Config;
+use crate::error::Failure;
+use crate::routes::price::Pricing;
+use crate::telemetry;
+
+/// Everything [`app`](crate::app) needs: the handlers' shared state and the layers.
+#[derive(Clone)]
+pub struct AppState {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) layers: Layers,
+}
+
+/// What the handlers share.
+pub(crate) struct Shared {
+    pub(crate) db: DbRouter<Database>,
+    pub(crate) redis: Option<RedisBackend>,
+    pub(crate) pricing: Option<Pricing>,
+    pub(crate) prometheus: PrometheusHandle,
+    pub(crate) instance: HeaderValue,
+    pub(crate) client_ip: ClientIp,
+}
+
+/// The tower-scale layers, as configured.
+#[derive(Clone)]
+pub(crate) struct Layers {
+    pub(crate) rate_limit: RateLimitLayer<ClientIp, AnyStore>,
+    pub(crate) sessions: SessionLayer,
+    pub(crate) cache: ResponseCacheLayer,
+    pub(crate) db_route: DbRouteLayer<Database>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("instance", &self.shared.instance)
+            .field(
+                "redis",
+                &self.shared.redis.as_ref().map(RedisBackend::address),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// Connects what `config` names (lazily, so the server starts while a dependency is
+    /// down), prepares the database, and builds the layers. `instance` is the name in
+    /// `x-served-by`.
+    ///
+    /// # Errors
+    ///
+    /// [`Failure::Config`] naming the setting that is wrong, or [`Failure::Run`] when the
+    /// database cannot be prepared.
+    pub async fn build(config: &Config, instance: &str) -> Result<Self, Failure> {
+        let prometheus = telemetry::prometheus()?;
+        let db = database(config).await?;
+        let redis = match &config.redis_url {
+            None => None,
+            Some(url) => Some(
+                RedisBackend::builder(url.clone())
+                    .prefix("reference-server")
+                    // A slow Redis must not stall requests: past this, rate limits fall
+                    // back to each instance's own share and readiness reports Redis.
+                    .timeout(Duration::from_millis(50))
+                    .build()
+                    .map_err(|e| Failure::Config(format!("REDIS_URL: {e}")))?,
+            ),
+        };
+        let pricing = match &config.pricing_url {
+            None => None,
+            Some(base) => Some(Pricing::new(base.clone(), config.pricing_breaker_open)?),
+        };
+        let db_route = DbRouteLayer::builder(db.clone())
+            .secure(config.session_cookie_secure)
+            .route_header(true)
+            .build()
+            .map_err(|e| Failure::Config(format!("database routing: {e}")))?;
+        let layers = Layers {
+            rate_limit: rate_limit(config, redis.as_ref())?,
+            sessions: sessions(config, redis.as_ref())?,
+            cache: response_cache(config, redis.as_ref(), &db_route)?,
+            db_route,
+        };
+        let shared = Shared {
+            db,
+            redis,
+            pricing,
+            prometheus,
+            instance: HeaderValue::from_str(instance)
+                .map_err(|_| Failure::Config("INSTANCE_ID: not a valid header value".into()))?,
+            client_ip: config.client_ip.clone(),
+        };
+        Ok(Self {
+            shared: Arc::new(shared),
+            layers,
+        })
+    }
+
+    /// The database router (for health and tests).
+    pub fn db(&self) -> &DbRouter<Database> {
+        &self.shared.db
+    }
+}
+
+/// The embedded database, or PostgreSQL: pools to the primary and each replica (connected
+/// lazily, so the server starts while a replica is down), the schema and seed on the
+/// primary, and health checks every second.
+async fn database(config: &Config) -> Result<DbRouter<Database>, Failure> {
+    let Some(url) = &config.database_url else {
+        let embedded = Database::embedded().map_err(|e| {
+            Failure::Run(format!("cannot create the embedded database: {e}").into())
+        })?;
+        return DbRouter::builder(embedded)
+            .build()
+            .map_err(|e| Failure::Config(format!("database: {e}")));
+    };
+    let pool = |url: &str, var: &str| {
+        PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(2))
+            .connect_lazy(url)
+            .map_err(|e| Failure::Config(format!("{var}: {e}")))
+    };
+    let primary = pool(url, "DATABASE_URL")?;
+    Database::prepare(&primary).await.map_err(|e| {
+        Failure::Run(format!("cannot prepare the PostgreSQL catalogue: {e}").into())
+    })?;
+    let mut router = DbRouter::builder(Database::postgres(primary));
+    for (i, replica) in config.database_replica_urls.iter().enumerate() {
+        router = router.replica(
+            format!("replica-{}", i + 1),
+            Database::postgres(pool(replica, "DATABASE_REPLICA_URLS")?),
+        );
+    }
+    let router = router
+        .build()
+        .map_err(|e| Failure::Config(format!("DATABASE_REPLICA_URLS: {e}")))?;
+    router.spawn_health_checks(Duration::from_secs(1));
+    Ok(router)
+}
+
+/// `RATE_LIMIT` per client on `/products*` and `/exports`, plus `EXPORT_RATE_LIMIT` on
+/// `POST /exports` (both checked in one store call). Shared through Redis when configured;
+/// while Redis is down each instance enforces `RATE_LIMIT_FALLBACK_SHARE` of the quotas on
+/// its own. `/metrics`, `/healthz` and `/readyz` are never limited.
+fn rate_limit(
+    config: &Config,
+    redis: Option<&RedisBackend>,
+) -> Result<RateLimitLayer<ClientIp, AnyStore>, Failure> {
+    let store: AnyStore = match redis {
+        Some(r) => RedisStore::new(r.clone()).into(),
+        None => MemoryStore::new().into(),
+    };
+    RateLimitLayer::builder()
+        .key(config.client_ip.clone())
+        .store(store)
+        .quota_for(config.rate_limit.clone(), |r| {
+            let p = r.uri.path();
+            p == "/products" || p.starts_with("/products/") || p == "/exports"
+        })
+        .quota_for(config.export_rate_limit.clone(), |r| {
+            r.method == http::Method::POST && r.uri.path() == "/exports"
+        })
+        .on_store_error(OnStoreError::Local {
+            share: config.rate_limit_fallback_share,
+        })
+        .headers_on_success(true)
+        .build()
+        .map_err(|e| Failure::Config(format!("RATE_LIMIT: {e}")))
+}
+
+fn sessions(config: &Config, redis: Option<&RedisBackend>) -> Result<SessionLayer, Failure> {
+    let builder = match redis {
+        Some(r) => SessionLayer::builder(RedisSessionStore::new(r.clone())),
+        None => SessionLayer::builder(SessionMemoryStore::new()),
+    };
+    builder
+        .secure(config.session_cookie_secure)
+        // `__Host-id` whenever the cookie is Secure: no sibling subdomain can plant one.
+        .host_prefix(config.session_cookie_secure)
+        .build()
+        .map_err(|e| Failure::Config(format!("sessions: {e}")))
+}
+
+/// The product routes' response cache: L1 in process, L2 and invalidation through Redis
+/// when `REDIS_URL` is set. A `PUT /products/{id}` invalidates its own path (the layer
+/// does that for every unsafe request) and the list, on every instance. A client who just
+/// wrote reads past it, refreshing the entry: another client may have filled it from a
+/// replica that had not replayed the write.
+fn response_cache(
+    config: &Config,
+    redis: Option<&RedisBackend>,
+    db_route: &DbRouteLayer<Database>,
+) -> Result<ResponseCacheLayer, Failure> {
+    let mut engine = CacheEngine::builder()
+        .ttl(config.cache_ttl)
+        .stale_if_error(config.cache_ttl.saturating_mul(5));
+    if let Some(r) = redis {
+        engine = engine.redis(r.clone());
+    }
+    let engine = engine
+        .build()
+        .map_err(|e| Failure::Config(format!("CACHE_TTL: {e}")))?;
+    let routing = db_route.clone();
+    ResponseCacheLayer::builder(&engine)
+        .invalidates(|req| {
+            if req.uri.path().starts_with("/products/") {
+                vec![ResponseCacheLayer::path_tag("/products")]
+            } else {
+                Vec::new()
+            }
+        })
+        .refresh_if(move |req| routing.current_token(&req.headers).is_some())
+        .build()
+        .map_err(|e| Failure::Config(format!("cache: {e}")))
+}

@@ -1,0 +1,464 @@
+//! The reference server in process (`app()` with `oneshot`): the HTTP contract in
+//! `shared/reference-server.md`, for everything that needs no second process.
+
+mod common;
+#[path = "../../../tests/support/mod.rs"]
+mod support;
+
+use std::time::Duration;
+
+use common::{app, cache_status, call, get, login, put_product, sample};
+use http::{Method, StatusCode};
+
+/// Held by the tests that refuse requests on the `api` quota, whose count in the shared
+/// metrics recorder they compare.
+static API_REFUSALS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+#[tokio::test]
+async fn routes_follow_the_contract() {
+    let app = app(&[]).await;
+    let base = &app;
+
+    let r = get(base, "/products/1").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let p = r.json();
+    assert_eq!(
+        (p["id"].as_i64(), p["name"].as_str()),
+        (Some(1), Some("Product 1"))
+    );
+    assert!(p["price_cents"].as_i64().is_some() && p["version"].as_i64() == Some(1));
+    assert_eq!(r.headers["x-served-by"], "it-a");
+    assert!(!r.headers["x-request-id"].is_empty());
+    assert_eq!(r.headers["x-db-route"], "primary");
+
+    // Table of error cases: status and a JSON error body.
+    let cases: &[(&str, Method, &str, &str, StatusCode)] = &[
+        (
+            "unknown product",
+            Method::GET,
+            "/products/999999",
+            "",
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "non-numeric id",
+            Method::GET,
+            "/products/abc",
+            "",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "limit too big",
+            Method::GET,
+            "/products?limit=101",
+            "",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "limit zero",
+            Method::GET,
+            "/products?limit=0",
+            "",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "negative offset",
+            Method::GET,
+            "/products?offset=-1",
+            "",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "malformed JSON",
+            Method::PUT,
+            "/products/3",
+            "{not json",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "empty name",
+            Method::PUT,
+            "/products/3",
+            r#"{"name":"","price_cents":1}"#,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "long name",
+            Method::PUT,
+            "/products/3",
+            &format!(r#"{{"name":"{}","price_cents":1}}"#, "n".repeat(201)),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "negative price",
+            Method::PUT,
+            "/products/3",
+            r#"{"name":"x","price_cents":-1}"#,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "unknown route",
+            Method::GET,
+            "/nope",
+            "",
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "wrong method",
+            Method::DELETE,
+            "/products/1",
+            "",
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            "price without upstream",
+            Method::GET,
+            "/products/1/price",
+            "",
+            StatusCode::SERVICE_UNAVAILABLE,
+        ),
+    ];
+    // Sessions: writes need a login; /me counts its own calls; logout ends it.
+    let r = call(
+        base,
+        Method::PUT,
+        "/products/2",
+        &[],
+        r#"{"name":"x","price_cents":1}"#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "PUT needs a login");
+    assert_eq!(get(base, "/me").await.status, StatusCode::UNAUTHORIZED);
+    let r = call(base, Method::POST, "/login", &[], r#"{"user":""}"#).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let planted = format!("id={}", "ab".repeat(32));
+    let r = call(
+        base,
+        Method::POST,
+        "/login",
+        &[("cookie", &planted)],
+        r#"{"user":"tester"}"#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["user"], "tester");
+    let set = r.headers["set-cookie"].to_str().unwrap().to_owned();
+    for attr in ["HttpOnly", "SameSite=Lax", "Secure", "Path=/"] {
+        assert!(set.contains(attr), "{attr} in {set}");
+    }
+    let cookie = set.split(';').next().unwrap().to_owned();
+    assert_ne!(cookie, planted, "login never keeps the id sent");
+    for visits in 1..=2 {
+        let me = call(base, Method::GET, "/me", &[("cookie", &cookie)], "").await;
+        assert_eq!(me.json()["user"], "tester");
+        assert_eq!(me.json()["visits"], visits);
+    }
+    let auth: &[(&str, &str)] = &[("cookie", &cookie)];
+
+    for (name, method, path, body, want) in cases {
+        let r = call(base, method.clone(), path, auth, body).await;
+        assert_eq!(r.status, *want, "case {name}");
+        assert!(
+            r.json()["error"].is_string(),
+            "case {name}: JSON error body"
+        );
+        assert_eq!(r.headers["x-served-by"], "it-a", "case {name}");
+    }
+
+    // List with paging.
+    let l = get(base, "/products?limit=5&offset=10").await.json();
+    let ids: Vec<i64> = l["products"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, vec![11, 12, 13, 14, 15]);
+    assert_eq!(
+        get(base, "/products").await.json()["products"]
+            .as_array()
+            .unwrap()
+            .len(),
+        20
+    );
+
+    // Upsert bumps the version; the next read sees it; a new id is created.
+    let r = call(
+        base,
+        Method::PUT,
+        "/products/2",
+        auth,
+        r#"{"name":"Renamed","price_cents":999}"#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["version"], 2);
+    let again = get(base, "/products/2").await.json();
+    assert_eq!(
+        (
+            again["name"].as_str(),
+            again["price_cents"].as_i64(),
+            again["version"].as_i64()
+        ),
+        (Some("Renamed"), Some(999), Some(2))
+    );
+    assert_eq!(
+        call(
+            base,
+            Method::PUT,
+            "/products/5001",
+            auth,
+            r#"{"name":"New","price_cents":0}"#
+        )
+        .await
+        .json()["version"],
+        1
+    );
+
+    let r = call(base, Method::POST, "/logout", auth, "").await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert!(
+        r.headers["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+    assert_eq!(
+        call(base, Method::GET, "/me", auth, "").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // Request ids are echoed when sane, replaced when not.
+    let r = call(
+        base,
+        Method::GET,
+        "/healthz",
+        &[("x-request-id", "client-abc-123")],
+        "",
+    )
+    .await;
+    assert_eq!(r.headers["x-request-id"], "client-abc-123");
+    let long = "x".repeat(500);
+    let r = call(
+        base,
+        Method::GET,
+        "/healthz",
+        &[("x-request-id", &long)],
+        "",
+    )
+    .await;
+    assert_ne!(r.headers["x-request-id"], long.as_str());
+
+    assert_eq!(
+        call(base, Method::POST, "/exports", &[], "").await.status,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(get(base, "/healthz").await.status, StatusCode::OK);
+    assert_eq!(get(base, "/readyz").await.status, StatusCode::OK);
+
+    // Metrics: real histogram buckets labelled by route template, never by raw path.
+    let m = String::from_utf8(get(base, "/metrics").await.body.to_vec()).unwrap();
+    assert!(
+        m.lines().any(
+            |l| l.starts_with("http_server_request_duration_seconds_bucket{")
+                && l.contains(r#"http_route="/products/{id}""#)
+                && l.contains(r#"http_response_status_code="200""#)
+        ),
+        "no duration buckets for /products/{{id}}:\n{m}"
+    );
+    assert!(
+        m.contains(r#"http_route="unmatched""#),
+        "the unknown route is counted as unmatched"
+    );
+    assert!(
+        !m.contains("/products/999999") && !m.contains(r#""/nope""#),
+        "raw paths leaked into labels"
+    );
+    assert!(m.contains("http_server_active_requests{"));
+    assert!(m.contains("http_server_requests_total{"));
+}
+
+#[tokio::test]
+async fn readiness_follows_redis() {
+    let mut redis = support::RedisServer::start();
+    let server = app(&[("REDIS_URL", &redis.url())]).await;
+    assert_eq!(get(&server, "/readyz").await.status, StatusCode::OK);
+    redis.kill();
+    let r = get(&server, "/readyz").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        r.json()["error"].as_str().unwrap().contains("redis"),
+        "names the failing dependency"
+    );
+    assert_eq!(
+        get(&server, "/healthz").await.status,
+        StatusCode::OK,
+        "alive while not ready"
+    );
+    assert_eq!(
+        get(&server, "/products/1").await.status,
+        StatusCode::OK,
+        "Redis is not needed to read"
+    );
+    redis.restart();
+    support::eventually("ready again", Duration::from_secs(10), || async {
+        (get(&server, "/readyz").await.status == StatusCode::OK).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn quotas_are_enforced_with_honest_headers() {
+    let _serial = API_REFUSALS.lock().await;
+    let app = app(&[("RATE_LIMIT", "4/1h"), ("EXPORT_RATE_LIMIT", "2/1h")]).await;
+    let base = &app;
+    let refused = r#"tower_scale_rate_limit_decisions_total{quota="api",decision="refused"}"#;
+    let before = sample(&get(base, "/metrics").await.text(), refused);
+    for i in 0..4 {
+        let r = get(base, "/products/1").await;
+        assert_eq!(r.status, StatusCode::OK, "request {i}");
+        assert_eq!(r.headers["ratelimit-policy"], "\"api\";q=4;w=3600");
+        assert!(
+            r.headers["ratelimit"]
+                .to_str()
+                .unwrap()
+                .starts_with(&format!("\"api\";r={};", 3 - i))
+        );
+    }
+    let r = get(base, "/products/1").await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    let wait: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(
+        (900..=901).contains(&wait),
+        "one emission interval (15 min): {wait}"
+    );
+    assert!(r.json()["error"].as_str().unwrap().contains("api"));
+    assert_eq!(r.headers["x-served-by"], "it-a");
+    // Never limited.
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        for _ in 0..6 {
+            assert_eq!(get(base, path).await.status, StatusCode::OK, "{path}");
+        }
+    }
+    let m = String::from_utf8(get(base, "/metrics").await.body.to_vec()).unwrap();
+    assert_eq!(sample(&m, refused), before + 1.0, "{m}");
+    assert!(m.contains(r#"http_response_status_code="429""#));
+}
+
+#[tokio::test]
+async fn exports_cost_both_quotas_and_a_refused_export_costs_neither() {
+    let _serial = API_REFUSALS.lock().await;
+    let app = app(&[("RATE_LIMIT", "10/1h"), ("EXPORT_RATE_LIMIT", "2/1h")]).await;
+    let base = &app;
+    for _ in 0..2 {
+        assert_eq!(
+            call(base, Method::POST, "/exports", &[], "").await.status,
+            StatusCode::ACCEPTED
+        );
+    }
+    let r = call(base, Method::POST, "/exports", &[], "").await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        r.headers["ratelimit-policy"],
+        "\"api\";q=10;w=3600, \"export\";q=2;w=3600"
+    );
+    // 10 - 2 exports = 8 reads left; the refused export took none.
+    for i in 0..8 {
+        assert_eq!(
+            get(base, "/products/1").await.status,
+            StatusCode::OK,
+            "read {i}"
+        );
+    }
+    assert_eq!(
+        get(base, "/products/1").await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+#[tokio::test]
+async fn product_reads_are_cached_and_a_put_invalidates_them() {
+    let app = app(&[]).await;
+    let base = &app;
+    let first = get(base, "/products/3").await;
+    assert!(
+        cache_status(&first).contains("fwd=miss; stored"),
+        "{}",
+        cache_status(&first)
+    );
+    let hit = get(base, "/products/3").await;
+    assert!(
+        cache_status(&hit).contains("hit; ttl="),
+        "{}",
+        cache_status(&hit)
+    );
+    assert_eq!(hit.json(), first.json());
+    assert_eq!(hit.headers["x-served-by"], first.headers["x-served-by"]);
+    let etag = hit.headers["etag"].to_str().unwrap().to_owned();
+    let r = call(
+        base,
+        Method::GET,
+        "/products/3",
+        &[("if-none-match", &etag)],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+    let list = get(base, "/products?limit=5").await;
+    assert_eq!(list.json()["products"][2]["name"], "Product 3");
+    assert!(cache_status(&get(base, "/products?limit=5").await).contains("hit"));
+
+    let cookie = login(base, "editor").await;
+    let r = put_product(base, &cookie, 3, "Fresh", 5).await;
+    assert_eq!(r.status, StatusCode::OK);
+    // Both the product and the list are dropped: the next reads see the write.
+    let after = get(base, "/products/3").await;
+    assert!(
+        cache_status(&after).contains("fwd=miss"),
+        "{}",
+        cache_status(&after)
+    );
+    assert_eq!(after.json()["name"], "Fresh");
+    assert_ne!(after.headers["etag"].to_str().unwrap(), etag);
+    let list = get(base, "/products?limit=5").await;
+    assert_eq!(list.json()["products"][2]["name"], "Fresh");
+    // The cache reports itself in /metrics.
+    let m = String::from_utf8(get(base, "/metrics").await.body.to_vec()).unwrap();
+    assert!(
+        m.contains("tower_scale_cache_hits"),
+        "cache hits in /metrics"
+    );
+}
+
+#[tokio::test]
+async fn refusals_made_outside_the_handlers_are_json_too() {
+    let app = app(&[]).await;
+    let big = format!(r#"{{"user":"{}"}}"#, "u".repeat(reference_server::MAX_BODY));
+    let r = call(&app, Method::POST, "/login", &[], &big).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(r.headers["content-type"], "application/json");
+    assert_eq!(r.json()["error"], "payload too large");
+    assert_eq!(r.headers["x-served-by"], "it-a");
+}
+
+#[tokio::test]
+async fn the_embedded_database_answers_as_the_primary_and_sets_no_token() {
+    let app = app(&[]).await;
+    let cookie = login(&app, "editor").await;
+    let r = put_product(&app, &cookie, 9, "Nine", 9).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers["x-db-route"], "primary");
+    assert_eq!(
+        common::set_cookie(&r, "db_pos"),
+        None,
+        "one database: nothing to be consistent with"
+    );
+    let r = get(&app, "/products/9").await;
+    assert_eq!(
+        (
+            r.json()["name"].as_str(),
+            r.headers["x-db-route"].to_str().unwrap()
+        ),
+        (Some("Nine"), "primary")
+    );
+}

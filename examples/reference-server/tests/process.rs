@@ -1,0 +1,421 @@
+//! The reference server as real processes, over HTTP: what needs a process (signals,
+//! exit codes, several instances sharing Redis, PostgreSQL with a streaming replica).
+
+mod common;
+#[path = "../../../tests/support/mod.rs"]
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{cache_status, call, get, login, put_product, set_cookie};
+use http::{Method, StatusCode};
+
+/// The binary cargo built for this test run: `reference-server` or `pricing-upstream`.
+fn example(name: &str) -> &'static str {
+    match name {
+        "reference_server" => env!("CARGO_BIN_EXE_reference-server"),
+        "pricing_upstream" => env!("CARGO_BIN_EXE_pricing-upstream"),
+        other => panic!("no binary {other}"),
+    }
+}
+
+/// A running example process, killed on drop.
+struct Proc {
+    child: Child,
+    base: String,
+}
+
+impl Proc {
+    fn start(name: &str, env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(example(name));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("LISTEN", "127.0.0.1:0")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        // Keep reading what it prints, as a supervisor would.
+        std::thread::spawn(move || {
+            let mut sink = String::new();
+            while out.read_line(&mut sink).is_ok_and(|n| n > 0) {
+                sink.clear();
+            }
+        });
+        let base = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("{name} did not print its address: {line:?}"))
+            .to_owned();
+        Self { child, base }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(std::time::Instant::now() < deadline, "process did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn price_route_and_graceful_shutdown() {
+    let upstream = Proc::start("pricing_upstream", &[("DELAY_MS", "800")]);
+    let mut server = Proc::start("reference_server", &[("PRICING_URL", &upstream.base)]);
+    let base = server.base.clone();
+
+    // In flight when SIGTERM arrives: it still completes, then the server exits 0.
+    let pending = tokio::spawn(async move { get(&base, "/products/7/price").await });
+    // Signal only once the call is in flight: the upstream has received it.
+    let upstream_base = upstream.base.clone();
+    support::eventually(
+        "the price call to reach the upstream",
+        Duration::from_secs(10),
+        || {
+            let base = upstream_base.clone();
+            async move {
+                (get(&base, "/admin/faults").await.json()["calls"].as_u64() >= Some(1))
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    server.signal("-TERM");
+    let r = pending.await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["id"], 7);
+    assert!(r.json()["price_cents"].as_i64().is_some());
+    let status = server.wait_exit(Duration::from_secs(12));
+    assert!(status.success(), "exit status {status}");
+
+    // Faults on: the price route answers 503 with Retry-After.
+    let server = Proc::start("reference_server", &[("PRICING_URL", &upstream.base)]);
+    let r = call(
+        &upstream.base,
+        Method::PUT,
+        "/admin/faults",
+        &[],
+        r#"{"fail_rate":1.0,"delay_ms":0}"#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = get(&server.base, "/products/7/price").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.headers.contains_key("retry-after"));
+    assert_eq!(
+        call(
+            &upstream.base,
+            Method::PUT,
+            "/admin/faults",
+            &[],
+            r#"{"fail_rate":2}"#
+        )
+        .await
+        .status,
+        StatusCode::BAD_REQUEST
+    );
+}
+
+#[test]
+fn bad_configuration_stops_start_with_the_variable_named() {
+    for (var, value) in [
+        ("RATE_LIMIT", "lots"),
+        ("LISTEN", "not-an-address"),
+        ("TRUSTED_PROXIES", "10.0.0.0/40"),
+        ("CACHE_TTL", "0s"),
+    ] {
+        let out = Command::new(example("reference_server"))
+            .env_clear()
+            .env(var, value)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{var}: {stderr}");
+        assert!(
+            stderr.contains(var),
+            "{var}: message must name the variable: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{var}: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn instances_sharing_redis_share_the_quota() {
+    let redis = support::RedisServer::start();
+    let env = [
+        ("REDIS_URL", redis.url()),
+        ("RATE_LIMIT", "4/1h".to_owned()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let a = Proc::start("reference_server", &env);
+    let b = Proc::start("reference_server", &env);
+    for base in [&a.base, &b.base, &a.base, &b.base] {
+        assert_eq!(get(base, "/products/2").await.status, StatusCode::OK);
+    }
+    // Four admitted in all: both instances now refuse this client.
+    assert_eq!(
+        get(&a.base, "/products/2").await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        get(&b.base, "/products/2").await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+
+    // A login on one instance is a session on the other (sessions live in Redis); /me is
+    // outside the rate-limited routes.
+    let r = call(&a.base, Method::POST, "/login", &[], r#"{"user":"roam"}"#).await;
+    let set = r.headers["set-cookie"].to_str().unwrap().to_owned();
+    let cookie = set.split(';').next().unwrap();
+    let me = call(&b.base, Method::GET, "/me", &[("cookie", cookie)], "").await;
+    assert_eq!(me.status, StatusCode::OK);
+    assert_eq!(me.json()["user"], "roam");
+    let me = call(&a.base, Method::GET, "/me", &[("cookie", cookie)], "").await;
+    assert_eq!(me.json()["visits"], 2, "one counter across both instances");
+}
+
+#[tokio::test]
+async fn price_route_breaker_opens_on_faults_and_closes_after() {
+    let upstream = Proc::start("pricing_upstream", &[("FAIL_RATE", "1")]);
+    let server = Proc::start(
+        "reference_server",
+        &[
+            ("PRICING_URL", &upstream.base),
+            ("PRICING_BREAKER_OPEN", "1s"),
+        ],
+    );
+    let upstream_calls = || async {
+        get(&upstream.base, "/admin/faults").await.json()["calls"]
+            .as_u64()
+            .unwrap()
+    };
+
+    // Faults on: retried failures first, then the breaker opens and answers at once.
+    let mut opened = false;
+    for _ in 0..20 {
+        let start = std::time::Instant::now();
+        let r = get(&server.base, "/products/7/price").await;
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(r.headers.contains_key("retry-after"));
+        if r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("circuit breaker open")
+        {
+            assert!(
+                start.elapsed() < Duration::from_millis(200),
+                "refused fast: {:?}",
+                start.elapsed()
+            );
+            opened = true;
+            break;
+        }
+    }
+    assert!(
+        opened,
+        "the breaker opened against an upstream failing every call"
+    );
+    let before = upstream_calls().await;
+    for _ in 0..10 {
+        let r = get(&server.base, "/products/7/price").await;
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    assert!(
+        upstream_calls().await <= before + 2,
+        "while open, at most the half-open probes reach the upstream"
+    );
+
+    // Faults off: after the open duration the probes pass and the breaker closes.
+    let r = call(
+        &upstream.base,
+        Method::PUT,
+        "/admin/faults",
+        &[],
+        r#"{"fail_rate":0,"delay_ms":0}"#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let base = server.base.clone();
+    support::eventually("the price route to answer 200 again", Duration::from_secs(10), || {
+        let base = base.clone();
+        async move { (get(&base, "/products/7/price").await.status == StatusCode::OK).then_some(()) }
+    })
+    .await;
+    for _ in 0..5 {
+        assert_eq!(
+            get(&server.base, "/products/7/price").await.status,
+            StatusCode::OK
+        );
+    }
+    let metrics = String::from_utf8(get(&server.base, "/metrics").await.body.to_vec()).unwrap();
+    assert!(
+        metrics.contains("tower_scale_circuit_breaker_transitions"),
+        "transitions in /metrics"
+    );
+}
+
+#[tokio::test]
+async fn instances_sharing_redis_share_the_cache_and_its_invalidations() {
+    let redis = support::RedisServer::start();
+    let env = [("REDIS_URL", redis.url())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let a = Proc::start("reference_server", &env);
+    let b = Proc::start("reference_server", &env);
+    // The subscribers connect within moments of start; until then L1 is trusted for 1 s.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = get(&a.base, "/products/4").await;
+    assert!(cache_status(&r).contains("stored"), "{}", cache_status(&r));
+    let r = get(&b.base, "/products/4").await;
+    assert!(
+        cache_status(&r).contains("detail=l2"),
+        "B reads A's entry: {}",
+        cache_status(&r)
+    );
+    let r = get(&b.base, "/products/4").await;
+    assert!(
+        cache_status(&r).contains("hit; ttl="),
+        "{}",
+        cache_status(&r)
+    );
+
+    let cookie = login(&a.base, "editor").await;
+    let r = put_product(&a.base, &cookie, 4, "Renamed on A", 1).await;
+    assert_eq!(r.status, StatusCode::OK);
+    // B drops its copy: its next read goes to its own database.
+    support::eventually("B to drop /products/4", Duration::from_secs(2), || async {
+        let r = get(&b.base, "/products/4").await;
+        cache_status(&r).contains("fwd=miss").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn with_postgres_reads_go_to_the_replica_and_a_writer_reads_its_write() {
+    let pair = support::PgPair::start();
+    let (primary_url, replica_url) = (pair.primary_url(), pair.replica_url());
+    let server = Proc::start(
+        "reference_server",
+        &[
+            ("DATABASE_URL", &primary_url),
+            ("DATABASE_REPLICA_URLS", &replica_url),
+            ("SESSION_COOKIE_SECURE", "0"),
+        ],
+    );
+    let base = &server.base;
+    // The seed reaches the replica; an uncached read is served there.
+    let r = support::eventually(
+        "a product served by the replica",
+        Duration::from_secs(10),
+        || async {
+            let r = call(
+                base,
+                Method::GET,
+                "/products/1",
+                &[("cache-control", "no-store")],
+                "",
+            )
+            .await;
+            (r.status == StatusCode::OK).then_some(r)
+        },
+    )
+    .await;
+    assert_eq!(r.json()["name"], "Product 1");
+    assert_eq!(r.headers["x-db-route"], "replica");
+    let ready = get(base, "/readyz").await;
+    assert_eq!(ready.status, StatusCode::OK);
+
+    // Replay paused on the replica: the writer's next read goes to the primary and sees
+    // its write; another client still reads the replica.
+    let (replica, conn) = tokio_postgres::connect(&replica_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    support::pause_replay(&replica_url).await;
+    let session = login(base, "writer").await;
+    let put = put_product(base, &session, 2, "Written", 7).await;
+    assert_eq!(put.status, StatusCode::OK);
+    assert_eq!(put.headers["x-db-route"], "primary");
+    let token = set_cookie(&put, "db_pos").expect("a write sets the token");
+    // Wait for a health check to see the paused replica's position.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let cookies = format!("{session}; {token}");
+    // Another client reads through the cache: a miss, served by the paused replica, and
+    // stored.
+    let theirs = call(base, Method::GET, "/products/2", &[], "").await;
+    assert_eq!(
+        theirs.json()["name"],
+        "Product 2",
+        "the paused replica has not replayed it"
+    );
+    assert_eq!(theirs.headers["x-db-route"], "replica");
+    let hit = call(base, Method::GET, "/products/2", &[], "").await;
+    assert!(cache_status(&hit).contains("hit"), "{}", cache_status(&hit));
+    assert_eq!(hit.json()["name"], "Product 2");
+    // The writer reads through the same cache and still sees its write, from the
+    // primary; the entry is refreshed with it.
+    let mine = call(
+        base,
+        Method::GET,
+        "/products/2",
+        &[("cookie", &cookies)],
+        "",
+    )
+    .await;
+    assert_eq!(mine.json()["name"], "Written", "the writer sees its write");
+    assert_eq!(mine.headers["x-db-route"], "primary");
+    let after = call(base, Method::GET, "/products/2", &[], "").await;
+    assert!(
+        cache_status(&after).contains("hit"),
+        "{}",
+        cache_status(&after)
+    );
+    assert_eq!(after.json()["name"], "Written", "the refreshed entry");
+
+    replica
+        .execute("SELECT pg_wal_replay_resume()", &[])
+        .await
+        .unwrap();
+    support::eventually(
+        "the writer back on the replica",
+        Duration::from_secs(10),
+        || async {
+            let r = call(
+                base,
+                Method::GET,
+                "/products/2",
+                &[("cookie", &cookies), ("cache-control", "no-store")],
+                "",
+            )
+            .await;
+            (r.headers["x-db-route"] == "replica" && r.json()["name"] == "Written").then_some(())
+        },
+    )
+    .await;
+}
