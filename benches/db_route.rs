@@ -22,7 +22,7 @@ use tower_scale::db_route::{
     ConsistencyToken, DbRouteLayer, DbRouter, Lsn, PositionSource, ReplicaPosition,
 };
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use tower_scale::BoxError;
 
 /// A handle whose positions are fixed: the bench measures the layer, not a database.
 struct Fixed;

@@ -85,18 +85,11 @@ impl Clock {
             Kind::System { clock, epoch } => {
                 (clock.delta_as_nanos(*epoch, clock.raw()) / 1_000).saturating_add(1)
             }
-            Kind::Monotonic { epoch } => micros(epoch.elapsed()),
-            Kind::Tokio { epoch } => micros(epoch.elapsed()),
+            // Plus one, like the counter above: no reading is ever zero.
+            Kind::Monotonic { epoch } => crate::duration::micros(epoch.elapsed()).saturating_add(1),
+            Kind::Tokio { epoch } => crate::duration::micros(epoch.elapsed()).saturating_add(1),
         }
     }
-}
-
-/// Whole microseconds plus one, in u64 arithmetic (`as_micros` is u128).
-fn micros(d: std::time::Duration) -> u64 {
-    d.as_secs()
-        .saturating_mul(1_000_000)
-        .saturating_add(u64::from(d.subsec_micros()))
-        .saturating_add(1)
 }
 
 #[cfg(test)]

@@ -59,6 +59,75 @@ pub(crate) fn is_token(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
+/// `SameSite` for a cookie a layer sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SameSite {
+    /// Sent on top-level navigations from other sites, not on their subrequests (default).
+    #[default]
+    Lax,
+    /// Never sent from other sites.
+    Strict,
+    /// Always sent (requires `Secure`).
+    None,
+}
+
+/// How a layer writes its cookie: `name=value` and the attributes, which are fixed (and
+/// validated) when the layer is built, so each response only formats the value.
+#[derive(Debug)]
+pub(crate) struct SetCookie {
+    name: String,
+    /// What follows `name=value`, before any `Max-Age`.
+    attributes: String,
+}
+
+impl SetCookie {
+    /// A cookie `name` (a token, see [`is_token`]) for `path` and `domain` (no `;`, `,`
+    /// or whitespace), always `HttpOnly`.
+    pub(crate) fn new(
+        name: String,
+        path: &str,
+        same_site: SameSite,
+        secure: bool,
+        domain: Option<&str>,
+    ) -> Self {
+        let mut attributes = format!("; Path={path}; HttpOnly");
+        attributes.push_str(match same_site {
+            SameSite::Lax => "; SameSite=Lax",
+            SameSite::Strict => "; SameSite=Strict",
+            SameSite::None => "; SameSite=None",
+        });
+        if secure {
+            attributes.push_str("; Secure");
+        }
+        if let Some(d) = domain {
+            attributes.push_str("; Domain=");
+            attributes.push_str(d);
+        }
+        Self { name, attributes }
+    }
+
+    /// The cookie's name.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `Set-Cookie: name=value; attributes[; Max-Age=N]` (`Some(0)` removes the cookie).
+    /// `value` must be cookie-safe (the layers send hex digits, `.` and `-`).
+    pub(crate) fn header(&self, value: &str, max_age: Option<u64>) -> http::HeaderValue {
+        let mut c =
+            String::with_capacity(self.name.len() + value.len() + self.attributes.len() + 20);
+        c.push_str(&self.name);
+        c.push('=');
+        c.push_str(value);
+        c.push_str(&self.attributes);
+        if let Some(secs) = max_age {
+            c.push_str("; Max-Age=");
+            c.push_str(&secs.to_string());
+        }
+        http::HeaderValue::try_from(c).expect("a cookie of validated parts and a safe value")
+    }
+}
+
 /// A cookie value without the double quotes around it, if it has them.
 fn unquote(v: &[u8]) -> &[u8] {
     v.strip_prefix(b"\"")
@@ -91,6 +160,26 @@ mod tests {
             }
         }
         found
+    }
+
+    #[test]
+    fn set_cookie_writes_every_attribute() {
+        let c = SetCookie::new(
+            "sid".into(),
+            "/app",
+            SameSite::Strict,
+            true,
+            Some("example.com"),
+        );
+        assert_eq!(
+            c.header("abc", Some(60)),
+            "sid=abc; Path=/app; HttpOnly; SameSite=Strict; Secure; Domain=example.com; Max-Age=60"
+        );
+        let c = SetCookie::new("db_pos".into(), "/", SameSite::Lax, false, None);
+        assert_eq!(
+            c.header("", None),
+            "db_pos=; Path=/; HttpOnly; SameSite=Lax"
+        );
     }
 
     #[test]

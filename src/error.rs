@@ -2,6 +2,10 @@
 
 use std::fmt;
 
+/// The error type of services that wrap any inner error (tower's convention): test a
+/// cause with `err.is::<T>()` or `downcast_ref`.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// A builder was given a configuration that cannot work.
 ///
 /// Returned by the `build()` methods of every builder in this crate, so a misconfiguration
@@ -54,7 +58,7 @@ pub enum StoreUnavailableKind {
     /// The call did not complete within the configured timeout.
     Timeout(std::time::Duration),
     /// The store answered with an error or the connection failed.
-    Backend(Box<dyn std::error::Error + Send + Sync>),
+    Backend(BoxError),
 }
 
 impl StoreUnavailable {

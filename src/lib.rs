@@ -84,17 +84,31 @@ mod cookie;
 pub mod db_route;
 mod duration;
 mod error;
+#[cfg(any(
+    feature = "rate-limit",
+    feature = "circuit-breaker",
+    feature = "db-route",
+    feature = "cache",
+    feature = "retry"
+))]
+mod hash;
 #[cfg(any(feature = "session", feature = "db-route", feature = "cache"))]
 mod hex;
 pub mod key;
+#[cfg(any(feature = "rate-limit", feature = "circuit-breaker"))]
+mod keyed;
 #[cfg(feature = "metrics")]
 pub mod metrics;
-#[cfg(any(feature = "rate-limit", feature = "circuit-breaker"))]
-mod prehashed;
 #[cfg(feature = "rate-limit")]
 pub mod rate_limit;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(any(
+    feature = "rate-limit",
+    feature = "circuit-breaker",
+    feature = "session"
+))]
+pub mod refusal;
 #[cfg(feature = "retry")]
 pub mod retry;
 #[cfg(feature = "session")]
@@ -107,4 +121,4 @@ pub use duration::{format_duration, parse_duration};
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
-pub use error::{ConfigError, StoreUnavailable, StoreUnavailableKind};
+pub use error::{BoxError, ConfigError, StoreUnavailable, StoreUnavailableKind};

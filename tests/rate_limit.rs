@@ -540,7 +540,7 @@ fn layer_on_redis(
     Inner,
     tower_scale::key::PeerIp,
     RedisStore,
-    tower_scale::rate_limit::DefaultResponse,
+    tower_scale::refusal::JsonRefusal,
 > {
     let b = RedisBackend::builder(url)
         .prefix(support::unique("modes"))
@@ -761,7 +761,7 @@ fn public_types_are_send_and_sync() {
             Inner,
             tower_scale::key::PeerIp,
             RedisStore,
-            tower_scale::rate_limit::DefaultResponse,
+            tower_scale::refusal::JsonRefusal,
         >,
     >();
     assert_send_sync::<MemoryStore>();
@@ -772,7 +772,7 @@ fn public_types_are_send_and_sync() {
             Inner,
             tower_scale::key::PeerIp,
             RedisStore,
-            tower_scale::rate_limit::DefaultResponse,
+            tower_scale::refusal::JsonRefusal,
         > as Service<Request<()>>>::Future,
     >();
 }

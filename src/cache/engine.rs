@@ -201,7 +201,7 @@ pub(crate) struct Inner {
     hot_gen: Box<[AtomicU64]>,
     /// True while every invalidation from other instances reaches this one.
     subscribed: AtomicBool,
-    rng: AtomicU64,
+    rng: crate::hash::Jitter,
     #[cfg(feature = "redis")]
     pub(crate) l2: Option<super::l2::L2>,
     pub(crate) metrics: super::metrics::Metrics,
@@ -438,9 +438,7 @@ impl CacheEngine {
         if self.inner.jitter <= 0.0 || ttl.is_zero() {
             return ttl;
         }
-        let r = self.inner.next_random();
-        let unit = (r >> 11) as f64 / (1u64 << 53) as f64;
-        ttl.mul_f64(1.0 - self.inner.jitter * unit)
+        ttl.mul_f64(1.0 - self.inner.jitter * self.inner.rng.unit())
     }
 }
 
@@ -816,17 +814,6 @@ impl Inner {
         }
         self.metrics.subscribed.set(if on { 1.0 } else { 0.0 });
     }
-
-    fn next_random(&self) -> u64 {
-        // splitmix64 over an atomic counter: cheap, good enough for jitter.
-        let mut z = self
-            .rng
-            .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
-            .wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
 }
 
 struct EntryExpiry;
@@ -1014,7 +1001,7 @@ impl CacheEngineBuilder {
             hot_gen: (0..HOT_SLOTS).map(|_| AtomicU64::new(0)).collect(),
             slot_hasher: foldhash::fast::FixedState::with_seed(seed),
             subscribed: AtomicBool::new(!has_redis),
-            rng: AtomicU64::new(seed),
+            rng: crate::hash::Jitter::with_seed(seed),
             #[cfg(feature = "redis")]
             l2: self.redis.map(|b| super::l2::L2::new(b, seed)),
             metrics,

@@ -24,7 +24,7 @@ use super::response::{
     respond, storable, variant_key,
 };
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::BoxError;
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// The service [`ResponseCacheLayer`] makes. See the [module docs](super).

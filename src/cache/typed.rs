@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use super::engine::{Begin, CacheEngine, Entry, Leader, Lifetimes, Lookup, Outcome, wait};
 use crate::StoreUnavailable;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::BoxError;
 
 /// Cache-aside for application data: values of type `V` under keys of type `K` (anything
 /// `Display`), serialised with serde (JSON) for the Redis tier and kept decoded in L1.

@@ -1,11 +1,10 @@
 //! [`CircuitBreakerLayer`], its builder, keys and handle.
 
 use std::fmt;
-use std::hash::{BuildHasher, BuildHasherDefault, Hash};
-use std::sync::{Arc, Mutex};
+use std::hash::Hash;
+use std::sync::Arc;
 use std::time::Duration;
 
-use foldhash::quality::RandomState;
 use tower_layer::Layer;
 
 use super::core::{Breaker, Config, State, Transition, Window};
@@ -15,7 +14,7 @@ use crate::classify::HttpClassifier;
 use crate::clock::Clock;
 use crate::duration::micros;
 use crate::key::KeyExtractor;
-use crate::prehashed::PreHashed;
+use crate::keyed::KeyedMap;
 
 /// Which breaker a request goes through.
 pub trait BreakerKey<Req>: Clone + Send + Sync + 'static {
@@ -132,20 +131,11 @@ pub(crate) struct Shared<K, C> {
     pub(crate) clock: Clock,
     /// The breaker of unkeyed requests.
     pub(crate) single: Arc<Breaker>,
-    hasher: RandomState,
-    shards: Box<[Mutex<Shard>]>,
-    max_per_shard: usize,
+    /// The keyed breakers; a shard's `ticks` are the overflowing calls left before its
+    /// next eviction sweep, so a full shard whose breakers all hold something is not
+    /// rescanned on every call.
+    breakers: KeyedMap<Arc<Breaker>>,
     refused: std::sync::OnceLock<::metrics::Counter>,
-}
-
-type Map = std::collections::HashMap<u64, Arc<Breaker>, BuildHasherDefault<PreHashed>>;
-
-#[derive(Default)]
-struct Shard {
-    map: Map,
-    /// Overflowing calls left before the next eviction sweep: a full shard whose breakers
-    /// all hold something is not rescanned on every call.
-    skip_sweeps: u32,
 }
 
 /// A full shard that found nothing to evict waits this many overflowing calls to sweep again.
@@ -164,19 +154,20 @@ impl<K, C> Shared<K, C> {
     /// As [`breaker`](Self::breaker), but `None` rather than the shared breaker when there
     /// is no room.
     fn breaker_or_room(&self, hash: u64) -> Option<Arc<Breaker>> {
-        let mut shard = self.shard(hash);
+        let mut shard = self.breakers.lock(hash);
         if let Some(b) = shard.map.get(&hash) {
             return Some(Arc::clone(b));
         }
-        if shard.map.len() >= self.max_per_shard {
-            if shard.skip_sweeps > 0 {
-                shard.skip_sweeps -= 1;
+        let max = self.breakers.max_per_shard();
+        if shard.map.len() >= max {
+            if shard.ticks > 0 {
+                shard.ticks -= 1;
                 return None;
             }
             let now = self.clock.now_us();
             shard.map.retain(|_, b| !b.is_idle(now));
-            if shard.map.len() >= self.max_per_shard {
-                shard.skip_sweeps = SWEEP_BACKOFF;
+            if shard.map.len() >= max {
+                shard.ticks = SWEEP_BACKOFF;
                 return None;
             }
         }
@@ -187,13 +178,7 @@ impl<K, C> Shared<K, C> {
 
     /// The breaker for a key hash if it has one; never makes one.
     fn find(&self, hash: u64) -> Option<Arc<Breaker>> {
-        self.shard(hash).map.get(&hash).cloned()
-    }
-
-    fn shard(&self, hash: u64) -> std::sync::MutexGuard<'_, Shard> {
-        self.shards[(hash >> 60) as usize % SHARDS]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        self.breakers.lock(hash).map.get(&hash).cloned()
     }
 
     /// Counts a refusal (the handle is registered on first use, with the recorder of the
@@ -207,7 +192,7 @@ impl<K, C> Shared<K, C> {
     }
 
     pub(crate) fn hash(&self, key: impl Hash) -> u64 {
-        self.hasher.hash_one(key)
+        self.breakers.hash(key)
     }
 
     pub(crate) fn transitioned(&self, t: Transition) {
@@ -525,12 +510,8 @@ impl<K, C> CircuitBreakerLayerBuilder<K, C> {
     pub fn build(mut self) -> Result<CircuitBreakerLayer<K, C>, ConfigError> {
         self.config.max_open_us = self.max_open.map_or(self.config.open_us, micros);
         self.config.validate()?;
-        if self.max_keys < SHARDS {
-            return Err(ConfigError::new(
-                "max_keys",
-                format!("must be at least {SHARDS}"),
-            ));
-        }
+        let breakers = KeyedMap::new(SHARDS, self.max_keys)
+            .ok_or_else(|| ConfigError::new("max_keys", format!("must be at least {SHARDS}")))?;
         if self.name.is_empty() {
             return Err(ConfigError::new("name", "must not be empty"));
         }
@@ -544,9 +525,7 @@ impl<K, C> CircuitBreakerLayerBuilder<K, C> {
                 key: self.key,
                 classifier: self.classifier,
                 clock: self.clock.unwrap_or_default(),
-                hasher: RandomState::default(),
-                shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
-                max_per_shard: self.max_keys / SHARDS,
+                breakers,
             }),
         })
     }

@@ -63,6 +63,17 @@ impl fmt::Display for CircuitOpen {
 
 impl std::error::Error for CircuitOpen {}
 
+impl crate::refusal::Refusal for CircuitOpen {
+    /// 503: the upstream is unavailable for now.
+    fn status(&self) -> http::StatusCode {
+        http::StatusCode::SERVICE_UNAVAILABLE
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        Some(self.retry_after)
+    }
+}
+
 /// The error of a [`CircuitBreaker`]: refused, or the inner service's own error.
 #[derive(Debug)]
 pub enum BreakerError<E> {
@@ -303,24 +314,11 @@ where
     }
 }
 
-/// The 503 for a refusal.
+/// The 503 for a refusal: [`JsonRefusal`](crate::refusal::JsonRefusal)'s answer, with the
+/// refusal in the extensions.
 pub fn open_response<B: From<Bytes>>(open: CircuitOpen) -> http::Response<B> {
-    let secs = open.retry_after.as_micros().div_ceil(1_000_000).max(1);
-    let body = Bytes::from(format!(
-        "{{\"error\":\"upstream unavailable (circuit breaker `{}` open); retry in {secs} s\"}}",
-        open.breaker.replace('\\', "\\\\").replace('"', "\\\"")
-    ));
-    let mut resp = http::Response::new(B::from(body));
-    *resp.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
-    let h = resp.headers_mut();
-    h.insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    h.insert(
-        http::header::RETRY_AFTER,
-        http::HeaderValue::from(secs as u64),
-    );
+    use crate::refusal::OnRefusal;
+    let mut resp = crate::refusal::JsonRefusal.response(&open).map(B::from);
     resp.extensions_mut().insert(open);
     resp
 }

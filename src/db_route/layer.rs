@@ -17,6 +17,7 @@ use tower_service::Service;
 use super::position::{ConsistencyToken, Lsn, now_ms};
 use super::router::{DbRouter, PositionSource, PrimaryReason, ReadRoute};
 use crate::ConfigError;
+use crate::cookie::{SameSite, SetCookie};
 
 type IntentFn = Arc<dyn Fn(&request::Parts) -> Option<Intent> + Send + Sync>;
 
@@ -100,9 +101,7 @@ pub struct DbRouteLayer<P> {
 
 struct Settings<P> {
     router: DbRouter<P>,
-    cookie: String,
-    /// What follows `name=token` in the `Set-Cookie`.
-    cookie_attributes: String,
+    cookie: SetCookie,
     route_header: bool,
     intent: Option<IntentFn>,
 }
@@ -130,6 +129,7 @@ pub struct DbRouteLayerBuilder<P> {
     router: DbRouter<P>,
     cookie: String,
     secure: bool,
+    same_site: SameSite,
     route_header: bool,
     intent: Option<IntentFn>,
 }
@@ -150,6 +150,7 @@ impl<P> DbRouteLayer<P> {
             router,
             cookie: "db_pos".into(),
             secure: true,
+            same_site: SameSite::Lax,
             route_header: false,
             intent: None,
         }
@@ -161,7 +162,8 @@ impl<P> DbRouteLayer<P> {
     /// replica).
     pub fn current_token(&self, headers: &http::HeaderMap) -> Option<ConsistencyToken> {
         let s = &*self.settings;
-        token_of(headers, &s.cookie).filter(|t| t.is_current(now_ms(), s.router.token_max_age()))
+        token_of(headers, s.cookie.name())
+            .filter(|t| t.is_current(now_ms(), s.router.token_max_age()))
     }
 }
 
@@ -175,6 +177,13 @@ impl<P> DbRouteLayerBuilder<P> {
     /// Whether the cookie is `Secure` (default yes; turn off for plain-HTTP testing only).
     pub fn secure(mut self, secure: bool) -> Self {
         self.secure = secure;
+        self
+    }
+
+    /// `SameSite` of the token cookie (default `Lax`: sent on navigations from other
+    /// sites, so a client who wrote and follows a link back still reads its write).
+    pub fn same_site(mut self, same_site: SameSite) -> Self {
+        self.same_site = same_site;
         self
     }
 
@@ -210,17 +219,10 @@ impl<P> DbRouteLayerBuilder<P> {
                 ),
             ));
         }
-        // The `Set-Cookie` around a token, made once.
-        let cookie_attributes = format!(
-            "; Path=/; Max-Age={}; HttpOnly; SameSite=Lax{}",
-            self.router.token_max_age().as_secs().max(1),
-            if self.secure { "; Secure" } else { "" }
-        );
         Ok(DbRouteLayer {
             settings: Arc::new(Settings {
+                cookie: SetCookie::new(self.cookie, "/", SameSite::Lax, self.secure, None),
                 router: self.router,
-                cookie: self.cookie,
-                cookie_attributes,
                 route_header: self.route_header,
                 intent: self.intent,
             }),
@@ -297,7 +299,7 @@ where
             .unwrap_or(by_method);
         let read = match intent {
             Intent::Write => ReadRoute::Primary(PrimaryReason::Write),
-            Intent::Read => match token_of(&parts.headers, &s.cookie) {
+            Intent::Read => match token_of(&parts.headers, s.cookie.name()) {
                 Some(token) => s.router.route_carried(&token),
                 None => s.router.route_read(None, 0),
             },
@@ -418,10 +420,8 @@ where
                         issued_ms: now_ms(),
                     };
                     let s = &**this.settings;
-                    let cookie = format!("{}={}{}", s.cookie, token.encode(), s.cookie_attributes);
-                    // A validated name, a token of digits, hex, `.` and `-`, and fixed
-                    // attributes.
-                    let cookie = HeaderValue::try_from(cookie).expect("a valid Set-Cookie");
+                    let max_age = s.router.token_max_age().as_secs().max(1);
+                    let cookie = s.cookie.header(&token.encode(), Some(max_age));
                     res.headers_mut().append(header::SET_COOKIE, cookie);
                     return Poll::Ready(Ok(res));
                 }
@@ -472,13 +472,11 @@ mod tests {
     struct NoPosition;
 
     impl PositionSource for NoPosition {
-        async fn write_position(&self) -> Result<Lsn, Box<dyn std::error::Error + Send + Sync>> {
+        async fn write_position(&self) -> Result<Lsn, crate::BoxError> {
             Err("no position".into())
         }
 
-        async fn replica_position(
-            &self,
-        ) -> Result<ReplicaPosition, Box<dyn std::error::Error + Send + Sync>> {
+        async fn replica_position(&self) -> Result<ReplicaPosition, crate::BoxError> {
             Ok(ReplicaPosition {
                 replayed: Lsn(0),
                 lag: None,

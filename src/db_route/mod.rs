@@ -65,6 +65,7 @@ mod shard;
 #[cfg(feature = "sqlx-postgres")]
 mod sqlx_pg;
 
+pub use crate::cookie::SameSite;
 #[cfg(feature = "axum")]
 pub use layer::MissingDbRouteLayer;
 pub use layer::{

@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::position::{ConsistencyToken, Lsn};
 use crate::ConfigError;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::BoxError;
 
 /// Where a replica stands, as the health check reads it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

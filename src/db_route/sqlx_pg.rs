@@ -5,7 +5,7 @@ use std::time::Duration;
 use super::position::Lsn;
 use super::router::{PositionSource, ReplicaPosition};
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::BoxError;
 
 impl PositionSource for sqlx::PgPool {
     async fn write_position(&self) -> Result<Lsn, BoxError> {

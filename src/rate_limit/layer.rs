@@ -10,12 +10,13 @@ use tower_layer::Layer;
 
 use super::memory::MemoryStore;
 use super::quota::Quota;
-use super::response::{DefaultResponse, OnRateLimited};
+use super::response::RateLimited;
 use super::service::{Applied, RateLimit};
 use super::store::{MAX_QUOTAS, QuotaSpec};
 use crate::ConfigError;
 use crate::clock::Clock;
 use crate::key::{KeyExtractor, PeerIp, RequestRef};
+use crate::refusal::{JsonRefusal, OnRefusal};
 
 type Matcher = Arc<dyn Fn(RequestRef<'_>) -> bool + Send + Sync>;
 type CostFn = Arc<dyn Fn(RequestRef<'_>) -> u32 + Send + Sync>;
@@ -88,7 +89,7 @@ pub(crate) struct Shared<K, S, R> {
 }
 
 /// Applies [`RateLimit`] to a service. Cheap to clone; clones share quotas' state.
-pub struct RateLimitLayer<K = PeerIp, S = MemoryStore, R = DefaultResponse> {
+pub struct RateLimitLayer<K = PeerIp, S = MemoryStore, R = JsonRefusal> {
     pub(crate) shared: Arc<Shared<K, S, R>>,
 }
 
@@ -123,7 +124,7 @@ impl RateLimitLayer {
         RateLimitLayerBuilder {
             key: PeerIp::new(),
             store: MemoryStore::new(),
-            response: DefaultResponse,
+            response: JsonRefusal,
             settings: Settings {
                 rules: Vec::new(),
                 cost: None,
@@ -151,7 +152,7 @@ impl<In, K: Clone, S: Clone, R> Layer<In> for RateLimitLayer<K, S, R> {
 
 /// Builds a [`RateLimitLayer`].
 #[must_use]
-pub struct RateLimitLayerBuilder<K = PeerIp, S = MemoryStore, R = DefaultResponse> {
+pub struct RateLimitLayerBuilder<K = PeerIp, S = MemoryStore, R = JsonRefusal> {
     key: K,
     store: S,
     response: R,
@@ -224,8 +225,12 @@ impl<K, S, R> RateLimitLayerBuilder<K, S, R> {
         self
     }
 
-    /// How refusals are answered (default: [`DefaultResponse`], a JSON 429 or 503).
-    pub fn response<R2: OnRateLimited>(self, response: R2) -> RateLimitLayerBuilder<K, S, R2> {
+    /// How refusals are answered (default: [`JsonRefusal`], a JSON 429 or 503 with
+    /// `Retry-After`).
+    pub fn response<R2: OnRefusal<RateLimited>>(
+        self,
+        response: R2,
+    ) -> RateLimitLayerBuilder<K, S, R2> {
         RateLimitLayerBuilder {
             key: self.key,
             store: self.store,

@@ -1,17 +1,18 @@
 //! [`MemoryStore`]: rate-limit state in this process.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::hash::{BuildHasher, BuildHasherDefault, Hash};
+use std::hash::Hash;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-
-use foldhash::quality::RandomState;
 
 use super::store::{Decision, MAX_QUOTAS, QuotaSpec, Store, StoreFuture};
 use crate::ConfigError;
 use crate::clock::Clock;
-use crate::prehashed::PreHashed;
+use crate::keyed::KeyedMap;
+
+/// A shard of the store: (key, quota) hash to the GCRA theoretical arrival time; `ticks`
+/// counts checks since the last sweep.
+type Shard = crate::keyed::Shard<u64>;
 
 const SHARDS: usize = 64;
 /// Every this many checks a shard drops the keys whose buckets are full again.
@@ -46,22 +47,9 @@ pub struct MemoryStore {
 
 #[derive(Debug)]
 struct Inner {
-    shards: Box<[Padded<Mutex<Shard>>]>,
-    hasher: RandomState,
+    tats: KeyedMap<u64>,
     clock: Clock,
-    max_per_shard: usize,
     warned_full: AtomicBool,
-}
-
-/// One cache line per shard lock, so shards do not contend through false sharing.
-#[derive(Debug)]
-#[repr(align(64))]
-struct Padded<T>(T);
-
-#[derive(Debug, Default)]
-struct Shard {
-    tats: HashMap<u64, u64, BuildHasherDefault<PreHashed>>,
-    ops: u32,
 }
 
 impl Default for MemoryStore {
@@ -95,11 +83,7 @@ impl MemoryStore {
 
     /// How many (key, quota) states are held now.
     pub fn len(&self) -> usize {
-        self.inner
-            .shards
-            .iter()
-            .map(|s| s.0.lock().unwrap_or_else(|p| p.into_inner()).tats.len())
-            .sum()
+        self.inner.tats.len()
     }
 
     /// True if no state is held.
@@ -110,14 +94,12 @@ impl MemoryStore {
     /// The key's hash, the time, and its shard, locked, swept when due.
     #[inline(always)]
     fn enter<K: Hash>(&self, key: &K) -> (u64, u64, std::sync::MutexGuard<'_, Shard>) {
-        let h = self.inner.hasher.hash_one(key);
+        let h = self.inner.tats.hash(key);
         let now = self.inner.clock.now_us();
-        // High bits pick the shard; the map uses the low bits for buckets.
-        let shard = &self.inner.shards[((h >> 32) as usize) % SHARDS].0;
-        let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
-        shard.ops += 1;
-        if shard.ops >= SWEEP_EVERY {
-            shard.sweep(now);
+        let mut shard = self.inner.tats.lock(h);
+        shard.ticks += 1;
+        if shard.ticks >= SWEEP_EVERY {
+            sweep(&mut shard, now);
         }
         (h, now, shard)
     }
@@ -127,12 +109,12 @@ impl MemoryStore {
     pub fn admit<K: Hash>(&self, key: &K, quota: &QuotaSpec, cost: u64) -> bool {
         let (h, now, mut shard) = self.enter(key);
         let slot = slot(h, quota);
-        if shard.tats.len() >= self.inner.max_per_shard && !shard.tats.contains_key(&slot) {
+        if shard.map.len() >= self.inner.tats.max_per_shard() && !shard.map.contains_key(&slot) {
             // A full shard and a new key: `check` decides (and counts) that case.
             return false;
         }
         let gcra = quota.gcra();
-        match shard.tats.get_mut(&slot) {
+        match shard.map.get_mut(&slot) {
             Some(tat) => match gcra.admit(Some(*tat), now, cost) {
                 Some(new_tat) => {
                     *tat = new_tat;
@@ -142,7 +124,7 @@ impl MemoryStore {
             },
             None => match gcra.admit(None, now, cost) {
                 Some(new_tat) => {
-                    shard.tats.insert(slot, new_tat);
+                    shard.map.insert(slot, new_tat);
                     true
                 }
                 None => false,
@@ -154,12 +136,13 @@ impl MemoryStore {
     pub fn decide<K: Hash>(&self, key: &K, quotas: &[&QuotaSpec], cost: u64) -> Decision {
         let (h, now, mut shard) = self.enter(key);
         if let [q] = quotas {
-            return shard.decide_one(
+            return decide_one(
+                &mut shard,
                 slot(h, q),
                 q,
                 now,
                 cost,
-                self.inner.max_per_shard,
+                self.inner.tats.max_per_shard(),
                 &self.inner.warned_full,
             );
         }
@@ -168,20 +151,21 @@ impl MemoryStore {
         let mut tats = [None; MAX_QUOTAS];
         let mut results = Vec::with_capacity(n);
         for (i, q) in quotas.iter().take(n).enumerate() {
-            slots[i] = shard.resolve(
+            slots[i] = resolve(
+                &mut shard,
                 slot(h, q),
                 q,
                 now,
-                self.inner.max_per_shard,
+                self.inner.tats.max_per_shard(),
                 &self.inner.warned_full,
             );
-            tats[i] = shard.tats.get(&slots[i]).copied();
+            tats[i] = shard.map.get(&slots[i]).copied();
             results.push(q.gcra().check(tats[i], now, cost));
         }
         if results.iter().all(|(v, _)| v.allowed) {
             for (i, (_, t)) in results.iter().enumerate() {
                 if let Some(t) = t {
-                    shard.tats.insert(slots[i], *t);
+                    shard.map.insert(slots[i], *t);
                 }
             }
             Decision::new(results.into_iter().map(|(v, _)| v))
@@ -214,86 +198,84 @@ fn slot(h: u64, q: &QuotaSpec) -> u64 {
 /// Where the overflow slots live (mixed with each quota's salt).
 const OVERFLOW: u64 = 0xA5A5_5A5A_C3C3_3C3C;
 
-impl Shard {
-    /// The slot a key's quota lives in: its own, unless the shard is full and the key is
-    /// new. Then it is the shard's overflow slot for that quota, shared by every key that
-    /// did not fit, so those keys are still limited (together) rather than not at all.
-    #[inline]
-    fn resolve(
-        &mut self,
-        slot: u64,
-        q: &QuotaSpec,
-        now: u64,
-        max: usize,
-        warned: &AtomicBool,
-    ) -> u64 {
-        if self.tats.len() < max || self.tats.contains_key(&slot) {
+/// The slot a key's quota lives in: its own, unless the shard is full and the key is
+/// new. Then it is the shard's overflow slot for that quota, shared by every key that
+/// did not fit, so those keys are still limited (together) rather than not at all.
+#[inline]
+fn resolve(
+    shard: &mut Shard,
+    slot: u64,
+    q: &QuotaSpec,
+    now: u64,
+    max: usize,
+    warned: &AtomicBool,
+) -> u64 {
+    if shard.map.len() < max || shard.map.contains_key(&slot) {
+        return slot;
+    }
+    resolve_full(shard, slot, q, now, max, warned)
+}
+
+#[cold]
+#[inline(never)]
+fn resolve_full(
+    shard: &mut Shard,
+    slot: u64,
+    q: &QuotaSpec,
+    now: u64,
+    max: usize,
+    warned: &AtomicBool,
+) -> u64 {
+    // Full: sweep, but not on every request, or a flood of new keys would make each of
+    // them scan the shard.
+    if shard.ticks >= FULL_SWEEP_EVERY {
+        sweep(shard, now);
+        if shard.map.len() < max {
             return slot;
         }
-        self.resolve_full(slot, q, now, max, warned)
     }
-
-    #[cold]
-    #[inline(never)]
-    fn resolve_full(
-        &mut self,
-        slot: u64,
-        q: &QuotaSpec,
-        now: u64,
-        max: usize,
-        warned: &AtomicBool,
-    ) -> u64 {
-        // Full: sweep, but not on every request, or a flood of new keys would make each of
-        // them scan the shard.
-        if self.ops >= FULL_SWEEP_EVERY {
-            self.sweep(now);
-            if self.tats.len() < max {
-                return slot;
-            }
-        }
-        if !warned.swap(true, Ordering::Relaxed) {
-            tracing::warn!(
-                max_keys = max * SHARDS,
-                "rate limit: in-process store is full; new keys share an overflow bucket until others expire"
-            );
-        }
-        ::metrics::counter!("tower_scale.rate_limit.store_full").increment(1);
-        OVERFLOW ^ q.salt()
+    if !warned.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            max_keys = max * SHARDS,
+            "rate limit: in-process store is full; new keys share an overflow bucket until others expire"
+        );
     }
+    ::metrics::counter!("tower_scale.rate_limit.store_full").increment(1);
+    OVERFLOW ^ q.salt()
+}
 
-    /// One quota: a single probe of the map.
-    fn decide_one(
-        &mut self,
-        slot: u64,
-        q: &QuotaSpec,
-        now: u64,
-        cost: u64,
-        max: usize,
-        warned: &AtomicBool,
-    ) -> Decision {
-        let slot = self.resolve(slot, q, now, max, warned);
-        match self.tats.entry(slot) {
-            Entry::Occupied(mut e) => {
-                let (v, t) = q.gcra().check(Some(*e.get()), now, cost);
-                if let Some(t) = t {
-                    *e.get_mut() = t;
-                }
-                Decision::one(v)
+/// One quota: a single probe of the map.
+fn decide_one(
+    shard: &mut Shard,
+    slot: u64,
+    q: &QuotaSpec,
+    now: u64,
+    cost: u64,
+    max: usize,
+    warned: &AtomicBool,
+) -> Decision {
+    let slot = resolve(shard, slot, q, now, max, warned);
+    match shard.map.entry(slot) {
+        Entry::Occupied(mut e) => {
+            let (v, t) = q.gcra().check(Some(*e.get()), now, cost);
+            if let Some(t) = t {
+                *e.get_mut() = t;
             }
-            Entry::Vacant(e) => {
-                let (v, t) = q.gcra().check(None, now, cost);
-                if let Some(t) = t {
-                    e.insert(t);
-                }
-                Decision::one(v)
+            Decision::one(v)
+        }
+        Entry::Vacant(e) => {
+            let (v, t) = q.gcra().check(None, now, cost);
+            if let Some(t) = t {
+                e.insert(t);
             }
+            Decision::one(v)
         }
     }
+}
 
-    fn sweep(&mut self, now: u64) {
-        self.tats.retain(|_, tat| *tat > now);
-        self.ops = 0;
-    }
+fn sweep(shard: &mut Shard, now: u64) {
+    shard.map.retain(|_, tat| *tat > now);
+    shard.ticks = 0;
 }
 
 /// Builds a [`MemoryStore`]; from [`MemoryStore::builder`].
@@ -324,20 +306,12 @@ impl MemoryStoreBuilder {
     ///
     /// A `max_keys` below 64 (one per shard).
     pub fn build(self) -> Result<MemoryStore, ConfigError> {
-        if self.max_keys < SHARDS {
-            return Err(ConfigError::new(
-                "max_keys",
-                format!("must be at least {SHARDS}"),
-            ));
-        }
+        let tats = KeyedMap::new(SHARDS, self.max_keys)
+            .ok_or_else(|| ConfigError::new("max_keys", format!("must be at least {SHARDS}")))?;
         Ok(MemoryStore {
             inner: Arc::new(Inner {
-                shards: (0..SHARDS)
-                    .map(|_| Padded(Mutex::new(Shard::default())))
-                    .collect(),
-                hasher: RandomState::default(),
+                tats,
                 clock: self.clock.unwrap_or_default(),
-                max_per_shard: self.max_keys / SHARDS,
                 warned_full: AtomicBool::new(false),
             }),
         })

@@ -20,7 +20,9 @@
 //! A refusal is a 429 with `Retry-After` (honest: waiting that long gets the same request
 //! admitted) and the IETF `RateLimit-Policy`/`RateLimit` headers
 //! (draft-ietf-httpapi-ratelimit-headers-10), optionally `X-RateLimit-*`; its body comes from
-//! an [`OnRateLimited`]; the typed [`RateLimited`] is in the response extensions. Admitted
+//! an [`OnRefusal`](crate::refusal::OnRefusal) (default
+//! [`JsonRefusal`](crate::refusal::JsonRefusal)); the typed [`RateLimited`] is in the
+//! response extensions. Admitted
 //! responses pass through untouched, with the inner service's own body type; refusal bodies
 //! are converted from `Bytes`, so that body type must be `From<Bytes>` (axum's `Body` and
 //! `Full<Bytes>` are).
@@ -112,8 +114,6 @@ pub use memory::{MemoryStore, MemoryStoreBuilder};
 pub use quota::Quota;
 #[cfg(feature = "redis")]
 pub use redis_store::RedisStore;
-pub use response::{
-    DefaultResponse, OnRateLimited, QuotaStatus, RATELIMIT, RATELIMIT_POLICY, RateLimited, Reason,
-};
+pub use response::{QuotaStatus, RATELIMIT, RATELIMIT_POLICY, RateLimited, Reason};
 pub use service::{BucketKey, RateLimit};
 pub use store::{AnyStore, BoxedCheck, Decision, MAX_QUOTAS, QuotaSpec, Store, StoreFuture};

@@ -9,9 +9,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::header::RETRY_AFTER;
-use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 use super::gcra::{Gcra, Verdict};
 use super::quota::Quota;
@@ -90,36 +89,17 @@ impl fmt::Display for RateLimited {
 
 impl std::error::Error for RateLimited {}
 
-/// Builds the response for a refused request. The layer adds `Retry-After`, the rate-limit
-/// headers and the [`RateLimited`] extension afterwards, so implementations only choose
-/// status and body.
-pub trait OnRateLimited: Clone + Send + Sync + 'static {
-    /// The response for `refusal`.
-    fn response(&self, refusal: &RateLimited) -> Response<Bytes>;
-}
-
-/// 429 (or 503 when the store is down and the layer fails closed) with a JSON body
-/// `{"error": "..."}`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct DefaultResponse;
-
-impl OnRateLimited for DefaultResponse {
-    fn response(&self, refusal: &RateLimited) -> Response<Bytes> {
-        let status = match refusal.reason {
+impl crate::refusal::Refusal for RateLimited {
+    /// 429, or 503 when the store is down and the layer fails closed.
+    fn status(&self) -> StatusCode {
+        match self.reason {
             Reason::QuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
             Reason::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-        };
-        let msg = refusal
-            .to_string()
-            .replace('\\', "\\\\")
-            .replace('"', "\\\"");
-        let mut resp = Response::new(Bytes::from(format!("{{\"error\":\"{msg}\"}}")));
-        *resp.status_mut() = status;
-        resp.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        resp
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
     }
 }
 
@@ -200,7 +180,10 @@ pub(crate) fn write_headers(
 /// Adds `Retry-After` (whole seconds, rounded up) when the refusal has one.
 pub(crate) fn write_retry_after(headers: &mut HeaderMap, retry_after: Option<Duration>) {
     if let Some(d) = retry_after {
-        headers.insert(RETRY_AFTER, HeaderValue::from(ceil_secs(d).max(1)));
+        headers.insert(
+            RETRY_AFTER,
+            HeaderValue::from(crate::refusal::retry_after_secs(d)),
+        );
     }
 }
 
@@ -269,20 +252,24 @@ mod tests {
 
     #[test]
     fn default_response_is_json() {
+        use crate::refusal::{JsonRefusal, OnRefusal};
         let r = RateLimited {
             reason: Reason::QuotaExceeded,
             retry_after: Some(Duration::from_secs(9)),
             quotas: vec![],
         };
-        let resp = DefaultResponse.response(&r);
+        let resp = JsonRefusal.response(&r);
         assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(resp.headers()[RETRY_AFTER], "9");
+        let body: serde_json::Value = serde_json::from_slice(resp.body()).unwrap();
+        assert_eq!(body["error"], "rate limit exceeded (); retry in 9 s");
         let r = RateLimited {
             reason: Reason::StoreUnavailable,
             retry_after: None,
             quotas: vec![],
         };
         assert_eq!(
-            DefaultResponse.response(&r).status(),
+            JsonRefusal.response(&r).status(),
             StatusCode::SERVICE_UNAVAILABLE
         );
     }

@@ -12,10 +12,11 @@ use tower_service::Service;
 use super::future::{Post, ResponseFuture};
 use super::gcra::{Gcra, Verdict};
 use super::layer::{Fallback, Shared};
-use super::response::{self, OnRateLimited, RateLimited, Reason};
+use super::response::{self, RateLimited, Reason};
 use super::store::{Decision, MAX_QUOTAS, QuotaSpec, Store, StoreFuture};
 use crate::StoreUnavailable;
 use crate::key::{KeyExtractor, RequestRef};
+use crate::refusal::OnRefusal;
 
 /// Admits or refuses each request against its quotas. Built by
 /// [`RateLimitLayer`](super::RateLimitLayer).
@@ -81,7 +82,7 @@ enum Verdicted {
 
 static WARNED_UNKEYED: AtomicBool = AtomicBool::new(false);
 
-impl<K, S, R: OnRateLimited> Shared<K, S, R> {
+impl<K, S, R: OnRefusal<RateLimited>> Shared<K, S, R> {
     fn specs(&self, applied: &Applied) -> [&QuotaSpec; MAX_QUOTAS] {
         let mut specs = [&self.rules[0].spec; MAX_QUOTAS];
         for (slot, &i) in specs.iter_mut().zip(applied.indices()) {
@@ -234,7 +235,7 @@ where
     B: Send + 'static,
     K: KeyExtractor,
     S: Store<BucketKey<K::Key>>,
-    R: OnRateLimited,
+    R: OnRefusal<RateLimited>,
 {
     type Response = Response<ResBody>;
     type Error = In::Error;
@@ -272,7 +273,7 @@ struct Pending<Key> {
     cost: u64,
 }
 
-impl<K: KeyExtractor, S: Store<BucketKey<K::Key>>, R: OnRateLimited> Shared<K, S, R> {
+impl<K: KeyExtractor, S: Store<BucketKey<K::Key>>, R: OnRefusal<RateLimited>> Shared<K, S, R> {
     /// Decides `req` as far as can be done without waiting. Inlined, and the request is
     /// only lent to code that is inlined too in the common case (every quota applies,
     /// cost 1), so the caller can hand the request on without copying it.
@@ -367,7 +368,7 @@ impl<In, K, S, R> RateLimit<In, K, S, R>
 where
     K: KeyExtractor,
     S: Store<BucketKey<K::Key>>,
-    R: OnRateLimited,
+    R: OnRefusal<RateLimited>,
 {
     /// The store answers later (Redis): the inner call waits for it, in one boxed future.
     #[inline(never)]

@@ -65,18 +65,9 @@ impl QuotaSpec {
     }
 }
 
-/// FNV-1a over the name, then a 64-bit finaliser so every bit depends on every byte.
+/// A stable hash of the name, every bit depending on every byte.
 fn salt(name: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in name.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^ (h >> 33)
+    crate::hash::mix64(crate::hash::fnv1a(name.as_bytes()))
 }
 
 /// A store's answer for one request: admitted or not, and each quota's verdict, in the

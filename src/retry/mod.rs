@@ -70,5 +70,5 @@ pub use any::{AnyFuture, RetryAny, RetryAnyLayer};
 pub use body::ReplayBody;
 pub use budget::RetryBudget;
 pub use service::{
-    BoxError, ResponseFuture, Retry, RetryError, RetryLayer, RetryLayerBuilder, is_idempotent,
+    ResponseFuture, Retry, RetryError, RetryLayer, RetryLayerBuilder, is_idempotent,
 };

@@ -2,9 +2,7 @@
 
 use std::fmt;
 use std::future::Future;
-use std::hash::BuildHasher;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -19,12 +17,10 @@ use tower_service::Service;
 
 use super::body::ReplayBody;
 use super::budget::RetryBudget;
+use crate::BoxError;
 use crate::ConfigError;
 use crate::classify::{Class, Classify, HttpClassifier};
 use crate::duration::micros;
-
-/// A boxed error, for a request body that failed while it was being buffered.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The error of a [`Retry`]: the last attempt's error, or what stopped the attempts.
 #[derive(Debug)]
@@ -69,8 +65,7 @@ pub(crate) struct Shared<C> {
     pub(crate) body_cap: u64,
     pub(crate) budget: RetryBudget,
     pub(crate) classifier: C,
-    pub(crate) jitter: foldhash::fast::RandomState,
-    pub(crate) draws: AtomicU64,
+    pub(crate) jitter: crate::hash::Jitter,
     pub(crate) retried: OnceLock<::metrics::Counter>,
     pub(crate) exhausted: OnceLock<::metrics::Counter>,
 }
@@ -82,10 +77,7 @@ impl<C> Shared<C> {
             .base_us
             .saturating_mul(1u64 << (retry.saturating_sub(1)).min(40))
             .min(self.max_backoff_us);
-        let draw = self
-            .jitter
-            .hash_one(self.draws.fetch_add(1, Ordering::Relaxed));
-        Duration::from_micros(draw % (ceiling + 1))
+        Duration::from_micros(self.jitter.up_to(ceiling))
     }
 
     pub(crate) fn count(&self, slot: &OnceLock<::metrics::Counter>, name: &'static str) {
@@ -284,8 +276,7 @@ impl<C> RetryLayerBuilder<C> {
             body_cap: self.body_cap,
             budget: self.budget.unwrap_or_default(),
             classifier: self.classifier,
-            jitter: foldhash::fast::RandomState::default(),
-            draws: AtomicU64::new(0),
+            jitter: crate::hash::Jitter::new(),
             retried: OnceLock::new(),
             exhausted: OnceLock::new(),
         })

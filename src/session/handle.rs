@@ -81,9 +81,12 @@ impl SessionError {
         }
     }
 
-    /// `{"error": "<public message>"}`.
-    pub(crate) fn json_body(&self) -> String {
-        serde_json::json!({ "error": self.public_message() }).to_string()
+    /// The answer for this error: its status and `{"error": "<public message>"}`, with
+    /// `Retry-After: 1` when the store is down.
+    pub(crate) fn response(&self) -> http::Response<bytes::Bytes> {
+        let retry = matches!(self, SessionError::Unavailable(_))
+            .then_some(std::time::Duration::from_secs(1));
+        crate::refusal::json(self.status(), self.public_message(), retry)
     }
 }
 
@@ -91,19 +94,7 @@ impl SessionError {
 impl axum::response::IntoResponse for SessionError {
     fn into_response(self) -> axum::response::Response {
         tracing::debug!(error = %self, "session error");
-        let mut r = (
-            self.status(),
-            [(http::header::CONTENT_TYPE, "application/json")],
-            self.json_body(),
-        )
-            .into_response();
-        if matches!(self, SessionError::Unavailable(_)) {
-            r.headers_mut().insert(
-                http::header::RETRY_AFTER,
-                http::HeaderValue::from_static("1"),
-            );
-        }
-        r
+        self.response().map(axum::body::Body::from)
     }
 }
 
@@ -136,7 +127,7 @@ impl Inner {
     pub(crate) async fn state(&self) -> StateGuard<'_> {
         self.state
             .get_or_init(|| {
-                let id = self.raw.id(&self.shared.config.cookie_name);
+                let id = self.raw.id(self.shared.config.cookie.name());
                 Box::new(tokio::sync::Mutex::new(State::new(id)))
             })
             .lock()

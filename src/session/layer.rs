@@ -18,53 +18,15 @@ use super::handle::{Session, SessionError};
 use super::id::{RawCookies, SessionId};
 use super::store::{Lifetimes, Save, SessionStore};
 use crate::ConfigError;
-
-/// `SameSite` for the session cookie.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum SameSite {
-    /// Sent on top-level navigations from other sites, not on their subrequests (default).
-    #[default]
-    Lax,
-    /// Never sent from other sites.
-    Strict,
-    /// Always sent (requires `Secure`).
-    None,
-}
+use crate::cookie::{SameSite, SetCookie};
 
 /// What the layer and every session handle share.
 #[derive(Debug)]
 pub(crate) struct Config {
-    pub(crate) cookie_name: String,
-    pub(crate) secure: bool,
-    pub(crate) same_site: SameSite,
-    pub(crate) domain: Option<String>,
-    pub(crate) path: String,
+    pub(crate) cookie: SetCookie,
     pub(crate) max_age: Option<Duration>,
     pub(crate) life: Lifetimes,
     pub(crate) max_bytes: usize,
-}
-
-impl Config {
-    fn cookie(&self, value: &str, max_age: Option<u64>) -> HeaderValue {
-        let mut c = format!("{}={value}; Path={}; HttpOnly", self.cookie_name, self.path);
-        c.push_str(match self.same_site {
-            SameSite::Lax => "; SameSite=Lax",
-            SameSite::Strict => "; SameSite=Strict",
-            SameSite::None => "; SameSite=None",
-        });
-        if self.secure {
-            c.push_str("; Secure");
-        }
-        if let Some(d) = &self.domain {
-            c.push_str("; Domain=");
-            c.push_str(d);
-        }
-        if let Some(secs) = max_age {
-            c.push_str(&format!("; Max-Age={secs}"));
-        }
-        // Built from validated parts only.
-        HeaderValue::from_str(&c).expect("cookie attributes are validated at build")
-    }
 }
 
 /// The settings and the store, shared by the layer and every session handle.
@@ -286,11 +248,13 @@ impl SessionLayerBuilder {
         Ok(SessionLayer {
             shared: Arc::new(Shared {
                 config: Config {
-                    cookie_name,
-                    secure: self.secure,
-                    same_site: self.same_site,
-                    domain: self.domain,
-                    path: self.path,
+                    cookie: SetCookie::new(
+                        cookie_name,
+                        &self.path,
+                        self.same_site,
+                        self.secure,
+                        self.domain.as_deref(),
+                    ),
                     max_age: self.max_age,
                     life: self.life,
                     max_bytes: self.max_bytes,
@@ -346,7 +310,7 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let shared = &self.layer.shared;
         // Kept raw: parsed only if the handler uses its session.
-        let raw = RawCookies::from_headers(req.headers(), &shared.config.cookie_name);
+        let raw = RawCookies::from_headers(req.headers(), shared.config.cookie.name());
         let session = Session::new(Arc::clone(shared), raw);
         req.extensions_mut().insert(session.clone());
         ResponseFuture {
@@ -425,15 +389,7 @@ where
 /// would claim a change that did not happen.
 fn failed<B: From<Bytes>>(e: &SessionError) -> Response<B> {
     tracing::debug!(error = %e, "session write failed");
-    let mut r = Response::new(B::from(Bytes::from(e.json_body())));
-    *r.status_mut() = e.status();
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r.headers_mut()
-        .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
-    r
+    e.response().map(B::from)
 }
 
 /// Writes what the request changed; returns the `Set-Cookie` to send, if any.
@@ -462,7 +418,7 @@ async fn finish(session: &Session) -> Result<Option<HeaderValue>, SessionError> 
             store.destroy(k).await.map_err(unavailable)?;
         }
         ::metrics::counter!("tower_scale.session.destroyed").increment(1);
-        return Ok(Some(config.cookie("", Some(0))));
+        return Ok(Some(config.cookie.header("", Some(0))));
     }
     if s.replace_old
         && let Some(k) = &sent_key
@@ -494,13 +450,15 @@ async fn finish(session: &Session) -> Result<Option<HeaderValue>, SessionError> 
         // concurrent login rotated its id): its changes are dropped, not written into a
         // session brought back to life, and the cookie is cleared.
         ::metrics::counter!("tower_scale.session.expired").increment(1);
-        return Ok(Some(config.cookie("", Some(0))));
+        return Ok(Some(config.cookie.header("", Some(0))));
     }
     ::metrics::counter!("tower_scale.session.saves").increment(1);
     if new {
         ::metrics::counter!("tower_scale.session.created").increment(1);
     }
-    Ok(s.new_id
-        .as_ref()
-        .map(|id| config.cookie(&id.to_cookie(), config.max_age.map(|d| d.as_secs()))))
+    Ok(s.new_id.as_ref().map(|id| {
+        config
+            .cookie
+            .header(&id.to_cookie(), config.max_age.map(|d| d.as_secs()))
+    }))
 }

@@ -63,8 +63,9 @@ mod layer;
 mod redis_store;
 mod store;
 
+pub use crate::cookie::SameSite;
 pub use handle::{Session, SessionError};
-pub use layer::{ResponseFuture, SameSite, SessionLayer, SessionLayerBuilder, SessionService};
+pub use layer::{ResponseFuture, SessionLayer, SessionLayerBuilder, SessionService};
 #[cfg(feature = "redis")]
 pub use redis_store::RedisSessionStore;
 pub use store::{Lifetimes, MemoryStore, Op, Record, Save, SessionStore, StoreFuture};

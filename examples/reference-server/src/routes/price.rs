@@ -15,10 +15,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 use tower::ServiceExt;
+use tower_scale::BoxError;
 use tower_scale::circuit_breaker::{
     CircuitBreakerLayer, CircuitOpen, OpenAs503Layer, PerHost, Window,
 };
-use tower_scale::retry::{BoxError, ReplayBody, RetryError, RetryLayer};
+use tower_scale::retry::{ReplayBody, RetryError, RetryLayer};
 
 use super::products::ProductId;
 use crate::error::{ApiError, Failure};
