@@ -311,15 +311,9 @@ impl<S> ResponseCache<S> {
         if req_cc.no_store {
             return self.pass_with(req, "fwd=bypass");
         }
-        let mut req = req;
         let refresh = req_cc.no_cache
             || req_cc.max_age == Some(0)
-            || s.refresh_if.as_ref().is_some_and(|f| {
-                let (parts, body) = std::mem::take(&mut req).into_parts();
-                let refresh = f(&parts);
-                req = Request::from_parts(parts, body);
-                refresh
-            });
+            || s.refresh_if.as_ref().is_some_and(|f| f(req.headers()));
         let looked_up = KEY.with_borrow_mut(|key| {
             key.clear();
             write_key(key, &req, &s.vary);
