@@ -4,7 +4,7 @@
 /// The value of cookie `name` in the request's `Cookie` headers, if present exactly once
 /// and well formed. Malformed headers and pairs are skipped, never an error: an attacker's
 /// bytes can at worst mean "no cookie" (no session, no routing token).
-#[cfg_attr(not(feature = "db-route"), allow(dead_code))]
+#[cfg(feature = "db-route")]
 pub(crate) fn find_cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a [u8]> {
     find_in(
         headers

@@ -62,14 +62,14 @@ pub enum StoreUnavailableKind {
 }
 
 impl StoreUnavailable {
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    #[cfg(feature = "redis")]
     pub(crate) fn timeout(after: std::time::Duration) -> Self {
         Self {
             kind: StoreUnavailableKind::Timeout(after),
         }
     }
 
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    #[cfg(feature = "redis")]
     pub(crate) fn backend(err: impl std::error::Error + Send + Sync + 'static) -> Self {
         Self {
             kind: StoreUnavailableKind::Backend(Box::new(err)),

@@ -2,9 +2,11 @@
 //! decoders: a table (routing tokens, whose positions `format!` writes) and eight digits
 //! at a time (session ids).
 
+#[cfg(any(feature = "session", feature = "cache"))]
 const DIGITS: &[u8; 16] = b"0123456789abcdef";
 
 /// Each byte's two digits: one lookup per byte.
+#[cfg(any(feature = "session", feature = "cache"))]
 const PAIRS: [[u8; 2]; 256] = {
     let mut t = [[0u8; 2]; 256];
     let mut i = 0;
@@ -16,6 +18,7 @@ const PAIRS: [[u8; 2]; 256] = {
 };
 
 /// `bytes` as lowercase hex digits, written over `out`, two a byte (as far as both go).
+#[cfg(any(feature = "session", feature = "cache"))]
 pub(crate) fn encode_to(bytes: &[u8], out: &mut [u8]) {
     for (pair, &b) in out.chunks_exact_mut(2).zip(bytes) {
         pair.copy_from_slice(&PAIRS[usize::from(b)]);
@@ -23,6 +26,7 @@ pub(crate) fn encode_to(bytes: &[u8], out: &mut [u8]) {
 }
 
 /// `bytes` as lowercase hex digits, appended to `out`.
+#[cfg(any(feature = "session", feature = "cache"))]
 pub(crate) fn encode_into(bytes: &[u8], out: &mut Vec<u8>) {
     let start = out.len();
     // Sized once, then written a pair at a time: no capacity check per digit.
@@ -31,7 +35,7 @@ pub(crate) fn encode_into(bytes: &[u8], out: &mut Vec<u8>) {
 }
 
 /// `bytes` as lowercase hex digits.
-#[cfg_attr(not(feature = "session"), allow(dead_code))]
+#[cfg(feature = "session")]
 pub(crate) fn encode(bytes: &[u8]) -> String {
     let mut out = Vec::with_capacity(bytes.len() * 2);
     encode_into(bytes, &mut out);
@@ -39,19 +43,21 @@ pub(crate) fn encode(bytes: &[u8]) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
+#[cfg(feature = "session")]
 const ONES: u64 = 0x0101_0101_0101_0101;
+#[cfg(feature = "session")]
 const HIGH: u64 = 0x8080_8080_8080_8080;
 
 /// The high bit of each byte lane set where the byte is at least `lo`; exact for lanes
 /// below 0x80 (no carry crosses a lane), which is all that [`decode8`] accepts.
-#[cfg_attr(not(feature = "session"), allow(dead_code))]
+#[cfg(feature = "session")]
 const fn at_least(lanes: u64, lo: u8) -> u64 {
     lanes.wrapping_add(ONES * (0x80 - lo as u64)) & HIGH
 }
 
 /// Eight lowercase hex digits (the lanes of a little-endian `u64`, first digit lowest) as
 /// four bytes, and a mask that is nonzero if any lane is not such a digit.
-#[cfg_attr(not(feature = "session"), allow(dead_code))]
+#[cfg(feature = "session")]
 pub(crate) const fn decode8(lanes: u64) -> ([u8; 4], u64) {
     let digit = at_least(lanes, b'0') & !at_least(lanes, b'9' + 1);
     let letter = at_least(lanes, b'a') & !at_least(lanes, b'f' + 1);
@@ -67,7 +73,7 @@ pub(crate) const fn decode8(lanes: u64) -> ([u8; 4], u64) {
 
 /// Hex digit values for a byte: 0x80 for anything that is not a digit (lowercase letters
 /// only unless `upper`), so that a run of lookups needs one check at the end.
-#[cfg_attr(not(feature = "db-route"), allow(dead_code))]
+#[cfg(feature = "db-route")]
 pub(crate) const fn digits(upper: bool) -> [u8; 256] {
     let mut t = [0x80u8; 256];
     let mut i = 0;

@@ -437,6 +437,7 @@ async fn exactly_the_probe_count_reaches_the_upstream_when_half_open() {
                     }
                     Ok(r) => assert_eq!(r.status(), 200),
                     Err(BreakerError::Inner(e)) => match e {},
+                    Err(e) => panic!("unexpected error: {e}"),
                 }
             }));
         }

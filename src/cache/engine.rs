@@ -51,7 +51,7 @@ impl fmt::Debug for Entry {
 }
 
 impl Entry {
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    #[cfg(feature = "redis")]
     pub(crate) fn from_parts(
         value: Bytes,
         stored_at: u64,
@@ -632,7 +632,7 @@ impl Inner {
 
     /// What L1 may hold of an entry read from L2: while invalidations may be missed, its
     /// lifetimes are cut to `unsubscribed_ttl`, as for a loaded value.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    #[cfg(feature = "redis")]
     fn l1_copy(&self, entry: &Arc<Entry>) -> Arc<Entry> {
         if self.subscribed.load(Ordering::Acquire) {
             return Arc::clone(entry);
@@ -736,7 +736,7 @@ impl Inner {
     }
 
     /// Forgets every local copy and tag version: invalidations may have been missed.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    #[cfg(feature = "redis")]
     pub(crate) fn drop_all(&self) {
         self.stamp_broad();
         self.tags.write().unwrap_or_else(|e| e.into_inner()).clear();
@@ -787,7 +787,7 @@ impl Inner {
     /// Records a version Redis reported. Versions only move forward, with one exception:
     /// a tag whose key expired in Redis (no invalidation for longer than its TTL) reads 0
     /// again, which is taken when the known version is older than `expired_before`.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    #[cfg(feature = "redis")]
     pub(crate) fn set_tag_version(&self, tag: &str, version: u64, expired_before: Option<u64>) {
         let mut table = self.tags.write().unwrap_or_else(|e| e.into_inner());
         match table.get_mut(tag) {
@@ -798,12 +798,12 @@ impl Inner {
         }
     }
 
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    #[cfg(feature = "redis")]
     pub(crate) fn is_subscribed(&self) -> bool {
         self.subscribed.load(Ordering::Acquire)
     }
 
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    #[cfg(feature = "redis")]
     pub(crate) fn set_subscribed(&self, on: bool) {
         let was = self.subscribed.swap(on, Ordering::AcqRel);
         if on || was {

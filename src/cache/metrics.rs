@@ -4,7 +4,7 @@ use metrics::{Counter, Gauge, counter, gauge};
 
 pub(crate) struct Metrics {
     pub(crate) hit_l1: Counter,
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    #[cfg(feature = "redis")]
     pub(crate) hit_l2: Counter,
     pub(crate) miss: Counter,
     pub(crate) stale_revalidate: Counter,
@@ -19,6 +19,7 @@ impl Metrics {
     pub(crate) fn new() -> Self {
         Self {
             hit_l1: counter!("tower_scale.cache.hits", "tier" => "l1"),
+            #[cfg(feature = "redis")]
             hit_l2: counter!("tower_scale.cache.hits", "tier" => "l2"),
             miss: counter!("tower_scale.cache.misses"),
             stale_revalidate: counter!("tower_scale.cache.stale_served", "reason" => "revalidate"),

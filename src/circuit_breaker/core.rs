@@ -47,6 +47,7 @@ impl State {
 
 /// How the calls a breaker judges are chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Window {
     /// The last `n` calls.
     Count(u32),

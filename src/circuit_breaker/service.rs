@@ -76,6 +76,7 @@ impl crate::refusal::Refusal for CircuitOpen {
 
 /// The error of a [`CircuitBreaker`]: refused, or the inner service's own error.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum BreakerError<E> {
     /// Refused without calling the inner service.
     Open(CircuitOpen),

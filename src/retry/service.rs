@@ -24,6 +24,7 @@ use crate::duration::micros;
 
 /// The error of a [`Retry`]: the last attempt's error, or what stopped the attempts.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum RetryError<E> {
     /// The inner service's error (of the last attempt).
     Inner(E),

@@ -27,6 +27,7 @@ pub struct Record {
 /// session that change different keys both keep their changes; for one key the last write
 /// wins, except [`Op::Increment`], which adds atomically.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Op {
     /// Sets a key to a JSON value.
     Set(String, String),
