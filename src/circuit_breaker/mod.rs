@@ -87,15 +87,20 @@
 //! a half-open probe dropped this way is given back.
 
 mod core;
+mod error;
+mod future;
+mod handle;
+mod key;
 mod layer;
+mod open_as_503;
+mod registry;
 mod service;
 
 pub use self::core::{State, Window};
-pub use layer::{
-    BreakerKey, ByKey, CircuitBreakerHandle, CircuitBreakerLayer, CircuitBreakerLayerBuilder,
-    KeyFn, NoRoom, PerHost, Single, key_fn,
-};
-pub use service::{
-    BreakerError, CircuitBreaker, CircuitOpen, OpenAs503, OpenAs503Future, OpenAs503Layer,
-    ResponseFuture, open_response,
-};
+pub use error::{BreakerError, CircuitOpen};
+pub use future::ResponseFuture;
+pub use handle::{CircuitBreakerHandle, NoRoom};
+pub use key::{BreakerKey, ByKey, KeyFn, PerHost, Single, key_fn};
+pub use layer::{CircuitBreakerLayer, CircuitBreakerLayerBuilder};
+pub use open_as_503::{OpenAs503, OpenAs503Future, OpenAs503Layer, open_response};
+pub use service::CircuitBreaker;

@@ -43,7 +43,7 @@ impl fmt::Display for KeyError {
 
 impl std::error::Error for KeyError {}
 
-/// A borrowed view of a request head, handed to [`from_fn`] closures.
+/// A borrowed view of a request head, handed to [`from_fn`](super::from_fn) closures.
 #[derive(Debug, Clone, Copy)]
 #[non_exhaustive]
 pub struct RequestRef<'a> {

@@ -107,7 +107,7 @@ pub enum ForwardedHeader {
 
 /// Keys a request by the client's IP address behind proxies you trust.
 ///
-/// Built with [`ClientIp::builder`]. See the [module docs](self) for the rule it applies.
+/// Built with [`ClientIp::builder`]. See the [module docs](super) for the rule it applies.
 /// With no trusted proxies it behaves exactly like [`PeerIp`].
 #[derive(Debug, Clone)]
 pub struct ClientIp {

@@ -11,10 +11,9 @@ use tokio::time::{Instant, Sleep};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::service::{
-    Failed, RetryError, Shared, answer, attempt_timer, backoff, deadline_timer, expired,
-    poll_attempt,
-};
+use super::error::RetryError;
+use super::future::{Failed, answer, poll_attempt};
+use super::policy::{Shared, attempt_timer, backoff, deadline_timer, expired};
 use crate::classify::{Class, Classify, ErrorIsFailure};
 
 /// Applies [`RetryAny`] to a service; from

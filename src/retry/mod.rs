@@ -64,11 +64,17 @@
 mod any;
 mod body;
 mod budget;
+mod error;
+mod future;
+mod layer;
+mod policy;
 mod service;
 
 pub use any::{AnyFuture, RetryAny, RetryAnyLayer};
 pub use body::ReplayBody;
 pub use budget::RetryBudget;
-pub use service::{
-    ResponseFuture, Retry, RetryError, RetryLayer, RetryLayerBuilder, is_idempotent,
-};
+pub use error::RetryError;
+pub use future::ResponseFuture;
+pub use layer::{RetryLayer, RetryLayerBuilder};
+pub use policy::is_idempotent;
+pub use service::Retry;
