@@ -7,7 +7,6 @@ use std::fmt;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use arc_swap::ArcSwapOption;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
@@ -140,38 +139,6 @@ const FENCE_SLOTS: usize = 4096;
 /// Versions made in this process have the top bit set; Redis's are microsecond times, below
 /// it, so the two never meet.
 const LOCAL_VERSION: u64 = 1 << 63;
-const HOT_SLOTS: usize = 1024;
-/// Larger values are never kept in a hot slot, which bounds what the slots can hold on to
-/// after moka evicts their entries (1,024 × 16 KiB).
-const HOT_MAX_BYTES: usize = 16 << 10;
-/// One hit in this many through a hot slot is also read from moka, so its frequency
-/// sketch still sees the key as hot.
-const HOT_FEED_EVERY: u32 = 64;
-
-/// True once in [`HOT_FEED_EVERY`] calls on this thread (no shared counter to contend on).
-fn feed_moka() -> bool {
-    thread_local! {
-        static HITS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
-    }
-    HITS.with(|h| {
-        let n = h.get().wrapping_add(1);
-        h.set(n);
-        n % HOT_FEED_EVERY == 0
-    })
-}
-
-/// A recently hit entry, in a direct-mapped slot in front of moka: a hit there is one
-/// atomic load and a key compare, not moka's lookup and read recording. `epoch` is the
-/// invalidation epoch before the entry was read from moka; an invalidation of the key
-/// (its fence slot) or of everything after it makes the slot useless.
-struct Hot {
-    hash: u64,
-    key: Box<str>,
-    entry: Arc<Entry>,
-    epoch: u64,
-    generation: u64,
-}
-
 /// The two-tier cache engine. Cheap to clone; every clone is the same cache.
 ///
 /// Build it once per process with [`CacheEngine::builder`] and hand it to the faces:
@@ -196,9 +163,6 @@ pub(crate) struct Inner {
     broad: AtomicU64,
     slots: Box<[AtomicU64]>,
     slot_hasher: foldhash::fast::FixedState,
-    hot: Box<[ArcSwapOption<Hot>]>,
-    /// Bumped whenever moka's entry behind a hot slot changes (insert, drop).
-    hot_gen: Box<[AtomicU64]>,
     /// True while every invalidation from other instances reaches this one.
     subscribed: AtomicBool,
     rng: crate::hash::Jitter,
@@ -619,12 +583,7 @@ impl Inner {
         if !self.local_fence_ok(key, fence) {
             return;
         }
-        let h = self.slot_hasher.hash_one(key);
-        let i = h as usize % HOT_SLOTS;
         self.l1.insert(key.to_owned(), entry);
-        // A hot slot filled from the entry this one replaces must not be used again.
-        self.hot_gen[i].fetch_add(1, Ordering::AcqRel);
-        self.hot[i].store(None);
         if !self.local_fence_ok(key, fence) {
             self.l1.invalidate(key);
         }
@@ -651,42 +610,10 @@ impl Inner {
         ))
     }
 
-    /// L1's entry for `key`: from its hot slot if that is still good, else from moka
-    /// (filling the slot).
+    /// L1's entry for `key`.
     #[inline]
     fn l1_get(&self, key: &str) -> Option<Arc<Entry>> {
-        let h = self.slot_hasher.hash_one(key);
-        let i = h as usize % HOT_SLOTS;
-        let hot = &self.hot[i];
-        let fence = &self.slots[h as usize % FENCE_SLOTS];
-        {
-            let slot = hot.load();
-            if let Some(s) = slot.as_ref()
-                && s.hash == h
-                && &*s.key == key
-                && s.generation == self.hot_gen[i].load(Ordering::Acquire)
-                && s.epoch >= fence.load(Ordering::Acquire)
-                && s.epoch >= self.broad.load(Ordering::Acquire)
-            {
-                if feed_moka() {
-                    let _ = self.l1.get(key);
-                }
-                return Some(Arc::clone(&s.entry));
-            }
-        }
-        let epoch = self.epoch.load(Ordering::Acquire);
-        let generation = self.hot_gen[i].load(Ordering::Acquire);
-        let entry = self.l1.get(key)?;
-        if entry.value.len() <= HOT_MAX_BYTES {
-            hot.store(Some(Arc::new(Hot {
-                hash: h,
-                key: key.into(),
-                entry: Arc::clone(&entry),
-                epoch,
-                generation,
-            })));
-        }
-        Some(entry)
+        self.l1.get(key)
     }
 
     fn slot(&self, key: &str) -> &AtomicU64 {
@@ -705,13 +632,11 @@ impl Inner {
     }
 
     /// Stamps the key's fence slot before removing it from moka (so a load under way does
-    /// not store) and after (so a hot slot filled from moka meanwhile is not used).
+    /// not store) and after (so neither does a load that began while it was removed).
     pub(crate) fn drop_key(&self, key: &str) {
         let e = self.bump_epoch();
         self.slot(key).fetch_max(e, Ordering::AcqRel);
         self.l1.invalidate(key);
-        let i = self.slot_hasher.hash_one(key) as usize % HOT_SLOTS;
-        self.hot_gen[i].fetch_add(1, Ordering::AcqRel);
         let e = self.bump_epoch();
         self.slot(key).fetch_max(e, Ordering::AcqRel);
     }
@@ -997,8 +922,6 @@ impl CacheEngineBuilder {
             epoch: AtomicU64::new(0),
             broad: AtomicU64::new(0),
             slots: (0..FENCE_SLOTS).map(|_| AtomicU64::new(0)).collect(),
-            hot: (0..HOT_SLOTS).map(|_| ArcSwapOption::empty()).collect(),
-            hot_gen: (0..HOT_SLOTS).map(|_| AtomicU64::new(0)).collect(),
             slot_hasher: foldhash::fast::FixedState::with_seed(seed),
             subscribed: AtomicBool::new(!has_redis),
             rng: crate::hash::Jitter::with_seed(seed),
