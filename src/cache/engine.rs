@@ -6,139 +6,24 @@ use std::collections::HashMap;
 use std::fmt;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use super::LoadError;
-use crate::ConfigError;
+use super::entry::{Entry, Lifetimes, Lookup};
+use super::flight::{Begin, Flight, Leader};
 use crate::clock::Clock;
-#[cfg(feature = "redis")]
-use crate::redis::RedisBackend;
 
-/// How long an entry is fresh, and how long past that it may still be served.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Lifetimes {
-    pub(crate) ttl: Duration,
-    pub(crate) swr: Duration,
-    pub(crate) sie: Duration,
-}
+pub(super) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
-/// One cached value with its times (this process's [`Clock`], microseconds) and the tag
-/// versions it was loaded under.
-pub(crate) struct Entry {
-    pub(crate) value: Bytes,
-    pub(crate) stored_at: u64,
-    pub(crate) fresh_until: u64,
-    pub(crate) swr_until: u64,
-    pub(crate) sie_until: u64,
-    pub(crate) tags: Box<[(Box<str>, u64)]>,
-    decoded: OnceLock<Arc<dyn Any + Send + Sync>>,
-}
+pub(super) const FENCE_SLOTS: usize = 4096;
 
-impl fmt::Debug for Entry {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Entry")
-            .field("bytes", &self.value.len())
-            .field("fresh_until", &self.fresh_until)
-            .field("tags", &self.tags)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Entry {
-    #[cfg(feature = "redis")]
-    pub(crate) fn from_parts(
-        value: Bytes,
-        stored_at: u64,
-        fresh_until: u64,
-        swr_until: u64,
-        sie_until: u64,
-        tags: Box<[(Box<str>, u64)]>,
-    ) -> Self {
-        Self {
-            value,
-            stored_at,
-            fresh_until,
-            swr_until,
-            sie_until,
-            tags,
-            decoded: OnceLock::new(),
-        }
-    }
-
-    /// The value decoded as `T`, decoding (once per entry) with `decode`.
-    pub(crate) fn decoded<T: Any + Send + Sync>(
-        &self,
-        decode: impl FnOnce(&Bytes) -> Option<T>,
-    ) -> Option<Arc<T>> {
-        if let Some(d) = self.decoded.get() {
-            return Arc::clone(d).downcast::<T>().ok();
-        }
-        let value: Arc<dyn Any + Send + Sync> = Arc::new(decode(&self.value)?);
-        let _ = self.decoded.set(Arc::clone(&value));
-        value.downcast::<T>().ok()
-    }
-
-    /// The value decoded as `T`, by reference (no reference count touched on the hit
-    /// path), decoding once per entry with `decode`.
-    pub(crate) fn decoded_ref<T: Any + Send + Sync>(
-        &self,
-        decode: impl FnOnce(&Bytes) -> Option<T>,
-    ) -> Option<&T> {
-        if self.decoded.get().is_none() {
-            let value: Arc<dyn Any + Send + Sync> = Arc::new(decode(&self.value)?);
-            let _ = self.decoded.set(value);
-        }
-        self.decoded.get()?.downcast_ref::<T>()
-    }
-
-    /// Seconds of freshness left at `now` (negative once stale), for `Cache-Status`.
-    pub(crate) fn ttl_secs(&self, now: u64) -> i64 {
-        (self.fresh_until as i64 - now as i64).div_euclid(1_000_000)
-    }
-
-    /// Whole seconds since the value was stored, for `Age`.
-    pub(crate) fn age_secs(&self, now: u64) -> u64 {
-        now.saturating_sub(self.stored_at) / 1_000_000
-    }
-
-    fn end(&self) -> u64 {
-        self.swr_until.max(self.sie_until)
-    }
-}
-
-/// What L1 holds for a key.
-pub(crate) enum Lookup {
-    /// Fresh: serve it.
-    Fresh(Arc<Entry>),
-    /// Past fresh, within stale-while-revalidate: serve it and refresh in the background.
-    Stale(Arc<Entry>),
-    /// Nothing servable; `fallback` is an entry still within stale-if-error.
-    Miss { fallback: Option<Arc<Entry>> },
-}
-
-/// What a finished load hands to the callers that waited for it.
-#[derive(Clone)]
-pub(crate) enum Outcome {
-    Value(Arc<Entry>),
-    /// The result could not be shared (an HTTP response that may not be stored): each
-    /// waiter goes to the backend itself.
-    Pass,
-    Failed(LoadError),
-}
-
-type Flight = watch::Sender<Option<Outcome>>;
-type TagVersions = Box<[(Box<str>, u64)]>;
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-
-const FENCE_SLOTS: usize = 4096;
 /// Versions made in this process have the top bit set; Redis's are microsecond times, below
 /// it, so the two never meet.
 const LOCAL_VERSION: u64 = 1 << 63;
+
 /// The two-tier cache engine. Cheap to clone; every clone is the same cache.
 ///
 /// Build it once per process with [`CacheEngine::builder`] and hand it to the faces:
@@ -151,21 +36,21 @@ pub struct CacheEngine {
 }
 
 pub(crate) struct Inner {
-    l1: moka::sync::Cache<String, Arc<Entry>, foldhash::fast::RandomState>,
+    pub(super) l1: moka::sync::Cache<String, Arc<Entry>, foldhash::fast::RandomState>,
     pub(crate) clock: Clock,
     pub(crate) defaults: Lifetimes,
-    jitter: f64,
-    unsubscribed_ttl: Duration,
-    flights: Mutex<FastMap<String, Arc<Flight>>>,
-    tags: RwLock<FastMap<Box<str>, u64>>,
-    max_tags: usize,
-    epoch: AtomicU64,
-    broad: AtomicU64,
-    slots: Box<[AtomicU64]>,
-    slot_hasher: foldhash::fast::FixedState,
+    pub(super) jitter: f64,
+    pub(super) unsubscribed_ttl: Duration,
+    pub(super) flights: Mutex<FastMap<String, Arc<Flight>>>,
+    pub(super) tags: RwLock<FastMap<Box<str>, u64>>,
+    pub(super) max_tags: usize,
+    pub(super) epoch: AtomicU64,
+    pub(super) broad: AtomicU64,
+    pub(super) slots: Box<[AtomicU64]>,
+    pub(super) slot_hasher: foldhash::fast::FixedState,
     /// True while every invalidation from other instances reaches this one.
-    subscribed: AtomicBool,
-    rng: crate::hash::Jitter,
+    pub(super) subscribed: AtomicBool,
+    pub(super) rng: crate::hash::Jitter,
     #[cfg(feature = "redis")]
     pub(crate) l2: Option<super::l2::L2>,
     pub(crate) metrics: super::metrics::Metrics,
@@ -185,44 +70,7 @@ impl fmt::Debug for CacheEngine {
     }
 }
 
-/// Builds a [`CacheEngine`].
-#[derive(Debug, Clone)]
-#[must_use]
-pub struct CacheEngineBuilder {
-    max_bytes: u64,
-    defaults: Lifetimes,
-    jitter: f64,
-    unsubscribed_ttl: Duration,
-    max_tags: usize,
-    clock: Option<Clock>,
-    #[cfg(feature = "redis")]
-    redis: Option<RedisBackend>,
-    #[cfg(feature = "redis")]
-    heartbeat: Duration,
-}
-
 impl CacheEngine {
-    /// Starts a builder: 64 MiB of L1, a 60 s TTL with 10% jitter, no stale serving, no
-    /// Redis tier.
-    pub fn builder() -> CacheEngineBuilder {
-        CacheEngineBuilder {
-            max_bytes: 64 << 20,
-            defaults: Lifetimes {
-                ttl: Duration::from_secs(60),
-                swr: Duration::ZERO,
-                sie: Duration::ZERO,
-            },
-            jitter: 0.1,
-            unsubscribed_ttl: Duration::from_secs(1),
-            max_tags: 100_000,
-            clock: None,
-            #[cfg(feature = "redis")]
-            redis: None,
-            #[cfg(feature = "redis")]
-            heartbeat: Duration::from_secs(1),
-        }
-    }
-
     /// Drops `key` (a full engine key, namespace included) here and, with Redis, from L2
     /// and every instance's L1.
     pub(crate) async fn invalidate_key(&self, key: &str) -> Result<(), crate::StoreUnavailable> {
@@ -398,180 +246,11 @@ impl CacheEngine {
 
     /// A random TTL cut of up to `jitter`, so entries stored together do not expire
     /// together.
-    fn jittered(&self, ttl: Duration) -> Duration {
+    pub(super) fn jittered(&self, ttl: Duration) -> Duration {
         if self.inner.jitter <= 0.0 || ttl.is_zero() {
             return ttl;
         }
         ttl.mul_f64(1.0 - self.inner.jitter * self.inner.rng.unit())
-    }
-}
-
-/// Either the loader of a key or a waiter for it.
-pub(crate) enum Begin {
-    Leader(Leader),
-    Wait(watch::Receiver<Option<Outcome>>),
-}
-
-/// Waits for the loader that `rx` follows. `None` if it went away without an outcome
-/// (its caller was cancelled): the waiter should begin again.
-pub(crate) async fn wait(mut rx: watch::Receiver<Option<Outcome>>) -> Option<Outcome> {
-    match rx.wait_for(Option::is_some).await {
-        Ok(outcome) => outcome.clone(),
-        Err(_) => None,
-    }
-}
-
-/// The one loader of a key in this process. Dropping it without [`complete`] lets the
-/// waiters begin again (one of them becomes the loader).
-///
-/// [`complete`]: Leader::complete
-pub(crate) struct Leader {
-    engine: CacheEngine,
-    pub(crate) key: String,
-    flight: Arc<Flight>,
-    fence: u64,
-    tag_snapshot: Option<TagVersions>,
-    #[cfg(feature = "redis")]
-    l2_fence: Option<super::l2::Fence>,
-}
-
-impl Leader {
-    /// Records the versions of `tags` (the tags the loaded value will carry) as they are
-    /// before the load, and reads L2 (one round trip; nothing without Redis or while
-    /// Redis is failing), noting what a later [`store`](Self::store) must check so that it
-    /// never writes back a value older than an invalidation that happened meanwhile.
-    /// Returns a valid L2 entry (fresh or within a stale window).
-    pub(crate) async fn read_l2(&mut self, tags: &[&str]) -> Option<Arc<Entry>> {
-        #[cfg(feature = "redis")]
-        if let Some(l2) = &self.engine.inner.l2 {
-            let inner = Arc::clone(&self.engine.inner);
-            let Some(read) = l2.get(&self.key, tags, &inner).await else {
-                self.snapshot_local(tags);
-                return None;
-            };
-            let expired_before = Some(read.fence.expired_before());
-            for (tag, version) in tags.iter().zip(&read.fence.tag_versions) {
-                inner.set_tag_version(tag, *version, expired_before);
-            }
-            self.tag_snapshot = Some(
-                tags.iter()
-                    .zip(&read.fence.tag_versions)
-                    .map(|(t, v)| ((*t).into(), *v))
-                    .collect(),
-            );
-            self.l2_fence = Some(read.fence);
-            let entry = read.entry?;
-            // The read checked the entry's tag versions against Redis: they were current a
-            // moment ago. Learn them, unless a newer invalidation already arrived.
-            for (tag, version) in &entry.tags {
-                inner.set_tag_version(tag, *version, expired_before);
-            }
-            if !entry.tags.is_empty() && !inner.tags_current(&entry.tags) {
-                return None;
-            }
-            inner.metrics.hit_l2.increment(1);
-            inner.insert_fenced(&self.key, inner.l1_copy(&entry), self.fence);
-            return Some(entry);
-        }
-        self.snapshot_local(tags);
-        None
-    }
-
-    fn snapshot_local(&mut self, tags: &[&str]) {
-        let inner = &self.engine.inner;
-        self.tag_snapshot = Some(
-            tags.iter()
-                .map(|t| ((*t).into(), inner.tag_version_or_init(t)))
-                .collect(),
-        );
-    }
-
-    /// Stores a loaded value in L1 and L2, unless an invalidation of the key (or of a
-    /// prefix, or of one of its tags) arrived since this load began. Returns the entry,
-    /// which callers use whether or not it was stored.
-    pub(crate) async fn store(
-        &self,
-        value: Bytes,
-        decoded: Option<Arc<dyn Any + Send + Sync>>,
-        lifetimes: Lifetimes,
-        tags: &[&str],
-        fill_l1: bool,
-    ) -> Arc<Entry> {
-        let inner = &*self.engine.inner;
-        let now = inner.clock.now_us();
-        let ttl = self.engine.jittered(lifetimes.ttl);
-        let fresh_until = now.saturating_add(crate::duration::micros(ttl));
-        let mut swr_until = fresh_until.saturating_add(crate::duration::micros(lifetimes.swr));
-        let mut sie_until = fresh_until.saturating_add(crate::duration::micros(lifetimes.sie));
-        let mut l1_fresh_until = fresh_until;
-        if !inner.subscribed.load(Ordering::Acquire) {
-            // Invalidations from other instances may be missed: this copy is trusted
-            // briefly, stale windows included. L2 keeps the full lifetimes.
-            let cap = now.saturating_add(crate::duration::micros(inner.unsubscribed_ttl));
-            l1_fresh_until = l1_fresh_until.min(cap);
-            swr_until = swr_until.min(cap);
-            sie_until = sie_until.min(cap);
-        }
-        let tag_versions: Box<[(Box<str>, u64)]> = match &self.tag_snapshot {
-            Some(snapshot) => snapshot.clone(),
-            None => tags
-                .iter()
-                .map(|t| ((*t).into(), inner.tag_version_or_init(t)))
-                .collect(),
-        };
-        let entry = Arc::new(Entry {
-            value,
-            stored_at: now,
-            fresh_until: l1_fresh_until,
-            swr_until,
-            sie_until,
-            tags: tag_versions,
-            decoded: OnceLock::new(),
-        });
-        if let Some(d) = decoded {
-            let _ = entry.decoded.set(d);
-        }
-        let fresh_locally = inner.local_fence_ok(&self.key, self.fence)
-            && (entry.tags.is_empty() || inner.tags_current(&entry.tags));
-        // L2 is written whatever the local fence says: the script's own checks (generation,
-        // prefix generation, tag versions) are the ones every instance agrees on, while the
-        // local fence also moves for local reasons (the subscription coming back empties
-        // L1) that say nothing about the value.
-        #[cfg(feature = "redis")]
-        if let (Some(l2), Some(fence)) = (&inner.l2, &self.l2_fence) {
-            let stored = l2.set(&self.key, &entry, ttl, lifetimes, tags, fence).await;
-            // A refusal means an instance invalidated meanwhile.
-            if stored == Some(false) {
-                return entry;
-            }
-        }
-        if fresh_locally && fill_l1 {
-            inner.insert_fenced(&self.key, Arc::clone(&entry), self.fence);
-        }
-        entry
-    }
-
-    /// Hands `outcome` to every waiter and ends the flight.
-    pub(crate) fn complete(self, outcome: Outcome) {
-        self.flight.send_replace(Some(outcome));
-        // Drop removes the flight from the map.
-    }
-}
-
-impl Drop for Leader {
-    fn drop(&mut self) {
-        let mut flights = self
-            .engine
-            .inner
-            .flights
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if flights
-            .get(&self.key)
-            .is_some_and(|f| Arc::ptr_eq(f, &self.flight))
-        {
-            flights.remove(&self.key);
-        }
     }
 }
 
@@ -592,7 +271,7 @@ impl Inner {
     /// What L1 may hold of an entry read from L2: while invalidations may be missed, its
     /// lifetimes are cut to `unsubscribed_ttl`, as for a loaded value.
     #[cfg(feature = "redis")]
-    fn l1_copy(&self, entry: &Arc<Entry>) -> Arc<Entry> {
+    pub(super) fn l1_copy(&self, entry: &Arc<Entry>) -> Arc<Entry> {
         if self.subscribed.load(Ordering::Acquire) {
             return Arc::clone(entry);
         }
@@ -626,7 +305,7 @@ impl Inner {
     }
 
     /// True if no invalidation that could touch `key` happened after `snapshot`.
-    fn local_fence_ok(&self, key: &str, snapshot: u64) -> bool {
+    pub(super) fn local_fence_ok(&self, key: &str, snapshot: u64) -> bool {
         self.slot(key).load(Ordering::Acquire) <= snapshot
             && self.broad.load(Ordering::Acquire) <= snapshot
     }
@@ -669,14 +348,14 @@ impl Inner {
         self.stamp_broad();
     }
 
-    fn tags_current(&self, tags: &[(Box<str>, u64)]) -> bool {
+    pub(super) fn tags_current(&self, tags: &[(Box<str>, u64)]) -> bool {
         let table = self.tags.read().unwrap_or_else(|e| e.into_inner());
         tags.iter().all(|(t, v)| table.get(t) == Some(v))
     }
 
     /// The version of `tag` this process knows; an unknown tag gets a new local version
     /// (one no other tag state ever had, so no older entry can match it).
-    fn tag_version_or_init(&self, tag: &str) -> u64 {
+    pub(super) fn tag_version_or_init(&self, tag: &str) -> u64 {
         if let Some(v) = self.tags.read().unwrap_or_else(|e| e.into_inner()).get(tag) {
             return *v;
         }
@@ -741,215 +420,10 @@ impl Inner {
     }
 }
 
-struct EntryExpiry;
-
-impl moka::Expiry<String, Arc<Entry>> for EntryExpiry {
-    fn expire_after_create(
-        &self,
-        _key: &String,
-        value: &Arc<Entry>,
-        _created_at: std::time::Instant,
-    ) -> Option<Duration> {
-        // The engine's own clock decides freshness; moka only evicts what can never be
-        // served again. Its clock does not follow paused test time, so give it the real
-        // remaining span and a second's slack.
-        let span = value.end().saturating_sub(value.stored_at);
-        Some(Duration::from_micros(span) + Duration::from_secs(1))
-    }
-
-    fn expire_after_update(
-        &self,
-        key: &String,
-        value: &Arc<Entry>,
-        updated_at: std::time::Instant,
-        _duration_until_expiry: Option<Duration>,
-    ) -> Option<Duration> {
-        self.expire_after_create(key, value, updated_at)
-    }
-}
-
-impl CacheEngineBuilder {
-    /// L1 size bound in bytes of keys and values (default 64 MiB). moka evicts the least
-    /// likely to be used again (TinyLFU) past it.
-    pub fn max_bytes(mut self, bytes: u64) -> Self {
-        self.max_bytes = bytes;
-        self
-    }
-
-    /// How long a value is fresh unless the caller or the response says otherwise
-    /// (default 60 s).
-    pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.defaults.ttl = ttl;
-        self
-    }
-
-    /// Up to this fraction of each TTL is cut at random (default 0.1), so values stored
-    /// together do not all expire, and reload, at once. 0 turns it off.
-    pub fn ttl_jitter(mut self, fraction: f64) -> Self {
-        self.jitter = fraction;
-        self
-    }
-
-    /// Stale-while-revalidate: for this long after a value goes stale it is still served,
-    /// at once, while one background load refreshes it (default 0: off).
-    pub fn stale_while_revalidate(mut self, window: Duration) -> Self {
-        self.defaults.swr = window;
-        self
-    }
-
-    /// Stale-if-error: for this long after a value goes stale it is served when the
-    /// loader fails (default 0: off).
-    pub fn stale_if_error(mut self, window: Duration) -> Self {
-        self.defaults.sie = window;
-        self
-    }
-
-    /// The longest an L1 entry is trusted while invalidations from other instances may
-    /// be missed (the Redis subscription is down or not yet up; default 1 s). Without
-    /// Redis there are no other instances and this does not apply.
-    pub fn unsubscribed_ttl(mut self, ttl: Duration) -> Self {
-        self.unsubscribed_ttl = ttl;
-        self
-    }
-
-    /// How many tags this process tracks versions of before it starts the table afresh
-    /// (and drops its L1), default 100,000.
-    pub fn max_tags(mut self, n: usize) -> Self {
-        self.max_tags = n;
-        self
-    }
-
-    /// The clock L1 freshness is read from (default [`Clock::system`]); tests that pause
-    /// Tokio's time pass [`Clock::tokio`].
-    pub fn clock(mut self, clock: Clock) -> Self {
-        self.clock = Some(clock);
-        self
-    }
-
-    /// Adds the shared L2 tier and cross-instance invalidation through this Redis.
-    #[cfg(feature = "redis")]
-    pub fn redis(mut self, backend: RedisBackend) -> Self {
-        self.redis = Some(backend);
-        self
-    }
-
-    /// How often the invalidation subscriber proves its subscription alive by hearing
-    /// its own heartbeat (default 1 s). After three silent intervals it counts the
-    /// subscription as lost and resubscribes.
-    #[cfg(feature = "redis")]
-    pub fn heartbeat(mut self, every: Duration) -> Self {
-        self.heartbeat = every;
-        self
-    }
-
-    /// Validates the configuration and builds the engine; with Redis, starts the
-    /// invalidation subscriber (a Tokio task that ends when the last clone of the engine
-    /// is dropped).
-    ///
-    /// # Errors
-    ///
-    /// A [`ConfigError`] for a zero size or TTL, a jitter outside `0..1`, or windows and
-    /// TTLs beyond a year.
-    ///
-    /// # Panics
-    ///
-    /// With Redis, must be called within a Tokio runtime.
-    pub fn build(self) -> Result<CacheEngine, ConfigError> {
-        const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
-        if self.max_bytes == 0 {
-            return Err(ConfigError::new(
-                "max_bytes",
-                "must be above zero; 64 MiB is a common start",
-            ));
-        }
-        if self.defaults.ttl.is_zero() || self.defaults.ttl > YEAR {
-            return Err(ConfigError::new(
-                "ttl",
-                "must be between 1 µs and a year; seconds to minutes suit most data",
-            ));
-        }
-        if self.defaults.swr > YEAR || self.defaults.sie > YEAR {
-            return Err(ConfigError::new(
-                "stale_while_revalidate/stale_if_error",
-                "must be at most a year",
-            ));
-        }
-        if !(0.0..1.0).contains(&self.jitter) {
-            return Err(ConfigError::new(
-                "ttl_jitter",
-                "must be a fraction in 0..1 (0.1 cuts up to 10% off each TTL)",
-            ));
-        }
-        if self.unsubscribed_ttl.is_zero() || self.unsubscribed_ttl > YEAR {
-            return Err(ConfigError::new(
-                "unsubscribed_ttl",
-                "must be between 1 µs and a year; about a second bounds staleness well",
-            ));
-        }
-        if self.max_tags == 0 {
-            return Err(ConfigError::new("max_tags", "must be above zero"));
-        }
-        #[cfg(feature = "redis")]
-        if self.heartbeat.is_zero() {
-            return Err(ConfigError::new(
-                "heartbeat",
-                "must be above zero; a second suits most deployments",
-            ));
-        }
-        let l1 = moka::sync::Cache::builder()
-            .max_capacity(self.max_bytes)
-            .weigher(|k: &String, v: &Arc<Entry>| {
-                let bytes = k.len() + v.value.len() + 128 + v.tags.len() * 32;
-                u32::try_from(bytes).unwrap_or(u32::MAX)
-            })
-            .expire_after(EntryExpiry)
-            .build_with_hasher(foldhash::fast::RandomState::default());
-        let seed = foldhash::fast::RandomState::default().hash_one(0u8);
-        #[cfg(feature = "redis")]
-        let has_redis = self.redis.is_some();
-        #[cfg(not(feature = "redis"))]
-        let has_redis = false;
-        let metrics = super::metrics::Metrics::new();
-        let inner = Arc::new(Inner {
-            l1,
-            clock: self.clock.unwrap_or_default(),
-            defaults: self.defaults,
-            jitter: self.jitter,
-            unsubscribed_ttl: self.unsubscribed_ttl,
-            flights: Mutex::new(FastMap::default()),
-            tags: RwLock::new(FastMap::default()),
-            max_tags: self.max_tags,
-            epoch: AtomicU64::new(0),
-            broad: AtomicU64::new(0),
-            slots: (0..FENCE_SLOTS).map(|_| AtomicU64::new(0)).collect(),
-            slot_hasher: foldhash::fast::FixedState::with_seed(seed),
-            subscribed: AtomicBool::new(!has_redis),
-            rng: crate::hash::Jitter::with_seed(seed),
-            #[cfg(feature = "redis")]
-            l2: self.redis.map(|b| super::l2::L2::new(b, seed)),
-            metrics,
-        });
-        inner
-            .metrics
-            .subscribed
-            .set(if has_redis { 0.0 } else { 1.0 });
-        #[cfg(feature = "redis")]
-        if let Some(l2) = &inner.l2 {
-            tokio::spawn(super::l2::listen(
-                Arc::downgrade(&inner),
-                l2.backend.clone(),
-                l2.channel.clone(),
-                self.heartbeat,
-                seed,
-            ));
-        }
-        Ok(CacheEngine { inner })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::entry::Outcome;
 
     fn engine() -> CacheEngine {
         CacheEngine::builder()

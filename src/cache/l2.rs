@@ -16,7 +16,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt;
 
-use super::engine::{Entry, Inner, Lifetimes};
+use super::engine::Inner;
+use super::entry::{Entry, Lifetimes};
 use crate::StoreUnavailable;
 use crate::redis::{RedisBackend, Script, Value, cmd, pipe};
 

@@ -140,8 +140,11 @@
 //! half-loaded is stored.
 
 mod body;
+mod builder;
 pub mod control;
 mod engine;
+mod entry;
+mod flight;
 #[cfg(feature = "redis")]
 mod l2;
 mod layer;
@@ -151,7 +154,8 @@ mod service;
 mod typed;
 
 pub use body::CacheBody;
-pub use engine::{CacheEngine, CacheEngineBuilder};
+pub use builder::CacheEngineBuilder;
+pub use engine::CacheEngine;
 pub use layer::{ResponseCacheLayer, ResponseCacheLayerBuilder};
 pub use service::{ResponseCache, ResponseFuture};
 pub use typed::{Cache, LoadError, LoadOptions, SetError};

@@ -10,7 +10,7 @@ use http::{Response, StatusCode};
 use sha2::{Digest, Sha256};
 
 use super::control::{CacheControl, Vary, if_none_match};
-use super::engine::Lifetimes;
+use super::entry::Lifetimes;
 
 /// A stored response as L1 keeps it decoded: the headers of a hit ready to clone, with
 /// `Age` and `Cache-Status` present so that setting them replaces rather than grows the

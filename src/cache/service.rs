@@ -17,7 +17,8 @@ use tower_service::Service;
 
 use super::body::CacheBody;
 use super::control::CacheControl;
-use super::engine::{Begin, Entry, Leader, Lookup, Outcome, wait};
+use super::entry::{Entry, Lookup, Outcome};
+use super::flight::{Begin, Leader, wait};
 use super::layer::{ResponseCacheLayer, Settings};
 use super::response::{
     CACHE_STATUS, Status, StoredResponse, VaryMarker, decode, decode_marker, encode, encode_marker,

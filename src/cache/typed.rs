@@ -10,7 +10,9 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::engine::{Begin, CacheEngine, Entry, Leader, Lifetimes, Lookup, Outcome, wait};
+use super::engine::CacheEngine;
+use super::entry::{Entry, Lifetimes, Lookup, Outcome};
+use super::flight::{Begin, Leader, wait};
 use crate::StoreUnavailable;
 
 use crate::BoxError;
