@@ -27,9 +27,8 @@ use tower_governor::GovernorLayer;
 use tower_governor::governor::GovernorConfigBuilder;
 use tower_governor::key_extractor::{GlobalKeyExtractor, PeerIpKeyExtractor, SmartIpKeyExtractor};
 use tower_scale::key::{ClientIp, GlobalKey, PeerIp};
-use tower_scale::rate_limit::{
-    BucketKey, MemoryStore, Quota, QuotaSpec, RateLimitLayer, RedisStore, Store, StoreFuture,
-};
+use tower_scale::rate_limit::store::{BucketKey, QuotaSpec, Store, StoreFuture};
+use tower_scale::rate_limit::{MemoryStore, Quota, RateLimitLayer, RedisStore};
 use tower_scale::redis::{RedisBackend, Script};
 
 fn noop()

@@ -14,9 +14,10 @@ use http_body_util::{BodyExt, Full};
 use tower::{Service, ServiceExt};
 use tower_scale::key::ClientIp;
 use tower_scale::rate_limit::gcra::{self, Gcra};
+use tower_scale::rate_limit::store::QuotaSpec;
 use tower_scale::rate_limit::{
-    AnyStore, Clock, MemoryStore, OnStoreError, Quota, QuotaSpec, RATELIMIT, RATELIMIT_POLICY,
-    RateLimitLayer, RateLimited, RedisStore,
+    AnyStore, Clock, MemoryStore, OnStoreError, Quota, RATELIMIT, RATELIMIT_POLICY, RateLimitLayer,
+    RateLimited, RedisStore,
 };
 use tower_scale::redis::RedisBackend;
 

@@ -11,9 +11,8 @@ use http_body_util::{BodyExt, Full};
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, ServiceExt};
 use tower_scale::clock::Clock;
-use tower_scale::session::{
-    MemoryStore, Op, RedisSessionStore, Save, Session, SessionError, SessionLayer, SessionStore,
-};
+use tower_scale::session::store::{Op, Save, SessionStore};
+use tower_scale::session::{MemoryStore, RedisSessionStore, Session, SessionError, SessionLayer};
 
 type App = BoxCloneSyncService<Request<Full<Bytes>>, Response<Full<Bytes>>, Infallible>;
 
@@ -506,8 +505,8 @@ fn bad_configuration_is_an_error() {
     assert!(ok.is_ok());
 }
 
-fn life() -> tower_scale::session::Lifetimes {
-    tower_scale::session::Lifetimes {
+fn life() -> tower_scale::session::store::Lifetimes {
+    tower_scale::session::store::Lifetimes {
         idle: Duration::from_secs(60),
         absolute: Duration::from_secs(600),
         touch_every: Duration::from_secs(10),

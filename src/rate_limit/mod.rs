@@ -5,7 +5,7 @@
 //! exact limits, smooth refill, no fixed-window bursts at window edges. The arithmetic
 //! lives in [`gcra`], free of I/O.
 //!
-//! Where the state lives is the [`Store`]:
+//! Where the state lives is the [`Store`](store::Store):
 //!
 //! - [`MemoryStore`] (default): this process only, a sharded map with bounded memory.
 //!   Right for one instance; with N instances a client gets N times the quota.
@@ -83,7 +83,7 @@
 //! # Errors
 //!
 //! [`RateLimitLayerBuilder::build`] returns a [`ConfigError`](crate::ConfigError) for no
-//! quota, more than [`MAX_QUOTAS`], duplicate names, or a bad fallback share. The service
+//! quota, more than [`MAX_QUOTAS`](store::MAX_QUOTAS), duplicate names, or a bad fallback share. The service
 //! never fails a request itself: refusals are responses, and the inner service's errors
 //! pass through.
 //!
@@ -105,7 +105,7 @@ mod quota;
 mod redis_store;
 mod response;
 mod service;
-mod store;
+pub mod store;
 
 pub use crate::clock::Clock;
 pub use future::ResponseFuture;
@@ -115,5 +115,5 @@ pub use quota::Quota;
 #[cfg(feature = "redis")]
 pub use redis_store::RedisStore;
 pub use response::{QuotaStatus, RATELIMIT, RATELIMIT_POLICY, RateLimited, Reason};
-pub use service::{BucketKey, RateLimit};
-pub use store::{AnyStore, BoxedCheck, Decision, MAX_QUOTAS, QuotaSpec, Store, StoreFuture};
+pub use service::RateLimit;
+pub use store::AnyStore;

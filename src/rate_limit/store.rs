@@ -1,4 +1,8 @@
-//! Where rate-limit state lives: the [`Store`] trait and what it answers.
+//! For implementing a store of your own: the [`Store`] trait, what a store is handed
+//! ([`QuotaSpec`], the key as a [`BucketKey`]) and what it answers ([`Decision`],
+//! [`StoreFuture`]). Users of the layer need none of this: they pick
+//! [`MemoryStore`](super::MemoryStore), [`RedisStore`](super::RedisStore) or
+//! [`AnyStore`].
 
 use std::fmt;
 use std::future::Future;
@@ -8,6 +12,8 @@ use std::sync::Arc;
 
 use super::gcra::{Gcra, Verdict};
 use crate::StoreUnavailable;
+
+pub use super::service::BucketKey;
 
 /// The most quotas one layer may hold (and so one request may be checked against).
 pub const MAX_QUOTAS: usize = 8;

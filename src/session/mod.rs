@@ -61,14 +61,14 @@ mod id;
 mod layer;
 #[cfg(feature = "redis")]
 mod redis_store;
-mod store;
+pub mod store;
 
 pub use crate::cookie::SameSite;
 pub use handle::{Session, SessionError};
 pub use layer::{ResponseFuture, SessionLayer, SessionLayerBuilder, SessionService};
 #[cfg(feature = "redis")]
 pub use redis_store::RedisSessionStore;
-pub use store::{Lifetimes, MemoryStore, Op, Record, Save, SessionStore, StoreFuture};
+pub use store::MemoryStore;
 
 /// Why a handler could not extract its [`Session`].
 #[cfg(feature = "axum")]

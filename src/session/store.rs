@@ -1,5 +1,7 @@
-//! Where sessions live: the [`SessionStore`] trait, what it reads and writes, and
-//! [`MemoryStore`].
+//! Where sessions live: the in-process [`MemoryStore`], and, for implementing a store of
+//! your own, the [`SessionStore`] trait and what it reads and writes. Users of the layer
+//! need only a store: [`MemoryStore`] or
+//! [`RedisSessionStore`](super::RedisSessionStore).
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
