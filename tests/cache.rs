@@ -825,7 +825,7 @@ async fn http_keys_etags_head_and_body_cap() {
 async fn a_request_the_refresh_hook_picks_is_answered_by_the_origin_and_replaces_the_entry() {
     let engine = CacheEngine::builder().build().unwrap();
     let layer = ResponseCacheLayer::builder(&engine)
-        .refresh_if(|headers| headers.contains_key("x-wrote"))
+        .refresh_if(|req| req.headers.contains_key("x-wrote"))
         .build()
         .unwrap();
     let origin = Origin::default();

@@ -3,17 +3,18 @@
 use std::fmt;
 use std::sync::Arc;
 
+use http::StatusCode;
 use http::header::HeaderName;
-use http::{StatusCode, request};
 use tower_layer::Layer;
 
 use super::engine::CacheEngine;
 use super::service::ResponseCache;
 use crate::ConfigError;
+use crate::key::RequestRef;
 
-pub(crate) type TagFnRef = dyn Fn(&request::Parts) -> Vec<String> + Send + Sync;
+pub(crate) type TagFnRef = dyn Fn(RequestRef<'_>) -> Vec<String> + Send + Sync;
 type TagFn = Arc<TagFnRef>;
-pub(crate) type RefreshFn = Arc<dyn Fn(&http::HeaderMap) -> bool + Send + Sync>;
+pub(crate) type RefreshFn = Arc<dyn Fn(RequestRef<'_>) -> bool + Send + Sync>;
 
 /// Caches HTTP responses to `GET` (and answers `HEAD` from them) in a [`CacheEngine`],
 /// and drops them when an unsafe request to the same resource succeeds. See the
@@ -142,7 +143,7 @@ impl ResponseCacheLayerBuilder {
     /// carries [`ResponseCacheLayer::path_tag`] of its path).
     pub fn tags(
         mut self,
-        f: impl Fn(&request::Parts) -> Vec<String> + Send + Sync + 'static,
+        f: impl Fn(RequestRef<'_>) -> Vec<String> + Send + Sync + 'static,
     ) -> Self {
         self.tags = Some(Arc::new(f));
         self
@@ -153,14 +154,13 @@ impl ResponseCacheLayerBuilder {
     /// `/products`.
     pub fn invalidates(
         mut self,
-        f: impl Fn(&request::Parts) -> Vec<String> + Send + Sync + 'static,
+        f: impl Fn(RequestRef<'_>) -> Vec<String> + Send + Sync + 'static,
     ) -> Self {
         self.invalidates = Some(Arc::new(f));
         self
     }
 
-    /// Requests that must not be answered from the cache, picked by their headers: for
-    /// them the layer asks the inner service and stores its answer in place of the entry,
+    /// Requests that must not be answered from the cache: for them the layer asks the inner service and stores its answer in place of the entry,
     /// as for a request with `Cache-Control: no-cache` (default: none). For a client whose reads must see its
     /// own recent writes, which an entry filled by another client from a lagging replica
     /// may not hold: with database routing, ask the routing layer
@@ -170,13 +170,13 @@ impl ResponseCacheLayerBuilder {
     /// # use tower_scale::cache::{CacheEngine, ResponseCacheLayer};
     /// # let engine = CacheEngine::builder().build().unwrap();
     /// let layer = ResponseCacheLayer::builder(&engine)
-    ///     .refresh_if(|headers| headers.contains_key("x-fresh"))
+    ///     .refresh_if(|req| req.headers.contains_key("x-fresh"))
     ///     .build()?;
     /// # Ok::<(), tower_scale::ConfigError>(())
     /// ```
     pub fn refresh_if(
         mut self,
-        f: impl Fn(&http::HeaderMap) -> bool + Send + Sync + 'static,
+        f: impl Fn(RequestRef<'_>) -> bool + Send + Sync + 'static,
     ) -> Self {
         self.refresh_if = Some(Arc::new(f));
         self

@@ -26,6 +26,7 @@ use super::response::{
 };
 
 use crate::BoxError;
+use crate::key::RequestRef;
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// The service [`ResponseCacheLayer`] makes. See the [module docs](super).
@@ -182,9 +183,8 @@ fn tags_of<B>(req: Request<B>, f: Option<&super::layer::TagFnRef>) -> (Request<B
     let mut tags = vec![ResponseCacheLayer::path_tag(req.uri().path())];
     match f {
         Some(f) => {
-            let (parts, body) = req.into_parts();
-            tags.extend(f(&parts));
-            (Request::from_parts(parts, body), tags)
+            tags.extend(f(RequestRef::from(&req)));
+            (req, tags)
         }
         None => (req, tags),
     }
@@ -314,7 +314,9 @@ impl<S> ResponseCache<S> {
         }
         let refresh = req_cc.no_cache
             || req_cc.max_age == Some(0)
-            || s.refresh_if.as_ref().is_some_and(|f| f(req.headers()));
+            || s.refresh_if
+                .as_ref()
+                .is_some_and(|f| f(RequestRef::from(&req)));
         let looked_up = KEY.with_borrow_mut(|key| {
             key.clear();
             write_key(key, &req, &s.vary);

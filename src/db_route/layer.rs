@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 
 use http::header::{self, HeaderName, HeaderValue};
-use http::{Method, Request, Response, request};
+use http::{Method, Request, Response};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -18,8 +18,9 @@ use super::position::{ConsistencyToken, Lsn, now_ms};
 use super::router::{DbRouter, PositionSource, PrimaryReason, ReadRoute};
 use crate::ConfigError;
 use crate::cookie::{SameSite, SetCookie};
+use crate::key::RequestRef;
 
-type IntentFn = Arc<dyn Fn(&request::Parts) -> Option<Intent> + Send + Sync>;
+type IntentFn = Arc<dyn Fn(RequestRef<'_>) -> Option<Intent> + Send + Sync>;
 
 /// What a request does to the database, when its method does not say (a `POST` that only
 /// reads, a `GET` that writes).
@@ -198,7 +199,7 @@ impl<P> DbRouteLayerBuilder<P> {
     /// method's).
     pub fn intent(
         mut self,
-        f: impl Fn(&request::Parts) -> Option<Intent> + Send + Sync + 'static,
+        f: impl Fn(RequestRef<'_>) -> Option<Intent> + Send + Sync + 'static,
     ) -> Self {
         self.intent = Some(Arc::new(f));
         self
@@ -295,7 +296,7 @@ where
         let intent = s
             .intent
             .as_ref()
-            .and_then(|f| f(&parts))
+            .and_then(|f| f(RequestRef::from(&parts)))
             .unwrap_or(by_method);
         let read = match intent {
             Intent::Write => ReadRoute::Primary(PrimaryReason::Write),

@@ -43,7 +43,10 @@ impl fmt::Display for KeyError {
 
 impl std::error::Error for KeyError {}
 
-/// A borrowed view of a request head, handed to [`from_fn`](super::from_fn) closures.
+/// A borrowed view of a request head: what every closure this crate takes about a request
+/// is handed ([`key_fn`](super::key_fn), rate-limit quota predicates and costs, route
+/// labels, cache tags and refresh predicates, routing intent). Made from a `&Request<B>`
+/// or a `&request::Parts` without copying.
 #[derive(Debug, Clone, Copy)]
 #[non_exhaustive]
 pub struct RequestRef<'a> {
@@ -64,6 +67,17 @@ impl<'a, B> From<&'a Request<B>> for RequestRef<'a> {
             uri: req.uri(),
             headers: req.headers(),
             extensions: req.extensions(),
+        }
+    }
+}
+
+impl<'a> From<&'a http::request::Parts> for RequestRef<'a> {
+    fn from(parts: &'a http::request::Parts) -> Self {
+        Self {
+            method: &parts.method,
+            uri: &parts.uri,
+            headers: &parts.headers,
+            extensions: &parts.extensions,
         }
     }
 }

@@ -10,7 +10,7 @@
 //! | [`HeaderKey`] | a header's value (an API key) | clients identify themselves |
 //! | [`GlobalKey`] | one key for everybody | a global quota |
 //! | `RouteKey` (feature `axum`) | the matched route template | per-route quotas or breakers |
-//! | [`from_fn`] | whatever your closure returns | anything else |
+//! | [`key_fn`] | whatever your closure returns | anything else |
 //!
 //! # Trusting proxies
 //!
@@ -52,6 +52,6 @@ mod tests;
 
 pub use extractor::{KeyError, KeyExtractor, RequestRef, escape_key_part, peer_addr};
 pub use ip::{ClientIp, ClientIpBuilder, ForwardedHeader, PeerIp};
-pub use simple::{FnKey, GlobalKey, HeaderKey, HeaderValueKey, from_fn};
+pub use simple::{FnKey, GlobalKey, HeaderKey, HeaderValueKey, key_fn};
 #[cfg(feature = "axum")]
 pub use simple::{RouteKey, RouteTemplate};

@@ -1,5 +1,5 @@
 //! The other stock extractors: [`HeaderKey`] (an API key), [`GlobalKey`], `RouteKey`
-//! (axum) and closures ([`from_fn`]).
+//! (axum) and closures ([`key_fn`]).
 
 use std::fmt;
 use std::hash::Hash;
@@ -121,7 +121,7 @@ impl KeyExtractor for RouteKey {
     }
 }
 
-/// A closure as a [`KeyExtractor`]; see [`from_fn`].
+/// A closure as a [`KeyExtractor`]; see [`key_fn`].
 #[derive(Clone)]
 pub struct FnKey<F> {
     f: F,
@@ -136,14 +136,14 @@ impl<F> fmt::Debug for FnKey<F> {
 /// Keys requests with a closure; `None` means the request cannot be keyed.
 ///
 /// ```
-/// use tower_scale::key::{from_fn, KeyExtractor, RequestRef};
-/// let tenant = from_fn(|req: RequestRef<'_>| {
+/// use tower_scale::key::{key_fn, KeyExtractor, RequestRef};
+/// let tenant = key_fn(|req: RequestRef<'_>| {
 ///     req.headers.get("x-tenant")?.to_str().ok().map(str::to_owned)
 /// });
 /// let req = http::Request::builder().header("x-tenant", "acme").body(()).unwrap();
 /// assert_eq!(tenant.extract(&req).unwrap(), "acme");
 /// ```
-pub fn from_fn<F, K>(f: F) -> FnKey<F>
+pub fn key_fn<F, K>(f: F) -> FnKey<F>
 where
     F: Fn(RequestRef<'_>) -> Option<K> + Clone + Send + Sync + 'static,
 {

@@ -289,7 +289,7 @@ fn global_and_closure() {
         GlobalKey.extract(&Request::new(())).unwrap().to_string(),
         "global"
     );
-    let f = from_fn(|r: RequestRef<'_>| r.uri.path().strip_prefix("/t/").map(str::to_owned));
+    let f = key_fn(|r: RequestRef<'_>| r.uri.path().strip_prefix("/t/").map(str::to_owned));
     let req = Request::builder().uri("/t/acme").body(()).unwrap();
     assert_eq!(f.extract(&req).unwrap(), "acme");
     assert!(f.extract(&Request::new(())).is_err());

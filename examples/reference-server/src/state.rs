@@ -225,7 +225,7 @@ fn response_cache(
                 Vec::new()
             }
         })
-        .refresh_if(move |headers| routing.current_token(headers).is_some())
+        .refresh_if(move |req| routing.current_token(req.headers).is_some())
         .build()
         .map_err(|e| Failure::Config(format!("cache: {e}")))
 }
