@@ -266,10 +266,10 @@ impl SessionLayerBuilder {
 }
 
 impl<S> Layer<S> for SessionLayer {
-    type Service = SessionService<S>;
+    type Service = SessionManager<S>;
 
-    fn layer(&self, inner: S) -> SessionService<S> {
-        SessionService {
+    fn layer(&self, inner: S) -> SessionManager<S> {
+        SessionManager {
             inner,
             layer: self.clone(),
         }
@@ -279,20 +279,20 @@ impl<S> Layer<S> for SessionLayer {
 /// Puts a [`Session`] in each request's extensions and saves it after the handler. Built by
 /// [`SessionLayer`].
 #[derive(Clone)]
-pub struct SessionService<S> {
+pub struct SessionManager<S> {
     inner: S,
     layer: SessionLayer,
 }
 
-impl<S: fmt::Debug> fmt::Debug for SessionService<S> {
+impl<S: fmt::Debug> fmt::Debug for SessionManager<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SessionService")
+        f.debug_struct("SessionManager")
             .field("inner", &self.inner)
             .finish_non_exhaustive()
     }
 }
 
-impl<S, B, ResBody> Service<Request<B>> for SessionService<S>
+impl<S, B, ResBody> Service<Request<B>> for SessionManager<S>
 where
     S: Service<Request<B>, Response = Response<ResBody>>,
     S::Future: Send + 'static,
@@ -325,7 +325,7 @@ where
 type Saving<B, E> = Pin<Box<dyn Future<Output = Result<Response<B>, E>> + Send>>;
 
 pin_project! {
-    /// Response future of [`SessionService`].
+    /// Response future of [`SessionManager`].
     pub struct ResponseFuture<F, B, E> {
         #[pin]
         state: State<F, B, E>,

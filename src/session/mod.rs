@@ -65,7 +65,7 @@ pub mod store;
 
 pub use crate::cookie::SameSite;
 pub use handle::{Session, SessionError};
-pub use layer::{ResponseFuture, SessionLayer, SessionLayerBuilder, SessionService};
+pub use layer::{ResponseFuture, SessionLayer, SessionLayerBuilder, SessionManager};
 #[cfg(feature = "redis")]
 pub use redis_store::RedisSessionStore;
 pub use store::MemoryStore;
