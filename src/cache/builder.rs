@@ -245,8 +245,9 @@ impl CacheEngineBuilder {
             .set(if has_redis { 0.0 } else { 1.0 });
         #[cfg(feature = "redis")]
         if let Some(l2) = &inner.l2 {
+            let local: std::sync::Weak<dyn super::l2::Local> = Arc::downgrade(&inner) as _;
             tokio::spawn(super::l2::listen(
-                Arc::downgrade(&inner),
+                local,
                 l2.backend.clone(),
                 l2.channel.clone(),
                 self.heartbeat,

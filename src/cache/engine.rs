@@ -420,6 +420,37 @@ impl Inner {
     }
 }
 
+#[cfg(feature = "redis")]
+impl super::l2::Local for Inner {
+    fn invalidated(&self, what: super::l2::Invalidation<'_>) {
+        use super::l2::Invalidation;
+        match what {
+            Invalidation::Key(key) => {
+                self.metrics.invalidation_received("key");
+                self.drop_key(key);
+            }
+            Invalidation::Prefix(prefix) => {
+                self.metrics.invalidation_received("prefix");
+                self.drop_prefix(prefix);
+            }
+            Invalidation::Tag { tag, version, own } => {
+                if !own {
+                    self.metrics.invalidation_received("tag");
+                }
+                self.set_tag_version(tag, version, None);
+            }
+        }
+    }
+
+    fn is_subscribed(&self) -> bool {
+        Inner::is_subscribed(self)
+    }
+
+    fn set_subscribed(&self, on: bool) {
+        Inner::set_subscribed(self, on);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -53,7 +53,7 @@ impl Leader {
         #[cfg(feature = "redis")]
         if let Some(l2) = &self.engine.inner.l2 {
             let inner = Arc::clone(&self.engine.inner);
-            let Some(read) = l2.get(&self.key, tags, &inner).await else {
+            let Some(read) = l2.get(&self.key, tags, &inner.clock).await else {
                 self.snapshot_local(tags);
                 return None;
             };

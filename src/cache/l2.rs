@@ -16,9 +16,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt;
 
-use super::engine::Inner;
 use super::entry::{Entry, Lifetimes};
 use crate::StoreUnavailable;
+use crate::clock::Clock;
 use crate::redis::{RedisBackend, Script, Value, cmd, pipe};
 
 /// After an L2 failure, skip L2 for this long so a dead Redis costs one timeout, not one
@@ -118,14 +118,14 @@ impl L2 {
         &self.me
     }
 
-    fn available(&self, inner: &Inner) -> bool {
-        inner.clock.now_us() >= self.down_until.load(Ordering::Relaxed)
+    fn available(&self, clock: &Clock) -> bool {
+        clock.now_us() >= self.down_until.load(Ordering::Relaxed)
     }
 
-    fn failed(&self, inner: &Inner, err: &StoreUnavailable) {
+    fn failed(&self, clock: &Clock, err: &StoreUnavailable) {
         tracing::debug!(error = %err, "cache L2 call failed; serving from L1 and the loader");
         self.down_until.store(
-            inner.clock.now_us().saturating_add(L2_BACKOFF_US),
+            clock.now_us().saturating_add(L2_BACKOFF_US),
             Ordering::Relaxed,
         );
     }
@@ -134,8 +134,8 @@ impl L2 {
     /// (`TIME`, the generations, the tags' versions, `HMGET` of the entry), which costs
     /// Redis a fraction of a script call. `None` if Redis is failing (then nothing is
     /// written back to L2 for this load).
-    pub(crate) async fn get(&self, key: &str, tags: &[&str], inner: &Inner) -> Option<Read> {
-        if !self.available(inner) {
+    pub(crate) async fn get(&self, key: &str, tags: &[&str], clock: &Clock) -> Option<Read> {
+        if !self.available(clock) {
             return None;
         }
         let mut p = pipe();
@@ -153,11 +153,11 @@ impl L2 {
         let reply: Vec<Value> = match self.backend.pipeline("cache_get", &p).await {
             Ok(v) => v,
             Err(e) => {
-                self.failed(inner, &e);
+                self.failed(clock, &e);
                 return None;
             }
         };
-        let Some(mut read) = parse_get(reply, tags, inner.clock.now_us()) else {
+        let Some(mut read) = parse_get(reply, tags, clock.now_us()) else {
             tracing::warn!("cache L2 answered in an unexpected shape; treating it as a miss");
             return None;
         };
@@ -177,7 +177,7 @@ impl L2 {
                 let current: Vec<Option<u64>> = match self.backend.pipeline("cache_get", &p).await {
                     Ok(v) => v,
                     Err(e) => {
-                        self.failed(inner, &e);
+                        self.failed(clock, &e);
                         return None;
                     }
                 };
@@ -439,10 +439,34 @@ fn parse_get(reply: Vec<Value>, tags: &[&str], now: u64) -> Option<Read> {
     Some(Read { entry, fence })
 }
 
+/// What the invalidation subscriber may do to the engine it serves: all it knows of it.
+pub(crate) trait Local: Send + Sync + 'static {
+    /// Another instance invalidated something (or this one did, for a tag: versions only
+    /// move forward, so its own tag messages apply too).
+    fn invalidated(&self, what: Invalidation<'_>);
+    /// Whether every invalidation from other instances reaches this one.
+    fn is_subscribed(&self) -> bool;
+    /// The subscription came up or went down: either way, local copies are distrusted.
+    fn set_subscribed(&self, on: bool);
+}
+
+/// One invalidation message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Invalidation<'a> {
+    Key(&'a str),
+    Prefix(&'a str),
+    Tag {
+        tag: &'a str,
+        version: u64,
+        /// Sent by this instance.
+        own: bool,
+    },
+}
+
 /// The invalidation subscriber: applies other instances' invalidations to this L1, and
 /// proves its own subscription alive with a heartbeat. Ends when the engine is dropped.
 pub(crate) async fn listen(
-    engine: Weak<Inner>,
+    engine: Weak<dyn Local>,
     backend: RedisBackend,
     channel: String,
     heartbeat: Duration,
@@ -453,29 +477,29 @@ pub(crate) async fn listen(
     let mut delay = Duration::from_millis(50);
     loop {
         let subscribed = backend.subscribe(&channel).await;
-        let Some(inner) = engine.upgrade() else {
+        let Some(local) = engine.upgrade() else {
             return;
         };
         let pubsub = match subscribed {
             Ok(p) => p,
             Err(e) => {
                 tracing::debug!(error = %e, "cache invalidation subscriber cannot subscribe");
-                if inner.is_subscribed() {
+                if local.is_subscribed() {
                     tracing::warn!(
                         "cache invalidation subscription lost; local copies are distrusted"
                     );
-                    inner.set_subscribed(false);
+                    local.set_subscribed(false);
                 }
-                drop(inner);
+                drop(local);
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(1));
                 continue;
             }
         };
         delay = Duration::from_millis(50);
-        inner.set_subscribed(true);
+        local.set_subscribed(true);
         tracing::info!(channel = %channel, "cache invalidation subscriber listening");
-        drop(inner);
+        drop(local);
         let mut stream = pubsub.into_on_message();
         let mut heard = tokio::time::Instant::now();
         let mut next_beat = tokio::time::Instant::now();
@@ -510,22 +534,22 @@ pub(crate) async fn listen(
                 heard = tokio::time::Instant::now();
                 continue;
             }
-            let Some(inner) = engine.upgrade() else {
+            let Some(local) = engine.upgrade() else {
                 return;
             };
-            apply(&inner, payload, &me);
+            apply(&*local, payload, &me);
         }
-        let Some(inner) = engine.upgrade() else {
+        let Some(local) = engine.upgrade() else {
             return;
         };
         tracing::warn!("cache invalidation subscription lost; local copies are distrusted");
-        inner.set_subscribed(false);
+        local.set_subscribed(false);
     }
 }
 
 /// Applies one message: `k<sender><key>`, `t<sender><version> <tag>`, `p<sender><prefix>`
 /// (`<sender>` is 16 hex digits), `h...` heartbeats of other instances (ignored).
-fn apply(inner: &Inner, payload: &[u8], me: &str) {
+fn apply(local: &dyn Local, payload: &[u8], me: &str) {
     let (Some(&kind), Some(sender), Some(body)) =
         (payload.first(), payload.get(1..17), payload.get(17..))
     else {
@@ -536,23 +560,14 @@ fn apply(inner: &Inner, payload: &[u8], me: &str) {
     };
     let own = sender == me.as_bytes();
     match kind {
-        b'k' if !own => {
-            inner.metrics.invalidation_received("key");
-            inner.drop_key(body);
-        }
-        b'p' if !own => {
-            inner.metrics.invalidation_received("prefix");
-            inner.drop_prefix(body);
-        }
+        b'k' if !own => local.invalidated(Invalidation::Key(body)),
+        b'p' if !own => local.invalidated(Invalidation::Prefix(body)),
         b't' => {
             // Own tag messages are applied too: versions only move forward.
             if let Some((version, tag)) = body.split_once(' ')
                 && let Ok(version) = version.parse()
             {
-                if !own {
-                    inner.metrics.invalidation_received("tag");
-                }
-                inner.set_tag_version(tag, version, None);
+                local.invalidated(Invalidation::Tag { tag, version, own });
             }
         }
         _ => {}
