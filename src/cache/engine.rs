@@ -13,7 +13,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use super::entry::{Entry, Lifetimes, Lookup};
-use super::flight::{Begin, Flight, Leader};
+use super::flight::{Begin, Flight, Join, Leader, wait};
 use crate::clock::Clock;
 
 pub(super) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
@@ -184,8 +184,61 @@ impl CacheEngine {
         (found, now)
     }
 
+    /// Joins the load of `key` in this process: leads it, or waits for the one under way
+    /// and gets its outcome (a leader that goes away without one is replaced by the next
+    /// caller).
+    pub(crate) async fn join(&self, key: &str) -> Join {
+        loop {
+            match self.begin(key) {
+                Begin::Leader(leader) => return Join::Lead(leader),
+                Begin::Wait(rx) => {
+                    if let Some(outcome) = wait(rx).await {
+                        return Join::Done(outcome);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Leads a load of `key` if none is under way (a background refresh, a variant's
+    /// first load); `None` if one is.
+    pub(crate) fn try_lead(&self, key: &str) -> Option<Leader> {
+        match self.begin(key) {
+            Begin::Leader(leader) => Some(leader),
+            Begin::Wait(_) => None,
+        }
+    }
+
+    /// The lifetimes an entry gets unless its load says otherwise.
+    pub(crate) fn defaults(&self) -> Lifetimes {
+        self.inner.defaults
+    }
+
+    /// A face served a fresh L1 entry.
+    #[inline]
+    pub(crate) fn served_fresh(&self) {
+        self.inner.metrics.hit_l1.increment(1);
+    }
+
+    /// A face served an entry past fresh, within stale-while-revalidate; it refreshes the
+    /// entry with the leader, if it gets one (none while a load is under way).
+    pub(crate) fn served_stale(&self, key: &str) -> Option<Leader> {
+        self.inner.metrics.stale_revalidate.increment(1);
+        self.try_lead(key)
+    }
+
+    /// L1 had nothing a face could serve.
+    pub(crate) fn missed(&self) {
+        self.inner.metrics.miss.increment(1);
+    }
+
+    /// A face served an entry within stale-if-error because the load failed.
+    pub(crate) fn served_stale_on_error(&self) {
+        self.inner.metrics.stale_error.increment(1);
+    }
+
     /// Becomes the one loader of `key` in this process, or a waiter on the one there is.
-    pub(crate) fn begin(&self, key: &str) -> Begin {
+    fn begin(&self, key: &str) -> Begin {
         let mut flights = self.inner.flights.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(flight) = flights.get(key) {
             self.inner.metrics.coalesced.increment(1);
@@ -467,7 +520,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_store_after_an_invalidation_is_not_kept() {
         let e = engine();
-        let Begin::Leader(leader) = e.begin("k") else {
+        let Some(leader) = e.try_lead("k") else {
             panic!("first caller leads")
         };
         e.invalidate_key("k").await.unwrap();
@@ -479,7 +532,7 @@ mod tests {
         assert!(matches!(e.lookup("k"), Lookup::Miss { fallback: None }));
         leader.complete(Outcome::Pass);
         // A load that begins after the invalidation is stored.
-        let Begin::Leader(leader) = e.begin("k") else {
+        let Some(leader) = e.try_lead("k") else {
             panic!("the old flight ended")
         };
         leader
@@ -492,7 +545,7 @@ mod tests {
     async fn a_tag_invalidated_during_a_load_fences_its_store() {
         let e = engine();
         let lt = e.inner.defaults;
-        let Begin::Leader(mut leader) = e.begin("k") else {
+        let Some(mut leader) = e.try_lead("k") else {
             panic!()
         };
         assert!(leader.read_l2(&["t"]).await.is_none());
@@ -510,7 +563,7 @@ mod tests {
             swr: Duration::from_secs(5),
             sie: Duration::from_secs(20),
         };
-        let Begin::Leader(leader) = e.begin("k") else {
+        let Some(leader) = e.try_lead("k") else {
             panic!()
         };
         leader.store(Bytes::new(), None, lt, &[], true).await;

@@ -15,14 +15,20 @@ use super::entry::{Entry, Lifetimes, Outcome, TagVersions};
 pub(super) type Flight = watch::Sender<Option<Outcome>>;
 
 /// Either the loader of a key or a waiter for it.
-pub(crate) enum Begin {
+pub(super) enum Begin {
     Leader(Leader),
     Wait(watch::Receiver<Option<Outcome>>),
 }
 
+/// What joining a key's load gave: the lead, or the outcome of the load under way.
+pub(crate) enum Join {
+    Lead(Leader),
+    Done(Outcome),
+}
+
 /// Waits for the loader that `rx` follows. `None` if it went away without an outcome
 /// (its caller was cancelled): the waiter should begin again.
-pub(crate) async fn wait(mut rx: watch::Receiver<Option<Outcome>>) -> Option<Outcome> {
+pub(super) async fn wait(mut rx: watch::Receiver<Option<Outcome>>) -> Option<Outcome> {
     match rx.wait_for(Option::is_some).await {
         Ok(outcome) => outcome.clone(),
         Err(_) => None,
@@ -157,6 +163,16 @@ impl Leader {
             inner.insert_fenced(&self.key, Arc::clone(&entry), self.fence);
         }
         entry
+    }
+
+    /// The loader (a call of the inner service, a user's loader) answered.
+    pub(crate) fn load_succeeded(&self) {
+        self.engine.inner.metrics.load_ok.increment(1);
+    }
+
+    /// The loader failed (an error, or a 5xx from the inner service).
+    pub(crate) fn load_failed(&self) {
+        self.engine.inner.metrics.load_err.increment(1);
     }
 
     /// Hands `outcome` to every waiter and ends the flight.

@@ -18,7 +18,7 @@ use tower_service::Service;
 use super::body::CacheBody;
 use super::control::CacheControl;
 use super::entry::{Entry, Lookup, Outcome};
-use super::flight::{Begin, Leader, wait};
+use super::flight::{Join, Leader};
 use super::layer::{ResponseCacheLayer, Settings};
 use super::response::{
     CACHE_STATUS, Status, StoredResponse, VaryMarker, decode, decode_marker, encode, encode_marker,
@@ -334,7 +334,7 @@ impl<S> ResponseCache<S> {
         if let Lookup::Fresh(entry) = &found
             && let Some(stored) = stored_of(entry)
         {
-            s.engine.inner.metrics.hit_l1.increment(1);
+            s.engine.served_fresh();
             let status = hit_status(s, entry, now, None);
             let res = respond_entry(entry, stored, req.headers(), head, status, now);
             return ResponseFuture {
@@ -358,7 +358,7 @@ impl<S> ResponseCache<S> {
         match found {
             Lookup::Fresh(entry) => {
                 if let Some(stored) = stored_of(&entry) {
-                    s.engine.inner.metrics.hit_l1.increment(1);
+                    s.engine.served_fresh();
                     let status = hit_status(s, &entry, now, None);
                     let res = respond_entry(&entry, stored, req.headers(), head, status, now);
                     return ResponseFuture {
@@ -368,10 +368,11 @@ impl<S> ResponseCache<S> {
             }
             Lookup::Stale(entry) => {
                 if let Some(stored) = stored_of(&entry) {
-                    s.engine.inner.metrics.stale_revalidate.increment(1);
                     let status = hit_status(s, &entry, now, None);
                     let res = respond_entry(&entry, stored, req.headers(), head, status, now);
-                    self.refresh_in_background(&req, key_for(&req, &s.vary, key), variant);
+                    if let Some(leader) = s.engine.served_stale(&key_for(&req, &s.vary, key)) {
+                        self.refresh_in_background(&req, leader, variant);
+                    }
                     return ResponseFuture {
                         kind: FutKind::Ready { res: Some(res) },
                     };
@@ -384,7 +385,7 @@ impl<S> ResponseCache<S> {
             // A HEAD response has no body to store; it is answered from GET entries only.
             return self.pass_with(req, "fwd=miss");
         }
-        s.engine.inner.metrics.miss.increment(1);
+        s.engine.missed();
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let s = Arc::clone(&self.settings);
@@ -394,7 +395,7 @@ impl<S> ResponseCache<S> {
     fn refresh_in_background<ReqBody, ResBody>(
         &self,
         req: &Request<ReqBody>,
-        key: String,
+        leader: Leader,
         variant: Option<Vec<HeaderName>>,
     ) where
         S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
@@ -404,9 +405,6 @@ impl<S> ResponseCache<S> {
         ResBody: Body<Data = Bytes> + Send + 'static,
         ResBody::Error: Into<BoxError>,
     {
-        let Begin::Leader(leader) = self.settings.engine.begin(&key) else {
-            return;
-        };
         let mut r = Request::new(ReqBody::default());
         *r.uri_mut() = req.uri().clone();
         *r.version_mut() = req.version();
@@ -441,34 +439,28 @@ where
     ResBody: Body<Data = Bytes>,
     ResBody::Error: Into<BoxError>,
 {
-    loop {
-        match s.engine.begin(&key) {
-            Begin::Wait(rx) => match wait(rx).await {
-                Some(Outcome::Value(entry)) => {
-                    if let Some(stored) = stored_of(&entry) {
-                        let now = s.engine.now();
-                        let status = if now < entry.fresh_until {
-                            Status::Other(status_value(&s.name, "fwd=miss; collapsed"))
-                        } else {
-                            hit_status(&s, &entry, now, Some("stale-if-error"))
-                        };
-                        return Ok(respond_entry(
-                            &entry,
-                            stored,
-                            req.headers(),
-                            false,
-                            status,
-                            now,
-                        ));
-                    }
-                    break;
-                }
-                Some(_) => break,
-                None => continue,
-            },
-            Begin::Leader(leader) => {
-                return lead(&s, inner, req, leader, fallback, refresh, variant).await;
+    match s.engine.join(&key).await {
+        Join::Done(Outcome::Value(entry)) => {
+            if let Some(stored) = stored_of(&entry) {
+                let now = s.engine.now();
+                let status = if now < entry.fresh_until {
+                    Status::Other(status_value(&s.name, "fwd=miss; collapsed"))
+                } else {
+                    hit_status(&s, &entry, now, Some("stale-if-error"))
+                };
+                return Ok(respond_entry(
+                    &entry,
+                    stored,
+                    req.headers(),
+                    false,
+                    status,
+                    now,
+                ));
             }
+        }
+        Join::Done(_) => {}
+        Join::Lead(leader) => {
+            return lead(&s, inner, req, leader, fallback, refresh, variant).await;
         }
     }
     let res = inner.call(req).await?;
@@ -575,7 +567,7 @@ where
             leader.complete(Outcome::Pass);
             return None;
         };
-        s.engine.inner.metrics.stale_error.increment(1);
+        s.engine.served_stale_on_error();
         let now = s.engine.now();
         let status = hit_status(s, entry, now, Some("stale-if-error"));
         let res = respond_entry(entry, stored, &request_headers, false, status, now);
@@ -585,7 +577,7 @@ where
     let res = match inner.call(req).await {
         Ok(res) => res,
         Err(e) => {
-            s.engine.inner.metrics.load_err.increment(1);
+            leader.load_failed();
             return match serve_stale(leader, fallback) {
                 Some(res) => Ok(res),
                 None => Err(e),
@@ -593,7 +585,7 @@ where
         }
     };
     if res.status().is_server_error() {
-        s.engine.inner.metrics.load_err.increment(1);
+        leader.load_failed();
         if fallback.is_some() {
             if let Some(stale) = serve_stale(leader, fallback) {
                 return Ok(stale);
@@ -601,7 +593,7 @@ where
             return Ok(pass(res, Some(status_value(&s.name, "fwd=miss"))));
         }
     } else {
-        s.engine.inner.metrics.load_ok.increment(1);
+        leader.load_succeeded();
     }
     let fwd = if refresh { "fwd=request" } else { "fwd=miss" };
     let Some((lifetimes, extra)) = storable(
@@ -609,7 +601,7 @@ where
         res.headers(),
         &s.statuses,
         &s.vary,
-        s.engine.inner.defaults,
+        s.engine.defaults(),
     ) else {
         leader.complete(Outcome::Pass);
         return Ok(pass(res, Some(status_value(&s.name, fwd))));
@@ -644,8 +636,8 @@ where
                     .store(encode_marker(&extra), None, lifetimes, &tag_refs, true)
                     .await;
                 leader.complete(Outcome::Pass);
-                match s.engine.begin(&secondary) {
-                    Begin::Leader(mut variant_leader) => {
+                match s.engine.try_lead(&secondary) {
+                    Some(mut variant_leader) => {
                         let _ = variant_leader.read_l2(&tag_refs).await;
                         let entry = variant_leader
                             .store(value, Some(stored.clone()), lifetimes, &tag_refs, true)
@@ -653,7 +645,7 @@ where
                         variant_leader.complete(Outcome::Value(Arc::clone(&entry)));
                         entry
                     }
-                    Begin::Wait(_) => {
+                    None => {
                         let mut res = Response::from_parts(parts, CacheBody::full(Some(body)));
                         res.headers_mut()
                             .insert(CACHE_STATUS, status_value(&s.name, fwd));

@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 
 use super::engine::CacheEngine;
 use super::entry::{Entry, Lifetimes, Lookup, Outcome};
-use super::flight::{Begin, Leader, wait};
+use super::flight::{Join, Leader};
 use crate::StoreUnavailable;
 
 use crate::BoxError;
@@ -229,27 +229,21 @@ where
     /// The value for `key` if one is cached and fresh (L1, then L2).
     pub async fn get(&self, key: &K) -> Option<V> {
         let full = self.full_key(key);
-        loop {
-            match self.engine.lookup(&full) {
-                Lookup::Fresh(e) => {
-                    self.engine.inner.metrics.hit_l1.increment(1);
-                    return Self::decode(&e);
-                }
-                Lookup::Stale(_) | Lookup::Miss { .. } => {}
-            }
-            match self.engine.begin(&full) {
-                Begin::Wait(rx) => match wait(rx).await {
-                    Some(Outcome::Value(e)) => return Self::decode(&e),
-                    Some(_) => return None,
-                    None => continue,
-                },
-                Begin::Leader(mut leader) => {
-                    let entry = leader.read_l2(&[]).await;
-                    let now = self.engine.now();
-                    return entry
-                        .filter(|e| now < e.fresh_until)
-                        .and_then(|e| Self::decode(&e));
-                }
+        if let Lookup::Fresh(e) = self.engine.lookup(&full)
+            && let Some(v) = Self::decode(&e)
+        {
+            self.engine.served_fresh();
+            return Some(v);
+        }
+        match self.engine.join(&full).await {
+            Join::Done(Outcome::Value(e)) => Self::decode(&e),
+            Join::Done(_) => None,
+            Join::Lead(mut leader) => {
+                let entry = leader.read_l2(&[]).await;
+                let now = self.engine.now();
+                entry
+                    .filter(|e| now < e.fresh_until)
+                    .and_then(|e| Self::decode(&e))
             }
         }
     }
@@ -277,7 +271,7 @@ where
         let full = self.full_key(key);
         let told = self.engine.invalidate_key(&full).await;
         let tags = opts.tag_refs();
-        let lifetimes = opts.lifetimes(self.engine.inner.defaults);
+        let lifetimes = opts.lifetimes(self.engine.defaults());
         self.engine
             .write(
                 &full,
@@ -350,61 +344,47 @@ where
             let fallback = match self.engine.lookup(&full) {
                 Lookup::Fresh(e) => match Self::decode(&e) {
                     Some(v) => {
-                        self.engine.inner.metrics.hit_l1.increment(1);
+                        self.engine.served_fresh();
                         return Ok(v);
                     }
                     None => None,
                 },
                 Lookup::Stale(e) => match Self::decode(&e) {
                     Some(v) => {
-                        self.engine.inner.metrics.stale_revalidate.increment(1);
-                        self.refresh(full, opts.clone(), loader);
+                        if let Some(leader) = self.engine.served_stale(&full) {
+                            let (engine, opts) = (self.engine.clone(), opts.clone());
+                            tokio::spawn(async move {
+                                let _ = lead(&engine, leader, &opts, loader, None).await;
+                            });
+                        }
                         return Ok(v);
                     }
                     None => None,
                 },
                 Lookup::Miss { fallback } => fallback,
             };
-            match self.engine.begin(&full) {
-                Begin::Wait(rx) => match wait(rx).await {
-                    Some(Outcome::Value(e)) => {
-                        if let Some(v) = Self::decode(&e) {
-                            return Ok(v);
+            match self.engine.join(&full).await {
+                Join::Done(Outcome::Value(e)) => {
+                    if let Some(v) = Self::decode(&e) {
+                        return Ok(v);
+                    }
+                }
+                Join::Done(Outcome::Failed(err)) => {
+                    return match fallback.as_deref().and_then(Self::decode) {
+                        Some(v) => {
+                            self.engine.served_stale_on_error();
+                            Ok(v)
                         }
-                    }
-                    Some(Outcome::Failed(err)) => {
-                        return match fallback.as_deref().and_then(Self::decode) {
-                            Some(v) => {
-                                self.engine.inner.metrics.stale_error.increment(1);
-                                Ok(v)
-                            }
-                            None => Err(err),
-                        };
-                    }
-                    // The loader went away or could not share its value: try again.
-                    Some(Outcome::Pass) | None => {}
-                },
-                Begin::Leader(leader) => {
+                        None => Err(err),
+                    };
+                }
+                // The loader could not share its value: try again.
+                Join::Done(Outcome::Pass) => {}
+                Join::Lead(leader) => {
                     return lead(&self.engine, leader, opts, loader, fallback).await;
                 }
             }
         }
-    }
-
-    fn refresh<F, Fut, E>(&self, full: String, opts: LoadOptions, loader: F)
-    where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<V, E>> + Send + 'static,
-        E: Into<BoxError> + Send,
-    {
-        // One refresh at a time: if a load of this key is under way, it is the refresh.
-        let Begin::Leader(leader) = self.engine.begin(&full) else {
-            return;
-        };
-        let engine = self.engine.clone();
-        tokio::spawn(async move {
-            let _ = lead(&engine, leader, &opts, loader, None).await;
-        });
     }
 }
 
@@ -421,7 +401,6 @@ where
     Fut: Future<Output = Result<V, E>> + Send + 'static,
     E: Into<BoxError> + Send,
 {
-    let metrics = &engine.inner.metrics;
     let tags = opts.tag_refs();
     if let Some(e) = leader.read_l2(&tags).await {
         let now = engine.now();
@@ -434,16 +413,16 @@ where
             fallback = Some(e);
         }
     }
-    metrics.miss.increment(1);
+    engine.missed();
     match loader().await {
         Ok(v) => {
-            metrics.load_ok.increment(1);
+            leader.load_succeeded();
             let Ok(bytes) = serde_json::to_vec(&v) else {
                 tracing::warn!(key = %leader.key, "cache value does not serialise; not cached");
                 leader.complete(Outcome::Pass);
                 return Ok(v);
             };
-            let lifetimes = opts.lifetimes(engine.inner.defaults);
+            let lifetimes = opts.lifetimes(engine.defaults());
             let entry = leader
                 .store(
                     Bytes::from(bytes),
@@ -457,12 +436,12 @@ where
             Ok(v)
         }
         Err(e) => {
-            metrics.load_err.increment(1);
+            leader.load_failed();
             let err = LoadError::new(e);
             if let Some(fb) = fallback
                 && let Some(v) = decode::<V>(&fb)
             {
-                metrics.stale_error.increment(1);
+                engine.served_stale_on_error();
                 leader.complete(Outcome::Value(fb));
                 return Ok(v);
             }
