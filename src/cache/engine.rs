@@ -185,18 +185,15 @@ impl CacheEngine {
     }
 
     /// Joins the load of `key` in this process: leads it, or waits for the one under way
-    /// and gets its outcome (a leader that goes away without one is replaced by the next
-    /// caller).
+    /// and gets its outcome, or learns that its leader went away without one (then the
+    /// face looks in L1 again: the leader may have filled it from L2 before it went).
     pub(crate) async fn join(&self, key: &str) -> Join {
-        loop {
-            match self.begin(key) {
-                Begin::Leader(leader) => return Join::Lead(leader),
-                Begin::Wait(rx) => {
-                    if let Some(outcome) = wait(rx).await {
-                        return Join::Done(outcome);
-                    }
-                }
-            }
+        match self.begin(key) {
+            Begin::Leader(leader) => Join::Lead(leader),
+            Begin::Wait(rx) => match wait(rx).await {
+                Some(outcome) => Join::Done(outcome),
+                None => Join::Abandoned,
+            },
         }
     }
 

@@ -20,10 +20,12 @@ pub(super) enum Begin {
     Wait(watch::Receiver<Option<Outcome>>),
 }
 
-/// What joining a key's load gave: the lead, or the outcome of the load under way.
+/// What joining a key's load gave: the lead, the outcome of the load under way, or word
+/// that its leader went away without one.
 pub(crate) enum Join {
     Lead(Leader),
     Done(Outcome),
+    Abandoned,
 }
 
 /// Waits for the loader that `rx` follows. `None` if it went away without an outcome

@@ -439,28 +439,33 @@ where
     ResBody: Body<Data = Bytes>,
     ResBody::Error: Into<BoxError>,
 {
-    match s.engine.join(&key).await {
-        Join::Done(Outcome::Value(entry)) => {
-            if let Some(stored) = stored_of(&entry) {
-                let now = s.engine.now();
-                let status = if now < entry.fresh_until {
-                    Status::Other(status_value(&s.name, "fwd=miss; collapsed"))
-                } else {
-                    hit_status(&s, &entry, now, Some("stale-if-error"))
-                };
-                return Ok(respond_entry(
-                    &entry,
-                    stored,
-                    req.headers(),
-                    false,
-                    status,
-                    now,
-                ));
+    loop {
+        match s.engine.join(&key).await {
+            Join::Done(Outcome::Value(entry)) => {
+                if let Some(stored) = stored_of(&entry) {
+                    let now = s.engine.now();
+                    let status = if now < entry.fresh_until {
+                        Status::Other(status_value(&s.name, "fwd=miss; collapsed"))
+                    } else {
+                        hit_status(&s, &entry, now, Some("stale-if-error"))
+                    };
+                    return Ok(respond_entry(
+                        &entry,
+                        stored,
+                        req.headers(),
+                        false,
+                        status,
+                        now,
+                    ));
+                }
+                break;
             }
-        }
-        Join::Done(_) => {}
-        Join::Lead(leader) => {
-            return lead(&s, inner, req, leader, fallback, refresh, variant).await;
+            Join::Done(_) => break,
+            // Its leader went away: join again (as its waiters, this request may lead).
+            Join::Abandoned => {}
+            Join::Lead(leader) => {
+                return lead(&s, inner, req, leader, fallback, refresh, variant).await;
+            }
         }
     }
     let res = inner.call(req).await?;

@@ -229,21 +229,24 @@ where
     /// The value for `key` if one is cached and fresh (L1, then L2).
     pub async fn get(&self, key: &K) -> Option<V> {
         let full = self.full_key(key);
-        if let Lookup::Fresh(e) = self.engine.lookup(&full)
-            && let Some(v) = Self::decode(&e)
-        {
-            self.engine.served_fresh();
-            return Some(v);
-        }
-        match self.engine.join(&full).await {
-            Join::Done(Outcome::Value(e)) => Self::decode(&e),
-            Join::Done(_) => None,
-            Join::Lead(mut leader) => {
-                let entry = leader.read_l2(&[]).await;
-                let now = self.engine.now();
-                entry
-                    .filter(|e| now < e.fresh_until)
-                    .and_then(|e| Self::decode(&e))
+        loop {
+            if let Lookup::Fresh(e) = self.engine.lookup(&full)
+                && let Some(v) = Self::decode(&e)
+            {
+                self.engine.served_fresh();
+                return Some(v);
+            }
+            match self.engine.join(&full).await {
+                Join::Done(Outcome::Value(e)) => return Self::decode(&e),
+                Join::Done(_) => return None,
+                Join::Abandoned => {}
+                Join::Lead(mut leader) => {
+                    let entry = leader.read_l2(&[]).await;
+                    let now = self.engine.now();
+                    return entry
+                        .filter(|e| now < e.fresh_until)
+                        .and_then(|e| Self::decode(&e));
+                }
             }
         }
     }
@@ -378,8 +381,8 @@ where
                         None => Err(err),
                     };
                 }
-                // The loader could not share its value: try again.
-                Join::Done(Outcome::Pass) => {}
+                // The loader could not share its value, or went away: look again.
+                Join::Done(Outcome::Pass) | Join::Abandoned => {}
                 Join::Lead(leader) => {
                     return lead(&self.engine, leader, opts, loader, fallback).await;
                 }

@@ -222,7 +222,7 @@ impl<P> DbRouteLayerBuilder<P> {
         }
         Ok(DbRouteLayer {
             settings: Arc::new(Settings {
-                cookie: SetCookie::new(self.cookie, "/", SameSite::Lax, self.secure, None),
+                cookie: SetCookie::new(self.cookie, "/", self.same_site, self.secure, None),
                 router: self.router,
                 route_header: self.route_header,
                 intent: self.intent,
@@ -540,6 +540,33 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(350)).await;
         let res = send(Method::GET, Some(cookie)).await;
         assert_eq!(res.headers()[X_DB_ROUTE], "replica", "the pin ends");
+    }
+
+    #[tokio::test]
+    async fn the_token_cookie_carries_the_configured_same_site() {
+        let router = DbRouter::builder(NoPosition)
+            .replica("r", NoPosition)
+            .build()
+            .unwrap();
+        let layer = DbRouteLayer::builder(router)
+            .same_site(SameSite::Strict)
+            .build()
+            .unwrap();
+        let svc = layer.layer(tower::service_fn(|req: Request<()>| async move {
+            let _ = req.extensions().get::<Db<NoPosition>>().unwrap().writer();
+            Ok::<_, Infallible>(Response::new(()))
+        }));
+        let req = Request::builder()
+            .method(Method::PUT)
+            .uri("/")
+            .body(())
+            .unwrap();
+        let res = svc.oneshot(req).await.unwrap();
+        let set = res.headers()[header::SET_COOKIE].to_str().unwrap();
+        assert!(
+            set.contains("SameSite=Strict") && set.contains("; Secure"),
+            "{set}"
+        );
     }
 
     #[tokio::test]

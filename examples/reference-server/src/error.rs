@@ -16,6 +16,13 @@ impl ApiError {
         Self(StatusCode::BAD_REQUEST, message.into())
     }
 
+    /// A body axum could not take, with axum's status for it: 400 for JSON that does not
+    /// fit, 415 for a missing JSON content type, 413 for a body over the limit (a
+    /// chunked one is only found too large while it is read).
+    pub fn rejected(e: &axum::extract::rejection::JsonRejection) -> Self {
+        Self(e.status(), e.body_text())
+    }
+
     /// 503 with `Retry-After`: a dependency is failing, try again shortly.
     pub fn unavailable(message: impl Into<String>, retry_after_secs: u64) -> Response {
         let mut r = Self(StatusCode::SERVICE_UNAVAILABLE, message.into()).into_response();

@@ -116,7 +116,7 @@ async fn put(
         )
         .into_response());
     }
-    let Json(input) = body.map_err(|e| ApiError::bad_request(e.body_text()).into_response())?;
+    let Json(input) = body.map_err(|e| ApiError::rejected(&e).into_response())?;
     let name = input.name.trim();
     if name.is_empty() || name.chars().count() > 200 {
         return Err(ApiError::bad_request("`name` must be 1..=200 characters").into_response());

@@ -29,7 +29,7 @@ async fn login(
     session: Session,
     body: Result<Json<LoginInput>, JsonRejection>,
 ) -> Result<Response, Response> {
-    let Json(input) = body.map_err(|e| ApiError::bad_request(e.body_text()).into_response())?;
+    let Json(input) = body.map_err(|e| ApiError::rejected(&e).into_response())?;
     let user = input.user.trim();
     if user.is_empty() || user.chars().count() > 64 {
         return Err(ApiError::bad_request("`user` must be 1..=64 characters").into_response());

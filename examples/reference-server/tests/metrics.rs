@@ -1,0 +1,70 @@
+//! `/metrics` of the app in process, alone in this test binary (the `metrics` recorder is
+//! one per process): every layer reports, by route template, never by raw path.
+
+mod common;
+#[path = "../../../tests/support/mod.rs"]
+mod support;
+
+use common::{app, get, sample};
+use http::StatusCode;
+
+#[tokio::test]
+async fn metrics_report_every_layer_by_route_template() {
+    let app = app(&[("RATE_LIMIT", "4/1h")]).await;
+    // Four admitted on the api quota: a miss and a hit of one product, an unknown
+    // product, the list; then a refusal.
+    assert_eq!(get(&app, "/products/1").await.status, StatusCode::OK);
+    assert_eq!(get(&app, "/products/1").await.status, StatusCode::OK);
+    assert_eq!(
+        get(&app, "/products/999999").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(get(&app, "/products").await.status, StatusCode::OK);
+    assert_eq!(
+        get(&app, "/products/1").await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(get(&app, "/nope").await.status, StatusCode::NOT_FOUND);
+
+    let m = get(&app, "/metrics").await.text();
+    assert!(
+        m.lines().any(
+            |l| l.starts_with("http_server_request_duration_seconds_bucket{")
+                && l.contains(r#"http_route="/products/{id}""#)
+                && l.contains(r#"http_response_status_code="200""#)
+        ),
+        "no duration buckets for /products/{{id}}:\n{m}"
+    );
+    assert!(
+        m.lines().any(
+            |l| l.starts_with("http_server_request_duration_seconds_count{")
+                && l.contains(r#"http_route="/products/{id}""#)
+                && l.contains(r#"http_response_status_code="429""#)
+                && l.trim_end().ends_with(" 1")
+        ),
+        "one 429 on /products/{{id}}:\n{m}"
+    );
+    assert!(
+        m.contains(r#"http_route="unmatched""#),
+        "the unknown route is counted as unmatched"
+    );
+    assert!(
+        !m.contains("/products/999999") && !m.contains(r#""/nope""#),
+        "raw paths leaked into labels"
+    );
+    assert!(m.contains("http_server_active_requests{"));
+    assert!(m.contains("http_server_requests_total{"));
+    assert_eq!(
+        sample(
+            &m,
+            r#"tower_scale_rate_limit_decisions_total{quota="api",decision="refused"}"#
+        ),
+        1.0,
+        "{m}"
+    );
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("tower_scale_cache_hits") && !l.trim_end().ends_with(" 0")),
+        "the cache hit is counted:\n{m}"
+    );
+}
