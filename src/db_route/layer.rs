@@ -542,6 +542,20 @@ mod tests {
         assert_eq!(res.headers()[X_DB_ROUTE], "replica", "the pin ends");
     }
 
+    /// A `PUT` through `layer` whose handler uses the writer.
+    async fn write_through(layer: DbRouteLayer<NoPosition>) -> Response<()> {
+        let svc = layer.layer(tower::service_fn(|req: Request<()>| async move {
+            let _ = req.extensions().get::<Db<NoPosition>>().unwrap().writer();
+            Ok::<_, Infallible>(Response::new(()))
+        }));
+        let req = Request::builder()
+            .method(Method::PUT)
+            .uri("/")
+            .body(())
+            .unwrap();
+        svc.oneshot(req).await.unwrap()
+    }
+
     #[tokio::test]
     async fn the_token_cookie_carries_the_configured_same_site() {
         let router = DbRouter::builder(NoPosition)
@@ -552,16 +566,7 @@ mod tests {
             .same_site(SameSite::Strict)
             .build()
             .unwrap();
-        let svc = layer.layer(tower::service_fn(|req: Request<()>| async move {
-            let _ = req.extensions().get::<Db<NoPosition>>().unwrap().writer();
-            Ok::<_, Infallible>(Response::new(()))
-        }));
-        let req = Request::builder()
-            .method(Method::PUT)
-            .uri("/")
-            .body(())
-            .unwrap();
-        let res = svc.oneshot(req).await.unwrap();
+        let res = write_through(layer).await;
         let set = res.headers()[header::SET_COOKIE].to_str().unwrap();
         assert!(
             set.contains("SameSite=Strict") && set.contains("; Secure"),
@@ -576,17 +581,7 @@ mod tests {
             .route_header(true)
             .build()
             .unwrap();
-        let svc = layer.layer(tower::service_fn(|req: Request<()>| async move {
-            let db = req.extensions().get::<Db<NoPosition>>().cloned().unwrap();
-            let _ = db.writer();
-            Ok::<_, Infallible>(Response::new(()))
-        }));
-        let req = Request::builder()
-            .method(Method::PUT)
-            .uri("/")
-            .body(())
-            .unwrap();
-        let res = svc.oneshot(req).await.unwrap();
+        let res = write_through(layer).await;
         assert_eq!(res.headers()[X_DB_ROUTE], "primary");
         assert!(!res.headers().contains_key(header::SET_COOKIE));
     }
