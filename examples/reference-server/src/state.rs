@@ -110,11 +110,6 @@ impl AppState {
             layers,
         })
     }
-
-    /// The database router (for health and tests).
-    pub fn db(&self) -> &DbRouter<Database> {
-        &self.shared.db
-    }
 }
 
 /// The embedded database, or PostgreSQL: pools to the primary and each replica (connected
