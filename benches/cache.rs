@@ -136,6 +136,14 @@ fn l2_hit(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
         eprintln!("cache/l2-hit skipped: no Redis at {url}");
         return;
     }
+    // The baseline: a plain GET over a multiplexed redis-rs connection of its own.
+    let raw = rt.block_on(async {
+        redis::Client::open(url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    });
     const KEYS: u64 = 5_000;
     let engine = |rt: &tokio::runtime::Runtime| {
         rt.block_on(async {
@@ -151,11 +159,10 @@ fn l2_hit(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
         for k in 0..KEYS {
             cache.set(&k, &PRODUCT.to_owned()).await.unwrap();
         }
-        let _: () = backend
-            .query(
-                "bench",
-                tower_scale::redis::cmd("SET").arg("raw").arg(PRODUCT),
-            )
+        let _: () = redis::cmd("SET")
+            .arg("raw")
+            .arg(PRODUCT)
+            .query_async(&mut raw.clone())
             .await
             .unwrap();
     });
@@ -194,8 +201,9 @@ fn l2_hit(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
             rt.block_on(async {
                 let start = Instant::now();
                 for _ in 0..n {
-                    let v: Vec<u8> = backend
-                        .query("bench", tower_scale::redis::cmd("GET").arg("raw"))
+                    let v: Vec<u8> = redis::cmd("GET")
+                        .arg("raw")
+                        .query_async(&mut raw.clone())
                         .await
                         .unwrap();
                     std::hint::black_box(v);
@@ -207,8 +215,9 @@ fn l2_hit(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
     g.finish();
     rt.block_on(async {
         cache.invalidate_prefix("").await.unwrap();
-        let _: i64 = backend
-            .query("bench", tower_scale::redis::cmd("DEL").arg("raw"))
+        let _: i64 = redis::cmd("DEL")
+            .arg("raw")
+            .query_async(&mut raw.clone())
             .await
             .unwrap();
     });

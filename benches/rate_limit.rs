@@ -22,6 +22,7 @@ use axum::extract::ConnectInfo;
 use criterion::{Criterion, criterion_group};
 use http::{Request, Response};
 use http_body_util::BodyExt;
+use redis::Script;
 use tower::{Layer, Service, ServiceExt};
 use tower_governor::GovernorLayer;
 use tower_governor::governor::GovernorConfigBuilder;
@@ -29,7 +30,7 @@ use tower_governor::key_extractor::{GlobalKeyExtractor, PeerIpKeyExtractor, Smar
 use tower_scale::key::{ClientIp, GlobalKey, PeerIp};
 use tower_scale::rate_limit::store::{BucketKey, QuotaSpec, Store, StoreFuture};
 use tower_scale::rate_limit::{MemoryStore, Quota, RateLimitLayer, RedisStore};
-use tower_scale::redis::{RedisBackend, Script};
+use tower_scale::redis::RedisBackend;
 
 fn noop()
 -> impl Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future = impl Send>
@@ -220,7 +221,13 @@ fn redis(c: &mut Criterion) {
     g.sample_size(20).measurement_time(Duration::from_secs(8));
 
     let script = Arc::new(Script::new(RAW_GCRA));
-    let raw = backend.clone();
+    let raw = rt.block_on(async {
+        redis::Client::open(url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    });
     g.bench_function("raw-evalsha", |b| {
         b.iter_custom(|iters| {
             rt.block_on(async {
@@ -230,7 +237,7 @@ fn redis(c: &mut Criterion) {
                         let (raw, script, clients) =
                             (raw.clone(), Arc::clone(&script), Arc::clone(&clients));
                         tokio::spawn(async move {
-                            let mut conn = raw.connection();
+                            let mut conn = raw;
                             for i in (t..iters).step_by(CALLERS as usize) {
                                 let key = format!("bench:raw:{{{}}}", clients[(i % 1024) as usize]);
                                 let ok: i64 = script

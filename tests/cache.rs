@@ -367,10 +367,7 @@ async fn a_slow_loader_never_writes_back_a_value_older_than_an_invalidation() {
         (case.invalidate)(cb.clone(), b.clone()).await.unwrap();
         if case.name == "silent" {
             let gen_key = raw.key_with_suffix("cache", "d:silent:k", "g");
-            let _: i64 = raw
-                .query("test", tower_scale::redis::cmd("INCR").arg(gen_key))
-                .await
-                .unwrap();
+            let _: i64 = support::redis_raw(&redis_url(), &["INCR", &gen_key]).await;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
         go_tx.send(()).unwrap();
@@ -1040,17 +1037,10 @@ async fn the_subscriber_goes_away_with_the_engine() {
     let backend = redis_backend(&redis_url(), &prefix);
     let channel = backend.channel("cache-invalidations");
     let subscribers = || {
-        let (backend, channel) = (backend.clone(), channel.clone());
+        let channel = channel.clone();
         async move {
-            let (_, n): (String, i64) = backend
-                .query(
-                    "test",
-                    tower_scale::redis::cmd("PUBSUB")
-                        .arg("NUMSUB")
-                        .arg(&channel),
-                )
-                .await
-                .unwrap();
+            let (_, n): (String, i64) =
+                support::redis_raw(&redis_url(), &["PUBSUB", "NUMSUB", &channel]).await;
             n
         }
     };

@@ -779,11 +779,8 @@ fn public_types_are_send_and_sync() {
 }
 
 /// Commands a private Redis has served, by name.
-async fn command_counts(r: &RedisBackend) -> std::collections::HashMap<String, u64> {
-    let info: String = r
-        .query("info", tower_scale::redis::cmd("INFO").arg("commandstats"))
-        .await
-        .unwrap();
+async fn command_counts(url: &str) -> std::collections::HashMap<String, u64> {
+    let info: String = support::redis_raw(url, &["INFO", "commandstats"]).await;
     info.lines()
         .filter_map(|l| {
             let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
@@ -805,10 +802,7 @@ async fn one_round_trip_per_request_whatever_the_number_of_quotas() {
         let mut svc = b.build().unwrap().layer_service(ok_service());
         // The first call loads the script (EVALSHA, NOSCRIPT, SCRIPT LOAD, EVALSHA).
         status(&mut svc, req("192.0.2.70:1", "GET", "/")).await;
-        let _: String = backend
-            .query("reset", tower_scale::redis::cmd("CONFIG").arg("RESETSTAT"))
-            .await
-            .unwrap();
+        let _: String = support::redis_raw(&server.url(), &["CONFIG", "RESETSTAT"]).await;
         let n = 50;
         for _ in 0..n {
             assert_eq!(
@@ -816,7 +810,7 @@ async fn one_round_trip_per_request_whatever_the_number_of_quotas() {
                 StatusCode::OK
             );
         }
-        let counts = command_counts(&backend).await;
+        let counts = command_counts(&server.url()).await;
         // Redis counts the commands a script runs too: TIME once, a GET and a SET per quota.
         let per_quota = n * quotas as u64;
         assert_eq!(

@@ -295,29 +295,18 @@ async fn the_store_holds_no_raw_id() {
         .unwrap()
         .to_owned();
     // Everything under the prefix: the session hash and the user's index, keys and values.
-    let keys: Vec<String> = backend
-        .query(
-            "scan",
-            tower_scale::redis::cmd("KEYS").arg(format!("{prefix}:*")),
-        )
-        .await
-        .unwrap();
+    let url = support::redis_url();
+    let keys: Vec<String> = support::redis_raw(&url, &["KEYS", &format!("{prefix}:*")]).await;
     assert_eq!(keys.len(), 2, "one session, one user index: {keys:?}");
     let mut dump = format!("{keys:?}");
     for k in &keys {
-        let kind: String = backend
-            .query("scan", tower_scale::redis::cmd("TYPE").arg(k))
-            .await
-            .unwrap();
+        let kind: String = support::redis_raw(&url, &["TYPE", k]).await;
         let c = if kind == "hash" {
             "HGETALL"
         } else {
             "SMEMBERS"
         };
-        let v: Vec<String> = backend
-            .query("scan", tower_scale::redis::cmd(c).arg(k))
-            .await
-            .unwrap();
+        let v: Vec<String> = support::redis_raw(&url, &[c, k]).await;
         dump.push_str(&format!("{v:?}"));
     }
     assert!(dump.contains("zoe"), "the dump is real: {dump}");
@@ -329,17 +318,14 @@ async fn untouched_requests_send_nothing_to_redis() {
     let server = support::RedisServer::start();
     let store = RedisSessionStore::new(support::redis_backend(&server.url(), "s"));
     let app = app(store, |b| b);
-    let probe = support::redis_backend(&server.url(), "probe");
+    let probe = server.url();
     // Redis counts the commands a script runs under their own names, so "every command"
     // is the sum over all, and round trips are the client's own: EVALSHA (or EVAL, and
     // SCRIPT LOAD after a flush).
     let stats = |only_client: bool| {
         let probe = probe.clone();
         async move {
-            let info: String = probe
-                .query("info", tower_scale::redis::cmd("INFO").arg("commandstats"))
-                .await
-                .unwrap();
+            let info: String = support::redis_raw(&probe, &["INFO", "commandstats"]).await;
             info.lines()
                 .filter(|l| {
                     !only_client

@@ -210,6 +210,18 @@ impl<T> LayerExt for T {
     }
 }
 
+/// Runs one raw command (`args[0]` with its arguments) on the Redis at `url`, over a
+/// connection of its own: for tests that look inside Redis past the crate's API.
+pub async fn redis_raw<T: redis::FromRedisValue>(url: &str, args: &[&str]) -> T {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.query_async(&mut conn).await.unwrap()
+}
+
 /// A Redis backend on `url` with its own key prefix and a timeout tests can live with.
 pub fn redis_backend(url: &str, prefix: &str) -> tower_scale::redis::RedisBackend {
     tower_scale::redis::RedisBackend::builder(url)

@@ -10,7 +10,7 @@
 //!   of one logical key lands on one slot and a Lua script may touch them all. The tag is
 //!   escaped so no input can break out of the braces.
 //! - **Scripts** by `EVALSHA`, loaded on first use and reloaded after a `NOSCRIPT` (a Redis
-//!   restart or `SCRIPT FLUSH`), through [`Script`].
+//!   restart or `SCRIPT FLUSH`).
 //! - **A per-call timeout**, so a slow Redis never stalls a request for longer than the
 //!   caller chose. A call that times out is a [`StoreUnavailable`]; each layer turns it into
 //!   its documented degraded behaviour.
@@ -25,11 +25,17 @@
 //! jumps the clock forward whenever every task waits, including on a Redis reply, so calls
 //! to a real Redis time out at once: test real-Redis paths with real time.
 //!
+//! The backend is what users build and hand to the layers' Redis stores; the commands it
+//! sends are the layers' own, so its API is the builder, the key layout and health. Code
+//! that needs Redis for its own data keeps its own client: no redis-rs type is part of
+//! this crate's API.
+//!
 //! # Examples
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use tower_scale::redis::{RedisBackend, Script};
+//! use tower_scale::rate_limit::RedisStore;
+//! use tower_scale::redis::RedisBackend;
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let redis = RedisBackend::builder("redis://127.0.0.1:6379")
@@ -37,10 +43,10 @@
 //!     .timeout(Duration::from_millis(50))
 //!     .build()?;
 //!
-//! let key = redis.key("visits", "user:42"); // "myapp:visits:{user:42}"
-//! let script = Script::new("return redis.call('INCR', KEYS[1])");
-//! let n: i64 = redis.invoke("visits", &script.key(&key)).await?;
-//! println!("{n} visits; Redis answered a PING in {:?}", redis.ping().await?);
+//! assert_eq!(redis.key("visits", "user:42"), "myapp:visits:{user:42}");
+//! println!("Redis answered a PING in {:?}", redis.ping().await?);
+//! let store = RedisStore::new(redis.clone()); // shared by every instance
+//! # let _ = store;
 //! # Ok(()) }
 //! ```
 
@@ -52,7 +58,16 @@ use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{Client, FromRedisValue};
 use tokio::time::Instant;
 
-pub use ::redis::{Cmd, Pipeline, Script, ScriptInvocation, Value, cmd, pipe};
+// The commands the layers send: each helper below exists in the builds whose layers use it.
+#[cfg(any(feature = "rate-limit", feature = "session", feature = "cache"))]
+pub(crate) use ::redis::Script;
+#[cfg(feature = "session")]
+pub(crate) use ::redis::ScriptInvocation;
+#[cfg(any(feature = "rate-limit", feature = "session", feature = "cache"))]
+pub(crate) use ::redis::Value;
+pub(crate) use ::redis::{Cmd, cmd};
+#[cfg(feature = "cache")]
+pub(crate) use ::redis::{Pipeline, pipe};
 
 use crate::key::escape_key_part;
 use crate::{ConfigError, StoreUnavailable};
@@ -65,7 +80,9 @@ pub struct RedisBackend {
 
 struct Inner {
     conn: ConnectionManager,
+    #[cfg(feature = "cache")]
     client: Client,
+    #[cfg(feature = "cache")]
     connect_timeout: Duration,
     prefix: String,
     timeout: Duration,
@@ -119,12 +136,6 @@ impl RedisBackend {
         &self.inner.address
     }
 
-    /// A clone of the multiplexed connection, for commands this type has no helper for.
-    /// Calls made through it bypass the timeout and metrics; prefer [`query`](Self::query).
-    pub fn connection(&self) -> ConnectionManager {
-        self.inner.conn.clone()
-    }
-
     /// The Redis key for `tag` in `namespace`: `{prefix}:{namespace}:{{tag}}`.
     ///
     /// `tag` is escaped (`%`, `{`, `}` are percent-encoded; the empty tag is written `%`,
@@ -169,7 +180,7 @@ impl RedisBackend {
     ///
     /// [`StoreUnavailable`] if Redis does not answer within the timeout, the connection
     /// fails, or Redis answers with an error.
-    pub async fn query<T: FromRedisValue>(
+    pub(crate) async fn query<T: FromRedisValue>(
         &self,
         op: &'static str,
         cmd: &Cmd,
@@ -184,7 +195,8 @@ impl RedisBackend {
     /// # Errors
     ///
     /// As [`query`](Self::query).
-    pub async fn pipeline<T: FromRedisValue>(
+    #[cfg(feature = "cache")]
+    pub(crate) async fn pipeline<T: FromRedisValue>(
         &self,
         op: &'static str,
         pipeline: &Pipeline,
@@ -200,7 +212,8 @@ impl RedisBackend {
     ///
     /// As [`query`](Self::query). A `NOSCRIPT` reply is not an error: the script is loaded
     /// and called again within the same timeout.
-    pub async fn invoke<T: FromRedisValue>(
+    #[cfg(feature = "session")]
+    pub(crate) async fn invoke<T: FromRedisValue>(
         &self,
         op: &'static str,
         invocation: &ScriptInvocation<'_>,
@@ -218,7 +231,8 @@ impl RedisBackend {
     /// # Errors
     ///
     /// As [`query`](Self::query).
-    pub async fn evalsha<T: FromRedisValue>(
+    #[cfg(any(feature = "rate-limit", feature = "cache"))]
+    pub(crate) async fn evalsha<T: FromRedisValue>(
         &self,
         op: &'static str,
         script: &Script,
@@ -249,7 +263,11 @@ impl RedisBackend {
     ///
     /// [`StoreUnavailable`] if the connection or the `SUBSCRIBE` does not complete within
     /// the connect timeout plus the call timeout.
-    pub async fn subscribe(&self, channel: &str) -> Result<::redis::aio::PubSub, StoreUnavailable> {
+    #[cfg(feature = "cache")]
+    pub(crate) async fn subscribe(
+        &self,
+        channel: &str,
+    ) -> Result<::redis::aio::PubSub, StoreUnavailable> {
         let limit = self.inner.connect_timeout + self.inner.timeout;
         let fut = async {
             let mut pubsub = self.inner.client.get_async_pubsub().await?;
@@ -273,7 +291,8 @@ impl RedisBackend {
     ///
     /// # Errors
     ///
-    /// As [`query`](Self::query).
+    /// [`StoreUnavailable`] if Redis does not answer within the timeout, the connection
+    /// fails, or Redis answers with an error.
     pub async fn ping(&self) -> Result<Duration, StoreUnavailable> {
         let start = Instant::now();
         let _: String = self.query("ping", &cmd("PING")).await?;
@@ -383,7 +402,9 @@ impl RedisBackendBuilder {
         Ok(RedisBackend {
             inner: Arc::new(Inner {
                 conn,
+                #[cfg(feature = "cache")]
                 client,
+                #[cfg(feature = "cache")]
                 connect_timeout: self.connect_timeout,
                 prefix: self.prefix,
                 timeout: self.timeout,
@@ -404,72 +425,4 @@ pub fn escape_tag(tag: &str) -> std::borrow::Cow<'_, str> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn key_layout_is_hash_tagged_and_escaped() {
-        let r = RedisBackend::builder("redis://127.0.0.1:1")
-            .prefix("app")
-            .build()
-            .unwrap();
-        assert_eq!(r.key("rl", "1.2.3.4"), "app:rl:{1.2.3.4}");
-        assert_eq!(r.key("rl", "a}b{c"), "app:rl:{a%7Db%7Bc}");
-        assert_eq!(r.key_with_suffix("s", "id", "u{1}"), "app:s:{id}:u%7B1%7D");
-        assert_ne!(r.key("rl", "%7D"), r.key("rl", "}"));
-        assert_eq!(r.key("rl", ""), "app:rl:{%}");
-        assert_ne!(r.key("rl", ""), r.key("rl", "%"));
-        assert_eq!(r.key("a:b", "t"), "app:a%3Ab:{t}");
-        assert_eq!(r.key("n{s}", "t"), "app:n%7Bs%7D:{t}");
-    }
-
-    #[tokio::test]
-    async fn bad_config_names_the_setting() {
-        let cases = [
-            (
-                "empty prefix",
-                RedisBackend::builder("redis://127.0.0.1").prefix(""),
-                "prefix",
-            ),
-            (
-                "brace prefix",
-                RedisBackend::builder("redis://127.0.0.1").prefix("a{b"),
-                "prefix",
-            ),
-            (
-                "space prefix",
-                RedisBackend::builder("redis://127.0.0.1").prefix("a b"),
-                "prefix",
-            ),
-            (
-                "zero timeout",
-                RedisBackend::builder("redis://127.0.0.1").timeout(Duration::ZERO),
-                "timeout",
-            ),
-            ("bad url", RedisBackend::builder("http://nope"), "redis_url"),
-            ("garbage url", RedisBackend::builder("::::"), "redis_url"),
-        ];
-        for (name, b, setting) in cases {
-            let err = b.build().unwrap_err();
-            assert_eq!(err.setting(), setting, "case {name}");
-        }
-    }
-
-    #[tokio::test]
-    async fn unreachable_redis_fails_within_the_timeout() {
-        // Nothing listens on port 1.
-        let r = RedisBackend::builder("redis://127.0.0.1:1")
-            .timeout(Duration::from_millis(200))
-            .build()
-            .unwrap();
-        let start = std::time::Instant::now();
-        let err = r.ping().await.unwrap_err();
-        assert!(
-            start.elapsed() < Duration::from_millis(800),
-            "took {:?}",
-            start.elapsed()
-        );
-        let _ = err.to_string();
-        assert!(format!("{r:?}").contains("127.0.0.1:1"));
-    }
-}
+mod tests;

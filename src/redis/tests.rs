@@ -1,12 +1,21 @@
-//! The shared Redis backend against real Redis servers.
+//! The shared Redis backend: key layout and configuration, then its call discipline
+//! (timeouts, scripts, reconnection) against real Redis servers.
 
+#[allow(unreachable_pub)]
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
 use std::time::{Duration, Instant};
 
-use tower_scale::redis::{RedisBackend, Script, cmd};
+use super::{RedisBackend, Script, cmd};
 
-use support::redis_backend as backend;
+fn backend(url: &str, prefix: &str) -> RedisBackend {
+    RedisBackend::builder(url)
+        .prefix(prefix)
+        .timeout(Duration::from_millis(250))
+        .build()
+        .unwrap()
+}
 
 #[tokio::test]
 async fn ping_and_prefixed_keys_on_the_shared_redis() {
@@ -196,4 +205,70 @@ async fn a_redis_that_never_answers_times_out() {
         took >= Duration::from_millis(150) && took < Duration::from_millis(600),
         "took {took:?}"
     );
+}
+
+#[tokio::test]
+async fn key_layout_is_hash_tagged_and_escaped() {
+    let r = RedisBackend::builder("redis://127.0.0.1:1")
+        .prefix("app")
+        .build()
+        .unwrap();
+    assert_eq!(r.key("rl", "1.2.3.4"), "app:rl:{1.2.3.4}");
+    assert_eq!(r.key("rl", "a}b{c"), "app:rl:{a%7Db%7Bc}");
+    assert_eq!(r.key_with_suffix("s", "id", "u{1}"), "app:s:{id}:u%7B1%7D");
+    assert_ne!(r.key("rl", "%7D"), r.key("rl", "}"));
+    assert_eq!(r.key("rl", ""), "app:rl:{%}");
+    assert_ne!(r.key("rl", ""), r.key("rl", "%"));
+    assert_eq!(r.key("a:b", "t"), "app:a%3Ab:{t}");
+    assert_eq!(r.key("n{s}", "t"), "app:n%7Bs%7D:{t}");
+}
+
+#[tokio::test]
+async fn bad_config_names_the_setting() {
+    let cases = [
+        (
+            "empty prefix",
+            RedisBackend::builder("redis://127.0.0.1").prefix(""),
+            "prefix",
+        ),
+        (
+            "brace prefix",
+            RedisBackend::builder("redis://127.0.0.1").prefix("a{b"),
+            "prefix",
+        ),
+        (
+            "space prefix",
+            RedisBackend::builder("redis://127.0.0.1").prefix("a b"),
+            "prefix",
+        ),
+        (
+            "zero timeout",
+            RedisBackend::builder("redis://127.0.0.1").timeout(Duration::ZERO),
+            "timeout",
+        ),
+        ("bad url", RedisBackend::builder("http://nope"), "redis_url"),
+        ("garbage url", RedisBackend::builder("::::"), "redis_url"),
+    ];
+    for (name, b, setting) in cases {
+        let err = b.build().unwrap_err();
+        assert_eq!(err.setting(), setting, "case {name}");
+    }
+}
+
+#[tokio::test]
+async fn unreachable_redis_fails_within_the_timeout() {
+    // Nothing listens on port 1.
+    let r = RedisBackend::builder("redis://127.0.0.1:1")
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let err = r.ping().await.unwrap_err();
+    assert!(
+        start.elapsed() < Duration::from_millis(800),
+        "took {:?}",
+        start.elapsed()
+    );
+    let _ = err.to_string();
+    assert!(format!("{r:?}").contains("127.0.0.1:1"));
 }
