@@ -45,7 +45,7 @@ cargo bench --no-run --all-features -p tower-scale
 step "each feature alone, warnings denied"
 # `cargo rustc` passes -D warnings to this crate alone (RUSTFLAGS would rebuild every
 # dependency): code a feature does not use is cfg-gated, never allowed as dead.
-for feature in "" metrics rate-limit redis axum circuit-breaker retry session cache db-route sqlx-postgres full; do
+for feature in "" metrics rate-limit redis axum circuit-breaker retry session cache db-route sqlx-postgres jobs "jobs redis" full; do
   echo "-- ${feature:-(none)}"
   cargo rustc --profile check -p tower-scale --lib --no-default-features ${feature:+--features "$feature"} -- -D warnings
 done

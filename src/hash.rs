@@ -52,16 +52,16 @@ impl std::hash::Hasher for PreHashed {
 /// Random numbers for jitter (spreading TTLs and retry backoffs): splitmix64 over an
 /// atomic counter with a random seed. Cheap and shared across threads without a lock;
 /// not for secrets.
-#[cfg(any(feature = "cache", feature = "retry"))]
+#[cfg(any(feature = "cache", feature = "retry", feature = "jobs"))]
 #[derive(Debug)]
 pub(crate) struct Jitter {
     state: std::sync::atomic::AtomicU64,
 }
 
-#[cfg(any(feature = "cache", feature = "retry"))]
+#[cfg(any(feature = "cache", feature = "retry", feature = "jobs"))]
 impl Jitter {
     /// A source seeded from the process's random hasher keys.
-    #[cfg(feature = "retry")]
+    #[cfg(any(feature = "retry", feature = "jobs"))]
     pub(crate) fn new() -> Self {
         use std::hash::BuildHasher;
         Self::with_seed(std::hash::RandomState::new().hash_one(0u8))
@@ -92,7 +92,7 @@ impl Jitter {
     }
 
     /// Uniform in [0, n] (inclusive).
-    #[cfg(feature = "retry")]
+    #[cfg(any(feature = "retry", feature = "jobs"))]
     pub(crate) fn up_to(&self, n: u64) -> u64 {
         match n.checked_add(1) {
             Some(m) => self.next_u64() % m,
@@ -112,7 +112,7 @@ mod tests {
         assert_eq!(super::fnv1a(b"foobar"), 0x8594_4171_f739_67e8);
     }
 
-    #[cfg(any(feature = "cache", feature = "retry"))]
+    #[cfg(any(feature = "cache", feature = "retry", feature = "jobs"))]
     #[test]
     fn jitter_spreads_over_its_range() {
         let j = super::Jitter::with_seed(7);

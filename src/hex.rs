@@ -2,11 +2,11 @@
 //! decoders: a table (routing tokens, whose positions `format!` writes) and eight digits
 //! at a time (session ids).
 
-#[cfg(any(feature = "session", feature = "cache"))]
+#[cfg(any(feature = "session", feature = "cache", feature = "jobs"))]
 const DIGITS: &[u8; 16] = b"0123456789abcdef";
 
 /// Each byte's two digits: one lookup per byte.
-#[cfg(any(feature = "session", feature = "cache"))]
+#[cfg(any(feature = "session", feature = "cache", feature = "jobs"))]
 const PAIRS: [[u8; 2]; 256] = {
     let mut t = [[0u8; 2]; 256];
     let mut i = 0;
@@ -18,7 +18,7 @@ const PAIRS: [[u8; 2]; 256] = {
 };
 
 /// `bytes` as lowercase hex digits, written over `out`, two a byte (as far as both go).
-#[cfg(any(feature = "session", feature = "cache"))]
+#[cfg(any(feature = "session", feature = "cache", feature = "jobs"))]
 pub(crate) fn encode_to(bytes: &[u8], out: &mut [u8]) {
     for (pair, &b) in out.chunks_exact_mut(2).zip(bytes) {
         pair.copy_from_slice(&PAIRS[usize::from(b)]);
@@ -26,7 +26,7 @@ pub(crate) fn encode_to(bytes: &[u8], out: &mut [u8]) {
 }
 
 /// `bytes` as lowercase hex digits, appended to `out`.
-#[cfg(any(feature = "session", feature = "cache"))]
+#[cfg(any(feature = "session", feature = "cache", feature = "jobs"))]
 pub(crate) fn encode_into(bytes: &[u8], out: &mut Vec<u8>) {
     let start = out.len();
     // Sized once, then written a pair at a time: no capacity check per digit.
@@ -35,7 +35,7 @@ pub(crate) fn encode_into(bytes: &[u8], out: &mut Vec<u8>) {
 }
 
 /// `bytes` as lowercase hex digits.
-#[cfg(feature = "session")]
+#[cfg(any(feature = "session", feature = "jobs"))]
 pub(crate) fn encode(bytes: &[u8]) -> String {
     let mut out = Vec::with_capacity(bytes.len() * 2);
     encode_into(bytes, &mut out);

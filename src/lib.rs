@@ -20,6 +20,7 @@
 //! | [`retry`] | retries with jittered backoff, a deadline, a budget and body replay | `retry` |
 //! | [`session`] | sessions in a store: hashed ids in cookies, lazy, merged per key | `session` |
 //! | [`cache`] | two-tier cache-aside (moka + Redis) for data and HTTP responses, invalidated everywhere | `cache` |
+//! | [`jobs`] | background jobs: queues in Redis, worker pools with leases, retries, dead letters, status by id | `jobs` |
 //! | [`db_route`] | reads to replicas, writes to the primary, read-your-writes by WAL position | `db-route`, `sqlx-postgres` |
 //! | [`clock`] | the time source of the in-process state machines | with `rate-limit`, `circuit-breaker`, `retry`, `session` or `cache` |
 //!
@@ -53,6 +54,7 @@
 //! | `retry` | no | [`retry`] |
 //! | `session` | no | [`session`]; with `redis`, its `RedisSessionStore` |
 //! | `cache` | no | [`cache`]; with `redis`, the shared L2 tier and cross-instance invalidation |
+//! | `jobs` | no | [`jobs`]; with `redis`, its `RedisJobStore` |
 //! | `db-route` | no | [`db_route`]'s driver-agnostic core |
 //! | `sqlx-postgres` | no | `db-route` with its sqlx `PgPool` integration |
 //! | `full` | no | all of the above |
@@ -90,11 +92,19 @@ mod error;
     feature = "circuit-breaker",
     feature = "db-route",
     feature = "cache",
-    feature = "retry"
+    feature = "retry",
+    feature = "jobs"
 ))]
 mod hash;
-#[cfg(any(feature = "session", feature = "db-route", feature = "cache"))]
+#[cfg(any(
+    feature = "session",
+    feature = "db-route",
+    feature = "cache",
+    feature = "jobs"
+))]
 mod hex;
+#[cfg(feature = "jobs")]
+pub mod jobs;
 pub mod key;
 #[cfg(any(feature = "rate-limit", feature = "circuit-breaker"))]
 mod keyed;

@@ -59,11 +59,21 @@ use ::redis::{Client, FromRedisValue};
 use tokio::time::Instant;
 
 // The commands the layers send: each helper below exists in the builds whose layers use it.
-#[cfg(any(feature = "rate-limit", feature = "session", feature = "cache"))]
+#[cfg(any(
+    feature = "rate-limit",
+    feature = "session",
+    feature = "cache",
+    feature = "jobs"
+))]
 pub(crate) use ::redis::Script;
 #[cfg(feature = "session")]
 pub(crate) use ::redis::ScriptInvocation;
-#[cfg(any(feature = "rate-limit", feature = "session", feature = "cache"))]
+#[cfg(any(
+    feature = "rate-limit",
+    feature = "session",
+    feature = "cache",
+    feature = "jobs"
+))]
 pub(crate) use ::redis::Value;
 pub(crate) use ::redis::{Cmd, cmd};
 #[cfg(feature = "cache")]
@@ -231,7 +241,7 @@ impl RedisBackend {
     /// # Errors
     ///
     /// As [`query`](Self::query).
-    #[cfg(any(feature = "rate-limit", feature = "cache"))]
+    #[cfg(any(feature = "rate-limit", feature = "cache", feature = "jobs"))]
     pub(crate) async fn evalsha<T: FromRedisValue>(
         &self,
         op: &'static str,

@@ -1,0 +1,265 @@
+//! [`Queue`]: a named queue of typed jobs over a store.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::job::{Enqueue, Enqueued, JobError, JobId, JobStatus, QueueStats};
+use super::store::{JobStore, Lifetimes, NewJob};
+use crate::ConfigError;
+
+/// The longest idempotency key a queue accepts, in bytes.
+pub const MAX_IDEMPOTENCY_KEY: usize = 256;
+
+/// A named queue of jobs whose payloads are `T`. Cheap to clone; every clone, in every
+/// instance, with the same name and a store on the same Redis, is the same queue.
+///
+/// Enqueue from request handlers; run the jobs with a [`Worker`](super::Worker); read a
+/// job's status by id from anywhere.
+pub struct Queue<T> {
+    pub(crate) shared: Arc<Shared>,
+    _payload: PhantomData<fn(T) -> T>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) name: String,
+    pub(crate) store: Arc<dyn JobStore>,
+    pub(crate) life: Lifetimes,
+    pub(crate) max_attempts: u32,
+    pub(crate) max_payload: usize,
+    /// Wakes this process's idle workers when it enqueues a job.
+    pub(crate) enqueued: tokio::sync::Notify,
+}
+
+impl<T> Clone for Queue<T> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+            _payload: PhantomData,
+        }
+    }
+}
+
+impl<T> fmt::Debug for Queue<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Queue")
+            .field("name", &self.shared.name)
+            .field("store", &self.shared.store)
+            .field("lease", &self.shared.life.lease)
+            .field("retention", &self.shared.life.retention)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`Queue`].
+#[derive(Debug)]
+#[must_use]
+pub struct QueueBuilder<T> {
+    name: String,
+    store: Option<Arc<dyn JobStore>>,
+    lease: Duration,
+    retention: Duration,
+    max_attempts: u32,
+    max_payload: usize,
+    _payload: PhantomData<fn(T) -> T>,
+}
+
+impl<T: Serialize + DeserializeOwned> Queue<T> {
+    /// Starts a builder for the queue `name` (letters, digits, `-`, `_`, `.`, `:`; at most
+    /// 128 bytes).
+    pub fn builder(name: impl Into<String>) -> QueueBuilder<T> {
+        QueueBuilder {
+            name: name.into(),
+            store: None,
+            lease: Duration::from_secs(30),
+            retention: Duration::from_secs(24 * 3600),
+            max_attempts: 5,
+            max_payload: 512 * 1024,
+            _payload: PhantomData,
+        }
+    }
+
+    /// The queue's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The store the queue's jobs live in.
+    pub fn store(&self) -> Arc<dyn JobStore> {
+        Arc::clone(&self.shared.store)
+    }
+
+    /// Enqueues a job to run now with the queue's defaults.
+    ///
+    /// # Errors
+    ///
+    /// As [`enqueue_with`](Self::enqueue_with).
+    pub async fn enqueue(&self, payload: &T) -> Result<JobId, JobError> {
+        Ok(self.enqueue_with(payload, Enqueue::new()).await?.id)
+    }
+
+    /// Enqueues a job with options (delay, attempts, priority, idempotency key).
+    ///
+    /// # Errors
+    ///
+    /// [`JobError::Payload`] if `payload` does not serialize, [`JobError::TooLarge`] over
+    /// the queue's payload limit, [`JobError::Invalid`] for a bad option,
+    /// [`JobError::Store`] if the store failed (the job may or may not be written: enqueue
+    /// with an idempotency key to retry safely).
+    pub async fn enqueue_with(&self, payload: &T, options: Enqueue) -> Result<Enqueued, JobError> {
+        let payload =
+            serde_json::to_string(payload).map_err(|e| JobError::Payload(e.to_string()))?;
+        self.enqueue_json(payload, options).await
+    }
+
+    pub(crate) async fn enqueue_json(
+        &self,
+        payload: String,
+        options: Enqueue,
+    ) -> Result<Enqueued, JobError> {
+        let s = &self.shared;
+        if payload.len() > s.max_payload {
+            return Err(JobError::TooLarge {
+                size: payload.len(),
+                limit: s.max_payload,
+            });
+        }
+        if let Some(k) = &options.idempotency_key
+            && (k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY)
+        {
+            return Err(JobError::Invalid(format!(
+                "an idempotency key is 1..={MAX_IDEMPOTENCY_KEY} bytes, got {}",
+                k.len()
+            )));
+        }
+        let max_attempts = options.max_attempts.unwrap_or(s.max_attempts);
+        if max_attempts == 0 {
+            return Err(JobError::Invalid("max_attempts must be at least 1".into()));
+        }
+        let job = NewJob {
+            id: JobId::random(),
+            payload,
+            max_attempts,
+            priority: options.priority,
+            delay: options.delay,
+            idempotency_key: options.idempotency_key,
+        };
+        let (id, created) = s.store.enqueue(&s.name, job).await?;
+        if created {
+            s.enqueued.notify_one();
+            super::metrics::enqueued(&s.name);
+        }
+        Ok(Enqueued { id, created })
+    }
+
+    /// The status of job `id`, or `None` for an unknown or expired id.
+    ///
+    /// # Errors
+    ///
+    /// [`JobError::Store`] if the store failed.
+    pub async fn status(&self, id: &JobId) -> Result<Option<JobStatus>, JobError> {
+        Ok(self.shared.store.status(&self.shared.name, id).await?)
+    }
+
+    /// How many jobs the queue holds, by state.
+    ///
+    /// # Errors
+    ///
+    /// [`JobError::Store`] if the store failed.
+    pub async fn stats(&self) -> Result<QueueStats, JobError> {
+        Ok(self.shared.store.stats(&self.shared.name).await?)
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> QueueBuilder<T> {
+    /// Where the jobs live: a [`MemoryJobStore`](super::MemoryJobStore) or a
+    /// [`RedisJobStore`](super::RedisJobStore). Required.
+    pub fn store(mut self, store: impl JobStore) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
+    /// How long a worker holds a job without renewing (default 30 s). Workers renew at a
+    /// third of it; a job whose worker died runs again elsewhere after at most this long.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// How long finished jobs (their status, result, error and idempotency key) are kept
+    /// (default 24 h).
+    pub fn retention(mut self, retention: Duration) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// Attempts per job unless its enqueue says otherwise (default 5).
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = n;
+        self
+    }
+
+    /// The largest serialized payload accepted, in bytes (default 512 KiB).
+    pub fn max_payload(mut self, bytes: usize) -> Self {
+        self.max_payload = bytes;
+        self
+    }
+
+    /// Validates the configuration.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the setting: a bad name, no store, a lease under 100 ms,
+    /// a zero retention or attempts.
+    pub fn build(self) -> Result<Queue<T>, ConfigError> {
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= 128
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+        if !name_ok {
+            return Err(ConfigError::new(
+                "queue",
+                format!(
+                    "`{}`: a queue name is 1..=128 of letters, digits, `-`, `_`, `.`, `:`",
+                    self.name
+                ),
+            ));
+        }
+        let store = self.store.ok_or_else(|| {
+            ConfigError::new(
+                "store",
+                "a queue needs a store: MemoryJobStore or RedisJobStore",
+            )
+        })?;
+        if self.lease < Duration::from_millis(100) {
+            return Err(ConfigError::new("lease", "must be at least 100ms"));
+        }
+        if self.retention.is_zero() {
+            return Err(ConfigError::new("retention", "must be above zero"));
+        }
+        if self.max_attempts == 0 {
+            return Err(ConfigError::new("max_attempts", "must be at least 1"));
+        }
+        Ok(Queue {
+            shared: Arc::new(Shared {
+                name: self.name,
+                store,
+                life: Lifetimes {
+                    lease: self.lease,
+                    retention: self.retention,
+                },
+                max_attempts: self.max_attempts,
+                max_payload: self.max_payload,
+                enqueued: tokio::sync::Notify::new(),
+            }),
+            _payload: PhantomData,
+        })
+    }
+}

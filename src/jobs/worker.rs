@@ -1,0 +1,485 @@
+//! [`Worker`]: a pool that runs a queue's jobs with bounded concurrency, renews their
+//! leases, retries failures with backoff, and hands unfinished jobs back on shutdown.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use super::job::JobId;
+use super::metrics;
+use super::queue::{Queue, Shared};
+use super::store::{Failed, Leased};
+use crate::hash::Jitter;
+
+/// Runs the jobs of one queue. Start it with [`Worker::builder`] and
+/// [`WorkerBuilder::spawn`]; stop it with [`WorkerHandle::shutdown`].
+#[derive(Debug)]
+pub struct Worker(());
+
+/// Configures a worker pool.
+#[must_use]
+pub struct WorkerBuilder<T> {
+    queue: Queue<T>,
+    concurrency: usize,
+    poll: Duration,
+    backoff: Backoff,
+}
+
+impl<T> fmt::Debug for WorkerBuilder<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerBuilder")
+            .field("queue", &self.queue)
+            .field("concurrency", &self.concurrency)
+            .field("poll", &self.poll)
+            .field("backoff", &self.backoff)
+            .finish()
+    }
+}
+
+/// The delay before attempt `n + 1` after attempt `n` failed: `base · 2^(n-1)`, capped at
+/// `max`, then drawn uniformly from its upper half (so retries of jobs that failed
+/// together spread out, and the delay is never below half the nominal one).
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    base: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    /// Exponential backoff from `base`, capped at `max`.
+    pub fn exponential(base: Duration, max: Duration) -> Self {
+        Self {
+            base,
+            max: max.max(base),
+        }
+    }
+
+    /// The nominal delay after attempt `attempt` (from 1) failed, before jitter.
+    pub fn nominal(&self, attempt: u32) -> Duration {
+        let factor = 1u32
+            .checked_shl(attempt.saturating_sub(1))
+            .unwrap_or(u32::MAX);
+        self.base.saturating_mul(factor).min(self.max)
+    }
+
+    fn draw(&self, attempt: u32, jitter: &Jitter) -> Duration {
+        let d = self.nominal(attempt);
+        let half = d / 2;
+        let spread = u64::try_from(half.as_millis()).unwrap_or(u64::MAX);
+        d - half + Duration::from_millis(jitter.up_to(spread)).min(half)
+    }
+}
+
+impl Default for Backoff {
+    /// 1 s doubling up to 5 min.
+    fn default() -> Self {
+        Self::exponential(Duration::from_secs(1), Duration::from_secs(300))
+    }
+}
+
+/// What a handler gets: the job's payload, id and attempt, and a way to report progress.
+pub struct JobContext<T> {
+    id: JobId,
+    attempt: u32,
+    max_attempts: u32,
+    payload: T,
+    token: Arc<str>,
+    shared: Arc<Shared>,
+}
+
+impl<T> fmt::Debug for JobContext<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobContext")
+            .field("queue", &self.shared.name)
+            .field("id", &self.id)
+            .field("attempt", &self.attempt)
+            .field("max_attempts", &self.max_attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> JobContext<T> {
+    /// The job's id.
+    pub fn id(&self) -> &JobId {
+        &self.id
+    }
+
+    /// This attempt's number, from 1. Above 1, an earlier attempt failed or its worker
+    /// died: make the job's effects idempotent (keyed by [`id`](Self::id)).
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The most attempts the job gets.
+    pub fn max_attempts(&self) -> u32 {
+        self.max_attempts
+    }
+
+    /// The payload.
+    pub fn payload(&self) -> &T {
+        &self.payload
+    }
+
+    /// Reports progress (0..=100), readable in the job's status. Returns `false` if the
+    /// job's lease was taken over (another worker runs it now; this attempt's outcome will
+    /// not be recorded) or the store failed.
+    pub async fn progress(&self, percent: u8) -> bool {
+        let s = &self.shared;
+        s.store
+            .progress(&s.name, &self.id, &self.token, percent)
+            .await
+            .unwrap_or(false)
+    }
+}
+
+/// A running worker pool. Dropping it stops fetching and lets running jobs finish, with no
+/// deadline; [`shutdown`](Self::shutdown) sets one.
+#[derive(Debug)]
+pub struct WorkerHandle {
+    phase: watch::Sender<Phase>,
+    main: tokio::task::JoinHandle<Drained>,
+}
+
+/// What a shutdown did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Drained {
+    /// Jobs that finished (succeeded or failed) after the shutdown began.
+    pub finished: u32,
+    /// Jobs still running at the deadline, stopped and handed back to the queue.
+    pub handed_back: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Running,
+    Draining,
+    Abort,
+}
+
+impl Worker {
+    /// Starts configuring a pool for `queue`.
+    pub fn builder<T>(queue: Queue<T>) -> WorkerBuilder<T> {
+        WorkerBuilder {
+            queue,
+            concurrency: 4,
+            poll: Duration::from_millis(250),
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+impl<T> WorkerBuilder<T>
+where
+    T: Serialize + DeserializeOwned + Send + 'static,
+{
+    /// Jobs this pool runs at once (default 4; at least 1).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// The longest an idle pool waits before looking for work again (default 250 ms).
+    /// Jobs enqueued through a queue in this process wake it at once; delayed jobs and
+    /// jobs enqueued elsewhere start within this interval.
+    pub fn poll_interval(mut self, poll: Duration) -> Self {
+        self.poll = poll.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The delay between attempts (default 1 s doubling up to 5 min).
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Starts the pool on the current Tokio runtime: `handler` runs each job. An `Ok`
+    /// result is stored (as JSON) and the job succeeds; an `Err` (its `Display` is kept
+    /// as the job's error) or a panic fails the attempt, retried after the backoff until
+    /// the job's attempts are spent, then dead-lettered.
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime.
+    pub fn spawn<H, Fut, R, E>(self, handler: H) -> WorkerHandle
+    where
+        H: Fn(JobContext<T>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, E>> + Send + 'static,
+        R: Serialize + Send + 'static,
+        E: fmt::Display + Send + 'static,
+    {
+        let (phase, rx) = watch::channel(Phase::Running);
+        let pool = Pool {
+            shared: Arc::clone(&self.queue.shared),
+            handler: Arc::new(handler),
+            concurrency: self.concurrency,
+            poll: self.poll,
+            backoff: self.backoff,
+            jitter: Arc::new(Jitter::new()),
+            phase: rx,
+            _payload: std::marker::PhantomData,
+        };
+        WorkerHandle {
+            phase,
+            main: tokio::spawn(pool.run()),
+        }
+    }
+}
+
+impl WorkerHandle {
+    /// Stops fetching, lets running jobs finish for up to `deadline`, then stops the rest
+    /// and hands them back to the queue at once (their attempt not counted), so another
+    /// worker starts them without waiting for a lease to expire.
+    pub async fn shutdown(mut self, deadline: Duration) -> Drained {
+        let _ = self.phase.send(Phase::Draining);
+        if let Ok(done) = tokio::time::timeout(deadline, &mut self.main).await {
+            return done.unwrap_or_default();
+        }
+        let _ = self.phase.send(Phase::Abort);
+        self.main.await.unwrap_or_default()
+    }
+
+    /// True once the pool has stopped.
+    pub fn is_finished(&self) -> bool {
+        self.main.is_finished()
+    }
+}
+
+struct Pool<T, H> {
+    shared: Arc<Shared>,
+    handler: Arc<H>,
+    concurrency: usize,
+    poll: Duration,
+    backoff: Backoff,
+    jitter: Arc<Jitter>,
+    phase: watch::Receiver<Phase>,
+    _payload: std::marker::PhantomData<fn() -> T>,
+}
+
+enum Ended {
+    Finished,
+    HandedBack,
+}
+
+const IDLE_MIN: Duration = Duration::from_millis(5);
+const ERROR_MIN: Duration = Duration::from_millis(50);
+const ERROR_MAX: Duration = Duration::from_secs(5);
+const STATS_EVERY: Duration = Duration::from_secs(5);
+
+impl<T, H, Fut, R, E> Pool<T, H>
+where
+    T: Serialize + DeserializeOwned + Send + 'static,
+    H: Fn(JobContext<T>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<R, E>> + Send + 'static,
+    R: Serialize + Send + 'static,
+    E: fmt::Display + Send + 'static,
+{
+    async fn run(mut self) -> Drained {
+        let permits = Arc::new(Semaphore::new(self.concurrency));
+        let mut running = JoinSet::new();
+        let mut idle = IDLE_MIN;
+        let mut failing = ERROR_MIN;
+        let mut stats_at = tokio::time::Instant::now();
+        let name = self.shared.name.clone();
+        loop {
+            while running.try_join_next().is_some() {}
+            if stats_at.elapsed() >= STATS_EVERY {
+                stats_at = tokio::time::Instant::now();
+                if let Ok(s) = self.shared.store.stats(&name).await {
+                    metrics::stats(&name, &s);
+                }
+            }
+            let first = tokio::select! {
+                p = Arc::clone(&permits).acquire_owned() => p.expect("never closed"),
+                _ = self.phase.wait_for(|p| *p != Phase::Running) => break,
+            };
+            let mut held = vec![first];
+            while let Ok(p) = Arc::clone(&permits).try_acquire_owned() {
+                held.push(p);
+            }
+            let token: Arc<str> = JobId::random().0.into();
+            match self
+                .shared
+                .store
+                .fetch(&name, held.len(), &token, self.shared.life)
+                .await
+            {
+                Ok(fetched) => {
+                    failing = ERROR_MIN;
+                    metrics::reclaimed(&name, fetched.taken_over, fetched.buried);
+                    if fetched.jobs.is_empty() {
+                        drop(held);
+                        self.idle(idle).await;
+                        idle = (idle * 2).min(self.poll);
+                        continue;
+                    }
+                    idle = IDLE_MIN;
+                    for (job, permit) in fetched.jobs.into_iter().zip(held.drain(..)) {
+                        running.spawn(self.attempt(job, Arc::clone(&token), permit));
+                    }
+                }
+                Err(e) => {
+                    drop(held);
+                    tracing::warn!(queue = %name, error = %e, retry_in = ?failing, "job fetch failed");
+                    self.idle(failing).await;
+                    failing = (failing * 2).min(ERROR_MAX);
+                }
+            }
+        }
+        let mut drained = Drained::default();
+        while let Some(ended) = running.join_next().await {
+            match ended {
+                Ok(Ended::HandedBack) => drained.handed_back += 1,
+                Ok(Ended::Finished) | Err(_) => drained.finished += 1,
+            }
+        }
+        drained
+    }
+
+    /// Sleeps up to `d`, waking early for a local enqueue or a shutdown.
+    async fn idle(&mut self, d: Duration) {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => {}
+            _ = self.shared.enqueued.notified() => {}
+            _ = self.phase.wait_for(|p| *p != Phase::Running) => {}
+        }
+    }
+
+    fn attempt(
+        &self,
+        job: Leased,
+        token: Arc<str>,
+        permit: OwnedSemaphorePermit,
+    ) -> impl Future<Output = Ended> + Send + 'static {
+        let shared = Arc::clone(&self.shared);
+        let handler = Arc::clone(&self.handler);
+        let (backoff, jitter) = (self.backoff, Arc::clone(&self.jitter));
+        let mut phase = self.phase.clone();
+        let span = tracing::info_span!("job", queue = %shared.name, job.id = %job.id, attempt = job.attempt);
+        async move {
+            let _permit = permit;
+            let (name, life) = (shared.name.as_str(), shared.life);
+            let payload = match serde_json::from_str::<T>(&job.payload) {
+                Ok(p) => p,
+                Err(e) => {
+                    // No attempt can read it: straight to the dead letters.
+                    let error = format!("the payload cannot be read as this queue's job type: {e}");
+                    tracing::warn!(%error, "job dead");
+                    let _ = shared.store.fail(name, &job.id, &token, error, None, life).await;
+                    metrics::dead(name);
+                    return Ended::Finished;
+                }
+            };
+            metrics::started(name);
+            let started = tokio::time::Instant::now();
+            let ctx = JobContext {
+                id: job.id.clone(),
+                attempt: job.attempt,
+                max_attempts: job.max_attempts,
+                payload,
+                token: Arc::clone(&token),
+                shared: Arc::clone(&shared),
+            };
+            let mut work = tokio::spawn(handler(ctx).in_current_span());
+            let mut renew = tokio::time::interval(life.lease / 3);
+            renew.tick().await;
+            let outcome = loop {
+                tokio::select! {
+                    out = &mut work => break out,
+                    _ = renew.tick() => {
+                        match shared.store.renew(name, &job.id, &token, life).await {
+                            Ok(true) => {}
+                            Ok(false) => tracing::warn!("job lease lost: another worker runs it now"),
+                            Err(e) => tracing::warn!(error = %e, "job lease renewal failed"),
+                        }
+                    }
+                    _ = aborted(&mut phase) => {
+                        work.abort();
+                        let _ = shared.store.release(name, &job.id, &token).await;
+                        tracing::info!("job handed back at shutdown");
+                        return Ended::HandedBack;
+                    }
+                }
+            };
+            metrics::ran(name, started.elapsed());
+            let error = match outcome {
+                Ok(Ok(result)) => match serde_json::to_string(&result) {
+                    Ok(json) => {
+                        complete(&shared, &job.id, &token, json).await;
+                        return Ended::Finished;
+                    }
+                    Err(e) => format!("the result does not serialize: {e}"),
+                },
+                Ok(Err(e)) => e.to_string(),
+                Err(e) if e.is_panic() => format!("the handler panicked: {}", panic_message(e.into_panic())),
+                Err(_) => "the handler was cancelled".to_owned(),
+            };
+            let retry_in = backoff.draw(job.attempt, &jitter);
+            match shared.store.fail(name, &job.id, &token, error.clone(), Some(retry_in), life).await {
+                Ok(Failed::Retrying) => {
+                    tracing::info!(%error, ?retry_in, "job attempt failed; retrying");
+                    metrics::retried(name);
+                }
+                Ok(Failed::Dead) => {
+                    tracing::warn!(%error, "job dead: its last attempt failed");
+                    metrics::dead(name);
+                }
+                Ok(_) => tracing::warn!(%error, "job attempt failed after its lease was taken over"),
+                Err(e) => tracing::warn!(%error, store = %e, "job attempt failed and the store did not record it; it runs again after its lease"),
+            }
+            Ended::Finished
+        }
+        .instrument(span)
+    }
+}
+
+/// Records a success, trying again briefly if the store fails: a completion that is never
+/// recorded means the job runs again after its lease (at-least-once).
+async fn complete(shared: &Shared, id: &JobId, token: &str, result: String) {
+    let mut wait = ERROR_MIN;
+    for _ in 0..3 {
+        match shared
+            .store
+            .complete(&shared.name, id, token, result.clone(), shared.life)
+            .await
+        {
+            Ok(true) => {
+                metrics::succeeded(&shared.name);
+                return;
+            }
+            Ok(false) => {
+                tracing::warn!(
+                    "job finished after its lease was taken over; the other worker's outcome stands"
+                );
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "job finished but the store did not record it; trying again");
+                tokio::time::sleep(wait).await;
+                wait *= 4;
+            }
+        }
+    }
+}
+
+/// Resolves when the pool's shutdown deadline has passed. A dropped handle never aborts:
+/// its pool drains, letting running jobs finish.
+async fn aborted(phase: &mut watch::Receiver<Phase>) {
+    if phase.wait_for(|p| *p == Phase::Abort).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_owned())
+}
