@@ -37,6 +37,7 @@ trait Store: Send + Sync + 'static {
     fn list(&self, limit: i64, offset: i64) -> DbFuture<'_, Vec<Product>>;
     fn upsert<'a>(&'a self, id: i64, name: &'a str, price_cents: i64) -> DbFuture<'a, Product>;
     fn ping(&self) -> DbFuture<'_, ()>;
+    fn count(&self) -> DbFuture<'_, i64>;
     fn write_position(&self) -> DbFuture<'_, Lsn>;
     fn replica_position(&self) -> DbFuture<'_, ReplicaPosition>;
 }
@@ -104,6 +105,11 @@ impl Database {
     /// Inserts or updates a product, bumping its version; returns the stored row.
     pub async fn upsert(&self, id: i64, name: &str, price_cents: i64) -> Result<Product, DbError> {
         self.0.upsert(id, name, price_cents).await
+    }
+
+    /// How many products there are.
+    pub async fn count(&self) -> Result<i64, DbError> {
+        self.0.count().await
     }
 
     /// Is the database answering?
@@ -187,6 +193,16 @@ impl Store for Postgres {
         Box::pin(async move {
             sqlx::query("SELECT 1").execute(&self.0).await?;
             Ok(())
+        })
+    }
+
+    fn count(&self) -> DbFuture<'_, i64> {
+        Box::pin(async move {
+            Ok(
+                sqlx::query_scalar::<_, i64>("SELECT count(*) FROM products")
+                    .fetch_one(&self.0)
+                    .await?,
+            )
         })
     }
 
@@ -295,6 +311,14 @@ impl Store for Embedded {
         Box::pin(std::future::ready(r))
     }
 
+    fn count(&self) -> DbFuture<'_, i64> {
+        let r = self
+            .lock()
+            .query_row("SELECT count(*) FROM products", [], |r| r.get(0))
+            .map_err(DbError::from);
+        Box::pin(std::future::ready(r))
+    }
+
     fn write_position(&self) -> DbFuture<'_, Lsn> {
         // Never asked: the router sets no token without replicas.
         Box::pin(std::future::ready(Err(
@@ -342,5 +366,6 @@ mod tests {
         assert_eq!(fresh.version, 1);
         assert!(c.upsert(2, "Negative", -1).await.is_err());
         assert!(c.ping().await.is_ok());
+        assert_eq!(c.count().await.unwrap(), SEED_PRODUCTS + 1);
     }
 }

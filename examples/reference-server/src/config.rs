@@ -25,6 +25,10 @@ pub struct Config {
     /// PostgreSQL primary; `None` for the embedded database.
     pub database_url: Option<String>,
     pub database_replica_urls: Vec<String>,
+    /// Export workers in this instance (0: it only accepts exports).
+    pub export_workers: usize,
+    /// A pause between the pages an export reads, to spare the database.
+    pub export_page_delay: Duration,
 }
 
 /// A configuration error: which variable, and what is wrong with its value.
@@ -204,6 +208,34 @@ impl Config {
         let cache_ttl = parse_duration(&get("CACHE_TTL").unwrap_or_else(|| "60s".into()))
             .map_err(|e| bad("CACHE_TTL", e.to_string()))?;
 
+        let export_workers = match get("EXPORT_WORKERS") {
+            None => 2,
+            Some(v) => v
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n <= 64)
+                .ok_or_else(|| {
+                    bad(
+                        "EXPORT_WORKERS",
+                        format!("`{v}` is not a worker count; use 0 to 64 (0: this instance only accepts exports)"),
+                    )
+                })?,
+        };
+        let export_page_delay = match get("EXPORT_PAGE_DELAY") {
+            None => Duration::ZERO,
+            Some(v) if matches!(v.trim(), "0" | "0s" | "0ms") => Duration::ZERO,
+            Some(v) => parse_duration(&v)
+                .ok()
+                .filter(|d| *d <= Duration::from_secs(60))
+                .ok_or_else(|| {
+                    bad(
+                        "EXPORT_PAGE_DELAY",
+                        "use a duration from 0s to 60s, e.g. 10ms",
+                    )
+                })?,
+        };
+
         Ok(Self {
             listen,
             instance_id,
@@ -218,6 +250,8 @@ impl Config {
             cache_ttl,
             database_url,
             database_replica_urls: replicas,
+            export_workers,
+            export_page_delay,
         })
     }
 
@@ -288,6 +322,11 @@ mod tests {
             ("INSTANCE_ID", "has space"),
             ("DATABASE_URL", "mysql://x"),
             ("DATABASE_REPLICA_URLS", "postgres://r"),
+            ("EXPORT_WORKERS", "-1"),
+            ("EXPORT_WORKERS", "1000"),
+            ("EXPORT_WORKERS", "some"),
+            ("EXPORT_PAGE_DELAY", "2m"),
+            ("EXPORT_PAGE_DELAY", "slow"),
         ];
         for (var, value) in cases {
             let err = Config::from_lookup(|v| (v == var).then(|| value.to_owned())).unwrap_err();

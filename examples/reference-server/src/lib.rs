@@ -143,7 +143,7 @@ pub async fn run(config: Config) -> Result<(), Failure> {
         "reference_server listening on http://{addr} as {instance}"
     ));
     say(format_args!(
-        "backends: database={} ({} products); redis={}; pricing={}; cache ttl {:?}; rate limits {} and {} on exports; secure session cookie {}",
+        "backends: database={} ({} products); redis={}; pricing={}; cache ttl {:?}; rate limits {} and {} on exports; export workers {}; secure session cookie {}",
         if config.database_url.is_some() {
             format!(
                 "postgres, {} replica(s)",
@@ -161,28 +161,58 @@ pub async fn run(config: Config) -> Result<(), Failure> {
         config.cache_ttl,
         config.rate_limit,
         config.export_rate_limit,
+        config.export_workers,
         config.session_cookie_secure,
     ));
 
-    let notify = Arc::new(tokio::sync::Notify::new());
+    let workers = state.spawn_export_workers();
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let stop = Arc::new(stop);
+    let signalled = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
     let server = axum::serve(
         listener,
         app(state).into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown_signal(Arc::clone(&notify)));
+    .with_graceful_shutdown(signalled(stopping.clone()));
     let grace = async {
-        notify.notified().await;
+        signalled(stopping.clone()).await;
         tokio::time::sleep(SHUTDOWN_GRACE).await;
     };
-    tokio::select! {
-        res = server => res?,
-        _ = grace => tracing::warn!("in-flight requests still running after {SHUTDOWN_GRACE:?}; exiting"),
-    }
+    // Export workers stop alongside the requests: running exports may finish within the
+    // grace; the rest go back to the queue at once, for another instance to run.
+    let exports = async {
+        signalled(stopping.clone()).await;
+        if let Some(w) = workers {
+            let drained = w.shutdown(SHUTDOWN_GRACE).await;
+            tracing::info!(
+                finished = drained.finished,
+                handed_back = drained.handed_back,
+                "export workers stopped"
+            );
+        }
+    };
+    let requests = async {
+        let res = tokio::select! {
+            res = server => res,
+            _ = grace => {
+                tracing::warn!("in-flight requests still running after {SHUTDOWN_GRACE:?}; exiting");
+                Ok(())
+            }
+        };
+        // A server that failed stops the workers too.
+        let _ = stop.send(true);
+        res
+    };
+    tokio::spawn(shutdown_signal(Arc::clone(&stop)));
+    let (served, ()) = tokio::join!(requests, exports);
+    served?;
     say(format_args!("reference_server stopped"));
     Ok(())
 }
 
-async fn shutdown_signal(notify: Arc<tokio::sync::Notify>) {
+async fn shutdown_signal(stop: Arc<tokio::sync::watch::Sender<bool>>) {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -201,8 +231,8 @@ async fn shutdown_signal(notify: Arc<tokio::sync::Notify>) {
         _ = ctrl_c => {},
         _ = term => {},
     }
-    tracing::info!("shutting down: no new connections, finishing in-flight requests");
-    notify.notify_one();
+    tracing::info!("shutting down: no new connections, finishing in-flight requests and exports");
+    let _ = stop.send(true);
 }
 
 /// Prints a line to stdout. A closed stdout (a supervisor that stopped reading) must not

@@ -8,6 +8,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::postgres::PgPoolOptions;
 use tower_scale::cache::{CacheEngine, ResponseCacheLayer};
 use tower_scale::db_route::{DbRouteLayer, DbRouter};
+use tower_scale::jobs::{MemoryJobStore, Queue, RedisJobStore, WorkerHandle};
 use tower_scale::key::ClientIp;
 use tower_scale::rate_limit::{AnyStore, MemoryStore, OnStoreError, RateLimitLayer, RedisStore};
 use tower_scale::redis::RedisBackend;
@@ -16,6 +17,7 @@ use tower_scale::session::{MemoryStore as SessionMemoryStore, RedisSessionStore,
 use crate::catalog::Database;
 use crate::config::Config;
 use crate::error::Failure;
+use crate::routes::exports::{self, ExportJob};
 use crate::routes::price::Pricing;
 use crate::telemetry;
 
@@ -34,6 +36,9 @@ pub(crate) struct Shared {
     pub(crate) prometheus: PrometheusHandle,
     pub(crate) instance: HeaderValue,
     pub(crate) client_ip: ClientIp,
+    pub(crate) exports: Queue<ExportJob>,
+    export_workers: usize,
+    export_page_delay: Duration,
 }
 
 /// The tower-scale layers, as configured.
@@ -96,9 +101,13 @@ impl AppState {
             cache: response_cache(config, redis.as_ref(), &db_route)?,
             db_route,
         };
+        let exports = export_queue(config)?;
         let shared = Shared {
             db,
             redis,
+            exports,
+            export_workers: config.export_workers,
+            export_page_delay: config.export_page_delay,
             pricing,
             prometheus,
             instance: HeaderValue::from_str(instance)
@@ -110,6 +119,43 @@ impl AppState {
             layers,
         })
     }
+}
+
+impl AppState {
+    /// Starts this instance's export workers (`EXPORT_WORKERS`; none for 0). Stop them
+    /// with [`WorkerHandle::shutdown`], which hands unfinished exports back to the queue.
+    pub fn spawn_export_workers(&self) -> Option<WorkerHandle> {
+        let s = &self.shared;
+        exports::spawn_workers(
+            &s.exports,
+            s.db.clone(),
+            s.export_workers,
+            s.export_page_delay,
+        )
+    }
+}
+
+/// The export queue: in Redis with `REDIS_URL` (any instance's workers run any export),
+/// else in process. Its own connection, with a timeout that suits a queue rather than
+/// the request path's 50 ms.
+fn export_queue(config: &Config) -> Result<Queue<ExportJob>, Failure> {
+    let builder = Queue::builder(exports::QUEUE)
+        .retention(exports::RETENTION)
+        .lease(Duration::from_secs(10))
+        .max_attempts(3);
+    let builder = match &config.redis_url {
+        None => builder.store(MemoryJobStore::new()),
+        Some(url) => builder.store(RedisJobStore::new(
+            RedisBackend::builder(url.clone())
+                .prefix("reference-server")
+                .timeout(Duration::from_millis(500))
+                .build()
+                .map_err(|e| Failure::Config(format!("REDIS_URL: {e}")))?,
+        )),
+    };
+    builder
+        .build()
+        .map_err(|e| Failure::Config(format!("exports: {e}")))
 }
 
 /// The embedded database, or PostgreSQL: pools to the primary and each replica (connected

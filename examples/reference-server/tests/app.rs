@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use common::{app, cache_status, call, get, login, put_product};
+use common::{app, app_and_workers, cache_status, call, get, login, put_product};
 use http::{Method, StatusCode};
 
 // `/metrics` is asserted in `tests/metrics.rs`, alone in its process: the metrics
@@ -444,5 +444,101 @@ async fn the_embedded_database_answers_as_the_primary_and_sets_no_token() {
             r.headers["x-db-route"].to_str().unwrap()
         ),
         (Some("Nine"), "primary")
+    );
+}
+
+#[tokio::test]
+async fn an_export_runs_on_a_worker_and_gives_the_file() {
+    // Ten pages of 100 rows, 30 ms apart: long enough to see it run.
+    let (app, workers) = app_and_workers(&[("EXPORT_PAGE_DELAY", "30ms")]).await;
+    let base = &app;
+    // A name a spreadsheet would run as a formula, and one that needs quoting.
+    let cookie = login(base, "exporter").await;
+    for (id, name) in [(3, "=HYPERLINK(\"x\")"), (4, "Nuts, salted")] {
+        let body = serde_json::json!({ "name": name, "price_cents": 5 }).to_string();
+        let path = format!("/products/{id}");
+        let r = call(base, Method::PUT, &path, &[("cookie", &cookie)], &body).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    }
+
+    let r = call(base, Method::POST, "/exports", &[], "").await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    let job = r.json()["job"].as_str().unwrap().to_owned();
+    let location = r.headers["location"].to_str().unwrap().to_owned();
+    assert_eq!(location, format!("/exports/{job}"));
+
+    let mut states = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let file = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the export did not finish: {states:?}"
+        );
+        let r = get(base, &location).await;
+        assert_eq!(r.status, StatusCode::OK);
+        if r.headers["content-type"] == "text/csv; charset=utf-8" {
+            break r;
+        }
+        let s = r.json();
+        assert_eq!(s["job"], job.as_str());
+        assert_eq!(r.headers["retry-after"], "1", "while it runs: {s}");
+        states.push((
+            s["state"].as_str().unwrap().to_owned(),
+            s["progress"].as_u64().unwrap(),
+        ));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        states
+            .iter()
+            .any(|(s, p)| s == "running" && (1..100).contains(p)),
+        "progress was visible while it ran: {states:?}"
+    );
+    assert!(
+        file.headers["content-disposition"]
+            .to_str()
+            .unwrap()
+            .contains(&format!("products-{job}.csv"))
+    );
+    let csv = file.text();
+    let lines: Vec<&str> = csv.split("\r\n").filter(|l| !l.is_empty()).collect();
+    assert_eq!(lines.len(), 1001, "a header and every product");
+    assert_eq!(lines[0], "id,name,price_cents,version");
+    assert_eq!(lines[1], "1,Product 1,137,1");
+    assert_eq!(lines[3], "3,\"'=HYPERLINK(\"\"x\"\")\",5,2");
+    assert_eq!(lines[4], "4,\"Nuts, salted\",5,2");
+    assert_eq!(lines[1000], "1000,Product 1000,7400,1");
+
+    // Unknown, malformed and path-like ids are 404s with a JSON error.
+    for path in [
+        format!("/exports/{}", "0".repeat(32)),
+        "/exports/nope".to_owned(),
+        "/exports/..%2F..%2Fetc".to_owned(),
+        format!("/exports/{}", job.to_uppercase()),
+    ] {
+        let r = get(base, &path).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{path}");
+        assert!(
+            r.json()["error"]
+                .as_str()
+                .unwrap()
+                .contains("no such export")
+        );
+    }
+    let drained = workers.unwrap().shutdown(Duration::from_secs(1)).await;
+    assert_eq!(drained.handed_back, 0);
+}
+
+#[tokio::test]
+async fn with_no_workers_an_export_waits_in_the_queue() {
+    let (app, workers) = app_and_workers(&[("EXPORT_WORKERS", "0")]).await;
+    assert!(workers.is_none());
+    let r = call(&app, Method::POST, "/exports", &[], "").await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let s = get(&app, r.headers["location"].to_str().unwrap()).await;
+    assert_eq!(
+        (s.json()["state"].as_str(), s.json()["progress"].as_u64()),
+        (Some("queued"), Some(0))
     );
 }

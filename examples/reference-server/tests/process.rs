@@ -419,3 +419,57 @@ async fn with_postgres_reads_go_to_the_replica_and_a_writer_reads_its_write() {
     )
     .await;
 }
+
+/// An export accepted by one instance and running on a second that is killed (SIGKILL,
+/// mid-export) is finished by a third within the export lease (10 s) plus a margin.
+#[tokio::test]
+async fn an_export_whose_instance_dies_is_finished_by_another() {
+    let redis = support::RedisServer::start();
+    let url = redis.url();
+    let accepts = Proc::start(
+        "reference_server",
+        &[("REDIS_URL", &url), ("EXPORT_WORKERS", "0")],
+    );
+    let mut runs = Proc::start(
+        "reference_server",
+        &[
+            ("REDIS_URL", &url),
+            ("EXPORT_WORKERS", "1"),
+            ("EXPORT_PAGE_DELAY", "400ms"),
+        ],
+    );
+    let r = call(&accepts.base, Method::POST, "/exports", &[], "").await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    let location = r.headers["location"].to_str().unwrap().to_owned();
+    support::eventually(
+        "the export runs on the second instance",
+        Duration::from_secs(10),
+        || async {
+            let s = get(&accepts.base, &location).await.json();
+            (s["state"] == "running" && s["progress"].as_u64() >= Some(10)).then_some(())
+        },
+    )
+    .await;
+    runs.signal("-KILL");
+    runs.wait_exit(Duration::from_secs(5));
+    let killed = std::time::Instant::now();
+    let _third = Proc::start(
+        "reference_server",
+        &[("REDIS_URL", &url), ("EXPORT_WORKERS", "1")],
+    );
+    let file = support::eventually(
+        "another instance finishes it",
+        Duration::from_secs(20),
+        || async {
+            let r = get(&accepts.base, &location).await;
+            (r.headers["content-type"] == "text/csv; charset=utf-8").then_some(r)
+        },
+    )
+    .await;
+    assert!(
+        killed.elapsed() < Duration::from_secs(10 + 3),
+        "finished {:?} after the kill",
+        killed.elapsed()
+    );
+    assert_eq!(file.text().lines().count(), 1001, "the whole catalogue");
+}

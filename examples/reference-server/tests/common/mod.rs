@@ -89,13 +89,22 @@ impl Target for Router {
 
 /// The app in process, configured by `env` (the server's variables) and named `it-a`.
 pub async fn app(env: &[(&str, &str)]) -> Router {
+    app_and_workers(env).await.0
+}
+
+/// [`app`] with its export workers running (until the handle is shut down or dropped).
+pub async fn app_and_workers(
+    env: &[(&str, &str)],
+) -> (Router, Option<tower_scale::jobs::WorkerHandle>) {
     let config = Config::from_lookup(|var| {
         env.iter()
             .find(|(k, _)| *k == var)
             .map(|(_, v)| (*v).to_owned())
     })
     .unwrap();
-    reference_server::app(AppState::build(&config, "it-a").await.unwrap())
+    let state = AppState::build(&config, "it-a").await.unwrap();
+    let workers = state.spawn_export_workers();
+    (reference_server::app(state), workers)
 }
 
 pub async fn call<T: Target + ?Sized>(
