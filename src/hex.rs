@@ -71,9 +71,27 @@ pub(crate) const fn decode8(lanes: u64) -> ([u8; 4], u64) {
     ((t as u32).to_le_bytes(), bad)
 }
 
+/// Lowercase hex digits as bytes; `None` for an odd length or a byte that is not one.
+#[cfg(feature = "jobs")]
+pub(crate) fn decode(s: &str) -> Option<Vec<u8>> {
+    const T: [u8; 256] = digits(false);
+    let s = s.as_bytes();
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(s.len() / 2);
+    let mut bad = 0u8;
+    for pair in s.chunks_exact(2) {
+        let (hi, lo) = (T[usize::from(pair[0])], T[usize::from(pair[1])]);
+        bad |= hi | lo;
+        out.push((hi << 4) | (lo & 0x0f));
+    }
+    (bad & 0x80 == 0).then_some(out)
+}
+
 /// Hex digit values for a byte: 0x80 for anything that is not a digit (lowercase letters
 /// only unless `upper`), so that a run of lookups needs one check at the end.
-#[cfg(feature = "db-route")]
+#[cfg(any(feature = "db-route", feature = "jobs"))]
 pub(crate) const fn digits(upper: bool) -> [u8; 256] {
     let mut t = [0x80u8; 256];
     let mut i = 0;
@@ -115,5 +133,15 @@ mod tests {
             (lower[usize::from(b'g')], any[usize::from(b'g')]),
             (0x80, 0x80)
         );
+    }
+
+    #[cfg(feature = "jobs")]
+    #[test]
+    fn decodes_what_it_encodes_and_refuses_the_rest() {
+        let all: Vec<u8> = (0..=255).collect();
+        assert_eq!(decode(&encode(&all)).unwrap(), all);
+        for bad in ["0", "0g", "AB", "zz", "é0"] {
+            assert_eq!(decode(bad), None, "{bad}");
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! | metric | kind | meaning |
 //! |---|---|---|
 //! | `tower_scale.jobs.enqueued` | counter | jobs written (an idempotent repeat is not counted) |
+//! | `tower_scale.jobs.offloaded` | counter | requests the offload layer answered 202 |
 //! | `tower_scale.jobs.started` | counter | attempts started |
 //! | `tower_scale.jobs.succeeded` | counter | jobs that succeeded |
 //! | `tower_scale.jobs.retried` | counter | failed attempts scheduled again |
@@ -24,6 +25,10 @@ fn count(name: &'static str, queue: &str, n: u64) {
 
 pub(crate) fn enqueued(queue: &str) {
     count("tower_scale.jobs.enqueued", queue, 1);
+}
+
+pub(crate) fn offloaded(queue: &str) {
+    count("tower_scale.jobs.offloaded", queue, 1);
 }
 
 pub(crate) fn started(queue: &str) {

@@ -20,6 +20,10 @@
 //! - **Graceful shutdown:** [`WorkerHandle::shutdown`] stops fetching, lets running jobs
 //!   finish until a deadline and hands the rest back at once.
 //!
+//! - **Async request-reply:** [`offload::OffloadLayer`] stores a matched request (or one
+//!   that sends `Prefer: respond-async`) as a job, answers `202 Accepted` with a status
+//!   resource, and serves the response a worker got from the same service.
+//!
 //! The metrics are listed in the `metrics` submodule's table: counters of enqueued,
 //! started, succeeded, retried, dead and taken-over jobs, a run-time histogram, and queue
 //! depth and head age gauges.
@@ -57,6 +61,7 @@
 
 mod job;
 mod metrics;
+pub mod offload;
 mod queue;
 #[cfg(feature = "redis")]
 mod redis_store;
