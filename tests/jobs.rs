@@ -666,3 +666,57 @@ async fn workers_resume_after_a_redis_restart_and_lose_nothing_persisted() {
     }
     workers.shutdown(Duration::from_secs(1)).await;
 }
+
+/// A per-queue rate limit shared through Redis by two pools: job starts follow the quota
+/// (20 per second, no burst: one every 50 ms), whatever the pools' concurrency.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_rate_limit_is_shared_by_every_pool() {
+    use tower_scale::rate_limit::{Quota, RedisStore};
+    let prefix = unique("jobs-rl");
+    let st = RedisJobStore::new(redis_backend(&redis_url(), &prefix));
+    let q = st.queue("limited", Duration::from_secs(5), Duration::from_secs(60));
+    let quota = Quota::new(20, Duration::from_secs(1))
+        .unwrap()
+        .burst(1)
+        .unwrap();
+    let starts: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let pool = || {
+        let s = Arc::clone(&starts);
+        Worker::builder(q.clone())
+            .concurrency(4)
+            .poll_interval(Duration::from_millis(10))
+            .rate_limit(
+                &quota,
+                RedisStore::new(redis_backend(&redis_url(), &prefix)),
+            )
+            .spawn(move |_| {
+                s.lock().unwrap().push(Instant::now());
+                async { Ok::<_, String>(()) }
+            })
+    };
+    let (a, b) = (pool(), pool());
+    for n in 0..20 {
+        q.enqueue(&task(n)).await.unwrap();
+    }
+    eventually("every job ran", Duration::from_secs(10), || async {
+        (starts.lock().unwrap().len() == 20).then_some(())
+    })
+    .await;
+    a.shutdown(Duration::from_secs(1)).await;
+    b.shutdown(Duration::from_secs(1)).await;
+    let mut t = starts.lock().unwrap().clone();
+    t.sort();
+    // Eleven starts span at least ten emission intervals (500 ms), less scheduling slack.
+    for w in t.windows(11) {
+        let span = w[10] - w[0];
+        assert!(
+            span >= Duration::from_millis(430),
+            "11 starts within {span:?}"
+        );
+    }
+    let total = t[19] - t[0];
+    assert!(
+        total >= Duration::from_millis(850),
+        "20 starts in {total:?}"
+    );
+}

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use super::job::JobId;
 use super::metrics;
 use super::queue::{Queue, Shared};
 use super::store::{Failed, Leased};
+use crate::StoreUnavailable;
 use crate::hash::Jitter;
 
 /// Runs the jobs of one queue. Start it with [`Worker::builder`] and
@@ -30,6 +32,41 @@ pub struct WorkerBuilder<T> {
     concurrency: usize,
     poll: Duration,
     backoff: Backoff,
+    limit: Option<Arc<dyn Limiter>>,
+}
+
+/// Job starts admitted by a rate limit shared by every worker of a queue.
+trait Limiter: Send + Sync {
+    /// Takes `n` starts; `Ok(None)` if admitted, else how long until one start may be.
+    fn take(
+        &self,
+        n: u64,
+    ) -> Pin<Box<dyn Future<Output = Result<Option<Duration>, StoreUnavailable>> + Send>>;
+}
+
+#[cfg(feature = "rate-limit")]
+struct Gcra<S> {
+    store: S,
+    quota: crate::rate_limit::store::QuotaSpec,
+    key: String,
+}
+
+#[cfg(feature = "rate-limit")]
+impl<S: crate::rate_limit::store::Store<String>> Limiter for Gcra<S> {
+    fn take(
+        &self,
+        n: u64,
+    ) -> Pin<Box<dyn Future<Output = Result<Option<Duration>, StoreUnavailable>> + Send>> {
+        use crate::rate_limit::store::StoreFuture;
+        let verdict = |d: crate::rate_limit::store::Decision| {
+            let v = d.verdicts()[0];
+            (!d.allowed()).then(|| Duration::from_micros(v.retry_after_us.clamp(1_000, 60_000_000)))
+        };
+        match self.store.check(&self.key, &[&self.quota], n) {
+            StoreFuture::Ready(r) => Box::pin(std::future::ready(r.map(verdict))),
+            StoreFuture::Pending(f) => Box::pin(async move { f.await.map(verdict) }),
+        }
+    }
 }
 
 impl<T> fmt::Debug for WorkerBuilder<T> {
@@ -39,6 +76,7 @@ impl<T> fmt::Debug for WorkerBuilder<T> {
             .field("concurrency", &self.concurrency)
             .field("poll", &self.poll)
             .field("backoff", &self.backoff)
+            .field("rate_limited", &self.limit.is_some())
             .finish()
     }
 }
@@ -172,6 +210,7 @@ impl Worker {
             concurrency: 4,
             poll: Duration::from_millis(250),
             backoff: Backoff::default(),
+            limit: None,
         }
     }
 }
@@ -200,6 +239,28 @@ where
         self
     }
 
+    /// Starts at most `quota`'s jobs of this queue per period, across every pool of every
+    /// instance that shares `store` (the crate's GCRA: a [`MemoryStore`] limits this
+    /// process, a [`RedisStore`] every instance), for jobs that call a rate-limited
+    /// upstream. A pool waits for the quota's retry time when it is spent, and backs off
+    /// like a failed fetch while the store is unavailable (it does not start jobs without
+    /// the quota's consent).
+    ///
+    /// [`MemoryStore`]: crate::rate_limit::MemoryStore
+    /// [`RedisStore`]: crate::rate_limit::RedisStore
+    #[cfg(feature = "rate-limit")]
+    pub fn rate_limit<S>(mut self, quota: &crate::rate_limit::Quota, store: S) -> Self
+    where
+        S: crate::rate_limit::store::Store<String>,
+    {
+        self.limit = Some(Arc::new(Gcra {
+            store,
+            quota: crate::rate_limit::store::QuotaSpec::new(0, quota),
+            key: format!("jobs:{}", self.queue.shared.name),
+        }));
+        self
+    }
+
     /// Starts the pool on the current Tokio runtime: `handler` runs each job. An `Ok`
     /// result is stored (as JSON) and the job succeeds; an `Err` (its `Display` is kept
     /// as the job's error) or a panic fails the attempt, retried after the backoff until
@@ -222,6 +283,7 @@ where
             concurrency: self.concurrency,
             poll: self.poll,
             backoff: self.backoff,
+            limit: self.limit,
             jitter: Arc::new(Jitter::new()),
             phase: rx,
             _payload: std::marker::PhantomData,
@@ -258,6 +320,7 @@ struct Pool<T, H> {
     concurrency: usize,
     poll: Duration,
     backoff: Backoff,
+    limit: Option<Arc<dyn Limiter>>,
     jitter: Arc<Jitter>,
     phase: watch::Receiver<Phase>,
     _payload: std::marker::PhantomData<fn() -> T>,
@@ -304,6 +367,23 @@ where
             while let Ok(p) = Arc::clone(&permits).try_acquire_owned() {
                 held.push(p);
             }
+            if let Some(limit) = &self.limit {
+                match admitted(limit.as_ref(), held.len()).await {
+                    Ok(Ok(n)) => held.truncate(n),
+                    Ok(Err(wait)) => {
+                        drop(held);
+                        self.idle_until_stopped(wait).await;
+                        continue;
+                    }
+                    Err(e) => {
+                        drop(held);
+                        tracing::warn!(queue = %name, error = %e, retry_in = ?failing, "job rate limit store failed");
+                        self.idle_until_stopped(failing).await;
+                        failing = (failing * 2).min(ERROR_MAX);
+                        continue;
+                    }
+                }
+            }
             let token: Arc<str> = JobId::random().0.into();
             match self
                 .shared
@@ -341,6 +421,14 @@ where
             }
         }
         drained
+    }
+
+    /// Sleeps `d`, waking early only for a shutdown.
+    async fn idle_until_stopped(&mut self, d: Duration) {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => {}
+            _ = self.phase.wait_for(|p| *p != Phase::Running) => {}
+        }
     }
 
     /// Sleeps up to `d`, waking early for a local enqueue or a shutdown.
@@ -438,6 +526,22 @@ where
         }
         .instrument(span)
     }
+}
+
+/// How many of `wanted` job starts the limit admits now (`Ok(Ok(n))`, n >= 1), or how long
+/// until one may start. All of them if it can, else one. Starts taken for jobs the fetch
+/// does not find are not given back: an empty queue spends at most one start per poll.
+async fn admitted(
+    limit: &dyn Limiter,
+    wanted: usize,
+) -> Result<Result<usize, Duration>, StoreUnavailable> {
+    if wanted > 1 && limit.take(wanted as u64).await?.is_none() {
+        return Ok(Ok(wanted));
+    }
+    Ok(match limit.take(1).await? {
+        None => Ok(1),
+        Some(wait) => Err(wait),
+    })
 }
 
 /// Records a success, trying again briefly if the store fails: a completion that is never
