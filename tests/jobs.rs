@@ -720,3 +720,62 @@ async fn a_queue_rate_limit_is_shared_by_every_pool() {
         "20 starts in {total:?}"
     );
 }
+
+/// A batch above the concurrency: the extra jobs wait in the pool; one that waited half
+/// its lease goes back unstarted (its attempt not counted) rather than run on a short
+/// lease; a shutdown hands the waiting ones back at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_fetches_wait_in_the_pool_and_go_back_unstarted() {
+    for kind in KINDS {
+        let q = store(kind).queue(
+            &unique("batch"),
+            Duration::from_millis(400),
+            Duration::from_secs(60),
+        );
+        let ids: Vec<JobId> = {
+            let mut v = Vec::new();
+            for n in 0..4 {
+                v.push(q.enqueue(&Task { n, sleep_ms: 250 }).await.unwrap());
+            }
+            v
+        };
+        let pool = || {
+            Worker::builder(q.clone())
+                .concurrency(1)
+                .batch(4)
+                .poll_interval(Duration::from_millis(20))
+                .spawn(|job| {
+                    let ms = job.payload().sleep_ms;
+                    async move {
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                        Ok::<_, String>(job.attempt())
+                    }
+                })
+        };
+        let workers = pool();
+        for id in &ids {
+            let s = finished(&q, id).await;
+            assert_eq!(
+                (s.state, s.attempts),
+                (JobState::Succeeded, 1),
+                "{kind:?}: {s:?}"
+            );
+        }
+        workers.shutdown(Duration::from_secs(1)).await;
+        // Shutdown with jobs waiting in the pool: they are back in line at once.
+        for n in 0..4 {
+            q.enqueue(&Task { n, sleep_ms: 300 }).await.unwrap();
+        }
+        let workers = pool();
+        eventually(
+            "one fetch leases all four",
+            Duration::from_secs(5),
+            || async { (q.stats().await.unwrap().running == 4).then_some(()) },
+        )
+        .await;
+        let drained = workers.shutdown(Duration::from_secs(2)).await;
+        assert_eq!((drained.finished, drained.handed_back), (1, 3), "{kind:?}");
+        let s = q.stats().await.unwrap();
+        assert_eq!((s.queued, s.running), (3, 0), "{kind:?}");
+    }
+}

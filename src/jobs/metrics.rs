@@ -35,8 +35,8 @@ pub(crate) fn started(queue: &str) {
     count("tower_scale.jobs.started", queue, 1);
 }
 
-pub(crate) fn succeeded(queue: &str) {
-    count("tower_scale.jobs.succeeded", queue, 1);
+pub(crate) fn succeeded(queue: &str, n: u64) {
+    count("tower_scale.jobs.succeeded", queue, n);
 }
 
 pub(crate) fn retried(queue: &str) {

@@ -38,7 +38,7 @@ use std::time::Duration;
 
 use super::job::{JobId, JobState, JobStatus, QueueStats, from_millis};
 use super::store::{
-    Failed, Fetched, JobStore, LEASE_EXPIRED, Leased, Lifetimes, NewJob, StoreFuture,
+    Completion, Failed, Fetched, JobStore, LEASE_EXPIRED, Leased, Lifetimes, NewJob, StoreFuture,
 };
 use crate::StoreUnavailable;
 use crate::redis::{Cmd, RedisBackend, Script, Value, cmd};
@@ -164,6 +164,29 @@ if ik and ik ~= '' then redis.call('PEXPIRE', ik, ARGV[3]) end
 return 1
 ";
 
+/// KEYS: running. ARGV: retention (ms), job key prefix, then (id, token, result) per
+/// job. Returns 1 or 0 (lease lost) per job.
+const COMPLETE_MANY: &str = r"
+local now = now_ms()
+local out = {}
+for i = 3, #ARGV, 3 do
+  local id = ARGV[i]
+  local jk = ARGV[2] .. id
+  if redis.call('HGET', jk, 't') ~= ARGV[i + 1] then
+    out[#out + 1] = 0
+  else
+    redis.call('ZREM', KEYS[1], id)
+    redis.call('HDEL', jk, 't', 'p')
+    redis.call('HSET', jk, 's', 'succeeded', 'o', ARGV[i + 2], 'f', now, 'g', 100)
+    redis.call('PEXPIRE', jk, ARGV[1])
+    local ik = redis.call('HGET', jk, 'i')
+    if ik and ik ~= '' then redis.call('PEXPIRE', ik, ARGV[1]) end
+    out[#out + 1] = 1
+  end
+end
+return out
+";
+
 /// KEYS: running, scheduled, dead, job. ARGV: token, error, retry in (ms; -1: none),
 /// retention (ms), id. Returns 1 retrying, 2 dead, 0 lease lost.
 const FAIL: &str = r"
@@ -223,6 +246,7 @@ struct Inner {
     renew: Script,
     progress: Script,
     complete: Script,
+    complete_many: Script,
     fail: Script,
     release: Script,
     stats: Script,
@@ -288,6 +312,7 @@ impl RedisJobStore {
                 renew: script(RENEW),
                 progress: script(PROGRESS),
                 complete: script(COMPLETE),
+                complete_many: script(COMPLETE_MANY),
                 fail: script(FAIL),
                 release: script(RELEASE),
                 stats: script(STATS),
@@ -441,6 +466,32 @@ impl JobStore for RedisJobStore {
                 .arg(id.as_str());
         });
         self.call("jobs_complete", |i| &i.complete, c, flag)
+    }
+
+    fn complete_many(
+        &self,
+        queue: &str,
+        jobs: Vec<Completion>,
+        life: Lifetimes,
+    ) -> StoreFuture<Vec<bool>> {
+        let k = Keys::new(&self.inner.backend, queue);
+        let running = k.of("running");
+        let n = jobs.len();
+        let c = evalsha(&self.inner.complete_many, &[&running], &mut |c| {
+            c.arg(ms(life.retention).max(1)).arg(k.of("j:"));
+            for j in &jobs {
+                c.arg(j.id.as_str()).arg(&j.token).arg(&j.result);
+            }
+        });
+        let inner = Arc::clone(&self.inner);
+        Box::pin(async move {
+            let reply: Value = inner
+                .backend
+                .evalsha("jobs_complete", &inner.complete_many, &c)
+                .await?;
+            let a = array(&reply, n)?;
+            a.iter().map(|v| Ok(int(v)? == 1)).collect()
+        })
     }
 
     fn fail(

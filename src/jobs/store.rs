@@ -64,6 +64,29 @@ pub struct Fetched {
     pub buried: u32,
 }
 
+/// One success to record: see [`JobStore::complete_many`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Completion {
+    /// The job.
+    pub id: JobId,
+    /// The lease token its fetch handed out.
+    pub token: String,
+    /// Its result, JSON text.
+    pub result: String,
+}
+
+impl Completion {
+    /// A job's success under `token`, with its result.
+    pub fn new(id: JobId, token: impl Into<String>, result: String) -> Self {
+        Self {
+            id,
+            token: token.into(),
+            result,
+        }
+    }
+}
+
 /// What a failed attempt led to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -121,6 +144,28 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
         life: Lifetimes,
     ) -> StoreFuture<bool>;
 
+    /// Records several successes of one queue at once (a worker pool's acknowledgements,
+    /// batched): for each, what [`complete`](Self::complete) would answer, in order. The
+    /// default calls `complete` for each; a network store does them in one round trip.
+    fn complete_many(
+        &self,
+        queue: &str,
+        jobs: Vec<Completion>,
+        life: Lifetimes,
+    ) -> StoreFuture<Vec<bool>> {
+        let calls: Vec<_> = jobs
+            .into_iter()
+            .map(|c| self.complete(queue, &c.id, &c.token, c.result, life))
+            .collect();
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(calls.len());
+            for c in calls {
+                out.push(c.await?);
+            }
+            Ok(out)
+        })
+    }
+
     /// Records a failed attempt: another attempt after `retry_in` if one is left and
     /// `retry_in` is given, else the dead-letter set.
     fn fail(
@@ -167,6 +212,14 @@ impl<S: JobStore + ?Sized> JobStore for Arc<S> {
         life: Lifetimes,
     ) -> StoreFuture<bool> {
         (**self).complete(queue, id, token, result, life)
+    }
+    fn complete_many(
+        &self,
+        queue: &str,
+        jobs: Vec<Completion>,
+        life: Lifetimes,
+    ) -> StoreFuture<Vec<bool>> {
+        (**self).complete_many(queue, jobs, life)
     }
     fn fail(
         &self,

@@ -1,0 +1,351 @@
+//! Background jobs on one Redis, beside apalis with its Redis backend (apalis-redis)
+//! doing the same work in the same run: no-op jobs with a small JSON payload.
+//!
+//! - `jobs/enqueue-C`: C producers each enqueue one job at a time (awaiting each), until
+//!   the sample's jobs are in; the time per job.
+//! - `jobs/process-C`: the sample's jobs are enqueued first (not timed); then a worker
+//!   pool of concurrency C starts and drains them; the time per job, from the pool's
+//!   start to the last job's end.
+//!
+//! Each system gets a fresh queue per sample. Both fetch up to max(10, C) jobs at a time
+//! (apalis's default batch is 10; the pool's `batch`); apalis runs with its concurrency
+//! layer at C, the pool with `concurrency(C)`; everything else is each one's default.
+//!
+//! Before the groups, one pass per system counts the commands the client sent Redis per
+//! job (Redis `MONITOR`, commands run inside Lua scripts excluded) and prints them.
+//!
+//! Run: `cargo bench --bench jobs --all-features` (needs Redis at `TEST_REDIS_URL`, default
+//! `redis://127.0.0.1:6379`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use apalis::prelude::{BoxDynError, TaskSink, WorkerBuilder, WorkerBuilderExt, WorkerContext};
+use criterion::{Criterion, criterion_group};
+use serde::{Deserialize, Serialize};
+use tower_scale::jobs::{Queue, RedisJobStore, Worker};
+use tower_scale::redis::RedisBackend;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Email {
+    to: String,
+    n: u64,
+}
+
+fn email(n: u64) -> Email {
+    Email {
+        to: "someone@example.com".into(),
+        n,
+    }
+}
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+fn fresh(name: &str) -> String {
+    format!(
+        "bench-{name}-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Removes what a sample left in the shared Redis: every key naming this process's
+/// bench queues (untimed).
+async fn clean(url: &str) {
+    let client = redis::Client::open(url).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let pattern = format!("*bench-*-{}-*", std::process::id());
+    let mut cursor = 0u64;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        if !keys.is_empty() {
+            let _: i64 = redis::cmd("UNLINK")
+                .arg(&keys)
+                .query_async(&mut c)
+                .await
+                .unwrap();
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+}
+
+/// Runs a timed sample, then cleans up after it.
+async fn after(sample: impl std::future::Future<Output = Duration>, url: &str) -> Duration {
+    let took = sample.await;
+    clean(url).await;
+    took
+}
+
+struct Ours {
+    backend: RedisBackend,
+}
+
+impl Ours {
+    fn queue(&self) -> Queue<Email> {
+        Queue::builder(fresh("ts"))
+            .store(RedisJobStore::new(self.backend.clone()))
+            .retention(Duration::from_secs(60))
+            .build()
+            .unwrap()
+    }
+
+    async fn enqueue(&self, n: u64, producers: u64) -> Duration {
+        let q = self.queue();
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..producers)
+            .map(|p| {
+                let q = q.clone();
+                tokio::spawn(async move {
+                    for i in (p..n).step_by(producers as usize) {
+                        q.enqueue(&email(i)).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        start.elapsed()
+    }
+
+    async fn process(&self, n: u64, concurrency: usize) -> Duration {
+        let q = self.queue();
+        fill(n, |i| {
+            let q = q.clone();
+            async move {
+                q.enqueue(&email(i)).await.unwrap();
+            }
+        })
+        .await;
+        let done = Arc::new(AtomicU64::new(0));
+        let all = Arc::new(tokio::sync::Notify::new());
+        let start = Instant::now();
+        let (d, a) = (Arc::clone(&done), Arc::clone(&all));
+        let pool = Worker::builder(q)
+            .concurrency(concurrency)
+            .batch(concurrency.max(10))
+            .spawn(move |job| {
+                std::hint::black_box(job.payload());
+                if d.fetch_add(1, Ordering::SeqCst) + 1 == n {
+                    a.notify_one();
+                }
+                async { Ok::<_, std::convert::Infallible>(()) }
+            });
+        all.notified().await;
+        let took = start.elapsed();
+        pool.shutdown(Duration::from_secs(5)).await;
+        took
+    }
+}
+
+struct Apalis {
+    conn: apalis_redis::ConnectionManager,
+}
+
+impl Apalis {
+    fn storage(&self, concurrency: usize) -> apalis_redis::RedisStorage<Email> {
+        let config = apalis_redis::Config::default()
+            .queue(fresh("apalis"))
+            .batch_size(concurrency.max(10));
+        apalis_redis::RedisStorage::new(self.conn.clone()).with_config(config)
+    }
+
+    async fn enqueue(&self, n: u64, producers: u64) -> Duration {
+        let storage = self.storage(10);
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..producers)
+            .map(|p| {
+                let mut s = storage.clone();
+                tokio::spawn(async move {
+                    for i in (p..n).step_by(producers as usize) {
+                        s.push(email(i)).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        start.elapsed()
+    }
+
+    async fn process(&self, n: u64, concurrency: usize) -> Duration {
+        let storage = self.storage(concurrency);
+        fill(n, |i| {
+            let mut s = storage.clone();
+            async move {
+                s.push(email(i)).await.unwrap();
+            }
+        })
+        .await;
+        let done = Arc::new(AtomicU64::new(0));
+        let d = Arc::clone(&done);
+        let handler = move |job: Email, wrk: WorkerContext| {
+            let d = Arc::clone(&d);
+            async move {
+                std::hint::black_box(job);
+                if d.fetch_add(1, Ordering::SeqCst) + 1 == n {
+                    let _ = wrk.stop();
+                }
+                Ok::<_, BoxDynError>(())
+            }
+        };
+        let start = Instant::now();
+        let worker = WorkerBuilder::new(fresh("apalis-worker"))
+            .backend(storage)
+            .concurrency(concurrency)
+            .build(handler);
+        worker.run().await.unwrap();
+        let took = start.elapsed();
+        assert!(done.load(Ordering::SeqCst) >= n);
+        took
+    }
+}
+
+/// Enqueues `n` jobs, 32 at a time (untimed set-up).
+async fn fill<F, Fut>(n: u64, push: F)
+where
+    F: Fn(u64) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut batch = Vec::new();
+    for i in 0..n {
+        batch.push(tokio::spawn(push(i)));
+        if batch.len() == 32 {
+            for t in batch.drain(..) {
+                t.await.unwrap();
+            }
+        }
+    }
+    for t in batch {
+        t.await.unwrap();
+    }
+}
+
+/// Commands clients sent Redis while `f` ran (`MONITOR` lines not from a Lua script).
+async fn commands_during<F: std::future::Future<Output = ()>>(url: &str, f: F) -> u64 {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let addr = url.trim_start_matches("redis://").trim_end_matches('/');
+    let addr = addr.split('/').next().unwrap().to_owned();
+    let mut sock = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    sock.write_all(b"MONITOR\r\n").await.unwrap();
+    let mut lines = BufReader::new(sock).lines();
+    assert_eq!(lines.next_line().await.unwrap().as_deref(), Some("+OK"));
+    let counter = tokio::spawn(async move {
+        let mut n = 0u64;
+        while let Ok(Some(l)) = lines.next_line().await {
+            if l.contains("\"bench-stop-marker\"") {
+                break;
+            }
+            if !l.contains(" lua]") {
+                n += 1;
+            }
+        }
+        n
+    });
+    f.await;
+    let client = redis::Client::open(url).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("ECHO")
+        .arg("bench-stop-marker")
+        .query_async(&mut c)
+        .await
+        .map(|_: String| ())
+        .unwrap();
+    counter.await.unwrap()
+}
+
+fn jobs(c: &mut Criterion) {
+    let url = std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let ready = rt.block_on(async {
+        let backend = RedisBackend::builder(url.clone())
+            .prefix("bench")
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        backend.ping().await.ok()?;
+        let conn = apalis_redis::connect(url.clone()).await.ok()?;
+        Some((Ours { backend }, Apalis { conn }))
+    });
+    let Some((ours, apalis)) = ready else {
+        eprintln!("jobs skipped: no Redis at {url}");
+        return;
+    };
+
+    // Round trips per job, once per system: 1,000 jobs enqueued, then run at
+    // concurrency 8.
+    let quick = std::env::args().any(|a| a == "--test" || a == "--list");
+    if !quick {
+        rt.block_on(async {
+            const N: u64 = 1_000;
+            let ts = commands_during(&url, async {
+                ours.process(N, 8).await;
+            })
+            .await;
+            let ap = commands_during(&url, async {
+                apalis.process(N, 8).await;
+            })
+            .await;
+            clean(&url).await;
+            let line = format!(
+                "jobs: client commands to Redis per job (enqueue, fetch, finish; {N} jobs, concurrency 8): tower-scale {:.2}, apalis {:.2}",
+                ts as f64 / N as f64,
+                ap as f64 / N as f64
+            );
+            eprintln!("{line}");
+            let dir = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+            let _ = std::fs::create_dir_all(format!("{dir}/criterion"));
+            let _ = std::fs::write(format!("{dir}/criterion/jobs_round_trips.txt"), line + "\n");
+        });
+    }
+
+    for conc in [1usize, 8, 32] {
+        let mut g = c.benchmark_group(format!("jobs/enqueue-{conc}"));
+        g.bench_function("tower-scale", |b| {
+            b.iter_custom(|n| rt.block_on(after(ours.enqueue(n, conc as u64), &url)))
+        });
+        g.bench_function("apalis", |b| {
+            b.iter_custom(|n| rt.block_on(after(apalis.enqueue(n, conc as u64), &url)))
+        });
+        g.finish();
+        let mut g = c.benchmark_group(format!("jobs/process-{conc}"));
+        g.bench_function("tower-scale", |b| {
+            b.iter_custom(|n| rt.block_on(after(ours.process(n, conc), &url)))
+        });
+        g.bench_function("apalis", |b| {
+            b.iter_custom(|n| rt.block_on(after(apalis.process(n, conc), &url)))
+        });
+        g.finish();
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4))
+        .sample_size(10);
+    targets = jobs
+}
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
