@@ -207,9 +207,17 @@ impl Apalis {
             .backend(storage)
             .concurrency(concurrency)
             .build(handler);
-        worker.run().await.unwrap();
+        // apalis's run sometimes ends with an error after `stop` (seen at concurrency
+        // 32); the sample counts only if every job ran.
+        if let Err(e) = worker.run().await {
+            eprintln!("apalis: the worker's run ended with an error: {e}");
+        }
         let took = start.elapsed();
-        assert!(done.load(Ordering::SeqCst) >= n);
+        assert!(
+            done.load(Ordering::SeqCst) >= n,
+            "apalis ran {} of {n} jobs",
+            done.load(Ordering::SeqCst)
+        );
         took
     }
 }

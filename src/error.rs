@@ -76,6 +76,18 @@ impl StoreUnavailable {
         }
     }
 
+    /// The same failure again, for each of several callers a batched call served.
+    #[cfg(feature = "jobs")]
+    pub(crate) fn duplicate(&self) -> Self {
+        let kind = match &self.kind {
+            StoreUnavailableKind::Timeout(d) => StoreUnavailableKind::Timeout(*d),
+            StoreUnavailableKind::Backend(e) => {
+                StoreUnavailableKind::Backend(Box::new(std::io::Error::other(e.to_string())))
+            }
+        };
+        Self { kind }
+    }
+
     /// True if the call timed out rather than failed.
     pub fn is_timeout(&self) -> bool {
         matches!(self.kind, StoreUnavailableKind::Timeout(_))

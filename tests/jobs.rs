@@ -779,3 +779,42 @@ async fn batched_fetches_wait_in_the_pool_and_go_back_unstarted() {
         assert_eq!((s.queued, s.running), (3, 0), "{kind:?}");
     }
 }
+
+/// Concurrent enqueues go to the store together (one call for those that wait on
+/// another): each caller still gets its own job, and one idempotency key one job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_enqueues_are_batched_and_each_gets_its_answer() {
+    for kind in KINDS {
+        let q = queue(kind);
+        let calls: Vec<_> = (0..200)
+            .map(|n| {
+                let q = q.clone();
+                tokio::spawn(async move {
+                    let key = (n % 4 == 0).then(|| "same-key".to_owned());
+                    let opts = match key {
+                        Some(k) => Enqueue::new().idempotency_key(k),
+                        None => Enqueue::new(),
+                    };
+                    (n, q.enqueue_with(&task(n), opts).await.unwrap())
+                })
+            })
+            .collect();
+        let mut keyed = Vec::new();
+        let mut plain = std::collections::HashSet::new();
+        for c in calls {
+            let (n, e) = c.await.unwrap();
+            if n % 4 == 0 {
+                keyed.push(e);
+            } else {
+                assert!(e.created, "{kind:?}");
+                assert!(plain.insert(e.id), "{kind:?}: an id given twice");
+            }
+        }
+        assert_eq!(keyed.iter().filter(|e| e.created).count(), 1, "{kind:?}");
+        assert!(keyed.iter().all(|e| e.id == keyed[0].id), "{kind:?}");
+        assert_eq!(q.stats().await.unwrap().queued, 151, "{kind:?}");
+        for id in plain.iter().take(5) {
+            assert_eq!(q.status(id).await.unwrap().unwrap().state, JobState::Queued);
+        }
+    }
+}

@@ -34,6 +34,121 @@ pub(crate) struct Shared {
     pub(crate) max_payload: usize,
     /// Wakes this process's idle workers when it enqueues a job.
     pub(crate) enqueued: tokio::sync::Notify,
+    /// Enqueues that arrived while another was on its way to the store.
+    batch: std::sync::Mutex<Batch>,
+}
+
+/// Natural batching of enqueues: the first caller goes straight to the store; callers that
+/// arrive while a call is out wait here, and go together in the next call.
+#[derive(Debug, Default)]
+struct Batch {
+    in_flight: usize,
+    pending: Vec<(NewJob, Reply)>,
+}
+
+type Reply = tokio::sync::oneshot::Sender<Result<(JobId, bool), crate::StoreUnavailable>>;
+
+/// Ends a flight: the next batch goes out, or the queue takes enqueues directly again.
+struct Flight<'a>(&'a Arc<Shared>);
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        let Some(batch) = self.0.take_pending() else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(Arc::clone(self.0).flush(batch));
+            }
+            Err(_) => {
+                // No runtime to run them on (it is shutting down): their callers are told
+                // so by the dropped replies, and the queue is left free.
+                drop(batch);
+                while self.0.take_pending().is_some() {}
+            }
+        }
+    }
+}
+
+/// Store calls of one queue's enqueues on their way at once, before the next wait to go
+/// together: enough to keep a multiplexed connection's pipeline busy.
+const MAX_FLIGHTS: usize = 4;
+
+/// Most jobs written in one store call.
+const ENQUEUE_BATCH: usize = 128;
+
+impl Shared {
+    /// Writes `job`: at once if no other enqueue of this queue is on its way, else with
+    /// the others that waited, in one store call after it.
+    async fn enqueue(
+        self: &Arc<Self>,
+        job: NewJob,
+    ) -> Result<(JobId, bool), crate::StoreUnavailable> {
+        let waiting = {
+            let mut b = self
+                .batch
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if b.in_flight >= MAX_FLIGHTS {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                b.pending.push((job, tx));
+                Err(rx)
+            } else {
+                b.in_flight += 1;
+                Ok(job)
+            }
+        };
+        match waiting {
+            Err(rx) => rx.await.unwrap_or_else(|_| {
+                Err(crate::StoreUnavailable::backend(std::io::Error::other(
+                    "the batched enqueue was dropped",
+                )))
+            }),
+            Ok(job) => {
+                // Whether this call completes or its caller gives up on it, those that came
+                // meanwhile go on in a task of their own (so this caller is not kept
+                // flushing under sustained load, and a cancelled call strands nobody).
+                let _flight = Flight(self);
+                self.store.enqueue(&self.name, job).await
+            }
+        }
+    }
+
+    /// The waiting enqueues (up to a batch), or `None` and the flight ended.
+    fn take_pending(&self) -> Option<Vec<(NewJob, Reply)>> {
+        let mut b = self
+            .batch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if b.pending.is_empty() {
+            b.in_flight -= 1;
+            return None;
+        }
+        let n = b.pending.len().min(ENQUEUE_BATCH);
+        Some(b.pending.drain(..n).collect())
+    }
+
+    async fn flush(self: Arc<Self>, mut batch: Vec<(NewJob, Reply)>) {
+        loop {
+            let (jobs, replies): (Vec<NewJob>, Vec<Reply>) = batch.into_iter().unzip();
+            match self.store.enqueue_many(&self.name, jobs).await {
+                Ok(done) => {
+                    for (reply, d) in replies.into_iter().zip(done) {
+                        let _ = reply.send(Ok(d));
+                    }
+                }
+                Err(e) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(e.duplicate()));
+                    }
+                }
+            }
+            match self.take_pending() {
+                Some(next) => batch = next,
+                None => return,
+            }
+        }
+    }
 }
 
 impl<T> Clone for Queue<T> {
@@ -149,7 +264,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             delay: options.delay,
             idempotency_key: options.idempotency_key,
         };
-        let (id, created) = s.store.enqueue(&s.name, job).await?;
+        let (id, created) = s.enqueue(job).await?;
         if created {
             s.enqueued.notify_one();
             super::metrics::enqueued(&s.name);
@@ -258,6 +373,7 @@ impl<T: Serialize + DeserializeOwned> QueueBuilder<T> {
                 max_attempts: self.max_attempts,
                 max_payload: self.max_payload,
                 enqueued: tokio::sync::Notify::new(),
+                batch: std::sync::Mutex::default(),
             }),
             _payload: PhantomData,
         })

@@ -76,6 +76,42 @@ redis.call('HSET', KEYS[4], 's', state, 'p', ARGV[2], 'a', 0, 'm', ARGV[3], 'r',
 return {ARGV[1], 1}
 ";
 
+/// KEYS: ready, scheduled, seq. ARGV: job key prefix, then per job: id, payload, max
+/// attempts, priority, delay (ms), idempotency key ('' for none). Returns {id, 1 or 0}
+/// per job, as ENQUEUE does.
+const ENQUEUE_MANY: &str = r"
+local now = now_ms()
+local out = {}
+for i = 2, #ARGV, 6 do
+  local id, ik = ARGV[i], ARGV[i + 5]
+  local prior = false
+  if ik ~= '' then
+    prior = redis.call('GET', ik)
+    if prior and redis.call('EXISTS', ARGV[1] .. prior) == 0 then prior = false end
+  end
+  if prior then
+    out[#out + 1] = prior
+    out[#out + 1] = 0
+  else
+    if ik ~= '' then redis.call('SET', ik, id) end
+    local rank = (255 - tonumber(ARGV[i + 3])) * 17592186044416 + redis.call('INCR', KEYS[3])
+    local delay = tonumber(ARGV[i + 4])
+    local state = 'queued'
+    if delay > 0 then
+      state = 'scheduled'
+      redis.call('ZADD', KEYS[2], num(now + delay), id)
+    else
+      redis.call('ZADD', KEYS[1], num(rank), id)
+    end
+    redis.call('HSET', ARGV[1] .. id, 's', state, 'p', ARGV[i + 1], 'a', 0, 'm', ARGV[i + 2],
+      'r', num(rank), 'c', now, 'i', ik)
+    out[#out + 1] = id
+    out[#out + 1] = 1
+  end
+end
+return out
+";
+
 /// KEYS: ready, scheduled, running, dead. ARGV: job key prefix, max, lease (ms), token,
 /// retention (ms), the lease-expired message's head. Returns {taken over, buried, then
 /// per leased job: id, payload, attempt, max attempts}.
@@ -242,6 +278,7 @@ pub struct RedisJobStore {
 struct Inner {
     backend: RedisBackend,
     enqueue: Script,
+    enqueue_many: Script,
     fetch: Script,
     renew: Script,
     progress: Script,
@@ -308,6 +345,7 @@ impl RedisJobStore {
             inner: Arc::new(Inner {
                 backend,
                 enqueue: script(ENQUEUE),
+                enqueue_many: script(ENQUEUE_MANY),
                 fetch: script(FETCH),
                 renew: script(RENEW),
                 progress: script(PROGRESS),
@@ -382,6 +420,53 @@ impl JobStore for RedisJobStore {
                 Ok((id, int(&a[1])? == 1))
             },
         )
+    }
+
+    fn enqueue_many(&self, queue: &str, jobs: Vec<NewJob>) -> StoreFuture<Vec<(JobId, bool)>> {
+        let k = Keys::new(&self.inner.backend, queue);
+        let (ready, scheduled, seq) = (k.of("ready"), k.of("scheduled"), k.of("seq"));
+        let n = jobs.len();
+        let c = evalsha(
+            &self.inner.enqueue_many,
+            &[&ready, &scheduled, &seq],
+            &mut |c| {
+                c.arg(k.of("j:"));
+                for j in &jobs {
+                    let idem = j
+                        .idempotency_key
+                        .as_deref()
+                        .map_or_else(String::new, |key| {
+                            self.inner.backend.key_with_suffix(
+                                NAMESPACE,
+                                queue,
+                                &format!("k:{key}"),
+                            )
+                        });
+                    c.arg(j.id.as_str())
+                        .arg(&j.payload)
+                        .arg(j.max_attempts)
+                        .arg(j.priority)
+                        .arg(ms(j.delay))
+                        .arg(idem);
+                }
+            },
+        );
+        let inner = Arc::clone(&self.inner);
+        Box::pin(async move {
+            let reply: Value = inner
+                .backend
+                .evalsha("jobs_enqueue", &inner.enqueue_many, &c)
+                .await?;
+            let a = array(&reply, 2 * n)?;
+            a.chunks_exact(2)
+                .map(|p| {
+                    let id = text(&p[0])?;
+                    let id = JobId::parse(&id)
+                        .ok_or_else(|| malformed(format_args!("job id {id:?}")))?;
+                    Ok((id, int(&p[1])? == 1))
+                })
+                .collect()
+        })
     }
 
     fn fetch(&self, queue: &str, max: usize, token: &str, life: Lifetimes) -> StoreFuture<Fetched> {

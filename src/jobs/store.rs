@@ -122,6 +122,20 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
     /// `false`).
     fn enqueue(&self, queue: &str, job: NewJob) -> StoreFuture<(JobId, bool)>;
 
+    /// Writes several jobs of one queue at once (concurrent enqueues, batched): for each,
+    /// what [`enqueue`](Self::enqueue) would answer, in order. The default calls
+    /// `enqueue` for each; a network store does them in one round trip.
+    fn enqueue_many(&self, queue: &str, jobs: Vec<NewJob>) -> StoreFuture<Vec<(JobId, bool)>> {
+        let calls: Vec<_> = jobs.into_iter().map(|j| self.enqueue(queue, j)).collect();
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(calls.len());
+            for c in calls {
+                out.push(c.await?);
+            }
+            Ok(out)
+        })
+    }
+
     /// Leases up to `max` due jobs to `token`, highest priority first. Also moves due
     /// delayed and retrying jobs in line, takes over jobs whose lease expired, and drops
     /// dead letters older than the retention.
@@ -193,6 +207,9 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
 impl<S: JobStore + ?Sized> JobStore for Arc<S> {
     fn enqueue(&self, queue: &str, job: NewJob) -> StoreFuture<(JobId, bool)> {
         (**self).enqueue(queue, job)
+    }
+    fn enqueue_many(&self, queue: &str, jobs: Vec<NewJob>) -> StoreFuture<Vec<(JobId, bool)>> {
+        (**self).enqueue_many(queue, jobs)
     }
     fn fetch(&self, queue: &str, max: usize, token: &str, life: Lifetimes) -> StoreFuture<Fetched> {
         (**self).fetch(queue, max, token, life)
