@@ -69,7 +69,7 @@ impl StoreUnavailable {
         }
     }
 
-    #[cfg(feature = "redis")]
+    #[cfg(any(feature = "redis", feature = "jobs"))]
     pub(crate) fn backend(err: impl std::error::Error + Send + Sync + 'static) -> Self {
         Self {
             kind: StoreUnavailableKind::Backend(Box::new(err)),
