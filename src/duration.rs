@@ -1,4 +1,5 @@
 //! Durations as people write them in configuration: `500ms`, `30s`, `15m`, `1h`, `2d`.
+//! Quotas (`100/15m`) and the reference server's settings are read with [`parse`].
 
 use std::time::Duration;
 
@@ -8,15 +9,15 @@ use crate::ConfigError;
 ///
 /// ```
 /// use std::time::Duration;
-/// assert_eq!(tower_scale::parse_duration("15m").unwrap(), Duration::from_secs(900));
-/// assert!(tower_scale::parse_duration("15").is_err());
+/// assert_eq!(tower_scale::duration::parse("15m").unwrap(), Duration::from_secs(900));
+/// assert!(tower_scale::duration::parse("15").is_err());
 /// ```
 ///
 /// # Errors
 ///
 /// A [`ConfigError`] (setting `duration`) saying what is wrong: no unit, an unknown unit,
 /// not a whole number, zero, or too large.
-pub fn parse_duration(s: &str) -> Result<Duration, ConfigError> {
+pub fn parse(s: &str) -> Result<Duration, ConfigError> {
     let err = |m: String| ConfigError::new("duration", m);
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(|| {
@@ -52,7 +53,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, ConfigError> {
 }
 
 /// Writes a duration in the largest unit that divides it: `15m`, `1h`, `1500ms`.
-pub fn format_duration(d: Duration) -> String {
+pub fn format(d: Duration) -> String {
     let ms = d.as_millis();
     if ms == 0 || !d.subsec_nanos().is_multiple_of(1_000_000) {
         return format!("{}us", d.as_micros());
@@ -107,7 +108,7 @@ mod tests {
             ("2d", Duration::from_secs(172_800)),
         ];
         for (s, want) in ok {
-            assert_eq!(parse_duration(s).unwrap(), want, "{s}");
+            assert_eq!(parse(s).unwrap(), want, "{s}");
         }
         for bad in [
             "",
@@ -120,24 +121,24 @@ mod tests {
             "99999999999999999999999s",
             "999999999999999999d",
         ] {
-            let e = parse_duration(bad).unwrap_err();
+            let e = parse(bad).unwrap_err();
             assert_eq!(e.setting(), "duration", "{bad}");
         }
     }
 
     #[test]
     fn format_keeps_sub_millisecond_precision() {
-        assert_eq!(format_duration(Duration::from_micros(1500)), "1500us");
+        assert_eq!(format(Duration::from_micros(1500)), "1500us");
         assert_ne!(
-            format_duration(Duration::from_micros(1500)),
-            format_duration(Duration::from_millis(1))
+            format(Duration::from_micros(1500)),
+            format(Duration::from_millis(1))
         );
     }
 
     #[test]
     fn format_round_trips() {
         for s in ["500ms", "30s", "15m", "1h", "2d", "90s", "1500ms"] {
-            assert_eq!(format_duration(parse_duration(s).unwrap()), s);
+            assert_eq!(format(parse(s).unwrap()), s);
         }
     }
 }

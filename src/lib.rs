@@ -85,7 +85,7 @@ pub mod clock;
 mod cookie;
 #[cfg(feature = "db-route")]
 pub mod db_route;
-mod duration;
+pub mod duration;
 mod error;
 #[cfg(any(
     feature = "rate-limit",
@@ -126,7 +126,6 @@ pub mod retry;
 pub mod session;
 
 pub use builder::ServiceBuilderExt;
-pub use duration::{format_duration, parse_duration};
 
 // The README's examples compile (as doc tests).
 #[cfg(doctest)]

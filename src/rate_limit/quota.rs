@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::gcra::Gcra;
-use crate::{ConfigError, format_duration, parse_duration};
+use crate::ConfigError;
+use crate::duration::{format as format_duration, parse as parse_duration};
 
 /// Ten years in microseconds: the longest burst capacity a quota may have.
 const MAX_CAPACITY_US: u64 = 10 * 366 * 86_400 * 1_000_000;

@@ -4,8 +4,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use tower_scale::duration::parse as parse_duration;
 use tower_scale::key::ClientIp;
-use tower_scale::parse_duration;
 use tower_scale::rate_limit::Quota;
 
 #[derive(Debug, Clone)]
