@@ -1,36 +1,4 @@
 //! [`RedisJobStore`]: queues in Redis, shared by every instance.
-//!
-//! # Layout
-//!
-//! All keys of queue `q` carry the hash tag `{q}`, so each step is one Lua script on one
-//! slot (a Redis Cluster runs each queue on one shard; spread a hot queue over several
-//! queue names). With the backend's prefix `p`:
-//!
-//! | key | type | holds |
-//! |---|---|---|
-//! | `p:jobs:{q}:ready` | sorted set | jobs waiting, scored by rank: priority, then enqueue order |
-//! | `p:jobs:{q}:scheduled` | sorted set | delayed and retrying jobs, scored by due time (ms) |
-//! | `p:jobs:{q}:running` | sorted set | leased jobs, scored by lease deadline (ms) |
-//! | `p:jobs:{q}:dead` | sorted set | dead letters, scored by time of death; trimmed after the retention |
-//! | `p:jobs:{q}:seq` | string | the enqueue counter behind the rank |
-//! | `p:jobs:{q}:j:<id>` | hash | one job: state, payload, attempts, lease token, error, result, progress, times |
-//! | `p:jobs:{q}:k:<key>` | string | an idempotency key's job id |
-//!
-//! Why sorted sets and scripts rather than Streams or `LMOVE` lists: a job here needs a
-//! delay, a priority, a renewable lease with a fencing token, a retry time and a status
-//! readable by id. A stream's consumer group gives the lease (idle time, `XAUTOCLAIM`) but
-//! neither delay, priority nor status, so a second structure is needed anyway; a list
-//! gives order alone. With sorted sets every transition is one script on one slot, and a
-//! job costs three round trips: enqueue, fetch (shared by a batch of jobs) and complete.
-//!
-//! Time is Redis's own (`TIME`), so instances with skewed clocks agree on due times and
-//! lease deadlines. Finished jobs and their idempotency keys expire after the retention
-//! (`PEXPIRE`), and the dead-letter set is trimmed by time: memory stays bounded.
-//!
-//! What Redis keeps across its own restart is what its persistence keeps: with AOF
-//! (`appendfsync everysec`) at most the last second of enqueues and transitions; with no
-//! persistence, every job. A job lost that way is never run; a job whose completion was
-//! lost runs again (at-least-once).
 
 use std::fmt;
 use std::sync::Arc;
@@ -270,6 +238,41 @@ return {redis.call('ZCARD', KEYS[1]), redis.call('ZCARD', KEYS[2]), redis.call('
 /// Built on the crate's [`RedisBackend`]: its timeout bounds every call, and a call that
 /// fails is a [`StoreUnavailable`] (an enqueue's caller sees it; a worker backs off and
 /// tries again).
+///
+/// # Layout
+///
+/// All keys of queue `q` carry the hash tag `{q}`, so each step is one Lua script on one
+/// slot (a Redis Cluster runs each queue on one shard; spread a hot queue over several
+/// queue names). With the backend's prefix `p`:
+///
+/// | key | type | holds |
+/// |---|---|---|
+/// | `p:jobs:{q}:ready` | sorted set | jobs waiting, scored by rank: priority, then enqueue order |
+/// | `p:jobs:{q}:scheduled` | sorted set | delayed and retrying jobs, scored by due time (ms) |
+/// | `p:jobs:{q}:running` | sorted set | leased jobs, scored by lease deadline (ms) |
+/// | `p:jobs:{q}:dead` | sorted set | dead letters, scored by time of death; trimmed after the retention |
+/// | `p:jobs:{q}:seq` | string | the enqueue counter behind the rank |
+/// | `p:jobs:{q}:j:<id>` | hash | one job: state, payload, attempts, lease token, error, result, progress, times |
+/// | `p:jobs:{q}:k:<key>` | string | an idempotency key's job id |
+///
+/// Why sorted sets and scripts rather than Streams or `LMOVE` lists: a job here needs a
+/// delay, a priority, a renewable lease with a fencing token, a retry time and a status
+/// readable by id. A stream's consumer group gives the lease (idle time, `XAUTOCLAIM`) but
+/// neither delay, priority nor status, so a second structure is needed anyway; a list
+/// gives order alone. With sorted sets every transition is one script on one slot, and a
+/// job costs at most three round trips: its enqueue (shared when enqueues are concurrent),
+/// a fetch (shared by a batch of jobs) and its acknowledgement (shared by the pool's
+/// successes of the moment). The choice was made on those grounds; the throughput it gives
+/// beside apalis (whose Redis backend uses lists and Lua) is in `docs/benchmarks.md`.
+///
+/// Time is Redis's own (`TIME`), so instances with skewed clocks agree on due times and
+/// lease deadlines. Finished jobs and their idempotency keys expire after the retention
+/// (`PEXPIRE`), and the dead-letter set is trimmed by time: memory stays bounded.
+///
+/// What Redis keeps across its own restart is what its persistence keeps: with AOF
+/// (`appendfsync everysec`) at most the last second of enqueues and transitions; with no
+/// persistence, every job. A job lost that way is never run; a job whose completion was
+/// lost runs again (at-least-once).
 #[derive(Clone)]
 pub struct RedisJobStore {
     inner: Arc<Inner>,
