@@ -177,7 +177,12 @@ async fn export(
         }
         let percent = (rows.saturating_mul(100) / total).clamp(0, 99) as u8;
         job.progress(percent).await;
-        if !page_delay.is_zero() {
+        if page_delay.is_zero() {
+            // The embedded database and the in-process queue answer without waiting, so
+            // without this an export would hold its thread from first page to last while
+            // requests queue behind it.
+            tokio::task::yield_now().await;
+        } else {
             tokio::time::sleep(page_delay).await;
         }
     }
