@@ -5,8 +5,8 @@ mod common;
 #[path = "../../../tests/support/mod.rs"]
 mod support;
 
-use common::{app, get, sample};
-use http::StatusCode;
+use common::{app, app_and_workers, call, get, sample};
+use http::{Method, StatusCode};
 
 #[tokio::test]
 async fn metrics_report_every_layer_by_route_template() {
@@ -67,4 +67,32 @@ async fn metrics_report_every_layer_by_route_template() {
             .any(|l| l.starts_with("tower_scale_cache_hits") && !l.trim_end().ends_with(" 0")),
         "the cache hit is counted:\n{m}"
     );
+
+    // An export: the jobs' counters and run-time histogram, by queue.
+    let (app, workers) = app_and_workers(&[]).await;
+    let r = call(&app, Method::POST, "/exports", &[], "").await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    let location = r.headers["location"].to_str().unwrap().to_owned();
+    support::eventually(
+        "the export finishes",
+        std::time::Duration::from_secs(20),
+        || async {
+            let r = get(&app, &location).await;
+            (r.headers["content-type"] == "text/csv; charset=utf-8").then_some(())
+        },
+    )
+    .await;
+    workers
+        .unwrap()
+        .shutdown(std::time::Duration::from_secs(2))
+        .await;
+    let m = get(&app, "/metrics").await.text();
+    for series in [
+        r#"tower_scale_jobs_enqueued_total{queue="exports"}"#,
+        r#"tower_scale_jobs_started_total{queue="exports"}"#,
+        r#"tower_scale_jobs_succeeded_total{queue="exports"}"#,
+        r#"tower_scale_jobs_run_duration_count{queue="exports"}"#,
+    ] {
+        assert_eq!(sample(&m, series), 1.0, "{series}:\n{m}");
+    }
 }
