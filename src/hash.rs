@@ -5,7 +5,7 @@
 
 /// FNV-1a: stable across processes, versions and machines, so it may decide where data
 /// lives (a shard) or name state (a quota's salt). Not for keys a client chooses alone.
-#[cfg(any(feature = "rate-limit", feature = "db-route", feature = "jobs"))]
+#[cfg(any(feature = "rate-limit", feature = "db-route"))]
 pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in bytes {
@@ -103,7 +103,7 @@ impl Jitter {
 
 #[cfg(test)]
 mod tests {
-    #[cfg(any(feature = "rate-limit", feature = "db-route", feature = "jobs"))]
+    #[cfg(any(feature = "rate-limit", feature = "db-route"))]
     #[test]
     fn fnv1a_matches_the_published_vectors() {
         // From the FNV reference test suite (64-bit FNV-1a).

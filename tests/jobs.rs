@@ -542,6 +542,16 @@ fn bad_queue_config_names_the_setting() {
         ),
         ("no store", Queue::<Task>::builder("q"), "store"),
         ("tiny lease", b().lease(Duration::from_millis(5)), "lease"),
+        (
+            "huge lease",
+            b().lease(Duration::from_secs(2 * 24 * 3600)),
+            "lease",
+        ),
+        (
+            "endless retention",
+            b().retention(Duration::MAX),
+            "retention",
+        ),
         ("zero retention", b().retention(Duration::ZERO), "retention"),
         ("zero attempts", b().max_attempts(0), "max_attempts"),
     ];
@@ -559,11 +569,13 @@ async fn two_pools_on_one_redis_queue_share_every_job() {
     let qa = st.queue(&name, Duration::from_secs(5), Duration::from_secs(60));
     let qb = st.queue(&name, Duration::from_secs(5), Duration::from_secs(60));
     let runs = Arc::new(AtomicU32::new(0));
+    let per_pool = [Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0))];
     let effects: Arc<Mutex<HashMap<JobId, u32>>> = Arc::default();
-    let pool = |q: Queue<Task>| {
+    let pool = |q: Queue<Task>, mine: Arc<AtomicU32>| {
         let (runs, effects) = (Arc::clone(&runs), Arc::clone(&effects));
         Worker::builder(q).concurrency(4).spawn(move |job| {
             runs.fetch_add(1, Ordering::SeqCst);
+            mine.fetch_add(1, Ordering::SeqCst);
             effects
                 .lock()
                 .unwrap()
@@ -572,7 +584,10 @@ async fn two_pools_on_one_redis_queue_share_every_job() {
             async { Ok::<_, String>(()) }
         })
     };
-    let (a, b) = (pool(qa.clone()), pool(qb.clone()));
+    let (a, b) = (
+        pool(qa.clone(), Arc::clone(&per_pool[0])),
+        pool(qb.clone(), Arc::clone(&per_pool[1])),
+    );
     const N: u32 = 2_000;
     for n in 0..N {
         if n % 2 == 0 {
@@ -595,6 +610,14 @@ async fn two_pools_on_one_redis_queue_share_every_job() {
     let mut ns: Vec<u32> = effects.lock().unwrap().values().copied().collect();
     ns.sort_unstable();
     assert_eq!(ns, (0..N).collect::<Vec<_>>());
+    let (ran_a, ran_b) = (
+        per_pool[0].load(Ordering::SeqCst),
+        per_pool[1].load(Ordering::SeqCst),
+    );
+    assert!(
+        ran_a > N / 10 && ran_b > N / 10,
+        "both pools took a share: {ran_a} and {ran_b}"
+    );
     let extra = runs.load(Ordering::SeqCst) - N;
     println!("{N} jobs, {extra} ran more than once");
     assert_eq!(extra, 0, "no worker died, so no job ran twice");
@@ -816,5 +839,130 @@ async fn concurrent_enqueues_are_batched_and_each_gets_its_answer() {
         for id in plain.iter().take(5) {
             assert_eq!(q.status(id).await.unwrap().unwrap().state, JobState::Queued);
         }
+    }
+}
+
+/// Fencing, in the store: once a lease expired and another fetch took the job over, every
+/// call under the old token changes nothing, and the new holder's calls work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_over_lease_fences_the_old_holder_out() {
+    for kind in KINDS {
+        let name = unique("fence");
+        let q = store(kind).queue(&name, Duration::from_millis(200), Duration::from_secs(60));
+        let st = q.store();
+        let life = Lifetimes::new(Duration::from_millis(200), Duration::from_secs(60));
+        let id = q.enqueue(&task(1)).await.unwrap();
+        assert_eq!(st.fetch(&name, 1, "old", life).await.unwrap().jobs.len(), 1);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let taken = st.fetch(&name, 1, "new", life).await.unwrap();
+        assert_eq!((taken.taken_over, taken.jobs.len()), (1, 1), "{kind:?}");
+        assert_eq!(taken.jobs[0].attempt, 2, "{kind:?}");
+        // The old holder, while the new one holds the lease:
+        assert!(
+            !st.renew(&name, &id, "old", life).await.unwrap(),
+            "{kind:?}"
+        );
+        assert!(
+            !st.progress(&name, &id, "old", 50).await.unwrap(),
+            "{kind:?}"
+        );
+        assert!(!st.release(&name, &id, "old").await.unwrap(), "{kind:?}");
+        let failed = st
+            .fail(&name, &id, "old", "late".into(), None, life)
+            .await
+            .unwrap();
+        assert_eq!(
+            failed,
+            tower_scale::jobs::store::Failed::LeaseLost,
+            "{kind:?}"
+        );
+        assert!(
+            !st.complete(&name, &id, "old", "\"old\"".into(), life)
+                .await
+                .unwrap()
+        );
+        let many = tower_scale::jobs::store::Completion::new(id.clone(), "old", "\"old\"".into());
+        assert_eq!(
+            st.complete_many(&name, vec![many], life).await.unwrap(),
+            [false]
+        );
+        let s = q.status(&id).await.unwrap().unwrap();
+        assert_eq!(
+            (s.state, s.progress, s.error),
+            (JobState::Running, None, None),
+            "{kind:?}"
+        );
+        // The new holder:
+        assert!(st.renew(&name, &id, "new", life).await.unwrap(), "{kind:?}");
+        assert!(
+            st.progress(&name, &id, "new", 60).await.unwrap(),
+            "{kind:?}"
+        );
+        let done = tower_scale::jobs::store::Completion::new(id.clone(), "new", "\"new\"".into());
+        assert_eq!(
+            st.complete_many(&name, vec![done], life).await.unwrap(),
+            [true]
+        );
+        let s = q.status(&id).await.unwrap().unwrap();
+        assert_eq!(
+            (s.state, s.result.as_deref()),
+            (JobState::Succeeded, Some("\"new\"")),
+            "{kind:?}"
+        );
+    }
+}
+
+/// Jobs waiting in a pool go back before their lease runs out, so another instance starts
+/// them on their first attempt (with one attempt each, a takeover would kill them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_jobs_go_back_before_another_instance_must_take_them_over() {
+    for kind in KINDS {
+        let st = store(kind);
+        let name = unique("waiting");
+        let q = st.queue(&name, Duration::from_millis(400), Duration::from_secs(60));
+        let mut ids = Vec::new();
+        for n in 0..4 {
+            let opts = Enqueue::new().max_attempts(1);
+            ids.push(
+                q.enqueue_with(&Task { n, sleep_ms: 600 }, opts)
+                    .await
+                    .unwrap()
+                    .id,
+            );
+        }
+        let slow = |q: Queue<Task>, c: usize, batch: usize| {
+            Worker::builder(q)
+                .concurrency(c)
+                .batch(batch)
+                .poll_interval(Duration::from_millis(20))
+                .spawn(|job| {
+                    let ms = job.payload().sleep_ms;
+                    async move {
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                        Ok::<_, String>(job.attempt())
+                    }
+                })
+        };
+        // A takes all four (one runs, three wait); B, started a little later, is free.
+        let a = slow(q.clone(), 1, 4);
+        eventually("A leased all four", Duration::from_secs(5), || async {
+            (q.stats().await.unwrap().running == 4).then_some(())
+        })
+        .await;
+        let b = slow(
+            st.queue(&name, Duration::from_millis(400), Duration::from_secs(60)),
+            4,
+            4,
+        );
+        for id in &ids {
+            let s = finished(&q, id).await;
+            assert_eq!(
+                (s.state, s.attempts),
+                (JobState::Succeeded, 1),
+                "{kind:?}: {s:?}"
+            );
+        }
+        a.shutdown(Duration::from_secs(1)).await;
+        b.shutdown(Duration::from_secs(1)).await;
     }
 }

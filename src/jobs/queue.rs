@@ -74,6 +74,9 @@ impl Drop for Flight<'_> {
 /// together: enough to keep a multiplexed connection's pipeline busy.
 const MAX_FLIGHTS: usize = 4;
 
+/// Most enqueues that may wait for a store call before new ones are refused.
+const MAX_PENDING: usize = 4096;
+
 /// Most jobs written in one store call.
 const ENQUEUE_BATCH: usize = 128;
 
@@ -89,6 +92,13 @@ impl Shared {
                 .batch
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if b.in_flight >= MAX_FLIGHTS && b.pending.len() >= MAX_PENDING {
+                // The store is slow or down and callers keep coming: refuse rather than
+                // queue without bound.
+                return Err(crate::StoreUnavailable::backend(std::io::Error::other(
+                    "too many enqueues are waiting for the job store",
+                )));
+            }
             if b.in_flight >= MAX_FLIGHTS {
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 b.pending.push((job, tx));
@@ -120,6 +130,8 @@ impl Shared {
             .batch
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // A caller that gave up (its request timed out, say) does not get its job written.
+        b.pending.retain(|(_, reply)| !reply.is_closed());
         if b.pending.is_empty() {
             b.in_flight -= 1;
             return None;
@@ -129,6 +141,10 @@ impl Shared {
     }
 
     async fn flush(self: Arc<Self>, mut batch: Vec<(NewJob, Reply)>) {
+        let mut flight = FlushGuard {
+            shared: Arc::clone(&self),
+            ended: false,
+        };
         loop {
             let (jobs, replies): (Vec<NewJob>, Vec<Reply>) = batch.into_iter().unzip();
             match self.store.enqueue_many(&self.name, jobs).await {
@@ -145,8 +161,36 @@ impl Shared {
             }
             match self.take_pending() {
                 Some(next) => batch = next,
-                None => return,
+                None => {
+                    flight.ended = true;
+                    return;
+                }
             }
+        }
+    }
+}
+
+/// Ends a flush's flight even if the flush never finishes (its task dropped with the
+/// runtime, or a store that panicked): the waiting callers are told (their replies
+/// dropped) and the queue takes enqueues again.
+struct FlushGuard {
+    shared: Arc<Shared>,
+    ended: bool,
+}
+
+impl Drop for FlushGuard {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        let mut b = self
+            .shared
+            .batch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        b.in_flight = b.in_flight.saturating_sub(1);
+        if b.in_flight == 0 {
+            b.pending.clear();
         }
     }
 }
@@ -329,8 +373,9 @@ impl<T: Serialize + DeserializeOwned> QueueBuilder<T> {
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] naming the setting: a bad name, no store, a lease under 100 ms,
-    /// a zero retention or attempts.
+    /// A [`ConfigError`] naming the setting: a bad name, no store,
+    /// a lease under 100 ms or over 24 h, a retention of zero or over 366 days, zero
+    /// attempts.
     pub fn build(self) -> Result<Queue<T>, ConfigError> {
         let name_ok = !self.name.is_empty()
             && self.name.len() <= 128
@@ -353,11 +398,14 @@ impl<T: Serialize + DeserializeOwned> QueueBuilder<T> {
                 "a queue needs a store: MemoryJobStore or RedisJobStore",
             )
         })?;
-        if self.lease < Duration::from_millis(100) {
-            return Err(ConfigError::new("lease", "must be at least 100ms"));
+        if self.lease < Duration::from_millis(100) || self.lease > Duration::from_secs(24 * 3600) {
+            return Err(ConfigError::new("lease", "must be from 100ms to 24h"));
         }
-        if self.retention.is_zero() {
-            return Err(ConfigError::new("retention", "must be above zero"));
+        if self.retention.is_zero() || self.retention > Duration::from_secs(366 * 24 * 3600) {
+            return Err(ConfigError::new(
+                "retention",
+                "must be above zero and at most 366 days",
+            ));
         }
         if self.max_attempts == 0 {
             return Err(ConfigError::new("max_attempts", "must be at least 1"));

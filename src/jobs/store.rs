@@ -400,7 +400,8 @@ impl JobStore for MemoryJobStore {
             }
             q.seq += 1;
             let rank = (u64::from(255 - job.priority) << 44) + q.seq;
-            let delayed = !job.delay.is_zero();
+            // Whole milliseconds, as the Redis store counts them.
+            let delayed = ms(job.delay) > 0;
             let due = now.saturating_add(ms(job.delay));
             if delayed {
                 q.scheduled.insert((due, job.id.clone()), ());

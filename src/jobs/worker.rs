@@ -399,12 +399,24 @@ where
                     metrics::stats(&name, &s);
                 }
             }
+            // Jobs waiting in the pool are not renewed: one that has waited half its lease
+            // goes back unstarted, before another instance's fetch can take it over (and
+            // count an attempt it never had).
+            let stale_at = waiting.front().map(|w| w.fetched + life.lease / 2);
             let first = tokio::select! {
-                p = Arc::clone(&permits).acquire_owned() => p.expect("never closed"),
+                biased;
                 _ = self.phase.wait_for(|p| *p != Phase::Running) => break,
+                () = sleep_until(stale_at) => {
+                    while waiting.front().is_some_and(|w| w.fetched.elapsed() >= life.lease / 2) {
+                        let w = waiting.pop_front().expect("checked");
+                        running.spawn(release(Arc::clone(&self.shared), w, Ended::Stale));
+                    }
+                    continue;
+                }
+                p = Arc::clone(&permits).acquire_owned() => p.expect("never closed"),
             };
             if let Some(w) = waiting.pop_front() {
-                if w.fetched.elapsed() > life.lease / 2 {
+                if w.fetched.elapsed() >= life.lease / 2 {
                     running.spawn(release(Arc::clone(&self.shared), w, Ended::Stale));
                 } else {
                     running.spawn(self.attempt(w, first, acks.clone()));
@@ -551,6 +563,8 @@ where
             let mut renew = tokio::time::interval_at(fetched + every, every);
             let outcome = loop {
                 tokio::select! {
+                    // A finished handler's outcome wins over a renewal or the deadline.
+                    biased;
                     out = &mut work => break out,
                     _ = renew.tick() => {
                         match shared.store.renew(name, &job.id, &token, life).await {
@@ -641,8 +655,11 @@ async fn record(shared: &Shared, acks: Vec<Ack>) {
         .into_iter()
         .map(|a| Completion::new(a.id, &*a.token, a.result))
         .collect();
+    // Until half the lease has passed (the jobs' leases were last renewed at most a third
+    // of it ago): past that, another worker may have taken them over anyway.
+    let give_up = tokio::time::Instant::now() + shared.life.lease / 2;
     let mut wait = ERROR_MIN;
-    for _ in 0..3 {
+    loop {
         match shared
             .store
             .complete_many(&shared.name, jobs.clone(), shared.life)
@@ -656,12 +673,24 @@ async fn record(shared: &Shared, acks: Vec<Ack>) {
                 }
                 return;
             }
-            Err(e) => {
+            Err(e) if tokio::time::Instant::now() + wait < give_up => {
                 tracing::warn!(queue = %shared.name, error = %e, jobs = jobs.len(), "jobs finished but the store did not record it; trying again");
                 tokio::time::sleep(wait).await;
-                wait *= 4;
+                wait = (wait * 2).min(ERROR_MAX);
+            }
+            Err(e) => {
+                tracing::warn!(queue = %shared.name, error = %e, jobs = jobs.len(), "jobs finished but the store never recorded it; they run again after their leases");
+                return;
             }
         }
+    }
+}
+
+/// Sleeps until `at`, or forever for `None`.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

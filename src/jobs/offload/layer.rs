@@ -114,9 +114,10 @@ impl OffloadLayer {
 
     /// The job handler that runs a stored request through `inner` (the service this layer
     /// wraps, or an equivalent one) and keeps its response, up to the response cap, as
-    /// the job's result. An error from `inner`, or a body that cannot be read, fails the
-    /// attempt (retried after the worker's backoff); any response, whatever its status, is
-    /// the result.
+    /// the job's result. An error from `inner`, or a body that fails while it is read,
+    /// fails the attempt (retried after the worker's backoff); any response, whatever its
+    /// status, is the result, and one over the cap is kept as a `502` saying so (the
+    /// request is not run again).
     ///
     /// ```
     /// # use tower_scale::jobs::offload::{OffloadLayer, OffloadedRequest};
@@ -162,14 +163,18 @@ impl OffloadLayer {
                     .await
                     .map_err(|e| format!("the service failed: {e}"))?;
                 let (parts, body) = res.into_parts();
-                let body = Limited::new(body, max)
-                    .collect()
-                    .await
-                    .map_err(|e| {
-                        format!("the response body could not be kept (limit {max} bytes): {e}")
-                    })?
-                    .to_bytes();
-                Ok(StoredResponse::new(&parts, &body))
+                match Limited::new(body, max).collect().await {
+                    Ok(body) => Ok(StoredResponse::new(&parts, &body.to_bytes())),
+                    // The request ran: running it again would not make its answer smaller.
+                    // The client gets a 502 saying so, once.
+                    Err(e)
+                        if e.downcast_ref::<http_body_util::LengthLimitError>()
+                            .is_some() =>
+                    {
+                        Ok(StoredResponse::too_large(max))
+                    }
+                    Err(e) => Err(format!("the response body could not be read: {e}")),
+                }
             })
         }
     }

@@ -18,7 +18,7 @@ use tower_service::Service;
 use super::layer::{Offloaded, Settings};
 use super::stored::{OffloadedRequest, StoredResponse};
 use crate::BoxError;
-use crate::jobs::{Enqueue, JobError, JobId, JobState, MAX_IDEMPOTENCY_KEY};
+use crate::jobs::{Enqueue, JobError, JobId, JobState};
 use crate::key::RequestRef;
 
 /// The response body: the inner service's, or one the layer wrote.
@@ -203,9 +203,17 @@ where
                 "Idempotency-Key must be 1..=200 visible ASCII characters",
             );
         };
-        let route = crate::hash::fnv1a(parts.uri.path().as_bytes());
-        let scoped = format!("{} {route:016x} {key}", parts.method);
-        debug_assert!(scoped.len() <= MAX_IDEMPOTENCY_KEY);
+        // Hashed: a fixed length whatever the method and path, and a key sent to another
+        // route (or method) is another job.
+        let scoped = {
+            use sha2::Digest;
+            let mut h = sha2::Sha256::new();
+            for part in [parts.method.as_str(), parts.uri.path(), key] {
+                h.update((part.len() as u64).to_le_bytes());
+                h.update(part.as_bytes());
+            }
+            crate::hex::encode(&h.finalize())
+        };
         options = options.idempotency_key(scoped);
     }
     let stored = OffloadedRequest::new(&parts, &s.headers, &body);

@@ -134,6 +134,19 @@ impl StoredResponse {
         }
     }
 
+    /// What is kept instead of a response whose body is over the cap: a `502`.
+    pub(crate) fn too_large(limit: usize) -> Self {
+        let body = serde_json::json!({
+            "error": format!("the response was over the {limit} bytes kept for a request run later")
+        })
+        .to_string();
+        Self {
+            status: 502,
+            headers: vec![("content-type".into(), Blob::Utf8("application/json".into()))],
+            body: Blob::Utf8(body),
+        }
+    }
+
     pub(crate) fn to_response(&self) -> Result<Response<Bytes>, String> {
         let status = StatusCode::from_u16(self.status)
             .map_err(|_| format!("stored status {}", self.status))?;
