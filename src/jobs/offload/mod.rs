@@ -21,7 +21,9 @@
 //! and `Retry-After` while it waits or runs, then the stored response itself (status,
 //! headers but `Set-Cookie` and hop-by-hop ones, body), and `500` if every attempt failed;
 //! `404` for an unknown or expired id. An `Idempotency-Key` header gives the same job
-//! (and `Location`) for the same key, method and path while the job is kept.
+//! (and `Location`) for the same key, method and path while the job is kept; keys are not
+//! scoped to a client, so clients should send unguessable ones (UUIDs), as the IETF draft
+//! on the header advises. A response over the response cap is kept as a `502` saying so.
 //!
 //! Anyone holding a job's URL may read its response: the id is 128 random bits, so the
 //! URL is the capability. Serve responses private to one user only behind a check of your
