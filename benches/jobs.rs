@@ -11,6 +11,9 @@
 //! (apalis's default batch is 10; the pool's `batch`); apalis runs with its concurrency
 //! layer at C, the pool with `concurrency(C)`; everything else is each one's default.
 //!
+//! - `jobs/enqueue-bulk-100`: one producer enqueues the sample's jobs 100 per call
+//!   (`Queue::enqueue_all`; apalis's `push_bulk`).
+//!
 //! Before the groups, one pass per system counts the commands the client sent Redis per
 //! job (Redis `MONITOR`, commands run inside Lua scripts excluded) and prints them.
 //!
@@ -39,6 +42,9 @@ fn email(n: u64) -> Email {
         n,
     }
 }
+
+/// Jobs per call in the bulk-enqueue group.
+const BULK: usize = 100;
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
 
@@ -120,6 +126,18 @@ impl Ours {
         start.elapsed()
     }
 
+    async fn enqueue_bulk(&self, n: u64) -> Duration {
+        let q = self.queue();
+        let jobs: Vec<Email> = (0..n).map(email).collect();
+        let start = Instant::now();
+        for chunk in jobs.chunks(BULK) {
+            q.enqueue_all(chunk, tower_scale::jobs::Enqueue::new())
+                .await
+                .unwrap();
+        }
+        start.elapsed()
+    }
+
     async fn process(&self, n: u64, concurrency: usize) -> Duration {
         let q = self.queue();
         fill(n, |i| {
@@ -177,6 +195,16 @@ impl Apalis {
             .collect();
         for t in tasks {
             t.await.unwrap();
+        }
+        start.elapsed()
+    }
+
+    async fn enqueue_bulk(&self, n: u64) -> Duration {
+        let mut storage = self.storage(10);
+        let jobs: Vec<Email> = (0..n).map(email).collect();
+        let start = Instant::now();
+        for chunk in jobs.chunks(BULK) {
+            storage.push_bulk(chunk.to_vec()).await.unwrap();
         }
         start.elapsed()
     }
@@ -323,6 +351,15 @@ fn jobs(c: &mut Criterion) {
             let _ = std::fs::write(format!("{dir}/criterion/jobs_round_trips.txt"), line + "\n");
         });
     }
+
+    let mut g = c.benchmark_group("jobs/enqueue-bulk-100");
+    g.bench_function("tower-scale", |b| {
+        b.iter_custom(|n| rt.block_on(after(ours.enqueue_bulk(n), &url)))
+    });
+    g.bench_function("apalis", |b| {
+        b.iter_custom(|n| rt.block_on(after(apalis.enqueue_bulk(n), &url)))
+    });
+    g.finish();
 
     for conc in [1usize, 8, 32] {
         let mut g = c.benchmark_group(format!("jobs/enqueue-{conc}"));

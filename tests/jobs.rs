@@ -966,3 +966,61 @@ async fn waiting_jobs_go_back_before_another_instance_must_take_them_over() {
         b.shutdown(Duration::from_secs(1)).await;
     }
 }
+
+/// A bulk enqueue: every job written (in store calls of up to 128), each with its own id;
+/// a payload over the limit anywhere in the batch writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueue_all_writes_every_job_or_none() {
+    for kind in KINDS {
+        let q = queue(kind);
+        let tasks: Vec<Task> = (0..300).map(task).collect();
+        let ids = q
+            .enqueue_all(&tasks, Enqueue::new().priority(3))
+            .await
+            .unwrap();
+        assert_eq!(ids.len(), 300, "{kind:?}");
+        assert_eq!(
+            ids.iter().collect::<std::collections::HashSet<_>>().len(),
+            300
+        );
+        assert_eq!(q.stats().await.unwrap().queued, 300, "{kind:?}");
+        let s = q.status(&ids[299]).await.unwrap().unwrap();
+        assert_eq!((s.state, s.max_attempts), (JobState::Queued, 3), "{kind:?}");
+
+        let q2 = queue(kind);
+        let mut bad = vec![task(1); 3];
+        bad.push(Task { n: 2, sleep_ms: 0 });
+        let big = Queue::<String>::builder("big")
+            .store(q2.store())
+            .max_payload(8)
+            .build()
+            .unwrap();
+        let err = big
+            .enqueue_all(&["ok".to_owned(), "x".repeat(50)], Enqueue::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, JobError::TooLarge { .. }), "{kind:?}: {err}");
+        assert_eq!(
+            big.stats().await.unwrap().queued,
+            0,
+            "{kind:?}: nothing written"
+        );
+        let err = q2
+            .enqueue_all(&bad, Enqueue::new().idempotency_key("k"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, JobError::Invalid(_)), "{kind:?}");
+
+        let ran = Arc::new(AtomicU32::new(0));
+        let r = Arc::clone(&ran);
+        let w = Worker::builder(q.clone()).concurrency(8).spawn(move |_| {
+            r.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, String>(()) }
+        });
+        eventually("all ran", Duration::from_secs(10), || async {
+            (ran.load(Ordering::SeqCst) == 300).then_some(())
+        })
+        .await;
+        w.shutdown(Duration::from_secs(1)).await;
+    }
+}

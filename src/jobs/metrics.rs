@@ -24,7 +24,11 @@ fn count(name: &'static str, queue: &str, n: u64) {
 }
 
 pub(crate) fn enqueued(queue: &str) {
-    count("tower_scale.jobs.enqueued", queue, 1);
+    enqueued_n(queue, 1);
+}
+
+pub(crate) fn enqueued_n(queue: &str, n: u64) {
+    count("tower_scale.jobs.enqueued", queue, n);
 }
 
 pub(crate) fn offloaded(queue: &str) {

@@ -276,11 +276,52 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         self.enqueue_json(payload, options).await
     }
 
-    pub(crate) async fn enqueue_json(
+    /// Enqueues many jobs with the same options, written to the store in calls of up to
+    /// 128 jobs (one round trip each with Redis): for producers that have a batch at hand
+    /// (a fan-out, an import). Returns each job's id, in order.
+    ///
+    /// # Errors
+    ///
+    /// As [`enqueue_with`](Self::enqueue_with), for the first job that fails to validate
+    /// (nothing is written then) or the first store call that fails (the calls before it
+    /// were written). An idempotency key in `options` would make every job the first one,
+    /// so it is refused.
+    pub async fn enqueue_all<'a>(
         &self,
-        payload: String,
+        payloads: impl IntoIterator<Item = &'a T>,
         options: Enqueue,
-    ) -> Result<Enqueued, JobError> {
+    ) -> Result<Vec<JobId>, JobError>
+    where
+        T: 'a,
+    {
+        if options.idempotency_key.is_some() {
+            return Err(JobError::Invalid(
+                "enqueue_all takes no idempotency key (every job would be the first)".into(),
+            ));
+        }
+        let jobs = payloads
+            .into_iter()
+            .map(|p| {
+                let payload =
+                    serde_json::to_string(p).map_err(|e| JobError::Payload(e.to_string()))?;
+                self.new_job(payload, &options)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let s = &self.shared;
+        let mut ids = Vec::with_capacity(jobs.len());
+        let mut jobs = jobs.into_iter().peekable();
+        while jobs.peek().is_some() {
+            let chunk: Vec<NewJob> = jobs.by_ref().take(ENQUEUE_BATCH).collect();
+            let written = s.store.enqueue_many(&s.name, chunk).await?;
+            super::metrics::enqueued_n(&s.name, written.len() as u64);
+            ids.extend(written.into_iter().map(|(id, _)| id));
+            s.enqueued.notify_one();
+        }
+        Ok(ids)
+    }
+
+    /// A job to write, checked against the queue's limits.
+    fn new_job(&self, payload: String, options: &Enqueue) -> Result<NewJob, JobError> {
         let s = &self.shared;
         if payload.len() > s.max_payload {
             return Err(JobError::TooLarge {
@@ -300,14 +341,23 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         if max_attempts == 0 {
             return Err(JobError::Invalid("max_attempts must be at least 1".into()));
         }
-        let job = NewJob {
+        Ok(NewJob {
             id: JobId::random(),
             payload,
             max_attempts,
             priority: options.priority,
             delay: options.delay,
-            idempotency_key: options.idempotency_key,
-        };
+            idempotency_key: options.idempotency_key.clone(),
+        })
+    }
+
+    pub(crate) async fn enqueue_json(
+        &self,
+        payload: String,
+        options: Enqueue,
+    ) -> Result<Enqueued, JobError> {
+        let s = &self.shared;
+        let job = self.new_job(payload, &options)?;
         let (id, created) = s.enqueue(job).await?;
         if created {
             s.enqueued.notify_one();
