@@ -607,11 +607,27 @@ async fn another_users_login_starts_afresh() {
         c.call(&app, "/inc").await;
         c.call(&app, "/login/bob").await;
         assert_eq!(c.call(&app, "/visits").await.body, "1", "{name}");
-        // An empty user is refused.
+        // An empty user is refused, as the client's error.
         assert_eq!(
             c.call(&app, "/login/").await.status,
-            StatusCode::INTERNAL_SERVER_ERROR,
+            StatusCode::BAD_REQUEST,
             "{name}"
         );
+    }
+}
+
+#[tokio::test]
+async fn user_names_up_to_the_limit_are_taken_and_longer_ones_are_the_clients_error() {
+    use tower_scale::session::MAX_USER_BYTES;
+    for (name, make) in stores() {
+        let app = make();
+        let mut c = Client::default();
+        let user = "u".repeat(MAX_USER_BYTES);
+        let r = c.call(&app, &format!("/login/{user}")).await;
+        assert_eq!(r.status, StatusCode::OK, "{name}: {}", r.body);
+        assert_eq!(c.call(&app, "/me").await.body, user, "{name}");
+        let long = format!("/login/{}", "u".repeat(MAX_USER_BYTES + 1));
+        let r = c.call(&app, &long).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{name}: {}", r.body);
     }
 }

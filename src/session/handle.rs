@@ -13,6 +13,10 @@ use super::layer::Shared;
 use super::store::{Op, Record};
 use crate::StoreUnavailable;
 
+/// The longest user name [`Session::login`] takes, in bytes: 64 characters of any script
+/// (four bytes each at most in UTF-8).
+pub const MAX_USER_BYTES: usize = 256;
+
 /// What went wrong with a session.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -24,9 +28,12 @@ pub enum SessionError {
         /// The cap, in bytes.
         max: usize,
     },
-    /// A key that is empty, longer than 128 bytes, or starts with `$` (reserved); or a
-    /// user name that is empty or longer than 128 bytes.
+    /// A key that is empty, longer than 128 bytes, or starts with `$` (reserved): a bug
+    /// in the caller, answered 500.
     BadKey(String),
+    /// A user name [`Session::login`] cannot take: empty, longer than [`MAX_USER_BYTES`],
+    /// or holding a control character. Usually the client's input: answered 400.
+    BadUser(String),
     /// A value that does not (de)serialise as JSON.
     Json(serde_json::Error),
 }
@@ -40,7 +47,11 @@ impl fmt::Display for SessionError {
             }
             SessionError::BadKey(k) => write!(
                 f,
-                "session key or user {k:?} is not allowed (1 to 128 bytes; keys not starting with `$`)"
+                "session key {k:?} is not allowed (1 to 128 bytes, not starting with `$`)"
+            ),
+            SessionError::BadUser(u) => write!(
+                f,
+                "user name {u:?} is not allowed (1 to {MAX_USER_BYTES} bytes, no control characters)"
             ),
             SessionError::Json(e) => write!(f, "session value is not valid JSON: {e}"),
         }
@@ -58,9 +69,10 @@ impl std::error::Error for SessionError {
 }
 
 impl SessionError {
-    /// The status to answer with: 503, 413 or 500.
+    /// The status to answer with: 503, 413, 400 or 500.
     pub fn status(&self) -> http::StatusCode {
         match self {
+            SessionError::BadUser(_) => http::StatusCode::BAD_REQUEST,
             SessionError::Unavailable(_) => http::StatusCode::SERVICE_UNAVAILABLE,
             SessionError::TooLarge { .. } => http::StatusCode::PAYLOAD_TOO_LARGE,
             SessionError::BadKey(_) | SessionError::Json(_) => {
@@ -77,6 +89,9 @@ impl SessionError {
         match self {
             SessionError::Unavailable(_) => "session store unavailable; try again shortly",
             SessionError::TooLarge { .. } => "session too large",
+            SessionError::BadUser(_) => {
+                "user name not accepted: 1 to 256 bytes of UTF-8, no control characters"
+            }
             SessionError::BadKey(_) | SessionError::Json(_) => "session error",
         }
     }
@@ -348,11 +363,11 @@ impl Session {
     ///
     /// # Errors
     ///
-    /// The store cannot be read, or `user` is empty or longer than 128 bytes
-    /// ([`SessionError::BadKey`]).
+    /// The store cannot be read, or `user` is empty, longer than [`MAX_USER_BYTES`] or
+    /// holds a control character ([`SessionError::BadUser`], status 400).
     pub async fn login(&self, user: &str) -> Result<(), SessionError> {
-        if user.is_empty() || user.len() > 128 {
-            return Err(SessionError::BadKey(user.to_owned()));
+        if user.is_empty() || user.len() > MAX_USER_BYTES || user.chars().any(char::is_control) {
+            return Err(SessionError::BadUser(user.to_owned()));
         }
         let mut s = self.loaded().await?;
         let other = s

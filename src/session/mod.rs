@@ -64,7 +64,7 @@ mod redis_store;
 pub mod store;
 
 pub use crate::cookie::SameSite;
-pub use handle::{Session, SessionError};
+pub use handle::{MAX_USER_BYTES, Session, SessionError};
 pub use layer::{ResponseFuture, SessionLayer, SessionLayerBuilder, SessionManager};
 #[cfg(feature = "redis")]
 pub use redis_store::RedisSessionStore;

@@ -18,6 +18,8 @@ pub struct Config {
     pub pricing_breaker_open: Duration,
     pub rate_limit: Quota,
     pub export_rate_limit: Quota,
+    /// Per-client quota on `POST /login`.
+    pub login_rate_limit: Quota,
     pub rate_limit_fallback_share: f64,
     pub client_ip: ClientIp,
     pub session_cookie_secure: bool,
@@ -180,6 +182,7 @@ impl Config {
         };
         let rate_limit = quota("RATE_LIMIT", "100/15m", "api")?;
         let export_rate_limit = quota("EXPORT_RATE_LIMIT", "10/1h", "export")?;
+        let login_rate_limit = quota("LOGIN_RATE_LIMIT", "20/15m", "login")?;
         let rate_limit_fallback_share = match get("RATE_LIMIT_FALLBACK_SHARE") {
             None => 1.0,
             Some(v) => v
@@ -244,6 +247,7 @@ impl Config {
             pricing_breaker_open,
             rate_limit,
             export_rate_limit,
+            login_rate_limit,
             rate_limit_fallback_share,
             client_ip,
             session_cookie_secure,
@@ -309,6 +313,7 @@ mod tests {
             ("RATE_LIMIT_FALLBACK_SHARE", "1.5"),
             ("RATE_LIMIT_FALLBACK_SHARE", "half"),
             ("EXPORT_RATE_LIMIT", "1/forever"),
+            ("LOGIN_RATE_LIMIT", "0/1m"),
             ("TRUSTED_PROXIES", "10.0.0.0/99"),
             ("SESSION_COOKIE_SECURE", "maybe"),
             ("CACHE_TTL", "soon"),

@@ -217,6 +217,11 @@ fn rate_limit(
         .quota_for(config.export_rate_limit.clone(), |r| {
             r.method == http::Method::POST && r.uri.path() == "/exports"
         })
+        // Every login stores a session: one client must not be able to grow the store
+        // without bound.
+        .quota_for(config.login_rate_limit.clone(), |r| {
+            r.method == http::Method::POST && r.uri.path() == "/login"
+        })
         .on_store_error(OnStoreError::Local {
             share: config.rate_limit_fallback_share,
         })

@@ -542,3 +542,120 @@ async fn with_no_workers_an_export_waits_in_the_queue() {
         (Some("queued"), Some(0))
     );
 }
+
+#[tokio::test]
+async fn one_spelling_per_resource_so_no_alias_is_served_stale() {
+    let app = app(&[("SESSION_COOKIE_SECURE", "0")]).await;
+    let base = &app;
+    assert_eq!(get(base, "/products/8").await.status, StatusCode::OK);
+    let cookie = login(base, "editor").await;
+    let body = r#"{"name":"Renamed","price_cents":5}"#;
+    let r = call(
+        base,
+        Method::PUT,
+        "/products/8",
+        &[("cookie", &cookie)],
+        body,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    for alias in [
+        "/products/08",
+        "/products/+8",
+        "/products/%38",
+        "/products/008",
+        "/products/8?x=1",
+        "/products/8?",
+    ] {
+        let r = get(base, alias).await;
+        if alias == "/products/8?" {
+            // An empty query is the same URI as none.
+            assert_eq!(r.json()["name"], "Renamed", "{alias}");
+            continue;
+        }
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{alias}");
+        assert!(r.json()["error"].as_str().unwrap().len() > 10, "{alias}");
+    }
+    assert_eq!(get(base, "/products/8").await.json()["name"], "Renamed");
+    for list in [
+        "/products?limit=05",
+        "/products?limit=%35",
+        "/products?limit=5&limit=5",
+        "/products?limit=5&x=1",
+        "/products?limit=+5",
+    ] {
+        assert_eq!(
+            get(base, list).await.status,
+            StatusCode::BAD_REQUEST,
+            "{list}"
+        );
+    }
+    assert_eq!(
+        get(base, "/products?limit=5&offset=0").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(get(base, "/products?offset=5").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn text_fields_refuse_control_characters_and_take_any_script() {
+    let app = app(&[("SESSION_COOKIE_SECURE", "0")]).await;
+    let base = &app;
+    // 43 euro signs: 43 characters, 129 bytes: a valid user name.
+    let euros = "€".repeat(43);
+    let body = serde_json::json!({ "user": euros }).to_string();
+    let r = call(base, Method::POST, "/login", &[], &body).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let cookie = login(base, "editor").await;
+    for (field, bad) in [
+        ("user", "a\u{0}b"),
+        ("user", "line\nbreak"),
+        ("user", &"é".repeat(65)),
+    ] {
+        let body = serde_json::json!({ field: bad }).to_string();
+        let r = call(base, Method::POST, "/login", &[], &body).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad:?}: {}", r.text());
+    }
+    for bad in ["nul\u{0}here", "tab\there", "bell\u{7}"] {
+        let body = serde_json::json!({ "name": bad, "price_cents": 1 }).to_string();
+        let r = call(
+            base,
+            Method::PUT,
+            "/products/9",
+            &[("cookie", &cookie)],
+            &body,
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad:?}: {}", r.text());
+    }
+    let body = serde_json::json!({ "name": "Ünïcødé ✓", "price_cents": 1 }).to_string();
+    let r = call(
+        base,
+        Method::PUT,
+        "/products/9",
+        &[("cookie", &cookie)],
+        &body,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn logins_are_rate_limited_per_client() {
+    let app = app(&[("SESSION_COOKIE_SECURE", "0"), ("LOGIN_RATE_LIMIT", "3/1h")]).await;
+    for i in 0..3 {
+        let r = call(&app, Method::POST, "/login", &[], r#"{"user":"flood"}"#).await;
+        assert_eq!(r.status, StatusCode::OK, "login {i}");
+    }
+    let r = call(&app, Method::POST, "/login", &[], r#"{"user":"flood"}"#).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(
+        r.headers["ratelimit-policy"]
+            .to_str()
+            .unwrap()
+            .contains("\"login\";q=3")
+    );
+    assert!(r.headers.get("set-cookie").is_none(), "no session was made");
+    // Other routes are not charged for it.
+    assert_eq!(get(&app, "/products/1").await.status, StatusCode::OK);
+}

@@ -44,13 +44,22 @@ impl<S: Send + Sync> FromRequestParts<S> for ProductId {
         let Path(raw) = Path::<String>::from_request_parts(parts, state)
             .await
             .map_err(|e| ApiError::bad_request(e.body_text()))?;
+        // One spelling per product: `08`, `+8` or `%38` would each be cached under a key
+        // of its own that `PUT /products/8` does not invalidate.
+        let as_sent = parts.uri.path().split('/').nth(2).unwrap_or_default();
+        if parts.uri.query().is_some_and(|q| !q.is_empty()) {
+            return Err(ApiError::bad_request(
+                "product routes take no query parameters",
+            ));
+        }
         raw.parse::<i64>()
             .ok()
             .filter(|id| (1..=MAX_PRODUCT_ID).contains(id))
+            .filter(|id| as_sent == id.to_string() && raw == as_sent)
             .map(ProductId)
             .ok_or_else(|| {
                 ApiError::bad_request(format!(
-                    "product id must be a whole number in 1..={MAX_PRODUCT_ID}"
+                    "product id must be a whole number in 1..={MAX_PRODUCT_ID}, written plainly (8, not 08, +8 or %38)"
                 ))
             })
     }
@@ -65,15 +74,39 @@ async fn get_one(ProductId(id): ProductId, db: Db<Database>) -> Result<Response,
 
 async fn list(
     db: Db<Database>,
+    uri: http::Uri,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
+    // As sent, each at most once, with nothing encoded: one spelling per page.
+    let pairs: Vec<&str> = uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .collect();
+    let plain = pairs
+        .iter()
+        .all(|p| p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'='));
+    if !plain || pairs.len() != q.len() {
+        return Err(ApiError::bad_request(
+            "write limit and offset once each, as plain numbers: /products?limit=20&offset=40",
+        ));
+    }
+    // Only these parameters, each written plainly: every other spelling of the same page
+    // would be a cache entry of its own.
+    if let Some(other) = q.keys().find(|k| *k != "limit" && *k != "offset") {
+        return Err(ApiError::bad_request(format!(
+            "unknown parameter `{}`; use limit and offset",
+            other.chars().take(40).collect::<String>()
+        )));
+    }
     let number = |name: &str, default: i64, min: i64, max: i64| -> Result<i64, ApiError> {
         match q.get(name) {
             None => Ok(default),
             Some(v) => v
                 .parse::<i64>()
                 .ok()
-                .filter(|n| (min..=max).contains(n))
+                .filter(|n| (min..=max).contains(n) && *v == n.to_string())
                 .ok_or_else(|| {
                     ApiError::bad_request(format!(
                         "`{name}` must be a whole number in {min}..={max}"
@@ -118,8 +151,11 @@ async fn put(
     }
     let Json(input) = body.map_err(|e| ApiError::rejected(&e).into_response())?;
     let name = input.name.trim();
-    if name.is_empty() || name.chars().count() > 200 {
-        return Err(ApiError::bad_request("`name` must be 1..=200 characters").into_response());
+    if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            "`name` must be 1..=200 characters, none of them control characters",
+        )
+        .into_response());
     }
     if input.price_cents < 0 {
         return Err(ApiError::bad_request("`price_cents` must be >= 0").into_response());

@@ -31,8 +31,11 @@ async fn login(
 ) -> Result<Response, Response> {
     let Json(input) = body.map_err(|e| ApiError::rejected(&e).into_response())?;
     let user = input.user.trim();
-    if user.is_empty() || user.chars().count() > 64 {
-        return Err(ApiError::bad_request("`user` must be 1..=64 characters").into_response());
+    if user.is_empty() || user.chars().count() > 64 || user.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            "`user` must be 1..=64 characters, none of them control characters",
+        )
+        .into_response());
     }
     // A new id whatever the client sent: a session planted before login is worthless.
     session
