@@ -31,6 +31,11 @@ pub struct Config {
     pub export_workers: usize,
     /// A pause between the pages an export reads, to spare the database.
     pub export_page_delay: Duration,
+    /// How long a connection may take to send a request's headers, counted from when the
+    /// server starts waiting for them (so it bounds idle keep-alive connections too).
+    pub header_read_timeout: Duration,
+    /// Open connections past which new ones are closed at once.
+    pub max_connections: usize,
 }
 
 /// A configuration error: which variable, and what is wrong with its value.
@@ -239,6 +244,26 @@ impl Config {
                 })?,
         };
 
+        let header_read_timeout =
+            parse_duration(&get("HEADER_READ_TIMEOUT").unwrap_or_else(|| "10s".into()))
+                .ok()
+                .filter(|d| *d >= Duration::from_millis(100) && *d <= Duration::from_secs(600))
+                .ok_or_else(|| {
+                    bad(
+                        "HEADER_READ_TIMEOUT",
+                        "use a duration from 100ms to 10m, e.g. 10s",
+                    )
+                })?;
+        let max_connections = match get("MAX_CONNECTIONS") {
+            None => 4096,
+            Some(v) => v.trim().parse::<usize>().ok().filter(|n| (1..=1_000_000).contains(n)).ok_or_else(|| {
+                bad(
+                    "MAX_CONNECTIONS",
+                    format!("`{v}` is not a connection count; use 1 to 1000000, below the process's descriptor limit"),
+                )
+            })?,
+        };
+
         Ok(Self {
             listen,
             instance_id,
@@ -256,6 +281,8 @@ impl Config {
             database_replica_urls: replicas,
             export_workers,
             export_page_delay,
+            header_read_timeout,
+            max_connections,
         })
     }
 
@@ -332,6 +359,10 @@ mod tests {
             ("EXPORT_WORKERS", "some"),
             ("EXPORT_PAGE_DELAY", "2m"),
             ("EXPORT_PAGE_DELAY", "slow"),
+            ("HEADER_READ_TIMEOUT", "0s"),
+            ("HEADER_READ_TIMEOUT", "1h"),
+            ("MAX_CONNECTIONS", "0"),
+            ("MAX_CONNECTIONS", "many"),
         ];
         for (var, value) in cases {
             let err = Config::from_lookup(|v| (v == var).then(|| value.to_owned())).unwrap_err();

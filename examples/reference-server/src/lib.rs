@@ -20,7 +20,6 @@ pub mod state;
 pub mod telemetry;
 pub mod upstream;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,6 +44,9 @@ pub const MAX_BODY: usize = 64 * 1024;
 
 /// How long a request may take as a whole before it is answered 503.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a request body may go without sending anything before the request fails.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long in-flight requests may run after SIGTERM before the process exits anyway.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -171,11 +173,15 @@ pub async fn run(config: Config) -> Result<(), Failure> {
     let signalled = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let server = axum::serve(
+    let server = serve(
         listener,
-        app(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(signalled(stopping.clone()));
+        app(state),
+        Limits {
+            header_read: config.header_read_timeout,
+            max_connections: config.max_connections,
+        },
+        signalled(stopping.clone()),
+    );
     let grace = async {
         signalled(stopping.clone()).await;
         tokio::time::sleep(SHUTDOWN_GRACE).await;
@@ -209,6 +215,85 @@ pub async fn run(config: Config) -> Result<(), Failure> {
     let (served, ()) = tokio::join!(requests, exports);
     served?;
     say(format_args!("reference_server stopped"));
+    Ok(())
+}
+
+/// What one connection may hold.
+struct Limits {
+    header_read: Duration,
+    max_connections: usize,
+}
+
+/// Accepts connections until `stop`, then finishes the open ones' in-flight requests
+/// (the caller bounds how long). A connection must send a request's headers within
+/// `header_read` of the server waiting for them (a silent, half-sent or idle keep-alive
+/// connection is closed then), a request body must make progress every [`BODY_TIMEOUT`],
+/// and past `max_connections` open connections a new one is closed at once, so slow
+/// clients cannot exhaust the process's descriptors. `ConnectInfo` is set as
+/// `axum::serve` would.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: Limits,
+    stop: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+    use tower::ServiceExt;
+
+    let app = app.layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+        BODY_TIMEOUT,
+    ));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read)
+        .keep_alive(true);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let open = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let mut last_error_log: Option<std::time::Instant> = None;
+    tokio::pin!(stop);
+    loop {
+        let (stream, peer) = tokio::select! {
+            biased;
+            () = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors, say: log at most once a second and let the
+                    // open connections finish instead of spinning on accept.
+                    if last_error_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                        tracing::warn!(error = %e, "accept failed");
+                        last_error_log = Some(std::time::Instant::now());
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
+            // Full: closed at once, the client sees the connection end.
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let svc = app
+            .clone()
+            .map_request(move |mut req: http::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                req
+            });
+        let conn = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
     Ok(())
 }
 

@@ -473,3 +473,64 @@ async fn an_export_whose_instance_dies_is_finished_by_another() {
     );
     assert_eq!(file.text().lines().count(), 1001, "the whole catalogue");
 }
+
+/// Slow clients cannot hold an instance: half-sent and silent connections are closed after
+/// the header timeout, connections past the cap are closed at once, and `/healthz` keeps
+/// answering while the cap is not reached.
+#[tokio::test]
+async fn slow_and_silent_connections_are_closed_and_capped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = Proc::start(
+        "reference_server",
+        &[("HEADER_READ_TIMEOUT", "1s"), ("MAX_CONNECTIONS", "40")],
+    );
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    // 30 half-sent requests.
+    let mut slow = Vec::new();
+    for _ in 0..30 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        slow.push(s);
+    }
+    let start = std::time::Instant::now();
+    assert_eq!(get(&server.base, "/healthz").await.status, StatusCode::OK);
+    assert!(
+        start.elapsed() < Duration::from_millis(100),
+        "{:?}",
+        start.elapsed()
+    );
+    // Closed by the server once the header timeout passes.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for s in &mut slow {
+        let mut buf = [0u8; 256];
+        let n = tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf))
+            .await
+            .expect("closed, not hanging")
+            .unwrap_or(0);
+        // A 408 or nothing, then the end.
+        let _ = n;
+        let rest = tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf))
+            .await
+            .expect("closed, not hanging");
+        assert!(matches!(rest, Ok(0) | Err(_)), "still open: {rest:?}");
+    }
+    drop(slow);
+    // Silent connections up to the cap; the ones past it are closed at once.
+    let mut silent = Vec::new();
+    for _ in 0..40 {
+        silent.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut over = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let r = tokio::time::timeout(Duration::from_millis(500), over.read(&mut buf))
+        .await
+        .expect("refused at once, not held");
+    assert!(matches!(r, Ok(0) | Err(_)), "over the cap: {r:?}");
+    // Once the silent ones time out, the instance answers again.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(get(&server.base, "/healthz").await.status, StatusCode::OK);
+    drop(silent);
+}
