@@ -175,3 +175,71 @@ mod tests {
         assert!(e.to_string().contains("5ms"));
     }
 }
+
+/// A WARN line at most once per interval per call site, so an outage is seen in the log
+/// without flooding it; the metrics count every occurrence.
+#[cfg(any(feature = "rate-limit", feature = "session"))]
+#[derive(Debug)]
+pub(crate) struct Throttle {
+    /// Milliseconds since the first use, plus one (0: never logged).
+    last: std::sync::atomic::AtomicU64,
+    skipped: std::sync::atomic::AtomicU64,
+}
+
+#[cfg(any(feature = "rate-limit", feature = "session"))]
+impl Throttle {
+    pub(crate) const fn new() -> Self {
+        Self {
+            last: std::sync::atomic::AtomicU64::new(0),
+            skipped: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(occurrences not logged since the last line)` if this one is to be logged.
+    pub(crate) fn ready(&self, every: std::time::Duration) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        let now = START
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_millis() as u64
+            + 1;
+        let last = self.last.load(Relaxed);
+        let due = last == 0 || now.saturating_sub(last) >= every.as_millis() as u64;
+        if due
+            && self
+                .last
+                .compare_exchange(last, now, Relaxed, Relaxed)
+                .is_ok()
+        {
+            return Some(self.skipped.swap(0, Relaxed));
+        }
+        self.skipped.fetch_add(1, Relaxed);
+        None
+    }
+}
+
+#[cfg(all(test, any(feature = "rate-limit", feature = "session")))]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn a_throttle_lets_one_line_through_per_interval_and_counts_the_rest() {
+        let t = super::Throttle::new();
+        assert_eq!(
+            t.ready(Duration::from_millis(50)),
+            Some(0),
+            "the first is logged"
+        );
+        for _ in 0..5 {
+            assert_eq!(t.ready(Duration::from_millis(50)), None);
+        }
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(
+            t.ready(Duration::from_millis(50)),
+            Some(5),
+            "then one, saying 5 were not"
+        );
+        assert_eq!(t.ready(Duration::from_millis(50)), None);
+    }
+}

@@ -197,7 +197,13 @@ impl<K, S, R: OnRefusal<RateLimited>> Shared<K, S, R> {
         err: &StoreUnavailable,
     ) -> Verdicted {
         ::metrics::counter!("tower_scale.rate_limit.store_errors").increment(1);
-        tracing::debug!(error = %err, "rate limit: store unavailable");
+        static WARN: crate::error::Throttle = crate::error::Throttle::new();
+        match WARN.ready(std::time::Duration::from_secs(10)) {
+            Some(skipped) => {
+                tracing::warn!(error = %err, skipped, "rate limit: store unavailable; the configured fallback decides")
+            }
+            None => tracing::debug!(error = %err, "rate limit: store unavailable"),
+        }
         match &self.fallback {
             // Shadow mode never refuses, whatever the store does.
             Fallback::Open | Fallback::Closed if self.shadow => Verdicted::Admit(Post::Nothing),

@@ -96,6 +96,19 @@ impl SessionError {
         }
     }
 
+    /// Logs the error: a store that is down at WARN (at most once every 10 s, with how
+    /// many were not logged), anything else at DEBUG.
+    pub(crate) fn log(&self, what: &'static str) {
+        static WARN: crate::error::Throttle = crate::error::Throttle::new();
+        if matches!(self, SessionError::Unavailable(_))
+            && let Some(skipped) = WARN.ready(std::time::Duration::from_secs(10))
+        {
+            tracing::warn!(error = %self, skipped, "{what}: session store unavailable");
+        } else {
+            tracing::debug!(error = %self, "{what}");
+        }
+    }
+
     /// The answer for this error: its status and `{"error": "<public message>"}`, with
     /// `Retry-After: 1` when the store is down.
     pub(crate) fn response(&self) -> http::Response<bytes::Bytes> {
@@ -108,7 +121,7 @@ impl SessionError {
 #[cfg(feature = "axum")]
 impl axum::response::IntoResponse for SessionError {
     fn into_response(self) -> axum::response::Response {
-        tracing::debug!(error = %self, "session error");
+        self.log("session error");
         self.response().map(axum::body::Body::from)
     }
 }

@@ -388,7 +388,7 @@ where
 /// The answer when the session's changes could not be written: the handler's response
 /// would claim a change that did not happen.
 fn failed<B: From<Bytes>>(e: &SessionError) -> Response<B> {
-    tracing::debug!(error = %e, "session write failed");
+    e.log("session write failed");
     e.response().map(B::from)
 }
 
