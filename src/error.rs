@@ -220,7 +220,7 @@ impl Throttle {
 }
 
 #[cfg(all(test, any(feature = "rate-limit", feature = "session")))]
-mod tests {
+mod throttle_tests {
     use std::time::Duration;
 
     #[test]
