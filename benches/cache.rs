@@ -137,13 +137,7 @@ fn l2_hit(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
         return;
     }
     // The baseline: a plain GET over a multiplexed redis-rs connection of its own.
-    let raw = rt.block_on(async {
-        redis::Client::open(url.as_str())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap()
-    });
+    let raw = rt.block_on(common::raw_redis(&url));
     const KEYS: u64 = 5_000;
     let engine = |rt: &tokio::runtime::Runtime| {
         rt.block_on(async {

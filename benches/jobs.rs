@@ -20,6 +20,8 @@
 //! Run: `cargo bench --bench jobs --all-features` (needs Redis at `TEST_REDIS_URL`, default
 //! `redis://127.0.0.1:6379`).
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -59,8 +61,7 @@ fn fresh(name: &str) -> String {
 /// Removes what a sample left in the shared Redis: every key naming this process's
 /// bench queues (untimed).
 async fn clean(url: &str) {
-    let client = redis::Client::open(url).unwrap();
-    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let mut c = common::raw_redis(url).await;
     let pattern = format!("*bench-*-{}-*", std::process::id());
     let mut cursor = 0u64;
     loop {
@@ -292,8 +293,7 @@ async fn commands_during<F: std::future::Future<Output = ()>>(url: &str, f: F) -
         n
     });
     f.await;
-    let client = redis::Client::open(url).unwrap();
-    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let mut c = common::raw_redis(url).await;
     let _: () = redis::cmd("ECHO")
         .arg("bench-stop-marker")
         .query_async(&mut c)

@@ -11,6 +11,8 @@
 //! - Memory: resident-set growth after 1,000,000 distinct keys, ours versus governor's
 //!   keyed limiter (what tower_governor uses), printed before the benches run.
 
+mod common;
+
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
@@ -221,13 +223,7 @@ fn redis(c: &mut Criterion) {
     g.sample_size(20).measurement_time(Duration::from_secs(8));
 
     let script = Arc::new(Script::new(RAW_GCRA));
-    let raw = rt.block_on(async {
-        redis::Client::open(url.as_str())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap()
-    });
+    let raw = rt.block_on(common::raw_redis(&url));
     g.bench_function("raw-evalsha", |b| {
         b.iter_custom(|iters| {
             rt.block_on(async {

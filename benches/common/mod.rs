@@ -1,6 +1,6 @@
 //! Shared by the benches: the measured loop, the criterion set-up, and the floor of layers
 //! that hand per-request state to handlers. Each bench uses the parts it needs.
-#![allow(dead_code)]
+#![allow(dead_code, unused_macros, unused_imports)]
 
 use std::future::Future;
 use std::pin::Pin;
@@ -105,3 +105,13 @@ macro_rules! bench_main {
     };
 }
 pub(crate) use bench_main;
+
+/// A plain multiplexed redis-rs connection to `url`, for baselines and for looking inside
+/// Redis past the crate's API.
+pub async fn raw_redis(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}

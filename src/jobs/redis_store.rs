@@ -320,6 +320,11 @@ impl Keys {
         k
     }
 
+    /// The queue's four sorted sets, as FETCH and STATS take them.
+    fn sets(&self) -> [String; 4] {
+        ["ready", "scheduled", "running", "dead"].map(|n| self.of(n))
+    }
+
     fn job(&self, id: &JobId) -> String {
         self.of(&format!("j:{id}"))
     }
@@ -474,12 +479,7 @@ impl JobStore for RedisJobStore {
 
     fn fetch(&self, queue: &str, max: usize, token: &str, life: Lifetimes) -> StoreFuture<Fetched> {
         let k = Keys::new(&self.inner.backend, queue);
-        let keys = [
-            k.of("ready"),
-            k.of("scheduled"),
-            k.of("running"),
-            k.of("dead"),
-        ];
+        let keys = k.sets();
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
         let c = evalsha(&self.inner.fetch, &keys, &mut |c| {
             c.arg(k.of("j:"))
@@ -655,12 +655,7 @@ impl JobStore for RedisJobStore {
 
     fn stats(&self, queue: &str) -> StoreFuture<QueueStats> {
         let k = Keys::new(&self.inner.backend, queue);
-        let keys = [
-            k.of("ready"),
-            k.of("scheduled"),
-            k.of("running"),
-            k.of("dead"),
-        ];
+        let keys = k.sets();
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
         let c = evalsha(&self.inner.stats, &keys, &mut |c| {
             c.arg(k.of("j:"));
