@@ -11,6 +11,8 @@ use tower_scale::rate_limit::Quota;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// Where `/metrics` is served instead of the main listener, if set.
+    pub metrics_listen: Option<SocketAddr>,
     pub instance_id: Option<String>,
     pub redis_url: Option<String>,
     pub pricing_url: Option<String>,
@@ -117,6 +119,15 @@ impl Config {
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, BadVar> {
         let get = |var: &'static str| lookup(var).filter(|v| !v.trim().is_empty());
 
+        let metrics_listen = match get("METRICS_LISTEN") {
+            None => None,
+            Some(v) => Some(v.trim().parse().map_err(|_| {
+                bad(
+                    "METRICS_LISTEN",
+                    format!("`{v}` is not an address; write e.g. 127.0.0.1:9090"),
+                )
+            })?),
+        };
         let listen = match get("LISTEN") {
             None => "127.0.0.1:8080".parse().unwrap(),
             Some(v) => v.trim().parse().map_err(|_| {
@@ -266,6 +277,7 @@ impl Config {
 
         Ok(Self {
             listen,
+            metrics_listen,
             instance_id,
             redis_url,
             pricing_url,
@@ -363,6 +375,7 @@ mod tests {
             ("HEADER_READ_TIMEOUT", "1h"),
             ("MAX_CONNECTIONS", "0"),
             ("MAX_CONNECTIONS", "many"),
+            ("METRICS_LISTEN", "localhost"),
         ];
         for (var, value) in cases {
             let err = Config::from_lookup(|v| (v == var).then(|| value.to_owned())).unwrap_err();

@@ -60,7 +60,7 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::products::router(&state))
         .merge(routes::price::router())
         .merge(routes::exports::router())
-        .merge(routes::ops::router())
+        .merge(routes::ops::router(shared.metrics_public))
         .fallback(routes::ops::not_found)
         .method_not_allowed_fallback(routes::ops::method_not_allowed)
         .layer(state.layers.sessions)
@@ -167,6 +167,21 @@ pub async fn run(config: Config) -> Result<(), Failure> {
         config.session_cookie_secure,
     ));
 
+    if let Some(at) = config.metrics_listen {
+        let metrics = tokio::net::TcpListener::bind(at).await.map_err(|e| {
+            Failure::Run(format!("cannot listen on {at} (METRICS_LISTEN): {e}").into())
+        })?;
+        say(format_args!(
+            "metrics on http://{}/metrics",
+            metrics.local_addr()?
+        ));
+        let router = routes::ops::metrics_router().with_state(Arc::clone(&state.shared));
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(metrics, router).await {
+                tracing::warn!(error = %e, "the metrics listener stopped");
+            }
+        });
+    }
     let workers = state.spawn_export_workers();
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let stop = Arc::new(stop);

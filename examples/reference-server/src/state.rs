@@ -34,6 +34,8 @@ pub(crate) struct Shared {
     pub(crate) redis: Option<RedisBackend>,
     pub(crate) pricing: Option<Pricing>,
     pub(crate) prometheus: PrometheusHandle,
+    /// `/metrics` on the main listener (no `METRICS_LISTEN`).
+    pub(crate) metrics_public: bool,
     pub(crate) instance: HeaderValue,
     pub(crate) client_ip: ClientIp,
     pub(crate) exports: Queue<ExportJob>,
@@ -110,6 +112,7 @@ impl AppState {
             export_page_delay: config.export_page_delay,
             pricing,
             prometheus,
+            metrics_public: config.metrics_listen.is_none(),
             instance: HeaderValue::from_str(instance)
                 .map_err(|_| Failure::Config("INSTANCE_ID: not a valid header value".into()))?,
             client_ip: config.client_ip.clone(),

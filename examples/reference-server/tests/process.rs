@@ -534,3 +534,26 @@ async fn slow_and_silent_connections_are_closed_and_capped() {
     assert_eq!(get(&server.base, "/healthz").await.status, StatusCode::OK);
     drop(silent);
 }
+
+/// With `METRICS_LISTEN`, `/metrics` answers there and not on the public listener.
+#[tokio::test]
+async fn metrics_can_have_a_listener_of_their_own() {
+    let port = support::free_port();
+    let at = format!("127.0.0.1:{port}");
+    let server = Proc::start("reference_server", &[("METRICS_LISTEN", &at)]);
+    assert_eq!(
+        get(&server.base, "/products/1").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get(&server.base, "/metrics").await.status,
+        StatusCode::NOT_FOUND
+    );
+    let m = support::eventually("the metrics listener", Duration::from_secs(5), || async {
+        let r = get(&format!("http://{at}"), "/metrics").await;
+        (r.status == StatusCode::OK).then_some(r.text())
+    })
+    .await;
+    assert!(m.contains(r#"http_route="/products/{id}""#), "{m}");
+    assert_eq!(get(&server.base, "/healthz").await.status, StatusCode::OK);
+}

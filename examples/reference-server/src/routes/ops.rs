@@ -16,11 +16,21 @@ use crate::state::Shared;
 /// How long a dependency may take to answer a readiness check.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
-pub(crate) fn router() -> Router<Arc<Shared>> {
-    Router::new()
-        .route("/metrics", get(metrics))
+/// `/healthz`, `/readyz`, and `/metrics` unless it has a listener of its own.
+pub(crate) fn router(metrics_public: bool) -> Router<Arc<Shared>> {
+    let r = Router::new()
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+        .route("/readyz", get(readyz));
+    if metrics_public {
+        r.merge(metrics_router())
+    } else {
+        r
+    }
+}
+
+/// `/metrics` alone, for `METRICS_LISTEN`.
+pub(crate) fn metrics_router() -> Router<Arc<Shared>> {
+    Router::new().route("/metrics", get(metrics))
 }
 
 async fn metrics(State(s): State<Arc<Shared>>) -> Response {
