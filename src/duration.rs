@@ -141,4 +141,15 @@ mod tests {
             assert_eq!(format(parse(s).unwrap()), s);
         }
     }
+
+    proptest::proptest! {
+        /// Any input: an answer, never a panic; what is accepted formats back to itself.
+        #[test]
+        fn any_text_parses_or_is_refused_and_accepted_text_round_trips(s in "\\PC{0,12}|[0-9]{1,22}(ms|s|m|h|d|us|x)?") {
+            if let Ok(d) = parse(&s) {
+                proptest::prop_assert!(!d.is_zero());
+                proptest::prop_assert_eq!(parse(&format(d)).unwrap(), d);
+            }
+        }
+    }
 }

@@ -257,4 +257,19 @@ mod tests {
         assert_eq!(q.gcra().emission_us, 9_000_000);
         assert_eq!(q.gcra().burst, 100);
     }
+
+    proptest::proptest! {
+        /// Any input: a quota or an error naming the setting, never a panic; an accepted
+        /// quota's text reads back as the same quota.
+        #[test]
+        fn any_text_is_a_quota_or_an_error(s in "\\PC{0,16}|[0-9]{1,12}/[0-9]{1,12}(ms|s|m|h|d)?") {
+            match s.parse::<Quota>() {
+                Ok(q) => {
+                    let again: Quota = q.to_string().parse().unwrap();
+                    proptest::prop_assert_eq!((again.limit(), again.period()), (q.limit(), q.period()));
+                }
+                Err(e) => proptest::prop_assert_eq!(e.setting(), "quota"),
+            }
+        }
+    }
 }
