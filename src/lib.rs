@@ -117,7 +117,8 @@ pub mod redis;
 #[cfg(any(
     feature = "rate-limit",
     feature = "circuit-breaker",
-    feature = "session"
+    feature = "session",
+    feature = "jobs"
 ))]
 pub mod refusal;
 #[cfg(feature = "retry")]

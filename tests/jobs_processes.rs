@@ -134,10 +134,8 @@ async fn ten_thousand_jobs_across_two_worker_processes() {
         runs,
         runs - effects
     );
-    assert_eq!(
-        effects, N,
-        "each effect applied once (the set is keyed by job id)"
-    );
+    // Every effect was applied (the wait above), each once since the set is keyed by job
+    // id; and with no process dying, no job ran twice either.
     assert_eq!(runs, N, "no process died: no job ran twice");
     eventually("the queue is empty", Duration::from_secs(5), || async {
         let s = q.stats().await.unwrap();
@@ -182,7 +180,8 @@ async fn a_killed_worker_process_loses_no_job() {
         killed.elapsed(),
         runs - effects
     );
-    assert_eq!(effects, N, "no job lost");
+    // No job lost: every effect was applied (the wait above), and none is dead.
+    assert_eq!(q.stats().await.unwrap().dead, 0, "no job died");
     // Again: the (at most 4) jobs running, and those finished whose success was still on
     // its way to Redis when the process died.
     assert!(

@@ -12,20 +12,14 @@ pub struct JobId(pub(crate) String);
 
 impl JobId {
     /// A fresh random id.
+    ///
+    /// # Panics
+    ///
+    /// If the operating system has no random source, which no supported platform lacks
+    /// (as for session ids).
     pub(crate) fn random() -> Self {
         let mut bytes = [0u8; 16];
-        // The OS random source never fails on the platforms Tokio runs on; if it did, a
-        // clock-and-counter id is still unique within this process and unlikely across.
-        if getrandom::fill(&mut bytes).is_err() {
-            use std::sync::atomic::{AtomicU64, Ordering};
-            static FALLBACK: AtomicU64 = AtomicU64::new(0);
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_nanos() as u64;
-            bytes[..8].copy_from_slice(&now.to_le_bytes());
-            bytes[8..].copy_from_slice(&FALLBACK.fetch_add(1, Ordering::Relaxed).to_le_bytes());
-        }
+        getrandom::fill(&mut bytes).expect("the OS random source is available");
         Self(crate::hex::encode(&bytes))
     }
 

@@ -153,19 +153,19 @@ fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Full<B
     res
 }
 
+/// A refusal: `{"error": ...}`, as every layer of the crate answers them.
 fn error(status: StatusCode, message: impl fmt::Display) -> Response<Full<Bytes>> {
-    json_response(status, json!({ "error": message.to_string() }))
+    crate::refusal::json(status, &message.to_string(), None).map(Full::new)
 }
 
 fn unavailable(e: &JobError) -> Response<Full<Bytes>> {
     tracing::warn!(error = %e, "offload queue unavailable");
-    let mut res = error(
+    crate::refusal::json(
         StatusCode::SERVICE_UNAVAILABLE,
         "the job queue is unavailable; try again shortly",
-    );
-    res.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    res
+        Some(std::time::Duration::from_secs(1)),
+    )
+    .map(Full::new)
 }
 
 async fn offload<B>(s: Arc<Settings>, req: Request<B>, prefer: bool) -> Response<Full<Bytes>>
