@@ -62,6 +62,21 @@ pub enum StoreUnavailableKind {
 }
 
 impl StoreUnavailable {
+    /// A failed call of a store of your own (an implementation of one of the store
+    /// traits): the store answered with an error or could not be reached.
+    pub fn failed(err: impl Into<BoxError>) -> Self {
+        Self {
+            kind: StoreUnavailableKind::Backend(err.into()),
+        }
+    }
+
+    /// A call of a store of your own that did not complete within `after`.
+    pub fn timed_out(after: std::time::Duration) -> Self {
+        Self {
+            kind: StoreUnavailableKind::Timeout(after),
+        }
+    }
+
     #[cfg(feature = "redis")]
     pub(crate) fn timeout(after: std::time::Duration) -> Self {
         Self {

@@ -818,6 +818,51 @@ async fn http_keys_etags_head_and_body_cap() {
     assert_eq!(origin.calls(), calls + 1);
 }
 
+/// A client cannot fill the cache with entries under long made-up URLs: a key over the
+/// cap passes through, stores nothing, and every such request reaches the origin.
+#[tokio::test]
+async fn keys_over_the_cap_pass_through_and_store_nothing() {
+    let engine = CacheEngine::builder().build().unwrap();
+    let layer = ResponseCacheLayer::builder(&engine)
+        .vary(["accept-language"])
+        .max_key(64)
+        .build()
+        .unwrap();
+    let origin = Origin::default();
+    let svc = layer.layer_service(origin.app());
+    let long = format!("/a?{}", "x".repeat(60));
+    for _ in 0..3 {
+        let g = send(&svc, Method::GET, &long, &[]).await;
+        assert_eq!(g.status, StatusCode::OK);
+        assert!(
+            cache_status(&g).contains("fwd=bypass; detail=key-too-long"),
+            "{}",
+            cache_status(&g)
+        );
+    }
+    assert_eq!(origin.calls(), 3);
+    // The vary headers' values count towards the key.
+    let g = send(
+        &svc,
+        Method::GET,
+        "/a",
+        &[("accept-language", &"f".repeat(60))],
+    )
+    .await;
+    assert!(
+        cache_status(&g).contains("key-too-long"),
+        "{}",
+        cache_status(&g)
+    );
+    // A key within the cap is cached as usual.
+    for want in ["fwd=miss", "hit"] {
+        let g = send(&svc, Method::GET, "/a?x=1", &[("accept-language", "en")]).await;
+        assert!(cache_status(&g).contains(want), "{}", cache_status(&g));
+    }
+    assert_eq!(origin.calls(), 5);
+    assert_eq!(engine.local_entries(), 1);
+}
+
 #[tokio::test]
 async fn a_request_the_refresh_hook_picks_is_answered_by_the_origin_and_replaces_the_entry() {
     let engine = CacheEngine::builder().build().unwrap();
@@ -1090,6 +1135,7 @@ fn bad_layer_config_names_the_setting() {
             ResponseCacheLayer::builder(&engine).vary(["bad header"]),
         ),
         ("max_body", ResponseCacheLayer::builder(&engine).max_body(0)),
+        ("max_key", ResponseCacheLayer::builder(&engine).max_key(0)),
         ("name", ResponseCacheLayer::builder(&engine).name("a; b")),
         ("name", ResponseCacheLayer::builder(&engine).name("cache-é")),
         ("name", ResponseCacheLayer::builder(&engine).name("")),

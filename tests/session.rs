@@ -233,13 +233,17 @@ async fn fifty_concurrent_increments_count_fifty() {
         let mut tasks = Vec::new();
         for _ in 0..50 {
             let (app, mut c) = (app.clone(), c.clone());
-            tasks.push(tokio::spawn(
-                async move { c.call(&app, "/inc").await.status },
-            ));
+            tasks.push(tokio::spawn(async move { c.call(&app, "/inc").await }));
         }
+        let mut seen = Vec::new();
         for t in tasks {
-            assert_eq!(t.await.unwrap(), StatusCode::OK);
+            let r = t.await.unwrap();
+            assert_eq!(r.status, StatusCode::OK, "{name}: {}", r.body);
+            seen.push(r.body.parse::<i64>().unwrap());
         }
+        // Each request sees the total its own increment made: 50 distinct values.
+        seen.sort_unstable();
+        assert_eq!(seen, (2..=51).collect::<Vec<_>>(), "{name}");
         assert_eq!(c.call(&app, "/visits").await.body, "51", "{name}");
     }
 }
@@ -301,12 +305,11 @@ async fn the_store_holds_no_raw_id() {
     let mut dump = format!("{keys:?}");
     for k in &keys {
         let kind: String = support::redis_raw(&url, &["TYPE", k]).await;
-        let c = if kind == "hash" {
-            "HGETALL"
+        let v: Vec<String> = if kind == "hash" {
+            support::redis_raw(&url, &["HGETALL", k]).await
         } else {
-            "SMEMBERS"
+            support::redis_raw(&url, &["ZRANGE", k, "0", "-1", "WITHSCORES"]).await
         };
-        let v: Vec<String> = support::redis_raw(&url, &[c, k]).await;
         dump.push_str(&format!("{v:?}"));
     }
     assert!(dump.contains("zoe"), "the dump is real: {dump}");
@@ -506,6 +509,7 @@ fn save(key: &str, ops: Vec<Op>, user: Option<&str>, new: bool) -> Save {
         ops,
         user: user.map(str::to_owned),
         new,
+        max_per_user: 64,
     }
 }
 
@@ -534,12 +538,14 @@ async fn a_late_write_never_brings_a_session_back() {
                 )
                 .await
                 .unwrap()
+                .applied
         );
         // Logged out everywhere while another request of the session was running...
         assert_eq!(store.destroy_user("alice").await.unwrap(), 1, "{name}");
         // ...whose write arrives now: dropped.
         let late = save(&k, vec![Op::Increment("visits".into(), 1)], None, false);
-        assert!(!store.save(late, life()).await.unwrap(), "{name}");
+        let saved = store.save(late, life()).await.unwrap();
+        assert!(!saved.applied && saved.counts.is_empty(), "{name}");
         assert_eq!(
             store.load(&k, life()).await.unwrap(),
             None,
@@ -574,7 +580,13 @@ async fn increments_are_i64_in_both_stores() {
             Op::Increment("text".into(), 1),
             Op::Increment("fresh".into(), -3),
         ];
-        assert!(store.save(save(&k, ops, None, true), life()).await.unwrap());
+        let saved = store.save(save(&k, ops, None, true), life()).await.unwrap();
+        assert!(saved.applied, "{name}");
+        assert_eq!(
+            saved.counts,
+            [i64::MAX, 1, 1, 1, -3],
+            "{name}: what each left"
+        );
         let r = store.load(&k, life()).await.unwrap().unwrap();
         let v = |f: &str| r.values.get(f).cloned().unwrap();
         assert_eq!(v("max"), i64::MAX.to_string(), "{name}: saturates");
@@ -630,4 +642,117 @@ async fn user_names_up_to_the_limit_are_taken_and_longer_ones_are_the_clients_er
         let r = c.call(&app, &long).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{name}: {}", r.body);
     }
+}
+
+/// However often one user logs in, the user keeps at most `max_sessions_per_user`
+/// sessions: the oldest end, and the user's index in Redis stays within the cap.
+#[tokio::test]
+async fn logins_past_the_per_user_cap_end_the_oldest_sessions() {
+    let url = support::redis_url();
+    let prefix = support::unique("sesscap");
+    let redis = RedisSessionStore::new(support::redis_backend(&url, &prefix));
+    let cases: Vec<(&str, App)> = vec![
+        (
+            "memory",
+            app(MemoryStore::new(), |b| b.max_sessions_per_user(3)),
+        ),
+        ("redis", app(redis, |b| b.max_sessions_per_user(3))),
+    ];
+    for (name, app) in cases {
+        let mut clients = vec![Client::default(); 5];
+        for c in &mut clients {
+            assert_eq!(c.call(&app, "/login/cap").await.status, StatusCode::OK);
+            // Each session holds a value, as a real one would.
+            assert_eq!(c.call(&app, "/inc").await.body, "1", "{name}");
+        }
+        let mut alive = Vec::new();
+        for c in &mut clients {
+            alive.push(c.call(&app, "/me").await.status == StatusCode::OK);
+        }
+        assert_eq!(alive, [false, false, true, true, true], "{name}");
+        // A login flood from one client: still three at most.
+        let mut flood = Client::default();
+        for _ in 0..100 {
+            flood.cookie = None;
+            flood.call(&app, "/login/cap").await;
+        }
+        if name == "redis" {
+            let index = format!("{prefix}:sessidx:{{cap}}");
+            let n: u64 = support::redis_raw(&url, &["ZCARD", &index]).await;
+            assert_eq!(n, 3, "{name}: the index holds the cap");
+            let keys: Vec<String> =
+                support::redis_raw(&url, &["KEYS", &format!("{prefix}:sess:*")]).await;
+            assert_eq!(keys.len(), 3, "{name}: {keys:?}");
+        }
+        let mut alive = 0;
+        for c in &mut clients {
+            alive += usize::from(c.call(&app, "/me").await.status == StatusCode::OK);
+        }
+        assert_eq!(alive, 0, "{name}: the flood's sessions are the newest");
+        assert_eq!(flood.call(&app, "/me").await.body, "cap", "{name}");
+    }
+}
+
+/// A store that fails its next `failing` saves, then works: for what happens when a write
+/// does not go through.
+#[derive(Clone, Default)]
+struct Flaky {
+    inner: MemoryStore,
+    failing: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl SessionStore for Flaky {
+    fn load(
+        &self,
+        key: &str,
+        life: tower_scale::session::store::Lifetimes,
+    ) -> tower_scale::session::store::StoreFuture<Option<tower_scale::session::store::Record>> {
+        self.inner.load(key, life)
+    }
+
+    fn save(
+        &self,
+        save: Save,
+        life: tower_scale::session::store::Lifetimes,
+    ) -> tower_scale::session::store::StoreFuture<tower_scale::session::store::Saved> {
+        use std::sync::atomic::Ordering;
+        let fail = self
+            .failing
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if fail {
+            return Box::pin(std::future::ready(Err(
+                tower_scale::StoreUnavailable::failed("connection reset"),
+            )));
+        }
+        self.inner.save(save, life)
+    }
+
+    fn destroy(&self, key: &str) -> tower_scale::session::store::StoreFuture<()> {
+        self.inner.destroy(key)
+    }
+
+    fn destroy_user(&self, user: &str) -> tower_scale::session::store::StoreFuture<u64> {
+        self.inner.destroy_user(user)
+    }
+}
+
+/// An increment is written at once, with the changes made before it; when the store
+/// cannot take it the caller gets the error, and the layer's write after the handler does
+/// not send the increment either.
+#[tokio::test]
+async fn an_increment_that_could_not_be_written_is_not_written_later() {
+    let store = Flaky::default();
+    let app = app(store.clone(), |b| b);
+    let mut c = Client::default();
+    assert_eq!(c.call(&app, "/inc").await.body, "1");
+    store.failing.store(1, std::sync::atomic::Ordering::SeqCst);
+    let r = c.call(&app, "/inc").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    assert_eq!(
+        c.call(&app, "/visits").await.body,
+        "1",
+        "not written after the handler"
+    );
+    assert_eq!(c.call(&app, "/inc").await.body, "2");
 }

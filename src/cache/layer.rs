@@ -29,6 +29,7 @@ pub(crate) struct Settings {
     pub(crate) statuses: Vec<StatusCode>,
     pub(crate) vary: Vec<HeaderName>,
     pub(crate) max_body: usize,
+    pub(crate) max_key: usize,
     pub(crate) cache_authorized: bool,
     pub(crate) tags: Option<TagFn>,
     pub(crate) invalidates: Option<TagFn>,
@@ -45,6 +46,7 @@ impl fmt::Debug for ResponseCacheLayer {
             .field("statuses", &s.statuses)
             .field("vary", &s.vary)
             .field("max_body", &s.max_body)
+            .field("max_key", &s.max_key)
             .field("cache_authorized", &s.cache_authorized)
             .finish_non_exhaustive()
     }
@@ -57,6 +59,7 @@ pub struct ResponseCacheLayerBuilder {
     statuses: Vec<StatusCode>,
     vary: Vec<String>,
     max_body: usize,
+    max_key: usize,
     cache_authorized: bool,
     tags: Option<TagFn>,
     invalidates: Option<TagFn>,
@@ -76,7 +79,7 @@ impl fmt::Debug for ResponseCacheLayerBuilder {
 
 impl ResponseCacheLayer {
     /// A layer with the defaults: status 200 only, no `Vary` headers, bodies up to 1 MiB,
-    /// requests with `Authorization` not cached.
+    /// keys up to 2 KiB, requests with `Authorization` not cached.
     pub fn new(engine: &CacheEngine) -> Self {
         Self::builder(engine)
             .build()
@@ -90,6 +93,7 @@ impl ResponseCacheLayer {
             statuses: vec![StatusCode::OK],
             vary: Vec::new(),
             max_body: 1 << 20,
+            max_key: 2048,
             cache_authorized: false,
             tags: None,
             invalidates: None,
@@ -129,6 +133,15 @@ impl ResponseCacheLayerBuilder {
     /// never buffered beyond this.
     pub fn max_body(mut self, bytes: usize) -> Self {
         self.max_body = bytes;
+        self
+    }
+
+    /// The longest cache key, in bytes (default 2 KiB): the path and query, plus the
+    /// [`vary`](Self::vary) headers' values. A request with a longer one passes through
+    /// uncached (`Cache-Status: ...; fwd=bypass; detail=key-too-long`), so clients cannot
+    /// fill the cache, and Redis, with entries under long made-up URLs.
+    pub fn max_key(mut self, bytes: usize) -> Self {
+        self.max_key = bytes;
         self
     }
 
@@ -193,8 +206,8 @@ impl ResponseCacheLayerBuilder {
     /// # Errors
     ///
     /// A [`ConfigError`] for no statuses, a status that is not cacheable by default
-    /// (1xx, 206, 304), a `Vary` name that is not a header name, a zero body cap, or a
-    /// name that cannot be a header value.
+    /// (1xx, 206, 304), a `Vary` name that is not a header name, a zero body or key cap,
+    /// or a name that cannot be a header value.
     pub fn build(self) -> Result<ResponseCacheLayer, ConfigError> {
         if self.statuses.is_empty() {
             return Err(ConfigError::new(
@@ -226,6 +239,12 @@ impl ResponseCacheLayerBuilder {
                 "must be above zero; 1 MiB suits most JSON",
             ));
         }
+        if self.max_key == 0 {
+            return Err(ConfigError::new(
+                "max_key",
+                "must be above zero; 2 KiB holds any reasonable path and query",
+            ));
+        }
         if self.name.is_empty()
             || !self
                 .name
@@ -243,6 +262,7 @@ impl ResponseCacheLayerBuilder {
                 statuses: self.statuses,
                 vary,
                 max_body: self.max_body,
+                max_key: self.max_key,
                 cache_authorized: self.cache_authorized,
                 tags: self.tags,
                 invalidates: self.invalidates,

@@ -320,6 +320,9 @@ impl<S> ResponseCache<S> {
         let looked_up = KEY.with_borrow_mut(|key| {
             key.clear();
             write_key(key, &req, &s.vary);
+            if key.len() > s.max_key {
+                return None;
+            }
             let (found, now) = if refresh {
                 (Lookup::Miss { fallback: None }, 0)
             } else {
@@ -327,9 +330,11 @@ impl<S> ResponseCache<S> {
             };
             // A fresh hit needs no owned key; anything else will.
             let owned = (!matches!(found, Lookup::Fresh(_))).then(|| key.clone());
-            (found, now, owned)
+            Some((found, now, owned))
         });
-        let (mut found, mut now, mut key) = looked_up;
+        let Some((mut found, mut now, mut key)) = looked_up else {
+            return self.pass_with(req, "fwd=bypass; detail=key-too-long");
+        };
         // The common case first: a fresh stored response.
         if let Lookup::Fresh(entry) = &found
             && let Some(stored) = stored_of(entry)
@@ -350,6 +355,9 @@ impl<S> ResponseCache<S> {
             let names = marker.0.clone();
             let primary = key_for(&req, &s.vary, key.take());
             let secondary = variant_key(&primary, req.headers(), &names);
+            if secondary.len() > s.max_key {
+                return self.pass_with(req, "fwd=bypass; detail=key-too-long");
+            }
             (found, now) = s.engine.lookup_now(&secondary);
             key = Some(secondary);
             variant = Some(names);

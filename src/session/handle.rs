@@ -36,6 +36,10 @@ pub enum SessionError {
     BadUser(String),
     /// A value that does not (de)serialise as JSON.
     Json(serde_json::Error),
+    /// The session ended while this request ran (logged out elsewhere, expired, or its id
+    /// rotated by a concurrent login), so a change that must reach the store at once
+    /// ([`Session::increment`]) could not: answered 409, and the cookie is cleared.
+    Ended,
 }
 
 impl fmt::Display for SessionError {
@@ -54,6 +58,7 @@ impl fmt::Display for SessionError {
                 "user name {u:?} is not allowed (1 to {MAX_USER_BYTES} bytes, no control characters)"
             ),
             SessionError::Json(e) => write!(f, "session value is not valid JSON: {e}"),
+            SessionError::Ended => f.write_str("the session ended while this request ran"),
         }
     }
 }
@@ -69,9 +74,10 @@ impl std::error::Error for SessionError {
 }
 
 impl SessionError {
-    /// The status to answer with: 503, 413, 400 or 500.
+    /// The status to answer with: 503, 413, 409, 400 or 500.
     pub fn status(&self) -> http::StatusCode {
         match self {
+            SessionError::Ended => http::StatusCode::CONFLICT,
             SessionError::BadUser(_) => http::StatusCode::BAD_REQUEST,
             SessionError::Unavailable(_) => http::StatusCode::SERVICE_UNAVAILABLE,
             SessionError::TooLarge { .. } => http::StatusCode::PAYLOAD_TOO_LARGE,
@@ -92,6 +98,7 @@ impl SessionError {
             SessionError::BadUser(_) => {
                 "user name not accepted: 1 to 256 bytes of UTF-8, no control characters"
             }
+            SessionError::Ended => "the session ended; sign in again",
             SessionError::BadKey(_) | SessionError::Json(_) => "session error",
         }
     }
@@ -182,6 +189,10 @@ pub(crate) struct State {
     pub(crate) log_out_everywhere: bool,
     /// A login by a different user: the old session ends, a new one starts.
     pub(crate) replace_old: bool,
+    /// An id written to the store during the request (by an early write), for the cookie.
+    pub(crate) issued: Option<SessionId>,
+    /// An early write found the session gone: the cookie is cleared, nothing more written.
+    pub(crate) ended: bool,
 }
 
 impl State {
@@ -195,6 +206,8 @@ impl State {
             destroy: false,
             log_out_everywhere: false,
             replace_old: false,
+            issued: None,
+            ended: false,
         }
     }
 }
@@ -313,28 +326,45 @@ impl Session {
         Ok(())
     }
 
-    /// Adds `by` to the integer under `key` (0 if absent), atomically in the store: 50
-    /// concurrent requests each adding 1 add 50. Returns the value as this request sees it.
+    /// Adds `by` to the integer under `key` (0 if absent), atomically in the store, and
+    /// returns the stored result: 50 concurrent requests each adding 1 add 50 and see 50
+    /// distinct values. Integers are `i64` and saturate.
+    ///
+    /// This is the one change that does not wait for the end of the request: it is sent
+    /// at once, together with whatever the request changed before it (one round trip, in
+    /// place of the one the layer would make after the handler).
     ///
     /// # Errors
     ///
-    /// As [`insert`](Self::insert); a value that is not an integer counts as 0.
+    /// As [`insert`](Self::insert), and [`SessionError::Ended`] if the session ended while
+    /// the request ran. A value that is not an integer counts as 0.
     pub async fn increment(&self, key: &str, by: i64) -> Result<i64, SessionError> {
         check_key(key)?;
         let mut s = self.loaded().await?;
+        if s.destroy || s.ended {
+            return Err(SessionError::Ended);
+        }
+        let before = s.ops.clone();
+        s.ops.push(Op::Increment(key.to_owned(), by));
+        self.ensure_id(&mut s);
+        let saved = match super::layer::write(&self.inner.shared, &mut s).await {
+            Ok(Some(saved)) if saved.applied => saved,
+            Ok(_) => return Err(SessionError::Ended),
+            Err(e) => {
+                // Not written: the earlier changes stay for the layer's write after the
+                // handler; the increment, which the caller saw fail, does not.
+                s.ops = before;
+                return Err(e);
+            }
+        };
+        let Some(&next) = saved.counts.last() else {
+            return Err(SessionError::Ended);
+        };
         let l = s.loaded.as_mut().expect("loaded");
-        let cur = l
-            .values
-            .get(key)
-            .and_then(|v| v.parse::<i64>().ok())
-            .unwrap_or(0);
-        let next = cur.saturating_add(by);
         let json = next.to_string();
         let old = l.values.get(key).map_or(0, |v| key.len() + v.len());
         l.bytes = l.bytes - old + key.len() + json.len();
         l.values.insert(key.to_owned(), json);
-        s.ops.push(Op::Increment(key.to_owned(), by));
-        self.ensure_id(&mut s);
         Ok(next)
     }
 

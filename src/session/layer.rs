@@ -14,9 +14,9 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::handle::{Session, SessionError};
+use super::handle::{Session, SessionError, StateGuard};
 use super::id::{RawCookies, SessionId};
-use super::store::{Lifetimes, Save, SessionStore};
+use super::store::{Lifetimes, Save, Saved, SessionStore};
 use crate::ConfigError;
 use crate::cookie::{SameSite, SetCookie};
 
@@ -27,6 +27,7 @@ pub(crate) struct Config {
     pub(crate) max_age: Option<Duration>,
     pub(crate) life: Lifetimes,
     pub(crate) max_bytes: usize,
+    pub(crate) max_per_user: usize,
 }
 
 /// The settings and the store, shared by the layer and every session handle.
@@ -60,7 +61,7 @@ impl SessionLayer {
     /// A builder over `store`, with the defaults: cookie `id` (`HttpOnly`, `Secure`,
     /// `SameSite=Lax`, `Path=/`, no `Max-Age`: it ends with the browser session), 24 h idle
     /// and 7 days absolute timeouts, expiry pushed back at most once a minute, 16 KiB per
-    /// session.
+    /// session, 64 sessions per user.
     pub fn builder(store: impl SessionStore) -> SessionLayerBuilder {
         SessionLayerBuilder {
             store: Box::new(store),
@@ -77,6 +78,7 @@ impl SessionLayer {
                 touch_every: Duration::from_secs(60),
             },
             max_bytes: 16 * 1024,
+            max_per_user: 64,
         }
     }
 }
@@ -94,6 +96,7 @@ pub struct SessionLayerBuilder {
     max_age: Option<Duration>,
     life: Lifetimes,
     max_bytes: usize,
+    max_per_user: usize,
 }
 
 impl fmt::Debug for SessionLayerBuilder {
@@ -174,6 +177,14 @@ impl SessionLayerBuilder {
         self
     }
 
+    /// The most sessions one user may have (default 64): a login past it ends the user's
+    /// oldest sessions, so neither the store nor the user's index grows without bound
+    /// however often someone logs in.
+    pub fn max_sessions_per_user(mut self, n: usize) -> Self {
+        self.max_per_user = n;
+        self
+    }
+
     /// Validates the settings.
     ///
     /// # Errors
@@ -181,7 +192,7 @@ impl SessionLayerBuilder {
     /// A cookie name that is not a token, a path or domain with characters a cookie
     /// attribute cannot hold, `SameSite=None` without `Secure`, the `__Host-` prefix with
     /// `Secure` off or a `Domain` or a path other than `/`, zero timeouts, an idle timeout
-    /// longer than the absolute one, or a zero size cap.
+    /// longer than the absolute one, or a zero size or per-user cap.
     pub fn build(self) -> Result<SessionLayer, ConfigError> {
         if !crate::cookie::is_token(&self.cookie_name) {
             return Err(ConfigError::new(
@@ -240,6 +251,12 @@ impl SessionLayerBuilder {
         if self.max_bytes == 0 {
             return Err(ConfigError::new("max_bytes", "must be at least 1"));
         }
+        if self.max_per_user == 0 {
+            return Err(ConfigError::new(
+                "max_sessions_per_user",
+                "must be at least 1",
+            ));
+        }
         let cookie_name = if self.host_prefix {
             format!("__Host-{}", self.cookie_name)
         } else {
@@ -258,6 +275,7 @@ impl SessionLayerBuilder {
                     max_age: self.max_age,
                     life: self.life,
                     max_bytes: self.max_bytes,
+                    max_per_user: self.max_per_user,
                 },
                 store: self.store,
             }),
@@ -395,16 +413,16 @@ fn failed<B: From<Bytes>>(e: &SessionError) -> Response<B> {
 /// Writes what the request changed; returns the `Set-Cookie` to send, if any.
 async fn finish(session: &Session) -> Result<Option<HeaderValue>, SessionError> {
     let inner = &session.inner;
-    let config = &inner.shared.config;
-    let store = &inner.shared.store;
+    let shared = &*inner.shared;
+    let config = &shared.config;
+    let store = &shared.store;
     let mut s = inner.state().await;
-    let sent_key = s.sent.as_ref().map(SessionId::storage_key);
-    let existed = s.loaded.as_ref().is_some_and(|l| l.existed);
-    let unavailable = |e| {
-        ::metrics::counter!("tower_scale.session.store_errors").increment(1);
-        SessionError::Unavailable(e)
-    };
+    if s.ended {
+        // An early write (an increment) found the session gone.
+        return Ok(Some(config.cookie.header("", Some(0))));
+    }
     if s.destroy {
+        let sent_key = s.sent.as_ref().map(SessionId::storage_key);
         if s.log_out_everywhere {
             let user = s
                 .user
@@ -420,11 +438,43 @@ async fn finish(session: &Session) -> Result<Option<HeaderValue>, SessionError> 
         ::metrics::counter!("tower_scale.session.destroyed").increment(1);
         return Ok(Some(config.cookie.header("", Some(0))));
     }
+    match write(shared, &mut s).await? {
+        Some(saved) if !saved.applied => {
+            // The session ended while this request ran (logout elsewhere, expiry, or a
+            // concurrent login rotated its id): its changes are dropped, not written into
+            // a session brought back to life, and the cookie is cleared.
+            return Ok(Some(config.cookie.header("", Some(0))));
+        }
+        _ => {}
+    }
+    Ok(s.issued.as_ref().map(|id| {
+        config
+            .cookie
+            .header(&id.to_cookie(), config.max_age.map(|d| d.as_secs()))
+    }))
+}
+
+fn unavailable(e: crate::StoreUnavailable) -> SessionError {
+    ::metrics::counter!("tower_scale.session.store_errors").increment(1);
+    SessionError::Unavailable(e)
+}
+
+/// Sends the changes made so far to the store, in one save: the changed values, a login,
+/// a new id. `None` if there was nothing to send. Afterwards the state describes the
+/// session as stored: a later write adds only what changed since.
+pub(crate) async fn write(
+    shared: &Shared,
+    s: &mut StateGuard<'_>,
+) -> Result<Option<Saved>, SessionError> {
+    let store = &shared.store;
+    let sent_key = s.sent.as_ref().map(SessionId::storage_key);
+    let existed = s.loaded.as_ref().is_some_and(|l| l.existed);
     if s.replace_old
         && let Some(k) = &sent_key
     {
         // A login by another user: the old user's session ends here.
         store.destroy(k).await.map_err(unavailable)?;
+        s.replace_old = false;
     }
     let Some(id) = s.new_id.clone().or_else(|| s.sent.clone()) else {
         return Ok(None);
@@ -437,28 +487,38 @@ async fn finish(session: &Session) -> Result<Option<HeaderValue>, SessionError> 
             None
         },
         ops: std::mem::take(&mut s.ops),
-        user: s.user.take(),
+        user: s.user.clone(),
         new: !existed,
+        max_per_user: shared.config.max_per_user,
     };
     if save.ops.is_empty() && save.user.is_none() && save.renamed_from.is_none() && !save.new {
         return Ok(None);
     }
     let new = save.new;
-    let applied = store.save(save, config.life).await.map_err(unavailable)?;
-    if !applied {
-        // The session ended while this request ran (logout elsewhere, expiry, or a
-        // concurrent login rotated its id): its changes are dropped, not written into a
-        // session brought back to life, and the cookie is cleared.
+    let saved = store
+        .save(save, shared.config.life)
+        .await
+        .map_err(unavailable)?;
+    if !saved.applied {
         ::metrics::counter!("tower_scale.session.expired").increment(1);
-        return Ok(Some(config.cookie.header("", Some(0))));
+        s.ended = true;
+        return Ok(Some(saved));
     }
     ::metrics::counter!("tower_scale.session.saves").increment(1);
     if new {
         ::metrics::counter!("tower_scale.session.created").increment(1);
     }
-    Ok(s.new_id.as_ref().map(|id| {
-        config
-            .cookie
-            .header(&id.to_cookie(), config.max_age.map(|d| d.as_secs()))
-    }))
+    // The session now lives under `id`, with the owner written.
+    let user = s.user.take();
+    if let Some(l) = s.loaded.as_mut() {
+        l.existed = true;
+        if user.is_some() {
+            l.user = user;
+        }
+    }
+    if let Some(new_id) = s.new_id.take() {
+        s.issued = Some(new_id.clone());
+        s.sent = Some(new_id);
+    }
+    Ok(Some(saved))
 }

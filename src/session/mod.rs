@@ -20,11 +20,14 @@
 //!   carried over); [`Session::cycle_id`] does the same
 //!   for other privilege changes; [`Session::destroy`] logs out;
 //!   [`Session::log_out_everywhere`] ends every session of the user through a per-user
-//!   index.
+//!   index. A user has at most `max_sessions_per_user` sessions (default 64): a login past
+//!   it ends the user's oldest, so logins in a loop cannot grow the store.
 //! - **Concurrency**: changes merge per key. Two requests of one session that change
 //!   different keys both keep their changes; for one key the last write wins;
-//!   [`Session::increment`] adds atomically in the store (50 concurrent increments add
-//!   50; integers are `i64` and saturate). A write that arrives after its session ended
+//!   [`Session::increment`] adds atomically in the store and returns the stored result
+//!   (50 concurrent increments add 50 and see 50 distinct values; integers are `i64` and
+//!   saturate): it is the one change sent at once, in the round trip the layer would
+//!   otherwise make after the handler. A write that arrives after its session ended
 //!   (logged out, expired, or its id rotated by a concurrent login) is dropped, never
 //!   written into a session brought back. Changes made through a clone of the handle after
 //!   the handler returned (e.g. in a spawned task) are not written.

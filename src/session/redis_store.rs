@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::store::{Lifetimes, Op, Record, Save, SessionStore, StoreFuture};
+use super::store::{Lifetimes, Op, Record, Save, Saved, SessionStore, StoreFuture};
 use crate::duration::micros as us;
 use crate::redis::{RedisBackend, Script, Value};
 
@@ -42,34 +42,42 @@ return h
 
 /// KEYS[1] session, KEYS[2] its old key ('' unless the id was cycled).
 /// ARGV: idle (ms), absolute (µs), user ('' for no change), index prefix, old hash, new
-/// hash, '1' if the session is new, then triples (op, key, value): s = set, r = remove,
-/// i = increment. Returns 0, writing nothing, for a session that is not new and is gone.
+/// hash, '1' if the session is new, the most sessions per user, then triples (op, key,
+/// value): s = set, r = remove, i = increment. Returns {0}, writing nothing, for a session
+/// that is not new and is gone; else {1, the value each increment left, as text}.
+///
+/// The user's index is a sorted set of session hashes scored by creation time (µs): the
+/// cap ends the oldest, and members past the absolute timeout are dropped.
 const SAVE: &str = r"
 local now = now_us()
 local key, old = KEYS[1], KEYS[2]
 local idle, abs = ARGV[1], tonumber(ARGV[2])
 local user, idx, oldhash, newhash, new = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local cap = tonumber(ARGV[8])
 if old ~= '' and redis.call('EXISTS', old) == 1 then
   redis.call('RENAME', old, key)
   local u = redis.call('HGET', key, '$u')
   if u then
-    redis.call('SREM', idx .. tag(u) .. '}', oldhash)
-    redis.call('SADD', idx .. tag(u) .. '}', newhash)
+    local index = idx .. tag(u) .. '}'
+    redis.call('ZREM', index, oldhash)
+    redis.call('ZADD', index, redis.call('HGET', key, '$c') or now, newhash)
   end
 end
 local c = tonumber(redis.call('HGET', key, '$c'))
 if c and now - c >= abs then
   local u = redis.call('HGET', key, '$u')
-  if u then redis.call('SREM', idx .. tag(u) .. '}', newhash) end
+  if u then redis.call('ZREM', idx .. tag(u) .. '}', newhash) end
   redis.call('DEL', key)
   c = nil
 end
 if c == nil then
   -- Gone (expired, logged out, or rotated away): only a new session is made here.
-  if new ~= '1' then return 0 end
+  if new ~= '1' then return {0} end
+  c = now
   redis.call('HSET', key, '$c', now)
 end
-local i = 8
+local out = {1}
+local i = 9
 while i <= #ARGV do
   local op, k = ARGV[i], 'v:' .. ARGV[i + 1]
   if op == 's' then
@@ -88,38 +96,48 @@ while i <= #ARGV do
       local by = ARGV[i + 2]
       redis.call('HSET', key, k, string.sub(by, 1, 1) == '-' and '-9223372036854775808' or '9223372036854775807')
     end
+    -- As text: Lua numbers are doubles, which would round values past 2^53.
+    out[#out + 1] = redis.call('HGET', key, k)
   end
   i = i + 3
 end
 if user ~= '' then
   local prev = redis.call('HGET', key, '$u')
-  if prev and prev ~= user then redis.call('SREM', idx .. tag(prev) .. '}', newhash) end
+  if prev and prev ~= user then redis.call('ZREM', idx .. tag(prev) .. '}', newhash) end
   redis.call('HSET', key, '$u', user)
   local index = idx .. tag(user) .. '}'
-  -- Prune a few members whose sessions are gone, so the index does not only grow.
   local head = string.sub(key, 1, #key - #newhash - 1)
-  for _, h in ipairs(redis.call('SRANDMEMBER', index, 3)) do
-    if redis.call('EXISTS', head .. h .. '}') == 0 then redis.call('SREM', index, h) end
+  redis.call('ZREMRANGEBYSCORE', index, '-inf', string.format('(%d', now - abs))
+  redis.call('ZADD', index, c, newhash)
+  -- Over the cap: the oldest sessions end (never this one).
+  local over = redis.call('ZCARD', index) - cap
+  if over > 0 then
+    for _, h in ipairs(redis.call('ZRANGE', index, 0, over)) do
+      if over > 0 and h ~= newhash then
+        redis.call('DEL', head .. h .. '}')
+        redis.call('ZREM', index, h)
+        over = over - 1
+      end
+    end
   end
-  redis.call('SADD', index, newhash)
   redis.call('PEXPIRE', index, math.ceil(abs / 1000))
 end
 redis.call('HSET', key, '$t', now)
 redis.call('PEXPIRE', key, idle)
-return 1
+return out
 ";
 
 /// KEYS[1] session. ARGV: index prefix, hash.
 const DESTROY: &str = r"
 local u = redis.call('HGET', KEYS[1], '$u')
-if u then redis.call('SREM', ARGV[1] .. tag(u) .. '}', ARGV[2]) end
+if u then redis.call('ZREM', ARGV[1] .. tag(u) .. '}', ARGV[2]) end
 return redis.call('DEL', KEYS[1])
 ";
 
 /// KEYS[1] the user's index. ARGV: session key prefix.
 const DESTROY_USER: &str = r"
 local n = 0
-for _, h in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+for _, h in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   n = n + redis.call('DEL', ARGV[1] .. h .. '}')
 end
 redis.call('DEL', KEYS[1])
@@ -127,8 +145,8 @@ return n
 ";
 
 /// Sessions in Redis: one hash per session under `{prefix}:sess:{SHA-256 of the id}`, with
-/// the idle timeout as its TTL, and a set per user (`{prefix}:sessu:{user}`) for log out
-/// everywhere. Every operation is one script, so one round trip. Redis's clock (`TIME`)
+/// the idle timeout as its TTL, and a sorted set per user (`{prefix}:sessidx:{user}`, the
+/// user's session hashes by creation time) for log out everywhere and the per-user cap. Every operation is one script, so one round trip. Redis's clock (`TIME`)
 /// decides the timeouts, so instances with skewed clocks agree.
 ///
 /// The scripts touch the user index beside the session, so they need one Redis, not Redis
@@ -169,7 +187,7 @@ impl RedisSessionStore {
     pub fn new(backend: RedisBackend) -> Self {
         Self {
             session_head: Arc::from(backend.key_head("sess")),
-            index_head: Arc::from(backend.key_head("sessu")),
+            index_head: Arc::from(backend.key_head("sessidx")),
             backend,
             scripts: Arc::new(Scripts {
                 load: script(LOAD),
@@ -208,6 +226,26 @@ fn record(reply: Value) -> Option<Record> {
     Some(rec)
 }
 
+/// The save script's answer: `{0}`, or `{1, count...}` with each count as text.
+fn saved(reply: &[Value]) -> Saved {
+    match reply.first() {
+        Some(Value::Int(1)) => Saved::applied(
+            reply[1..]
+                .iter()
+                .map(|v| match v {
+                    Value::BulkString(b) => std::str::from_utf8(b)
+                        .ok()
+                        .and_then(|t| t.parse().ok())
+                        .unwrap_or(0),
+                    Value::Int(n) => *n,
+                    _ => 0,
+                })
+                .collect(),
+        ),
+        _ => Saved::gone(),
+    }
+}
+
 impl SessionStore for RedisSessionStore {
     fn load(&self, key: &str, life: Lifetimes) -> StoreFuture<Option<Record>> {
         let this = self.clone();
@@ -222,7 +260,7 @@ impl SessionStore for RedisSessionStore {
         })
     }
 
-    fn save(&self, save: Save, life: Lifetimes) -> StoreFuture<bool> {
+    fn save(&self, save: Save, life: Lifetimes) -> StoreFuture<Saved> {
         let this = self.clone();
         Box::pin(async move {
             let old = save.renamed_from.as_deref().map(|h| this.key(h));
@@ -234,7 +272,8 @@ impl SessionStore for RedisSessionStore {
                 .arg(&*this.index_head)
                 .arg(save.renamed_from.as_deref().unwrap_or(""))
                 .arg(&save.key)
-                .arg(if save.new { "1" } else { "0" });
+                .arg(if save.new { "1" } else { "0" })
+                .arg(save.max_per_user.max(1));
             for op in &save.ops {
                 match op {
                     Op::Set(k, v) => inv.arg("s").arg(k).arg(v),
@@ -242,8 +281,8 @@ impl SessionStore for RedisSessionStore {
                     Op::Increment(k, by) => inv.arg("i").arg(k).arg(*by),
                 };
             }
-            let applied: i64 = this.backend.invoke("session_save", &inv).await?;
-            Ok(applied == 1)
+            let reply: Vec<Value> = this.backend.invoke("session_save", &inv).await?;
+            Ok(saved(&reply))
         })
     }
 
@@ -260,7 +299,7 @@ impl SessionStore for RedisSessionStore {
 
     fn destroy_user(&self, user: &str) -> StoreFuture<u64> {
         let this = self.clone();
-        let index = self.backend.key("sessu", user);
+        let index = self.backend.key("sessidx", user);
         Box::pin(async move {
             let mut inv = this.scripts.destroy_user.key(index);
             inv.arg(&*this.session_head);

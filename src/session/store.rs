@@ -53,6 +53,34 @@ pub struct Save {
     pub user: Option<String>,
     /// True for a session this request created.
     pub new: bool,
+    /// With `user` set: the most sessions the user may have. When this one would exceed
+    /// it, the user's oldest sessions (by creation) end.
+    pub max_per_user: usize,
+}
+
+/// What [`SessionStore::save`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Saved {
+    /// False if nothing was written: the session was not new and no longer exists.
+    pub applied: bool,
+    /// The value each [`Op::Increment`] of the save left in the store, in their order.
+    pub counts: Vec<i64>,
+}
+
+impl Saved {
+    /// Written; `counts` as [`Saved::counts`].
+    pub fn applied(counts: Vec<i64>) -> Self {
+        Saved {
+            applied: true,
+            counts,
+        }
+    }
+
+    /// Nothing written: the session is gone.
+    pub fn gone() -> Self {
+        Saved::default()
+    }
 }
 
 /// The timeouts a store enforces.
@@ -84,10 +112,13 @@ pub trait SessionStore: Send + Sync + 'static {
         None
     }
 
-    /// Applies `save` and sets the idle expiry. Returns `false`, applying nothing, if the
-    /// session is not new and no longer exists (it expired, was logged out, or its id was
-    /// rotated by a concurrent request): a late write must not bring a session back.
-    fn save(&self, save: Save, life: Lifetimes) -> StoreFuture<bool>;
+    /// Applies `save` and sets the idle expiry, atomically. Returns [`Saved::gone`],
+    /// applying nothing, if the session is not new and no longer exists (it expired, was
+    /// logged out, or its id was rotated by a concurrent request): a late write must not
+    /// bring a session back. Otherwise [`Saved::applied`] with the value each increment
+    /// left. On a login (`user` set) the session joins the user's index, and the user's
+    /// oldest sessions beyond `max_per_user` end.
+    fn save(&self, save: Save, life: Lifetimes) -> StoreFuture<Saved>;
 
     /// Deletes the session under `key` (logout).
     fn destroy(&self, key: &str) -> StoreFuture<()>;
@@ -221,6 +252,34 @@ impl Mem {
         Some(e)
     }
 
+    /// Ends `user`'s oldest sessions (dead ones first) until at most `max` are left,
+    /// never `keep`.
+    fn cap_user(&mut self, user: &str, keep: &str, max: usize, now: u64, life: Lifetimes) {
+        let Some(set) = self.users.get(user) else {
+            return;
+        };
+        if set.len() <= max {
+            return;
+        }
+        let mut all: Vec<(bool, u64, String)> = set
+            .iter()
+            .filter(|k| k.as_str() != keep)
+            .map(|k| match self.sessions.get(k) {
+                Some(e) => (e.alive(now, life), e.created_us, k.clone()),
+                None => (false, 0, k.clone()),
+            })
+            .collect();
+        all.sort_unstable();
+        let excess = set.len() - max.max(1);
+        for (_, _, k) in all.into_iter().take(excess) {
+            if self.remove(&k).is_none()
+                && let Some(set) = self.users.get_mut(user)
+            {
+                set.remove(&k);
+            }
+        }
+    }
+
     /// Drops expired sessions every 1,024 operations, and makes room when full: a full
     /// store evicts, among a few sessions it looks at, the one closest to expiry, anonymous
     /// sessions before logged-in ones, so each save does bounded work.
@@ -267,7 +326,7 @@ impl SessionStore for MemoryStore {
         Some(Ok(self.load_sync(key, life)))
     }
 
-    fn save(&self, save: Save, life: Lifetimes) -> StoreFuture<bool> {
+    fn save(&self, save: Save, life: Lifetimes) -> StoreFuture<Saved> {
         let now = self.clock.now_us();
         let mut m = self.lock();
         let from_old = save
@@ -291,9 +350,10 @@ impl SessionStore for MemoryStore {
                 touched_us: now,
                 expires_us: now,
             },
-            None => return Box::pin(std::future::ready(Ok(false))),
+            None => return Box::pin(std::future::ready(Ok(Saved::gone()))),
         };
         m.upkeep(now, life, self.max);
+        let mut counts = Vec::new();
         for op in save.ops {
             match op {
                 Op::Set(k, v) => {
@@ -309,26 +369,30 @@ impl SessionStore for MemoryStore {
                         .get(&k)
                         .and_then(|v| v.parse::<i64>().ok())
                         .unwrap_or(0);
-                    entry
-                        .record
-                        .values
-                        .insert(k, cur.saturating_add(by).to_string());
+                    let next = cur.saturating_add(by);
+                    counts.push(next);
+                    entry.record.values.insert(k, next.to_string());
                 }
             }
         }
+        let login = save.user.is_some();
         if let Some(u) = save.user {
             entry.record.user = Some(u);
         }
         entry.touched_us = now;
         entry.expires_us = now.saturating_add(us(life.idle));
-        if let Some(u) = &entry.record.user {
+        let user = entry.record.user.clone();
+        m.sessions.insert(save.key.clone(), entry);
+        if let Some(u) = user {
             m.users
                 .entry(u.clone())
                 .or_default()
                 .insert(save.key.clone());
+            if login {
+                m.cap_user(&u, &save.key, save.max_per_user, now, life);
+            }
         }
-        m.sessions.insert(save.key, entry);
-        Box::pin(std::future::ready(Ok(true)))
+        Box::pin(std::future::ready(Ok(Saved::applied(counts))))
     }
 
     fn destroy(&self, key: &str) -> StoreFuture<()> {

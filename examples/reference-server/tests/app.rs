@@ -659,3 +659,32 @@ async fn logins_are_rate_limited_per_client() {
     // Other routes are not charged for it.
     assert_eq!(get(&app, "/products/1").await.status, StatusCode::OK);
 }
+
+/// `/me` counts exactly: 50 parallel calls of one session see 50 distinct counts, 1 to 50.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn parallel_me_calls_see_distinct_counts() {
+    let url = support::redis_url();
+    for env in [&[][..], &[("REDIS_URL", url.as_str())][..]] {
+        parallel_me(env).await;
+    }
+}
+
+async fn parallel_me(env: &[(&str, &str)]) {
+    let app = app(env).await;
+    let cookie = login(&app, "counter").await;
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let (app, cookie) = (app.clone(), cookie.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = call(&app, Method::GET, "/me", &[("cookie", &cookie)], "").await;
+            assert_eq!(r.status, StatusCode::OK);
+            r.json()["visits"].as_i64().unwrap()
+        }));
+    }
+    let mut seen = Vec::new();
+    for t in tasks {
+        seen.push(t.await.unwrap());
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (1..=50).collect::<Vec<_>>(), "{env:?}");
+}
