@@ -191,17 +191,27 @@ mod tests {
     }
 }
 
-/// A WARN line at most once per interval per call site, so an outage is seen in the log
+/// A WARN line at most once per interval per layer, so an outage is seen in the log
 /// without flooding it; the metrics count every occurrence.
-#[cfg(any(feature = "rate-limit", feature = "session"))]
-#[derive(Debug)]
+#[cfg(any(
+    feature = "rate-limit",
+    feature = "session",
+    feature = "jobs",
+    all(feature = "cache", feature = "redis")
+))]
+#[derive(Debug, Default)]
 pub(crate) struct Throttle {
     /// Milliseconds since the first use, plus one (0: never logged).
     last: std::sync::atomic::AtomicU64,
     skipped: std::sync::atomic::AtomicU64,
 }
 
-#[cfg(any(feature = "rate-limit", feature = "session"))]
+#[cfg(any(
+    feature = "rate-limit",
+    feature = "session",
+    feature = "jobs",
+    all(feature = "cache", feature = "redis")
+))]
 impl Throttle {
     pub(crate) const fn new() -> Self {
         Self {

@@ -74,6 +74,8 @@ pub(crate) struct L2 {
     invalidate_key: Script,
     invalidate_tag: Script,
     down_until: AtomicU64,
+    /// Failures logged at WARN at most once per 10 s.
+    warn: crate::error::Throttle,
     /// This instance's id in messages (16 hex digits), so it skips its own.
     me: String,
 }
@@ -110,6 +112,7 @@ impl L2 {
             invalidate_key: Script::new(INVALIDATE_KEY),
             invalidate_tag: Script::new(INVALIDATE_TAG),
             down_until: AtomicU64::new(0),
+            warn: crate::error::Throttle::new(),
             me: format!("{seed:016x}"),
         }
     }
@@ -123,7 +126,14 @@ impl L2 {
     }
 
     fn failed(&self, clock: &Clock, err: &StoreUnavailable) {
-        tracing::debug!(error = %err, "cache L2 call failed; serving from L1 and the loader");
+        match self.warn.ready(std::time::Duration::from_secs(10)) {
+            Some(skipped) => tracing::warn!(
+                error = %err,
+                skipped,
+                "cache L2 unavailable; serving from L1 and the loader"
+            ),
+            None => tracing::debug!(error = %err, "cache L2 call failed"),
+        }
         self.down_until.store(
             clock.now_us().saturating_add(L2_BACKOFF_US),
             Ordering::Relaxed,

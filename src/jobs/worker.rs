@@ -370,6 +370,8 @@ const ACK_BATCH: usize = 64;
 const IDLE_MIN: Duration = Duration::from_millis(5);
 const ERROR_MIN: Duration = Duration::from_millis(50);
 const ERROR_MAX: Duration = Duration::from_secs(5);
+/// A store outage is logged at WARN at most this often per pool (the metrics count all).
+const WARN_EVERY: Duration = Duration::from_secs(10);
 const STATS_EVERY: Duration = Duration::from_secs(5);
 
 impl<T, H, Fut, R, E> Pool<T, H>
@@ -388,6 +390,7 @@ where
         let acker = tokio::spawn(acknowledge(Arc::clone(&self.shared), rx));
         let mut idle = IDLE_MIN;
         let mut failing = ERROR_MIN;
+        let warn = crate::error::Throttle::new();
         let mut stats_at = tokio::time::Instant::now();
         let name = self.shared.name.clone();
         let life = self.shared.life;
@@ -438,7 +441,14 @@ where
                     }
                     Err(e) => {
                         drop(held);
-                        tracing::warn!(queue = %name, error = %e, retry_in = ?failing, "job rate limit store failed");
+                        match warn.ready(WARN_EVERY) {
+                            Some(skipped) => {
+                                tracing::warn!(queue = %name, error = %e, skipped, retry_in = ?failing, "job rate limit store failed")
+                            }
+                            None => {
+                                tracing::debug!(queue = %name, error = %e, "job rate limit store failed")
+                            }
+                        }
                         self.idle_until_stopped(failing).await;
                         failing = (failing * 2).min(ERROR_MAX);
                         continue;
@@ -474,7 +484,12 @@ where
                 }
                 Err(e) => {
                     drop(held);
-                    tracing::warn!(queue = %name, error = %e, retry_in = ?failing, "job fetch failed");
+                    match warn.ready(WARN_EVERY) {
+                        Some(skipped) => {
+                            tracing::warn!(queue = %name, error = %e, skipped, retry_in = ?failing, "job fetch failed")
+                        }
+                        None => tracing::debug!(queue = %name, error = %e, "job fetch failed"),
+                    }
                     self.idle(failing).await;
                     failing = (failing * 2).min(ERROR_MAX);
                 }

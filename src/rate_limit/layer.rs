@@ -80,6 +80,8 @@ pub(crate) struct Shared<K, S, R> {
     pub(crate) shadow: bool,
     pub(crate) headers_on_success: bool,
     pub(crate) x_headers: bool,
+    /// Store failures logged at WARN at most once per 10 s, per layer.
+    pub(crate) warn: crate::error::Throttle,
     pub(crate) response: R,
     /// True if no quota has a predicate, so every quota applies to every request.
     pub(crate) unconditional: bool,
@@ -382,6 +384,7 @@ impl<K, S, R> RateLimitLayerBuilder<K, S, R> {
                 shadow: self.settings.shadow,
                 headers_on_success: self.settings.headers_on_success,
                 x_headers: self.settings.x_headers,
+                warn: crate::error::Throttle::new(),
                 response: self.response,
                 unconditional,
                 simple,

@@ -197,8 +197,7 @@ impl<K, S, R: OnRefusal<RateLimited>> Shared<K, S, R> {
         err: &StoreUnavailable,
     ) -> Verdicted {
         ::metrics::counter!("tower_scale.rate_limit.store_errors").increment(1);
-        static WARN: crate::error::Throttle = crate::error::Throttle::new();
-        match WARN.ready(std::time::Duration::from_secs(10)) {
+        match self.warn.ready(std::time::Duration::from_secs(10)) {
             Some(skipped) => {
                 tracing::warn!(error = %err, skipped, "rate limit: store unavailable; the configured fallback decides")
             }

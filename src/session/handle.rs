@@ -103,17 +103,10 @@ impl SessionError {
         }
     }
 
-    /// Logs the error: a store that is down at WARN (at most once every 10 s, with how
-    /// many were not logged), anything else at DEBUG.
+    /// Logs the error at DEBUG: a store failure was logged at WARN where it happened (at
+    /// most once every 10 s per layer, with how many were not logged).
     pub(crate) fn log(&self, what: &'static str) {
-        static WARN: crate::error::Throttle = crate::error::Throttle::new();
-        if matches!(self, SessionError::Unavailable(_))
-            && let Some(skipped) = WARN.ready(std::time::Duration::from_secs(10))
-        {
-            tracing::warn!(error = %self, skipped, "{what}: session store unavailable");
-        } else {
-            tracing::debug!(error = %self, "{what}");
-        }
+        tracing::debug!(error = %self, "{what}");
     }
 
     /// The answer for this error: its status and `{"error": "<public message>"}`, with
@@ -251,10 +244,7 @@ impl Session {
                         Some(answer) => answer,
                         None => shared.store.load(key, life).await,
                     };
-                    answer.map_err(|e| {
-                        ::metrics::counter!("tower_scale.session.store_errors").increment(1);
-                        SessionError::Unavailable(e)
-                    })?
+                    answer.map_err(|e| shared.unavailable(e))?
                 }
                 None => None,
             };

@@ -34,6 +34,22 @@ pub(crate) struct Config {
 pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) store: Box<dyn SessionStore>,
+    /// Store failures logged at WARN at most once per 10 s, per layer.
+    warn: crate::error::Throttle,
+}
+
+impl Shared {
+    /// A store call failed: counted, logged (throttled), and the error to return.
+    pub(crate) fn unavailable(&self, e: crate::StoreUnavailable) -> SessionError {
+        ::metrics::counter!("tower_scale.session.store_errors").increment(1);
+        match self.warn.ready(Duration::from_secs(10)) {
+            Some(skipped) => {
+                tracing::warn!(error = %e, skipped, "session store unavailable");
+            }
+            None => tracing::debug!(error = %e, "session store unavailable"),
+        }
+        SessionError::Unavailable(e)
+    }
 }
 
 /// Gives every request a lazily loaded [`Session`]. Built by [`SessionLayer::builder`].
@@ -278,6 +294,7 @@ impl SessionLayerBuilder {
                     max_per_user: self.max_per_user,
                 },
                 store: self.store,
+                warn: crate::error::Throttle::new(),
             }),
         })
     }
@@ -429,11 +446,14 @@ async fn finish(session: &Session) -> Result<Option<HeaderValue>, SessionError> 
                 .clone()
                 .or_else(|| s.loaded.as_ref().and_then(|l| l.user.clone()));
             if let Some(u) = user {
-                store.destroy_user(&u).await.map_err(unavailable)?;
+                store
+                    .destroy_user(&u)
+                    .await
+                    .map_err(|e| shared.unavailable(e))?;
             }
         }
         if let Some(k) = &sent_key {
-            store.destroy(k).await.map_err(unavailable)?;
+            store.destroy(k).await.map_err(|e| shared.unavailable(e))?;
         }
         ::metrics::counter!("tower_scale.session.destroyed").increment(1);
         return Ok(Some(config.cookie.header("", Some(0))));
@@ -454,11 +474,6 @@ async fn finish(session: &Session) -> Result<Option<HeaderValue>, SessionError> 
     }))
 }
 
-fn unavailable(e: crate::StoreUnavailable) -> SessionError {
-    ::metrics::counter!("tower_scale.session.store_errors").increment(1);
-    SessionError::Unavailable(e)
-}
-
 /// Sends the changes made so far to the store, in one save: the changed values, a login,
 /// a new id. `None` if there was nothing to send. Afterwards the state describes the
 /// session as stored: a later write adds only what changed since.
@@ -473,7 +488,7 @@ pub(crate) async fn write(
         && let Some(k) = &sent_key
     {
         // A login by another user: the old user's session ends here.
-        store.destroy(k).await.map_err(unavailable)?;
+        store.destroy(k).await.map_err(|e| shared.unavailable(e))?;
         s.replace_old = false;
     }
     let Some(id) = s.new_id.clone().or_else(|| s.sent.clone()) else {
@@ -498,7 +513,7 @@ pub(crate) async fn write(
     let saved = store
         .save(save, shared.config.life)
         .await
-        .map_err(unavailable)?;
+        .map_err(|e| shared.unavailable(e))?;
     if !saved.applied {
         ::metrics::counter!("tower_scale.session.expired").increment(1);
         s.ended = true;

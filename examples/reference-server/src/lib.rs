@@ -14,6 +14,7 @@
 
 pub mod catalog;
 pub mod config;
+mod conn;
 pub mod error;
 mod routes;
 pub mod state;
@@ -242,10 +243,12 @@ struct Limits {
 /// Accepts connections until `stop`, then finishes the open ones' in-flight requests
 /// (the caller bounds how long). A connection must send a request's headers within
 /// `header_read` of the server waiting for them (a silent, half-sent or idle keep-alive
-/// connection is closed then), a request body must make progress every [`BODY_TIMEOUT`],
-/// and past `max_connections` open connections a new one is closed at once, so slow
-/// clients cannot exhaust the process's descriptors. `ConnectInfo` is set as
-/// `axum::serve` would.
+/// connection is closed then), and a request body must make progress every
+/// [`BODY_TIMEOUT`]. At most `max_connections` are open (fewer if the process's descriptor
+/// limit is lower): a new connection past the cap closes the oldest connection that has
+/// no request in progress, and is itself closed at once only when every open connection
+/// is serving a request, so slow clients can neither exhaust the descriptors nor lock
+/// new clients out. `ConnectInfo` is set as `axum::serve` would.
 async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
@@ -253,7 +256,6 @@ async fn serve(
     stop: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
     use hyper_util::rt::{TokioIo, TokioTimer};
-    use hyper_util::service::TowerToHyperService;
     use tower::ServiceExt;
 
     let app = app.layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
@@ -264,7 +266,9 @@ async fn serve(
         .header_read_timeout(limits.header_read)
         .keep_alive(true);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let open = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let max = connection_cap(limits.max_connections);
+    let open = Arc::new(tokio::sync::Semaphore::new(max));
+    let registry = Arc::new(conn::Registry::default());
     let mut last_error_log: Option<std::time::Instant> = None;
     tokio::pin!(stop);
     loop {
@@ -285,31 +289,76 @@ async fn serve(
                 }
             },
         };
-        let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
-            // Full: closed at once, the client sees the connection end.
-            drop(stream);
-            continue;
+        let permit = match Arc::clone(&open).try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) if registry.close_oldest_idle() => {
+                // Its task drops it, and its permit, at its next poll.
+                match tokio::time::timeout(
+                    Duration::from_millis(100),
+                    Arc::clone(&open).acquire_owned(),
+                )
+                .await
+                {
+                    Ok(Ok(p)) => p,
+                    _ => continue,
+                }
+            }
+            Err(_) => {
+                // Full of requests in progress: closed at once, the client sees the
+                // connection end.
+                drop(stream);
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
-        let svc = app
-            .clone()
-            .map_request(move |mut req: http::Request<hyper::body::Incoming>| {
-                req.extensions_mut()
-                    .insert(axum::extract::ConnectInfo(peer));
-                req
-            });
-        let conn = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
+        let registered = registry.register();
+        let on = Arc::clone(&registered.conn);
+        let app = app.clone();
+        let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            let busy = on.enter();
+            let mut req = req.map(axum::body::Body::new);
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            let fut = app.clone().oneshot(req);
+            async move {
+                let res = fut.await?;
+                Ok::<_, std::convert::Infallible>(res.map(|b| conn::Guarded::new(b, busy)))
+            }
+        });
+        let conn = http.serve_connection(TokioIo::new(stream), svc);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             let _permit = permit;
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+            tokio::select! {
+                res = conn => if let Err(e) = res {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                },
+                // Closed to make room: dropping the connection closes the socket.
+                () = registered.conn.closing() => {}
             }
         });
     }
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// `configured`, or less if the process may not open that many descriptors: a margin of
+/// 64 stays for the listener, Redis, the database pools and files.
+fn connection_cap(configured: usize) -> usize {
+    match conn::descriptor_limit() {
+        Some(fds) if fds.saturating_sub(64) < configured => {
+            let cap = fds.saturating_sub(64).max(16);
+            tracing::warn!(
+                configured,
+                descriptors = fds,
+                cap,
+                "MAX_CONNECTIONS is above what the descriptor limit allows; raise `ulimit -n` to allow more"
+            );
+            cap
+        }
+        _ => configured,
+    }
 }
 
 async fn shutdown_signal(stop: Arc<tokio::sync::watch::Sender<bool>>) {

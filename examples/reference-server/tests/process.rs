@@ -29,7 +29,19 @@ struct Proc {
 
 impl Proc {
     fn start(name: &str, env: &[(&str, &str)]) -> Self {
-        let mut cmd = Command::new(example(name));
+        Self::spawn(name, Command::new(example(name)), env)
+    }
+
+    /// As [`start`](Self::start), with the process's descriptor limit at `nofile`.
+    fn start_with_fd_limit(name: &str, env: &[(&str, &str)], nofile: u32) -> Self {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "ulimit -n \"$0\" && exec \"$1\""])
+            .arg(nofile.to_string())
+            .arg(example(name));
+        Self::spawn(name, cmd, env)
+    }
+
+    fn spawn(name: &str, mut cmd: Command, env: &[(&str, &str)]) -> Self {
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("LISTEN", "127.0.0.1:0")
@@ -517,22 +529,101 @@ async fn slow_and_silent_connections_are_closed_and_capped() {
         assert!(matches!(rest, Ok(0) | Err(_)), "still open: {rest:?}");
     }
     drop(slow);
-    // Silent connections up to the cap; the ones past it are closed at once.
+    // Silent connections up to the cap; one more closes the oldest silent one and is
+    // served.
     let mut silent = Vec::new();
     for _ in 0..40 {
         silent.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let mut over = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    assert_eq!(get(&server.base, "/healthz").await.status, StatusCode::OK);
     let mut buf = [0u8; 16];
+    let r = tokio::time::timeout(Duration::from_millis(500), silent[0].read(&mut buf))
+        .await
+        .expect("the oldest silent connection is closed, not held");
+    assert!(matches!(r, Ok(0) | Err(_)), "oldest: {r:?}");
+    drop(silent);
+}
+
+/// Past the connection cap, with the descriptor limit below `MAX_CONNECTIONS`: half-sent
+/// requests cannot lock clients out (each new connection closes the oldest idle one, and
+/// `/healthz` answers at once), all of them are closed after the header timeout, and a
+/// new connection is refused only while every open one is serving a request.
+#[tokio::test]
+async fn past_the_cap_idle_connections_make_room_and_busy_ones_do_not() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = Proc::start_with_fd_limit(
+        "reference_server",
+        &[
+            ("HEADER_READ_TIMEOUT", "3s"),
+            ("LOGIN_RATE_LIMIT", "10000/1m"),
+        ],
+        256,
+    );
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    // 300 half-sent requests: more than the 256 descriptors the process may open.
+    let mut slow = Vec::new();
+    for _ in 0..300 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        slow.push(s);
+    }
+    let mut took = Vec::new();
+    for _ in 0..5 {
+        let start = std::time::Instant::now();
+        assert_eq!(get(&server.base, "/healthz").await.status, StatusCode::OK);
+        took.push(start.elapsed());
+    }
+    took.sort();
+    eprintln!("/healthz past the cap: {took:?}");
+    assert!(took[2] < Duration::from_millis(100), "{took:?}");
+    // Every half-sent request is closed by the header timeout at the latest.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let mut open = 0;
+    for s in &mut slow {
+        let mut buf = [0u8; 256];
+        loop {
+            match tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await {
+                Ok(Ok(0) | Err(_)) => break,
+                Ok(Ok(_)) => {} // a 408, then the end
+                Err(_) => {
+                    open += 1;
+                    break;
+                }
+            }
+        }
+    }
+    assert_eq!(open, 0, "half-sent connections still open");
+    drop(slow);
+    // Requests in progress up to the cap (bodies that never come): a new connection is
+    // closed at once, for none of them can be closed to make room.
+    let mut busy = Vec::new();
+    let cap = 256 - 64;
+    for _ in 0..cap {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(b"POST /login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 50\r\n\r\n")
+            .await
+            .unwrap();
+        busy.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut over = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let _ = over
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let mut buf = [0u8; 64];
     let r = tokio::time::timeout(Duration::from_millis(500), over.read(&mut buf))
         .await
         .expect("refused at once, not held");
-    assert!(matches!(r, Ok(0) | Err(_)), "over the cap: {r:?}");
-    // Once the silent ones time out, the instance answers again.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(
+        matches!(r, Ok(0) | Err(_)),
+        "over a cap of busy connections: {r:?}"
+    );
+    drop(busy);
+    tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(get(&server.base, "/healthz").await.status, StatusCode::OK);
-    drop(silent);
 }
 
 /// With `METRICS_LISTEN`, `/metrics` answers there and not on the public listener.
