@@ -6,6 +6,8 @@
 #                             TOWER_SCALE_OWN_REDIS=1 always starts our own)
 #   TEST_DATABASE_URL         a PostgreSQL primary
 #   TEST_DATABASE_REPLICA_URL a physical streaming replica of it
+#   TEST_REDIS_CLUSTER_NODES  a Redis Cluster of our own (3 masters, 3 replicas), its
+#                             nodes' URLs separated by commas
 #
 # On a fresh Debian machine it installs redis-server and postgresql first (as root). The
 # primary/replica pair is our own, kept under $TOWER_SCALE_STATE (default
@@ -84,6 +86,59 @@ redis_url() {
   echo "redis://127.0.0.1:$port"
 }
 
+# A Redis Cluster of six nodes (3 masters, each with a replica) on free ports under
+# $STATE/redis-cluster, reused while every node answers and the cluster is healthy. Prints
+# the nodes' URLs, comma-separated.
+cluster_ok() {
+  local ports=("$@") p
+  for p in "${ports[@]}"; do
+    redis-cli -p "$p" ping 2>/dev/null | grep -q PONG || return 1
+  done
+  redis-cli -p "${ports[0]}" cluster info 2>/dev/null | grep -q 'cluster_state:ok'
+}
+
+redis_cluster_nodes() {
+  local dir="$STATE/redis-cluster" ports=() p i
+  install -d -m 0755 "$dir"
+  if [ -f "$dir/ports" ]; then
+    read -r -a ports <"$dir/ports"
+    if [ ${#ports[@]} = 6 ] && cluster_ok "${ports[@]}"; then
+      printf 'redis://127.0.0.1:%s,' "${ports[@]}" | sed 's/,$//'
+      return
+    fi
+    # Stale: stop what is left and start afresh.
+    for p in "${ports[@]}"; do redis-cli -p "$p" shutdown nosave >/dev/null 2>&1 || true; done
+  fi
+  rm -rf "${dir:?}"/node-*
+  ports=()
+  for i in 1 2 3 4 5 6; do
+    p=$(free_port)
+    # Redis Cluster also listens on port + 10000 (the bus).
+    while port_in_use $((p + 10000)) || [[ " ${ports[*]} " == *" $p "* ]] \
+      || [[ " ${ports[*]} " == *" $((p + 10000)) "* ]] || [[ " ${ports[*]} " == *" $((p - 10000)) "* ]]; do
+      p=$(free_port)
+    done
+    ports+=("$p")
+  done
+  log "starting a Redis Cluster on 127.0.0.1:${ports[*]}"
+  for p in "${ports[@]}"; do
+    install -d -m 0755 "$dir/node-$p"
+    redis-server --daemonize yes --bind 127.0.0.1 --port "$p" --save "" --appendonly no \
+      --cluster-enabled yes --cluster-config-file "$dir/node-$p/nodes.conf" \
+      --cluster-node-timeout 1000 --dir "$dir/node-$p" --logfile "$dir/node-$p/redis.log" \
+      --pidfile "$dir/node-$p/redis.pid" >&2
+  done
+  for p in "${ports[@]}"; do
+    for _ in $(seq 1 50); do redis-cli -p "$p" ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done
+  done
+  redis-cli --cluster create $(printf '127.0.0.1:%s ' "${ports[@]}") --cluster-replicas 1 \
+    --cluster-yes >"$dir/create.log" 2>&1 || { cat "$dir/create.log" >&2; return 1; }
+  for _ in $(seq 1 100); do cluster_ok "${ports[@]}" && break; sleep 0.1; done
+  cluster_ok "${ports[@]}" || { log "the Redis Cluster did not become healthy; see $dir"; return 1; }
+  echo "${ports[*]}" >"$dir/ports"
+  printf 'redis://127.0.0.1:%s,' "${ports[@]}" | sed 's/,$//'
+}
+
 pg_running() { as_pg "$(pg_bin)/pg_ctl" status -D "$1" >/dev/null 2>&1; }
 
 pg_wait() {
@@ -155,6 +210,9 @@ stop_all() {
     done
   fi
   if [ -f "$STATE/redis/port" ]; then redis-cli -p "$(cat "$STATE/redis/port")" shutdown nosave 2>/dev/null || true; fi
+  if [ -f "$STATE/redis-cluster/ports" ]; then
+    for p in $(cat "$STATE/redis-cluster/ports"); do redis-cli -p "$p" shutdown nosave >/dev/null 2>&1 || true; done
+  fi
   log "stopped"
 }
 
@@ -163,10 +221,12 @@ if [ "${1:-}" = stop ]; then stop_all; exit 0; fi
 install_packages
 install -d -m 0755 "$STATE"
 REDIS=$(redis_url) || { log "could not start Redis"; exit 1; }
+CLUSTER=$(redis_cluster_nodes) || { log "could not start the Redis Cluster"; exit 1; }
 PG=$(start_pg_pair) || { log "could not start PostgreSQL; logs under $STATE/pg"; exit 1; }
 read -r PPORT RPORT <<<"$PG"
 [ -n "${PPORT:-}" ] && [ -n "${RPORT:-}" ] || { log "could not start PostgreSQL; logs under $STATE/pg"; exit 1; }
 echo "export TEST_REDIS_URL='$REDIS'"
 echo "export TEST_DATABASE_URL='postgres://postgres@127.0.0.1:$PPORT/postgres'"
 echo "export TEST_DATABASE_REPLICA_URL='postgres://postgres@127.0.0.1:$RPORT/postgres'"
-log "redis $REDIS; postgres primary :$PPORT, replica :$RPORT"
+echo "export TEST_REDIS_CLUSTER_NODES='$CLUSTER'"
+log "redis $REDIS; redis cluster $CLUSTER; postgres primary :$PPORT, replica :$RPORT"

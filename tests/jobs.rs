@@ -33,13 +33,17 @@ fn task(n: u32) -> Task {
 enum Kind {
     Memory,
     Redis,
+    Cluster,
 }
 
-const KINDS: [Kind; 2] = [Kind::Memory, Kind::Redis];
+const KINDS: [Kind; 3] = [Kind::Memory, Kind::Redis, Kind::Cluster];
 
 fn store(kind: Kind) -> Arc<dyn JobStoreFactory> {
     match kind {
         Kind::Memory => Arc::new(MemoryJobStore::new()),
+        Kind::Cluster => Arc::new(RedisJobStore::new(support::redis_cluster_backend(&unique(
+            "jobs",
+        )))),
         Kind::Redis => Arc::new(RedisJobStore::new(redis_backend(
             &redis_url(),
             &unique("jobs"),

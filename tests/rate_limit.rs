@@ -59,13 +59,24 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_admit_exactly_the_quota() {
+    for cluster in [false, true] {
+        three_instances_share_one_quota(cluster).await;
+    }
+}
+
+async fn three_instances_share_one_quota(cluster: bool) {
     let prefix = support::unique("rl3");
     let n = 100;
     // Three "instances": each its own layer and its own Redis connection.
     let instances: Vec<_> = (0..3)
         .map(|_| {
+            let backend = if cluster {
+                support::redis_cluster_backend(&prefix)
+            } else {
+                backend(&support::redis_url(), &prefix)
+            };
             RateLimitLayer::builder()
-                .store(RedisStore::new(backend(&support::redis_url(), &prefix)))
+                .store(RedisStore::new(backend))
                 .quota(quota(&format!("{n}/1h"), "shared"))
                 .on_store_error(OnStoreError::FailClosed)
                 .build()
@@ -93,7 +104,10 @@ async fn three_instances_admit_exactly_the_quota() {
             other => panic!("unexpected {other}"),
         }
     }
-    assert_eq!(admitted, n, "exactly the quota across instances");
+    assert_eq!(
+        admitted, n,
+        "exactly the quota across instances (cluster: {cluster})"
+    );
     assert_eq!(refused, 2 * n);
 }
 
@@ -209,14 +223,13 @@ async fn a_refusal_by_one_quota_consumes_none_of_the_others() {
     }
 }
 
+/// The in-process store, and the Redis store on one node and on a Cluster.
 fn stores() -> Vec<(&'static str, AnyStore)> {
-    vec![
-        ("memory", MemoryStore::new().into()),
-        (
-            "redis",
-            RedisStore::new(backend(&support::redis_url(), &support::unique("atom"))).into(),
-        ),
-    ]
+    let mut all: Vec<(&'static str, AnyStore)> = vec![("memory", MemoryStore::new().into())];
+    for (name, backend) in support::redis_backends(&support::unique("atom")) {
+        all.push((name, RedisStore::new(backend).into()));
+    }
+    all
 }
 
 #[tokio::test]

@@ -133,14 +133,16 @@ fn redis_store(url: &str) -> RedisSessionStore {
 /// Both stores, for the tests that hold for each.
 type MakeApp = Box<dyn Fn() -> App>;
 
+/// The in-process store, and the Redis store on one node and on a Cluster.
 fn stores() -> Vec<(&'static str, MakeApp)> {
-    let url = support::redis_url();
-    let redis = redis_store(&url);
     let mem = MemoryStore::new();
-    vec![
-        ("memory", Box::new(move || app(mem.clone(), |b| b))),
-        ("redis", Box::new(move || app(redis.clone(), |b| b))),
-    ]
+    let mut all: Vec<(&'static str, MakeApp)> =
+        vec![("memory", Box::new(move || app(mem.clone(), |b| b)))];
+    for (name, backend) in support::redis_backends(&support::unique("sess")) {
+        let store = RedisSessionStore::new(backend);
+        all.push((name, Box::new(move || app(store.clone(), |b| b))));
+    }
+    all
 }
 
 #[tokio::test]
@@ -515,10 +517,12 @@ fn save(key: &str, ops: Vec<Op>, user: Option<&str>, new: bool) -> Save {
 
 /// Both stores, raw.
 fn raw_stores() -> Vec<(&'static str, Box<dyn SessionStore>)> {
-    vec![
-        ("memory", Box::new(MemoryStore::new())),
-        ("redis", Box::new(redis_store(&support::redis_url()))),
-    ]
+    let mut all: Vec<(&'static str, Box<dyn SessionStore>)> =
+        vec![("memory", Box::new(MemoryStore::new()))];
+    for (name, backend) in support::redis_backends(&support::unique("sess")) {
+        all.push((name, Box::new(RedisSessionStore::new(backend))));
+    }
+    all
 }
 
 #[tokio::test]
@@ -657,6 +661,13 @@ async fn logins_past_the_per_user_cap_end_the_oldest_sessions() {
             app(MemoryStore::new(), |b| b.max_sessions_per_user(3)),
         ),
         ("redis", app(redis, |b| b.max_sessions_per_user(3))),
+        (
+            "cluster",
+            app(
+                RedisSessionStore::new(support::redis_cluster_backend(&prefix)),
+                |b| b.max_sessions_per_user(3),
+            ),
+        ),
     ];
     for (name, app) in cases {
         let mut clients = vec![Client::default(); 5];

@@ -1,14 +1,18 @@
 //! The shared Redis backend: one connection handle for every layer that keeps state in Redis.
 //!
-//! [`RedisBackend`] wraps redis-rs's `ConnectionManager`: one multiplexed connection per
-//! backend (concurrent requests pipeline on one socket, so a clone per request costs
-//! nothing), reconnecting by itself after a failure. On top it adds what every layer needs
-//! and must not write twice:
+//! [`RedisBackend`] talks to one Redis ([`RedisBackend::builder`]) or to a Redis Cluster
+//! ([`RedisBackend::cluster`]), with the same API for every layer. On one Redis it holds
+//! one multiplexed connection (concurrent requests pipeline on one socket, so a clone per
+//! request costs nothing), reconnecting by itself after a failure. On a Cluster it holds a
+//! multiplexed connection per node, learns the slot map from the nodes it is given, and
+//! follows `MOVED`/`ASK` redirections and failovers without a restart. On top it adds
+//! what every layer needs and must not write twice:
 //!
 //! - **A key layout**: `{prefix}:{namespace}:{{tag}}[:suffix]`. The tag is the logical key
 //!   (a client, a session, a cache entry) in Redis Cluster hash-tag braces, so every Redis key
 //!   of one logical key lands on one slot and a Lua script may touch them all. The tag is
-//!   escaped so no input can break out of the braces.
+//!   escaped so no input can break out of the braces. Every script and multi-key command
+//!   the layers send stays within one slot (`docs/architecture.md` lists each layer's keys).
 //! - **Scripts** by `EVALSHA`, loaded on first use and reloaded after a `NOSCRIPT` (a Redis
 //!   restart or `SCRIPT FLUSH`).
 //! - **A per-call timeout**, so a slow Redis never stalls a request for longer than the
@@ -54,8 +58,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{Client, FromRedisValue};
+use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use ::redis::cluster_async::ClusterConnection;
+use ::redis::{Client, FromRedisValue, RedisFuture};
 use tokio::time::Instant;
 
 // The commands the layers send: each helper below exists in the builds whose layers use it.
@@ -88,10 +93,51 @@ pub struct RedisBackend {
     inner: Arc<Inner>,
 }
 
+/// The connection: to one Redis, or to a Cluster. Both multiplex and reconnect by
+/// themselves; a clone shares the connection.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, ::redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a ::redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<::redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 struct Inner {
-    conn: ConnectionManager,
+    conn: Conn,
+    /// For pub/sub: the one Redis, or each node given for a Cluster (on a Cluster a
+    /// message published on any node reaches the subscribers of every node).
     #[cfg(feature = "cache")]
-    client: Client,
+    clients: Vec<Client>,
+    /// The node the next subscription tries first, moved on after a failure.
+    #[cfg(feature = "cache")]
+    next_client: std::sync::atomic::AtomicUsize,
     #[cfg(feature = "cache")]
     connect_timeout: Duration,
     prefix: String,
@@ -114,6 +160,8 @@ impl fmt::Debug for RedisBackend {
 #[must_use]
 pub struct RedisBackendBuilder {
     url: String,
+    /// The nodes of a Cluster; `None` for one Redis at `url`.
+    cluster: Option<Vec<String>>,
     prefix: String,
     timeout: Duration,
     connect_timeout: Duration,
@@ -125,10 +173,44 @@ impl RedisBackend {
     pub fn builder(url: impl Into<String>) -> RedisBackendBuilder {
         RedisBackendBuilder {
             url: url.into(),
+            cluster: None,
             prefix: "tower-scale".into(),
             timeout: Duration::from_millis(100),
             connect_timeout: Duration::from_millis(500),
         }
+    }
+
+    /// Starts a builder for a Redis Cluster, reached through any of `nodes`
+    /// (`redis://host:port` URLs; one reachable node is enough, the rest of the Cluster
+    /// is discovered from it). Every layer works on it with the same API as on one Redis.
+    ///
+    /// ```no_run
+    /// use tower_scale::redis::RedisBackend;
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let redis = RedisBackend::cluster(["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"])
+    ///     .prefix("myapp")
+    ///     .build()?;
+    /// assert!(redis.is_cluster());
+    /// # Ok(()) }
+    /// ```
+    pub fn cluster<I, S>(nodes: I) -> RedisBackendBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        RedisBackendBuilder {
+            url: String::new(),
+            cluster: Some(nodes.into_iter().map(Into::into).collect()),
+            prefix: "tower-scale".into(),
+            timeout: Duration::from_millis(100),
+            connect_timeout: Duration::from_millis(500),
+        }
+    }
+
+    /// True for a backend on a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.inner.conn, Conn::Cluster(_))
     }
 
     /// The key prefix.
@@ -141,7 +223,8 @@ impl RedisBackend {
         self.inner.timeout
     }
 
-    /// The server address (without credentials), for logs and health reports.
+    /// The server address (without credentials), for logs and health reports: for a
+    /// Cluster, the nodes it was given.
     pub fn address(&self) -> &str {
         &self.inner.address
     }
@@ -267,7 +350,9 @@ impl RedisBackend {
     /// A new dedicated connection subscribed to `channel` (a name from
     /// [`channel`](Self::channel)), for listeners such as the cache's invalidation
     /// subscriber. Pub/sub needs a connection of its own: the shared multiplexed one keeps
-    /// serving commands.
+    /// serving commands. On a Cluster it is a connection to one of the nodes given (plain
+    /// pub/sub reaches every node's subscribers); after a failure the next attempt tries
+    /// the next node.
     ///
     /// # Errors
     ///
@@ -278,17 +363,23 @@ impl RedisBackend {
         &self,
         channel: &str,
     ) -> Result<::redis::aio::PubSub, StoreUnavailable> {
+        use std::sync::atomic::Ordering::Relaxed;
         let limit = self.inner.connect_timeout + self.inner.timeout;
+        let clients = &self.inner.clients;
+        let i = self.inner.next_client.load(Relaxed) % clients.len();
         let fut = async {
-            let mut pubsub = self.inner.client.get_async_pubsub().await?;
+            let mut pubsub = clients[i].get_async_pubsub().await?;
             pubsub.subscribe(channel).await?;
             Ok::<_, ::redis::RedisError>(pubsub)
         };
-        match tokio::time::timeout(limit, fut).await {
-            Ok(Ok(p)) => Ok(p),
+        let res = match tokio::time::timeout(limit, fut).await {
+            Ok(Ok(p)) => return Ok(p),
             Ok(Err(e)) => Err(StoreUnavailable::backend(e)),
             Err(_) => Err(StoreUnavailable::timeout(limit)),
-        }
+        };
+        // The next attempt tries the next node (a Cluster node that failed over, say).
+        self.inner.next_client.store(i + 1, Relaxed);
+        res
     }
 
     /// The pub/sub channel `{prefix}:{name}`, so applications sharing a Redis under
@@ -363,7 +454,8 @@ impl RedisBackendBuilder {
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] for a URL redis-rs cannot parse, a bad prefix or a zero timeout.
+    /// A [`ConfigError`] for a URL redis-rs cannot parse, a Cluster without nodes, a bad
+    /// prefix or a zero timeout.
     ///
     /// # Panics
     ///
@@ -383,37 +475,95 @@ impl RedisBackendBuilder {
                 ),
             ));
         }
+        if self
+            .cluster
+            .as_ref()
+            .is_some_and(|nodes| nodes.is_empty() || nodes.iter().any(|n| n.trim().is_empty()))
+        {
+            return Err(ConfigError::new(
+                "redis_cluster_nodes",
+                "list at least one node, e.g. redis://127.0.0.1:7000",
+            ));
+        }
         if self.timeout.is_zero() || self.connect_timeout.is_zero() {
             return Err(ConfigError::new(
                 "timeout",
                 "must be above zero; a few tens of milliseconds suits a Redis on the same network",
             ));
         }
-        let client = Client::open(self.url.as_str()).map_err(|e| {
-            ConfigError::new(
-                "redis_url",
-                format!("cannot parse the Redis URL ({e}); write e.g. redis://127.0.0.1:6379/0"),
-            )
-        })?;
-        let address = client.get_connection_info().addr().to_string();
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(Some(self.timeout.max(Duration::from_secs(1))))
-            // Reconnect attempts back off up to a second; callers are bounded by `timeout`.
-            .set_number_of_retries(3)
-            .set_max_delay(Duration::from_secs(1));
-        let conn =
-            ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(|e| {
+        let parse = |url: &str| {
+            Client::open(url).map_err(|e| {
                 ConfigError::new(
                     "redis_url",
-                    format!("cannot create the Redis connection: {e}"),
+                    format!(
+                        "cannot parse the Redis URL `{url}` ({e}); write e.g. redis://127.0.0.1:6379/0"
+                    ),
+                )
+            })
+        };
+        let response_timeout = self.timeout.max(Duration::from_secs(1));
+        let (conn, clients, address) = if let Some(nodes) = &self.cluster {
+            let clients = nodes
+                .iter()
+                .map(|u| parse(u.trim()))
+                .collect::<Result<Vec<_>, _>>()?;
+            let address = format!(
+                "cluster {}",
+                clients
+                    .iter()
+                    .map(|c| c.get_connection_info().addr().to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+            let client = ::redis::cluster::ClusterClientBuilder::new(
+                clients.iter().map(|c| c.get_connection_info().clone()),
+            )
+            .connection_timeout(self.connect_timeout)
+            .response_timeout(response_timeout)
+            // Redirections and reconnections are retried, with short waits: callers are
+            // bounded by `timeout` anyway.
+            .retries(3)
+            .min_retry_wait(10)
+            .max_retry_wait(200)
+            .build()
+            .map_err(|e| {
+                ConfigError::new(
+                    "redis_cluster_nodes",
+                    format!("cannot set up the Redis Cluster client: {e}"),
                 )
             })?;
+            let config = ::redis::cluster::ClusterConfig::new()
+                .set_connection_timeout(self.connect_timeout)
+                .set_response_timeout(response_timeout);
+            let conn = client.get_pending_async_connection_with_config(config);
+            (Conn::Cluster(conn), clients, address)
+        } else {
+            let client = parse(&self.url)?;
+            let address = client.get_connection_info().addr().to_string();
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(self.connect_timeout))
+                .set_response_timeout(Some(response_timeout))
+                // Reconnect attempts back off up to a second; callers are bounded by `timeout`.
+                .set_number_of_retries(3)
+                .set_max_delay(Duration::from_secs(1));
+            let conn =
+                ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(|e| {
+                    ConfigError::new(
+                        "redis_url",
+                        format!("cannot create the Redis connection: {e}"),
+                    )
+                })?;
+            (Conn::Single(conn), vec![client], address)
+        };
+        #[cfg(not(feature = "cache"))]
+        let _ = clients;
         Ok(RedisBackend {
             inner: Arc::new(Inner {
                 conn,
                 #[cfg(feature = "cache")]
-                client,
+                clients,
+                #[cfg(feature = "cache")]
+                next_client: std::sync::atomic::AtomicUsize::new(0),
                 #[cfg(feature = "cache")]
                 connect_timeout: self.connect_timeout,
                 prefix: self.prefix,

@@ -247,6 +247,21 @@ async fn bad_config_names_the_setting() {
             "timeout",
         ),
         ("bad url", RedisBackend::builder("http://nope"), "redis_url"),
+        (
+            "cluster without nodes",
+            RedisBackend::cluster(Vec::<String>::new()),
+            "redis_cluster_nodes",
+        ),
+        (
+            "cluster with an empty node",
+            RedisBackend::cluster(["redis://127.0.0.1:7000", " "]),
+            "redis_cluster_nodes",
+        ),
+        (
+            "cluster with a bad node",
+            RedisBackend::cluster(["http://nope"]),
+            "redis_url",
+        ),
         ("garbage url", RedisBackend::builder("::::"), "redis_url"),
     ];
     for (name, b, setting) in cases {
@@ -271,4 +286,93 @@ async fn unreachable_redis_fails_within_the_timeout() {
     );
     let _ = err.to_string();
     assert!(format!("{r:?}").contains("127.0.0.1:1"));
+}
+
+/// On the shared Cluster: commands reach keys on every master, a pipeline and a script
+/// run on one slot, scripts are loaded again on every node after `SCRIPT FLUSH`, and pub/sub
+/// reaches a subscriber whatever node it is on.
+#[tokio::test]
+async fn a_cluster_backend_serves_every_slot() {
+    let prefix = support::unique("cl");
+    let r = RedisBackend::cluster(support::redis_cluster_nodes())
+        .prefix(&prefix)
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    assert!(r.is_cluster());
+    assert!(
+        r.address().starts_with("cluster 127.0.0.1:"),
+        "{}",
+        r.address()
+    );
+    assert!(r.ping().await.is_ok());
+    // Keys spread over the three masters.
+    let mut nodes = std::collections::HashSet::new();
+    for i in 0..30 {
+        let key = r.key("ns", &format!("user:{i}"));
+        let _: () = r
+            .query("set", cmd("SET").arg(&key).arg(i).arg("PX").arg(60_000))
+            .await
+            .unwrap();
+        let v: i64 = r.query("get", cmd("GET").arg(&key)).await.unwrap();
+        assert_eq!(v, i);
+        let slot: u16 = r
+            .query("keyslot", cmd("CLUSTER").arg("KEYSLOT").arg(&key))
+            .await
+            .unwrap();
+        nodes.insert(slot / 5462);
+    }
+    assert_eq!(nodes.len(), 3, "keys on every master's slots");
+    // A script touching two keys of one tag, and a declared-key EVALSHA.
+    let script = Script::new(
+        "redis.call('SET', KEYS[2], ARGV[1]) return redis.call('INCRBY', KEYS[1], ARGV[1])",
+    );
+    let (a, b) = (r.key("ns", "t"), r.key_with_suffix("ns", "t", "x"));
+    let v: i64 = r
+        .invoke("two", script.key(&a).key(&b).arg(5))
+        .await
+        .unwrap();
+    assert_eq!(v, 5);
+    // SCRIPT FLUSH reaches every node; the next call loads the script where it runs.
+    let _: () = r
+        .query("flush", &cmd("SCRIPT").arg("FLUSH").clone())
+        .await
+        .unwrap();
+    let evalsha = cmd("EVALSHA")
+        .arg(script.get_hash())
+        .arg(2)
+        .arg(&a)
+        .arg(&b)
+        .arg(2)
+        .clone();
+    let v: i64 = r.evalsha("two", &script, &evalsha).await.unwrap();
+    assert_eq!(v, 7);
+    // Keys of different slots in one script are refused: the layers never send one.
+    let cross = Script::new("return redis.call('GET', KEYS[2])");
+    let err = r
+        .invoke::<Option<String>>("cross", cross.key(r.key("ns", "a")).key(r.key("ns", "b")))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("CrossSlot"), "{err}");
+    // A message published through the cluster connection reaches a subscriber.
+    let channel = r.channel("news");
+    let pubsub = r.subscribe(&channel).await.unwrap();
+    let mut messages = pubsub.into_on_message();
+    let heard = async {
+        use futures_util::StreamExt;
+        messages
+            .next()
+            .await
+            .map(|m| m.get_payload::<String>().unwrap())
+    };
+    let publish = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let n: i64 = r
+            .query("publish", cmd("PUBLISH").arg(&channel).arg("hello"))
+            .await
+            .unwrap();
+        n
+    };
+    let (heard, _) = tokio::join!(tokio::time::timeout(Duration::from_secs(2), heard), publish);
+    assert_eq!(heard.unwrap().as_deref(), Some("hello"));
 }

@@ -417,7 +417,7 @@ impl Session {
             s.replace_old = true;
         }
         s.user = Some(user.to_owned());
-        s.new_id = Some(SessionId::random());
+        s.new_id = Some(self.next_id(&s));
         self.mark();
         Ok(())
     }
@@ -430,7 +430,7 @@ impl Session {
     /// The store cannot be read.
     pub async fn cycle_id(&self) -> Result<(), SessionError> {
         let mut s = self.loaded().await?;
-        s.new_id = Some(SessionId::random());
+        s.new_id = Some(self.next_id(&s));
         self.mark();
         Ok(())
     }
@@ -453,6 +453,16 @@ impl Session {
         s.destroy = true;
         self.mark();
         Ok(())
+    }
+
+    /// The id a login or `cycle_id` gives: for a session that exists, cycled from the
+    /// current one (the store renames it within one slot); else a fresh one.
+    fn next_id(&self, s: &State) -> SessionId {
+        let current = s.new_id.as_ref().or(s.sent.as_ref());
+        match current {
+            Some(id) if s.loaded.as_ref().is_some_and(|l| l.existed) => id.cycled(),
+            _ => SessionId::random(),
+        }
     }
 
     fn ensure_id(&self, s: &mut State) {

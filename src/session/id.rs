@@ -1,4 +1,4 @@
-//! Session ids: 256 random bits, sent as 64 hex digits, stored only as their SHA-256.
+//! Session ids: 256 random bits, sent as 64 hex digits, stored only under hashes of them.
 
 use std::fmt;
 
@@ -29,6 +29,21 @@ impl SessionId {
         SessionId(b)
     }
 
+    /// The id that replaces this one on a login or `cycle_id`: the first 128 bits kept
+    /// (they choose the session's Redis Cluster slot, so the old and new keys share it and
+    /// the rename is one atomic script), the last 128 bits fresh from the CSPRNG. The
+    /// first half is no secret after a cycle (a planted id's owner knows it); the fresh
+    /// half alone is beyond guessing.
+    ///
+    /// # Panics
+    ///
+    /// As [`random`](Self::random).
+    pub(crate) fn cycled(&self) -> Self {
+        let mut b = self.0;
+        getrandom::fill(&mut b[16..]).expect("the OS random source is available");
+        SessionId(b)
+    }
+
     /// The cookie value: 64 lowercase hex digits.
     pub(crate) fn to_cookie(&self) -> String {
         crate::hex::encode(&self.0)
@@ -52,8 +67,10 @@ impl SessionId {
         (bad == 0).then_some(SessionId(b))
     }
 
-    /// What the store keeps instead of the id: its SHA-256, as 64 hex digits. Someone who
-    /// reads the store learns no id they could send back as a cookie.
+    /// What the store keeps instead of the id, as 64 hex digits: 16 of the SHA-256 of the
+    /// id's first half (the lineage: the same for an id and the ids cycled from it, so a
+    /// store can keep them on one Redis Cluster slot), then 48 of the SHA-256 of the whole
+    /// id. Someone who reads the store learns no id they could send back as a cookie.
     pub(crate) fn storage_key(&self) -> String {
         self.storage_key_digits().as_str().to_owned()
     }
@@ -61,7 +78,10 @@ impl SessionId {
     /// [`storage_key`](Self::storage_key) on the stack, for a lookup.
     pub(crate) fn storage_key_digits(&self) -> StorageKey {
         let mut digits = [0; 64];
-        crate::hex::encode_to(&Sha256::digest(self.0), &mut digits);
+        let lineage = Sha256::digest(&self.0[..16]);
+        let whole = Sha256::digest(self.0);
+        crate::hex::encode_to(&lineage[..8], &mut digits[..16]);
+        crate::hex::encode_to(&whole[..24], &mut digits[16..]);
         StorageKey(digits)
     }
 }
@@ -137,11 +157,18 @@ mod tests {
         assert_eq!(SessionId::from_cookie(c.as_bytes()), Some(id.clone()));
         assert_ne!(id.storage_key(), c, "the store never holds the id");
         assert_eq!(id.storage_key_digits().as_str(), id.storage_key());
-        // The stored form: lowercase hex of SHA-256 (keys written before stay valid).
+        // The stored form: 16 hex digits of SHA-256 of the first 16 bytes, then 48 of the
+        // SHA-256 of all 32.
         assert_eq!(
             SessionId([0; 32]).storage_key(),
-            "66687aadf862bd776c8fc18b8e9f8e20089714856ee233b3902a591d0d5f2925"
+            "374708fff7719dd566687aadf862bd776c8fc18b8e9f8e20089714856ee233b3"
         );
+        // A cycled id keeps the lineage and nothing else.
+        let next = id.cycled();
+        assert_ne!(next, id);
+        assert_eq!(next.0[..16], id.0[..16]);
+        assert_eq!(next.storage_key()[..16], id.storage_key()[..16]);
+        assert_ne!(next.storage_key()[16..], id.storage_key()[16..]);
         assert_ne!(SessionId::random(), id);
         assert_eq!(format!("{id:?}"), "SessionId(..)");
     }

@@ -6,13 +6,10 @@ use std::time::Duration;
 
 use super::store::{Lifetimes, Op, Record, Save, Saved, SessionStore, StoreFuture};
 use crate::duration::micros as us;
-use crate::redis::{RedisBackend, Script, Value};
+use crate::redis::{RedisBackend, Script, Value, cmd};
 
-/// Lua's side of the key escaping (`escape_key_part`): `%`, `{`, `}` percent-encoded.
-const ESCAPE: &str = r"
-local function tag(s)
-  return (s:gsub('%%', '%%25'):gsub('{', '%%7B'):gsub('}', '%%7D'))
-end
+/// What every script starts with: Redis's clock in µs.
+const PRELUDE: &str = r"
 local function now_us()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -40,44 +37,32 @@ end
 return h
 ";
 
-/// KEYS[1] session, KEYS[2] its old key ('' unless the id was cycled).
-/// ARGV: idle (ms), absolute (µs), user ('' for no change), index prefix, old hash, new
-/// hash, '1' if the session is new, the most sessions per user, then triples (op, key,
-/// value): s = set, r = remove, i = increment. Returns {0}, writing nothing, for a session
-/// that is not new and is gone; else {1, the value each increment left, as text}.
-///
-/// The user's index is a sorted set of session hashes scored by creation time (µs): the
-/// cap ends the oldest, and members past the absolute timeout are dropped.
+/// KEYS[1] session, KEYS[2] its old key (only if the id was cycled: then on the same
+/// slot, for the ids share their lineage). ARGV: idle (ms), absolute (µs), user ('' for
+/// no change), '1' if the session is new, then triples (op, key, value): s = set,
+/// r = remove, i = increment. Returns {0}, writing nothing, for a session that is not new
+/// and is gone; else {1, its user or '', then the value each increment left, as text}.
 const SAVE: &str = r"
 local now = now_us()
-local key, old = KEYS[1], KEYS[2]
+local key, old = KEYS[1], KEYS[2] or ''
 local idle, abs = ARGV[1], tonumber(ARGV[2])
-local user, idx, oldhash, newhash, new = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
-local cap = tonumber(ARGV[8])
+local user, new = ARGV[3], ARGV[4]
 if old ~= '' and redis.call('EXISTS', old) == 1 then
   redis.call('RENAME', old, key)
-  local u = redis.call('HGET', key, '$u')
-  if u then
-    local index = idx .. tag(u) .. '}'
-    redis.call('ZREM', index, oldhash)
-    redis.call('ZADD', index, redis.call('HGET', key, '$c') or now, newhash)
-  end
 end
 local c = tonumber(redis.call('HGET', key, '$c'))
 if c and now - c >= abs then
-  local u = redis.call('HGET', key, '$u')
-  if u then redis.call('ZREM', idx .. tag(u) .. '}', newhash) end
   redis.call('DEL', key)
   c = nil
 end
 if c == nil then
   -- Gone (expired, logged out, or rotated away): only a new session is made here.
   if new ~= '1' then return {0} end
-  c = now
   redis.call('HSET', key, '$c', now)
 end
-local out = {1}
-local i = 9
+if user ~= '' then redis.call('HSET', key, '$u', user) end
+local out = {1, redis.call('HGET', key, '$u') or ''}
+local i = 5
 while i <= #ARGV do
   local op, k = ARGV[i], 'v:' .. ARGV[i + 1]
   if op == 's' then
@@ -101,67 +86,71 @@ while i <= #ARGV do
   end
   i = i + 3
 end
-if user ~= '' then
-  local prev = redis.call('HGET', key, '$u')
-  if prev and prev ~= user then redis.call('ZREM', idx .. tag(prev) .. '}', newhash) end
-  redis.call('HSET', key, '$u', user)
-  local index = idx .. tag(user) .. '}'
-  local head = string.sub(key, 1, #key - #newhash - 1)
-  redis.call('ZREMRANGEBYSCORE', index, '-inf', string.format('(%d', now - abs))
-  redis.call('ZADD', index, c, newhash)
-  -- Over the cap: the oldest sessions end (never this one).
-  local over = redis.call('ZCARD', index) - cap
-  if over > 0 then
-    for _, h in ipairs(redis.call('ZRANGE', index, 0, over)) do
-      if over > 0 and h ~= newhash then
-        redis.call('DEL', head .. h .. '}')
-        redis.call('ZREM', index, h)
-        over = over - 1
-      end
-    end
-  end
-  redis.call('PEXPIRE', index, math.ceil(abs / 1000))
-end
 redis.call('HSET', key, '$t', now)
 redis.call('PEXPIRE', key, idle)
 return out
 ";
 
-/// KEYS[1] session. ARGV: index prefix, hash.
+/// KEYS[1] a user's index. ARGV: the session's storage key, its old one ('' for none),
+/// absolute (µs), the most sessions per user. Adds the session (scored by now: the oldest
+/// login ends first), drops members past the absolute timeout and, past the cap, the
+/// oldest; returns the storage keys of the sessions the cap ends, for the caller to delete
+/// (they live on other slots).
+const INDEX: &str = r"
+local now = now_us()
+local member, old, abs, cap = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+if old ~= '' then redis.call('ZREM', KEYS[1], old) end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('(%d', now - abs))
+redis.call('ZADD', KEYS[1], now, member)
+local ended = {}
+local over = redis.call('ZCARD', KEYS[1]) - cap
+if over > 0 then
+  for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, over)) do
+    if #ended < over and m ~= member then
+      redis.call('ZREM', KEYS[1], m)
+      ended[#ended + 1] = m
+    end
+  end
+end
+redis.call('PEXPIRE', KEYS[1], math.ceil(abs / 1000))
+return ended
+";
+
+/// KEYS[1] session. Deletes it; returns its user, or nil.
 const DESTROY: &str = r"
 local u = redis.call('HGET', KEYS[1], '$u')
-if u then redis.call('ZREM', ARGV[1] .. tag(u) .. '}', ARGV[2]) end
-return redis.call('DEL', KEYS[1])
-";
-
-/// KEYS[1] the user's index. ARGV: session key prefix.
-const DESTROY_USER: &str = r"
-local n = 0
-for _, h in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  n = n + redis.call('DEL', ARGV[1] .. h .. '}')
-end
 redis.call('DEL', KEYS[1])
-return n
+return u
 ";
 
-/// Sessions in Redis: one hash per session under `{prefix}:sess:{SHA-256 of the id}`, with
-/// the idle timeout as its TTL, and a sorted set per user (`{prefix}:sessidx:{user}`, the
-/// user's session hashes by creation time) for log out everywhere and the per-user cap. Every operation is one script, so one round trip. Redis's clock (`TIME`)
-/// decides the timeouts, so instances with skewed clocks agree.
-///
-/// The scripts touch the user index beside the session, so they need one Redis, not Redis
-/// Cluster (which the backend does not support yet either).
+/// KEYS[1] the user's index. Deletes it; returns its members, for the caller to delete
+/// their sessions (they live on other slots).
+const DESTROY_USER: &str = r"
+local m = redis.call('ZRANGE', KEYS[1], 0, -1)
+redis.call('DEL', KEYS[1])
+return m
+";
+
+/// Sessions in Redis, on one node or a Cluster: one hash per session under
+/// `{prefix}:sess:{lineage}rest` (the storage key, hashes of the id: its lineage, shared by
+/// the ids a login or `cycle_id` makes from it, is the hash tag, so renaming a session
+/// stays within one slot), with the idle timeout as its TTL; and a sorted set per user
+/// (`{prefix}:sessidx:{user}`, storage keys by login time) for log out everywhere and the
+/// per-user cap. Loading and saving a session are one script on its slot, so one round
+/// trip; a login adds one call on the user's index (and a delete per session the cap
+/// ends), a logout one, log out everywhere one plus a delete per session. Redis's clock
+/// (`TIME`) decides the timeouts, so instances with skewed clocks agree.
 #[derive(Clone)]
 pub struct RedisSessionStore {
     backend: RedisBackend,
     scripts: Arc<Scripts>,
     session_head: Arc<str>,
-    index_head: Arc<str>,
 }
 
 struct Scripts {
     load: Script,
     save: Script,
+    index: Script,
     destroy: Script,
     destroy_user: Script,
 }
@@ -175,7 +164,7 @@ impl fmt::Debug for RedisSessionStore {
 }
 
 fn script(body: &str) -> Script {
-    Script::new(&format!("{ESCAPE}{body}"))
+    Script::new(&format!("{PRELUDE}{body}"))
 }
 
 fn ms(d: Duration) -> u64 {
@@ -187,19 +176,40 @@ impl RedisSessionStore {
     pub fn new(backend: RedisBackend) -> Self {
         Self {
             session_head: Arc::from(backend.key_head("sess")),
-            index_head: Arc::from(backend.key_head("sessidx")),
             backend,
             scripts: Arc::new(Scripts {
                 load: script(LOAD),
                 save: script(SAVE),
+                index: script(INDEX),
                 destroy: script(DESTROY),
                 destroy_user: script(DESTROY_USER),
             }),
         }
     }
 
-    fn key(&self, hash: &str) -> String {
-        format!("{}{hash}}}", self.session_head)
+    /// `{prefix}:sess:{lineage}rest` for a storage key (16 digits of lineage, then 48).
+    fn key(&self, storage: &str) -> String {
+        let (lineage, rest) = storage.split_at(storage.len().min(16));
+        let mut k = String::with_capacity(self.session_head.len() + storage.len() + 1);
+        k.push_str(&self.session_head);
+        k.push_str(lineage);
+        k.push('}');
+        k.push_str(rest);
+        k
+    }
+
+    /// Deletes the sessions under `storage` keys, one call each (on a Cluster they live
+    /// on different slots); returns how many existed.
+    async fn delete_sessions(&self, storage: &[String]) -> Result<u64, crate::StoreUnavailable> {
+        let mut n = 0;
+        for m in storage {
+            let deleted: u64 = self
+                .backend
+                .query("session_destroy", cmd("DEL").arg(self.key(m)))
+                .await?;
+            n += deleted;
+        }
+        Ok(n)
     }
 }
 
@@ -226,23 +236,28 @@ fn record(reply: Value) -> Option<Record> {
     Some(rec)
 }
 
-/// The save script's answer: `{0}`, or `{1, count...}` with each count as text.
-fn saved(reply: &[Value]) -> Saved {
+/// The save script's answer, `{0}` or `{1, user, count...}` (each count as text), and the
+/// session's user, if it has one.
+fn saved(reply: &[Value]) -> (Saved, Option<String>) {
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    };
     match reply.first() {
-        Some(Value::Int(1)) => Saved::applied(
-            reply[1..]
+        Some(Value::Int(1)) => {
+            let owner = reply.get(1).and_then(text).filter(|u| !u.is_empty());
+            let counts = reply
                 .iter()
+                .skip(2)
                 .map(|v| match v {
-                    Value::BulkString(b) => std::str::from_utf8(b)
-                        .ok()
-                        .and_then(|t| t.parse().ok())
-                        .unwrap_or(0),
                     Value::Int(n) => *n,
-                    _ => 0,
+                    v => text(v).and_then(|t| t.parse().ok()).unwrap_or(0),
                 })
-                .collect(),
-        ),
-        _ => Saved::gone(),
+                .collect();
+            (Saved::applied(counts), owner)
+        }
+        _ => (Saved::gone(), None),
     }
 }
 
@@ -265,15 +280,16 @@ impl SessionStore for RedisSessionStore {
         Box::pin(async move {
             let old = save.renamed_from.as_deref().map(|h| this.key(h));
             let mut inv = this.scripts.save.prepare_invoke();
-            inv.key(this.key(&save.key)).key(old.unwrap_or_default());
+            inv.key(this.key(&save.key));
+            if let Some(old) = old {
+                // Declared only when there is one: a declared '' would be a key of another
+                // slot, which a Cluster refuses.
+                inv.key(old);
+            }
             inv.arg(ms(life.idle))
                 .arg(us(life.absolute))
                 .arg(save.user.as_deref().unwrap_or(""))
-                .arg(&*this.index_head)
-                .arg(save.renamed_from.as_deref().unwrap_or(""))
-                .arg(&save.key)
-                .arg(if save.new { "1" } else { "0" })
-                .arg(save.max_per_user.max(1));
+                .arg(if save.new { "1" } else { "0" });
             for op in &save.ops {
                 match op {
                     Op::Set(k, v) => inv.arg("s").arg(k).arg(v),
@@ -282,7 +298,22 @@ impl SessionStore for RedisSessionStore {
                 };
             }
             let reply: Vec<Value> = this.backend.invoke("session_save", &inv).await?;
-            Ok(saved(&reply))
+            let (saved, owner) = saved(&reply);
+            // The user's index, on its own slot: on a login, and when a logged-in
+            // session's id changes.
+            if saved.applied
+                && let Some(user) = owner
+                && (save.user.is_some() || save.renamed_from.is_some())
+            {
+                let mut inv = this.scripts.index.key(this.backend.key("sessidx", &user));
+                inv.arg(&save.key)
+                    .arg(save.renamed_from.as_deref().unwrap_or(""))
+                    .arg(us(life.absolute))
+                    .arg(save.max_per_user.max(1));
+                let ended: Vec<String> = this.backend.invoke("session_index", &inv).await?;
+                this.delete_sessions(&ended).await?;
+            }
+            Ok(saved)
         })
     }
 
@@ -290,9 +321,15 @@ impl SessionStore for RedisSessionStore {
         let this = self.clone();
         let key = key.to_owned();
         Box::pin(async move {
-            let mut inv = this.scripts.destroy.key(this.key(&key));
-            inv.arg(&*this.index_head).arg(&key);
-            let _: i64 = this.backend.invoke("session_destroy", &inv).await?;
+            let inv = this.scripts.destroy.key(this.key(&key));
+            let user: Option<String> = this.backend.invoke("session_destroy", &inv).await?;
+            if let Some(u) = user {
+                let index = this.backend.key("sessidx", &u);
+                let _: i64 = this
+                    .backend
+                    .query("session_destroy", cmd("ZREM").arg(index).arg(&key))
+                    .await?;
+            }
             Ok(())
         })
     }
@@ -301,10 +338,9 @@ impl SessionStore for RedisSessionStore {
         let this = self.clone();
         let index = self.backend.key("sessidx", user);
         Box::pin(async move {
-            let mut inv = this.scripts.destroy_user.key(index);
-            inv.arg(&*this.session_head);
-            let n: u64 = this.backend.invoke("session_destroy_user", &inv).await?;
-            Ok(n)
+            let inv = this.scripts.destroy_user.key(index);
+            let members: Vec<String> = this.backend.invoke("session_destroy_user", &inv).await?;
+            this.delete_sessions(&members).await
         })
     }
 }

@@ -222,6 +222,32 @@ pub async fn redis_raw<T: redis::FromRedisValue>(url: &str, args: &[&str]) -> T 
     cmd.query_async(&mut conn).await.unwrap()
 }
 
+/// The shared Redis Cluster's nodes (`TEST_REDIS_CLUSTER_NODES`: three masters with a
+/// replica each, started by `scripts/services.sh`).
+pub fn redis_cluster_nodes() -> Vec<String> {
+    required("TEST_REDIS_CLUSTER_NODES")
+        .split(',')
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A backend on the shared Redis Cluster with its own key prefix.
+pub fn redis_cluster_backend(prefix: &str) -> tower_scale::redis::RedisBackend {
+    tower_scale::redis::RedisBackend::cluster(redis_cluster_nodes())
+        .prefix(prefix)
+        .timeout(Duration::from_millis(250))
+        .build()
+        .unwrap()
+}
+
+/// Every Redis test runs against both: one node and a Cluster, each under `prefix`.
+pub fn redis_backends(prefix: &str) -> Vec<(&'static str, tower_scale::redis::RedisBackend)> {
+    vec![
+        ("redis", redis_backend(&redis_url(), prefix)),
+        ("cluster", redis_cluster_backend(prefix)),
+    ]
+}
+
 /// A Redis backend on `url` with its own key prefix and a timeout tests can live with.
 pub fn redis_backend(url: &str, prefix: &str) -> tower_scale::redis::RedisBackend {
     tower_scale::redis::RedisBackend::builder(url)
