@@ -4,10 +4,20 @@
 //!
 //! Layout (prefix `p`): entry `p:cache:{key}` (hash: `v` value, `f` fresh until, `w` end
 //! of stale-while-revalidate, `i` end of stale-if-error, `c` stored at, all Redis ms, `t`
-//! tags as JSON), generation `p:cache:{key}:g`, tag version `p:cache-tag:{tag}`, prefix
-//! generation `p:cache-meta:{prefix-gen}`, channel `p:cache-invalidations`. The write
-//! script reads the tag keys and the prefix generation beside the entry, so the tier needs
-//! one Redis node (as the backend does), not Cluster.
+//! tags as JSON, on a Cluster `q` the prefix generation it was loaded under), generation
+//! `p:cache:{key}:g`, tag version `p:cache-tag:{tag}`, prefix generation
+//! `p:cache-meta:{prefix-gen}`, channel `p:cache-invalidations`.
+//!
+//! On one Redis, a read is one pipeline (the entry, its generation, the tags' versions and
+//! the prefix generation) and the write script checks every fence before it writes. On a
+//! Cluster those keys live on different slots, so no one command may touch them together:
+//! a read sends the entry's pipeline (entry and generation, one slot) and a `GET` per tag
+//! and for the prefix generation at the same time (one round trip in time, a command per
+//! slot); the write script checks the generation only and records in the entry the tag
+//! versions and prefix generation its load began under; and a read takes an entry only if
+//! they are still the current ones. A write that raced an invalidation is then stored but
+//! never served. A prefix invalidation on a Cluster does not scan the masters for the
+//! prefix's entries: the new prefix generation makes every stored entry stale instead.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -66,10 +76,26 @@ redis.call('PUBLISH', ARGV[1], 't' .. ARGV[4] .. v .. ' ' .. ARGV[2])
 return v
 ";
 
+/// The write on a Cluster: KEYS entry, generation (one slot). ARGV as [`SET`] up to the
+/// generation, then the prefix generation and the tags JSON, recorded in the entry.
+const SET_CLUSTER: &str = r"
+if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[5] then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local f = now + tonumber(ARGV[2])
+local w = f + tonumber(ARGV[3])
+local i = f + tonumber(ARGV[4])
+redis.call('HSET', KEYS[1], 'v', ARGV[1], 'f', f, 'w', w, 'i', i, 'c', now, 't', ARGV[7], 'q', ARGV[6])
+redis.call('PEXPIRE', KEYS[1], math.max(1, math.max(w, i) - now))
+return 1
+";
+
 pub(crate) struct L2 {
     pub(crate) backend: RedisBackend,
     pub(crate) channel: String,
     pgen_key: String,
+    /// On a Redis Cluster: reads and writes as the module docs say.
+    cluster: bool,
     set: Script,
     invalidate_key: Script,
     invalidate_tag: Script,
@@ -104,11 +130,13 @@ pub(crate) struct Read {
 
 impl L2 {
     pub(crate) fn new(backend: RedisBackend, seed: u64) -> Self {
+        let backend_is_cluster = backend.is_cluster();
         Self {
             channel: backend.channel("cache-invalidations"),
             pgen_key: backend.key("cache-meta", "prefix-gen"),
+            cluster: backend.is_cluster(),
             backend,
-            set: Script::new(SET),
+            set: Script::new(if backend_is_cluster { SET_CLUSTER } else { SET }),
             invalidate_key: Script::new(INVALIDATE_KEY),
             invalidate_tag: Script::new(INVALIDATE_TAG),
             down_until: AtomicU64::new(0),
@@ -148,19 +176,24 @@ impl L2 {
         if !self.available(clock) {
             return None;
         }
-        let mut p = pipe();
-        p.cmd("TIME")
-            .cmd("GET")
-            .arg(self.backend.key_with_suffix("cache", key, "g"))
-            .cmd("GET")
-            .arg(&self.pgen_key);
-        for t in tags {
-            p.cmd("GET").arg(self.backend.key("cache-tag", t));
-        }
-        p.cmd("HMGET")
-            .arg(self.backend.key("cache", key))
-            .arg(&["v", "f", "w", "i", "c", "t"]);
-        let reply: Vec<Value> = match self.backend.pipeline("cache_get", &p).await {
+        let reply = if self.cluster {
+            self.get_cluster(key, tags).await
+        } else {
+            let mut p = pipe();
+            p.cmd("TIME")
+                .cmd("GET")
+                .arg(self.backend.key_with_suffix("cache", key, "g"))
+                .cmd("GET")
+                .arg(&self.pgen_key);
+            for t in tags {
+                p.cmd("GET").arg(self.backend.key("cache-tag", t));
+            }
+            p.cmd("HMGET")
+                .arg(self.backend.key("cache", key))
+                .arg(&["v", "f", "w", "i", "c", "t"]);
+            self.backend.pipeline("cache_get", &p).await
+        };
+        let reply: Vec<Value> = match reply {
             Ok(v) => v,
             Err(e) => {
                 self.failed(clock, &e);
@@ -180,11 +213,11 @@ impl L2 {
                 .filter(|(t, _)| !tags.contains(&&**t))
                 .collect();
             if !unknown.is_empty() {
-                let mut p = pipe();
-                for (t, _) in &unknown {
-                    p.cmd("GET").arg(self.backend.key("cache-tag", t));
-                }
-                let current: Vec<Option<u64>> = match self.backend.pipeline("cache_get", &p).await {
+                let keys: Vec<String> = unknown
+                    .iter()
+                    .map(|(t, _)| self.backend.key("cache-tag", t))
+                    .collect();
+                let current = match self.get_each(&keys).await {
                     Ok(v) => v,
                     Err(e) => {
                         self.failed(clock, &e);
@@ -194,13 +227,59 @@ impl L2 {
                 let all_current = unknown
                     .iter()
                     .zip(current)
-                    .all(|((_, v), now)| now.unwrap_or(0) == *v);
+                    .all(|((_, v), now)| as_int(&now).unwrap_or(0).max(0) as u64 == *v);
                 if !all_current {
                     read.entry = None;
                 }
             }
         }
         Some(read)
+    }
+
+    /// The read on a Cluster, in the shape of the one-Redis pipeline's reply: the entry's
+    /// slot (`TIME`, its generation, its fields with `q`) in one pipeline, and a `GET` of
+    /// the prefix generation and of each tag's version on theirs, all at once.
+    async fn get_cluster(&self, key: &str, tags: &[&str]) -> Result<Vec<Value>, StoreUnavailable> {
+        let mut p = pipe();
+        p.cmd("TIME")
+            .cmd("GET")
+            .arg(self.backend.key_with_suffix("cache", key, "g"))
+            .cmd("HMGET")
+            .arg(self.backend.key("cache", key))
+            .arg(&["v", "f", "w", "i", "c", "t", "q"]);
+        let mut meta = Vec::with_capacity(1 + tags.len());
+        meta.push(self.pgen_key.clone());
+        meta.extend(tags.iter().map(|t| self.backend.key("cache-tag", t)));
+        let (entry, meta) = futures_util::future::join(
+            self.backend.pipeline::<Vec<Value>>("cache_get", &p),
+            self.get_each(&meta),
+        )
+        .await;
+        let (mut entry, meta) = (entry?, meta?);
+        if entry.len() != 3 {
+            return Ok(Vec::new());
+        }
+        let fields = entry.pop().unwrap_or(Value::Nil);
+        entry.extend(meta);
+        entry.push(fields);
+        Ok(entry)
+    }
+
+    /// `GET` of each key: one pipeline on one Redis; on a Cluster (the keys on different
+    /// slots) one command each, sent together.
+    async fn get_each(&self, keys: &[String]) -> Result<Vec<Value>, StoreUnavailable> {
+        if !self.cluster {
+            let mut p = pipe();
+            for k in keys {
+                p.cmd("GET").arg(k);
+            }
+            return self.backend.pipeline("cache_get", &p).await;
+        }
+        let gets = keys.iter().map(|k| async move {
+            let get = cmd("GET").arg(k).clone();
+            self.backend.query::<Value>("cache_get", &get).await
+        });
+        futures_util::future::try_join_all(gets).await
     }
 
     /// Writes `entry` unless the fence moved. `Some(true)` stored, `Some(false)` fenced
@@ -227,13 +306,21 @@ impl L2 {
         )
         .ok()?;
         let mut c = cmd("EVALSHA");
-        c.arg(self.set.get_hash())
-            .arg(3 + tags.len())
-            .arg(self.backend.key("cache", key))
-            .arg(self.backend.key_with_suffix("cache", key, "g"))
-            .arg(&self.pgen_key);
-        for t in tags {
-            c.arg(self.backend.key("cache-tag", t));
+        if self.cluster {
+            // One slot: the fences on other slots are checked by the readers.
+            c.arg(self.set.get_hash())
+                .arg(2)
+                .arg(self.backend.key("cache", key))
+                .arg(self.backend.key_with_suffix("cache", key, "g"));
+        } else {
+            c.arg(self.set.get_hash())
+                .arg(3 + tags.len())
+                .arg(self.backend.key("cache", key))
+                .arg(self.backend.key_with_suffix("cache", key, "g"))
+                .arg(&self.pgen_key);
+            for t in tags {
+                c.arg(self.backend.key("cache-tag", t));
+            }
         }
         c.arg(&entry.value[..])
             .arg(ttl_ms)
@@ -242,10 +329,12 @@ impl L2 {
             .arg(&fence.generation)
             .arg(&fence.pgen)
             .arg(tags_json);
-        for v in &fence.tag_versions {
-            c.arg(v.to_string());
+        if !self.cluster {
+            for v in &fence.tag_versions {
+                c.arg(v.to_string());
+            }
+            c.arg(TAG_TTL_MS);
         }
-        c.arg(TAG_TTL_MS);
         match self
             .backend
             .evalsha::<i64>("cache_set", &self.set, &c)
@@ -309,6 +398,20 @@ impl L2 {
             .backend
             .query("cache_invalidate", cmd("INCR").arg(&self.pgen_key))
             .await?;
+        if self.cluster {
+            // No scan of every master: the entries recorded the old prefix generation, so
+            // readers no longer take any of them.
+            let _: i64 = self
+                .backend
+                .query(
+                    "cache_invalidate",
+                    cmd("PUBLISH")
+                        .arg(&self.channel)
+                        .arg(format!("p{}{prefix}", self.me())),
+                )
+                .await?;
+            return Ok(());
+        }
         let mut pattern = self.backend.key_head("cache");
         for ch in crate::key::escape_key_part(prefix).chars() {
             if matches!(ch, '*' | '?' | '[' | ']' | '\\') {
@@ -409,9 +512,15 @@ fn parse_get(reply: Vec<Value>, tags: &[&str], now: u64) -> Option<Read> {
     let Value::Array(fields) = &reply[3 + ntags] else {
         return None;
     };
-    if fields.len() != 6 {
-        return None;
-    }
+    // Six fields; seven on a Cluster, where the entry records its prefix generation.
+    let recorded_pgen = match fields.len() {
+        6 => None,
+        7 => Some(match &fields[6] {
+            Value::Nil => String::new(),
+            v => String::from_utf8_lossy(as_bytes(v)?).into_owned(),
+        }),
+        _ => return None,
+    };
     let entry = match &fields[0] {
         Value::Nil => None,
         v => {
@@ -433,7 +542,7 @@ fn parse_get(reply: Vec<Value>, tags: &[&str], now: u64) -> Option<Read> {
                 tags.iter()
                     .position(|c| *c == &**t)
                     .is_none_or(|i| fence.tag_versions[i] == *v)
-            });
+            }) && recorded_pgen.is_none_or(|g| g == fence.pgen);
             current.then(|| {
                 Arc::new(Entry::from_parts(
                     value,

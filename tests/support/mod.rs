@@ -248,6 +248,18 @@ pub fn redis_backends(prefix: &str) -> Vec<(&'static str, tower_scale::redis::Re
     ]
 }
 
+/// One raw command on the shared Redis Cluster (routed by its key), for tests that look
+/// past the crate's API.
+pub async fn redis_cluster_raw<T: redis::FromRedisValue>(args: &[&str]) -> T {
+    let client = redis::cluster::ClusterClient::new(redis_cluster_nodes()).unwrap();
+    let mut conn = client.get_async_connection().await.unwrap();
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.query_async(&mut conn).await.unwrap()
+}
+
 /// A Redis backend on `url` with its own key prefix and a timeout tests can live with.
 pub fn redis_backend(url: &str, prefix: &str) -> tower_scale::redis::RedisBackend {
     tower_scale::redis::RedisBackend::builder(url)
