@@ -4,7 +4,7 @@
 # alternating, ROUNDS rounds each. Installs wrk from Debian when missing (as root).
 #
 #   bash scripts/load.sh                 # in-process stores
-#   REDIS_URL=redis://127.0.0.1:6379 bash scripts/load.sh
+#   REDIS_URL=redis://127.0.0.1:6379 bash scripts/load.sh   # with a catalogue file of its own
 #
 # Settings: DURATION (default 8s), CONNECTIONS (32), THREADS (1), ROUNDS (2), PORT (18090).
 # The rate limit is raised so that it admits everything; wrk runs on the same machine, so
@@ -24,9 +24,13 @@ fi
 cargo build --release -p reference-server --example reference_server -q
 server="$CARGO_TARGET_DIR/release/examples/reference_server"
 
+# Shared Redis needs a shared catalogue: a file of this run's own unless one is given.
+if [ -n "${REDIS_URL:-}" ] && [ -z "${DATABASE_URL:-}" ] && [ -z "${DATABASE_FILE:-}" ]; then
+  export DATABASE_FILE=/tmp/tower-scale-load-$$.sqlite
+fi
 LISTEN="127.0.0.1:$PORT" RATE_LIMIT=1000000/1s "$server" >/tmp/tower-scale-load.log 2>&1 &
 pid=$!
-trap 'kill $pid 2>/dev/null || true' EXIT
+trap 'kill $pid 2>/dev/null || true; rm -f "${DATABASE_FILE:-/nonexistent}"*' EXIT
 for _ in $(seq 1 100); do
   curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 && break
   sleep 0.1

@@ -1,7 +1,8 @@
 //! The product catalogue and the databases it lives on.
 //!
-//! [`Database`] is one handle type for both: the embedded SQLite (in memory, seeded at
-//! start, a primary with no replicas) and PostgreSQL (a primary and its streaming
+//! [`Database`] is one handle type for both: the embedded SQLite (in memory, or a file
+//! the instances on one machine share; seeded at start, a primary with no replicas) and
+//! PostgreSQL (a primary and its streaming
 //! replicas). Both sit behind the same `DbRouter<Database>`, so a handler reads through
 //! `Db::reader` and writes through `Db::writer` whichever is configured.
 
@@ -59,7 +60,18 @@ impl Database {
     ///
     /// SQLite could not create or seed it.
     pub fn embedded() -> Result<Self, DbError> {
-        Ok(Self(Arc::new(Embedded::open()?)))
+        Ok(Self(Arc::new(Embedded::open(None)?)))
+    }
+
+    /// The embedded database in an SQLite file, which every instance on this machine may
+    /// open at once (write-ahead log, waits up to 5 s for another writer): created and
+    /// seeded if missing, rows already there kept.
+    ///
+    /// # Errors
+    ///
+    /// SQLite could not open, create or seed it.
+    pub fn embedded_file(path: &std::path::Path) -> Result<Self, DbError> {
+        Ok(Self(Arc::new(Embedded::open(Some(path))?)))
     }
 
     /// A PostgreSQL pool.
@@ -215,18 +227,30 @@ impl Store for Postgres {
     }
 }
 
-/// The embedded catalogue. Queries on an in-memory SQLite take microseconds, less than a
-/// hop to a blocking thread would, so they run inline under one lock.
+/// The embedded catalogue. Queries on SQLite take microseconds, less than a hop to a
+/// blocking thread would, so they run inline under one lock (for a shared file, a write
+/// may wait for another instance's, which takes as long).
 struct Embedded {
     conn: Mutex<Connection>,
 }
 
 impl Embedded {
-    /// Creates the schema and seeds it.
-    fn open() -> rusqlite::Result<Self> {
-        let conn = Connection::open_in_memory()?;
+    /// Opens it (in memory, or the file at `path`), creates the schema and seeds it.
+    fn open(path: Option<&std::path::Path>) -> rusqlite::Result<Self> {
+        let conn = match path {
+            None => Connection::open_in_memory()?,
+            Some(p) => {
+                let conn = Connection::open(p)?;
+                // Several processes: a write-ahead log (readers never wait for a writer)
+                // and a wait, not an error, when another instance holds the write lock.
+                conn.busy_timeout(std::time::Duration::from_secs(5))?;
+                conn.pragma_update(None, "journal_mode", "WAL")?;
+                conn.pragma_update(None, "synchronous", "NORMAL")?;
+                conn
+            }
+        };
         conn.execute_batch(
-            "CREATE TABLE products (
+            "CREATE TABLE IF NOT EXISTS products (
                 id INTEGER PRIMARY KEY,
                 name TEXT NOT NULL,
                 price_cents INTEGER NOT NULL CHECK (price_cents >= 0),
@@ -234,10 +258,14 @@ impl Embedded {
             );",
         )?;
         {
-            let tx = conn.unchecked_transaction()?;
+            // Instances starting together seed once: rows already there are kept.
+            let tx = rusqlite::Transaction::new_unchecked(
+                &conn,
+                rusqlite::TransactionBehavior::Immediate,
+            )?;
             {
                 let mut insert = tx.prepare(
-                    "INSERT INTO products (id, name, price_cents, version) VALUES (?1, ?2, ?3, 1)",
+                    "INSERT OR IGNORE INTO products (id, name, price_cents, version) VALUES (?1, ?2, ?3, 1)",
                 )?;
                 for id in 1..=SEED_PRODUCTS {
                     // Deterministic prices so tests and benchmarks know what to expect.

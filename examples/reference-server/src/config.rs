@@ -15,6 +15,8 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     pub instance_id: Option<String>,
     pub redis_url: Option<String>,
+    /// The Redis Cluster's seed nodes (`REDIS_CLUSTER_NODES`); empty without a Cluster.
+    pub redis_cluster_nodes: Vec<String>,
     pub pricing_url: Option<String>,
     /// How long the pricing breaker stays open before probing.
     pub pricing_breaker_open: Duration,
@@ -28,6 +30,9 @@ pub struct Config {
     pub cache_ttl: Duration,
     /// PostgreSQL primary; `None` for the embedded database.
     pub database_url: Option<String>,
+    /// The embedded catalogue in an SQLite file the instances on this machine share
+    /// (`DATABASE_FILE`), instead of in memory.
+    pub database_file: Option<std::path::PathBuf>,
     pub database_replica_urls: Vec<String>,
     /// Export workers in this instance (0: it only accepts exports).
     pub export_workers: usize,
@@ -150,10 +155,18 @@ impl Config {
             .map(|v| parse_url(&v, &["redis", "rediss", "redis+unix"]))
             .transpose()
             .map_err(|m| bad("REDIS_URL", m))?;
-        if get("REDIS_CLUSTER_NODES").is_some() {
+        let redis_cluster_nodes: Vec<String> = match get("REDIS_CLUSTER_NODES") {
+            None => Vec::new(),
+            Some(v) => v
+                .split(',')
+                .map(|n| parse_url(n, &["redis", "rediss"]))
+                .collect::<Result<_, _>>()
+                .map_err(|m| bad("REDIS_CLUSTER_NODES", m))?,
+        };
+        if redis_url.is_some() && !redis_cluster_nodes.is_empty() {
             return Err(bad(
                 "REDIS_CLUSTER_NODES",
-                "Redis Cluster is not supported by this build yet; use REDIS_URL with a single Redis",
+                "set either REDIS_URL (one Redis) or REDIS_CLUSTER_NODES (a Cluster), not both",
             ));
         }
         let database_url = get("DATABASE_URL")
@@ -173,6 +186,37 @@ impl Config {
             return Err(bad(
                 "DATABASE_REPLICA_URLS",
                 "replicas need a primary: set DATABASE_URL too",
+            ));
+        }
+        let database_file = match get("DATABASE_FILE") {
+            None => None,
+            Some(v) if v.trim().is_empty() => {
+                return Err(bad(
+                    "DATABASE_FILE",
+                    "give a path, e.g. /var/tmp/catalog.sqlite",
+                ));
+            }
+            Some(_) if database_url.is_some() => {
+                return Err(bad(
+                    "DATABASE_FILE",
+                    "set either DATABASE_URL (PostgreSQL) or DATABASE_FILE (SQLite), not both",
+                ));
+            }
+            Some(v) => Some(std::path::PathBuf::from(v.trim())),
+        };
+        let shared_redis = redis_url.is_some() || !redis_cluster_nodes.is_empty();
+        if shared_redis && database_url.is_none() && database_file.is_none() {
+            // The cache would be shared and the catalogue not: an instance would refill the
+            // shared cache from its own copy and undo another instance's writes.
+            return Err(bad(
+                if redis_url.is_some() {
+                    "REDIS_URL"
+                } else {
+                    "REDIS_CLUSTER_NODES"
+                },
+                "shared Redis needs a shared catalogue, or each instance would serve its own \
+                 in-memory copy through the shared cache: set DATABASE_URL (PostgreSQL) or \
+                 DATABASE_FILE (an SQLite file the instances on this machine share)",
             ));
         }
         let pricing_url = get("PRICING_URL")
@@ -280,6 +324,7 @@ impl Config {
             metrics_listen,
             instance_id,
             redis_url,
+            redis_cluster_nodes,
             pricing_url,
             pricing_breaker_open,
             rate_limit,
@@ -290,6 +335,7 @@ impl Config {
             session_cookie_secure,
             cache_ttl,
             database_url,
+            database_file,
             database_replica_urls: replicas,
             export_workers,
             export_page_delay,
@@ -376,11 +422,46 @@ mod tests {
             ("MAX_CONNECTIONS", "0"),
             ("MAX_CONNECTIONS", "many"),
             ("METRICS_LISTEN", "localhost"),
+            ("REDIS_CLUSTER_NODES", "localhost:7000"),
+            ("REDIS_CLUSTER_NODES", "redis://a:7000,,redis://b:7000"),
         ];
         for (var, value) in cases {
             let err = Config::from_lookup(|v| (v == var).then(|| value.to_owned())).unwrap_err();
             assert_eq!(err.var, var);
         }
         assert!(Config::from_lookup(|_| None).is_ok());
+        // One Redis or a Cluster, not both.
+        let both = Config::from_lookup(|v| match v {
+            "REDIS_URL" => Some("redis://127.0.0.1:6379".into()),
+            "REDIS_CLUSTER_NODES" => Some("redis://127.0.0.1:7000".into()),
+            "DATABASE_FILE" => Some("/tmp/c.sqlite".into()),
+            _ => None,
+        })
+        .unwrap_err();
+        assert_eq!(both.var, "REDIS_CLUSTER_NODES");
+        let nodes = Config::from_lookup(|v| match v {
+            "REDIS_CLUSTER_NODES" => Some("redis://a:7000, redis://b:7000".into()),
+            "DATABASE_FILE" => Some("/tmp/c.sqlite".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(
+            nodes.redis_cluster_nodes,
+            ["redis://a:7000", "redis://b:7000"]
+        );
+        // Shared Redis with a per-process catalogue is refused, naming what to set.
+        for var in ["REDIS_URL", "REDIS_CLUSTER_NODES"] {
+            let err = Config::from_lookup(|v| (v == var).then(|| "redis://127.0.0.1:7000".into()))
+                .unwrap_err();
+            assert_eq!(err.var, var);
+            assert!(err.to_string().contains("DATABASE_FILE"), "{err}");
+        }
+        let both_dbs = Config::from_lookup(|v| match v {
+            "DATABASE_URL" => Some("postgres://x/y".into()),
+            "DATABASE_FILE" => Some("/tmp/c.sqlite".into()),
+            _ => None,
+        })
+        .unwrap_err();
+        assert_eq!(both_dbs.var, "DATABASE_FILE");
     }
 }

@@ -156,10 +156,11 @@ pub async fn run(config: Config) -> Result<(), Failure> {
             "embedded sqlite".to_owned()
         },
         catalog::SEED_PRODUCTS,
-        config
-            .redis_url
-            .as_deref()
-            .map_or("none (in-process)", |_| "redis"),
+        match (&config.redis_url, config.redis_cluster_nodes.len()) {
+            (Some(_), _) => "redis",
+            (None, 0) => "none (in-process)",
+            (None, _) => "redis cluster",
+        },
         config.pricing_url.as_deref().unwrap_or("none"),
         config.cache_ttl,
         config.rate_limit,

@@ -76,18 +76,9 @@ impl AppState {
     pub async fn build(config: &Config, instance: &str) -> Result<Self, Failure> {
         let prometheus = telemetry::prometheus()?;
         let db = database(config).await?;
-        let redis = match &config.redis_url {
-            None => None,
-            Some(url) => Some(
-                RedisBackend::builder(url.clone())
-                    .prefix("reference-server")
-                    // A slow Redis must not stall requests: past this, rate limits fall
-                    // back to each instance's own share and readiness reports Redis.
-                    .timeout(Duration::from_millis(50))
-                    .build()
-                    .map_err(|e| Failure::Config(format!("REDIS_URL: {e}")))?,
-            ),
-        };
+        // A slow Redis must not stall requests: past 50 ms, rate limits fall back to each
+        // instance's own share and readiness reports Redis.
+        let redis = redis_backend(config, Duration::from_millis(50))?;
         let pricing = match &config.pricing_url {
             None => None,
             Some(base) => Some(Pricing::new(base.clone(), config.pricing_breaker_open)?),
@@ -138,7 +129,23 @@ impl AppState {
     }
 }
 
-/// The export queue: in Redis with `REDIS_URL` (any instance's workers run any export),
+/// The shared Redis, if configured: one (`REDIS_URL`) or a Cluster
+/// (`REDIS_CLUSTER_NODES`), with this call timeout.
+fn redis_backend(config: &Config, timeout: Duration) -> Result<Option<RedisBackend>, Failure> {
+    let (builder, var) = match (&config.redis_url, &config.redis_cluster_nodes[..]) {
+        (Some(url), _) => (RedisBackend::builder(url.clone()), "REDIS_URL"),
+        (None, []) => return Ok(None),
+        (None, nodes) => (RedisBackend::cluster(nodes), "REDIS_CLUSTER_NODES"),
+    };
+    builder
+        .prefix("reference-server")
+        .timeout(timeout)
+        .build()
+        .map(Some)
+        .map_err(|e| Failure::Config(format!("{var}: {e}")))
+}
+
+/// The export queue: in Redis with `REDIS_URL` or `REDIS_CLUSTER_NODES` (any instance's workers run any export),
 /// else in process. Its own connection, with a timeout that suits a queue rather than
 /// the request path's 50 ms.
 fn export_queue(config: &Config) -> Result<Queue<ExportJob>, Failure> {
@@ -146,15 +153,9 @@ fn export_queue(config: &Config) -> Result<Queue<ExportJob>, Failure> {
         .retention(exports::RETENTION)
         .lease(Duration::from_secs(10))
         .max_attempts(3);
-    let builder = match &config.redis_url {
+    let builder = match redis_backend(config, Duration::from_millis(500))? {
         None => builder.store(MemoryJobStore::new()),
-        Some(url) => builder.store(RedisJobStore::new(
-            RedisBackend::builder(url.clone())
-                .prefix("reference-server")
-                .timeout(Duration::from_millis(500))
-                .build()
-                .map_err(|e| Failure::Config(format!("REDIS_URL: {e}")))?,
-        )),
+        Some(backend) => builder.store(RedisJobStore::new(backend)),
     };
     builder
         .build()
@@ -166,9 +167,11 @@ fn export_queue(config: &Config) -> Result<Queue<ExportJob>, Failure> {
 /// primary, and health checks every second.
 async fn database(config: &Config) -> Result<DbRouter<Database>, Failure> {
     let Some(url) = &config.database_url else {
-        let embedded = Database::embedded().map_err(|e| {
-            Failure::Run(format!("cannot create the embedded database: {e}").into())
-        })?;
+        let embedded = match &config.database_file {
+            None => Database::embedded(),
+            Some(path) => Database::embedded_file(path),
+        }
+        .map_err(|e| Failure::Run(format!("cannot create the embedded database: {e}").into()))?;
         return DbRouter::builder(embedded)
             .build()
             .map_err(|e| Failure::Config(format!("database: {e}")));

@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use common::{app, app_and_workers, cache_status, call, get, login, put_product};
+use common::{app, app_and_workers, cache_status, call, catalog_file, get, login, put_product};
 use http::{Method, StatusCode};
 
 // `/metrics` is asserted in `tests/metrics.rs`, alone in its process: the metrics
@@ -260,7 +260,8 @@ async fn routes_follow_the_contract() {
 #[tokio::test]
 async fn readiness_follows_redis() {
     let mut redis = support::RedisServer::start();
-    let server = app(&[("REDIS_URL", &redis.url())]).await;
+    let db = catalog_file();
+    let server = app(&[("REDIS_URL", &redis.url()), ("DATABASE_FILE", db.path())]).await;
     assert_eq!(get(&server, "/readyz").await.status, StatusCode::OK);
     redis.kill();
     let r = get(&server, "/readyz").await;
@@ -663,8 +664,11 @@ async fn logins_are_rate_limited_per_client() {
 /// `/me` counts exactly: 50 parallel calls of one session see 50 distinct counts, 1 to 50.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn parallel_me_calls_see_distinct_counts() {
-    let url = support::redis_url();
-    for env in [&[][..], &[("REDIS_URL", url.as_str())][..]] {
+    let (url, db) = (support::redis_url(), catalog_file());
+    for env in [
+        &[][..],
+        &[("REDIS_URL", url.as_str()), ("DATABASE_FILE", db.path())][..],
+    ] {
         parallel_me(env).await;
     }
 }

@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{cache_status, call, get, login, put_product, set_cookie};
+use common::{cache_status, call, catalog_file, get, login, put_product, set_cookie};
 use http::{Method, StatusCode};
 
 /// The binary cargo built for this test run: `reference-server` or `pricing-upstream`.
@@ -181,8 +181,10 @@ fn bad_configuration_stops_start_with_the_variable_named() {
 #[tokio::test]
 async fn instances_sharing_redis_share_the_quota() {
     let redis = support::RedisServer::start();
+    let db = catalog_file();
     let env = [
         ("REDIS_URL", redis.url()),
+        ("DATABASE_FILE", db.path().to_owned()),
         ("RATE_LIMIT", "4/1h".to_owned()),
     ];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -293,39 +295,65 @@ async fn price_route_breaker_opens_on_faults_and_closes_after() {
     );
 }
 
+/// Two instances on one Redis, and two on the Redis Cluster, each pair sharing a catalogue
+/// file: an entry one stores the other reads from L2, and a `PUT` on one is what both serve
+/// afterwards (neither refills the shared cache from a catalogue of its own).
 #[tokio::test]
 async fn instances_sharing_redis_share_the_cache_and_its_invalidations() {
     let redis = support::RedisServer::start();
-    let env = [("REDIS_URL", redis.url())];
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let cluster = support::redis_cluster_nodes().join(",");
+    for (var, value) in [("REDIS_URL", redis.url()), ("REDIS_CLUSTER_NODES", cluster)] {
+        share_the_cache(var, &value).await;
+    }
+}
+
+async fn share_the_cache(var: &str, value: &str) {
+    let db = catalog_file();
+    let env = [(var, value), ("DATABASE_FILE", db.path())];
     let a = Proc::start("reference_server", &env);
     let b = Proc::start("reference_server", &env);
     // The subscribers connect within moments of start; until then L1 is trusted for 1 s.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let r = get(&a.base, "/products/4").await;
-    assert!(cache_status(&r).contains("stored"), "{}", cache_status(&r));
+    assert!(
+        cache_status(&r).contains("stored"),
+        "{var}: {}",
+        cache_status(&r)
+    );
     let r = get(&b.base, "/products/4").await;
     assert!(
         cache_status(&r).contains("detail=l2"),
-        "B reads A's entry: {}",
+        "{var}: B reads A's entry: {}",
         cache_status(&r)
     );
     let r = get(&b.base, "/products/4").await;
     assert!(
         cache_status(&r).contains("hit; ttl="),
-        "{}",
+        "{var}: {}",
         cache_status(&r)
     );
 
-    let cookie = login(&a.base, "editor").await;
-    let r = put_product(&a.base, &cookie, 4, "Renamed on A", 1).await;
-    assert_eq!(r.status, StatusCode::OK);
-    // B drops its copy: its next read goes to its own database.
-    support::eventually("B to drop /products/4", Duration::from_secs(2), || async {
-        let r = get(&b.base, "/products/4").await;
-        cache_status(&r).contains("fwd=miss").then_some(())
-    })
+    let cookie = login(&b.base, "editor").await;
+    let r = put_product(&b.base, &cookie, 4, "Renamed on B", 1).await;
+    assert_eq!(r.status, StatusCode::OK, "{var}");
+    // A drops its copy, and from then on both serve the new product, however often they
+    // are asked.
+    support::eventually(
+        &format!("{var}: A to drop /products/4"),
+        Duration::from_secs(2),
+        || async {
+            let r = get(&a.base, "/products/4").await;
+            (r.json()["name"] == "Renamed on B").then_some(())
+        },
+    )
     .await;
+    for _ in 0..5 {
+        for (who, base) in [("A", &a.base), ("B", &b.base)] {
+            let r = get(base, "/products/4").await;
+            assert_eq!(r.json()["name"], "Renamed on B", "{var}: {who}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test]
@@ -438,14 +466,21 @@ async fn with_postgres_reads_go_to_the_replica_and_a_writer_reads_its_write() {
 async fn an_export_whose_instance_dies_is_finished_by_another() {
     let redis = support::RedisServer::start();
     let url = redis.url();
+    let db = catalog_file();
+    let db = db.path();
     let accepts = Proc::start(
         "reference_server",
-        &[("REDIS_URL", &url), ("EXPORT_WORKERS", "0")],
+        &[
+            ("REDIS_URL", &url),
+            ("DATABASE_FILE", db),
+            ("EXPORT_WORKERS", "0"),
+        ],
     );
     let mut runs = Proc::start(
         "reference_server",
         &[
             ("REDIS_URL", &url),
+            ("DATABASE_FILE", db),
             ("EXPORT_WORKERS", "1"),
             ("EXPORT_PAGE_DELAY", "400ms"),
         ],
@@ -467,7 +502,11 @@ async fn an_export_whose_instance_dies_is_finished_by_another() {
     let killed = std::time::Instant::now();
     let _third = Proc::start(
         "reference_server",
-        &[("REDIS_URL", &url), ("EXPORT_WORKERS", "1")],
+        &[
+            ("REDIS_URL", &url),
+            ("DATABASE_FILE", db),
+            ("EXPORT_WORKERS", "1"),
+        ],
     );
     let file = support::eventually(
         "another instance finishes it",

@@ -140,6 +140,43 @@ pub fn cache_status(r: &Resp) -> String {
         .unwrap_or_default()
 }
 
+/// An embedded catalogue file the instances of one test share (`DATABASE_FILE`), as
+/// instances sharing Redis must; removed on drop.
+pub struct CatalogFile(String);
+
+impl CatalogFile {
+    pub fn path(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Drop for CatalogFile {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", self.0));
+        }
+    }
+}
+
+pub fn catalog_file() -> CatalogFile {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let name = format!(
+        "tower-scale-catalog-{}-{n}-{nanos}.sqlite",
+        std::process::id()
+    );
+    CatalogFile(
+        std::env::temp_dir()
+            .join(name)
+            .to_string_lossy()
+            .into_owned(),
+    )
+}
+
 /// Logs in as `user`; the session cookie (`name=value`).
 pub async fn login<T: Target + ?Sized>(target: &T, user: &str) -> String {
     let r = call(
