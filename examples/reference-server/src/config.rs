@@ -15,6 +15,9 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     pub instance_id: Option<String>,
     pub redis_url: Option<String>,
+    /// What every Redis key and channel of this service starts with (`REDIS_PREFIX`): one
+    /// per service (or per catalogue) sharing a Redis.
+    pub redis_prefix: String,
     /// The Redis Cluster's seed nodes (`REDIS_CLUSTER_NODES`); empty without a Cluster.
     pub redis_cluster_nodes: Vec<String>,
     pub pricing_url: Option<String>,
@@ -43,6 +46,9 @@ pub struct Config {
     pub header_read_timeout: Duration,
     /// Open connections past which new ones are closed at once.
     pub max_connections: usize,
+    /// On SIGTERM, how long `/readyz` answers 503 while requests are still served, before
+    /// the server stops accepting (`DRAIN`).
+    pub drain: Duration,
 }
 
 /// A configuration error: which variable, and what is wrong with its value.
@@ -155,6 +161,23 @@ impl Config {
             .map(|v| parse_url(&v, &["redis", "rediss", "redis+unix"]))
             .transpose()
             .map_err(|m| bad("REDIS_URL", m))?;
+        let redis_prefix = get("REDIS_PREFIX").map_or_else(
+            || Ok("reference-server".to_owned()),
+            |v| {
+                let v = v.trim().to_owned();
+                if v.len() <= 64
+                    && v.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+                {
+                    Ok(v)
+                } else {
+                    Err(bad(
+                        "REDIS_PREFIX",
+                        "1 to 64 ASCII letters, digits, `-`, `_`, `.` and `:`",
+                    ))
+                }
+            },
+        )?;
         let redis_cluster_nodes: Vec<String> = match get("REDIS_CLUSTER_NODES") {
             None => Vec::new(),
             Some(v) => v
@@ -309,6 +332,19 @@ impl Config {
                         "use a duration from 100ms to 10m, e.g. 10s",
                     )
                 })?;
+        let drain = get("DRAIN").unwrap_or_else(|| "2s".into());
+        let drain = match drain.trim() {
+            "0" | "0s" | "0ms" => Ok(Duration::ZERO),
+            v => parse_duration(v),
+        }
+        .ok()
+        .filter(|d| *d <= Duration::from_secs(300))
+        .ok_or_else(|| {
+            bad(
+                "DRAIN",
+                "use a duration up to 5m, e.g. 2s (0s stops accepting at once)",
+            )
+        })?;
         let max_connections = match get("MAX_CONNECTIONS") {
             None => 4096,
             Some(v) => v.trim().parse::<usize>().ok().filter(|n| (1..=1_000_000).contains(n)).ok_or_else(|| {
@@ -324,6 +360,7 @@ impl Config {
             metrics_listen,
             instance_id,
             redis_url,
+            redis_prefix,
             redis_cluster_nodes,
             pricing_url,
             pricing_breaker_open,
@@ -340,6 +377,7 @@ impl Config {
             export_workers,
             export_page_delay,
             header_read_timeout,
+            drain,
             max_connections,
         })
     }
@@ -422,6 +460,10 @@ mod tests {
             ("MAX_CONNECTIONS", "0"),
             ("MAX_CONNECTIONS", "many"),
             ("METRICS_LISTEN", "localhost"),
+            ("DRAIN", "10m"),
+            ("REDIS_PREFIX", "has space"),
+            ("REDIS_PREFIX", "a{b}"),
+            ("DRAIN", "a while"),
             ("REDIS_CLUSTER_NODES", "localhost:7000"),
             ("REDIS_CLUSTER_NODES", "redis://a:7000,,redis://b:7000"),
         ];

@@ -185,6 +185,7 @@ pub async fn run(config: Config) -> Result<(), Failure> {
         });
     }
     let workers = state.spawn_export_workers();
+    let draining = Arc::clone(&state.shared);
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let stop = Arc::new(stop);
     let signalled = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -228,7 +229,7 @@ pub async fn run(config: Config) -> Result<(), Failure> {
         let _ = stop.send(true);
         res
     };
-    tokio::spawn(shutdown_signal(Arc::clone(&stop)));
+    tokio::spawn(shutdown_signal(Arc::clone(&stop), draining, config.drain));
     let (served, ()) = tokio::join!(requests, exports);
     served?;
     say(format_args!("reference_server stopped"));
@@ -362,7 +363,13 @@ fn connection_cap(configured: usize) -> usize {
     }
 }
 
-async fn shutdown_signal(stop: Arc<tokio::sync::watch::Sender<bool>>) {
+/// On SIGTERM or SIGINT: `/readyz` answers 503 for `drain` while requests are still
+/// served (so a load balancer polling it takes the instance out first), then `stop`.
+async fn shutdown_signal(
+    stop: Arc<tokio::sync::watch::Sender<bool>>,
+    shared: Arc<state::Shared>,
+    drain: Duration,
+) {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -380,6 +387,16 @@ async fn shutdown_signal(stop: Arc<tokio::sync::watch::Sender<bool>>) {
     tokio::select! {
         _ = ctrl_c => {},
         _ = term => {},
+    }
+    shared
+        .draining
+        .store(true, std::sync::atomic::Ordering::Release);
+    if !drain.is_zero() {
+        tracing::info!(
+            ?drain,
+            "draining: /readyz answers 503, requests are still served"
+        );
+        tokio::time::sleep(drain).await;
     }
     tracing::info!("shutting down: no new connections, finishing in-flight requests and exports");
     let _ = stop.send(true);

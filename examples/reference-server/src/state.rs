@@ -39,6 +39,9 @@ pub(crate) struct Shared {
     pub(crate) instance: HeaderValue,
     pub(crate) client_ip: ClientIp,
     pub(crate) exports: Queue<ExportJob>,
+    /// Set on SIGTERM: `/readyz` answers 503 so load balancers stop sending new requests
+    /// while the instance still serves them.
+    pub(crate) draining: std::sync::atomic::AtomicBool,
     export_workers: usize,
     export_page_delay: Duration,
 }
@@ -99,6 +102,7 @@ impl AppState {
             db,
             redis,
             exports,
+            draining: std::sync::atomic::AtomicBool::new(false),
             export_workers: config.export_workers,
             export_page_delay: config.export_page_delay,
             pricing,
@@ -138,7 +142,7 @@ fn redis_backend(config: &Config, timeout: Duration) -> Result<Option<RedisBacke
         (None, nodes) => (RedisBackend::cluster(nodes), "REDIS_CLUSTER_NODES"),
     };
     builder
-        .prefix("reference-server")
+        .prefix(config.redis_prefix.clone())
         .timeout(timeout)
         .build()
         .map(Some)

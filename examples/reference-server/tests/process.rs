@@ -100,7 +100,10 @@ impl Drop for Proc {
 #[tokio::test]
 async fn price_route_and_graceful_shutdown() {
     let upstream = Proc::start("pricing_upstream", &[("DELAY_MS", "800")]);
-    let mut server = Proc::start("reference_server", &[("PRICING_URL", &upstream.base)]);
+    let mut server = Proc::start(
+        "reference_server",
+        &[("PRICING_URL", &upstream.base), ("DRAIN", "0s")],
+    );
     let base = server.base.clone();
 
     // In flight when SIGTERM arrives: it still completes, then the server exits 0.
@@ -152,6 +155,45 @@ async fn price_route_and_graceful_shutdown() {
         .await
         .status,
         StatusCode::BAD_REQUEST
+    );
+}
+
+/// On SIGTERM, `/readyz` answers 503 for `DRAIN` while requests are still served; then
+/// the server stops accepting and exits 0.
+#[tokio::test]
+async fn sigterm_drains_before_it_stops_accepting() {
+    let mut server = Proc::start("reference_server", &[("DRAIN", "1500ms")]);
+    assert_eq!(get(&server.base, "/readyz").await.status, StatusCode::OK);
+    server.signal("-TERM");
+    let signalled = std::time::Instant::now();
+    support::eventually(
+        "/readyz to say draining",
+        Duration::from_secs(2),
+        || async {
+            let r = get(&server.base, "/readyz").await;
+            (r.status == StatusCode::SERVICE_UNAVAILABLE).then_some(())
+        },
+    )
+    .await;
+    let r = get(&server.base, "/readyz").await;
+    assert!(r.json()["error"].as_str().unwrap().contains("draining"));
+    // Still serving meanwhile, on new connections too.
+    let mut served = 0;
+    while signalled.elapsed() < Duration::from_millis(1200) {
+        assert_eq!(
+            get(&server.base, "/products/3").await.status,
+            StatusCode::OK
+        );
+        served += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(served >= 10, "{served}");
+    let status = server.wait_exit(Duration::from_secs(5));
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        signalled.elapsed() >= Duration::from_millis(1500),
+        "stopped before the drain ended: {:?}",
+        signalled.elapsed()
     );
 }
 
@@ -309,7 +351,13 @@ async fn instances_sharing_redis_share_the_cache_and_its_invalidations() {
 
 async fn share_the_cache(var: &str, value: &str) {
     let db = catalog_file();
-    let env = [(var, value), ("DATABASE_FILE", db.path())];
+    // A prefix of its own: the Cluster is shared by every test run.
+    let prefix = support::unique("refsrv");
+    let env = [
+        (var, value),
+        ("DATABASE_FILE", db.path()),
+        ("REDIS_PREFIX", &prefix),
+    ];
     let a = Proc::start("reference_server", &env);
     let b = Proc::start("reference_server", &env);
     // The subscribers connect within moments of start; until then L1 is trusted for 1 s.

@@ -51,6 +51,13 @@ async fn healthz() -> Json<serde_json::Value> {
 /// 200 when the database's primary and Redis (when configured) answer; else 503 naming
 /// each failing one.
 async fn readyz(State(s): State<Arc<Shared>>) -> Response {
+    if s.draining.load(std::sync::atomic::Ordering::Acquire) {
+        return ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining: this instance is shutting down".into(),
+        )
+        .into_response();
+    }
     let mut failing = Vec::new();
     match tokio::time::timeout(READY_TIMEOUT, s.db.writer().ping()).await {
         Ok(Ok(())) => {}
