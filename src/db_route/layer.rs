@@ -89,6 +89,36 @@ impl<P> Db<P> {
         self.inner.router.writer()
     }
 
+    /// After a read through [`reader`](Self::reader) failed: the primary, for one retry,
+    /// or `None` if that read already went to the primary. The replica that failed is
+    /// taken out of rotation until its next health check finds it well, so the requests
+    /// after this one do not try it either. The retry counts as a read, not a write: the
+    /// client gets no token for it.
+    ///
+    /// ```
+    /// # use tower_scale::db_route::Db;
+    /// # async fn get(db: Db<String>) -> Result<usize, String> {
+    /// async fn query(pool: &String) -> Result<usize, String> { Ok(pool.len()) }
+    /// let n = match query(db.reader()).await {
+    ///     Ok(n) => n,
+    ///     Err(e) => match db.reader_after_failure() {
+    ///         Some(primary) => query(primary).await?,
+    ///         None => return Err(e),
+    ///     },
+    /// };
+    /// # Ok(n) }
+    /// ```
+    pub fn reader_after_failure(&self) -> Option<&P> {
+        let s = &*self.inner;
+        match s.read {
+            ReadRoute::Replica(i) if s.used.load(Ordering::Relaxed) & USED_WRITER == 0 => {
+                s.router.replica_failed(i);
+                Some(s.router.writer())
+            }
+            _ => None,
+        }
+    }
+
     /// Where this request's reads go.
     pub fn read_route(&self) -> ReadRoute {
         self.inner.read

@@ -30,10 +30,14 @@
 //!   reads each replica's position and lag; one that errs, does not answer within the
 //!   check timeout, or lags beyond `max_lag` or `max_lag_bytes` is skipped; with no
 //!   healthy replica, reads go to the primary; a replica that recovers is used again.
+//! - A replica that dies between two checks: a handler whose read failed asks
+//!   [`Db::reader_after_failure`] for the primary, retries there once, and the replica is
+//!   out of rotation for every request until its next check finds it well.
 //!
 //! Metrics: `tower_scale.db_route.reads` (counter, labels `to`: `replica` or `primary`,
 //! `why`), `.replica_lag_bytes` and `.replica_lag_seconds` (gauges, label `replica`),
-//! `.health_changes` (counter, labels `replica`, `healthy`).
+//! `.health_changes` (counter, labels `replica`, `healthy`), `.replica_failures`
+//! (counter, label `replica`: reads that failed and were retried on the primary).
 //!
 //! # Examples
 //!

@@ -192,6 +192,21 @@ impl<P> DbRouter<P> {
         }
     }
 
+    /// A read on replica `index` failed: it is out of rotation until the next health check
+    /// finds it well, so other requests stop trying it at once (a passive health check).
+    pub(crate) fn replica_failed(&self, index: usize) {
+        let Some(slot) = self.inner.replicas.get(index) else {
+            return;
+        };
+        if slot.healthy.swap(false, Ordering::AcqRel) {
+            tracing::warn!(replica = %slot.name, "replica read failed; out of rotation until its next health check");
+            ::metrics::counter!("tower_scale.db_route.health_changes", "replica" => slot.name.clone(), "healthy" => "false")
+                .increment(1);
+        }
+        ::metrics::counter!("tower_scale.db_route.replica_failures", "replica" => slot.name.clone())
+            .increment(1);
+    }
+
     /// Whether the router has replicas. Without them every read is the primary's, so the
     /// routing layer sets no token.
     pub fn has_replicas(&self) -> bool {

@@ -404,6 +404,92 @@ async fn share_the_cache(var: &str, value: &str) {
     }
 }
 
+/// The replica stops under steady uncached reads: none fails. The first read that fails
+/// on it is retried on the primary and takes it out of rotation, before any health check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_stopped_under_load_fails_no_read() {
+    let pair = support::PgPair::start();
+    let (primary_url, replica_url) = (pair.primary_url(), pair.replica_url());
+    let server = Proc::start(
+        "reference_server",
+        &[
+            ("DATABASE_URL", &primary_url),
+            ("DATABASE_REPLICA_URLS", &replica_url),
+            ("RATE_LIMIT", "1000000/1s"),
+        ],
+    );
+    let base = server.base.clone();
+    support::eventually(
+        "reads served by the replica",
+        Duration::from_secs(10),
+        || async {
+            let r = call(
+                &base,
+                Method::GET,
+                "/products/1",
+                &[("cache-control", "no-store")],
+                "",
+            )
+            .await;
+            (r.status == StatusCode::OK && r.headers["x-db-route"] == "replica").then_some(())
+        },
+    )
+    .await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for t in 0..4 {
+        let (base, stop) = (base.clone(), std::sync::Arc::clone(&stop));
+        readers.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let path = format!("/products/{}", 1 + (t * 100 + i) % 500);
+                let r = call(
+                    &base,
+                    Method::GET,
+                    &path,
+                    &[("cache-control", "no-store")],
+                    "",
+                )
+                .await;
+                if r.status == StatusCode::OK {
+                    ok += 1;
+                } else {
+                    failed.push(r.status);
+                }
+                i += 1;
+            }
+            (ok, failed)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    pair.stop_replica();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for r in readers {
+        let (o, f) = r.await.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    eprintln!(
+        "replica stopped under load: {ok} reads served, {} failed",
+        failed.len()
+    );
+    assert!(ok > 100, "{ok}");
+    assert!(failed.is_empty(), "failed reads: {failed:?}");
+    // Now served by the primary.
+    let r = call(
+        &base,
+        Method::GET,
+        "/products/9",
+        &[("cache-control", "no-store")],
+        "",
+    )
+    .await;
+    assert_eq!(r.headers["x-db-route"], "primary");
+}
+
 #[tokio::test]
 async fn with_postgres_reads_go_to_the_replica_and_a_writer_reads_its_write() {
     let pair = support::PgPair::start();

@@ -65,8 +65,28 @@ impl<S: Send + Sync> FromRequestParts<S> for ProductId {
     }
 }
 
+/// A read on this request's reader; if it fails on a replica, once more on the primary (and
+/// the replica is out of rotation until its next health check), so losing a replica loses
+/// no request.
+async fn read<'a, T, F, Fut>(db: &'a Db<Database>, query: F) -> Result<T, ApiError>
+where
+    F: Fn(&'a Database) -> Fut,
+    Fut: std::future::Future<Output = Result<T, crate::catalog::DbError>>,
+{
+    match query(db.reader()).await {
+        Ok(v) => Ok(v),
+        Err(e) => match db.reader_after_failure() {
+            Some(primary) => {
+                tracing::warn!(error = %e, "replica read failed; reading from the primary");
+                query(primary).await.map_err(ApiError::internal)
+            }
+            None => Err(ApiError::internal(e)),
+        },
+    }
+}
+
 async fn get_one(ProductId(id): ProductId, db: Db<Database>) -> Result<Response, ApiError> {
-    match db.reader().get(id).await.map_err(ApiError::internal)? {
+    match read(&db, |d| d.get(id)).await? {
         Some(p) => Ok(Json(p).into_response()),
         None => Err(ApiError(StatusCode::NOT_FOUND, format!("no product {id}"))),
     }
@@ -116,11 +136,7 @@ async fn list(
     };
     let limit = number("limit", 20, 1, 100)?;
     let offset = number("offset", 0, 0, i64::from(i32::MAX))?;
-    let products = db
-        .reader()
-        .list(limit, offset)
-        .await
-        .map_err(ApiError::internal)?;
+    let products = read(&db, |d| d.list(limit, offset)).await?;
     Ok(Json(json!({ "products": products, "limit": limit, "offset": offset })).into_response())
 }
 
