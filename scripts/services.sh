@@ -31,6 +31,8 @@ install_packages() {
   command -v redis-cli >/dev/null || missing+=(redis-tools)
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
   command -v psql >/dev/null || missing+=(postgresql-client)
+  # promtool (checks /metrics and the alerting rules); the package's server is not used.
+  command -v promtool >/dev/null || missing+=(prometheus)
   if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]}"
     as_root apt-get update -qq >&2

@@ -35,6 +35,10 @@ cargo clippy --workspace --all-targets --all-features -- -D warnings
 step "cargo doc (broken or redundant links fail)"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features -p tower-scale
 
+step "promtool: the reference server's scrape config and alerting rules, checked and unit-tested"
+(cd examples/reference-server/ops && promtool check config prometheus.yml && promtool check rules alerts.yml \
+  && promtool test rules alerts.test.yml)
+
 step "cargo test --workspace --all-features (unit, integration, doc; the reference server in process and as processes)"
 cargo test --workspace --all-features --no-fail-fast
 

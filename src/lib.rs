@@ -85,6 +85,18 @@ pub mod clock;
 mod cookie;
 #[cfg(feature = "db-route")]
 pub mod db_route;
+#[cfg(any(
+    feature = "metrics",
+    feature = "rate-limit",
+    feature = "circuit-breaker",
+    feature = "retry",
+    feature = "session",
+    feature = "cache",
+    feature = "db-route",
+    feature = "jobs",
+    feature = "redis"
+))]
+mod describe;
 pub mod duration;
 mod error;
 #[cfg(any(
@@ -133,3 +145,22 @@ pub use builder::ServiceBuilderExt;
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 pub use error::{BoxError, ConfigError, StoreUnavailable, StoreUnavailableKind};
+
+/// Sends the description (help text and unit) of every metric the layers record to the
+/// installed `metrics` recorder, so Prometheus shows `# HELP` for each series. Each layer
+/// does this once per process when it is built; call it yourself if you install the
+/// recorder after building a layer.
+#[cfg(any(
+    feature = "metrics",
+    feature = "rate-limit",
+    feature = "circuit-breaker",
+    feature = "retry",
+    feature = "session",
+    feature = "cache",
+    feature = "db-route",
+    feature = "jobs",
+    feature = "redis"
+))]
+pub fn describe_metrics() {
+    describe::all();
+}

@@ -165,6 +165,7 @@ impl CacheEngineBuilder {
     ///
     /// With Redis, must be called within a Tokio runtime.
     pub fn build(self) -> Result<CacheEngine, ConfigError> {
+        crate::describe::once();
         const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
         if self.max_bytes == 0 {
             return Err(ConfigError::new(

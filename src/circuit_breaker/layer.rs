@@ -209,6 +209,7 @@ impl<K, C> CircuitBreakerLayerBuilder<K, C> {
     /// zero open duration, a backoff below 1 or a maximum below the open duration, fewer
     /// than 16 keys.
     pub fn build(mut self) -> Result<CircuitBreakerLayer<K, C>, ConfigError> {
+        crate::describe::once();
         self.config.max_open_us = self.max_open.map_or(self.config.open_us, micros);
         self.config.validate()?;
         let breakers = KeyedMap::new(SHARDS, self.max_keys)

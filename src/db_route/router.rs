@@ -468,6 +468,7 @@ impl<P> DbRouterBuilder<P> {
     /// A [`ConfigError`] for duplicate or empty replica names, zero timeouts, or a time
     /// pin longer than the token's age.
     pub fn build(self) -> Result<DbRouter<P>, ConfigError> {
+        crate::describe::once();
         for (i, (name, _)) in self.replicas.iter().enumerate() {
             if name.is_empty() || self.replicas[..i].iter().any(|(n, _)| n == name) {
                 return Err(ConfigError::new(

@@ -427,6 +427,7 @@ impl<T: Serialize + DeserializeOwned> QueueBuilder<T> {
     /// a lease under 100 ms or over 24 h, a retention of zero or over 366 days, zero
     /// attempts.
     pub fn build(self) -> Result<Queue<T>, ConfigError> {
+        crate::describe::once();
         let name_ok = !self.name.is_empty()
             && self.name.len() <= 128
             && self

@@ -158,6 +158,7 @@ impl<R, C> HttpMetricsLayerBuilder<R, C> {
 
     /// Validates the configuration.
     pub fn build(self) -> Result<HttpMetricsLayer<R, C>, ConfigError> {
+        crate::describe::once();
         for (setting, value) in [
             ("duration metric name", &self.duration),
             ("requests metric name", &self.requests),

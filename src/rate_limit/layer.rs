@@ -296,6 +296,7 @@ impl<K, S, R> RateLimitLayerBuilder<K, S, R> {
     ///
     /// No quota, more than eight, two with one name, or a fallback share outside (0, 1].
     pub fn build(self) -> Result<RateLimitLayer<K, S, R>, ConfigError> {
+        crate::describe::once();
         if self.settings.rules.is_empty() {
             return Err(ConfigError::new(
                 "quota",

@@ -461,6 +461,7 @@ impl RedisBackendBuilder {
     ///
     /// Must be called within a Tokio runtime, which the connection's background work runs on.
     pub fn build(self) -> Result<RedisBackend, ConfigError> {
+        crate::describe::once();
         if self.prefix.is_empty()
             || self
                 .prefix

@@ -155,6 +155,7 @@ impl<C> RetryLayerBuilder<C> {
     /// Zero attempts, a zero backoff base or a maximum below it, a zero deadline or attempt
     /// timeout.
     pub fn build(self) -> Result<RetryLayer<C>, ConfigError> {
+        crate::describe::once();
         Ok(RetryLayer {
             shared: Arc::new(self.shared()?),
         })

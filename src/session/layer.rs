@@ -210,6 +210,7 @@ impl SessionLayerBuilder {
     /// `Secure` off or a `Domain` or a path other than `/`, zero timeouts, an idle timeout
     /// longer than the absolute one, or a zero size or per-user cap.
     pub fn build(self) -> Result<SessionLayer, ConfigError> {
+        crate::describe::once();
         if !crate::cookie::is_token(&self.cookie_name) {
             return Err(ConfigError::new(
                 "cookie_name",

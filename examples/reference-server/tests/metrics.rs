@@ -91,8 +91,38 @@ async fn metrics_report_every_layer_by_route_template() {
         r#"tower_scale_jobs_enqueued_total{queue="exports"}"#,
         r#"tower_scale_jobs_started_total{queue="exports"}"#,
         r#"tower_scale_jobs_succeeded_total{queue="exports"}"#,
-        r#"tower_scale_jobs_run_duration_count{queue="exports"}"#,
+        r#"tower_scale_jobs_run_duration_seconds_count{queue="exports"}"#,
     ] {
         assert_eq!(sample(&m, series), 1.0, "{series}:\n{m}");
     }
+    promtool_finds_nothing(&m);
+}
+
+/// `promtool check metrics` (Prometheus's own linter: help text, types, unit suffixes,
+/// counter names) has nothing to say about what `/metrics` served.
+fn promtool_finds_nothing(metrics: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus; scripts/services.sh installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool: {said}"
+    );
 }
