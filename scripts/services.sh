@@ -33,11 +33,19 @@ install_packages() {
   command -v psql >/dev/null || missing+=(postgresql-client)
   # promtool (checks /metrics and the alerting rules); the package's server is not used.
   command -v promtool >/dev/null || missing+=(prometheus)
+  # nginx for the scale-out rig (scripts/scale-out.sh; its test starts its own nginx).
+  command -v nginx >/dev/null || missing+=(nginx-light)
   if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]}"
+    # Keep Debian from starting the packages' own servers (nginx on port 80, say): we run
+    # our own, on free ports. Only a policy we wrote is removed afterwards.
+    local policy=
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      as_root sh -c 'printf "#!/bin/sh\nexit 101\n" >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d' && policy=1
+    fi
     as_root apt-get update -qq >&2
-    # Debian's postgresql package starts its own cluster on 5432 where it can; we do not use it.
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
+    if [ -n "$policy" ]; then as_root rm -f /usr/sbin/policy-rc.d; fi
   fi
 }
 

@@ -1202,3 +1202,54 @@ fn bad_layer_config_names_the_setting() {
         assert_eq!(b.build().unwrap_err().setting(), setting);
     }
 }
+
+/// With read replicas, a reader can refill the cache from one that has not replayed a
+/// write yet; `reinvalidate_after` drops that copy a moment later.
+#[tokio::test]
+async fn a_refill_from_a_lagging_replica_is_dropped_by_the_second_invalidation() {
+    let engine = CacheEngine::builder().build().unwrap();
+    let layer = ResponseCacheLayer::builder(&engine)
+        .reinvalidate_after(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    // The origin's "replica" serves the previous version for the first read after a write.
+    let written = Arc::new(AtomicUsize::new(1));
+    let lagging = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let origin = {
+        let (written, lagging) = (Arc::clone(&written), Arc::clone(&lagging));
+        BoxCloneSyncService::new(tower::service_fn(move |req: Request<Full<Bytes>>| {
+            let (written, lagging) = (Arc::clone(&written), Arc::clone(&lagging));
+            async move {
+                if req.method() == Method::PUT {
+                    written.fetch_add(1, Ordering::SeqCst);
+                    lagging.store(true, Ordering::SeqCst);
+                    return Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+                        b"ok",
+                    ))));
+                }
+                let v = written.load(Ordering::SeqCst);
+                let seen = if lagging.swap(false, Ordering::SeqCst) {
+                    v - 1
+                } else {
+                    v
+                };
+                Ok(Response::new(Full::new(Bytes::from(format!("v{seen}")))))
+            }
+        }))
+    };
+    let svc = layer.layer_service(origin);
+    assert_eq!(send(&svc, Method::GET, "/p", &[]).await.body, "v1");
+    send(&svc, Method::PUT, "/p", &[]).await;
+    // The read right after the write: a miss served stale by the lagging replica, stored.
+    assert_eq!(send(&svc, Method::GET, "/p", &[]).await.body, "v1");
+    let g = send(&svc, Method::GET, "/p", &[]).await;
+    assert_eq!(
+        (&g.body[..], cache_status(&g).contains("hit")),
+        (&b"v1"[..], true)
+    );
+    // The second invalidation drops it.
+    eventually("the stale copy to go", Duration::from_secs(2), || async {
+        (send(&svc, Method::GET, "/p", &[]).await.body == "v2").then_some(())
+    })
+    .await;
+}

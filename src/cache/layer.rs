@@ -30,6 +30,7 @@ pub(crate) struct Settings {
     pub(crate) vary: Vec<HeaderName>,
     pub(crate) max_body: usize,
     pub(crate) max_key: usize,
+    pub(crate) reinvalidate: Vec<std::time::Duration>,
     pub(crate) cache_authorized: bool,
     pub(crate) tags: Option<TagFn>,
     pub(crate) invalidates: Option<TagFn>,
@@ -60,6 +61,7 @@ pub struct ResponseCacheLayerBuilder {
     vary: Vec<String>,
     max_body: usize,
     max_key: usize,
+    reinvalidate: Vec<std::time::Duration>,
     cache_authorized: bool,
     tags: Option<TagFn>,
     invalidates: Option<TagFn>,
@@ -94,6 +96,7 @@ impl ResponseCacheLayer {
             vary: Vec::new(),
             max_body: 1 << 20,
             max_key: 2048,
+            reinvalidate: Vec::new(),
             cache_authorized: false,
             tags: None,
             invalidates: None,
@@ -142,6 +145,18 @@ impl ResponseCacheLayerBuilder {
     /// fill the cache, and Redis, with entries under long made-up URLs.
     pub fn max_key(mut self, bytes: usize) -> Self {
         self.max_key = bytes;
+        self
+    }
+
+    /// With read replicas: after a successful unsafe request, its tags are invalidated
+    /// again `after` this long (default: not; call it more than once for several). A
+    /// reader whose miss was served by a replica that had not yet replayed the write
+    /// stores the old response after the first invalidation; a later one drops it. Set
+    /// one above the replicas' usual replay lag (milliseconds on a healthy replica) and
+    /// one near the lag at which the router takes a replica out of rotation.
+    pub fn reinvalidate_after(mut self, after: std::time::Duration) -> Self {
+        self.reinvalidate.push(after);
+        self.reinvalidate.sort_unstable();
         self
     }
 
@@ -263,6 +278,7 @@ impl ResponseCacheLayerBuilder {
                 vary,
                 max_body: self.max_body,
                 max_key: self.max_key,
+                reinvalidate: self.reinvalidate,
                 cache_authorized: self.cache_authorized,
                 tags: self.tags,
                 invalidates: self.invalidates,

@@ -240,11 +240,27 @@ where
                     // A task of its own: the write is done, so the invalidation must be
                     // too, even if the client goes away meanwhile.
                     let engine = s.engine.clone();
+                    let again = s.reinvalidate.clone();
                     let task = tokio::spawn(async move {
                         for tag in &tags {
                             if let Err(e) = engine.invalidate_tag(tag).await {
                                 tracing::warn!(tag = %tag, error = %e, "cache invalidation could not reach Redis; other instances keep their copies until TTL");
                             }
+                        }
+                        if !again.is_empty() {
+                            // Copies loaded meanwhile from a replica that had not replayed
+                            // the write go too.
+                            tokio::spawn(async move {
+                                let start = tokio::time::Instant::now();
+                                for after in again {
+                                    tokio::time::sleep_until(start + after).await;
+                                    for tag in &tags {
+                                        if let Err(e) = engine.invalidate_tag(tag).await {
+                                            tracing::debug!(tag = %tag, error = %e, "later cache invalidation failed");
+                                        }
+                                    }
+                                }
+                            });
                         }
                     });
                     let _ = task.await;

@@ -37,6 +37,8 @@ pub const X_DB_ROUTE: HeaderName = HeaderName::from_static("x-db-route");
 
 const USED_READER: u8 = 1;
 const USED_WRITER: u8 = 2;
+/// A read failed on the replica and was retried on the primary.
+const USED_FALLBACK: u8 = 4;
 
 /// The database handles of one request, in its extensions (and, with `axum`, an
 /// extractor). Cheap to clone.
@@ -113,6 +115,7 @@ impl<P> Db<P> {
         match s.read {
             ReadRoute::Replica(i) if s.used.load(Ordering::Relaxed) & USED_WRITER == 0 => {
                 s.router.replica_failed(i);
+                s.used.fetch_or(USED_FALLBACK, Ordering::Relaxed);
                 Some(s.router.writer())
             }
             _ => None,
@@ -400,7 +403,7 @@ where
                     let db = this.db.take().expect("polled after completion");
                     let used = db.inner.used.load(Ordering::Relaxed);
                     if this.settings.route_header {
-                        let to = if used & USED_WRITER != 0 {
+                        let to = if used & (USED_WRITER | USED_FALLBACK) != 0 {
                             "primary"
                         } else {
                             match db.inner.read {

@@ -253,11 +253,16 @@ fn sessions(config: &Config, redis: Option<&RedisBackend>) -> Result<SessionLaye
         .map_err(|e| Failure::Config(format!("sessions: {e}")))
 }
 
+/// How long after a write its cache tags are invalidated again, with replicas: past a
+/// healthy replica's replay lag, and at a second, past which a lagging replica soon leaves
+/// the rotation.
+const REINVALIDATE_AFTER: [Duration; 2] = [Duration::from_millis(100), Duration::from_secs(1)];
+
 /// The product routes' response cache: L1 in process, L2 and invalidation through Redis
 /// when `REDIS_URL` is set. A `PUT /products/{id}` invalidates its own path (the layer
 /// does that for every unsafe request) and the list, on every instance. A client who just
-/// wrote reads past it, refreshing the entry: another client may have filled it from a
-/// replica that had not replayed the write.
+/// wrote reads past it, refreshing the entry; another client may have filled it from a
+/// replica that had not replayed the write, which the later invalidations drop.
 fn response_cache(
     config: &Config,
     redis: Option<&RedisBackend>,
@@ -273,7 +278,7 @@ fn response_cache(
         .build()
         .map_err(|e| Failure::Config(format!("CACHE_TTL: {e}")))?;
     let routing = db_route.clone();
-    ResponseCacheLayer::builder(&engine)
+    let layer = ResponseCacheLayer::builder(&engine)
         .invalidates(|req| {
             if req.uri.path().starts_with("/products/") {
                 vec![ResponseCacheLayer::path_tag("/products")]
@@ -281,7 +286,17 @@ fn response_cache(
                 Vec::new()
             }
         })
-        .refresh_if(move |req| routing.current_token(req.headers).is_some())
+        .refresh_if(move |req| routing.current_token(req.headers).is_some());
+    // With replicas, a reader may refill the cache from one that has not replayed a write
+    // yet: the write's tags go again a second later.
+    let layer = if config.database_replica_urls.is_empty() {
+        layer
+    } else {
+        REINVALIDATE_AFTER
+            .into_iter()
+            .fold(layer, |layer, after| layer.reinvalidate_after(after))
+    };
+    layer
         .build()
         .map_err(|e| Failure::Config(format!("cache: {e}")))
 }
