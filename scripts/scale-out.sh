@@ -13,7 +13,8 @@
 # Settings: SCALE_OUT_DIR (default /var/tmp/tower-scale/scale-out), PORT (nginx, 18100;
 # the instances listen on PORT+1..PORT+3, the Cluster on free ports), INSTANCES (3),
 # REFERENCE_SERVER (a binary to run instead of building the release one), DRAIN (2s).
-# `bash scripts/scale-out.sh start N` starts instance N again (after a test stopped it).
+# `bash scripts/scale-out.sh start N` starts instance N again (after a test stopped it);
+# `node-start PORT` the Cluster node on PORT.
 # State, logs and pids are under SCALE_OUT_DIR: `instance-N.log`, `nginx/error.log`,
 # `cluster/node-P/redis.log`; `env` holds the addresses as shell assignments.
 set -euo pipefail
@@ -60,6 +61,17 @@ cluster_ok() {
   redis-cli -p "$1" cluster info 2>/dev/null | grep -q 'cluster_state:ok'
 }
 
+# Starts the Cluster node on port $1 (again: with its nodes.conf, it rejoins the Cluster,
+# as a replica of whoever took over its slots).
+node_start() {
+  local d="$DIR/cluster" p=$1
+  install -d "$d/node-$p"
+  redis-server --daemonize yes --bind 127.0.0.1 --port "$p" --save "" --appendonly no \
+    --cluster-enabled yes --cluster-config-file "$d/node-$p/nodes.conf" \
+    --cluster-node-timeout 1000 --dir "$d/node-$p" --logfile "$d/node-$p/redis.log" \
+    --pidfile "$d/node-$p/redis.pid" >&2
+}
+
 cluster_up() {
   local d="$DIR/cluster" ports=() p
   install -d "$d"
@@ -78,13 +90,7 @@ cluster_up() {
     ports+=("$p")
   done
   log "starting a Redis Cluster on ${ports[*]}"
-  for p in "${ports[@]}"; do
-    install -d "$d/node-$p"
-    redis-server --daemonize yes --bind 127.0.0.1 --port "$p" --save "" --appendonly no \
-      --cluster-enabled yes --cluster-config-file "$d/node-$p/nodes.conf" \
-      --cluster-node-timeout 1000 --dir "$d/node-$p" --logfile "$d/node-$p/redis.log" \
-      --pidfile "$d/node-$p/redis.pid" >&2
-  done
+  for p in "${ports[@]}"; do node_start "$p"; done
   for p in "${ports[@]}"; do
     for _ in $(seq 1 50); do redis-cli -p "$p" ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done
   done
@@ -245,6 +251,7 @@ down() {
 case "${1:-}" in
   up) up ;;
   start) instance_up "$2"; wait_ready $((PORT + $2)) ;;
+  node-start) node_start "$2" ;;
   status) status ;;
   down) down ;;
   *) echo "usage: $0 up|status|down" >&2; exit 2 ;;

@@ -684,4 +684,21 @@ async fn three_instances_behind_nginx_on_a_redis_cluster() {
         sessions.len()
     );
     assert_eq!(kept, sessions.len());
+    // The dead master, started again, rejoins as a replica.
+    assert!(
+        rig.run(&["node-start", &master.to_string()])
+            .status
+            .success()
+    );
+    let url = format!("redis://127.0.0.1:{master}");
+    support::eventually(
+        "the old master to rejoin as a replica",
+        Duration::from_secs(20),
+        || async {
+            let me: String = support::redis_raw(&url, &["CLUSTER", "NODES"]).await;
+            let line = me.lines().find(|l| l.contains("myself"))?;
+            (line.contains("slave") && !line.contains("fail")).then_some(())
+        },
+    )
+    .await;
 }
