@@ -6,7 +6,9 @@
 //!   clients. Added cost = median minus `baseline`.
 //! - `rate_limit/redis-64`: decisions with 64 concurrent callers on one multiplexed Redis
 //!   connection, through the layer with the Redis store, versus raw redis-rs EVALSHA of a
-//!   single-quota GCRA script (the floor: Redis running Lua). Needs a Redis at
+//!   single-quota GCRA script (the floor: Redis running Lua); and, with
+//!   `TEST_REDIS_CLUSTER_NODES` set, the store on the Redis Cluster
+//!   (`tower-scale-store-cluster`) beside the one on a single node. Needs a Redis at
 //!   `TEST_REDIS_URL` (default redis://127.0.0.1:6379).
 //! - Memory: resident-set growth after 1,000,000 distinct keys, ours versus governor's
 //!   keyed limiter (what tower_governor uses), printed before the benches run.
@@ -256,37 +258,55 @@ fn redis(c: &mut Criterion) {
         })
     });
 
-    // The limiter's decision path alone: the store, as the layer calls it.
-    let store = RedisStore::new(backend.clone());
+    // The limiter's decision path alone: the store, as the layer calls it; on one Redis,
+    // and on the Redis Cluster (`TEST_REDIS_CLUSTER_NODES`) in the same run.
     let quota = unlimited();
     let spec = Arc::new(QuotaSpec::new(0, &quota));
-    g.bench_function("tower-scale-store", |b| {
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let start = Instant::now();
-                let tasks: Vec<_> = (0..CALLERS)
-                    .map(|t| {
-                        let (store, spec, clients) =
-                            (store.clone(), Arc::clone(&spec), Arc::clone(&clients));
-                        tokio::spawn(async move {
-                            for i in (t..iters).step_by(CALLERS as usize) {
-                                let key = BucketKey::Key(clients[(i % 1024) as usize]);
-                                let StoreFuture::Pending(check) = store.check(&key, &[&*spec], 1)
-                                else {
-                                    unreachable!("a Redis check is a round trip")
-                                };
-                                assert!(check.await.unwrap().allowed());
-                            }
+    let mut stores = vec![("tower-scale-store", RedisStore::new(backend.clone()))];
+    if let Ok(nodes) = std::env::var("TEST_REDIS_CLUSTER_NODES") {
+        let cluster = rt.block_on(async {
+            let b = RedisBackend::cluster(nodes.split(','))
+                .prefix("bench")
+                .timeout(Duration::from_secs(2))
+                .build()
+                .unwrap();
+            b.ping().await.map(|_| b)
+        });
+        match cluster {
+            Ok(b) => stores.push(("tower-scale-store-cluster", RedisStore::new(b))),
+            Err(e) => eprintln!("rate_limit/redis-64 cluster skipped: {e}"),
+        }
+    }
+    for (name, store) in stores {
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let start = Instant::now();
+                    let tasks: Vec<_> = (0..CALLERS)
+                        .map(|t| {
+                            let (store, spec, clients) =
+                                (store.clone(), Arc::clone(&spec), Arc::clone(&clients));
+                            tokio::spawn(async move {
+                                for i in (t..iters).step_by(CALLERS as usize) {
+                                    let key = BucketKey::Key(clients[(i % 1024) as usize]);
+                                    let StoreFuture::Pending(check) =
+                                        store.check(&key, &[&*spec], 1)
+                                    else {
+                                        unreachable!("a Redis check is a round trip")
+                                    };
+                                    assert!(check.await.unwrap().allowed());
+                                }
+                            })
                         })
-                    })
-                    .collect();
-                for t in tasks {
-                    t.await.unwrap();
-                }
-                start.elapsed()
+                        .collect();
+                    for t in tasks {
+                        t.await.unwrap();
+                    }
+                    start.elapsed()
+                })
             })
-        })
-    });
+        });
+    }
 
     // The whole layer: HTTP request in, response out, decision in between.
     let layer = RateLimitLayer::builder()

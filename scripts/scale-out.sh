@@ -26,10 +26,12 @@ INSTANCES=${INSTANCES:-3}
 log() { printf 'scale-out: %s\n' "$*" >&2; }
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# A port for a Cluster node, free with its bus port (+ 10000), both below the kernel's
+# ephemeral range (32768 and up), where an outgoing connection could take it first.
 free_port() {
   local p
   for _ in $(seq 1 200); do
-    p=$((20000 + RANDOM % 20000))
+    p=$((10000 + RANDOM % 12000))
     if ! port_in_use "$p" && ! port_in_use $((p + 10000)); then echo "$p"; return 0; fi
   done
   log "no free port"; return 1

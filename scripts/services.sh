@@ -51,10 +51,12 @@ install_packages() {
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# Below the kernel's ephemeral range (32768 and up here), where outgoing connections
+# could take a port between this check and the server's bind.
 free_port() {
   local p
   for _ in $(seq 1 200); do
-    p=$((20000 + RANDOM % 20000))
+    p=$((20000 + RANDOM % 12000))
     if ! port_in_use "$p"; then echo "$p"; return 0; fi
   done
   log "no free port found"; return 1
@@ -122,11 +124,12 @@ redis_cluster_nodes() {
   rm -rf "${dir:?}"/node-*
   ports=()
   for i in 1 2 3 4 5 6; do
-    p=$(free_port)
+    # A node also listens on port + 10000 (the bus): both below the ephemeral range.
+    p=$((10000 + RANDOM % 12000))
     # Redis Cluster also listens on port + 10000 (the bus).
-    while port_in_use $((p + 10000)) || [[ " ${ports[*]} " == *" $p "* ]] \
+    while port_in_use "$p" || port_in_use $((p + 10000)) || [[ " ${ports[*]} " == *" $p "* ]] \
       || [[ " ${ports[*]} " == *" $((p + 10000)) "* ]] || [[ " ${ports[*]} " == *" $((p - 10000)) "* ]]; do
-      p=$(free_port)
+      p=$((10000 + RANDOM % 12000))
     done
     ports+=("$p")
   done

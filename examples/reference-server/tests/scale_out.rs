@@ -35,9 +35,10 @@ fn script() -> String {
 impl Rig {
     fn up() -> Self {
         let dir = std::env::temp_dir().join(support::unique("scale-out"));
-        // Four ports in a row: nginx and the three instances.
+        // Four ports in a row: nginx and the three instances (below the kernel's ephemeral
+        // range, where an outgoing connection could take one first).
         let port = loop {
-            let p = 30_000 + (support::free_port() % 20_000);
+            let p = 22_000 + (support::free_port() % 10_000);
             if (p..p + 4).all(|q| std::net::TcpListener::bind(("127.0.0.1", q)).is_ok()) {
                 break p;
             }
