@@ -243,10 +243,11 @@ down() {
       rm -f "$DIR/instance-$n.pid"
     fi
   done
-  if [ -f "$DIR/cluster/ports" ]; then
-    for p in $(cat "$DIR/cluster/ports"); do redis-cli -p "$p" shutdown nosave >/dev/null 2>&1 || true; done
-    rm -f "$DIR/cluster/ports"
-  fi
+  # Every node started, even of a Cluster whose creation failed.
+  for pidfile in "$DIR"/cluster/node-*/redis.pid; do
+    [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
+  done
+  rm -f "$DIR/cluster/ports"
   log "down"
 }
 

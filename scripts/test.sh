@@ -12,15 +12,17 @@ export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "services"
-# One run at a time on a machine: the rig test pauses the shared replica's replay.
+# One run at a time on a machine: the rig test pauses the shared replica's replay. The
+# lock is held by `flock` itself (`-o`: this script and what it starts do not inherit it),
+# so a server a test leaves behind cannot keep the next run waiting for ever.
 state=${TOWER_SCALE_STATE:-/var/tmp/tower-scale}
 install -d -m 0755 "$state"
-exec 9>"$state/test.lock"
-flock 9
-# `9>&-`: the servers it starts must not inherit the lock, or they would hold it for as
-# long as they run and the next test run on this machine would wait for ever.
-services=$(bash scripts/services.sh 9>&-) || { echo "services could not be started" >&2; exit 1; }
+if [ -z "${TOWER_SCALE_LOCKED:-}" ]; then
+  exec env TOWER_SCALE_LOCKED=1 flock -o "$state/test.lock" bash "$PWD/scripts/test.sh" "$@"
+fi
+
+step "services"
+services=$(bash scripts/services.sh) || { echo "services could not be started" >&2; exit 1; }
 eval "$services"
 echo "redis: $TEST_REDIS_URL"
 echo "postgres primary: $TEST_DATABASE_URL"
