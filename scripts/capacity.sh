@@ -38,7 +38,7 @@ redis_totals() {
 }
 
 start() { # env assignments...
-  env "$@" LISTEN=127.0.0.1:$PORT RATE_LIMIT=1000000000/1s LOGIN_RATE_LIMIT=1000000000/1s \
+  env "$@" LISTEN=127.0.0.1:$PORT RATE_LIMIT=1000000/1s LOGIN_RATE_LIMIT=1000000/1s \
     SESSION_COOKIE_SECURE=0 RUST_LOG=error EXPORT_WORKERS=0 DRAIN=0s \
     taskset -c 0 "$BIN" >"$WORK/server.log" 2>&1 &
   echo $! >"$WORK/pid"
@@ -83,7 +83,7 @@ EOF
 
 # The Cluster's masters only: a replica counts again every write it applies.
 cluster_ports=$(for p in $(echo "$TEST_REDIS_CLUSTER_NODES" | tr ',' '\n' | sed 's/.*://'); do
-  redis-cli -p "$p" role | head -1 | grep -q master && echo "$p"; done | tr '\n' ' ')
+  if redis-cli -p "$p" role | head -1 | grep -q master; then echo "$p"; fi; done | tr '\n' ' ')
 single_port=${TEST_REDIS_URL##*:}
 for round in $(seq 1 "$ROUNDS"); do
   for dep in redis cluster; do

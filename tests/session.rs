@@ -510,6 +510,7 @@ fn save(key: &str, ops: Vec<Op>, user: Option<&str>, new: bool) -> Save {
         renamed_from: None,
         ops,
         user: user.map(str::to_owned),
+        owner: None,
         new,
         max_per_user: 64,
     }

@@ -70,15 +70,6 @@ use tokio::time::Instant;
     feature = "cache",
     feature = "jobs"
 ))]
-pub(crate) use ::redis::Script;
-#[cfg(feature = "session")]
-pub(crate) use ::redis::ScriptInvocation;
-#[cfg(any(
-    feature = "rate-limit",
-    feature = "session",
-    feature = "cache",
-    feature = "jobs"
-))]
 pub(crate) use ::redis::Value;
 pub(crate) use ::redis::{Cmd, cmd};
 #[cfg(feature = "cache")]
@@ -86,6 +77,110 @@ pub(crate) use ::redis::{Pipeline, pipe};
 
 use crate::key::escape_key_part;
 use crate::{ConfigError, StoreUnavailable};
+
+/// A Lua script, sent by `EVALSHA` and loaded on `NOSCRIPT`: redis-rs's, with its source,
+/// so that on a Cluster it is loaded on the one node that asked (a `SCRIPT LOAD` sent to
+/// every node would fail while any of them is down).
+#[cfg(any(
+    feature = "rate-limit",
+    feature = "session",
+    feature = "cache",
+    feature = "jobs"
+))]
+#[derive(Clone)]
+pub(crate) struct Script {
+    hash: Arc<str>,
+    code: Arc<str>,
+}
+
+#[cfg(any(
+    feature = "rate-limit",
+    feature = "session",
+    feature = "cache",
+    feature = "jobs"
+))]
+impl Script {
+    pub(crate) fn new(code: &str) -> Self {
+        Self {
+            hash: ::redis::Script::new(code).get_hash().into(),
+            code: code.into(),
+        }
+    }
+
+    /// The SHA-1 `EVALSHA` names it by.
+    pub(crate) fn get_hash(&self) -> &str {
+        &self.hash
+    }
+
+    /// An invocation with `key` as its first key.
+    #[cfg(any(feature = "session", test))]
+    pub(crate) fn key<T: ::redis::ToRedisArgs>(&self, key: T) -> Invocation<'_> {
+        let mut inv = self.prepare_invoke();
+        inv.key(key);
+        inv
+    }
+
+    /// An invocation with `arg` as its first argument.
+    #[cfg(test)]
+    pub(crate) fn arg<T: ::redis::ToRedisArgs>(&self, arg: T) -> Invocation<'_> {
+        let mut inv = self.prepare_invoke();
+        inv.arg(arg);
+        inv
+    }
+
+    /// An invocation with no keys or arguments yet.
+    #[cfg(any(feature = "session", test))]
+    pub(crate) fn prepare_invoke(&self) -> Invocation<'_> {
+        Invocation {
+            script: self,
+            keys: Vec::new(),
+            args: Vec::new(),
+        }
+    }
+}
+
+/// A call of a [`Script`] with its keys and arguments, for [`RedisBackend::invoke`].
+#[cfg(any(feature = "session", test))]
+pub(crate) struct Invocation<'a> {
+    script: &'a Script,
+    keys: Vec<Vec<u8>>,
+    args: Vec<Vec<u8>>,
+}
+
+#[cfg(any(feature = "session", test))]
+impl Invocation<'_> {
+    pub(crate) fn key<T: ::redis::ToRedisArgs>(&mut self, key: T) -> &mut Self {
+        self.keys.extend(key.to_redis_args());
+        self
+    }
+
+    pub(crate) fn arg<T: ::redis::ToRedisArgs>(&mut self, arg: T) -> &mut Self {
+        self.args.extend(arg.to_redis_args());
+        self
+    }
+}
+
+/// The first key of an `EVALSHA <sha> <numkeys> <keys...>` command, if it has one.
+#[cfg(any(
+    feature = "rate-limit",
+    feature = "session",
+    feature = "cache",
+    feature = "jobs"
+))]
+fn first_key(cmd: &Cmd) -> Option<Vec<u8>> {
+    let mut args = cmd.args_iter().skip(2);
+    let numkeys = match args.next()? {
+        ::redis::Arg::Simple(n) => std::str::from_utf8(n).ok()?.parse::<usize>().ok()?,
+        _ => return None,
+    };
+    if numkeys == 0 {
+        return None;
+    }
+    match args.next()? {
+        ::redis::Arg::Simple(k) => Some(k.to_vec()),
+        _ => None,
+    }
+}
 
 /// The shared Redis connection, key layout and call discipline. Cheap to clone.
 #[derive(Clone)]
@@ -305,14 +400,18 @@ impl RedisBackend {
     ///
     /// As [`query`](Self::query). A `NOSCRIPT` reply is not an error: the script is loaded
     /// and called again within the same timeout.
-    #[cfg(feature = "session")]
+    #[cfg(any(feature = "session", test))]
     pub(crate) async fn invoke<T: FromRedisValue>(
         &self,
         op: &'static str,
-        invocation: &ScriptInvocation<'_>,
+        invocation: &Invocation<'_>,
     ) -> Result<T, StoreUnavailable> {
-        let mut conn = self.inner.conn.clone();
-        self.timed(op, invocation.invoke_async(&mut conn)).await
+        let mut c = cmd("EVALSHA");
+        c.arg(invocation.script.get_hash())
+            .arg(invocation.keys.len())
+            .arg(&invocation.keys)
+            .arg(&invocation.args);
+        self.evalsha(op, invocation.script, &c).await
     }
 
     /// Runs `cmd`, an `EVALSHA` of `script` the caller built (`EVALSHA <sha> <numkeys>
@@ -324,7 +423,12 @@ impl RedisBackend {
     /// # Errors
     ///
     /// As [`query`](Self::query).
-    #[cfg(any(feature = "rate-limit", feature = "cache", feature = "jobs"))]
+    #[cfg(any(
+        feature = "rate-limit",
+        feature = "session",
+        feature = "cache",
+        feature = "jobs"
+    ))]
     pub(crate) async fn evalsha<T: FromRedisValue>(
         &self,
         op: &'static str,
@@ -338,7 +442,7 @@ impl RedisBackend {
                     if e.kind()
                         == ::redis::ErrorKind::Server(::redis::ServerErrorKind::NoScript) =>
                 {
-                    script.load_async(&mut conn).await?;
+                    load(&mut conn, script, cmd).await?;
                     cmd.query_async(&mut conn).await
                 }
                 other => other,
@@ -396,7 +500,14 @@ impl RedisBackend {
     /// fails, or Redis answers with an error.
     pub async fn ping(&self) -> Result<Duration, StoreUnavailable> {
         let start = Instant::now();
-        let _: String = self.query("ping", &cmd("PING")).await?;
+        if self.is_cluster() {
+            // On a Cluster, `PING` goes to every master and fails if any is down: one
+            // node answering says the Cluster is reachable, and a master that is down is
+            // its slots' concern (each layer's failure mode), not the whole service's.
+            let _: String = self.query("ping", cmd("ECHO").arg("ping")).await?;
+        } else {
+            let _: String = self.query("ping", &cmd("PING")).await?;
+        }
         Ok(start.elapsed())
     }
 
@@ -573,6 +684,34 @@ impl RedisBackendBuilder {
             }),
         })
     }
+}
+
+/// Loads `script` where `cmd` (its `EVALSHA`) runs: on one Redis, there; on a Cluster, on
+/// the master of the slot of `cmd`'s first key.
+#[cfg(any(
+    feature = "rate-limit",
+    feature = "session",
+    feature = "cache",
+    feature = "jobs"
+))]
+async fn load(conn: &mut Conn, script: &Script, cmd: &Cmd) -> ::redis::RedisResult<()> {
+    use ::redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+    let mut load = ::redis::cmd("SCRIPT");
+    load.arg("LOAD").arg(&*script.code);
+    match (conn, first_key(cmd)) {
+        (Conn::Cluster(c), Some(key)) => {
+            let route = Route::with_key(key, SlotAddr::Master);
+            c.route_command(
+                load,
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+            )
+            .await?;
+        }
+        (conn, _) => {
+            let _: ::redis::Value = load.query_async(conn).await?;
+        }
+    }
+    Ok(())
 }
 
 /// A tag as keys hold it: escaped with [`escape_key_part`], and the empty tag written `%`

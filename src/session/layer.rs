@@ -504,6 +504,7 @@ pub(crate) async fn write(
         },
         ops: std::mem::take(&mut s.ops),
         user: s.user.clone(),
+        owner: s.loaded.as_ref().and_then(|l| l.user.clone()),
         new: !existed,
         max_per_user: shared.config.max_per_user,
     };

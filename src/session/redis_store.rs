@@ -91,28 +91,24 @@ redis.call('PEXPIRE', key, idle)
 return out
 ";
 
-/// KEYS[1] a user's index. ARGV: the session's storage key, its old one ('' for none),
-/// absolute (µs), the most sessions per user. Adds the session (scored by now: the oldest
-/// login ends first), drops members past the absolute timeout and, past the cap, the
-/// oldest; returns the storage keys of the sessions the cap ends, for the caller to delete
-/// (they live on other slots).
+/// KEYS[1] a user's index. ARGV: the session's storage key, absolute (µs), the most
+/// sessions per user. Adds the session (scored by now: the oldest login ends first; run
+/// before the session is written, so no session of the user is ever unindexed), drops
+/// members past the absolute timeout, and returns the members past the cap, oldest first,
+/// for the caller to delete (they live on other slots) and only then remove from here.
 const INDEX: &str = r"
 local now = now_us()
-local member, old, abs, cap = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-if old ~= '' then redis.call('ZREM', KEYS[1], old) end
+local member, abs, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('(%d', now - abs))
 redis.call('ZADD', KEYS[1], now, member)
-local ended = {}
+redis.call('PEXPIRE', KEYS[1], math.ceil(abs / 1000))
 local over = redis.call('ZCARD', KEYS[1]) - cap
+local ended = {}
 if over > 0 then
   for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, over)) do
-    if #ended < over and m ~= member then
-      redis.call('ZREM', KEYS[1], m)
-      ended[#ended + 1] = m
-    end
+    if #ended < over and m ~= member then ended[#ended + 1] = m end
   end
 end
-redis.call('PEXPIRE', KEYS[1], math.ceil(abs / 1000))
 return ended
 ";
 
@@ -121,14 +117,6 @@ const DESTROY: &str = r"
 local u = redis.call('HGET', KEYS[1], '$u')
 redis.call('DEL', KEYS[1])
 return u
-";
-
-/// KEYS[1] the user's index. Deletes it; returns its members, for the caller to delete
-/// their sessions (they live on other slots).
-const DESTROY_USER: &str = r"
-local m = redis.call('ZRANGE', KEYS[1], 0, -1)
-redis.call('DEL', KEYS[1])
-return m
 ";
 
 /// Sessions in Redis, on one node or a Cluster: one hash per session under
@@ -152,7 +140,6 @@ struct Scripts {
     save: Script,
     index: Script,
     destroy: Script,
-    destroy_user: Script,
 }
 
 impl fmt::Debug for RedisSessionStore {
@@ -182,7 +169,6 @@ impl RedisSessionStore {
                 save: script(SAVE),
                 index: script(INDEX),
                 destroy: script(DESTROY),
-                destroy_user: script(DESTROY_USER),
             }),
         }
     }
@@ -196,6 +182,19 @@ impl RedisSessionStore {
         k.push('}');
         k.push_str(rest);
         k
+    }
+
+    /// Removes `members` from the user index `index`.
+    async fn unindex(
+        &self,
+        index: &str,
+        members: &[String],
+    ) -> Result<(), crate::StoreUnavailable> {
+        let _: i64 = self
+            .backend
+            .query("session_index", cmd("ZREM").arg(index).arg(members))
+            .await?;
+        Ok(())
     }
 
     /// Deletes the sessions under `storage` keys, one call each (on a Cluster they live
@@ -278,6 +277,27 @@ impl SessionStore for RedisSessionStore {
     fn save(&self, save: Save, life: Lifetimes) -> StoreFuture<Saved> {
         let this = self.clone();
         Box::pin(async move {
+            // The user's index first, on its own slot (on a login, and when a logged-in
+            // session's id changes): if it fails nothing has changed, and once the session
+            // is written it is already indexed, so log out everywhere always finds it.
+            let indexed = save
+                .user
+                .clone()
+                .or_else(|| save.renamed_from.as_ref().and(save.owner.clone()));
+            if let Some(user) = &indexed {
+                let index = this.backend.key("sessidx", user);
+                let mut inv = this.scripts.index.key(&index);
+                inv.arg(&save.key)
+                    .arg(us(life.absolute))
+                    .arg(save.max_per_user.max(1));
+                let ended: Vec<String> = this.backend.invoke("session_index", &inv).await?;
+                // Past the cap: the sessions go first, their index entries after, so a
+                // failure leaves them indexed for the next login to end.
+                if !ended.is_empty() {
+                    this.delete_sessions(&ended).await?;
+                    this.unindex(&index, &ended).await?;
+                }
+            }
             let old = save.renamed_from.as_deref().map(|h| this.key(h));
             let mut inv = this.scripts.save.prepare_invoke();
             inv.key(this.key(&save.key));
@@ -298,20 +318,14 @@ impl SessionStore for RedisSessionStore {
                 };
             }
             let reply: Vec<Value> = this.backend.invoke("session_save", &inv).await?;
-            let (saved, owner) = saved(&reply);
-            // The user's index, on its own slot: on a login, and when a logged-in
-            // session's id changes.
-            if saved.applied
-                && let Some(user) = owner
-                && (save.user.is_some() || save.renamed_from.is_some())
-            {
-                let mut inv = this.scripts.index.key(this.backend.key("sessidx", &user));
-                inv.arg(&save.key)
-                    .arg(save.renamed_from.as_deref().unwrap_or(""))
-                    .arg(us(life.absolute))
-                    .arg(save.max_per_user.max(1));
-                let ended: Vec<String> = this.backend.invoke("session_index", &inv).await?;
-                this.delete_sessions(&ended).await?;
+            let (saved, _) = saved(&reply);
+            // The old id's entry: stale once the rename is done. Left behind if this fails
+            // (it names a key that no longer exists, which every reader of the index skips).
+            if let (Some(user), Some(old)) = (&indexed, &save.renamed_from) {
+                let index = this.backend.key("sessidx", user);
+                if let Err(e) = this.unindex(&index, std::slice::from_ref(old)).await {
+                    tracing::debug!(error = %e, "stale session index entry left");
+                }
             }
             Ok(saved)
         })
@@ -324,11 +338,11 @@ impl SessionStore for RedisSessionStore {
             let inv = this.scripts.destroy.key(this.key(&key));
             let user: Option<String> = this.backend.invoke("session_destroy", &inv).await?;
             if let Some(u) = user {
+                // The session is gone: a failure here leaves a stale entry, no session.
                 let index = this.backend.key("sessidx", &u);
-                let _: i64 = this
-                    .backend
-                    .query("session_destroy", cmd("ZREM").arg(index).arg(&key))
-                    .await?;
+                if let Err(e) = this.unindex(&index, std::slice::from_ref(&key)).await {
+                    tracing::debug!(error = %e, "stale session index entry left");
+                }
             }
             Ok(())
         })
@@ -338,9 +352,25 @@ impl SessionStore for RedisSessionStore {
         let this = self.clone();
         let index = self.backend.key("sessidx", user);
         Box::pin(async move {
-            let inv = this.scripts.destroy_user.key(index);
-            let members: Vec<String> = this.backend.invoke("session_destroy_user", &inv).await?;
-            this.delete_sessions(&members).await
+            // Sessions first, then their entries: a failure leaves the rest indexed for a
+            // second try. A login meanwhile indexes its session before writing it, so the
+            // next pass finds it (or its save finds the session gone).
+            let mut n = 0;
+            for _ in 0..3 {
+                let members: Vec<String> = this
+                    .backend
+                    .query(
+                        "session_destroy_user",
+                        cmd("ZRANGE").arg(&index).arg(0).arg(-1),
+                    )
+                    .await?;
+                if members.is_empty() {
+                    break;
+                }
+                n += this.delete_sessions(&members).await?;
+                this.unindex(&index, &members).await?;
+            }
+            Ok(n)
         })
     }
 }

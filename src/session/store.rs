@@ -51,6 +51,9 @@ pub struct Save {
     pub ops: Vec<Op>,
     /// The owner to record (login), if it changed.
     pub user: Option<String>,
+    /// The session's owner as loaded, if it had one: for stores that index sessions by
+    /// user and must move the entry when the id changes.
+    pub owner: Option<String>,
     /// True for a session this request created.
     pub new: bool,
     /// With `user` set: the most sessions the user may have. When this one would exceed
