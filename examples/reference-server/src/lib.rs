@@ -315,9 +315,10 @@ async fn serve(
         let _ = stream.set_nodelay(true);
         let registered = registry.register();
         let on = Arc::clone(&registered.conn);
+        let reg = Arc::clone(&registry);
         let app = app.clone();
         let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-            let busy = on.enter();
+            let busy = on.enter(&reg);
             let mut req = req.map(axum::body::Body::new);
             req.extensions_mut()
                 .insert(axum::extract::ConnectInfo(peer));
@@ -331,12 +332,23 @@ async fn serve(
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             let _permit = permit;
-            tokio::select! {
-                res = conn => if let Err(e) = res {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                },
-                // Closed to make room: dropping the connection closes the socket.
-                () = registered.conn.closing() => {}
+            tokio::pin!(conn);
+            loop {
+                tokio::select! {
+                    res = &mut conn => {
+                        if let Err(e) = res {
+                            tracing::debug!(error = %e, "connection ended with an error");
+                        }
+                        break;
+                    }
+                    // Closed to make room (dropping the connection closes the socket),
+                    // unless a request arrived since it was chosen.
+                    () = registered.conn.closing() => {
+                        if registered.conn.is_idle() {
+                            break;
+                        }
+                    }
+                }
             }
         });
     }
