@@ -76,6 +76,17 @@ redis.call('PUBLISH', ARGV[1], 't' .. ARGV[4] .. v .. ' ' .. ARGV[2])
 return v
 ";
 
+/// KEYS[1] the prefix generation. Moves it to Redis's time in µs (or one past it, if the
+/// clock stalls), as tag versions move: on a Cluster, a generation that failed over before
+/// it replicated and was bumped again never repeats a value entries were loaded under.
+const BUMP_PREFIX_GEN: &str = r"
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+local t = redis.call('TIME')
+local v = string.format('%.0f', math.max(cur + 1, tonumber(t[1]) * 1000000 + tonumber(t[2])))
+redis.call('SET', KEYS[1], v)
+return v
+";
+
 /// The write on a Cluster: KEYS entry, generation (one slot). ARGV as [`SET`] up to the
 /// generation, then the prefix generation and the tags JSON, recorded in the entry.
 const SET_CLUSTER: &str = r"
@@ -99,6 +110,7 @@ pub(crate) struct L2 {
     set: Script,
     invalidate_key: Script,
     invalidate_tag: Script,
+    bump_prefix_gen: Script,
     down_until: AtomicU64,
     /// Failures logged at WARN at most once per 10 s.
     warn: crate::error::Throttle,
@@ -139,6 +151,7 @@ impl L2 {
             set: Script::new(if backend_is_cluster { SET_CLUSTER } else { SET }),
             invalidate_key: Script::new(INVALIDATE_KEY),
             invalidate_tag: Script::new(INVALIDATE_TAG),
+            bump_prefix_gen: Script::new(BUMP_PREFIX_GEN),
             down_until: AtomicU64::new(0),
             warn: crate::error::Throttle::new(),
             me: format!("{seed:016x}"),
@@ -394,9 +407,13 @@ impl L2 {
     /// entries (a `SCAN` of the cache's keys: O(keys), unlike tags), and tells every
     /// instance.
     pub(crate) async fn invalidate_prefix(&self, prefix: &str) -> Result<(), StoreUnavailable> {
-        let _: i64 = self
+        let mut bump = cmd("EVALSHA");
+        bump.arg(self.bump_prefix_gen.get_hash())
+            .arg(1)
+            .arg(&self.pgen_key);
+        let _: u64 = self
             .backend
-            .query("cache_invalidate", cmd("INCR").arg(&self.pgen_key))
+            .evalsha("cache_invalidate", &self.bump_prefix_gen, &bump)
             .await?;
         if self.cluster {
             // No scan of every master: the entries recorded the old prefix generation, so
