@@ -25,7 +25,17 @@ trap 'kill $(cat "$WORK"/pid 2>/dev/null) 2>/dev/null || true; rm -rf "$WORK"' E
 TICKS=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
-# Redis totals over every node given: commands processed, bytes in and out.
+# Round trips to Redis this server made, from its own /metrics (every call of the
+# backend, answered or failed).
+round_trips() {
+  curl -s "http://127.0.0.1:$PORT/metrics" | awk '
+    /^tower_scale_redis_command_duration_seconds_count/ {n += $NF}
+    /^tower_scale_redis_command_errors_total/ {n += $NF}
+    END {printf "%d\n", n}'
+}
+
+# Redis totals over every node given: commands processed (scripts' own calls included),
+# bytes in and out.
 redis_totals() {
   local cmds=0 inb=0 outb=0 p c i o
   for p in "$@"; do
@@ -58,17 +68,20 @@ measure() { # deployment label path [wrk args...]
   local dep=$1 label=$2 path=$3; shift 3
   local pid; pid=$(cat "$WORK/pid")
   local t0 r0 t1 r1 out
+  local rt0 rt1
+  rt0=$(round_trips)
   t0=$(cpu_ticks "$pid"); r0=$(redis_totals $REDIS_PORTS)
   out=$(taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" "$@" "http://127.0.0.1:$PORT$path")
   t1=$(cpu_ticks "$pid"); r1=$(redis_totals $REDIS_PORTS)
+  rt1=$(round_trips)
   local reqs; reqs=$(echo "$out" | awk '/requests in/ {print $1}')
   local rps; rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
   local bad; bad=$(echo "$out" | awk '/Non-2xx/ {print $NF}')
   read -r c0 i0 o0 <<<"$r0"; read -r c1 i1 o1 <<<"$r1"
   awk -v d="$dep" -v l="$label" -v n="$reqs" -v rps="$rps" -v ticks=$((t1 - t0)) -v hz="$TICKS" \
-      -v c=$((c1 - c0)) -v i=$((i1 - i0)) -v o=$((o1 - o0)) -v bad="${bad:-0}" \
-    'BEGIN { printf "%-8s %-22s %10.0f req/s  cpu %6.1f µs/req  redis %5.2f cmds/req  %6.0f B in  %6.0f B out /req  non-2xx %s\n",
-             d, l, rps, ticks / hz * 1e6 / n, c / n, i / n, o / n, bad }'
+      -v c=$((c1 - c0)) -v i=$((i1 - i0)) -v o=$((o1 - o0)) -v bad="${bad:-0}" -v rt=$((rt1 - rt0)) \
+    'BEGIN { printf "%-8s %-24s %7.0f req/s  cpu %6.1f µs/req  round trips %5.2f/req  redis cmds %5.2f/req  %5.0f B in  %5.0f B out /req  non-2xx %s\n",
+             d, l, rps, ticks / hz * 1e6 / n, rt / n, c / n, i / n, o / n, bad }'
 }
 
 cat >"$WORK/put.lua" <<'EOF'
