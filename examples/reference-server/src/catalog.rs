@@ -30,6 +30,34 @@ pub struct Product {
 /// A database failure (the cause is logged; the client sees 500).
 pub type DbError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Whether `e` says the server that answered is unusable (unreachable, shutting down,
+/// refusing connections, or a replica behind the schema or cancelling for recovery),
+/// rather than something the query itself would meet on any server (a bad query, a
+/// constraint). A pool that found no connection in time counts as unusable: a replica
+/// that is down shows as that, once its pooled connections are gone; so does a replica
+/// too busy to hand one out, whose reads then go to the primary until its next health
+/// check (a second here).
+pub fn server_unusable(e: &DbError) -> bool {
+    match e.downcast_ref::<sqlx::Error>() {
+        Some(
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed,
+        ) => true,
+        Some(sqlx::Error::Database(db)) => db.code().is_some_and(|c| {
+            // 08: connection exceptions; 57P01-03: shutdown, crash, cannot connect now;
+            // 53300: too many connections; 40001: a standby cancelling for recovery;
+            // 42P01: a table a replica has not replayed yet.
+            c.starts_with("08")
+                || ["57P01", "57P02", "57P03", "53300", "40001", "42P01"].contains(&&*c)
+        }),
+        _ => false,
+    }
+}
+
 type DbFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, DbError>> + Send + 'a>>;
 
 /// What the routes ask of a database, and what the router asks for read-your-writes.
@@ -232,6 +260,8 @@ impl Store for Postgres {
 /// may wait for another instance's, which takes as long).
 struct Embedded {
     conn: Mutex<Connection>,
+    /// A file other processes write too: a statement may wait for their lock.
+    shared_file: bool,
 }
 
 impl Embedded {
@@ -276,6 +306,7 @@ impl Embedded {
         }
         Ok(Self {
             conn: Mutex::new(conn),
+            shared_file: path.is_some(),
         })
     }
 
@@ -313,38 +344,48 @@ impl Embedded {
     }
 }
 
+impl Embedded {
+    /// Runs `f` inline: in memory it takes microseconds. On a shared file it may wait for
+    /// another instance's write lock (up to the busy timeout), so on a multi-threaded
+    /// runtime it tells Tokio to move this worker's other tasks elsewhere meanwhile.
+    fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Self) -> rusqlite::Result<T>,
+    ) -> DbFuture<'_, T> {
+        let call = || f(self).map_err(DbError::from);
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let r = if self.shared_file && multi_thread {
+            tokio::task::block_in_place(call)
+        } else {
+            call()
+        };
+        Box::pin(std::future::ready(r))
+    }
+}
+
 impl Store for Embedded {
     fn get(&self, id: i64) -> DbFuture<'_, Option<Product>> {
-        let r = self.get_now(id).map_err(DbError::from);
-        Box::pin(std::future::ready(r))
+        self.run(|e| e.get_now(id))
     }
 
     fn list(&self, limit: i64, offset: i64) -> DbFuture<'_, Vec<Product>> {
-        let r = self.list_now(limit, offset).map_err(DbError::from);
-        Box::pin(std::future::ready(r))
+        self.run(|e| e.list_now(limit, offset))
     }
 
     fn upsert<'a>(&'a self, id: i64, name: &'a str, price_cents: i64) -> DbFuture<'a, Product> {
-        let r = self
-            .upsert_now(id, name, price_cents)
-            .map_err(DbError::from);
-        Box::pin(std::future::ready(r))
+        self.run(|e| e.upsert_now(id, name, price_cents))
     }
 
     fn ping(&self) -> DbFuture<'_, ()> {
-        let r = self
-            .lock()
-            .query_row("SELECT 1", [], |_| Ok(()))
-            .map_err(DbError::from);
-        Box::pin(std::future::ready(r))
+        self.run(|e| e.lock().query_row("SELECT 1", [], |_| Ok(())))
     }
 
     fn count(&self) -> DbFuture<'_, i64> {
-        let r = self
-            .lock()
-            .query_row("SELECT count(*) FROM products", [], |r| r.get(0))
-            .map_err(DbError::from);
-        Box::pin(std::future::ready(r))
+        self.run(|e| {
+            e.lock()
+                .query_row("SELECT count(*) FROM products", [], |r| r.get(0))
+        })
     }
 
     fn write_position(&self) -> DbFuture<'_, Lsn> {

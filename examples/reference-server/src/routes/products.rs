@@ -65,9 +65,10 @@ impl<S: Send + Sync> FromRequestParts<S> for ProductId {
     }
 }
 
-/// A read on this request's reader; if it fails on a replica, once more on the primary (and
-/// the replica is out of rotation until its next health check), so losing a replica loses
-/// no request.
+/// A read on this request's reader; if it fails on a replica because the replica is
+/// unusable (down, shutting down, behind the schema), once more on the primary (and the
+/// replica is out of rotation until its next health check), so losing a replica loses no
+/// request. Other failures (a bad query) are answered as they are.
 async fn read<'a, T, F, Fut>(db: &'a Db<Database>, query: F) -> Result<T, ApiError>
 where
     F: Fn(&'a Database) -> Fut,
@@ -75,6 +76,7 @@ where
 {
     match query(db.reader()).await {
         Ok(v) => Ok(v),
+        Err(e) if !crate::catalog::server_unusable(&e) => Err(ApiError::internal(e)),
         Err(e) => match db.reader_after_failure() {
             Some(primary) => {
                 tracing::warn!(error = %e, "replica read failed; reading from the primary");
