@@ -75,6 +75,7 @@ async fn a_thousand_concurrent_misses_run_the_loader_once() {
     let engines = [
         ("in process", CacheEngine::builder().build().unwrap()),
         ("with redis", redis_engine(&redis_url(), &prefix)),
+        ("on the cluster", engine_on("cluster", &prefix)),
     ];
     for (name, engine) in engines {
         let cache: Cache<str, u64> = Cache::new(&engine, "stampede");
@@ -945,12 +946,11 @@ async fn a_request_the_refresh_hook_picks_is_answered_by_the_origin_and_replaces
 
 #[tokio::test]
 async fn responses_varying_on_other_headers_are_stored_per_variant() {
-    for redis in [false, true] {
+    for deployment in ["in process", "redis", "cluster"] {
         let prefix = unique("variants");
-        let engine = if redis {
-            redis_engine(&redis_url(), &prefix)
-        } else {
-            CacheEngine::builder().build().unwrap()
+        let engine = match deployment {
+            "in process" => CacheEngine::builder().build().unwrap(),
+            d => engine_on(d, &prefix),
         };
         // Only `accept` is configured; the origin also varies on `accept-language`.
         let layer = ResponseCacheLayer::builder(&engine)
@@ -969,7 +969,7 @@ async fn responses_varying_on_other_headers_are_stored_per_variant() {
             cache_status(&get("fr").await).contains("stored"),
             "fr is another variant"
         );
-        assert_eq!(origin.calls(), 2, "redis={redis}");
+        assert_eq!(origin.calls(), 2, "{deployment}");
         for lang in ["en", "fr", "en"] {
             let g = get(lang).await;
             assert!(
@@ -981,7 +981,7 @@ async fn responses_varying_on_other_headers_are_stored_per_variant() {
         assert_eq!(
             origin.calls(),
             2,
-            "redis={redis}: variants answered from the cache"
+            "{deployment}: variants answered from the cache"
         );
         // A PUT to the URI drops every variant.
         send(&svc, Method::PUT, "/v", &[]).await;

@@ -302,20 +302,28 @@ async fn a_failing_service_is_retried_then_reported() {
     w.shutdown(Duration::from_secs(1)).await;
 }
 
-/// Two instances on one Redis: A accepts and answers the status, B's worker runs it.
+/// Two instances on one Redis, and on the Cluster: A accepts and answers the status, B's
+/// worker runs it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_instance_accepts_and_another_runs_it_through_redis() {
+    for cluster in [false, true] {
+        accept_here_run_there(cluster).await;
+    }
+}
+
+async fn accept_here_run_there(cluster: bool) {
     let prefix = unique("offload");
+    let backend = || {
+        if cluster {
+            support::redis_cluster_backend(&prefix)
+        } else {
+            redis_backend(&redis_url(), &prefix)
+        }
+    };
     let runs_a = Arc::new(AtomicU32::new(0));
     let runs_b = Arc::new(AtomicU32::new(0));
-    let a_layer = layer(queue_on(
-        RedisJobStore::new(redis_backend(&redis_url(), &prefix)),
-        "http",
-    ));
-    let b_layer = layer(queue_on(
-        RedisJobStore::new(redis_backend(&redis_url(), &prefix)),
-        "http",
-    ));
+    let a_layer = layer(queue_on(RedisJobStore::new(backend()), "http"));
+    let b_layer = layer(queue_on(RedisJobStore::new(backend()), "http"));
     let a = routes(Arc::clone(&runs_a)).layer(a_layer);
     let w = workers(&b_layer, routes(Arc::clone(&runs_b)));
     let r = send(&a, "POST", "/reports", &[], "shared").await;

@@ -124,7 +124,12 @@ impl Rng {
 
 #[tokio::test]
 async fn redis_script_and_rust_gcra_agree() {
-    let store = RedisStore::new(backend(&support::redis_url(), &support::unique("diff")));
+    for (_, b) in support::redis_backends(&support::unique("diff")) {
+        script_and_rust_agree(RedisStore::new(b)).await;
+    }
+}
+
+async fn script_and_rust_agree(store: RedisStore) {
     for seed in 1..=12u64 {
         let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         // 1, 2, 3 quotas in turn: the one-quota script and the general one.
