@@ -558,11 +558,66 @@ async fn three_instances_behind_nginx_on_a_redis_cluster() {
             .unwrap()
             .to_owned();
         let addr = line.split_whitespace().nth(1).unwrap();
-        addr.split(['@', ':'])
+        let port = addr
+            .split(['@', ':'])
             .nth(1)
             .unwrap()
             .parse::<u16>()
-            .unwrap()
+            .unwrap();
+        // Its first slot range, for a key of its own below.
+        let range = line.split_whitespace().nth(8).unwrap().to_owned();
+        (port, range)
+    };
+    let (master, range) = master;
+    let (lo, hi) = range
+        .split_once('-')
+        .map(|(a, b)| (a.parse::<u16>().unwrap(), b.parse::<u16>().unwrap()))
+        .unwrap();
+    // Redis's own asynchronous-replication window: a counter on the doomed master,
+    // incremented as fast as one connection goes until the kill; what its replica holds
+    // afterwards, against what the master acknowledged.
+    let nodes: Vec<String> = rig
+        .cluster_ports()
+        .iter()
+        .map(|p| format!("redis://127.0.0.1:{p}"))
+        .collect();
+    let raw = redis::cluster::ClusterClient::new(nodes).unwrap();
+    let mut counter_conn = raw.get_async_connection().await.unwrap();
+    let mut counter = String::new();
+    for i in 0.. {
+        let k = format!("window:{i}");
+        let slot: u16 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(&k)
+            .query_async(&mut counter_conn)
+            .await
+            .unwrap();
+        if (lo..=hi).contains(&slot) {
+            counter = k;
+            break;
+        }
+    }
+    let acked = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let counting_stop = Arc::new(AtomicBool::new(false));
+    let counting = {
+        let (acked, counter, mut conn, stop) = (
+            Arc::clone(&acked),
+            counter.clone(),
+            counter_conn.clone(),
+            Arc::clone(&counting_stop),
+        );
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match redis::cmd("INCR")
+                    .arg(&counter)
+                    .query_async::<i64>(&mut conn)
+                    .await
+                {
+                    Ok(v) => acked.store(v, Ordering::Relaxed),
+                    Err(_) => break,
+                }
+            }
+        })
     };
     let stop = Arc::new(AtomicBool::new(false));
     let sessions = Arc::new(sessions);
@@ -600,6 +655,7 @@ async fn three_instances_behind_nginx_on_a_redis_cluster() {
     let pid_file = rig.dir.join(format!("cluster/node-{master}/redis.pid"));
     let pid = std::fs::read_to_string(&pid_file).unwrap();
     let killed = Instant::now();
+    counting_stop.store(true, Ordering::Relaxed);
     assert!(
         Command::new("kill")
             .args(["-KILL", pid.trim()])
@@ -655,6 +711,22 @@ async fn three_instances_behind_nginx_on_a_redis_cluster() {
     .await;
     eprintln!("after the failover: {:?}", after.0);
     assert_eq!(after.failed("products", &["200"]), 0, "{:?}", after.0);
+    let _ = counting.await;
+    let survived: i64 = redis::cmd("GET")
+        .arg(&counter)
+        .query_async::<Option<i64>>(&mut counter_conn)
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    let acked = acked.load(Ordering::Relaxed);
+    eprintln!(
+        "asynchronous replication window: {acked} increments acknowledged by the master before it died, {survived} on the promoted replica, {} lost",
+        acked - survived
+    );
+    assert!(
+        survived > 0 && survived <= acked + 1,
+        "{survived} of {acked}"
+    );
     assert_eq!(after.failed("me", &["200"]), 0, "{:?}", after.0);
     // Written before the failover, and still there.
     assert_eq!(
