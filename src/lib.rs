@@ -85,18 +85,6 @@ pub mod clock;
 mod cookie;
 #[cfg(feature = "db-route")]
 pub mod db_route;
-#[cfg(any(
-    feature = "metrics",
-    feature = "rate-limit",
-    feature = "circuit-breaker",
-    feature = "retry",
-    feature = "session",
-    feature = "cache",
-    feature = "db-route",
-    feature = "jobs",
-    feature = "redis"
-))]
-mod describe;
 pub mod duration;
 mod error;
 #[cfg(any(
@@ -146,21 +134,34 @@ pub use builder::ServiceBuilderExt;
 struct ReadmeDoctests;
 pub use error::{BoxError, ConfigError, StoreUnavailable, StoreUnavailableKind};
 
-/// Sends the description (help text and unit) of every metric the layers record to the
-/// installed `metrics` recorder, so Prometheus shows `# HELP` for each series. Each layer
-/// does this once per process when it is built; call it yourself if you install the
-/// recorder after building a layer.
-#[cfg(any(
-    feature = "metrics",
-    feature = "rate-limit",
-    feature = "circuit-breaker",
-    feature = "retry",
-    feature = "session",
-    feature = "cache",
-    feature = "db-route",
-    feature = "jobs",
-    feature = "redis"
-))]
-pub fn describe_metrics() {
-    describe::all();
+/// Items that exist in the builds where a layer records metrics: every feature but `axum`.
+macro_rules! with_metrics {
+    ($($item:item)*) => {
+        $(
+            #[cfg(any(
+                feature = "metrics",
+                feature = "rate-limit",
+                feature = "circuit-breaker",
+                feature = "retry",
+                feature = "session",
+                feature = "cache",
+                feature = "db-route",
+                feature = "jobs",
+                feature = "redis"
+            ))]
+            $item
+        )*
+    };
+}
+
+with_metrics! {
+    mod describe;
+
+    /// Sends the description (help text and unit) of every metric the layers record to
+    /// the installed `metrics` recorder, so Prometheus shows `# HELP` for each series.
+    /// Each layer does this once per process when it is built; call it yourself if you
+    /// install the recorder after building a layer.
+    pub fn describe_metrics() {
+        describe::all();
+    }
 }

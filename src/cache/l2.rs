@@ -418,16 +418,7 @@ impl L2 {
         if self.cluster {
             // No scan of every master: the entries recorded the old prefix generation, so
             // readers no longer take any of them.
-            let _: i64 = self
-                .backend
-                .query(
-                    "cache_invalidate",
-                    cmd("PUBLISH")
-                        .arg(&self.channel)
-                        .arg(format!("p{}{prefix}", self.me())),
-                )
-                .await?;
-            return Ok(());
+            return self.publish_prefix(prefix).await;
         }
         let mut pattern = self.backend.key_head("cache");
         for ch in crate::key::escape_key_part(prefix).chars() {
@@ -464,6 +455,11 @@ impl L2 {
             }
             cursor = next;
         }
+        self.publish_prefix(prefix).await
+    }
+
+    /// Tells every instance to drop its L1 copies under `prefix`.
+    async fn publish_prefix(&self, prefix: &str) -> Result<(), StoreUnavailable> {
         let _: i64 = self
             .backend
             .query(

@@ -404,37 +404,44 @@ async fn share_the_cache(var: &str, value: &str) {
     }
 }
 
-/// The replica stops under steady uncached reads: none fails. The first read that fails
-/// on it is retried on the primary and takes it out of rotation, before any health check.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_stopped_under_load_fails_no_read() {
-    let pair = support::PgPair::start();
+/// A server on `pair` (its primary and replica) with `extra` settings, once an uncached
+/// read is served by the replica (the seed has replayed there); that read's answer.
+async fn on_pair(pair: &support::PgPair, extra: &[(&str, &str)]) -> (Proc, common::Resp) {
     let (primary_url, replica_url) = (pair.primary_url(), pair.replica_url());
-    let server = Proc::start(
-        "reference_server",
-        &[
-            ("DATABASE_URL", &primary_url),
-            ("DATABASE_REPLICA_URLS", &replica_url),
-            ("RATE_LIMIT", "1000000/1s"),
-        ],
-    );
-    let base = server.base.clone();
-    support::eventually(
-        "reads served by the replica",
+    let mut env = vec![
+        ("DATABASE_URL", primary_url.as_str()),
+        ("DATABASE_REPLICA_URLS", replica_url.as_str()),
+    ];
+    env.extend_from_slice(extra);
+    let server = Proc::start("reference_server", &env);
+    // Until the seed has replayed, a read that fails there is served by the primary, and
+    // says so.
+    let r = support::eventually(
+        "a product served by the replica",
         Duration::from_secs(10),
         || async {
             let r = call(
-                &base,
+                &server.base,
                 Method::GET,
                 "/products/1",
                 &[("cache-control", "no-store")],
                 "",
             )
             .await;
-            (r.status == StatusCode::OK && r.headers["x-db-route"] == "replica").then_some(())
+            (r.status == StatusCode::OK && r.headers["x-db-route"] == "replica").then_some(r)
         },
     )
     .await;
+    (server, r)
+}
+
+/// The replica stops under steady uncached reads: none fails. The first read that fails
+/// on it is retried on the primary and takes it out of rotation, before any health check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_stopped_under_load_fails_no_read() {
+    let pair = support::PgPair::start();
+    let (server, _) = on_pair(&pair, &[("RATE_LIMIT", "1000000/1s")]).await;
+    let base = server.base.clone();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut readers = Vec::new();
     for t in 0..4 {
@@ -493,34 +500,10 @@ async fn a_replica_stopped_under_load_fails_no_read() {
 #[tokio::test]
 async fn with_postgres_reads_go_to_the_replica_and_a_writer_reads_its_write() {
     let pair = support::PgPair::start();
-    let (primary_url, replica_url) = (pair.primary_url(), pair.replica_url());
-    let server = Proc::start(
-        "reference_server",
-        &[
-            ("DATABASE_URL", &primary_url),
-            ("DATABASE_REPLICA_URLS", &replica_url),
-            ("SESSION_COOKIE_SECURE", "0"),
-        ],
-    );
+    let replica_url = pair.replica_url();
+    // The seed reaches the replica; an uncached read is served there.
+    let (server, r) = on_pair(&pair, &[("SESSION_COOKIE_SECURE", "0")]).await;
     let base = &server.base;
-    // The seed reaches the replica; an uncached read is served there (until it has, a
-    // read that fails there is served by the primary, and says so).
-    let r = support::eventually(
-        "a product served by the replica",
-        Duration::from_secs(10),
-        || async {
-            let r = call(
-                base,
-                Method::GET,
-                "/products/1",
-                &[("cache-control", "no-store")],
-                "",
-            )
-            .await;
-            (r.status == StatusCode::OK && r.headers["x-db-route"] == "replica").then_some(r)
-        },
-    )
-    .await;
     assert_eq!(r.json()["name"], "Product 1");
     assert_eq!(r.headers["x-db-route"], "replica");
     let ready = get(base, "/readyz").await;
