@@ -125,6 +125,9 @@ struct Slot<P> {
     name: String,
     pool: P,
     healthy: AtomicBool,
+    /// Failed reads reported so far: a health check that began before the latest one
+    /// does not put the replica back.
+    failures: AtomicU64,
     replayed: AtomicU64,
     lag_bytes: AtomicU64,
     lag_ms: AtomicU64,
@@ -198,6 +201,7 @@ impl<P> DbRouter<P> {
         let Some(slot) = self.inner.replicas.get(index) else {
             return;
         };
+        slot.failures.fetch_add(1, Ordering::AcqRel);
         if slot.healthy.swap(false, Ordering::AcqRel) {
             tracing::warn!(replica = %slot.name, "replica read failed; out of rotation until its next health check");
             ::metrics::counter!("tower_scale.db_route.health_changes", "replica" => slot.name.clone(), "healthy" => "false")
@@ -361,6 +365,7 @@ impl<P: PositionSource> DbRouter<P> {
             }
         };
         for slot in inner.replicas.iter() {
+            let failures = slot.failures.load(Ordering::Acquire);
             let read =
                 tokio::time::timeout(inner.check_timeout, slot.pool.replica_position()).await;
             let was = slot.healthy.load(Ordering::Acquire);
@@ -389,6 +394,8 @@ impl<P: PositionSource> DbRouter<P> {
                     false
                 }
             };
+            // A read failed on it while this check ran: the check's good answer predates it.
+            let now = now && slot.failures.load(Ordering::Acquire) == failures;
             slot.healthy.store(now, Ordering::Release);
             if was != now {
                 tracing::warn!(replica = %slot.name, healthy = now, "replica health changed");
@@ -499,6 +506,7 @@ impl<P> DbRouterBuilder<P> {
                         name,
                         pool,
                         healthy: AtomicBool::new(true),
+                        failures: AtomicU64::new(0),
                         replayed: AtomicU64::new(0),
                         lag_bytes: AtomicU64::new(0),
                         lag_ms: AtomicU64::new(0),
