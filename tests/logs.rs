@@ -74,11 +74,26 @@ fn request(path: &str) -> Request<Full<Bytes>> {
     r
 }
 
+/// A Cluster whose only seed does not answer.
+fn dead_cluster() -> RedisBackend {
+    RedisBackend::cluster(["redis://127.0.0.1:1"])
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_rate_limit_store_failure_logs_one_warn_line() {
+    for backend in [dead(), dead_cluster()] {
+        rate_limit_warns_once(backend).await;
+    }
+}
+
+async fn rate_limit_warns_once(backend: RedisBackend) {
     let (log, _guard) = Captured::start();
+    let cluster = backend.is_cluster();
     let svc = RateLimitLayer::builder()
-        .store(RedisStore::new(dead()))
+        .store(RedisStore::new(backend))
         .quota("5/1m".parse::<Quota>().unwrap())
         .build()
         .unwrap()
@@ -91,7 +106,7 @@ async fn a_rate_limit_store_failure_logs_one_warn_line() {
         assert_eq!(r.status(), StatusCode::OK);
     }
     let lines = log.warns("rate limit: store unavailable");
-    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert_eq!(lines.len(), 1, "cluster: {cluster}: {lines:#?}");
     assert!(lines[0].contains("skipped=0"), "{}", lines[0]);
 }
 

@@ -287,11 +287,19 @@ async fn costs_weigh_requests() {
 
 #[tokio::test]
 async fn retry_after_is_honest_against_redis() {
+    // One Redis and the Cluster, at once (each waits out its own Retry-After).
+    let runs: Vec<_> = support::redis_backends(&support::unique("honest"))
+        .into_iter()
+        .map(|(_, b)| tokio::spawn(retry_after_honest(RedisStore::new(b))))
+        .collect();
+    for r in runs {
+        r.await.unwrap();
+    }
+}
+
+async fn retry_after_honest(store: RedisStore) {
     let mut svc = RateLimitLayer::builder()
-        .store(RedisStore::new(backend(
-            &support::redis_url(),
-            &support::unique("honest"),
-        )))
+        .store(store)
         .quota(quota("2/2s", "fast"))
         .build()
         .unwrap()
@@ -499,6 +507,12 @@ async fn a_flood_of_new_keys_into_a_full_store_is_still_limited() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_is_kept_across_the_redis_round_trip() {
+    for (_, b) in support::redis_backends(&support::unique("ready")) {
+        readiness_kept(RedisStore::new(b)).await;
+    }
+}
+
+async fn readiness_kept(store: RedisStore) {
     // The inner service admits one request at a time (its readiness is a permit).
     let slow = tower::service_fn(|_req: Request<()>| async {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -508,10 +522,7 @@ async fn readiness_is_kept_across_the_redis_round_trip() {
         .concurrency_limit(1)
         .service(slow);
     let svc = RateLimitLayer::builder()
-        .store(RedisStore::new(backend(
-            &support::redis_url(),
-            &support::unique("ready"),
-        )))
+        .store(store)
         .quota(quota("5/1h", "q"))
         .headers_on_success(true)
         .build()
