@@ -608,11 +608,11 @@ pub(crate) async fn listen(
     let beat = format!("h{me}");
     let mut delay = Duration::from_millis(50);
     loop {
-        let subscribed = backend.subscribe(&channel).await;
+        let subscribed = backend.subscribe_all(&channel).await;
         let Some(local) = engine.upgrade() else {
             return;
         };
-        let pubsub = match subscribed {
+        let pubsubs = match subscribed {
             Ok(p) => p,
             Err(e) => {
                 tracing::debug!(error = %e, "cache invalidation subscriber cannot subscribe");
@@ -632,7 +632,14 @@ pub(crate) async fn listen(
         local.set_subscribed(true);
         tracing::info!(channel = %channel, "cache invalidation subscriber listening");
         drop(local);
-        let mut stream = pubsub.into_on_message();
+        // Every subscription's messages, and a `None` when any of them ends: then the
+        // subscription is lost and made again (on a Cluster, from the current masters).
+        let mut stream = futures_util::stream::select_all(pubsubs.into_iter().map(|p| {
+            p.into_on_message()
+                .map(Some)
+                .chain(futures_util::stream::once(async { None }))
+                .boxed()
+        }));
         let mut heard = tokio::time::Instant::now();
         let mut next_beat = tokio::time::Instant::now();
         loop {
@@ -658,8 +665,8 @@ pub(crate) async fn listen(
             }
             let msg = match tokio::time::timeout_at(next_beat, stream.next()).await {
                 Err(_) => continue,
-                Ok(None) => break,
-                Ok(Some(msg)) => msg,
+                Ok(None | Some(None)) => break,
+                Ok(Some(Some(msg))) => msg,
             };
             let payload = msg.get_payload_bytes();
             if payload == beat.as_bytes() {

@@ -376,3 +376,57 @@ async fn a_cluster_backend_serves_every_slot() {
     let (heard, _) = tokio::join!(tokio::time::timeout(Duration::from_secs(2), heard), publish);
     assert_eq!(heard.unwrap().as_deref(), Some("hello"));
 }
+
+/// `CLUSTER NODES` lines: masters that are up become connection settings at their
+/// address (the seed's otherwise); replicas, failed or suspected masters and garbage do not.
+#[cfg(feature = "cache")]
+#[test]
+fn cluster_nodes_lines_name_the_masters_to_subscribe_to() {
+    let seed = ::redis::Client::open("redis://:secret@10.0.0.9:7000/")
+        .unwrap()
+        .get_connection_info()
+        .clone();
+    let cases = [
+        (
+            "07c3 127.0.0.1:30001@40001 myself,master - 0 0 1 connected 0-5460",
+            Some(30001),
+        ),
+        (
+            "67ed 127.0.0.1:30002@40002,host-b master - 0 0 2 connected 5461-10922",
+            Some(30002),
+        ),
+        (
+            "e7d1 127.0.0.1:30004@40004 slave 07c3 0 0 1 connected",
+            None,
+        ),
+        (
+            "292f 127.0.0.1:30003@40003 master,fail - 0 0 3 disconnected",
+            None,
+        ),
+        (
+            "292f 127.0.0.1:30003@40003 master,fail? - 0 0 3 connected 10923-16383",
+            None,
+        ),
+        ("", None),
+        ("garbage", None),
+        ("x 127.0.0.1:notaport@1 master - 0 0 0 connected", None),
+    ];
+    for (line, want) in cases {
+        let got = super::master_address(line, &seed);
+        let port = got.as_ref().and_then(|i| match i.addr() {
+            ::redis::ConnectionAddr::Tcp(h, p) => {
+                assert_eq!(h, "127.0.0.1");
+                Some(*p)
+            }
+            _ => None,
+        });
+        assert_eq!(port, want, "{line:?}");
+        if let Some(info) = got {
+            assert_eq!(
+                info.redis_settings().password(),
+                Some("secret"),
+                "the seed's credentials are kept"
+            );
+        }
+    }
+}
