@@ -1,0 +1,175 @@
+//! The scenario examples (`examples/*.rs`) run as a user runs them, each answering the
+//! requests its header comment promises, so they cannot rot. `cargo test` builds them
+//! beside this test; each needing Redis gets a private one.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+/// An example's binary, built by `cargo test` next to this test's.
+fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap().join("examples");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo test` (which builds the examples), not only this test",
+        path.display()
+    );
+    path
+}
+
+/// A running example, killed on drop.
+struct Running {
+    child: Child,
+    base: String,
+}
+
+impl Running {
+    fn start(name: &str, env: &[(&str, &str)]) -> Self {
+        let mut child = Command::new(binary(name))
+            .env("LISTEN", "127.0.0.1:0")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let base = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("{name} printed no address: {line:?}"))
+            .to_owned();
+        Self { child, base }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One request; its status, headers and body.
+async fn send(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, http::HeaderMap, String) {
+    use http_body_util::BodyExt;
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let mut req = http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let res = client
+        .request(req.body(body.to_owned().into()).unwrap())
+        .await
+        .unwrap();
+    let (parts, body) = res.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (
+        parts.status.as_u16(),
+        parts.headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn metrics_counts_requests_by_route_template() {
+    let ex = Running::start("metrics", &[]);
+    for _ in 0..2 {
+        let (status, _, body) = send("GET", &format!("{}/products/7", ex.base), &[], "").await;
+        assert_eq!((status, body.as_str()), (200, "product 7\n"));
+    }
+    let (_, _, metrics) = send("GET", &format!("{}/metrics", ex.base), &[], "").await;
+    let count = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("http_server_request_duration_seconds_count")
+                && l.contains(r#"http_route="/products/{id}""#)
+        })
+        .unwrap_or_else(|| panic!("no histogram for the route template:\n{metrics}"));
+    assert!(count.ends_with(" 2"), "{count}");
+    assert!(!metrics.contains("/products/7"), "raw paths are not labels");
+}
+
+#[tokio::test]
+async fn rate_limit_redis_refuses_the_eleventh_export_in_an_hour() {
+    let redis = support::RedisServer::start();
+    let ex = Running::start("rate_limit_redis", &[("REDIS_URL", &redis.url())]);
+    let url = format!("{}/exports", ex.base);
+    for i in 1..=10 {
+        let (status, _, body) = send("POST", &url, &[], "").await;
+        assert_eq!(
+            (status, body.as_str()),
+            (200, "export started\n"),
+            "export {i}"
+        );
+    }
+    let (status, headers, _) = send("POST", &url, &[], "").await;
+    assert_eq!(status, 429);
+    assert!(headers.contains_key("retry-after"), "{headers:?}");
+    // The general quota still has room.
+    let (status, _, _) = send("GET", &format!("{}/products", ex.base), &[], "").await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn sessions_redis_logs_in_counts_and_logs_out() {
+    let redis = support::RedisServer::start();
+    let ex = Running::start("sessions_redis", &[("REDIS_URL", &redis.url())]);
+    let (status, headers, body) = send(
+        "POST",
+        &format!("{}/login", ex.base),
+        &[("content-type", "application/json")],
+        r#"{"user":"ada"}"#,
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (200, "hello ada\n"));
+    let cookie = headers["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    for n in 1..=2 {
+        let (_, _, body) = send(
+            "GET",
+            &format!("{}/visits", ex.base),
+            &[("cookie", &cookie)],
+            "",
+        )
+        .await;
+        assert_eq!(body, format!("ada: visit {n}\n"));
+    }
+    let (_, _, body) = send(
+        "POST",
+        &format!("{}/logout", ex.base),
+        &[("cookie", &cookie)],
+        "",
+    )
+    .await;
+    assert_eq!(body, "bye\n");
+    let (_, _, body) = send(
+        "GET",
+        &format!("{}/visits", ex.base),
+        &[("cookie", &cookie)],
+        "",
+    )
+    .await;
+    assert_eq!(
+        body, "anonymous: visit 1\n",
+        "the old cookie is a new, anonymous session"
+    );
+}
