@@ -173,3 +173,43 @@ async fn sessions_redis_logs_in_counts_and_logs_out() {
         "the old cookie is a new, anonymous session"
     );
 }
+
+#[tokio::test]
+async fn cache_aside_loads_once_and_reloads_after_an_update() {
+    let redis = support::RedisServer::start();
+    // Two instances sharing Redis: one's update reaches the other's memory.
+    let a = Running::start("cache_aside", &[("REDIS_URL", &redis.url())]);
+    let b = Running::start("cache_aside", &[("REDIS_URL", &redis.url())]);
+    let get = |base: &str| format!("{base}/users/1");
+    let (_, _, first) = send("GET", &get(&a.base), &[], "").await;
+    assert_eq!(first, "user 1 (loads so far: 1)\n");
+    let (_, _, again) = send("GET", &get(&a.base), &[], "").await;
+    assert_eq!(again, first, "from the cache: no second load");
+    let (_, _, updated) = send("PUT", &get(&a.base), &[], "Grace").await;
+    assert_eq!(updated, "updated\n");
+    let (_, _, after) = send("GET", &get(&a.base), &[], "").await;
+    assert_eq!(after, "Grace (loads so far: 2)\n");
+    // B has its own "database" (a map in its memory) but reads A's entry from Redis.
+    let (_, _, from_b) = send("GET", &get(&b.base), &[], "").await;
+    assert_eq!(
+        from_b, "Grace (loads so far: 0)\n",
+        "served from the shared tier"
+    );
+}
+
+#[tokio::test]
+async fn jobs_runs_a_report_off_the_request_and_shows_its_state() {
+    let ex = Running::start("jobs", &[]);
+    let (status, headers, body) = send("POST", &format!("{}/reports", ex.base), &[], "march").await;
+    assert_eq!(status, 202, "{body}");
+    let location = headers["location"].to_str().unwrap().to_owned();
+    let url = format!("{}{location}", ex.base);
+    let done = support::eventually("the report", std::time::Duration::from_secs(10), || async {
+        let (_, _, body) = send("GET", &url, &[], "").await;
+        body.contains("succeeded").then_some(body)
+    })
+    .await;
+    assert!(done.contains("the report for march"), "{done}");
+    let (status, _, _) = send("GET", &format!("{}/reports/nope", ex.base), &[], "").await;
+    assert_eq!(status, 404);
+}
