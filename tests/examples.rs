@@ -213,3 +213,31 @@ async fn jobs_runs_a_report_off_the_request_and_shows_its_state() {
     let (status, _, _) = send("GET", &format!("{}/reports/nope", ex.base), &[], "").await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test]
+async fn http_cache_answers_from_memory_with_etags_and_drops_on_put() {
+    let ex = Running::start("http_cache", &[]);
+    let url = format!("{}/articles/1", ex.base);
+    let (_, first, body) = send("GET", &url, &[], "").await;
+    assert_eq!(body, "article 1 (handler run 1)\n");
+    assert!(
+        first["cache-status"].to_str().unwrap().contains("fwd=miss"),
+        "{first:?}"
+    );
+    let (_, second, body) = send("GET", &url, &[], "").await;
+    assert_eq!(body, "article 1 (handler run 1)\n", "not run again");
+    assert!(
+        second["cache-status"].to_str().unwrap().contains("hit"),
+        "{second:?}"
+    );
+    let etag = second["etag"].to_str().unwrap().to_owned();
+    let (status, _, body) = send("GET", &url, &[("if-none-match", &etag)], "").await;
+    assert_eq!((status, body.as_str()), (304, ""));
+    let (status, _, _) = send("PUT", &url, &[], "").await;
+    assert_eq!(status, 200);
+    let (_, _, body) = send("GET", &url, &[], "").await;
+    assert_eq!(
+        body, "article 1 (handler run 2)\n",
+        "the PUT dropped the copy"
+    );
+}
