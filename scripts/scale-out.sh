@@ -26,16 +26,6 @@ INSTANCES=${INSTANCES:-3}
 log() { printf 'scale-out: %s\n' "$*" >&2; }
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-# A port for a Cluster node, free with its bus port (+ 10000), both below the kernel's
-# ephemeral range (32768 and up), where an outgoing connection could take it first.
-free_port() {
-  local p
-  for _ in $(seq 1 200); do
-    p=$((10000 + RANDOM % 12000))
-    if ! port_in_use "$p" && ! port_in_use $((p + 10000)); then echo "$p"; return 0; fi
-  done
-  log "no free port"; return 1
-}
 
 install_packages() {
   local missing=()
@@ -55,54 +45,9 @@ install_packages() {
   return 0
 }
 
-# --- the Redis Cluster ------------------------------------------------------------------
+# --- the Redis Cluster (scripts/redis-cluster.sh) ---------------------------------------
 
-cluster_ok() {
-  local p
-  for p in "$@"; do redis-cli -p "$p" ping 2>/dev/null | grep -q PONG || return 1; done
-  redis-cli -p "$1" cluster info 2>/dev/null | grep -q 'cluster_state:ok'
-}
-
-# Starts the Cluster node on port $1 (again: with its nodes.conf, it rejoins the Cluster,
-# as a replica of whoever took over its slots).
-node_start() {
-  local d="$DIR/cluster" p=$1
-  install -d "$d/node-$p"
-  redis-server --daemonize yes --bind 127.0.0.1 --port "$p" --save "" --appendonly no \
-    --cluster-enabled yes --cluster-config-file "$d/node-$p/nodes.conf" \
-    --cluster-node-timeout 1000 --dir "$d/node-$p" --logfile "$d/node-$p/redis.log" \
-    --pidfile "$d/node-$p/redis.pid" >&2
-}
-
-cluster_up() {
-  local d="$DIR/cluster" ports=() p
-  install -d "$d"
-  if [ -f "$d/ports" ]; then
-    read -r -a ports <"$d/ports"
-    if cluster_ok "${ports[@]}"; then echo "${ports[*]}"; return; fi
-    for p in "${ports[@]}"; do redis-cli -p "$p" shutdown nosave >/dev/null 2>&1 || true; done
-  fi
-  rm -rf "${d:?}"/node-*
-  ports=()
-  for _ in 1 2 3 4 5 6; do
-    p=$(free_port)
-    while [[ " ${ports[*]} " == *" $p "* || " ${ports[*]} " == *" $((p + 10000)) "* || " ${ports[*]} " == *" $((p - 10000)) "* ]]; do
-      p=$(free_port)
-    done
-    ports+=("$p")
-  done
-  log "starting a Redis Cluster on ${ports[*]}"
-  for p in "${ports[@]}"; do node_start "$p"; done
-  for p in "${ports[@]}"; do
-    for _ in $(seq 1 50); do redis-cli -p "$p" ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done
-  done
-  redis-cli --cluster create $(printf '127.0.0.1:%s ' "${ports[@]}") --cluster-replicas 1 \
-    --cluster-yes >"$d/create.log" 2>&1 || { cat "$d/create.log" >&2; return 1; }
-  for _ in $(seq 1 100); do cluster_ok "${ports[@]}" && break; sleep 0.1; done
-  cluster_ok "${ports[@]}" || { log "the Cluster did not become healthy; see $d"; return 1; }
-  echo "${ports[*]}" >"$d/ports"
-  echo "${ports[*]}"
-}
+cluster() { bash scripts/redis-cluster.sh "$@"; }  # (run from the repository root)
 
 # --- the instances ----------------------------------------------------------------------
 
@@ -187,7 +132,7 @@ up() {
   install -d "$DIR"
   eval "$(bash scripts/services.sh)"
   local ports
-  ports=$(cluster_up)
+  ports=$(cluster up "$DIR/cluster")
   local nodes
   nodes=$(printf 'redis://127.0.0.1:%s,' $ports | sed 's/,$//')
   local primary=${TEST_DATABASE_URL%/*}/scaleout replica=${TEST_DATABASE_REPLICA_URL%/*}/scaleout
@@ -244,17 +189,14 @@ down() {
     fi
   done
   # Every node started, even of a Cluster whose creation failed.
-  for pidfile in "$DIR"/cluster/node-*/redis.pid; do
-    [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
-  done
-  rm -f "$DIR/cluster/ports"
+  cluster down "$DIR/cluster"
   log "down"
 }
 
 case "${1:-}" in
   up) up ;;
   start) instance_up "$2"; wait_ready $((PORT + $2)) ;;
-  node-start) node_start "$2" ;;
+  node-start) cluster node-start "$DIR/cluster" "$2" ;;
   status) status ;;
   down) down ;;
   *) echo "usage: $0 up|status|down" >&2; exit 2 ;;

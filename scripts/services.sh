@@ -98,58 +98,12 @@ redis_url() {
   echo "redis://127.0.0.1:$port"
 }
 
-# A Redis Cluster of six nodes (3 masters, each with a replica) on free ports under
-# $STATE/redis-cluster, reused while every node answers and the cluster is healthy. Prints
-# the nodes' URLs, comma-separated.
-cluster_ok() {
-  local ports=("$@") p
-  for p in "${ports[@]}"; do
-    redis-cli -p "$p" ping 2>/dev/null | grep -q PONG || return 1
-  done
-  redis-cli -p "${ports[0]}" cluster info 2>/dev/null | grep -q 'cluster_state:ok'
-}
-
+# A Redis Cluster of our own (scripts/redis-cluster.sh) under $STATE/redis-cluster, reused
+# while healthy. Prints the nodes' URLs, comma-separated.
 redis_cluster_nodes() {
-  local dir="$STATE/redis-cluster" ports=() p i
-  install -d -m 0755 "$dir"
-  if [ -f "$dir/ports" ]; then
-    read -r -a ports <"$dir/ports"
-    if [ ${#ports[@]} = 6 ] && cluster_ok "${ports[@]}"; then
-      printf 'redis://127.0.0.1:%s,' "${ports[@]}" | sed 's/,$//'
-      return
-    fi
-    # Stale: stop what is left and start afresh.
-    for p in "${ports[@]}"; do redis-cli -p "$p" shutdown nosave >/dev/null 2>&1 || true; done
-  fi
-  rm -rf "${dir:?}"/node-*
-  ports=()
-  for i in 1 2 3 4 5 6; do
-    # A node also listens on port + 10000 (the bus): both below the ephemeral range.
-    p=$((10000 + RANDOM % 12000))
-    # Redis Cluster also listens on port + 10000 (the bus).
-    while port_in_use "$p" || port_in_use $((p + 10000)) || [[ " ${ports[*]} " == *" $p "* ]] \
-      || [[ " ${ports[*]} " == *" $((p + 10000)) "* ]] || [[ " ${ports[*]} " == *" $((p - 10000)) "* ]]; do
-      p=$((10000 + RANDOM % 12000))
-    done
-    ports+=("$p")
-  done
-  log "starting a Redis Cluster on 127.0.0.1:${ports[*]}"
-  for p in "${ports[@]}"; do
-    install -d -m 0755 "$dir/node-$p"
-    redis-server --daemonize yes --bind 127.0.0.1 --port "$p" --save "" --appendonly no \
-      --cluster-enabled yes --cluster-config-file "$dir/node-$p/nodes.conf" \
-      --cluster-node-timeout 1000 --dir "$dir/node-$p" --logfile "$dir/node-$p/redis.log" \
-      --pidfile "$dir/node-$p/redis.pid" >&2
-  done
-  for p in "${ports[@]}"; do
-    for _ in $(seq 1 50); do redis-cli -p "$p" ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done
-  done
-  redis-cli --cluster create $(printf '127.0.0.1:%s ' "${ports[@]}") --cluster-replicas 1 \
-    --cluster-yes >"$dir/create.log" 2>&1 || { cat "$dir/create.log" >&2; return 1; }
-  for _ in $(seq 1 100); do cluster_ok "${ports[@]}" && break; sleep 0.1; done
-  cluster_ok "${ports[@]}" || { log "the Redis Cluster did not become healthy; see $dir"; return 1; }
-  echo "${ports[*]}" >"$dir/ports"
-  printf 'redis://127.0.0.1:%s,' "${ports[@]}" | sed 's/,$//'
+  local ports
+  ports=$(bash "$(dirname "$0")/redis-cluster.sh" up "$STATE/redis-cluster") || return 1
+  printf 'redis://127.0.0.1:%s,' $ports | sed 's/,$//'
 }
 
 pg_running() { as_pg "$(pg_bin)/pg_ctl" status -D "$1" >/dev/null 2>&1; }
@@ -223,9 +177,7 @@ stop_all() {
     done
   fi
   if [ -f "$STATE/redis/port" ]; then redis-cli -p "$(cat "$STATE/redis/port")" shutdown nosave 2>/dev/null || true; fi
-  if [ -f "$STATE/redis-cluster/ports" ]; then
-    for p in $(cat "$STATE/redis-cluster/ports"); do redis-cli -p "$p" shutdown nosave >/dev/null 2>&1 || true; done
-  fi
+  bash "$(dirname "$0")/redis-cluster.sh" down "$STATE/redis-cluster" 2>/dev/null || true
   log "stopped"
 }
 
