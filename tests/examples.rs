@@ -241,3 +241,43 @@ async fn http_cache_answers_from_memory_with_etags_and_drops_on_put() {
         "the PUT dropped the copy"
     );
 }
+
+#[tokio::test]
+async fn resilient_client_retries_then_opens_and_closes_its_breaker() {
+    let ex = Running::start("resilient_client", &[]);
+    let quote = format!("{}/quote", ex.base);
+    // Every other upstream call fails: the retry hides it.
+    for _ in 0..3 {
+        let (status, _, body) = send("GET", &quote, &[], "").await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.starts_with("price 42"), "{body}");
+    }
+    send("POST", &format!("{}/upstream/down", ex.base), &[], "").await;
+    // Failing every call: 503, and once the breaker has seen enough, refused at once.
+    let mut open = false;
+    for _ in 0..8 {
+        let started = std::time::Instant::now();
+        let (status, _, body) = send("GET", &quote, &[], "").await;
+        assert_eq!(status, 503, "{body}");
+        if body.contains("open") {
+            assert!(
+                started.elapsed() < std::time::Duration::from_millis(200),
+                "{body}"
+            );
+            open = true;
+            break;
+        }
+    }
+    assert!(open, "the breaker never opened");
+    send("POST", &format!("{}/upstream/up", ex.base), &[], "").await;
+    // Closed again after its open second, by a probe that succeeds.
+    support::eventually(
+        "the breaker to close",
+        std::time::Duration::from_secs(5),
+        || async {
+            let (status, _, _) = send("GET", &quote, &[], "").await;
+            (status == 200).then_some(())
+        },
+    )
+    .await;
+}
