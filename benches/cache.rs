@@ -123,7 +123,7 @@ fn get_or_load_hit(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
 }
 
 fn l2_hit(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
-    let url = std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let url = common::redis_url();
     let prefix = format!("bench-cache-{}", std::process::id());
     let backend = rt.block_on(async {
         tower_scale::redis::RedisBackend::builder(&url)

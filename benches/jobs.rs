@@ -304,12 +304,8 @@ async fn commands_during<F: std::future::Future<Output = ()>>(url: &str, f: F) -
 }
 
 fn jobs(c: &mut Criterion) {
-    let url = std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let url = common::redis_url();
+    let rt = common::runtime();
     let ready = rt.block_on(async {
         let backend = RedisBackend::builder(url.clone())
             .prefix("bench")

@@ -201,12 +201,8 @@ return 1
 ";
 
 fn redis(c: &mut Criterion) {
-    let url = std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let url = common::redis_url();
+    let rt = common::runtime();
     let backend = rt.block_on(async {
         let b = RedisBackend::builder(url.clone())
             .prefix("bench")

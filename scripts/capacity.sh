@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # What one request of each route costs, for docs/scaling.md: the reference server (release
 # build, pinned to core 0) on one Redis and on a Redis Cluster, under wrk (pinned to core
-# 1), each route for DURATION; from /proc and Redis's INFO: server CPU µs per request, and
-# Redis commands and network bytes per request.
+# 1), each route for DURATION; from /proc and Redis's INFO: server CPU µs per request,
+# Redis round trips (the server's /metrics), commands, bytes received and CPU (of the
+# masters; replicas are not counted) per request.
 #
 #   bash scripts/capacity.sh            # both deployments, ROUNDS rounds each
 #
@@ -24,6 +25,16 @@ trap 'kill $(cat "$WORK"/pid 2>/dev/null) 2>/dev/null || true; rm -rf "$WORK"' E
 
 TICKS=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# CPU ticks of the redis-server processes on the given ports (user + system).
+redis_ticks() {
+  local t=0 p pid
+  for p in "$@"; do
+    pid=$(redis-cli -p "$p" info server | tr -d '\r' | awk -F: '/^process_id/ {print $2}')
+    t=$((t + $(cpu_ticks "$pid")))
+  done
+  echo "$t"
+}
 
 # Round trips to Redis this server made, from its own /metrics (every call of the
 # backend, answered or failed).
@@ -70,18 +81,21 @@ measure() { # deployment label path [wrk args...]
   local t0 r0 t1 r1 out
   local rt0 rt1
   rt0=$(round_trips)
+  local rc0 rc1
+  rc0=$(redis_ticks $REDIS_PORTS)
   t0=$(cpu_ticks "$pid"); r0=$(redis_totals $REDIS_PORTS)
   out=$(taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" "$@" "http://127.0.0.1:$PORT$path")
   t1=$(cpu_ticks "$pid"); r1=$(redis_totals $REDIS_PORTS)
+  rc1=$(redis_ticks $REDIS_PORTS)
   rt1=$(round_trips)
   local reqs; reqs=$(echo "$out" | awk '/requests in/ {print $1}')
   local rps; rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
   local bad; bad=$(echo "$out" | awk '/Non-2xx/ {print $NF}')
   read -r c0 i0 o0 <<<"$r0"; read -r c1 i1 o1 <<<"$r1"
   awk -v d="$dep" -v l="$label" -v n="$reqs" -v rps="$rps" -v ticks=$((t1 - t0)) -v hz="$TICKS" \
-      -v c=$((c1 - c0)) -v i=$((i1 - i0)) -v o=$((o1 - o0)) -v bad="${bad:-0}" -v rt=$((rt1 - rt0)) \
-    'BEGIN { printf "%-8s %-24s %7.0f req/s  cpu %6.1f µs/req  round trips %5.2f/req  redis cmds %5.2f/req  %5.0f B in  %5.0f B out /req  non-2xx %s\n",
-             d, l, rps, ticks / hz * 1e6 / n, rt / n, c / n, i / n, o / n, bad }'
+      -v c=$((c1 - c0)) -v i=$((i1 - i0)) -v o=$((o1 - o0)) -v bad="${bad:-0}" -v rt=$((rt1 - rt0)) -v rc=$((rc1 - rc0)) \
+    'BEGIN { printf "%-8s %-24s %7.0f req/s  cpu %6.1f µs/req  round trips %5.2f/req  redis cmds %5.2f/req  redis cpu %5.1f µs/req  %5.0f B in /req  non-2xx %s\n",
+             d, l, rps, ticks / hz * 1e6 / n, rt / n, c / n, rc / hz * 1e6 / n, i / n, bad }'
 }
 
 cat >"$WORK/put.lua" <<'EOF'

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# A private Redis Cluster of six nodes (3 masters, each with a replica, 1 s node timeout)
-# under DIR, on free ports below the kernel's ephemeral range (a node also listens on its
+# A private Redis Cluster of three masters, each with REPLICAS replicas (default 1; 0 for
+# masters alone), 1 s node timeout, under DIR, on free ports below the kernel's ephemeral range (a node also listens on its
 # port + 10000, the Cluster bus). Used by scripts/services.sh (the tests' Cluster) and
 # scripts/scale-out.sh (the rig's own).
 #
@@ -8,6 +8,8 @@
 #   bash scripts/redis-cluster.sh node-start DIR PORT   # start one node again (it rejoins)
 #   bash scripts/redis-cluster.sh down DIR        # stop every node started under DIR
 set -euo pipefail
+REPLICAS=${REPLICAS:-1}
+NODES=$((3 * (1 + REPLICAS)))
 log() { printf 'redis-cluster: %s\n' "$*" >&2; }
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
@@ -39,13 +41,13 @@ up() { # dir
   install -d -m 0755 "$d"
   if [ -f "$d/ports" ]; then
     read -r -a ports <"$d/ports"
-    if [ ${#ports[@]} = 6 ] && ok "${ports[@]}"; then echo "${ports[*]}"; return; fi
+    if [ ${#ports[@]} = "$NODES" ] && ok "${ports[@]}"; then echo "${ports[*]}"; return; fi
   fi
   # Stale, or never started: stop what is left and start afresh.
   down "$d"
   rm -rf "${d:?}"/node-*
   ports=()
-  for _ in 1 2 3 4 5 6; do
+  for _ in $(seq 1 "$NODES"); do
     p=$((10000 + RANDOM % 12000))
     while port_in_use "$p" || port_in_use $((p + 10000)) || [[ " ${ports[*]} " == *" $p "* ]] \
       || [[ " ${ports[*]} " == *" $((p + 10000)) "* ]] || [[ " ${ports[*]} " == *" $((p - 10000)) "* ]]; do
@@ -58,7 +60,7 @@ up() { # dir
   for p in "${ports[@]}"; do
     for _ in $(seq 1 50); do redis-cli -p "$p" ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done
   done
-  redis-cli --cluster create $(printf '127.0.0.1:%s ' "${ports[@]}") --cluster-replicas 1 \
+  redis-cli --cluster create $(printf '127.0.0.1:%s ' "${ports[@]}") --cluster-replicas "$REPLICAS" \
     --cluster-yes >"$d/create.log" 2>&1 || { cat "$d/create.log" >&2; return 1; }
   for _ in $(seq 1 100); do ok "${ports[@]}" && break; sleep 0.1; done
   ok "${ports[@]}" || { log "the Cluster did not become healthy; see $d"; return 1; }

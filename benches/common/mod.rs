@@ -106,6 +106,20 @@ macro_rules! bench_main {
 }
 pub(crate) use bench_main;
 
+/// The Redis the benches use: `TEST_REDIS_URL`, else the standard local port.
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// The runtime of the benches that wait on Redis: two workers, as the machine has cores.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// A plain multiplexed redis-rs connection to `url`, for baselines and for looking inside
 /// Redis past the crate's API.
 pub async fn raw_redis(url: &str) -> redis::aio::MultiplexedConnection {

@@ -488,10 +488,10 @@ impl RedisBackend {
 
     /// Subscriptions to `channel` for a listener that must hear every message soon: on
     /// one Redis, the one; on a Cluster, one on each master. A message reaches every node,
-    /// but one published on another node crosses the Cluster bus first, which here took
-    /// up to 41 ms (p99) against 0.4 ms on the node it was published on; the layers publish
-    /// on the master of the key or tag concerned, so a subscriber on every master hears
-    /// each message first from where it was published (and again, later, from the others).
+    /// but one published on another node crosses the Cluster bus first, which held some
+    /// messages for tens of milliseconds (`docs/benchmarks.md`); the layers publish on the
+    /// master of the key or tag concerned, so a subscriber on every master hears each
+    /// message first from where it was published (and again, later, from the others).
     ///
     /// # Errors
     ///
