@@ -28,21 +28,10 @@ log() { printf 'scale-out: %s\n' "$*" >&2; }
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 install_packages() {
-  local missing=()
-  command -v nginx >/dev/null || missing+=(nginx-light)
-  command -v redis-server >/dev/null || missing+=(redis-server)
-  command -v curl >/dev/null || missing+=(curl)
-  [ ${#missing[@]} -eq 0 ] && return
-  log "installing ${missing[*]}"
-  # Debian would start the packages' own services: keep them from starting.
-  local made_policy=
-  if [ ! -e /usr/sbin/policy-rc.d ]; then
-    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && made_policy=1
-  fi
+  # scripts/services.sh (run by `up`) installs Redis, PostgreSQL and nginx; curl is ours.
+  command -v curl >/dev/null && return
   apt-get update -qq >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
-  [ -n "$made_policy" ] && rm -f /usr/sbin/policy-rc.d
-  return 0
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >&2
 }
 
 # --- the Redis Cluster (scripts/redis-cluster.sh) ---------------------------------------
