@@ -26,6 +26,9 @@ node_start() { # dir port
     --cluster-enabled yes --cluster-config-file "$d/node-$p/nodes.conf" \
     --cluster-node-timeout 1000 --dir "$d/node-$p" --logfile "$d/node-$p/redis.log" \
     --pidfile "$d/node-$p/redis.pid" >&2
+  # `--daemonize` returns before the node listens: wait until it answers.
+  for _ in $(seq 1 50); do redis-cli -p "$p" ping 2>/dev/null | grep -q PONG && return; sleep 0.1; done
+  log "node $p did not answer; see $d/node-$p/redis.log"; return 1
 }
 
 down() { # dir
@@ -57,9 +60,6 @@ up() { # dir
   done
   log "starting a Redis Cluster on 127.0.0.1:${ports[*]}"
   for p in "${ports[@]}"; do node_start "$d" "$p"; done
-  for p in "${ports[@]}"; do
-    for _ in $(seq 1 50); do redis-cli -p "$p" ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done
-  done
   redis-cli --cluster create $(printf '127.0.0.1:%s ' "${ports[@]}") --cluster-replicas "$REPLICAS" \
     --cluster-yes >"$d/create.log" 2>&1 || { cat "$d/create.log" >&2; return 1; }
   for _ in $(seq 1 100); do ok "${ports[@]}" && break; sleep 0.1; done

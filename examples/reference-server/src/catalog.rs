@@ -18,6 +18,9 @@ use tower_scale::db_route::{Lsn, PositionSource, ReplicaPosition};
 /// Products seeded at start: ids 1..=SEED_PRODUCTS.
 pub const SEED_PRODUCTS: i64 = 1000;
 
+/// The advisory lock key `prepare` holds ("tsprep" as an integer).
+const PREPARE_LOCK: i64 = 0x7473_7072_6570;
+
 /// A product as the routes answer it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Product {
@@ -111,12 +114,18 @@ impl Database {
     /// kept, so instances sharing the database start in any order). Nothing to do for the
     /// embedded database.
     ///
+    /// Instances started together on an empty database prepare it one at a time: two
+    /// concurrent `CREATE TABLE IF NOT EXISTS` can both miss the table and one then fails
+    /// on PostgreSQL's catalogue (`pg_type_typname_nsp_index`). The statements run as one
+    /// implicit transaction holding a transaction-level advisory lock.
+    ///
     /// # Errors
     ///
     /// The primary could not be reached or refused the schema.
     pub async fn prepare(pool: &PgPool) -> Result<(), DbError> {
         sqlx::raw_sql(&format!(
-            "CREATE TABLE IF NOT EXISTS products (
+            "SELECT pg_advisory_xact_lock({PREPARE_LOCK});
+             CREATE TABLE IF NOT EXISTS products (
                  id BIGINT PRIMARY KEY,
                  name TEXT NOT NULL,
                  price_cents BIGINT NOT NULL CHECK (price_cents >= 0),

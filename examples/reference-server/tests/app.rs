@@ -692,3 +692,59 @@ async fn parallel_me(env: &[(&str, &str)]) {
     seen.sort_unstable();
     assert_eq!(seen, (1..=50).collect::<Vec<_>>(), "{env:?}");
 }
+
+/// Instances started together on an empty PostgreSQL database each prepare it; none fails
+/// on the race between two `CREATE TABLE IF NOT EXISTS` (it did, on a fresh machine, for
+/// the scale-out rig's three instances).
+#[tokio::test]
+async fn instances_preparing_an_empty_database_together_all_succeed() {
+    use reference_server::catalog::{Database, SEED_PRODUCTS};
+    use sqlx::postgres::PgPoolOptions;
+
+    let admin_url = support::pg_primary_url();
+    let (admin, conn) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    // Several fresh databases: the race is a window, not a certainty, on any one of them.
+    for round in 0..5 {
+        let name = support::unique(&format!("prepare{round}")).replace('-', "_");
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        let url = format!("{}/{name}", admin_url.rsplit_once('/').unwrap().0);
+        let mut pools = Vec::new();
+        for _ in 0..6 {
+            pools.push(
+                PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect(&url)
+                    .await
+                    .unwrap(),
+            );
+        }
+        let mut prepares = tokio::task::JoinSet::new();
+        for p in &pools {
+            let p = p.clone();
+            prepares.spawn(async move { Database::prepare(&p).await.map_err(|e| e.to_string()) });
+        }
+        while let Some(r) = prepares.join_next().await {
+            if let Err(e) = r.unwrap() {
+                panic!("round {round}: an instance failed to prepare: {e}");
+            }
+        }
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM products")
+            .fetch_one(&pools[0])
+            .await
+            .unwrap();
+        assert_eq!(count, SEED_PRODUCTS);
+        for p in pools {
+            p.close().await;
+        }
+        admin
+            .batch_execute(&format!("DROP DATABASE {name}"))
+            .await
+            .unwrap();
+    }
+}
