@@ -41,6 +41,9 @@ step "promtool: the reference server's scrape config and alerting rules, checked
 (cd examples/reference-server/ops && promtool check config prometheus.yml && promtool check rules alerts.yml \
   && promtool test rules alerts.test.yml)
 
+step "the benchmark charts are what their data draws, and their figures are in the tables"
+bash scripts/charts.sh --check
+
 step "cargo test --workspace --all-features (unit, integration, doc; the reference server in process and as processes)"
 cargo test --workspace --all-features --no-fail-fast
 

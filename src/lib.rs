@@ -132,6 +132,13 @@ pub use builder::ServiceBuilderExt;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
+
+// So do the getting-started guide's starting point and finished program (its fragments,
+// tagged `ignore`, are checked line by line against the finished program in
+// tests/examples.rs).
+#[cfg(doctest)]
+#[doc = include_str!("../docs/getting-started.md")]
+struct GettingStartedDoctests;
 pub use error::{BoxError, ConfigError, StoreUnavailable, StoreUnavailableKind};
 
 /// Items that exist in the builds where a layer records metrics: every feature but `axum`.

@@ -281,3 +281,216 @@ async fn resilient_client_retries_then_opens_and_closes_its_breaker() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn db_route_sqlx_reads_a_replica_and_the_writer_reads_its_write() {
+    let pair = support::PgPair::start();
+    let ex = Running::start(
+        "db_route_sqlx",
+        &[
+            ("DATABASE_URL", &pair.primary_url()),
+            ("DATABASE_REPLICA_URL", &pair.replica_url()),
+        ],
+    );
+    // The seeded note, once the replica has replayed it and a health check has seen
+    // the replica: read there.
+    let first = format!("{}/notes/1", ex.base);
+    support::eventually(
+        "a read on the replica",
+        std::time::Duration::from_secs(10),
+        || async {
+            let (status, headers, body) = send("GET", &first, &[], "").await;
+            (status == 200 && body == "the first note\n" && headers["x-db-route"] == "replica")
+                .then_some(())
+        },
+    )
+    .await;
+
+    // Replay paused: the replica will not see the next write.
+    support::pause_replay(&pair.replica_url()).await;
+    let (status, headers, id) = send("POST", &format!("{}/notes", ex.base), &[], "mine").await;
+    assert_eq!(status, 201, "{id}");
+    assert_eq!(headers["x-db-route"], "primary");
+    let token = headers["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(token.starts_with("db_pos="), "{token}");
+    let mine = format!("{}/notes/{}", ex.base, id.trim());
+    // Without the cookie: the replica, which has not replayed it.
+    let (status, headers, _) = send("GET", &mine, &[], "").await;
+    assert_eq!(status, 404);
+    assert_eq!(headers["x-db-route"], "replica");
+    // With it: the primary, and the note.
+    let (status, headers, body) = send("GET", &mine, &[("cookie", &token)], "").await;
+    assert_eq!((status, body.as_str()), (200, "mine\n"));
+    assert_eq!(headers["x-db-route"], "primary");
+    // Once the replica has replayed the write, the writer's reads go back to it.
+    let (replica, conn) = tokio_postgres::connect(&pair.replica_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    replica
+        .execute("SELECT pg_wal_replay_resume()", &[])
+        .await
+        .unwrap();
+    support::eventually(
+        "the writer's reads back on the replica",
+        std::time::Duration::from_secs(10),
+        || async {
+            let (status, headers, _) = send("GET", &mine, &[("cookie", &token)], "").await;
+            (status == 200 && headers["x-db-route"] == "replica").then_some(())
+        },
+    )
+    .await;
+}
+
+/// The fenced blocks of `docs/getting-started.md`: (info string, body).
+fn guide_blocks() -> Vec<(String, String)> {
+    let guide = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/getting-started.md"
+    ))
+    .unwrap();
+    let mut blocks = Vec::new();
+    let mut open: Option<(String, String)> = None;
+    for line in guide.lines() {
+        match (&mut open, line.strip_prefix("```")) {
+            (None, Some(info)) => open = Some((info.to_owned(), String::new())),
+            (Some(_), Some("")) => blocks.push(open.take().unwrap()),
+            (Some((_, body)), _) => {
+                body.push_str(line);
+                body.push('\n');
+            }
+            (None, None) => {}
+        }
+    }
+    assert!(open.is_none(), "an unclosed block in the guide");
+    blocks
+}
+
+#[test]
+fn the_guide_shows_the_example_program_and_fragments_of_it() {
+    let program = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/getting_started.rs"
+    ))
+    .unwrap();
+    // The example is the guide's finished program under a header comment.
+    let body = program
+        .split_once("\n\n")
+        .map(|(header, rest)| {
+            assert!(header.lines().all(|l| l.starts_with("//!")), "{header}");
+            rest
+        })
+        .unwrap();
+    let blocks = guide_blocks();
+    let whole = blocks
+        .iter()
+        .rfind(|(info, _)| info == "rust,no_run")
+        .expect("the finished program");
+    assert_eq!(
+        whole.1, body,
+        "docs/getting-started.md's last program and examples/getting_started.rs differ"
+    );
+    // Every line of every step's fragment is in it (the fragments are not compiled).
+    let lines: std::collections::HashSet<&str> = body.lines().map(str::trim).collect();
+    let mut fragments = 0;
+    for (_, fragment) in blocks.iter().filter(|(info, _)| info == "rust,ignore") {
+        fragments += 1;
+        for line in fragment.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            assert!(
+                lines.contains(line),
+                "a guide fragment's line is not in the program: {line:?}"
+            );
+        }
+    }
+    assert_eq!(fragments, 4, "steps 1, 2 (two) and 3");
+}
+
+/// What the guide promises, on two instances sharing one Redis.
+#[tokio::test]
+async fn getting_started_shares_quota_and_session_across_two_instances() {
+    let redis = support::RedisServer::start();
+    let a = Running::start("getting_started", &[("REDIS_URL", &redis.url())]);
+    let b = Running::start("getting_started", &[("REDIS_URL", &redis.url())]);
+    let host = |base: &str| base.trim_start_matches("http://").to_owned();
+
+    // Step 1: the product, and its histogram by route template.
+    let (status, _, body) = send("GET", &format!("{}/products/7", a.base), &[], "").await;
+    assert_eq!(
+        (status, body),
+        (200, format!("product 7 (from {})\n", host(&a.base)))
+    );
+    let (_, _, metrics) = send("GET", &format!("{}/metrics", a.base), &[], "").await;
+    let count = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("http_server_request_duration_seconds_count")
+                && l.contains(r#"http_route="/products/{id}""#)
+        })
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(count.ends_with(" 1"), "{count}");
+
+    // Steps 2 and 4: 110 requests of one forwarded client, alternating instances.
+    let mut ok = 0;
+    let mut refused = 0;
+    for i in 0..110 {
+        let base = if i % 2 == 0 { &a.base } else { &b.base };
+        let (status, headers, _) = send(
+            "GET",
+            &format!("{base}/products/1"),
+            &[("x-forwarded-for", "10.0.0.9")],
+            "",
+        )
+        .await;
+        match status {
+            200 => ok += 1,
+            429 => {
+                assert!(headers.contains_key("retry-after"), "{headers:?}");
+                refused += 1;
+            }
+            other => panic!("{other}"),
+        }
+    }
+    assert!(
+        (100..=102).contains(&ok),
+        "{ok} admitted, {refused} refused"
+    );
+    // This machine's own quota is another key.
+    let (status, _, _) = send("GET", &format!("{}/products/1", b.base), &[], "").await;
+    assert_eq!(status, 200);
+
+    // Steps 3 and 4: log in on A, add to the cart on A then on B.
+    let (status, headers, body) = send(
+        "POST",
+        &format!("{}/login", a.base),
+        &[("content-type", "application/json")],
+        r#"{"user":"grace"}"#,
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (200, "hello grace\n"));
+    let cookie = headers["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    for (n, ex) in [(1, &a), (2, &b)] {
+        let (_, _, body) = send(
+            "POST",
+            &format!("{}/cart", ex.base),
+            &[("cookie", &cookie)],
+            "",
+        )
+        .await;
+        assert_eq!(
+            body,
+            format!("grace: {n} in the cart (from {})\n", host(&ex.base))
+        );
+    }
+}

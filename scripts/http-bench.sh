@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# The end-to-end HTTP benchmark: the same handler bare, behind each of our layers alone,
+# behind our stack and behind the peers' stack, over a real socket. The server is pinned
+# to CPU 0 and wrk to CPU 1; the variants are interleaved within each round, ROUNDS
+# rounds. Per run: req/s, p50, p99 and the server's CPU time per request (utime + stime
+# from /proc over the measured run); then, per variant, the range over the rounds and the
+# ratios to bare axum (and to the peers' stack), each computed within a round.
+#
+#   bash scripts/http-bench.sh                        # the hello workload, every variant
+#   VARIANTS="bare ours3 peers3" ROUNDS=5 bash scripts/http-bench.sh
+#   WORKLOAD=products bash scripts/http-bench.sh      # the reference server's cached read
+#
+# Workloads:
+#   hello     `GET /` answering "Hello, World!" (benches/http/server.rs, STACK=variant);
+#             every request carries a session cookie, which the session stacks read one
+#             value from. Variants: bare metrics rate-limit session timeout ours3 ours
+#             peer-metrics peer-rate-limit peer-session peers3 peers.
+#   products  `GET /products/1` from the reference server on embedded defaults (a cache
+#             hit after the first) beside `map`, bare axum answering the same JSON from a
+#             map. Variants: map reference.
+#
+# Settings: ROUNDS (3), DURATION (8s), WARMUP (2s), CONNECTIONS (32), PORT (18290),
+# OUT (target/http-bench: results.tsv, one line per run, for scripts/charts.sh).
+# Installs wrk from Debian when missing (as root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/tower-scale-target}
+workload=${WORKLOAD:-hello}
+rounds=${ROUNDS:-3}
+duration=${DURATION:-8s}
+warmup=${WARMUP:-2s}
+connections=${CONNECTIONS:-32}
+port=${PORT:-18290}
+out=${OUT:-target/http-bench}
+case $workload in
+  hello) variants=${VARIANTS:-bare metrics rate-limit session timeout ours3 ours peer-metrics peer-rate-limit peer-session peers3 peers} ;;
+  products) variants=${VARIANTS:-map reference} ;;
+  *) echo "WORKLOAD is hello or products" >&2; exit 2 ;;
+esac
+if ! command -v wrk >/dev/null; then
+  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
+fi
+hz=$(getconf CLK_TCK)
+
+echo "building (release)..." >&2
+cargo build --release -q --example http_bench_server --features full
+[ "$workload" = products ] && cargo build --release -q -p reference-server --bin reference-server
+bin=$CARGO_TARGET_DIR/release
+mkdir -p "$out"
+results=$out/results-$workload.tsv
+: >"$results"
+
+start_server() { # variant -> sets pid, path, cookie
+  case $1 in
+    reference)
+      LISTEN="127.0.0.1:$port" RATE_LIMIT=1000000000/1h RUST_LOG=warn \
+        taskset -c 0 "$bin/reference-server" >/dev/null 2>&1 &
+      pid=$!; path=/products/1 ;;
+    map)
+      STACK=map LISTEN="127.0.0.1:$port" taskset -c 0 "$bin/examples/http_bench_server" >/dev/null 2>&1 &
+      pid=$!; path=/products/1 ;;
+    *)
+      STACK=$1 LISTEN="127.0.0.1:$port" taskset -c 0 "$bin/examples/http_bench_server" >/dev/null 2>&1 &
+      pid=$!; path=/ ;;
+  esac
+  for _ in $(seq 1 200); do
+    curl -fs -o /dev/null "http://127.0.0.1:$port$path" 2>/dev/null && break
+    sleep 0.05
+  done
+  cookie=""
+  if [ "$workload" = hello ]; then
+    # The session cookie, from whichever session layer the stack has (none: no cookie,
+    # and a made-up one is sent so that every stack parses the same header).
+    cookie=$(curl -s -D - -o /dev/null -X POST "http://127.0.0.1:$port/login" \
+      | awk -F': ' 'tolower($1) == "set-cookie" {split($2, a, ";"); print a[1]; exit}')
+    [ -n "$cookie" ] || cookie="id=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+  fi
+}
+
+measure() { # variant round
+  local pid path cookie t0 t1 wrk_out
+  start_server "$1"
+  local hdr=()
+  [ -n "$cookie" ] && hdr=(-H "Cookie: $cookie")
+  taskset -c 1 wrk -t1 -c"$connections" -d"$warmup" "${hdr[@]}" "http://127.0.0.1:$port$path" >/dev/null
+  t0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+  wrk_out=$(taskset -c 1 wrk -t1 -c"$connections" -d"$duration" --latency "${hdr[@]}" "http://127.0.0.1:$port$path")
+  t1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  echo "$wrk_out" | awk -v v="$1" -v r="$2" -v t0="$t0" -v t1="$t1" -v hz="$hz" '
+    function us(x) { if (x ~ /us$/) return x + 0; if (x ~ /ms$/) return x * 1000; if (x ~ /s$/) return x * 1e6; return x }
+    /requests in/ {n = $1} /Requests\/sec/ {rps = $2} / 50%/ {p50 = us($2)} / 99%/ {p99 = us($2)}
+    /Non-2xx/ {bad = $NF}
+    END {
+      if (bad > 0) { printf "%s: %d responses were not 2xx\n", v, bad > "/dev/stderr"; exit 1 }
+      printf "%s\t%s\t%.0f\t%.0f\t%.0f\t%.2f\n", r, v, rps, p50, p99, (t1 - t0) / hz * 1e6 / n
+    }' >>"$results"
+  tail -1 "$results" | awk -F'\t' '{printf "round %s  %-16s %9s req/s  p50 %6s us  p99 %6s us  server CPU %5s us/request\n", $1, $2, $3, $4, $5, $6}' >&2
+}
+
+for r in $(seq 1 "$rounds"); do
+  for v in $variants; do measure "$v" "$r"; done
+done
+
+# The summary: per variant, ranges over the rounds, and ratios within each round.
+base=bare; peer=peers3
+[ "$workload" = products ] && { base=map; peer=""; }
+{
+  echo "workload $workload, $rounds rounds, wrk -c$connections -d$duration, server on CPU 0, wrk on CPU 1, $(date -u +%Y-%m-%d)"
+  awk -F'\t' -v base="$base" -v peer="$peer" '
+    { rps[$2, $1] = $3; p50[$2, $1] = $4; p99[$2, $1] = $5; cpu[$2, $1] = $6
+      if (!($2 in seen)) { seen[$2] = 1; order[++n] = $2 } rounds[$1] = 1 }
+    function range(a, v,   r, lo, hi, x, first) {
+      first = 1
+      for (r in rounds) { x = a[v, r]; if (first || x < lo) lo = x; if (first || x > hi) hi = x; first = 0 }
+      return lo == hi ? lo : lo "-" hi
+    }
+    function ratio(v, w,   r, lo, hi, x, first) {
+      if (w == "" || !((w, 1) in rps)) return "-"
+      first = 1
+      for (r in rounds) { x = rps[v, r] / rps[w, r]; if (first || x < lo) lo = x; if (first || x > hi) hi = x; first = 0 }
+      return sprintf("%.2f-%.2f", lo, hi)
+    }
+    function added(v,   r, lo, hi, x, first) {
+      first = 1
+      for (r in rounds) { x = cpu[v, r] - cpu[base, r]; if (first || x < lo) lo = x; if (first || x > hi) hi = x; first = 0 }
+      return sprintf("%+.2f..%+.2f", lo, hi)
+    }
+    END {
+      printf "| variant | req/s | p50 us | p99 us | server CPU us/req | added over %s | x %s | x %s |\n", base, base, (peer == "" ? "-" : peer)
+      print "|---|---|---|---|---|---|---|---|"
+      for (i = 1; i <= n; i++) {
+        v = order[i]
+        printf "| %s | %s | %s | %s | %s | %s | %s | %s |\n", v, range(rps, v), range(p50, v), range(p99, v), range(cpu, v), added(v), ratio(v, base), ratio(v, peer)
+      }
+    }' "$results"
+} | tee "$out/summary-$workload.md"
