@@ -14,6 +14,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use serde::Deserialize;
+use tower::ServiceBuilder;
 use tower_scale::key::ClientIp;
 use tower_scale::metrics::{DEFAULT_DURATION_BUCKETS, DURATION_METRIC, HttpMetricsLayer};
 use tower_scale::rate_limit::{Quota, RateLimitLayer, RedisStore};
@@ -83,10 +84,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route("/products/{id}", get(product))
         .route("/login", post(login))
         .route("/cart", post(add_to_cart))
-        .layer(sessions)
-        .layer(rate_limit)
-        // Outermost: measures every request above, refused ones included.
-        .layer(HttpMetricsLayer::new())
+        // One `layer` call for the three (axum boxes each route once per call); the first
+        // is the outermost: metrics measure every request above, refused ones included.
+        .layer(
+            ServiceBuilder::new()
+                .layer(HttpMetricsLayer::new())
+                .layer(rate_limit)
+                .layer(sessions),
+        )
         .route(
             "/metrics",
             get(move || std::future::ready(prometheus.render())),

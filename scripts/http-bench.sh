@@ -13,14 +13,25 @@
 # Workloads:
 #   hello     `GET /` answering "Hello, World!" (benches/http/server.rs, STACK=variant);
 #             every request carries a session cookie, which the session stacks read one
-#             value from. Variants: bare metrics rate-limit session timeout ours3 ours
+#             value from. Variants: bare metrics rate-limit session timeout ours3
+#             ours3-one-layer (the same three in one `Router::layer` call) ours
 #             peer-metrics peer-rate-limit peer-session peers3 peers.
 #   products  `GET /products/1` from the reference server on embedded defaults (a cache
 #             hit after the first) beside `map`, bare axum answering the same JSON from a
 #             map. Variants: map reference.
 #
+# MODE=instructions counts instead, with callgrind, the user-space instructions the server
+# executes per request (the kernel's share, about two thirds of a bare request's CPU here,
+# is the same for every stack: two system calls per request in each, checked with `perf
+# stat -e raw_syscalls:sys_enter`). Each variant runs twice under valgrind, answering
+# REQUESTS_FEW (500) and REQUESTS_MANY (2500) requests on one keep-alive connection (curl)
+# after
+# the same start; the difference over the 2,000 requests between is per request, and
+# repeats to within a few instructions, where this VM's wall-clock figures move by 30 %
+# between rounds. KEEP=DIR keeps each "many" profile for `callgrind_annotate`.
+#
 # Settings: ROUNDS (3), DURATION (8s), WARMUP (2s), CONNECTIONS (32), PORT (18290),
-# OUT (target/http-bench: results.tsv, one line per run, for scripts/charts.sh).
+# OUT (target/http-bench: results-WORKLOAD.tsv, one line per run; summary-WORKLOAD.md).
 # Installs wrk from Debian when missing (as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,7 +44,7 @@ connections=${CONNECTIONS:-32}
 port=${PORT:-18290}
 out=${OUT:-target/http-bench}
 case $workload in
-  hello) variants=${VARIANTS:-bare metrics rate-limit session timeout ours3 ours peer-metrics peer-rate-limit peer-session peers3 peers} ;;
+  hello) variants=${VARIANTS:-bare metrics rate-limit session timeout ours3 ours3-one-layer ours peer-metrics peer-rate-limit peer-session peers3 peers} ;;
   products) variants=${VARIANTS:-map reference} ;;
   *) echo "WORKLOAD is hello or products" >&2; exit 2 ;;
 esac
@@ -97,6 +108,65 @@ measure() { # variant round
     }' >>"$results"
   tail -1 "$results" | awk -F'\t' '{printf "round %s  %-16s %9s req/s  p50 %6s us  p99 %6s us  server CPU %5s us/request\n", $1, $2, $3, $4, $5, $6}' >&2
 }
+
+instructions() { # variant requests -> the total the server executed
+  local f=$out/callgrind.$1.$2
+  local vars exe
+  case $1 in
+    reference) vars=(LISTEN="127.0.0.1:$port" RATE_LIMIT=1000000000/1h RUST_LOG=warn); exe=$bin/reference-server; path=/products/1 ;;
+    *) vars=(STACK="$1" LISTEN="127.0.0.1:$port"); exe=$bin/examples/http_bench_server; path=/ ;;
+  esac
+  [ "$1" = map ] && path=/products/1
+  env "${vars[@]}" valgrind --tool=callgrind --callgrind-out-file="$f" "$exe" >/dev/null 2>&1 &
+  local pid=$!
+  for _ in $(seq 1 600); do curl -fs -o /dev/null "http://127.0.0.1:$port$path" 2>/dev/null && break; sleep 0.1; done
+  local cookie hdr=()
+  if [ "$workload" = hello ]; then
+    cookie=$(curl -s -D - -o /dev/null -X POST "http://127.0.0.1:$port/login" \
+      | awk -F': ' 'tolower($1) == "set-cookie" {split($2, a, ";"); print a[1]; exit}')
+    [ -n "$cookie" ] || cookie="id=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+    hdr=(-H "Cookie: $cookie")
+  fi
+  # Exactly $2 requests, one after another on one keep-alive connection.
+  local i
+  for i in $(seq 1 "$2"); do
+    printf 'url = "http://127.0.0.1:%s%s"\noutput = "/dev/null"\n' "$port" "$path"
+  done >"$out/requests.curl"
+  curl -s -K "$out/requests.curl" "${hdr[@]}"
+  kill -TERM "$pid"
+  # The reference server drains for DRAIN (2 s) before it exits.
+  wait "$pid" 2>/dev/null || true
+  awk '/^(summary|totals):/ {print $2; exit}' "$f"
+  if [ -n "${KEEP:-}" ] && [ "$2" = "${REQUESTS_MANY:-2500}" ]; then
+    mkdir -p "$KEEP" && cp "$f" "$KEEP/$workload-$1.cg"
+  fi
+  rm -f "$f"
+}
+
+if [ "${MODE:-time}" = instructions ]; then
+  command -v valgrind >/dev/null || { echo "valgrind is needed: apt-get install valgrind" >&2; exit 1; }
+  few=${REQUESTS_FEW:-500}; many=${REQUESTS_MANY:-2500}
+  results=$out/instructions-$workload.tsv
+  : >"$results"
+  for v in $variants; do
+    a=$(instructions "$v" "$few"); b=$(instructions "$v" "$many")
+    printf '%s\t%d\n' "$v" $(( (b - a) / (many - few) )) | tee -a "$results" >&2
+  done
+  base=bare; peer=peers3
+  [ "$workload" = products ] && { base=map; peer=""; }
+  {
+    echo "workload $workload, user-space instructions per request (callgrind, $few and $many requests on one connection), $(date -u +%Y-%m-%d)"
+    awk -F'\t' -v base="$base" -v peer="$peer" '
+      { n++; v[n] = $1; ir[$1] = $2 }
+      END {
+        printf "| variant | instructions per request | added over %s | %s ÷ variant |\n", base, base
+        print "|---|---|---|---|"
+        for (i = 1; i <= n; i++)
+          printf "| %s | %d | %+d | %.2f |\n", v[i], ir[v[i]], ir[v[i]] - ir[base], ir[base] / ir[v[i]]
+      }' "$results"
+  } | tee "$out/instructions-$workload.md"
+  exit 0
+fi
 
 for r in $(seq 1 "$rounds"); do
   for v in $variants; do measure "$v" "$r"; done

@@ -15,7 +15,8 @@
 //!
 //! `POST /login` (not measured) starts a session holding `n = 7` and answers its cookie;
 //! the load generator sends that cookie on every request, whatever the stack, so every
-//! stack parses the same request. Prints `listening on http://ADDR` when ready.
+//! stack parses the same request. Prints `listening on http://ADDR` when ready; SIGTERM
+//! stops it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -88,6 +89,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let stack = std::env::var("STACK").unwrap_or_else(|_| "bare".into());
     let words: Vec<&str> = match stack.as_str() {
         "ours3" => vec!["session", "rate-limit", "metrics"],
+        "ours3-one-layer" => vec!["ours3-one-layer"],
         "ours" => vec!["session", "rate-limit", "metrics", "timeout"],
         "peers3" => vec!["peer-session", "peer-rate-limit", "peer-metrics"],
         "peers" => vec!["peer-session", "peer-rate-limit", "peer-metrics", "timeout"],
@@ -116,7 +118,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Router::new()
             .route("/products/{id}", get(product))
             .with_state(Arc::new(map))
-    } else if has("session") {
+    } else if has("session") || has("ours3-one-layer") {
         Router::new()
             .route("/", get(ours_read))
             .route("/login", post(ours_login))
@@ -133,6 +135,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for w in &words {
         app = match *w {
             "bare" | "map" => app,
+            // The same three in one `Router::layer` call (one `ServiceBuilder`): axum boxes
+            // each route's service and body once per `layer` call, not once per layer.
+            "ours3-one-layer" => app.layer(
+                tower::ServiceBuilder::new()
+                    .layer(HttpMetricsLayer::new())
+                    .layer(ours_rate_limit())
+                    .layer(
+                        SessionLayer::builder(MemoryStore::new())
+                            .secure(false)
+                            .build()?,
+                    ),
+            ),
             "session" => app.layer(
                 SessionLayer::builder(MemoryStore::new())
                     .secure(false)
@@ -165,6 +179,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listen = std::env::var("LISTEN").unwrap_or_else(|_| "127.0.0.1:3100".into());
     let listener = tokio::net::TcpListener::bind(&listen).await?;
     println!("listening on http://{} ({stack})", listener.local_addr()?);
+    // SIGTERM ends the process at once, through `exit` (valgrind writes its counts then:
+    // scripts/http-bench.sh).
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::spawn(async move {
+        term.recv().await;
+        std::process::exit(0);
+    });
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),

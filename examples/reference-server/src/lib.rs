@@ -64,34 +64,45 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::ops::router(shared.metrics_public))
         .fallback(routes::ops::not_found)
         .method_not_allowed_fallback(routes::ops::method_not_allowed)
-        .layer(state.layers.sessions)
-        .layer(state.layers.rate_limit)
-        .layer(RequestBodyLimitLayer::new(MAX_BODY))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            REQUEST_TIMEOUT,
-        ))
-        .layer(HttpMetricsLayer::new())
-        .layer(axum::middleware::map_response(error::json_errors))
-        .layer(SetResponseHeaderLayer::overriding(
-            X_SERVED_BY,
-            shared.instance.clone(),
-        ))
-        .layer(PropagateRequestIdLayer::new(telemetry::X_REQUEST_ID))
+        // One `layer` call for the whole stack: axum boxes every route's service, future
+        // and body once per call, so twelve calls cost a cached read about twelve
+        // allocations and boxed clones more than one (`docs/benchmarks.md`, "End to end").
+        // A `ServiceBuilder`'s first layer is the outermost.
         .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(telemetry::request_span(shared.client_ip.clone()))
-                // 5xx answers are the service's own story (a failing upstream, a refused
-                // dependency), already counted in the metrics.
-                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+            tower::ServiceBuilder::new()
+                .layer(tower::util::MapRequestLayer::new(
+                    telemetry::drop_insane_request_id,
+                ))
+                .layer(SetRequestIdLayer::new(
+                    telemetry::X_REQUEST_ID,
+                    telemetry::MakeId::default(),
+                ))
+                .layer(
+                    TraceLayer::new_for_http()
+                        .make_span_with(telemetry::request_span(shared.client_ip.clone()))
+                        // 5xx answers are the service's own story (a failing upstream, a
+                        // refused dependency), already counted in the metrics.
+                        .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+                )
+                .layer(PropagateRequestIdLayer::new(telemetry::X_REQUEST_ID))
+                .layer(SetResponseHeaderLayer::overriding(
+                    X_SERVED_BY,
+                    shared.instance.clone(),
+                ))
+                .layer(axum::middleware::map_response(error::json_errors))
+                // `json_errors` reads an axum `Response`: the metrics layer's body boxed.
+                .layer(tower::util::MapResponseLayer::new(
+                    axum::response::IntoResponse::into_response,
+                ))
+                .layer(HttpMetricsLayer::new())
+                .layer(TimeoutLayer::with_status_code(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    REQUEST_TIMEOUT,
+                ))
+                .layer(RequestBodyLimitLayer::new(MAX_BODY))
+                .layer(state.layers.rate_limit)
+                .layer(state.layers.sessions),
         )
-        .layer(SetRequestIdLayer::new(
-            telemetry::X_REQUEST_ID,
-            telemetry::MakeId::default(),
-        ))
-        .layer(tower::util::MapRequestLayer::new(
-            telemetry::drop_insane_request_id,
-        ))
         .with_state(shared)
 }
 

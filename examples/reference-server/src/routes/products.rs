@@ -23,8 +23,11 @@ pub(crate) fn router(state: &AppState) -> Router<std::sync::Arc<Shared>> {
     Router::new()
         .route("/products", get(list))
         .route("/products/{id}", get(get_one).put(put))
-        .layer(state.layers.db_route.clone())
-        .layer(state.layers.cache.clone())
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(state.layers.cache.clone())
+                .layer(state.layers.db_route.clone()),
+        )
 }
 
 /// Product ids are 1..=MAX_PRODUCT_ID, which bounds what a client can add to the
