@@ -84,6 +84,26 @@ async fn send(
     )
 }
 
+/// The `name=value` of the first `Set-Cookie`.
+fn first_cookie(headers: &http::HeaderMap) -> String {
+    let set = headers["set-cookie"].to_str().unwrap();
+    set.split(';').next().unwrap().to_owned()
+}
+
+/// Logs `user` in with the examples' `POST /login` (JSON `{"user": ...}`, answered
+/// "hello USER"); the session cookie.
+async fn login(base: &str, user: &str) -> String {
+    let (status, headers, body) = send(
+        "POST",
+        &format!("{base}/login"),
+        &[("content-type", "application/json")],
+        &format!(r#"{{"user":"{user}"}}"#),
+    )
+    .await;
+    assert_eq!((status, body), (200, format!("hello {user}\n")));
+    first_cookie(&headers)
+}
+
 #[tokio::test]
 async fn metrics_counts_requests_by_route_template() {
     let ex = Running::start("metrics", &[]);
@@ -128,21 +148,7 @@ async fn rate_limit_redis_refuses_the_eleventh_export_in_an_hour() {
 async fn sessions_redis_logs_in_counts_and_logs_out() {
     let redis = support::RedisServer::start();
     let ex = Running::start("sessions_redis", &[("REDIS_URL", &redis.url())]);
-    let (status, headers, body) = send(
-        "POST",
-        &format!("{}/login", ex.base),
-        &[("content-type", "application/json")],
-        r#"{"user":"ada"}"#,
-    )
-    .await;
-    assert_eq!((status, body.as_str()), (200, "hello ada\n"));
-    let cookie = headers["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let cookie = login(&ex.base, "ada").await;
     for n in 1..=2 {
         let (_, _, body) = send(
             "GET",
@@ -311,13 +317,7 @@ async fn db_route_sqlx_reads_a_replica_and_the_writer_reads_its_write() {
     let (status, headers, id) = send("POST", &format!("{}/notes", ex.base), &[], "mine").await;
     assert_eq!(status, 201, "{id}");
     assert_eq!(headers["x-db-route"], "primary");
-    let token = headers["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let token = first_cookie(&headers);
     assert!(token.starts_with("db_pos="), "{token}");
     let mine = format!("{}/notes/{}", ex.base, id.trim());
     // Without the cookie: the replica, which has not replayed it.
@@ -465,21 +465,7 @@ async fn getting_started_shares_quota_and_session_across_two_instances() {
     assert_eq!(status, 200);
 
     // Steps 3 and 4: log in on A, add to the cart on A then on B.
-    let (status, headers, body) = send(
-        "POST",
-        &format!("{}/login", a.base),
-        &[("content-type", "application/json")],
-        r#"{"user":"grace"}"#,
-    )
-    .await;
-    assert_eq!((status, body.as_str()), (200, "hello grace\n"));
-    let cookie = headers["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let cookie = login(&a.base, "grace").await;
     for (n, ex) in [(1, &a), (2, &b)] {
         let (_, _, body) = send(
             "POST",
