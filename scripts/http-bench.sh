@@ -27,8 +27,9 @@
 # REQUESTS_FEW (500) and REQUESTS_MANY (2500) requests on one keep-alive connection (curl)
 # after
 # the same start; the difference over the 2,000 requests between is per request, and
-# repeats to within a few instructions, where this VM's wall-clock figures move by 30 %
-# between rounds. KEEP=DIR keeps each "many" profile for `callgrind_annotate`.
+# moves by about a thousand instructions between runs (whether the worker parks between
+# requests; the metrics upkeep task every 5 s is counted too), where this VM's wall-clock
+# figures move by 30 % between rounds. KEEP=DIR keeps each "many" profile for `callgrind_annotate`.
 #
 # Settings: ROUNDS (3), DURATION (8s), WARMUP (2s), CONNECTIONS (32), PORT (18290),
 # OUT (target/http-bench: results-WORKLOAD.tsv, one line per run; summary-WORKLOAD.md).
@@ -59,7 +60,6 @@ cargo build --release -q --example http_bench_server --features full
 bin=$CARGO_TARGET_DIR/release
 mkdir -p "$out"
 results=$out/results-$workload.tsv
-: >"$results"
 
 start_server() { # variant -> sets pid, path, cookie
   case $1 in
@@ -83,7 +83,7 @@ start_server() { # variant -> sets pid, path, cookie
     # The session cookie, from whichever session layer the stack has (none: no cookie,
     # and a made-up one is sent so that every stack parses the same header).
     cookie=$(curl -s -D - -o /dev/null -X POST "http://127.0.0.1:$port/login" \
-      | awk -F': ' 'tolower($1) == "set-cookie" {split($2, a, ";"); print a[1]; exit}')
+      | awk -F': ' 'tolower($1) == "set-cookie" {split($2, a, ";"); sub(/\r$/, "", a[1]); print a[1]; exit}')
     [ -n "$cookie" ] || cookie="id=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
   fi
 }
@@ -123,7 +123,7 @@ instructions() { # variant requests -> the total the server executed
   local cookie hdr=()
   if [ "$workload" = hello ]; then
     cookie=$(curl -s -D - -o /dev/null -X POST "http://127.0.0.1:$port/login" \
-      | awk -F': ' 'tolower($1) == "set-cookie" {split($2, a, ";"); print a[1]; exit}')
+      | awk -F': ' 'tolower($1) == "set-cookie" {split($2, a, ";"); sub(/\r$/, "", a[1]); print a[1]; exit}')
     [ -n "$cookie" ] || cookie="id=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
     hdr=(-H "Cookie: $cookie")
   fi
@@ -150,6 +150,9 @@ if [ "${MODE:-time}" = instructions ]; then
   : >"$results"
   for v in $variants; do
     a=$(instructions "$v" "$few"); b=$(instructions "$v" "$many")
+    if [ -z "$a" ] || [ -z "$b" ]; then
+      echo "http-bench: no instruction count for $v (did the server start under valgrind?)" >&2; exit 1
+    fi
     printf '%s\t%d\n' "$v" $(( (b - a) / (many - few) )) | tee -a "$results" >&2
   done
   base=bare; peer=peers3
@@ -162,12 +165,14 @@ if [ "${MODE:-time}" = instructions ]; then
         printf "| variant | instructions per request | added over %s | %s ÷ variant |\n", base, base
         print "|---|---|---|---|"
         for (i = 1; i <= n; i++)
-          printf "| %s | %d | %+d | %.2f |\n", v[i], ir[v[i]], ir[v[i]] - ir[base], ir[base] / ir[v[i]]
+          if (ir[base] == "") printf "| %s | %d | - | - |\n", v[i], ir[v[i]]
+          else printf "| %s | %d | %+d | %.2f |\n", v[i], ir[v[i]], ir[v[i]] - ir[base], ir[base] / ir[v[i]]
       }' "$results"
   } | tee "$out/instructions-$workload.md"
   exit 0
 fi
 
+: >"$results"
 for r in $(seq 1 "$rounds"); do
   for v in $variants; do measure "$v" "$r"; done
 done

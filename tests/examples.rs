@@ -312,6 +312,20 @@ async fn db_route_sqlx_reads_a_replica_and_the_writer_reads_its_write() {
     )
     .await;
 
+    // A fresh commit replayed just before the pause: the router measures a replica's
+    // lag from its last replayed commit, so the paused replica stays within `max_lag`
+    // (5 s) for the rest of the test, however long the start took.
+    let (_, _, warm) = send("POST", &format!("{}/notes", ex.base), &[], "warm-up").await;
+    let warm = format!("{}/notes/{}", ex.base, warm.trim());
+    support::eventually(
+        "the warm-up note on the replica",
+        std::time::Duration::from_secs(10),
+        || async {
+            let (status, headers, _) = send("GET", &warm, &[], "").await;
+            (status == 200 && headers["x-db-route"] == "replica").then_some(())
+        },
+    )
+    .await;
     // Replay paused: the replica will not see the next write.
     support::pause_replay(&pair.replica_url()).await;
     let (status, headers, id) = send("POST", &format!("{}/notes", ex.base), &[], "mine").await;
