@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check tower-scale has, on a fresh Debian machine with only Rust installed:
 # installs and starts Redis and a PostgreSQL primary + streaming replica when missing
-# (scripts/services.sh), then formatting, clippy, all tests (unit, integration, doc),
+# (scripts/services.sh), then formatting, clippy, the benchmark charts against their
+# tables, all tests (unit, integration, doc; the examples and the getting-started guide),
 # builds examples and benches, and checks each feature alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -104,6 +104,21 @@ async fn login(base: &str, user: &str) -> String {
     first_cookie(&headers)
 }
 
+/// The `/metrics` line counting requests to the route template `/products/{id}`, and the
+/// whole page.
+async fn products_count(base: &str) -> (String, String) {
+    let (_, _, metrics) = send("GET", &format!("{base}/metrics"), &[], "").await;
+    let count = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("http_server_request_duration_seconds_count")
+                && l.contains(r#"http_route="/products/{id}""#)
+        })
+        .unwrap_or_else(|| panic!("no histogram for the route template:\n{metrics}"))
+        .to_owned();
+    (count, metrics)
+}
+
 #[tokio::test]
 async fn metrics_counts_requests_by_route_template() {
     let ex = Running::start("metrics", &[]);
@@ -111,14 +126,7 @@ async fn metrics_counts_requests_by_route_template() {
         let (status, _, body) = send("GET", &format!("{}/products/7", ex.base), &[], "").await;
         assert_eq!((status, body.as_str()), (200, "product 7\n"));
     }
-    let (_, _, metrics) = send("GET", &format!("{}/metrics", ex.base), &[], "").await;
-    let count = metrics
-        .lines()
-        .find(|l| {
-            l.starts_with("http_server_request_duration_seconds_count")
-                && l.contains(r#"http_route="/products/{id}""#)
-        })
-        .unwrap_or_else(|| panic!("no histogram for the route template:\n{metrics}"));
+    let (count, metrics) = products_count(&ex.base).await;
     assert!(count.ends_with(" 2"), "{count}");
     assert!(!metrics.contains("/products/7"), "raw paths are not labels");
 }
@@ -439,14 +447,7 @@ async fn getting_started_shares_quota_and_session_across_two_instances() {
         (status, body),
         (200, format!("product 7 (from {})\n", host(&a.base)))
     );
-    let (_, _, metrics) = send("GET", &format!("{}/metrics", a.base), &[], "").await;
-    let count = metrics
-        .lines()
-        .find(|l| {
-            l.starts_with("http_server_request_duration_seconds_count")
-                && l.contains(r#"http_route="/products/{id}""#)
-        })
-        .unwrap_or_else(|| panic!("{metrics}"));
+    let (count, _) = products_count(&a.base).await;
     assert!(count.ends_with(" 1"), "{count}");
 
     // Steps 2 and 4: 110 requests of one forwarded client, alternating instances.
