@@ -1253,3 +1253,761 @@ async fn a_refill_from_a_lagging_replica_is_dropped_by_the_second_invalidation()
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------------------
+// The HTTP layer as a shared cache (RFC 9111, 9213, 5861, 9211): each test's origin sets
+// the headers; each checks what reaches the client and what reaches the origin.
+
+/// A request as the origin saw it.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: Method,
+    uri: String,
+    headers: HeaderMap,
+}
+
+type Answer = (StatusCode, Vec<(&'static str, String)>, String);
+type Handler = Arc<dyn Fn(&Seen, usize) -> Answer + Send + Sync>;
+
+/// An origin written per test: `answer` gets each request and its number (from 0).
+#[derive(Clone)]
+struct Recorder {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    answer: Handler,
+}
+
+impl Recorder {
+    fn new(answer: impl Fn(&Seen, usize) -> Answer + Send + Sync + 'static) -> Self {
+        Self {
+            seen: Arc::default(),
+            answer: Arc::new(answer),
+        }
+    }
+
+    fn app(&self) -> App {
+        let o = self.clone();
+        BoxCloneSyncService::new(tower::service_fn(move |req: Request<Full<Bytes>>| {
+            let o = o.clone();
+            async move {
+                let seen = Seen {
+                    method: req.method().clone(),
+                    uri: req.uri().to_string(),
+                    headers: req.headers().clone(),
+                };
+                let n = {
+                    let mut all = o.seen.lock().unwrap();
+                    all.push(seen.clone());
+                    all.len() - 1
+                };
+                let (status, headers, body) = (o.answer)(&seen, n);
+                let mut res = Response::new(Full::new(Bytes::from(body)));
+                *res.status_mut() = status;
+                for (name, value) in headers {
+                    res.headers_mut()
+                        .append(name, HeaderValue::from_str(&value).unwrap());
+                }
+                Ok::<_, Infallible>(res)
+            }
+        }))
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    fn calls(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+fn ok_with(headers: &[(&'static str, &str)], body: &str) -> Answer {
+    (
+        StatusCode::OK,
+        headers.iter().map(|(n, v)| (*n, v.to_string())).collect(),
+        body.to_owned(),
+    )
+}
+
+fn paused_http_engine() -> CacheEngine {
+    CacheEngine::builder()
+        .clock(Clock::tokio())
+        .ttl(Duration::from_secs(10))
+        .ttl_jitter(0.0)
+        .stale_while_revalidate(Duration::ZERO)
+        .stale_if_error(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+fn header<'a>(g: &'a Got, name: &str) -> &'a str {
+    g.headers.get(name).map_or("", |v| v.to_str().unwrap())
+}
+
+#[tokio::test(start_paused = true)]
+async fn age_grows_from_the_age_a_response_arrived_with_and_a_bad_age_is_stale() {
+    let engine = paused_http_engine();
+    let origin = Recorder::new(|seen, _| {
+        let age = if seen.uri.ends_with("bad") {
+            "old, 0"
+        } else {
+            "30"
+        };
+        ok_with(&[("cache-control", "max-age=600"), ("age", age)], "x")
+    });
+    let svc = ResponseCacheLayer::new(&engine).layer_service(origin.app());
+    let first = send(&svc, Method::GET, "/good", &[]).await;
+    assert_eq!(header(&first, "age"), "30");
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let hit = send(&svc, Method::GET, "/good", &[]).await;
+    assert!(cache_status(&hit).contains("hit"), "{}", cache_status(&hit));
+    assert_eq!(header(&hit, "age"), "40", "30 on arrival plus 10 here");
+    assert_eq!(origin.calls(), 1);
+    // `Age: old, 0` is not one non-negative integer: the response is stale, not reused.
+    send(&svc, Method::GET, "/bad", &[]).await;
+    let again = send(&svc, Method::GET, "/bad", &[]).await;
+    assert!(!cache_status(&again).contains("hit"));
+    assert_eq!(origin.calls(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stale_response_is_revalidated_with_one_conditional_request_and_no_body() {
+    let engine = paused_http_engine();
+    // Version 1 of the resource; a matching validator gets a 304 with updated fields.
+    let origin = Recorder::new(|seen, _| {
+        let etag_matches = seen
+            .headers
+            .get("if-none-match")
+            .is_some_and(|v| v == "\"v1\"");
+        let since_matches = seen
+            .headers
+            .get("if-modified-since")
+            .is_some_and(|v| v == "Tue, 01 Dec 2026 10:00:00 GMT");
+        let validators: &[(&'static str, &str)] = if seen.uri.ends_with("etag") {
+            &[("etag", "\"v1\"")]
+        } else {
+            &[("last-modified", "Tue, 01 Dec 2026 10:00:00 GMT")]
+        };
+        if etag_matches || since_matches {
+            return (
+                StatusCode::NOT_MODIFIED,
+                vec![
+                    ("cache-control", "max-age=10".into()),
+                    ("x-revalidated", "yes".into()),
+                ],
+                String::new(),
+            );
+        }
+        let mut headers = vec![
+            ("cache-control", "max-age=10".to_owned()),
+            ("x-revalidated", "no".to_owned()),
+            ("content-type", "text/plain".to_owned()),
+        ];
+        headers.extend(validators.iter().map(|(n, v)| (*n, v.to_string())));
+        (StatusCode::OK, headers, "the whole body".into())
+    });
+    let svc = ResponseCacheLayer::new(&engine).layer_service(origin.app());
+    for (path, condition) in [("/etag", "if-none-match"), ("/lm", "if-modified-since")] {
+        let before = origin.calls();
+        send(&svc, Method::GET, path, &[]).await;
+        tokio::time::advance(Duration::from_secs(11)).await;
+        let g = send(&svc, Method::GET, path, &[]).await;
+        assert_eq!(g.status, StatusCode::OK, "{path}");
+        assert_eq!(&g.body[..], b"the whole body", "{path}: the stored body");
+        assert_eq!(header(&g, "x-revalidated"), "yes", "{path}: fields updated");
+        assert_eq!(header(&g, "content-type"), "text/plain", "{path}");
+        assert!(
+            cache_status(&g).contains("fwd=stale; fwd-status=304; stored"),
+            "{path}: {}",
+            cache_status(&g)
+        );
+        let seen = origin.seen();
+        assert_eq!(seen.len(), before + 2, "{path}: one revalidation");
+        assert!(
+            seen[before + 1].headers.contains_key(condition),
+            "{path}: the revalidation was conditional: {:?}",
+            seen[before + 1].headers
+        );
+        assert!(!seen[before].headers.contains_key(condition), "{path}");
+        // Fresh again for the 304's max-age: no origin call.
+        let hit = send(&svc, Method::GET, path, &[]).await;
+        assert!(cache_status(&hit).contains("hit"), "{path}");
+        assert_eq!(header(&hit, "x-revalidated"), "yes", "{path}");
+        assert_eq!(origin.calls(), before + 2, "{path}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_cache_responses_are_stored_and_revalidated_before_each_reuse() {
+    let engine = paused_http_engine();
+    let origin = Recorder::new(|seen, _| {
+        if seen
+            .headers
+            .get("if-none-match")
+            .is_some_and(|v| v == "\"a\"")
+        {
+            return (StatusCode::NOT_MODIFIED, vec![], String::new());
+        }
+        ok_with(
+            &[("cache-control", "no-cache"), ("etag", "\"a\"")],
+            "body a",
+        )
+    });
+    let svc = ResponseCacheLayer::new(&engine).layer_service(origin.app());
+    for _ in 0..3 {
+        let g = send(&svc, Method::GET, "/n", &[]).await;
+        assert_eq!(&g.body[..], b"body a");
+    }
+    let seen = origin.seen();
+    assert_eq!(seen.len(), 3, "every reuse asks the origin");
+    assert!(!seen[0].headers.contains_key("if-none-match"));
+    assert!(seen[1].headers.contains_key("if-none-match"));
+    assert!(seen[2].headers.contains_key("if-none-match"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn must_revalidate_is_never_served_stale_even_when_the_origin_fails() {
+    let engine = CacheEngine::builder()
+        .clock(Clock::tokio())
+        .ttl_jitter(0.0)
+        .stale_while_revalidate(Duration::from_secs(30))
+        .stale_if_error(Duration::from_secs(600))
+        .build()
+        .unwrap();
+    let failing = Arc::new(AtomicUsize::new(0));
+    let f = Arc::clone(&failing);
+    let origin = Recorder::new(move |seen, _| {
+        if f.load(Ordering::SeqCst) == 1 {
+            return (StatusCode::BAD_GATEWAY, vec![], "down".into());
+        }
+        let cc = if seen.uri.ends_with("proxy") {
+            "max-age=1, proxy-revalidate"
+        } else {
+            "max-age=1, must-revalidate"
+        };
+        ok_with(&[("cache-control", cc)], "ok")
+    });
+    let svc = ResponseCacheLayer::new(&engine).layer_service(origin.app());
+    for path in ["/must", "/proxy"] {
+        failing.store(0, Ordering::SeqCst);
+        send(&svc, Method::GET, path, &[]).await;
+        tokio::time::advance(Duration::from_secs(2)).await;
+        failing.store(1, Ordering::SeqCst);
+        let g = send(&svc, Method::GET, path, &[]).await;
+        assert_eq!(
+            g.status,
+            StatusCode::BAD_GATEWAY,
+            "{path}: {}",
+            cache_status(&g)
+        );
+    }
+}
+
+#[tokio::test]
+async fn qualified_private_and_no_cache_strip_the_named_fields_from_what_is_stored() {
+    let engine = CacheEngine::builder().build().unwrap();
+    let origin = Recorder::new(|_, _| {
+        ok_with(
+            &[
+                (
+                    "cache-control",
+                    "max-age=60, private=\"x-user\", no-cache=\"x-secret\"",
+                ),
+                ("x-user", "alice"),
+                ("x-secret", "s3"),
+                ("x-shared", "yes"),
+                ("connection", "x-hop"),
+                ("x-hop", "1"),
+            ],
+            "page",
+        )
+    });
+    let svc = ResponseCacheLayer::new(&engine).layer_service(origin.app());
+    let first = send(&svc, Method::GET, "/p", &[]).await;
+    assert_eq!(
+        header(&first, "x-user"),
+        "alice",
+        "the asker gets the origin's fields"
+    );
+    let hit = send(&svc, Method::GET, "/p", &[]).await;
+    assert!(cache_status(&hit).contains("hit"), "{}", cache_status(&hit));
+    assert_eq!(origin.calls(), 1);
+    for gone in ["x-user", "x-secret", "x-hop"] {
+        assert!(!hit.headers.contains_key(gone), "{gone} was stored");
+    }
+    assert_eq!(header(&hit, "x-shared"), "yes");
+    assert_eq!(&hit.body[..], b"page");
+}
+
+#[tokio::test]
+async fn any_final_status_with_explicit_freshness_is_stored_and_defaults_can_be_off() {
+    let engine = CacheEngine::builder().build().unwrap();
+    let origin = Recorder::new(|seen, n| {
+        let status = if seen.uri.starts_with("/404") {
+            StatusCode::NOT_FOUND
+        } else if seen.uri.starts_with("/103") {
+            StatusCode::from_u16(103).unwrap()
+        } else {
+            StatusCode::OK
+        };
+        let headers = if seen.uri.ends_with("fresh") {
+            vec![("cache-control", "max-age=60".to_owned())]
+        } else {
+            vec![]
+        };
+        (status, headers, format!("answer {n}"))
+    });
+    let default = ResponseCacheLayer::new(&engine).layer_service(origin.app());
+    let explicit_only = ResponseCacheLayer::builder(&engine)
+        .default_freshness(false)
+        .build()
+        .unwrap()
+        .layer_service(origin.app());
+    // Each case: the layer, the path, whether the second request is a hit.
+    let cases: [(&str, &App2, &str, bool); 6] = [
+        ("404 with max-age", &default, "/404/fresh", true),
+        ("404 without", &default, "/404/plain", false),
+        ("103 is never stored", &default, "/103/fresh", false),
+        ("200 without, with defaults", &default, "/200/plain", true),
+        (
+            "200 without, defaults off",
+            &explicit_only,
+            "/200/plain-off",
+            false,
+        ),
+        (
+            "200 with max-age, defaults off",
+            &explicit_only,
+            "/200/off-fresh",
+            true,
+        ),
+    ];
+    for (name, svc, path, hit) in cases {
+        let before = origin.calls();
+        let a = send(svc, Method::GET, path, &[]).await;
+        let b = send(svc, Method::GET, path, &[]).await;
+        let want = if hit { 1 } else { 2 };
+        assert_eq!(origin.calls() - before, want, "{name}");
+        assert_eq!(a.body == b.body, hit, "{name}");
+    }
+}
+
+type App2 = tower_scale::cache::ResponseCache<App>;
+
+#[tokio::test]
+async fn authorized_requests_are_stored_only_when_the_response_says_it_is_shared() {
+    use tower_scale::cache::AuthorizedRequests;
+    let engine = CacheEngine::builder().build().unwrap();
+    let origin = Recorder::new(|seen, n| {
+        let cc = match seen.uri.as_str() {
+            "/public" => "public, max-age=60",
+            "/s-maxage" => "s-maxage=60",
+            "/must-revalidate" => "max-age=60, must-revalidate",
+            _ => "max-age=60",
+        };
+        ok_with(&[("cache-control", cc)], &format!("{n}"))
+    });
+    let shared = ResponseCacheLayer::builder(&engine)
+        .authorized(AuthorizedRequests::Shared)
+        .build()
+        .unwrap()
+        .layer_service(origin.app());
+    let auth = [("authorization", "Bearer t")];
+    for (path, stored) in [
+        ("/public", true),
+        ("/s-maxage", true),
+        ("/must-revalidate", true),
+        ("/plain", false),
+    ] {
+        let before = origin.calls();
+        send(&shared, Method::GET, path, &auth).await;
+        let g = send(&shared, Method::GET, path, &auth).await;
+        assert_eq!(
+            origin.calls() - before,
+            if stored { 1 } else { 2 },
+            "{path}"
+        );
+        assert_eq!(cache_status(&g).contains("hit"), stored, "{path}");
+    }
+    // The default still lets them all pass.
+    let bypass = ResponseCacheLayer::new(&engine).layer_service(origin.app());
+    let g = send(&bypass, Method::GET, "/public", &auth).await;
+    assert!(cache_status(&g).contains("fwd=bypass"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stored_error_is_never_the_stale_if_error_fallback() {
+    let engine = paused_http_engine();
+    let origin = Recorder::new(|_, n| {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            vec![],
+            format!("outage report {n}"),
+        )
+    });
+    let svc = ResponseCacheLayer::builder(&engine)
+        .statuses([StatusCode::OK, StatusCode::SERVICE_UNAVAILABLE])
+        .build()
+        .unwrap()
+        .layer_service(origin.app());
+    let first = send(&svc, Method::GET, "/e", &[]).await;
+    assert!(
+        cache_status(&first).contains("stored"),
+        "the operator listed 503"
+    );
+    tokio::time::advance(Duration::from_secs(11)).await;
+    // Stale, within stale-if-error, and the origin fails again: the client sees the new
+    // failure, not the stored one dressed as a fallback.
+    let g = send(&svc, Method::GET, "/e", &[]).await;
+    assert_eq!(g.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(&g.body[..], b"outage report 1");
+    assert!(
+        !cache_status(&g).contains("stale-if-error"),
+        "{}",
+        cache_status(&g)
+    );
+}
+
+#[tokio::test]
+async fn unsafe_methods_invalidate_their_target_and_the_locations_they_name() {
+    let engine = CacheEngine::builder().build().unwrap();
+    let origin = Recorder::new(|seen, n| {
+        if seen.method == Method::GET {
+            return ok_with(
+                &[("cache-control", "max-age=600")],
+                &format!("{} {n}", seen.uri),
+            );
+        }
+        let mut headers = vec![];
+        if seen.uri == "/orders" {
+            headers.push(("location", "/orders/1".to_owned()));
+            headers.push((
+                "content-location",
+                "http://shop.example/receipts/1".to_owned(),
+            ));
+        } else if seen.uri == "/elsewhere" {
+            headers.push(("location", "http://other.example/a".to_owned()));
+        }
+        (StatusCode::CREATED, headers, String::new())
+    });
+    let svc = ResponseCacheLayer::new(&engine).layer_service(origin.app());
+    let host = [("host", "shop.example")];
+    let paths = ["/a", "/orders/1", "/receipts/1"];
+    let bodies = async |svc: &App2| {
+        let mut out = Vec::new();
+        for p in paths {
+            out.push(send(svc, Method::GET, p, &host).await.body);
+        }
+        out
+    };
+    let before = bodies(&svc).await;
+    assert_eq!(bodies(&svc).await, before, "all cached");
+    // An unknown method is unsafe: it invalidates its target.
+    send(&svc, Method::from_bytes(b"PURGE").unwrap(), "/a", &host).await;
+    // A POST invalidates what its Location and Content-Location name on this origin;
+    // another origin's resource is left alone.
+    send(&svc, Method::POST, "/orders", &host).await;
+    send(&svc, Method::POST, "/elsewhere", &host).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let after = bodies(&svc).await;
+    for (i, p) in paths.iter().enumerate() {
+        assert_ne!(after[i], before[i], "{p} was not invalidated");
+    }
+    // OPTIONS is safe.
+    send(&svc, Method::OPTIONS, "/a", &host).await;
+    assert_eq!(bodies(&svc).await, after);
+}
+
+#[tokio::test]
+async fn a_targeted_field_overrides_cache_control_and_never_reaches_clients() {
+    let engine = CacheEngine::builder().build().unwrap();
+    let origin = Recorder::new(|seen, n| {
+        let (cc, cdn) = match seen.uri.as_str() {
+            "/cdn-stores" => ("no-store", "max-age=60"),
+            "/cdn-refuses" => ("max-age=60", "no-store"),
+            "/cdn-private" => ("public, max-age=60", "private"),
+            _ => ("max-age=60", "max-age=\"never\""),
+        };
+        ok_with(
+            &[("cache-control", cc), ("cdn-cache-control", cdn)],
+            &format!("{n}"),
+        )
+    });
+    let svc = ResponseCacheLayer::builder(&engine)
+        .targeted(["cdn-cache-control"])
+        .build()
+        .unwrap()
+        .layer_service(origin.app());
+    // The last case: an invalid targeted field is ignored, so Cache-Control applies.
+    for (path, stored) in [
+        ("/cdn-stores", true),
+        ("/cdn-refuses", false),
+        ("/cdn-private", false),
+        ("/cdn-invalid", true),
+    ] {
+        let before = origin.calls();
+        let a = send(&svc, Method::GET, path, &[]).await;
+        let b = send(&svc, Method::GET, path, &[]).await;
+        assert_eq!(
+            origin.calls() - before,
+            if stored { 1 } else { 2 },
+            "{path}"
+        );
+        for g in [&a, &b] {
+            assert!(
+                !g.headers.contains_key("cdn-cache-control"),
+                "{path}: forwarded"
+            );
+            assert!(g.headers.contains_key("cache-control"), "{path}");
+        }
+    }
+    // Without the setting, the field is the origin's business and passes through.
+    let other = CacheEngine::builder().build().unwrap();
+    let plain = ResponseCacheLayer::new(&other).layer_service(origin.app());
+    let g = send(&plain, Method::GET, "/cdn-stores", &[]).await;
+    assert_eq!(header(&g, "cdn-cache-control"), "max-age=60");
+}
+
+#[tokio::test]
+async fn expires_in_obsolete_formats_and_odd_case_is_understood() {
+    let engine = CacheEngine::builder().build().unwrap();
+    let origin = Recorder::new(|seen, _| {
+        let at = std::time::SystemTime::now() + Duration::from_secs(120);
+        let fixdate = httpdate::fmt_http_date(at); // "Sun, 06 Nov 1994 08:49:37 GMT"
+        let expires = match seen.uri.as_str() {
+            "/lower" => fixdate.to_lowercase(),
+            "/upper" => fixdate.to_uppercase(),
+            _ => {
+                // RFC 850: "Sunday, 06-Nov-94 08:49:37 GMT"
+                let parts: Vec<&str> = fixdate.split(' ').collect();
+                let day = match parts[0] {
+                    "Mon," => "Monday",
+                    "Tue," => "Tuesday",
+                    "Wed," => "Wednesday",
+                    "Thu," => "Thursday",
+                    "Fri," => "Friday",
+                    "Sat," => "Saturday",
+                    _ => "Sunday",
+                };
+                format!(
+                    "{day}, {}-{}-{} {} GMT",
+                    parts[1],
+                    parts[2],
+                    &parts[3][2..],
+                    parts[4]
+                )
+            }
+        };
+        ok_with(&[("expires", &expires)], "x")
+    });
+    let svc = ResponseCacheLayer::builder(&engine)
+        .default_freshness(false)
+        .build()
+        .unwrap()
+        .layer_service(origin.app());
+    for path in ["/lower", "/upper", "/rfc850"] {
+        let before = origin.calls();
+        send(&svc, Method::GET, path, &[]).await;
+        let g = send(&svc, Method::GET, path, &[]).await;
+        assert!(
+            cache_status(&g).contains("hit"),
+            "{path}: {}",
+            cache_status(&g)
+        );
+        assert_eq!(origin.calls() - before, 1, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn equivalent_selecting_header_values_share_an_entry() {
+    let engine = CacheEngine::builder().build().unwrap();
+    let origin = Recorder::new(|seen, n| {
+        let vary = if seen.uri == "/lang" {
+            "accept-language"
+        } else {
+            "accept-encoding"
+        };
+        ok_with(&[("vary", vary)], &format!("{n}"))
+    });
+    let svc = ResponseCacheLayer::builder(&engine)
+        .vary(["accept-encoding"])
+        .build()
+        .unwrap()
+        .layer_service(origin.app());
+    // Configured Vary header: order, case and spacing do not matter.
+    for v in ["gzip, br", "br,gzip", "GZIP,  BR"] {
+        send(&svc, Method::GET, "/enc", &[("accept-encoding", v)]).await;
+    }
+    assert_eq!(origin.calls(), 1);
+    // A variant the response's own Vary names: case and spacing do not matter.
+    for v in ["en-GB, fr;q=0.5", "en-gb,fr;q=0.5"] {
+        send(&svc, Method::GET, "/lang", &[("accept-language", v)]).await;
+    }
+    assert_eq!(origin.calls(), 2);
+    send(&svc, Method::GET, "/lang", &[("accept-language", "de")]).await;
+    assert_eq!(
+        origin.calls(),
+        3,
+        "a different value is a different variant"
+    );
+}
+
+#[tokio::test]
+async fn a_clients_if_modified_since_is_answered_from_the_cache() {
+    let engine = CacheEngine::builder().build().unwrap();
+    let lm = "Tue, 01 Dec 2026 10:00:00 GMT";
+    let origin = Recorder::new(move |_, _| {
+        ok_with(
+            &[("cache-control", "max-age=60"), ("last-modified", lm)],
+            "doc",
+        )
+    });
+    let svc = ResponseCacheLayer::new(&engine).layer_service(origin.app());
+    send(&svc, Method::GET, "/d", &[]).await;
+    let g = send(&svc, Method::GET, "/d", &[("if-modified-since", lm)]).await;
+    assert_eq!(g.status, StatusCode::NOT_MODIFIED);
+    assert!(g.body.is_empty());
+    let g = send(
+        &svc,
+        Method::GET,
+        "/d",
+        &[("if-modified-since", "Mon, 30 Nov 2026 10:00:00 GMT")],
+    )
+    .await;
+    assert_eq!(g.status, StatusCode::OK);
+    assert_eq!(origin.calls(), 1, "the origin never saw the conditions");
+}
+
+/// hyper answers `Expect: 100-continue` itself and hands a tower service the final
+/// response only, so no interim response can reach the cache; one a service returns
+/// anyway (as the 103 case above shows) is passed on, never stored.
+#[tokio::test]
+async fn over_a_real_connection_only_the_final_response_reaches_the_layer() {
+    use axum::{Router, routing::post};
+    let engine = CacheEngine::builder().build().unwrap();
+    let app: Router = Router::new()
+        .route(
+            "/upload",
+            post(|body: Bytes| async move { format!("{} bytes", body.len()) }),
+        )
+        .layer(ResponseCacheLayer::new(&engine));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(
+        b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = conn.read(&mut buf).await.unwrap();
+    let interim = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(interim.starts_with("HTTP/1.1 100 Continue"), "{interim}");
+    conn.write_all(b"hello").await.unwrap();
+    let mut all = interim;
+    while !all.contains("5 bytes") {
+        let n = conn.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed early: {all}");
+        all.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(all.contains("HTTP/1.1 200 OK"), "{all}");
+    assert_eq!(engine.local_entries(), 0, "nothing stored");
+}
+
+/// A copy stored by one instance goes stale in Redis; another instance revalidates it
+/// with the origin's validator and every instance then shares the refreshed entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_revalidates_what_another_stored_in_redis() {
+    let prefix = unique("revalidate");
+    let a = redis_engine(&redis_url(), &prefix);
+    let b = redis_engine(&redis_url(), &prefix);
+    subscribed(&[&a, &b]).await;
+    let origin = Recorder::new(|seen, _| {
+        if seen
+            .headers
+            .get("if-none-match")
+            .is_some_and(|v| v == "\"r1\"")
+        {
+            return (
+                StatusCode::NOT_MODIFIED,
+                vec![("cache-control", "max-age=1".into())],
+                String::new(),
+            );
+        }
+        ok_with(
+            &[("cache-control", "max-age=1"), ("etag", "\"r1\"")],
+            "shared body",
+        )
+    });
+    let on_a = ResponseCacheLayer::new(&a).layer_service(origin.app());
+    let on_b = ResponseCacheLayer::new(&b).layer_service(origin.app());
+    send(&on_a, Method::GET, "/r", &[]).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let g = send(&on_b, Method::GET, "/r", &[]).await;
+    assert_eq!(&g.body[..], b"shared body");
+    assert!(
+        cache_status(&g).contains("fwd-status=304"),
+        "{}",
+        cache_status(&g)
+    );
+    let seen = origin.seen();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[1].headers["if-none-match"], "\"r1\"");
+    // Instance A finds the refreshed entry in Redis: fresh, no origin call.
+    a.clear_local();
+    let g = send(&on_a, Method::GET, "/r", &[]).await;
+    assert!(
+        cache_status(&g).contains("detail=l2"),
+        "{}",
+        cache_status(&g)
+    );
+    assert_eq!(origin.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_head_response_that_validates_a_kept_copy_refreshes_it() {
+    let engine = paused_http_engine();
+    let origin = Recorder::new(|seen, n| {
+        let changed = seen.uri == "/changed" && seen.method == Method::HEAD;
+        let etag = if changed { "\"h2\"" } else { "\"h1\"" };
+        let cc = if seen.method == Method::HEAD {
+            "max-age=60"
+        } else {
+            "max-age=1"
+        };
+        let mut answer = ok_with(
+            &[
+                ("cache-control", cc),
+                ("etag", etag),
+                ("x-seen", &n.to_string()),
+            ],
+            "held body",
+        );
+        if seen.method == Method::HEAD {
+            // What hyper would put on the wire: the length, no body.
+            answer.1.push(("content-length", "9".into()));
+            answer.2.clear();
+        }
+        answer
+    });
+    let svc = ResponseCacheLayer::new(&engine).layer_service(origin.app());
+    send(&svc, Method::GET, "/same", &[]).await;
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let head = send(&svc, Method::HEAD, "/same", &[]).await;
+    assert!(head.body.is_empty());
+    assert_eq!(header(&head, "x-seen"), "1");
+    // The HEAD's fields and freshness now serve the GET: no origin call, the old body.
+    let g = send(&svc, Method::GET, "/same", &[]).await;
+    assert!(cache_status(&g).contains("hit"), "{}", cache_status(&g));
+    assert_eq!(header(&g, "x-seen"), "1");
+    assert_eq!(&g.body[..], b"held body");
+    assert_eq!(origin.calls(), 2);
+    // A HEAD with another validator says the body changed: no update, the GET goes out.
+    send(&svc, Method::GET, "/changed", &[]).await;
+    tokio::time::advance(Duration::from_secs(2)).await;
+    send(&svc, Method::HEAD, "/changed", &[]).await;
+    let g = send(&svc, Method::GET, "/changed", &[]).await;
+    assert!(!cache_status(&g).contains("hit"), "{}", cache_status(&g));
+    assert_eq!(origin.calls(), 5);
+}

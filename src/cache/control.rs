@@ -16,10 +16,14 @@ use http::header::HeaderName;
 pub struct CacheControl {
     /// `no-store`.
     pub no_store: bool,
-    /// `no-cache` (with or without a field list).
+    /// `no-cache` without a field list: every reuse needs a successful revalidation.
     pub no_cache: bool,
-    /// `private` (with or without a field list).
+    /// `no-cache="field, ..."`: the response may be reused, but not these fields.
+    pub no_cache_fields: Vec<HeaderName>,
+    /// `private` without a field list: a shared cache does not store the response.
     pub private: bool,
+    /// `private="field, ..."`: a shared cache may store the response without these fields.
+    pub private_fields: Vec<HeaderName>,
     /// `public`.
     pub public: bool,
     /// `must-revalidate` or `proxy-revalidate`.
@@ -63,9 +67,15 @@ impl CacheControl {
         if name.eq_ignore_ascii_case(b"no-store") {
             self.no_store = true;
         } else if name.eq_ignore_ascii_case(b"no-cache") {
-            self.no_cache = true;
+            match arg.and_then(field_names) {
+                Some(names) => extend_unique(&mut self.no_cache_fields, names),
+                None => self.no_cache = true,
+            }
         } else if name.eq_ignore_ascii_case(b"private") {
-            self.private = true;
+            match arg.and_then(field_names) {
+                Some(names) => extend_unique(&mut self.private_fields, names),
+                None => self.private = true,
+            }
         } else if name.eq_ignore_ascii_case(b"public") {
             self.public = true;
         } else if name.eq_ignore_ascii_case(b"must-revalidate")
@@ -84,11 +94,168 @@ impl CacheControl {
         }
     }
 
+    /// The directives this cache follows for a response: those of the first targeted
+    /// field (RFC 9213) in `targeted` that the response carries with a valid value,
+    /// else its `Cache-Control`. Returns the targeted field used, if any.
+    pub fn for_response<'a>(
+        headers: &http::HeaderMap,
+        targeted: &'a [HeaderName],
+    ) -> (Self, Option<&'a HeaderName>) {
+        for name in targeted {
+            if headers.contains_key(name) {
+                let cc = Self::parse(headers.get_all(name));
+                if !cc.invalid {
+                    return (cc, Some(name));
+                }
+            }
+        }
+        (
+            Self::parse(headers.get_all(http::header::CACHE_CONTROL)),
+            None,
+        )
+    }
+
     /// The freshness lifetime a shared cache gives the response: `s-maxage`, else
     /// `max-age`, else `None` (the cache's configured TTL applies).
     pub fn shared_max_age(&self) -> Option<u32> {
         self.s_maxage.or(self.max_age)
     }
+}
+
+/// The field names of a qualified `no-cache="..."` or `private="..."`; `None` when the
+/// list is empty or names something that is not a field name, so the directive is read
+/// unqualified (the conservative reading).
+fn field_names(list: &[u8]) -> Option<Vec<HeaderName>> {
+    let mut names = Vec::new();
+    for part in split_list(list) {
+        names.push(HeaderName::from_bytes(part).ok()?);
+    }
+    (!names.is_empty()).then_some(names)
+}
+
+fn extend_unique(into: &mut Vec<HeaderName>, names: Vec<HeaderName>) {
+    for n in names {
+        if !into.contains(&n) {
+            into.push(n);
+        }
+    }
+}
+
+/// The `Age` of a response (RFC 9111 §5.1): `Some(0)` without one, `Some(seconds)` for a
+/// single non-negative integer (saturating), `None` for anything else (`old, 0`, two
+/// lines, `-1`), which makes the response stale.
+pub fn age<'a>(fields: impl IntoIterator<Item = &'a HeaderValue>) -> Option<u64> {
+    let mut fields = fields.into_iter();
+    let Some(first) = fields.next() else {
+        return Some(0);
+    };
+    if fields.next().is_some() {
+        return None;
+    }
+    let digits = trim(first.as_bytes());
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(digits.iter().fold(0u64, |n, &b| {
+        n.saturating_mul(10).saturating_add(u64::from(b - b'0'))
+    }))
+}
+
+/// An HTTP date (RFC 9110 §5.6.7) in any of its three formats (IMF-fixdate, the obsolete
+/// RFC 850 and asctime ones), read leniently as §5.6.7 allows: the day and month names
+/// and `GMT` in any case, spaces around the value. `None` if it is not a date.
+pub fn http_date(value: &HeaderValue) -> Option<std::time::SystemTime> {
+    let text = value.to_str().ok()?.trim();
+    if let Ok(t) = httpdate::parse_http_date(text) {
+        return Some(t);
+    }
+    // Words as the grammar spells them: `Tue`, `Dec`, `Tuesday`, `GMT`.
+    let mut fixed = String::with_capacity(text.len());
+    let mut word_start = true;
+    for c in text.chars() {
+        if c.is_ascii_alphabetic() {
+            fixed.push(if word_start {
+                c.to_ascii_uppercase()
+            } else {
+                c.to_ascii_lowercase()
+            });
+            word_start = false;
+        } else {
+            fixed.push(c);
+            word_start = true;
+        }
+    }
+    let fixed = fixed.replace("Gmt", "GMT");
+    httpdate::parse_http_date(&fixed).ok()
+}
+
+/// Request fields whose values are comma-separated lists of case-insensitive tokens: for
+/// `Vary`, values that differ only in case, spacing or line splitting select the same
+/// response (RFC 9111 §4.1). `Accept-Encoding` lists are also sorted: their order carries
+/// no meaning (RFC 9110 §12.5.3).
+const CASELESS_LISTS: [&str; 4] = [
+    "accept-encoding",
+    "accept-language",
+    "accept-charset",
+    "accept",
+];
+
+/// Appends the values of a request's `name` fields to a cache key in a normal form, so
+/// that requests that select the same response by RFC 9111 §4.1 share an entry: every
+/// line combined with `,`, the spaces around list elements dropped, and, for the
+/// `Accept` family, case folded (and `Accept-Encoding` sorted).
+pub(crate) fn push_selecting_value<'a>(
+    key: &mut String,
+    name: &HeaderName,
+    values: impl IntoIterator<Item = &'a HeaderValue>,
+) {
+    let list = CASELESS_LISTS.contains(&name.as_str());
+    let sort = *name == http::header::ACCEPT_ENCODING;
+    let mut sorted: Vec<&[u8]> = Vec::new();
+    let mut first = true;
+    let mut push = |key: &mut String, part: &[u8]| {
+        if !first {
+            key.push(',');
+        }
+        first = false;
+        let text = String::from_utf8_lossy(part);
+        if list {
+            key.extend(text.chars().map(|c| c.to_ascii_lowercase()));
+        } else {
+            key.push_str(&text);
+        }
+    };
+    for value in values {
+        let bytes = value.as_bytes();
+        if !list {
+            push(key, trim(bytes));
+            continue;
+        }
+        for part in split_list(bytes) {
+            if sort {
+                sorted.push(part);
+            } else {
+                push(key, part);
+            }
+        }
+    }
+    if sort {
+        let lower = |p: &&[u8]| p.to_ascii_lowercase();
+        sorted.sort_by_key(lower);
+        for part in sorted {
+            push(key, part);
+        }
+    }
+}
+
+/// Whether a stored response last modified at `last_modified` satisfies a request's
+/// `If-Modified-Since` (RFC 9110 §13.1.3): true when it was not modified after that date.
+/// A field that is not a date matches nothing, so the full response is sent.
+pub fn not_modified_since(
+    if_modified_since: &HeaderValue,
+    last_modified: std::time::SystemTime,
+) -> bool {
+    http_date(if_modified_since).is_some_and(|since| last_modified <= since)
 }
 
 /// Repeated directives: the most conservative (smallest) value wins.
@@ -294,8 +461,20 @@ mod tests {
                 name: "private with field list and a quoted comma",
                 lines: &["private=\"set-cookie, x-a\", no-store"],
                 want: CacheControl {
-                    private: true,
+                    private_fields: vec![
+                        HeaderName::from_static("set-cookie"),
+                        HeaderName::from_static("x-a"),
+                    ],
                     no_store: true,
+                    ..Default::default()
+                },
+            },
+            Case {
+                name: "qualified no-cache names fields; a bad list reads unqualified",
+                lines: &["no-cache=\"X-Secret\"", "private=\"bad name\""],
+                want: CacheControl {
+                    no_cache_fields: vec![HeaderName::from_static("x-secret")],
+                    private: true,
                     ..Default::default()
                 },
             },
@@ -421,6 +600,95 @@ mod tests {
         assert!(!if_none_match(&[hv("*")], b"not-an-etag"));
     }
 
+    #[test]
+    fn age_table() {
+        let cases: [(&str, &[&str], Option<u64>); 8] = [
+            ("absent", &[], Some(0)),
+            ("integer", &["30"], Some(30)),
+            ("spaces", &[" 7 "], Some(7)),
+            (
+                "huge saturates",
+                &["99999999999999999999999"],
+                Some(u64::MAX),
+            ),
+            ("list", &["old, 0"], None),
+            ("negative", &["-1"], None),
+            ("two lines", &["1", "2"], None),
+            ("empty", &[""], None),
+        ];
+        for (name, lines, want) in cases {
+            let values: Vec<_> = lines.iter().map(|l| hv(l)).collect();
+            assert_eq!(age(&values), want, "case {name}");
+        }
+    }
+
+    #[test]
+    fn http_dates_in_every_format_and_case() {
+        let want = httpdate::parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
+        for text in [
+            "Sun, 06 Nov 1994 08:49:37 GMT",
+            "Sunday, 06-Nov-94 08:49:37 GMT",
+            "Sun Nov  6 08:49:37 1994",
+            "sun, 06 nov 1994 08:49:37 gmt",
+            "SUN, 06 NOV 1994 08:49:37 GMT",
+            " Sun, 06 Nov 1994 08:49:37 GMT ",
+        ] {
+            assert_eq!(http_date(&hv(text)), Some(want), "{text}");
+        }
+        for bad in ["0", "", "yesterday", "Sun, 06 Nov 1994 25:49:37 GMT"] {
+            assert_eq!(http_date(&hv(bad)), None, "{bad}");
+        }
+        assert!(not_modified_since(
+            &hv("Sun, 06 Nov 1994 08:49:37 GMT"),
+            want
+        ));
+        assert!(!not_modified_since(
+            &hv("Sun, 06 Nov 1994 08:49:36 GMT"),
+            want
+        ));
+        assert!(!not_modified_since(&hv("garbage"), want));
+    }
+
+    #[test]
+    fn selecting_values_are_normalised() {
+        let norm = |name: &'static str, lines: &[&str]| {
+            let values: Vec<_> = lines.iter().map(|l| hv(l)).collect();
+            let mut key = String::new();
+            push_selecting_value(&mut key, &HeaderName::from_static(name), &values);
+            key
+        };
+        let enc = norm("accept-encoding", &["gzip, br"]);
+        assert_eq!(enc, "br,gzip");
+        assert_eq!(norm("accept-encoding", &["BR,gzip"]), enc);
+        assert_eq!(norm("accept-encoding", &["gzip", " br "]), enc);
+        let lang = norm("accept-language", &["en-GB, fr;q=0.5"]);
+        assert_eq!(lang, "en-gb,fr;q=0.5");
+        assert_eq!(norm("accept-language", &["en-gb ,  FR;q=0.5"]), lang);
+        assert_ne!(norm("accept-language", &["fr;q=0.5, en-gb"]), lang);
+        // Other fields keep case and inner spacing; only the edges are trimmed.
+        assert_eq!(norm("x-tenant", &[" Acme, Inc "]), "Acme, Inc");
+        assert_eq!(norm("x-tenant", &["a", "b"]), "a,b");
+    }
+
+    #[test]
+    fn a_targeted_field_wins_over_cache_control() {
+        let mut h = http::HeaderMap::new();
+        h.insert("cache-control", hv("no-store"));
+        h.insert("cdn-cache-control", hv("max-age=60"));
+        let targeted = [HeaderName::from_static("cdn-cache-control")];
+        let (cc, used) = CacheControl::for_response(&h, &targeted);
+        assert_eq!(cc.max_age, Some(60));
+        assert!(!cc.no_store);
+        assert_eq!(used, Some(&targeted[0]));
+        // An invalid targeted field is ignored (RFC 9213 §2.1).
+        h.insert("cdn-cache-control", hv("max-age=soon"));
+        let (cc, used) = CacheControl::for_response(&h, &targeted);
+        assert!(cc.no_store);
+        assert_eq!(used, None);
+        let (cc, _) = CacheControl::for_response(&h, &[]);
+        assert!(cc.no_store);
+    }
+
     proptest! {
         #[test]
         fn parsers_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
@@ -431,6 +699,10 @@ mod tests {
                 let _ = cc.shared_max_age();
                 let _ = Vary::parse([&v]);
                 let _ = if_none_match([&v], b"\"abc\"");
+                let _ = age([&v]);
+                let _ = http_date(&v);
+                let mut key = String::new();
+                push_selecting_value(&mut key, &http::header::ACCEPT_ENCODING, [&v]);
             }
         }
 

@@ -24,14 +24,29 @@ pub struct ResponseCacheLayer {
     pub(crate) settings: Arc<Settings>,
 }
 
+/// What the cache does with requests that carry `Authorization`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum AuthorizedRequests {
+    /// They pass through to the service: never answered from the cache, their responses
+    /// never stored (the default).
+    #[default]
+    Bypass,
+    /// As RFC 9111 §3.5 lets a shared cache: they are answered from the cache, and their
+    /// responses are stored only when they say they may be shared (`public`, `s-maxage`
+    /// or `must-revalidate`).
+    Shared,
+    /// As any other request: for services whose responses never depend on who asks.
+    Cache,
+}
+
 pub(crate) struct Settings {
     pub(crate) engine: CacheEngine,
-    pub(crate) statuses: Vec<StatusCode>,
-    pub(crate) vary: Vec<HeaderName>,
+    pub(crate) rules: super::response::Rules,
     pub(crate) max_body: usize,
     pub(crate) max_key: usize,
     pub(crate) reinvalidate: Vec<std::time::Duration>,
-    pub(crate) cache_authorized: bool,
+    pub(crate) authorized: AuthorizedRequests,
     pub(crate) tags: Option<TagFn>,
     pub(crate) invalidates: Option<TagFn>,
     pub(crate) refresh_if: Option<RefreshFn>,
@@ -44,11 +59,10 @@ impl fmt::Debug for ResponseCacheLayer {
         let s = &self.settings;
         f.debug_struct("ResponseCacheLayer")
             .field("engine", &s.engine)
-            .field("statuses", &s.statuses)
-            .field("vary", &s.vary)
+            .field("rules", &s.rules)
             .field("max_body", &s.max_body)
             .field("max_key", &s.max_key)
-            .field("cache_authorized", &s.cache_authorized)
+            .field("authorized", &s.authorized)
             .finish_non_exhaustive()
     }
 }
@@ -58,11 +72,14 @@ impl fmt::Debug for ResponseCacheLayer {
 pub struct ResponseCacheLayerBuilder {
     engine: CacheEngine,
     statuses: Vec<StatusCode>,
+    default_freshness: bool,
     vary: Vec<String>,
+    targeted: Vec<String>,
+    keep: std::time::Duration,
     max_body: usize,
     max_key: usize,
     reinvalidate: Vec<std::time::Duration>,
-    cache_authorized: bool,
+    authorized: AuthorizedRequests,
     tags: Option<TagFn>,
     invalidates: Option<TagFn>,
     refresh_if: Option<RefreshFn>,
@@ -80,8 +97,10 @@ impl fmt::Debug for ResponseCacheLayerBuilder {
 }
 
 impl ResponseCacheLayer {
-    /// A layer with the defaults: status 200 only, no `Vary` headers, bodies up to 1 MiB,
-    /// keys up to 2 KiB, requests with `Authorization` not cached.
+    /// A layer with the defaults: any status with explicit freshness, and 200 with the
+    /// engine's TTL without; no `Vary` headers; responses with validators kept 5 minutes
+    /// past fresh for revalidation; no targeted `Cache-Control` field; bodies up to 1 MiB,
+    /// keys up to 2 KiB; requests with `Authorization` not cached.
     pub fn new(engine: &CacheEngine) -> Self {
         Self::builder(engine)
             .build()
@@ -93,11 +112,14 @@ impl ResponseCacheLayer {
         ResponseCacheLayerBuilder {
             engine: engine.clone(),
             statuses: vec![StatusCode::OK],
+            default_freshness: true,
             vary: Vec::new(),
+            targeted: Vec::new(),
+            keep: std::time::Duration::from_secs(300),
             max_body: 1 << 20,
             max_key: 2048,
             reinvalidate: Vec::new(),
-            cache_authorized: false,
+            authorized: AuthorizedRequests::Bypass,
             tags: None,
             invalidates: None,
             refresh_if: None,
@@ -114,15 +136,51 @@ impl ResponseCacheLayer {
 }
 
 impl ResponseCacheLayerBuilder {
-    /// The statuses whose responses are stored (default: 200 only).
+    /// The statuses stored when the response states no freshness of its own, for the
+    /// engine's TTL (default: 200 only). A response with explicit freshness (`max-age`,
+    /// `s-maxage`, `Expires`) is stored whatever its final status, as RFC 9111 §3 allows.
     pub fn statuses(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
         self.statuses = statuses.into_iter().collect();
         self
     }
 
+    /// Whether responses that state no freshness of their own are stored, for the
+    /// engine's TTL, when their status is one of [`statuses`](Self::statuses) (default:
+    /// yes). `false` stores only what the origin says may be stored for how long: the
+    /// choice for a cache in front of an origin it does not control.
+    pub fn default_freshness(mut self, yes: bool) -> Self {
+        self.default_freshness = yes;
+        self
+    }
+
+    /// Targeted `Cache-Control` fields (RFC 9213) this cache obeys, in order of
+    /// precedence (default: none). When a response carries one of them with a valid
+    /// value, its directives replace those of `Cache-Control` for this cache, and the
+    /// field is never sent to clients. For a layer that is the edge in front of an
+    /// origin, `["cdn-cache-control"]`; for one inside the service, behind a CDN that
+    /// field is meant for, a name of its own, e.g. `["tower-scale-cache-control"]`.
+    pub fn targeted<I, S>(mut self, fields: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.targeted = fields.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// How long past fresh a response with a validator from the origin (`ETag` or
+    /// `Last-Modified`) is kept, so that a later request revalidates it with a
+    /// conditional request instead of fetching it again (default 5 minutes; zero turns
+    /// revalidation off). A `304` costs one round trip and no body.
+    pub fn keep_for_revalidation(mut self, keep: std::time::Duration) -> Self {
+        self.keep = keep;
+        self
+    }
+
     /// Request headers that select among responses (`Accept-Encoding`, `Accept-Language`):
-    /// their values are part of the key. A response whose own `Vary` names a header not
-    /// listed here is not stored.
+    /// their values are part of the key, normalised (case, spacing and line splitting of
+    /// the `Accept` family; `Accept-Encoding` sorted) so that equivalent requests share
+    /// an entry. A response whose own `Vary` names other headers is stored per variant.
     pub fn vary<I, S>(mut self, headers: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -161,9 +219,22 @@ impl ResponseCacheLayerBuilder {
     }
 
     /// Cache responses to requests that carry `Authorization` (default: no, they pass
-    /// through). Only for responses that do not depend on who asked.
+    /// through). Only for responses that do not depend on who asked. The same as
+    /// [`authorized`](Self::authorized) with [`AuthorizedRequests::Cache`] or
+    /// [`AuthorizedRequests::Bypass`].
     pub fn cache_authorized(mut self, yes: bool) -> Self {
-        self.cache_authorized = yes;
+        self.authorized = if yes {
+            AuthorizedRequests::Cache
+        } else {
+            AuthorizedRequests::Bypass
+        };
+        self
+    }
+
+    /// What the cache does with requests that carry `Authorization` (default:
+    /// [`AuthorizedRequests::Bypass`]).
+    pub fn authorized(mut self, authorized: AuthorizedRequests) -> Self {
+        self.authorized = authorized;
         self
     }
 
@@ -221,8 +292,8 @@ impl ResponseCacheLayerBuilder {
     /// # Errors
     ///
     /// A [`ConfigError`] for no statuses, a status that is not cacheable by default
-    /// (1xx, 206, 304), a `Vary` name that is not a header name, a zero body or key cap,
-    /// or a name that cannot be a header value.
+    /// (1xx, 206, 304), a `Vary` or targeted name that is not a header name, a zero body
+    /// or key cap, or a name that cannot be a header value.
     pub fn build(self) -> Result<ResponseCacheLayer, ConfigError> {
         if self.statuses.is_empty() {
             return Err(ConfigError::new(
@@ -240,13 +311,27 @@ impl ResponseCacheLayerBuilder {
                 format!("{s} cannot be stored whole; use final statuses such as 200, 301, 404"),
             ));
         }
-        let mut vary = Vec::with_capacity(self.vary.len());
-        for v in &self.vary {
-            let name = HeaderName::from_bytes(v.trim().as_bytes())
-                .map_err(|_| ConfigError::new("vary", format!("`{v}` is not a header name")))?;
-            if !vary.contains(&name) {
-                vary.push(name);
+        let names = |setting: &'static str, list: &[String]| {
+            let mut names: Vec<HeaderName> = Vec::with_capacity(list.len());
+            for v in list {
+                let name = HeaderName::from_bytes(v.trim().as_bytes()).map_err(|_| {
+                    ConfigError::new(setting, format!("`{v}` is not a header name"))
+                })?;
+                if !names.contains(&name) {
+                    names.push(name);
+                }
             }
+            Ok::<_, ConfigError>(names)
+        };
+        let vary = names("vary", &self.vary)?;
+        let targeted = names("targeted", &self.targeted)?;
+        if let Some(t) = targeted.iter().find(|t| **t == http::header::CACHE_CONTROL) {
+            return Err(ConfigError::new(
+                "targeted",
+                format!(
+                    "`{t}` is the field targeted fields take precedence over; name another, such as cdn-cache-control"
+                ),
+            ));
         }
         if self.max_body == 0 {
             return Err(ConfigError::new(
@@ -274,12 +359,17 @@ impl ResponseCacheLayerBuilder {
         Ok(ResponseCacheLayer {
             settings: Arc::new(Settings {
                 engine: self.engine,
-                statuses: self.statuses,
-                vary,
+                rules: super::response::Rules {
+                    statuses: self.statuses,
+                    default_freshness: self.default_freshness,
+                    vary,
+                    targeted,
+                    keep: self.keep,
+                },
                 max_body: self.max_body,
                 max_key: self.max_key,
                 reinvalidate: self.reinvalidate,
-                cache_authorized: self.cache_authorized,
+                authorized: self.authorized,
                 tags: self.tags,
                 invalidates: self.invalidates,
                 refresh_if: self.refresh_if,

@@ -46,41 +46,68 @@
 //!
 //! # `ResponseCache` rules
 //!
+//! A shared cache as RFC 9111 describes it (with RFC 5861's stale directives, RFC 9213's
+//! targeted fields and RFC 9211's `Cache-Status`); `docs/architecture.md` has the table
+//! of what it implements section by section and where it deliberately differs.
+//!
 //! - `GET` is cached; `HEAD` is answered from `GET` entries (a `HEAD` miss passes
-//!   through); other methods pass through.
+//!   through, and its response refreshes the fields of a kept entry it validates);
+//!   other methods pass through.
 //! - Key: the URI's path and query (and authority, in absolute form), and the values of
-//!   the configured `Vary` headers. `Host` is not part of it, so every instance behind a
-//!   load balancer shares entries; a service that answers several hosts lists `host`
-//!   among its `vary` headers. A response whose own `Vary` names other headers is stored
-//!   as a variant: a marker at the URI's key names those headers, and each request's
-//!   variant has a key with their values (one more L1 lookup for such URIs). `Vary: *`
-//!   is never stored.
-//! - Stored only if its status is configured (200 by default), it has no `Set-Cookie`,
-//!   and its `Cache-Control` has none of `no-store`, `private`, `no-cache`, nor a
-//!   malformed value. Its TTL is `s-maxage`, else `max-age`, else `Expires` minus `Date`
-//!   (an invalid or past `Expires` is not stored), else the engine's, less the `Age` it
-//!   arrived with. Its own `stale-while-revalidate` / `stale-if-error` override the
-//!   engine's windows; `must-revalidate` turns both off, and `s-maxage` leaves only the
-//!   response's own.
-//! - The origin is asked for the whole response: the client's conditional and `Range`
-//!   headers are not forwarded on a miss; `If-None-Match` is answered from the stored
-//!   response (2xx only), and `Range` is ignored (a full 200).
+//!   the configured `Vary` headers, normalised (case, spacing and line splitting of the
+//!   `Accept` family; `Accept-Encoding` sorted) so equivalent requests share an entry.
+//!   `Host` is not part of it, so every instance behind a load balancer shares entries;
+//!   a service that answers several hosts lists `host` among its `vary` headers. A
+//!   response whose own `Vary` names other headers is stored as a variant: a marker at
+//!   the URI's key names those headers, and each request's variant has a key with their
+//!   values (one more L1 lookup for such URIs). `Vary: *` is never stored.
+//! - Stored: any final status with explicit freshness (`s-maxage`, `max-age`,
+//!   `Expires` in any of the three date formats), and the configured statuses (200 by
+//!   default) without it, for the engine's TTL, unless
+//!   [`default_freshness(false)`](ResponseCacheLayerBuilder::default_freshness). Never:
+//!   interim responses, 206, 304, `Set-Cookie`, `no-store`, `private`, a malformed
+//!   directive, an `Age` that is not one non-negative integer. Fields listed in
+//!   `Connection`, `private="..."` and `no-cache="..."` are left out of what is stored.
+//!   The TTL is the lifetime less the age the response arrived with (its `Age`, or the
+//!   time since its `Date`, whichever is more), and `Age` on a hit grows from there.
+//!   Its own `stale-while-revalidate` / `stale-if-error` override the engine's windows;
+//!   `must-revalidate`, `proxy-revalidate` and `no-cache` turn both off, and `s-maxage`
+//!   leaves only the response's own. With a
+//!   [targeted field](ResponseCacheLayerBuilder::targeted) such as `CDN-Cache-Control`,
+//!   its directives replace `Cache-Control`'s for this cache and it is never sent to
+//!   clients.
+//! - Revalidation: a response with the origin's validator (`ETag`, `Last-Modified`) is
+//!   kept past fresh ([`keep_for_revalidation`](ResponseCacheLayerBuilder::keep_for_revalidation),
+//!   5 minutes); a later miss asks the origin with `If-None-Match` / `If-Modified-Since`,
+//!   and a `304` updates the stored fields and freshness and serves the stored body (one
+//!   round trip, no body). A `no-cache` response is stored and revalidated before every
+//!   reuse.
+//! - The origin is otherwise asked for the whole response: the client's conditional and
+//!   `Range` headers are not forwarded; `If-None-Match`, else `If-Modified-Since`, is
+//!   answered from the stored response (2xx only), and `Range` is ignored (a full 200).
 //! - Requests carrying `Authorization` pass through unless
-//!   [`cache_authorized`](ResponseCacheLayerBuilder::cache_authorized); a request's
+//!   [`authorized`](ResponseCacheLayerBuilder::authorized) says otherwise:
+//!   [`AuthorizedRequests::Shared`] stores their responses only when they say they may be
+//!   shared (`public`, `s-maxage`, `must-revalidate`). A request's
 //!   `Cache-Control: no-store` passes through, `no-cache` or `max-age=0` refetches (and
 //!   stores the result).
+//! - Stale-if-error serves only a stored successful (2xx) response: a stored error is
+//!   never the fallback for a new failure.
 //! - Bodies up to `max_body` (1 MiB) are stored; larger ones are streamed through,
 //!   buffered no further than the cap.
 //! - Every stored response gets a strong `ETag` (from its body's SHA-256, so every
 //!   instance agrees) unless it has one; `If-None-Match` that matches is answered 304.
+//!   That `ETag` is the cache's own and is never sent to the origin as a validator.
 //! - `Cache-Status` (RFC 9211) on every cached route: `tower-scale; hit; ttl=42`
 //!   (negative while stale), `fwd=miss; stored`, `fwd=miss; collapsed` (answered by
-//!   another request's fetch), `fwd=bypass`, `fwd=request`, and `detail=l2` or
-//!   `detail=stale-if-error` where it applies; `Age` on hits.
-//! - A successful (2xx, 3xx) `POST`, `PUT`, `PATCH` or `DELETE` invalidates the tag of its
+//!   another request's fetch), `fwd=stale; fwd-status=304; stored` (revalidated),
+//!   `fwd=bypass`, `fwd=request`, and `detail=l2` or `detail=stale-if-error` where it
+//!   applies; `Age` on hits.
+//! - A successful (2xx, 3xx) response to any unsafe method (every method but `GET`,
+//!   `HEAD`, `OPTIONS` and `TRACE`, unknown ones included) invalidates the tag of its
 //!   path, which every `GET` entry of that path carries (all query strings and `Vary`
-//!   variants), plus any tags from
-//!   [`invalidates`](ResponseCacheLayerBuilder::invalidates).
+//!   variants), the paths its `Location` and `Content-Location` name on the same origin,
+//!   and any tags from [`invalidates`](ResponseCacheLayerBuilder::invalidates).
 //!
 //! # Metrics
 //!
@@ -156,6 +183,6 @@ mod typed;
 pub use body::CacheBody;
 pub use builder::CacheEngineBuilder;
 pub use engine::CacheEngine;
-pub use layer::{ResponseCacheLayer, ResponseCacheLayerBuilder};
+pub use layer::{AuthorizedRequests, ResponseCacheLayer, ResponseCacheLayerBuilder};
 pub use service::{ResponseCache, ResponseFuture};
 pub use typed::{Cache, LoadError, LoadOptions, SetError};

@@ -2,15 +2,15 @@
 //! engine, and the responses built from them (hits, 304s).
 
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 use sha2::{Digest, Sha256};
 
-use super::control::{CacheControl, Vary, if_none_match};
-use super::entry::Lifetimes;
+use super::control::{self, CacheControl, Vary, if_none_match, not_modified_since};
+use super::entry::{Entry, Lifetimes};
 
 /// A stored response as L1 keeps it decoded: the headers of a hit ready to clone, with
 /// `Age` and `Cache-Status` present so that setting them replaces rather than grows the
@@ -21,6 +21,91 @@ pub(crate) struct StoredResponse {
     pub(crate) headers: HeaderMap,
     pub(crate) body: Bytes,
     pub(crate) etag: Option<HeaderValue>,
+    /// `Last-Modified`, for a client's `If-Modified-Since`.
+    pub(crate) last_modified: Option<SystemTime>,
+    /// Fields the origin sent for this cache only (targeted `Cache-Control`), kept for
+    /// revalidation and never sent to clients.
+    pub(crate) hidden: Vec<(HeaderName, HeaderValue)>,
+    /// The `ETag` is this cache's own (from the body), not a validator the origin knows.
+    pub(crate) own_etag: bool,
+    pub(crate) meta: Meta,
+}
+
+/// What a stored response carries beyond its message.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Meta {
+    /// Its age when stored (RFC 9111 §4.2.3), seconds: its `Age` grows from there.
+    pub(crate) initial_age: u32,
+    /// How long past fresh it may stand in for a failing origin, seconds.
+    pub(crate) stale_if_error: u32,
+}
+
+impl StoredResponse {
+    /// Adds the validators the origin gave (`If-None-Match` from its `ETag`,
+    /// `If-Modified-Since` from its `Last-Modified`) to a request; false if it gave none.
+    pub(crate) fn add_conditions(&self, request: &mut HeaderMap) -> bool {
+        let mut any = false;
+        if let Some(etag) = self.etag.as_ref().filter(|_| !self.own_etag) {
+            request.insert(header::IF_NONE_MATCH, etag.clone());
+            any = true;
+        }
+        if let Some(lm) = self.headers.get(header::LAST_MODIFIED) {
+            request.insert(header::IF_MODIFIED_SINCE, lm.clone());
+            any = true;
+        }
+        any
+    }
+
+    /// Whether the origin gave a validator this cache can revalidate with.
+    pub(crate) fn has_validator(&self) -> bool {
+        (self.etag.is_some() && !self.own_etag) || self.headers.contains_key(header::LAST_MODIFIED)
+    }
+
+    /// May stand in for a failing origin at `now`: only a successful response, and only
+    /// within its stale-if-error window.
+    pub(crate) fn serves_on_error(&self, entry: &Entry, now: u64) -> bool {
+        let window = u64::from(self.meta.stale_if_error).saturating_mul(1_000_000);
+        self.status.is_success()
+            && now < entry.sie_until
+            && now < entry.fresh_until.saturating_add(window)
+    }
+
+    /// The header fields as the origin sent them (what was stored of them).
+    fn origin_headers(&self) -> HeaderMap {
+        let mut h = HeaderMap::with_capacity(self.headers.len() + self.hidden.len());
+        for (name, value) in &self.headers {
+            if *name == header::AGE || *name == CACHE_STATUS {
+                continue;
+            }
+            if self.own_etag && *name == header::ETAG {
+                continue;
+            }
+            h.append(name.clone(), value.clone());
+        }
+        for (name, value) in &self.hidden {
+            h.append(name.clone(), value.clone());
+        }
+        h
+    }
+
+    /// The stored fields updated by a `304` (or a `HEAD` response) to a revalidation, as
+    /// RFC 9111 §4.3.4 says: each field the update carries replaces the stored one, except
+    /// those that describe the connection or the body's length.
+    pub(crate) fn updated_by(&self, update: &HeaderMap) -> HeaderMap {
+        let mut h = self.origin_headers();
+        let mut replaced: Vec<&HeaderName> = Vec::new();
+        for (name, value) in update {
+            if (hop_by_hop(name) && *name != header::AGE) || *name == header::CONTENT_LENGTH {
+                continue;
+            }
+            if !replaced.contains(&name) {
+                h.remove(name);
+                replaced.push(name);
+            }
+            h.append(name.clone(), value.clone());
+        }
+        h
+    }
 }
 
 /// What `Cache-Status` says of a response built from a stored one.
@@ -136,53 +221,115 @@ fn hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
-/// Why a response is not stored, or for how long it is.
-/// Whether a response may be stored, for how long, and which request headers beyond the
-/// configured ones it varies on (sorted; those select a variant under the URI's key).
+/// How the layer decides what to store, from its builder.
+#[derive(Debug, Clone)]
+pub(crate) struct Rules {
+    /// Statuses stored with the engine's TTL when the response states no freshness.
+    pub(crate) statuses: Vec<StatusCode>,
+    /// False: only responses that state their freshness are stored.
+    pub(crate) default_freshness: bool,
+    /// Request headers in every key.
+    pub(crate) vary: Vec<HeaderName>,
+    /// Targeted `Cache-Control` fields (RFC 9213) this cache obeys, in order.
+    pub(crate) targeted: Vec<HeaderName>,
+    /// How long past fresh a response with validators is kept for revalidation.
+    pub(crate) keep: Duration,
+}
+
+/// How a response is stored.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Storable {
+    /// The engine's lifetimes: fresh, stale-while-revalidate, and kept (for stale-if-error
+    /// or revalidation, whichever is longer).
+    pub(crate) lifetimes: Lifetimes,
+    /// Request headers its `Vary` names beyond the configured ones, sorted: those select a
+    /// variant under the URI's key.
+    pub(crate) extra: Vec<HeaderName>,
+    pub(crate) meta: Meta,
+    /// Fields never stored: those `Connection` lists and those `private="..."` and
+    /// `no-cache="..."` name.
+    pub(crate) strip: Vec<HeaderName>,
+}
+
+/// Whether a response may be stored by a shared cache (RFC 9111 §3), for how long, and
+/// how. `authorized`: the request carried `Authorization`, so the response is stored only
+/// if it says it may be shared (§3.5).
 pub(crate) fn storable(
     status: StatusCode,
     headers: &HeaderMap,
-    statuses: &[StatusCode],
-    vary: &[HeaderName],
+    rules: &Rules,
     defaults: Lifetimes,
-) -> Option<(Lifetimes, Vec<HeaderName>)> {
-    if !statuses.contains(&status) || headers.contains_key(header::SET_COOKIE) {
+    authorized: bool,
+) -> Option<Storable> {
+    // Interim responses never reach a tower service through hyper; 206 and 304 are not
+    // whole responses.
+    if status.is_informational()
+        || status == StatusCode::PARTIAL_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+        || headers.contains_key(header::SET_COOKIE)
+    {
         return None;
     }
-    let cc = CacheControl::parse(headers.get_all(header::CACHE_CONTROL));
-    if cc.no_store || cc.private || cc.no_cache || cc.invalid {
+    let (cc, _) = CacheControl::for_response(headers, &rules.targeted);
+    if cc.no_store || cc.private || cc.invalid {
+        return None;
+    }
+    if authorized && !(cc.public || cc.s_maxage.is_some() || cc.must_revalidate) {
         return None;
     }
     let extra = match Vary::parse(headers.get_all(header::VARY)) {
         Vary::None => Vec::new(),
         Vary::Any => return None,
         Vary::Headers(names) => {
-            let mut extra: Vec<HeaderName> =
-                names.into_iter().filter(|n| !vary.contains(n)).collect();
+            let mut extra: Vec<HeaderName> = names
+                .into_iter()
+                .filter(|n| !rules.vary.contains(n))
+                .collect();
             extra.sort_by(|a, b| a.as_str().cmp(b.as_str()));
             extra
         }
     };
-    let lifetime = match cc.shared_max_age() {
-        Some(secs) => Duration::from_secs(u64::from(secs)),
-        None => match headers.get(header::EXPIRES) {
-            // RFC 9111 §5.3: an invalid `Expires` (such as `0`) means already expired.
-            Some(expires) => expires_lifetime(expires, headers.get(header::DATE))?,
-            None => defaults.ttl,
-        },
+    // Explicit freshness makes any final status storable (§3); without it, only the
+    // configured statuses, with the operator's default.
+    let explicit = match cc.shared_max_age() {
+        Some(secs) => Some(Duration::from_secs(u64::from(secs))),
+        // §5.3: an invalid `Expires` (such as `0`) means already expired.
+        None => headers
+            .get(header::EXPIRES)
+            .map(|e| expires_lifetime(e, headers.get(header::DATE)).unwrap_or(Duration::ZERO)),
     };
-    // Freshness already used up on the way here (RFC 9111 §4.2.3).
-    let age = headers
-        .get(header::AGE)
-        .and_then(|a| a.to_str().ok()?.trim().parse::<u64>().ok())
-        .map_or(Duration::ZERO, Duration::from_secs);
-    let ttl = lifetime.checked_sub(age).filter(|t| !t.is_zero())?;
+    let lifetime = match explicit {
+        Some(lifetime) => lifetime,
+        None if rules.default_freshness && rules.statuses.contains(&status) => defaults.ttl,
+        None => return None,
+    };
+    // Freshness already used up on the way here (§4.2.3): the `Age` it carries, or the
+    // time since its `Date`, whichever is more. An `Age` that is not one non-negative
+    // integer makes the response stale.
+    let age = control::age(headers.get_all(header::AGE))?;
+    let apparent = headers
+        .get(header::DATE)
+        .and_then(control::http_date)
+        .and_then(|date| SystemTime::now().duration_since(date).ok())
+        .map_or(0, |d| d.as_secs());
+    let initial_age = age.max(apparent);
+    let mut ttl = lifetime.saturating_sub(Duration::from_secs(initial_age));
+    if cc.no_cache {
+        // Stored, but every reuse is revalidated first (§5.2.2.4).
+        ttl = Duration::ZERO;
+    }
+    let validator =
+        headers.contains_key(header::ETAG) || headers.contains_key(header::LAST_MODIFIED);
+    if ttl.is_zero() && !validator {
+        // Stale at once and nothing to revalidate it with: no use storing it.
+        return None;
+    }
     let secs = |s: Option<u32>, d: Duration| s.map_or(d, |s| Duration::from_secs(u64::from(s)));
-    let (swr, sie) = if cc.must_revalidate {
+    let (swr, sie) = if cc.must_revalidate || cc.no_cache {
         (Duration::ZERO, Duration::ZERO)
     } else if cc.s_maxage.is_some() {
-        // `s-maxage` implies proxy-revalidate for a shared cache (RFC 9111 §5.2.2.10): only
-        // the response's own RFC 5861 directives may allow serving it stale.
+        // `s-maxage` implies proxy-revalidate for a shared cache (§5.2.2.10): only the
+        // response's own RFC 5861 directives may allow serving it stale.
         (
             secs(cc.stale_while_revalidate, Duration::ZERO),
             secs(cc.stale_if_error, Duration::ZERO),
@@ -193,7 +340,40 @@ pub(crate) fn storable(
             secs(cc.stale_if_error, defaults.sie),
         )
     };
-    Some((Lifetimes { ttl, swr, sie }, extra))
+    let keep = if validator {
+        rules.keep
+    } else {
+        Duration::ZERO
+    };
+    let clamp = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+    let mut strip = cc.no_cache_fields;
+    for name in cc.private_fields {
+        if !strip.contains(&name) {
+            strip.push(name);
+        }
+    }
+    for value in headers.get_all(header::CONNECTION) {
+        for token in control::split_list(value.as_bytes()) {
+            if let Ok(name) = HeaderName::from_bytes(token)
+                && !strip.contains(&name)
+            {
+                strip.push(name);
+            }
+        }
+    }
+    Some(Storable {
+        lifetimes: Lifetimes {
+            ttl,
+            swr,
+            sie: sie.max(keep),
+        },
+        extra,
+        meta: Meta {
+            initial_age: clamp(initial_age),
+            stale_if_error: clamp(sie.as_secs()),
+        },
+        strip,
+    })
 }
 
 /// Stored at a URI's key when its responses vary on headers beyond the configured ones:
@@ -233,12 +413,7 @@ pub(crate) fn variant_key(primary: &str, request: &HeaderMap, names: &[HeaderNam
         key.push('\n');
         key.push_str(name.as_str());
         key.push(':');
-        for (i, v) in request.get_all(name).iter().enumerate() {
-            if i > 0 {
-                key.push(',');
-            }
-            key.push_str(&String::from_utf8_lossy(v.as_bytes()));
-        }
+        control::push_selecting_value(&mut key, name, request.get_all(name));
     }
     key
 }
@@ -246,11 +421,10 @@ pub(crate) fn variant_key(primary: &str, request: &HeaderMap, names: &[HeaderNam
 /// `Expires` minus `Date` (or now, without a usable `Date`); `None` if `Expires` is not an
 /// HTTP date or is not in the future.
 fn expires_lifetime(expires: &HeaderValue, date: Option<&HeaderValue>) -> Option<Duration> {
-    let parse = |v: &HeaderValue| httpdate::parse_http_date(v.to_str().ok()?).ok();
-    let expires = parse(expires)?;
+    let expires = control::http_date(expires)?;
     let date = date
-        .and_then(parse)
-        .unwrap_or_else(std::time::SystemTime::now);
+        .and_then(control::http_date)
+        .unwrap_or_else(SystemTime::now);
     expires.duration_since(date).ok().filter(|d| !d.is_zero())
 }
 
@@ -265,36 +439,58 @@ pub(crate) fn etag_for(body: &[u8]) -> HeaderValue {
     HeaderValue::from_bytes(&tag).expect("hex digits are a valid header value")
 }
 
-/// Encodes a response for the engine: status, headers (minus hop-by-hop ones; with an
+/// The first two bytes of an encoded response: its status with this bit set (a marker
+/// has zero, an older encoding the bare status; neither decodes as a response).
+const ENCODING: u16 = 0x8000;
+/// On a field name's length: the field is for this cache only, not sent to clients.
+const HIDDEN: u16 = 0x8000;
+/// On a field name's length: the `ETag` is this cache's own.
+const OWN: u16 = 0x4000;
+const NAME_LEN: u16 = 0x3fff;
+
+/// Encodes a response for the engine: status, what it carries beyond the message, the
+/// fields (minus hop-by-hop ones and `strip`; `targeted` ones marked hidden; with an
 /// `ETag`), body.
-pub(crate) fn encode(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Bytes {
+pub(crate) fn encode(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+    meta: Meta,
+    targeted: &[HeaderName],
+    strip: &[HeaderName],
+) -> Bytes {
     let mut out = BytesMut::with_capacity(body.len() + 256);
-    out.put_u16(status.as_u16());
+    out.put_u16(status.as_u16() | ENCODING);
+    out.put_u32(meta.initial_age);
+    out.put_u32(meta.stale_if_error);
     let etag = if headers.contains_key(header::ETAG) {
         None
     } else {
         Some(etag_for(body))
     };
-    // The count is a u16: past it, headers are dropped rather than miscounted.
+    // The count is a u16: past it, fields are dropped rather than miscounted.
     let room = usize::from(u16::MAX) - usize::from(etag.is_some());
     let kept: Vec<(&HeaderName, &HeaderValue)> = headers
         .iter()
-        .filter(|(n, _)| !hop_by_hop(n))
+        .filter(|(n, _)| {
+            !hop_by_hop(n) && !strip.contains(n) && n.as_str().len() <= usize::from(NAME_LEN)
+        })
         .take(room)
         .collect();
     let count = kept.len() + usize::from(etag.is_some());
     out.put_u16(count as u16);
-    let mut put = |name: &HeaderName, value: &HeaderValue| {
-        out.put_u16(name.as_str().len() as u16);
+    let mut put = |name: &HeaderName, value: &HeaderValue, flags: u16| {
+        out.put_u16(name.as_str().len() as u16 | flags);
         out.put_slice(name.as_str().as_bytes());
         out.put_u32(value.len() as u32);
         out.put_slice(value.as_bytes());
     };
     for (name, value) in &kept {
-        put(name, value);
+        let flags = if targeted.contains(name) { HIDDEN } else { 0 };
+        put(name, value, flags);
     }
     if let Some(etag) = &etag {
-        put(&header::ETAG, etag);
+        put(&header::ETAG, etag, OWN);
     }
     out.put_slice(body);
     out.freeze()
@@ -310,18 +506,36 @@ pub(crate) fn decode(bytes: &Bytes) -> Option<StoredResponse> {
         Some(s)
     };
     let u16_at = |at: &mut usize| take(at, 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
-    let status = StatusCode::from_u16(u16_at(&mut at)?).ok()?;
+    let u32_at = |at: &mut usize| take(at, 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+    let first = u16_at(&mut at)?;
+    if first & ENCODING == 0 {
+        return None;
+    }
+    let status = StatusCode::from_u16(first & !ENCODING).ok()?;
+    let meta = Meta {
+        initial_age: u32_at(&mut at)?,
+        stale_if_error: u32_at(&mut at)?,
+    };
     let count = u16_at(&mut at)?;
     let mut headers = HeaderMap::with_capacity(usize::from(count) + 3);
+    let mut hidden = Vec::new();
+    let mut own_etag = false;
     for _ in 0..count {
-        let n = usize::from(u16_at(&mut at)?);
-        let name = HeaderName::from_bytes(take(&mut at, n)?).ok()?;
-        let l = take(&mut at, 4)?;
-        let len = u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize;
+        let raw = u16_at(&mut at)?;
+        let name = HeaderName::from_bytes(take(&mut at, usize::from(raw & NAME_LEN))?).ok()?;
+        let len = u32_at(&mut at)? as usize;
         let value = HeaderValue::from_bytes(take(&mut at, len)?).ok()?;
-        headers.append(name, value);
+        if raw & HIDDEN != 0 {
+            hidden.push((name, value));
+        } else {
+            own_etag |= raw & OWN != 0;
+            headers.append(name, value);
+        }
     }
     let etag = headers.get(header::ETAG).cloned();
+    let last_modified = headers
+        .get(header::LAST_MODIFIED)
+        .and_then(control::http_date);
     let body = bytes.slice(at..);
     headers.insert(header::AGE, HeaderValue::from_static("0"));
     headers.insert(CACHE_STATUS, HeaderValue::from_static("-"));
@@ -330,6 +544,10 @@ pub(crate) fn decode(bytes: &Bytes) -> Option<StoredResponse> {
         headers,
         body,
         etag,
+        last_modified,
+        hidden,
+        own_etag,
+        meta,
     })
 }
 
@@ -343,25 +561,42 @@ const NOT_MODIFIED_HEADERS: [HeaderName; 6] = [
     header::VARY,
 ];
 
-/// The response a stored one gives: a 304 when `If-None-Match` matches its `ETag`, no body
-/// for `HEAD`, with `Age` and `Cache-Status`.
+/// Whether a request's preconditions make the answer from `stored` a 304 (RFC 9110
+/// §13.2.2): `If-None-Match` against its `ETag`, else `If-Modified-Since` against its
+/// `Last-Modified`. They apply to 2xx responses only (§13.2.1).
+fn not_modified(stored: &StoredResponse, request_headers: &HeaderMap) -> bool {
+    if !stored.status.is_success() || request_headers.is_empty() {
+        return false;
+    }
+    if request_headers.contains_key(header::IF_NONE_MATCH) {
+        return stored.etag.as_ref().is_some_and(|etag| {
+            if_none_match(
+                request_headers.get_all(header::IF_NONE_MATCH),
+                etag.as_bytes(),
+            )
+        });
+    }
+    match (
+        request_headers.get(header::IF_MODIFIED_SINCE),
+        stored.last_modified,
+    ) {
+        (Some(since), Some(modified)) => not_modified_since(since, modified),
+        _ => false,
+    }
+}
+
+/// The response a stored one gives: a 304 when the request's preconditions say so, no body
+/// for `HEAD`, with `Age` (`resident`: seconds in this cache, added to the age it
+/// arrived with) and `Cache-Status`.
 pub(crate) fn respond(
     stored: &StoredResponse,
     request_headers: &HeaderMap,
     head: bool,
-    age: u64,
+    resident: u64,
     status: Status<'_>,
 ) -> Response<Option<Bytes>> {
-    // Preconditions apply to 2xx responses only (RFC 9110 §13.2.1).
-    let not_modified = stored.status.is_success()
-        && stored.etag.as_ref().is_some_and(|etag| {
-            request_headers.contains_key(header::IF_NONE_MATCH)
-                && if_none_match(
-                    request_headers.get_all(header::IF_NONE_MATCH),
-                    etag.as_bytes(),
-                )
-        });
-    let age_value = age_value(age);
+    let not_modified = not_modified(stored, request_headers);
+    let age_value = age_value(resident.saturating_add(u64::from(stored.meta.initial_age)));
     let status_value = match status {
         Status::Hit(table, ttl) => table.value(ttl),
         Status::Other(v) => v,
@@ -500,8 +735,8 @@ mod tests {
                 "expires a minute after date",
                 200,
                 &[
-                    ("date", "Tue, 01 Dec 2026 10:00:00 GMT"),
-                    ("expires", "Tue, 01 Dec 2026 10:01:00 GMT"),
+                    ("date", "Tue, 01 Dec 2037 10:00:00 GMT"),
+                    ("expires", "Tue, 01 Dec 2037 10:01:00 GMT"),
                 ],
                 Some(Lifetimes {
                     ttl: secs(60),
@@ -536,34 +771,386 @@ mod tests {
                 Some(DEFAULTS),
             ),
         ];
+        let rules = Rules {
+            statuses: ok.to_vec(),
+            default_freshness: true,
+            vary: vary.to_vec(),
+            targeted: Vec::new(),
+            keep: Duration::ZERO,
+        };
         for (name, status, hs, want) in cases {
             let got = storable(
                 StatusCode::from_u16(status).unwrap(),
                 &headers(hs),
-                &ok,
-                &vary,
+                &rules,
                 DEFAULTS,
+                false,
             );
-            assert_eq!(got.map(|(l, _)| l), want, "case {name}");
+            assert_eq!(got.map(|st| st.lifetimes), want, "case {name}");
         }
+    }
+
+    fn rules() -> Rules {
+        Rules {
+            statuses: vec![StatusCode::OK],
+            default_freshness: true,
+            vary: Vec::new(),
+            targeted: vec![HeaderName::from_static("cdn-cache-control")],
+            keep: Duration::from_secs(300),
+        }
+    }
+
+    /// RFC 9111's storing rules beyond the basic ones: the lifetimes each case gets
+    /// (`None`: not stored), with keep = 300 s for responses with validators.
+    #[test]
+    fn shared_cache_storing_table() {
+        let secs = Duration::from_secs;
+        let lt = |ttl: u64, swr: u64, sie: u64| {
+            Some(Lifetimes {
+                ttl: secs(ttl),
+                swr: secs(swr),
+                sie: secs(sie),
+            })
+        };
+        type Case = (
+            &'static str,
+            u16,
+            &'static [(&'static str, &'static str)],
+            bool,
+            Option<Lifetimes>,
+        );
+        let cases: [Case; 19] = [
+            (
+                "404 with max-age",
+                404,
+                &[("cache-control", "max-age=7")],
+                false,
+                lt(7, 5, 50),
+            ),
+            (
+                "500 with s-maxage",
+                500,
+                &[("cache-control", "s-maxage=7")],
+                false,
+                lt(7, 0, 0),
+            ),
+            ("404 without freshness", 404, &[], false, None),
+            (
+                "103 interim",
+                103,
+                &[("cache-control", "max-age=7")],
+                false,
+                None,
+            ),
+            (
+                "206 partial",
+                206,
+                &[("cache-control", "max-age=7")],
+                false,
+                None,
+            ),
+            ("304", 304, &[("cache-control", "max-age=7")], false, None),
+            (
+                "no-cache with an etag: stored, revalidated every time",
+                200,
+                &[("cache-control", "no-cache"), ("etag", "\"v1\"")],
+                false,
+                lt(0, 0, 300),
+            ),
+            (
+                "no-cache with last-modified",
+                200,
+                &[
+                    ("cache-control", "no-cache, max-age=60"),
+                    ("last-modified", "Tue, 01 Dec 2026 10:00:00 GMT"),
+                ],
+                false,
+                lt(0, 0, 300),
+            ),
+            (
+                "max-age=0 with an etag",
+                200,
+                &[("cache-control", "max-age=0"), ("etag", "\"v1\"")],
+                false,
+                lt(0, 5, 300),
+            ),
+            (
+                "a validator keeps it past fresh",
+                200,
+                &[("cache-control", "max-age=7"), ("etag", "\"v1\"")],
+                false,
+                lt(7, 5, 300),
+            ),
+            (
+                "qualified no-cache is storable",
+                200,
+                &[("cache-control", "no-cache=\"x-a\", max-age=7")],
+                false,
+                lt(7, 5, 50),
+            ),
+            (
+                "qualified private is storable",
+                200,
+                &[("cache-control", "private=\"x-a\", max-age=7")],
+                false,
+                lt(7, 5, 50),
+            ),
+            (
+                "invalid age is stale",
+                200,
+                &[("cache-control", "max-age=60"), ("age", "old, 0")],
+                false,
+                None,
+            ),
+            (
+                "authorized without a share directive",
+                200,
+                &[("cache-control", "max-age=7")],
+                true,
+                None,
+            ),
+            (
+                "authorized with public",
+                200,
+                &[("cache-control", "public, max-age=7")],
+                true,
+                lt(7, 5, 50),
+            ),
+            (
+                "authorized with must-revalidate",
+                200,
+                &[("cache-control", "must-revalidate, max-age=7")],
+                true,
+                lt(7, 0, 0),
+            ),
+            (
+                "targeted wins over no-store",
+                200,
+                &[
+                    ("cache-control", "no-store"),
+                    ("cdn-cache-control", "max-age=9"),
+                ],
+                false,
+                lt(9, 5, 50),
+            ),
+            (
+                "targeted private wins over max-age",
+                200,
+                &[
+                    ("cache-control", "max-age=60"),
+                    ("cdn-cache-control", "private"),
+                ],
+                false,
+                None,
+            ),
+            (
+                "expires in an obsolete format",
+                200,
+                &[
+                    ("date", "Tuesday, 01-Dec-37 10:00:00 GMT"),
+                    ("expires", "tue, 01 dec 2037 10:01:00 gmt"),
+                ],
+                false,
+                lt(60, 5, 50),
+            ),
+        ];
+        for (name, status, hs, authorized, want) in cases {
+            let got = storable(
+                StatusCode::from_u16(status).unwrap(),
+                &headers(hs),
+                &rules(),
+                DEFAULTS,
+                authorized,
+            );
+            assert_eq!(got.map(|st| st.lifetimes), want, "case {name}");
+        }
+        let no_default = Rules {
+            default_freshness: false,
+            ..rules()
+        };
+        assert!(
+            storable(
+                StatusCode::OK,
+                &HeaderMap::new(),
+                &no_default,
+                DEFAULTS,
+                false
+            )
+            .is_none()
+        );
+        assert!(
+            storable(
+                StatusCode::OK,
+                &headers(&[("cache-control", "max-age=1")]),
+                &no_default,
+                DEFAULTS,
+                false
+            )
+            .is_some()
+        );
+    }
+
+    #[test]
+    fn stored_fields_leave_out_what_the_response_says_not_to_store() {
+        let h = headers(&[
+            ("cache-control", "no-store"),
+            ("connection", "x-hop"),
+            ("x-hop", "1"),
+            ("x-user", "alice"),
+            ("x-secret", "s"),
+            (
+                "cdn-cache-control",
+                "private=\"x-user\", no-cache=\"x-secret\", max-age=60",
+            ),
+            ("x-kept", "k"),
+            ("age", "20"),
+        ]);
+        let rules = rules();
+        let st = storable(StatusCode::OK, &h, &rules, DEFAULTS, false).unwrap();
+        assert_eq!(st.meta.initial_age, 20);
+        assert_eq!(st.lifetimes.ttl, Duration::from_secs(40));
+        let r = decode(&encode(
+            StatusCode::OK,
+            &h,
+            b"b",
+            st.meta,
+            &rules.targeted,
+            &st.strip,
+        ))
+        .unwrap();
+        for gone in [
+            "x-hop",
+            "x-user",
+            "x-secret",
+            "connection",
+            "cdn-cache-control",
+        ] {
+            assert!(!r.headers.contains_key(gone), "{gone} stored");
+        }
+        assert_eq!(r.headers["x-kept"], "k");
+        assert_eq!(r.hidden.len(), 1, "the targeted field is kept aside");
+        assert!(r.own_etag);
+        // Served with the age it arrived with plus its time here.
+        let table = HitStatus::new("tower-scale");
+        let res = respond(&r, &HeaderMap::new(), false, 5, Status::Hit(&table, 1));
+        assert_eq!(res.headers()[header::AGE], "25");
+        assert!(!res.headers().contains_key("cdn-cache-control"));
+    }
+
+    #[test]
+    fn a_304_updates_the_stored_fields_but_not_the_body_length() {
+        let h = headers(&[
+            ("cache-control", "max-age=1"),
+            ("etag", "\"v1\""),
+            ("x-a", "old"),
+            ("x-b", "kept"),
+        ]);
+        let stored = decode(&encode(
+            StatusCode::OK,
+            &h,
+            b"body",
+            Meta::default(),
+            &[],
+            &[],
+        ))
+        .unwrap();
+        assert!(!stored.own_etag);
+        let mut req = HeaderMap::new();
+        assert!(stored.add_conditions(&mut req));
+        assert_eq!(req[header::IF_NONE_MATCH], "\"v1\"");
+        let update = headers(&[
+            ("cache-control", "max-age=60"),
+            ("x-a", "new"),
+            ("content-length", "0"),
+            ("connection", "close"),
+        ]);
+        let merged = stored.updated_by(&update);
+        assert_eq!(merged[header::CACHE_CONTROL], "max-age=60");
+        assert_eq!(merged["x-a"], "new");
+        assert_eq!(merged["x-b"], "kept");
+        assert!(!merged.contains_key(header::CONTENT_LENGTH));
+        assert!(!merged.contains_key(header::CONNECTION));
+        assert!(!merged.contains_key(CACHE_STATUS));
+        // This cache's own ETag is no validator for the origin.
+        let own = decode(&encode(
+            StatusCode::OK,
+            &HeaderMap::new(),
+            b"x",
+            Meta::default(),
+            &[],
+            &[],
+        ))
+        .unwrap();
+        assert!(own.own_etag);
+        let mut req = HeaderMap::new();
+        assert!(!own.add_conditions(&mut req));
+        assert!(!own.updated_by(&HeaderMap::new()).contains_key(header::ETAG));
+    }
+
+    #[test]
+    fn if_modified_since_is_answered_from_last_modified() {
+        let h = headers(&[("last-modified", "Tue, 01 Dec 2026 10:00:00 GMT")]);
+        let stored = decode(&encode(StatusCode::OK, &h, b"x", Meta::default(), &[], &[])).unwrap();
+        let table = HitStatus::new("tower-scale");
+        let ask = |since: &'static str| {
+            let mut req = HeaderMap::new();
+            req.insert(header::IF_MODIFIED_SINCE, HeaderValue::from_static(since));
+            respond(&stored, &req, false, 0, Status::Hit(&table, 1)).status()
+        };
+        assert_eq!(
+            ask("Tue, 01 Dec 2026 10:00:00 GMT"),
+            StatusCode::NOT_MODIFIED
+        );
+        assert_eq!(
+            ask("Wed, 02 Dec 2026 10:00:00 GMT"),
+            StatusCode::NOT_MODIFIED
+        );
+        assert_eq!(ask("Tue, 01 Dec 2026 09:59:59 GMT"), StatusCode::OK);
+        assert_eq!(ask("not a date"), StatusCode::OK);
+        // If-None-Match, when present, decides alone (RFC 9110 §13.2.2).
+        let mut req = HeaderMap::new();
+        req.insert(
+            header::IF_MODIFIED_SINCE,
+            HeaderValue::from_static("Wed, 02 Dec 2026 10:00:00 GMT"),
+        );
+        req.insert(header::IF_NONE_MATCH, HeaderValue::from_static("\"other\""));
+        assert_eq!(
+            respond(&stored, &req, false, 0, Status::Hit(&table, 1)).status(),
+            StatusCode::OK
+        );
     }
 
     #[test]
     fn vary_beyond_the_configured_headers_names_the_extra_ones_sorted() {
         let vary = [HeaderName::from_static("accept-language")];
-        let (_, extra) = storable(
+        let rules = Rules {
+            vary: vary.to_vec(),
+            ..rules()
+        };
+        let extra = storable(
             StatusCode::OK,
             &headers(&[("vary", "X-B, accept-language, x-a")]),
-            &[StatusCode::OK],
-            &vary,
+            &rules,
             DEFAULTS,
+            false,
         )
-        .unwrap();
+        .unwrap()
+        .extra;
         assert_eq!(extra, ["x-a", "x-b"]);
         let marker = encode_marker(&extra);
         assert_eq!(decode_marker(&marker), Some(VaryMarker(extra.clone())));
         assert!(decode(&marker).is_none(), "a marker is never a response");
-        assert!(decode_marker(&encode(StatusCode::OK, &HeaderMap::new(), b"x")).is_none());
+        assert!(
+            decode_marker(&encode(
+                StatusCode::OK,
+                &HeaderMap::new(),
+                b"x",
+                Meta::default(),
+                &[],
+                &[]
+            ))
+            .is_none()
+        );
         let req = headers(&[("x-a", "1"), ("x-b", "2"), ("x-b", "3")]);
         assert_eq!(variant_key("h:/p", &req, &extra), "h:/p\n~\nx-a:1\nx-b:2,3");
     }
@@ -577,7 +1164,7 @@ mod tests {
             ("connection", "close"),
             ("content-length", "2"),
         ]);
-        let bytes = encode(StatusCode::OK, &h, b"{}");
+        let bytes = encode(StatusCode::OK, &h, b"{}", Meta::default(), &[], &[]);
         let r = decode(&bytes).unwrap();
         assert_eq!(r.status, StatusCode::OK);
         assert_eq!(&r.body[..], b"{}");
@@ -587,13 +1174,20 @@ mod tests {
         assert_eq!(r.etag, Some(etag_for(b"{}")));
         // An ETag from the origin is kept.
         let h = headers(&[("etag", "W/\"v1\"")]);
-        let r = decode(&encode(StatusCode::OK, &h, b"x")).unwrap();
+        let r = decode(&encode(StatusCode::OK, &h, b"x", Meta::default(), &[], &[])).unwrap();
         assert_eq!(r.etag.unwrap(), "W/\"v1\"");
     }
 
     #[test]
     fn truncated_or_foreign_bytes_do_not_decode() {
-        let bytes = encode(StatusCode::OK, &headers(&[("x-a", "1")]), b"body");
+        let bytes = encode(
+            StatusCode::OK,
+            &headers(&[("x-a", "1")]),
+            b"body",
+            Meta::default(),
+            &[],
+            &[],
+        );
         for cut in 0..12 {
             assert!(decode(&bytes.slice(..cut)).is_none(), "cut at {cut}");
         }
@@ -606,7 +1200,15 @@ mod tests {
             ("content-type", "text/plain"),
             ("cache-control", "max-age=5"),
         ]);
-        let stored = decode(&encode(StatusCode::OK, &h, b"hello")).unwrap();
+        let stored = decode(&encode(
+            StatusCode::OK,
+            &h,
+            b"hello",
+            Meta::default(),
+            &[],
+            &[],
+        ))
+        .unwrap();
         let etag = stored.etag.clone().unwrap();
         let table = HitStatus::new("tower-scale");
         let status = || Status::Hit(&table, 5);

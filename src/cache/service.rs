@@ -9,20 +9,21 @@ use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response};
+use http::{Method, Request, Response, StatusCode};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use super::body::CacheBody;
+use super::control;
 use super::control::CacheControl;
 use super::entry::{Entry, Lookup, Outcome};
 use super::flight::{Join, Leader};
-use super::layer::{ResponseCacheLayer, Settings};
+use super::layer::{AuthorizedRequests, ResponseCacheLayer, Settings};
 use super::response::{
-    CACHE_STATUS, Status, StoredResponse, VaryMarker, decode, decode_marker, encode, encode_marker,
-    respond, storable, variant_key,
+    CACHE_STATUS, Meta, Status, StoredResponse, VaryMarker, decode, decode_marker, encode,
+    encode_marker, respond, storable, variant_key,
 };
 
 use crate::BoxError;
@@ -64,7 +65,7 @@ pin_project! {
     #[project = FutKindProj]
     enum FutKind<F, B, E> {
         Ready { res: Option<Response<CacheBody<B>>> },
-        Pass { #[pin] fut: F, status: Option<HeaderValue> },
+        Pass { #[pin] fut: F, status: Option<HeaderValue>, strip: Option<Arc<Settings>> },
         Boxed { fut: BoxFuture<Result<Response<CacheBody<B>>, E>> },
     }
 }
@@ -86,9 +87,13 @@ where
             FutKindProj::Ready { res } => Poll::Ready(Ok(res
                 .take()
                 .expect("ResponseFuture polled after completion"))),
-            FutKindProj::Pass { fut, status } => {
+            FutKindProj::Pass { fut, status, strip } => {
                 let res = std::task::ready!(fut.poll(cx))?;
-                Poll::Ready(Ok(pass(res, status.take())))
+                let mut res = pass(res, status.take());
+                if let Some(s) = strip.take() {
+                    strip_targeted(&s, res.headers_mut());
+                }
+                Poll::Ready(Ok(res))
             }
             FutKindProj::Boxed { fut } => fut.as_mut().poll(cx),
         }
@@ -101,6 +106,19 @@ fn pass<B>(res: Response<B>, status: Option<HeaderValue>) -> Response<CacheBody<
         res.headers_mut().insert(CACHE_STATUS, status);
     }
     res
+}
+
+/// Targeted `Cache-Control` fields are for this cache, not for clients (RFC 9213).
+fn strip_targeted(s: &Settings, headers: &mut HeaderMap) {
+    for name in &s.rules.targeted {
+        headers.remove(name);
+    }
+}
+
+/// The settings to strip targeted fields with, if any are configured (a pass-through
+/// then holds one reference more).
+fn strip_of(s: &Arc<Settings>) -> Option<Arc<Settings>> {
+    (!s.rules.targeted.is_empty()).then(|| Arc::clone(s))
 }
 
 fn status_value(name: &str, rest: &str) -> HeaderValue {
@@ -165,12 +183,7 @@ fn write_key<B>(key: &mut String, req: &Request<B>, vary: &[HeaderName]) {
         key.push('\n');
         key.push_str(name.as_str());
         key.push(':');
-        for (i, v) in req.headers().get_all(name).iter().enumerate() {
-            if i > 0 {
-                key.push(',');
-            }
-            key.push_str(&String::from_utf8_lossy(v.as_bytes()));
-        }
+        control::push_selecting_value(key, name, req.headers().get_all(name));
     }
 }
 
@@ -201,11 +214,83 @@ const CONDITIONAL: [HeaderName; 6] = [
     header::RANGE,
 ];
 
+/// Every method but the safe ones (RFC 9110 §9.2.1), unknown ones included.
 fn unsafe_method(m: &Method) -> bool {
-    matches!(
+    !matches!(
         *m,
-        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
     )
+}
+
+/// The path a `Location` or `Content-Location` value names, resolved against the
+/// request's URI (RFC 3986 §5.2), if it is on the request's origin (RFC 9111 §4.4 does
+/// not let a response invalidate another origin's resources).
+fn same_origin_path(
+    uri: &http::Uri,
+    host: Option<&HeaderValue>,
+    value: &HeaderValue,
+) -> Option<String> {
+    let text = value.to_str().ok()?.trim();
+    let text = text.split('#').next().unwrap_or_default();
+    let authority = uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| host.and_then(|h| h.to_str().ok()).map(str::to_owned));
+    let path = if text.starts_with("//") || text.contains("://") {
+        let absolute = if text.starts_with("//") {
+            http::Uri::try_from(format!("http:{text}")).ok()?
+        } else {
+            http::Uri::try_from(text).ok()?
+        };
+        let theirs = absolute.authority()?.as_str();
+        if !authority.is_some_and(|ours| ours.eq_ignore_ascii_case(theirs)) {
+            return None;
+        }
+        absolute.path().to_owned()
+    } else {
+        let reference = text.split('?').next().unwrap_or_default();
+        if reference.is_empty() {
+            return None;
+        }
+        if reference.starts_with('/') {
+            reference.to_owned()
+        } else {
+            let base = uri.path();
+            let dir = &base[..base.rfind('/').map_or(0, |i| i + 1)];
+            format!("{dir}{reference}")
+        }
+    };
+    Some(remove_dot_segments(&path))
+}
+
+/// RFC 3986 §5.2.4, on a path that starts with `/`.
+fn remove_dot_segments(path: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let last = segments.len().saturating_sub(1);
+    let mut trailing = false;
+    for (i, seg) in segments.iter().enumerate() {
+        match *seg {
+            "." => trailing = i == last,
+            ".." => {
+                out.pop();
+                trailing = i == last;
+            }
+            s => {
+                out.push(s);
+                trailing = false;
+            }
+        }
+    }
+    let mut p = String::with_capacity(path.len());
+    for seg in &out {
+        p.push('/');
+        p.push_str(seg);
+    }
+    if trailing || p.is_empty() {
+        p.push('/');
+    }
+    p
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ResponseCache<S>
@@ -232,11 +317,27 @@ where
         }
         if unsafe_method(method) {
             let s = Arc::clone(&self.settings);
-            let (req, tags) = tags_of(req, s.invalidates.as_deref());
+            let (req, mut tags) = tags_of(req, s.invalidates.as_deref());
+            let uri = req.uri().clone();
+            let host = req.headers().get(header::HOST).cloned();
             let fut = self.inner.call(req);
             return boxed(async move {
                 let res = fut.await?;
                 if res.status().is_success() || res.status().is_redirection() {
+                    // The resources the response names on this origin change too (RFC
+                    // 9111 §4.4).
+                    for name in [header::LOCATION, header::CONTENT_LOCATION] {
+                        if let Some(path) = res
+                            .headers()
+                            .get(&name)
+                            .and_then(|v| same_origin_path(&uri, host.as_ref(), v))
+                        {
+                            let tag = ResponseCacheLayer::path_tag(&path);
+                            if !tags.contains(&tag) {
+                                tags.push(tag);
+                            }
+                        }
+                    }
                     // A task of its own: the write is done, so the invalidation must be
                     // too, even if the client goes away meanwhile.
                     let engine = s.engine.clone();
@@ -265,13 +366,16 @@ where
                     });
                     let _ = task.await;
                 }
-                Ok(pass(res, None))
+                let mut res = pass(res, None);
+                strip_targeted(&s, res.headers_mut());
+                Ok(res)
             });
         }
         ResponseFuture {
             kind: FutKind::Pass {
                 fut: self.inner.call(req),
                 status: None,
+                strip: strip_of(&self.settings),
             },
         }
     }
@@ -299,6 +403,7 @@ impl<S> ResponseCache<S> {
             kind: FutKind::Pass {
                 fut: self.inner.call(req),
                 status: Some(status),
+                strip: strip_of(&self.settings),
             },
         }
     }
@@ -317,9 +422,13 @@ impl<S> ResponseCache<S> {
     {
         let s = &*self.settings;
         let head = req.method() == Method::HEAD;
-        if !s.cache_authorized && req.headers().contains_key(header::AUTHORIZATION) {
-            return self.pass_with(req, "fwd=bypass");
-        }
+        // Requests with `Authorization` whose responses are stored only if shareable.
+        let authorized = match s.authorized {
+            AuthorizedRequests::Cache => false,
+            _ if !req.headers().contains_key(header::AUTHORIZATION) => false,
+            AuthorizedRequests::Shared => true,
+            _ => return self.pass_with(req, "fwd=bypass"),
+        };
         let req_cc = if req.headers().contains_key(header::CACHE_CONTROL) {
             CacheControl::parse(req.headers().get_all(header::CACHE_CONTROL))
         } else {
@@ -335,7 +444,7 @@ impl<S> ResponseCache<S> {
                 .is_some_and(|f| f(RequestRef::from(&req)));
         let looked_up = KEY.with_borrow_mut(|key| {
             key.clear();
-            write_key(key, &req, &s.vary);
+            write_key(key, &req, &s.rules.vary);
             if key.len() > s.max_key {
                 return None;
             }
@@ -369,7 +478,7 @@ impl<S> ResponseCache<S> {
             && let Some(marker) = marker_of(e)
         {
             let names = marker.0.clone();
-            let primary = key_for(&req, &s.vary, key.take());
+            let primary = key_for(&req, &s.rules.vary, key.take());
             let secondary = variant_key(&primary, req.headers(), &names);
             if secondary.len() > s.max_key {
                 return self.pass_with(req, "fwd=bypass; detail=key-too-long");
@@ -394,8 +503,9 @@ impl<S> ResponseCache<S> {
                 if let Some(stored) = stored_of(&entry) {
                     let status = hit_status(s, &entry, now, None);
                     let res = respond_entry(&entry, stored, req.headers(), head, status, now);
-                    if let Some(leader) = s.engine.served_stale(&key_for(&req, &s.vary, key)) {
-                        self.refresh_in_background(&req, leader, variant);
+                    if let Some(leader) = s.engine.served_stale(&key_for(&req, &s.rules.vary, key))
+                    {
+                        self.refresh_in_background(&req, leader, &entry, variant, authorized);
                     }
                     return ResponseFuture {
                         kind: FutKind::Ready { res: Some(res) },
@@ -404,23 +514,51 @@ impl<S> ResponseCache<S> {
             }
             Lookup::Miss { fallback: f } => fallback = f,
         }
-        let key = key_for(&req, &s.vary, key);
+        let key = key_for(&req, &s.rules.vary, key);
         if head {
-            // A HEAD response has no body to store; it is answered from GET entries only.
-            return self.pass_with(req, "fwd=miss");
+            // A HEAD response has no body to store; it is answered from GET entries only,
+            // and updates the fields of a kept one it validates (RFC 9111 §4.3.5).
+            let kept = fallback.filter(|e| stored_of(e).is_some_and(StoredResponse::has_validator));
+            // Only when no load of the key is under way: that one stores a newer copy.
+            let (Some(kept), Some(leader)) = (kept, s.engine.try_lead(&key)) else {
+                return self.pass_with(req, "fwd=miss");
+            };
+            let (req, tags) = tags_of(req, s.tags.as_deref());
+            let fut = self.inner.call(req);
+            let s = Arc::clone(&self.settings);
+            return boxed(async move {
+                let update = HeadUpdate {
+                    leader,
+                    kept,
+                    tags,
+                    variant,
+                    authorized,
+                };
+                let res = update.run(&s, fut).await?;
+                let mut res = pass(res, Some(status_value(&s.name, "fwd=miss")));
+                strip_targeted(&s, res.headers_mut());
+                Ok(res)
+            });
         }
         s.engine.missed();
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let s = Arc::clone(&self.settings);
-        boxed(miss(s, inner, req, key, fallback, refresh, variant))
+        let load = Load {
+            refresh,
+            variant,
+            authorized,
+        };
+        boxed(miss(s, inner, req, key, fallback, load))
     }
 
     fn refresh_in_background<ReqBody, ResBody>(
         &self,
         req: &Request<ReqBody>,
         leader: Leader,
+        stale: &Arc<Entry>,
         variant: Option<Vec<HeaderName>>,
+        authorized: bool,
     ) where
         S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
         S::Future: Send + 'static,
@@ -441,12 +579,28 @@ impl<S> ResponseCache<S> {
         }
         let s = Arc::clone(&self.settings);
         let mut svc = self.inner.clone();
+        let stale = Arc::clone(stale);
+        let load = Load {
+            refresh: false,
+            variant,
+            authorized,
+        };
         tokio::spawn(async move {
             if std::future::poll_fn(|cx| svc.poll_ready(cx)).await.is_ok() {
-                let _ = lead(&s, svc, r, leader, None, false, variant).await;
+                let _ = lead(&s, svc, r, leader, Some(stale), load).await;
             }
         });
     }
+}
+
+/// What a load is for.
+struct Load {
+    /// The client asked for the origin's answer (`no-cache`, the refresh hook).
+    refresh: bool,
+    /// The `Vary` names of the variant being loaded, if the URI has variants.
+    variant: Option<Vec<HeaderName>>,
+    /// The request carries `Authorization`: store only shareable responses.
+    authorized: bool,
 }
 
 async fn miss<S, ReqBody, ResBody>(
@@ -455,20 +609,22 @@ async fn miss<S, ReqBody, ResBody>(
     req: Request<ReqBody>,
     key: String,
     fallback: Option<Arc<Entry>>,
-    refresh: bool,
-    variant: Option<Vec<HeaderName>>,
+    load: Load,
 ) -> Result<Response<CacheBody<ResBody>>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     ResBody: Body<Data = Bytes>,
     ResBody::Error: Into<BoxError>,
 {
+    let began = s.engine.now();
     loop {
         match s.engine.join(&key).await {
             Join::Done(Outcome::Value(entry)) => {
                 if let Some(stored) = stored_of(&entry) {
                     let now = s.engine.now();
-                    let status = if now < entry.fresh_until {
+                    // Loaded (or revalidated) while this request waited, or an older copy
+                    // the leader served because the origin failed.
+                    let status = if now < entry.fresh_until || entry.stored_at >= began {
                         Status::Other(status_value(&s.name, "fwd=miss; collapsed"))
                     } else {
                         hit_status(&s, &entry, now, Some("stale-if-error"))
@@ -488,7 +644,7 @@ where
             // Its leader went away: join again (as its waiters, this request may lead).
             Join::Abandoned => {}
             Join::Lead(leader) => {
-                return lead(&s, inner, req, leader, fallback, refresh, variant).await;
+                return lead(&s, inner, req, leader, fallback, load).await;
             }
         }
     }
@@ -555,14 +711,18 @@ async fn lead<S, ReqBody, ResBody>(
     req: Request<ReqBody>,
     mut leader: Leader,
     mut fallback: Option<Arc<Entry>>,
-    refresh: bool,
-    variant: Option<Vec<HeaderName>>,
+    load: Load,
 ) -> Result<Response<CacheBody<ResBody>>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     ResBody: Body<Data = Bytes>,
     ResBody::Error: Into<BoxError>,
 {
+    let Load {
+        refresh,
+        variant,
+        authorized,
+    } = load;
     let (mut req, tags) = tags_of(req, s.tags.as_deref());
     let tag_refs: Vec<&str> = tags.iter().map(String::as_str).collect();
     let request_headers = req.headers().clone();
@@ -586,18 +746,25 @@ where
             fallback = Some(entry);
         }
     }
+    // A kept copy with the origin's validators is revalidated: a 304 costs no body.
+    let conditional = fallback
+        .as_deref()
+        .and_then(stored_of)
+        .is_some_and(|stored| stored.add_conditions(req.headers_mut()));
     // Serves the stale-if-error copy to the caller and the waiters; without one, lets
-    // the waiters go to the backend themselves.
+    // the waiters go to the backend themselves. Only a successful response within its
+    // stale-if-error window stands in for a failing origin.
     let serve_stale = |leader: Leader, fallback: Option<Arc<Entry>>| {
+        let now = s.engine.now();
         let Some((entry, stored)) = fallback
             .as_ref()
             .and_then(|e| stored_of(e).map(|st| (e, st)))
+            .filter(|(e, st)| st.serves_on_error(e, now))
         else {
             leader.complete(Outcome::Pass);
             return None;
         };
         s.engine.served_stale_on_error();
-        let now = s.engine.now();
         let status = hit_status(s, entry, now, Some("stale-if-error"));
         let res = respond_entry(entry, stored, &request_headers, false, status, now);
         leader.complete(Outcome::Value(Arc::clone(entry)));
@@ -619,40 +786,77 @@ where
             if let Some(stale) = serve_stale(leader, fallback) {
                 return Ok(stale);
             }
-            return Ok(pass(res, Some(status_value(&s.name, "fwd=miss"))));
+            let mut res = pass(res, Some(status_value(&s.name, "fwd=miss")));
+            strip_targeted(s, res.headers_mut());
+            return Ok(res);
         }
     } else {
         leader.load_succeeded();
     }
-    let fwd = if refresh { "fwd=request" } else { "fwd=miss" };
-    let Some((lifetimes, extra)) = storable(
+    if conditional
+        && res.status() == StatusCode::NOT_MODIFIED
+        && let Some(entry) = fallback
+    {
+        let parts = res.into_parts().0;
+        return Ok(revalidated(
+            s,
+            leader,
+            &entry,
+            &parts.headers,
+            &request_headers,
+            &tag_refs,
+            variant.as_deref(),
+            authorized,
+        )
+        .await);
+    }
+    let fwd = if refresh {
+        "fwd=request"
+    } else if conditional {
+        "fwd=stale"
+    } else {
+        "fwd=miss"
+    };
+    let unstored = |leader: Leader, res: Response<ResBody>| {
+        leader.complete(Outcome::Pass);
+        let mut res = pass(res, Some(status_value(&s.name, fwd)));
+        strip_targeted(s, res.headers_mut());
+        res
+    };
+    let Some(storable) = storable(
         res.status(),
         res.headers(),
-        &s.statuses,
-        &s.vary,
+        &s.rules,
         s.engine.defaults(),
+        authorized,
     ) else {
-        leader.complete(Outcome::Pass);
-        return Ok(pass(res, Some(status_value(&s.name, fwd))));
+        return Ok(unstored(leader, res));
     };
+    let extra = &storable.extra;
     // Where the response goes: under the leader's key (no extra `Vary`, or the variant
     // key the marker led to), or under a variant key with a marker at the URI's key.
     let learn_variant = match &variant {
         None => !extra.is_empty(),
-        Some(names) if *names == extra => false,
+        Some(names) if names == extra => false,
         // The resource's `Vary` changed since the marker: store nothing until it expires.
-        Some(_) => {
-            leader.complete(Outcome::Pass);
-            return Ok(pass(res, Some(status_value(&s.name, fwd))));
-        }
+        Some(_) => return Ok(unstored(leader, res)),
     };
+    let lifetimes = storable.lifetimes;
     let (parts, body) = res.into_parts();
     match collect(body, s.max_body).await {
         Collected::Whole(body) => {
-            let value = encode(parts.status, &parts.headers, &body);
+            let value = encode(
+                parts.status,
+                &parts.headers,
+                &body,
+                storable.meta,
+                &s.rules.targeted,
+                &storable.strip,
+            );
             let Some(stored) = decode(&value) else {
                 leader.complete(Outcome::Pass);
-                let res = Response::from_parts(parts, CacheBody::full(Some(body)));
+                let mut res = Response::from_parts(parts, CacheBody::full(Some(body)));
+                strip_targeted(s, res.headers_mut());
                 return Ok(res);
             };
             let stored = Arc::new(stored);
@@ -660,9 +864,9 @@ where
             let entry = if learn_variant {
                 // The marker at the URI's key, then the response at this request's
                 // variant key (unless a load of that variant is already under way).
-                let secondary = variant_key(&leader.key, &request_headers, &extra);
+                let secondary = variant_key(&leader.key, &request_headers, extra);
                 leader
-                    .store(encode_marker(&extra), None, lifetimes, &tag_refs, true)
+                    .store(encode_marker(extra), None, lifetimes, &tag_refs, true)
                     .await;
                 leader.complete(Outcome::Pass);
                 match s.engine.try_lead(&secondary) {
@@ -678,6 +882,7 @@ where
                         let mut res = Response::from_parts(parts, CacheBody::full(Some(body)));
                         res.headers_mut()
                             .insert(CACHE_STATUS, status_value(&s.name, fwd));
+                        strip_targeted(s, res.headers_mut());
                         return Ok(res);
                     }
                 }
@@ -688,21 +893,233 @@ where
                 leader.complete(Outcome::Value(Arc::clone(&entry)));
                 entry
             };
-            Ok(respond_entry(
-                &entry,
-                &stored,
-                &request_headers,
-                false,
-                status,
-                s.engine.now(),
-            ))
+            if storable.strip.is_empty() {
+                return Ok(respond_entry(
+                    &entry,
+                    &stored,
+                    &request_headers,
+                    false,
+                    status,
+                    s.engine.now(),
+                ));
+            }
+            // Fields the cache may not keep still reach the client the origin answered.
+            let mut res = Response::from_parts(parts, CacheBody::full(Some(body)));
+            res.headers_mut().insert(
+                CACHE_STATUS,
+                status_value(&s.name, &format!("{fwd}; stored")),
+            );
+            strip_targeted(s, res.headers_mut());
+            Ok(res)
         }
         Collected::Partial(frames, rest, error) => {
             leader.complete(Outcome::Pass);
             let mut res = Response::from_parts(parts, CacheBody::prefixed(frames, rest, error));
             res.headers_mut()
                 .insert(CACHE_STATUS, status_value(&s.name, fwd));
+            strip_targeted(s, res.headers_mut());
             Ok(res)
+        }
+    }
+}
+
+/// A `HEAD` request that found a kept response: the origin's answer, if its validators
+/// match, updates the kept response's fields and freshness as a 304 would (RFC 9111
+/// §4.3.5), unless its length says the body changed.
+struct HeadUpdate {
+    leader: Leader,
+    kept: Arc<Entry>,
+    tags: Vec<String>,
+    variant: Option<Vec<HeaderName>>,
+    authorized: bool,
+}
+
+impl HeadUpdate {
+    async fn run<F, B, E>(self, s: &Settings, fut: F) -> Result<Response<B>, E>
+    where
+        F: Future<Output = Result<Response<B>, E>>,
+    {
+        let Self {
+            mut leader,
+            kept,
+            tags,
+            variant,
+            authorized,
+        } = self;
+        let tag_refs: Vec<&str> = tags.iter().map(String::as_str).collect();
+        // The fences are read before the origin answers: an invalidation meanwhile
+        // keeps the update out.
+        let _ = leader.read_l2(&tag_refs).await;
+        let res = fut.await?;
+        let Some(old) = stored_of(&kept).filter(|_| res.status().is_success()) else {
+            leader.complete(Outcome::Pass);
+            return Ok(res);
+        };
+        let update = res.headers();
+        let same_etag = old
+            .etag
+            .as_ref()
+            .filter(|_| !old.own_etag)
+            .is_some_and(|tag| {
+                update
+                    .get(header::ETAG)
+                    .is_some_and(|theirs| theirs.as_bytes() == tag.as_bytes())
+            });
+        let same_date = !update.contains_key(header::ETAG)
+            && old
+                .headers
+                .get(header::LAST_MODIFIED)
+                .is_some_and(|lm| update.get(header::LAST_MODIFIED) == Some(lm));
+        let same_length = update
+            .get(header::CONTENT_LENGTH)
+            .is_none_or(|len| len.as_bytes() == old.body.len().to_string().as_bytes());
+        let headers = old.updated_by(update);
+        let storable = storable(
+            old.status,
+            &headers,
+            &s.rules,
+            s.engine.defaults(),
+            authorized,
+        )
+        .filter(|st| st.extra == variant.as_deref().unwrap_or_default());
+        match storable {
+            Some(st) if (same_etag || same_date) && same_length => {
+                let value = encode(
+                    old.status,
+                    &headers,
+                    &old.body,
+                    st.meta,
+                    &s.rules.targeted,
+                    &st.strip,
+                );
+                let entry = leader
+                    .store(value, None, st.lifetimes, &tag_refs, true)
+                    .await;
+                leader.complete(Outcome::Value(entry));
+            }
+            _ => leader.complete(Outcome::Pass),
+        }
+        Ok(res)
+    }
+}
+
+/// The origin answered a revalidation with `304 Not Modified`: the stored response, its
+/// fields updated by the 304's (RFC 9111 §4.3.4), is stored again with new lifetimes and
+/// served; nothing of the body crossed the wire.
+#[allow(clippy::too_many_arguments)]
+async fn revalidated<B>(
+    s: &Settings,
+    leader: Leader,
+    entry: &Entry,
+    update: &HeaderMap,
+    request_headers: &HeaderMap,
+    tags: &[&str],
+    variant: Option<&[HeaderName]>,
+    authorized: bool,
+) -> Response<CacheBody<B>> {
+    let Some(old) = stored_of(entry) else {
+        // Unreachable: the conditions were taken from this stored response.
+        leader.complete(Outcome::Pass);
+        return Response::new(CacheBody::full(None));
+    };
+    let headers = old.updated_by(update);
+    let storable = storable(
+        old.status,
+        &headers,
+        &s.rules,
+        s.engine.defaults(),
+        authorized,
+    )
+    // Stored again only under the same key: a `Vary` that changed waits for a full load.
+    .filter(|st| st.extra == variant.unwrap_or_default());
+    let (meta, strip) = storable
+        .as_ref()
+        .map_or((Meta::default(), &[][..]), |st| (st.meta, &st.strip[..]));
+    let value = encode(
+        old.status,
+        &headers,
+        &old.body,
+        meta,
+        &s.rules.targeted,
+        strip,
+    );
+    let Some(new) = decode(&value) else {
+        leader.complete(Outcome::Pass);
+        return Response::new(CacheBody::full(None));
+    };
+    let new = Arc::new(new);
+    match storable {
+        Some(st) => {
+            let stored = leader
+                .store(value, Some(new.clone()), st.lifetimes, tags, true)
+                .await;
+            leader.complete(Outcome::Value(Arc::clone(&stored)));
+            let status = Status::Other(status_value(&s.name, "fwd=stale; fwd-status=304; stored"));
+            respond_entry(
+                &stored,
+                &new,
+                request_headers,
+                false,
+                status,
+                s.engine.now(),
+            )
+        }
+        None => {
+            leader.complete(Outcome::Pass);
+            let status = Status::Other(status_value(&s.name, "fwd=stale; fwd-status=304"));
+            respond(&new, request_headers, false, 0, status).map(CacheBody::full)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_resolve_on_the_request_origin_only() {
+        let uri: http::Uri = "/shop/items/7?x=1".parse().unwrap();
+        let host = HeaderValue::from_static("example.com");
+        let resolve =
+            |v: &'static str| same_origin_path(&uri, Some(&host), &HeaderValue::from_static(v));
+        let cases: [(&str, Option<&str>); 11] = [
+            ("/items/8", Some("/items/8")),
+            ("/items/8?page=2#top", Some("/items/8")),
+            ("8", Some("/shop/items/8")),
+            ("../lists/1", Some("/shop/lists/1")),
+            ("./", Some("/shop/items/")),
+            ("/a/./b/../c", Some("/a/c")),
+            ("http://example.com/x", Some("/x")),
+            ("https://EXAMPLE.com/y/", Some("/y/")),
+            ("//example.com/z", Some("/z")),
+            ("http://other.example/x", None),
+            ("", None),
+        ];
+        for (value, want) in cases {
+            assert_eq!(resolve(value).as_deref(), want, "{value}");
+        }
+        // Without a Host or an authority, only relative references are on the origin.
+        let none = same_origin_path(&uri, None, &HeaderValue::from_static("http://a/x"));
+        assert_eq!(none, None);
+        let bytes = HeaderValue::from_bytes(b"/caf\xc3\xa9").unwrap();
+        assert_eq!(same_origin_path(&uri, Some(&host), &bytes), None);
+    }
+
+    #[test]
+    fn only_safe_methods_leave_the_cache_alone() {
+        for m in ["GET", "HEAD", "OPTIONS", "TRACE"] {
+            assert!(
+                !unsafe_method(&Method::from_bytes(m.as_bytes()).unwrap()),
+                "{m}"
+            );
+        }
+        for m in [
+            "POST", "PUT", "PATCH", "DELETE", "CONNECT", "PURGE", "M-SEARCH",
+        ] {
+            assert!(
+                unsafe_method(&Method::from_bytes(m.as_bytes()).unwrap()),
+                "{m}"
+            );
         }
     }
 }
