@@ -1299,6 +1299,10 @@ impl Recorder {
                     all.push(seen.clone());
                     all.len() - 1
                 };
+                if seen.uri.starts_with("/slow") {
+                    // Long enough for concurrent requests to join this one's load.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
                 let (status, headers, body) = (o.answer)(&seen, n);
                 let mut res = Response::new(Full::new(Bytes::from(body)));
                 *res.status_mut() = status;
@@ -1685,13 +1689,13 @@ async fn unsafe_methods_invalidate_their_target_and_the_locations_they_name() {
                 "http://shop.example/receipts/1".to_owned(),
             ));
         } else if seen.uri == "/elsewhere" {
-            headers.push(("location", "http://other.example/a".to_owned()));
+            headers.push(("location", "http://other.example/kept".to_owned()));
         }
         (StatusCode::CREATED, headers, String::new())
     });
     let svc = ResponseCacheLayer::new(&engine).layer_service(origin.app());
     let host = [("host", "shop.example")];
-    let paths = ["/a", "/orders/1", "/receipts/1"];
+    let paths = ["/a", "/orders/1", "/receipts/1", "/kept"];
     let bodies = async |svc: &App2| {
         let mut out = Vec::new();
         for p in paths {
@@ -1709,9 +1713,13 @@ async fn unsafe_methods_invalidate_their_target_and_the_locations_they_name() {
     send(&svc, Method::POST, "/elsewhere", &host).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     let after = bodies(&svc).await;
-    for (i, p) in paths.iter().enumerate() {
+    for (i, p) in paths.iter().take(3).enumerate() {
         assert_ne!(after[i], before[i], "{p} was not invalidated");
     }
+    assert_eq!(
+        after[3], before[3],
+        "another origin's /kept was invalidated"
+    );
     // OPTIONS is safe.
     send(&svc, Method::OPTIONS, "/a", &host).await;
     assert_eq!(bodies(&svc).await, after);
@@ -1882,25 +1890,27 @@ async fn a_clients_if_modified_since_is_answered_from_the_cache() {
 /// anyway (as the 103 case above shows) is passed on, never stored.
 #[tokio::test]
 async fn over_a_real_connection_only_the_final_response_reaches_the_layer() {
-    use axum::{Router, routing::post};
+    use axum::{Router, routing::get};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let engine = CacheEngine::builder().build().unwrap();
     let app: Router = Router::new()
         .route(
-            "/upload",
-            post(|body: Bytes| async move { format!("{} bytes", body.len()) }),
+            "/echo",
+            get(|body: Bytes| async move { format!("{} bytes", body.len()) }),
         )
         .layer(ResponseCacheLayer::new(&engine));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut buf = vec![0u8; 1024];
+    // A GET with a body and `Expect: 100-continue`: the handler reads the body, so hyper
+    // sends `100 Continue` on the wire before the final 200.
     conn.write_all(
-        b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n",
+        b"GET /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n",
     )
     .await
     .unwrap();
-    let mut buf = vec![0u8; 1024];
     let n = conn.read(&mut buf).await.unwrap();
     let interim = String::from_utf8_lossy(&buf[..n]).to_string();
     assert!(interim.starts_with("HTTP/1.1 100 Continue"), "{interim}");
@@ -1912,7 +1922,188 @@ async fn over_a_real_connection_only_the_final_response_reaches_the_layer() {
         all.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
     assert!(all.contains("HTTP/1.1 200 OK"), "{all}");
-    assert_eq!(engine.local_entries(), 0, "nothing stored");
+    // What was stored is the final response: the next request is a hit with the 200.
+    conn.write_all(b"GET /echo HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut again = String::new();
+    while !again.contains("5 bytes") {
+        let n = conn.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed early: {again}");
+        again.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(again.starts_with("HTTP/1.1 200 OK"), "{again}");
+    assert!(again.contains("hit; ttl="), "{again}");
+    assert_eq!(engine.local_entries(), 1);
+}
+
+#[tokio::test]
+async fn requests_waiting_on_a_load_never_get_the_targeted_field() {
+    let engine = CacheEngine::builder().build().unwrap();
+    let origin = Recorder::new(|_, n| {
+        ok_with(
+            &[
+                ("cache-control", "max-age=60"),
+                ("cdn-cache-control", "no-store"),
+            ],
+            &format!("{n}"),
+        )
+    });
+    let svc = ResponseCacheLayer::builder(&engine)
+        .targeted(["cdn-cache-control"])
+        .build()
+        .unwrap()
+        .layer_service(origin.app());
+    let (a, b, c) = tokio::join!(
+        send(&svc, Method::GET, "/slow", &[]),
+        send(&svc, Method::GET, "/slow", &[]),
+        send(&svc, Method::GET, "/slow", &[]),
+    );
+    assert_eq!(
+        origin.calls(),
+        3,
+        "not shareable: each waiter asked the origin"
+    );
+    for g in [a, b, c] {
+        assert!(
+            !g.headers.contains_key("cdn-cache-control"),
+            "{:?}",
+            g.headers
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_304_for_another_representation_is_not_applied_and_the_whole_response_is_fetched() {
+    let engine = paused_http_engine();
+    // The origin honours only If-Modified-Since and changed the resource within the
+    // same second: its 304 carries the new ETag.
+    let origin = Recorder::new(|seen, n| {
+        let lm = "Tue, 01 Dec 2026 10:00:00 GMT";
+        if n > 0 && seen.headers.contains_key("if-modified-since") {
+            return (
+                StatusCode::NOT_MODIFIED,
+                vec![
+                    ("etag", "\"v2\"".into()),
+                    ("cache-control", "max-age=10".into()),
+                ],
+                String::new(),
+            );
+        }
+        let etag = if n == 0 { "\"v1\"" } else { "\"v2\"" };
+        ok_with(
+            &[
+                ("cache-control", "max-age=10"),
+                ("etag", etag),
+                ("last-modified", lm),
+            ],
+            &format!("version {}", if n == 0 { 1 } else { 2 }),
+        )
+    });
+    let svc = ResponseCacheLayer::new(&engine).layer_service(origin.app());
+    send(&svc, Method::GET, "/r", &[]).await;
+    tokio::time::advance(Duration::from_secs(11)).await;
+    let g = send(&svc, Method::GET, "/r", &[]).await;
+    assert_eq!(&g.body[..], b"version 2", "{}", cache_status(&g));
+    assert_eq!(header(&g, "etag"), "\"v2\"");
+    let seen = origin.seen();
+    assert_eq!(seen.len(), 3);
+    assert!(seen[1].headers.contains_key("if-none-match"));
+    assert!(!seen[2].headers.contains_key("if-none-match"));
+    assert!(!seen[2].headers.contains_key("if-modified-since"));
+    let hit = send(&svc, Method::GET, "/r", &[]).await;
+    assert_eq!(&hit.body[..], b"version 2");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_variant_is_revalidated_like_any_response() {
+    let engine = paused_http_engine();
+    let origin = Recorder::new(|seen, _| {
+        if seen
+            .headers
+            .get("if-none-match")
+            .is_some_and(|v| v == "\"fr1\"")
+        {
+            return (StatusCode::NOT_MODIFIED, vec![], String::new());
+        }
+        ok_with(
+            &[
+                ("cache-control", "max-age=10"),
+                ("vary", "accept-language"),
+                ("etag", "\"fr1\""),
+            ],
+            "bonjour",
+        )
+    });
+    let svc = ResponseCacheLayer::new(&engine).layer_service(origin.app());
+    let fr = [("accept-language", "fr")];
+    send(&svc, Method::GET, "/hello", &fr).await;
+    tokio::time::advance(Duration::from_secs(11)).await;
+    let g = send(&svc, Method::GET, "/hello", &fr).await;
+    assert_eq!(&g.body[..], b"bonjour");
+    assert!(
+        cache_status(&g).contains("fwd-status=304"),
+        "{}",
+        cache_status(&g)
+    );
+    let seen = origin.seen();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[1].headers["if-none-match"], "\"fr1\"");
+    let hit = send(&svc, Method::GET, "/hello", &fr).await;
+    assert!(cache_status(&hit).contains("hit"), "{}", cache_status(&hit));
+    assert_eq!(origin.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_authorized_revalidation_does_not_share_the_fields_it_adds() {
+    use tower_scale::cache::AuthorizedRequests;
+    let engine = paused_http_engine();
+    // Anonymous: public. With Authorization, the 304 adds the account and no directive.
+    let origin = Recorder::new(|seen, _| {
+        let authorized = seen.headers.contains_key("authorization");
+        if seen
+            .headers
+            .get("if-none-match")
+            .is_some_and(|v| v == "\"p1\"")
+        {
+            let headers = if authorized {
+                vec![("x-account", "alice".into())]
+            } else {
+                vec![("cache-control", "public, max-age=10".into())]
+            };
+            return (StatusCode::NOT_MODIFIED, headers, String::new());
+        }
+        ok_with(
+            &[("cache-control", "public, max-age=10"), ("etag", "\"p1\"")],
+            "page",
+        )
+    });
+    let svc = ResponseCacheLayer::builder(&engine)
+        .authorized(AuthorizedRequests::Shared)
+        .build()
+        .unwrap()
+        .layer_service(origin.app());
+    send(&svc, Method::GET, "/page", &[]).await;
+    tokio::time::advance(Duration::from_secs(11)).await;
+    let mine = send(
+        &svc,
+        Method::GET,
+        "/page",
+        &[("authorization", "Bearer alice")],
+    )
+    .await;
+    assert_eq!(
+        header(&mine, "x-account"),
+        "alice",
+        "the asker gets the update"
+    );
+    let theirs = send(&svc, Method::GET, "/page", &[]).await;
+    assert!(
+        !theirs.headers.contains_key("x-account"),
+        "alice's field reached another client: {}",
+        cache_status(&theirs)
+    );
+    assert_eq!(&theirs.body[..], b"page");
 }
 
 /// A copy stored by one instance goes stale in Redis; another instance revalidates it

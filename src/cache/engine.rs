@@ -206,6 +206,21 @@ impl CacheEngine {
         }
     }
 
+    /// A leader for `key` that no caller waits on and that holds up no load (its flight is
+    /// not in the map): for an update that comes with another request, such as the
+    /// fields of a `HEAD` response. It reads the fences and stores as any leader.
+    pub(crate) fn detached_leader(&self, key: &str) -> Leader {
+        Leader {
+            engine: self.clone(),
+            key: key.to_owned(),
+            flight: Arc::new(watch::Sender::new(None)),
+            fence: self.inner.epoch.load(Ordering::Acquire),
+            tag_snapshot: None,
+            #[cfg(feature = "redis")]
+            l2_fence: None,
+        }
+    }
+
     /// The lifetimes an entry gets unless its load says otherwise.
     pub(crate) fn defaults(&self) -> Lifetimes {
         self.inner.defaults

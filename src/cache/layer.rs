@@ -248,7 +248,8 @@ impl ResponseCacheLayerBuilder {
         self
     }
 
-    /// Extra tags a successful unsafe request (POST, PUT, PATCH, DELETE) invalidates,
+    /// Extra tags a successful unsafe request (any method but GET, HEAD, OPTIONS and
+    /// TRACE) invalidates,
     /// beyond its own path's: e.g. a `PUT /products/7` also invalidating the list at
     /// `/products`.
     pub fn invalidates(

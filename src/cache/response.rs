@@ -56,6 +56,19 @@ impl StoredResponse {
         any
     }
 
+    /// Whether a 304 to a revalidation selects this stored response (RFC 9111 §4.3.4):
+    /// its `ETag`, if it has one, is this response's; else its `Last-Modified`, if it has
+    /// one, is; a 304 with neither selects it.
+    pub(crate) fn is_validated_by(&self, update: &HeaderMap) -> bool {
+        if let Some(theirs) = update.get(header::ETAG) {
+            return !self.own_etag && self.etag.as_ref() == Some(theirs);
+        }
+        match update.get(header::LAST_MODIFIED) {
+            Some(theirs) => self.headers.get(header::LAST_MODIFIED) == Some(theirs),
+            None => true,
+        }
+    }
+
     /// Whether the origin gave a validator this cache can revalidate with.
     pub(crate) fn has_validator(&self) -> bool {
         (self.etag.is_some() && !self.own_etag) || self.headers.contains_key(header::LAST_MODIFIED)
@@ -94,8 +107,18 @@ impl StoredResponse {
     pub(crate) fn updated_by(&self, update: &HeaderMap) -> HeaderMap {
         let mut h = self.origin_headers();
         let mut replaced: Vec<&HeaderName> = Vec::new();
+        let listed: Vec<&[u8]> = update
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| control::split_list(v.as_bytes()))
+            .collect();
         for (name, value) in update {
-            if (hop_by_hop(name) && *name != header::AGE) || *name == header::CONTENT_LENGTH {
+            if (hop_by_hop(name) && *name != header::AGE)
+                || *name == header::CONTENT_LENGTH
+                || listed
+                    .iter()
+                    .any(|l| l.eq_ignore_ascii_case(name.as_str().as_bytes()))
+            {
                 continue;
             }
             if !replaced.contains(&name) {
@@ -327,9 +350,10 @@ pub(crate) fn storable(
     let secs = |s: Option<u32>, d: Duration| s.map_or(d, |s| Duration::from_secs(u64::from(s)));
     let (swr, sie) = if cc.must_revalidate || cc.no_cache {
         (Duration::ZERO, Duration::ZERO)
-    } else if cc.s_maxage.is_some() {
-        // `s-maxage` implies proxy-revalidate for a shared cache (§5.2.2.10): only the
-        // response's own RFC 5861 directives may allow serving it stale.
+    } else if cc.s_maxage.is_some() || ttl.is_zero() {
+        // `s-maxage` implies proxy-revalidate for a shared cache (§5.2.2.10), and a
+        // response stale on arrival is revalidated before use: only the response's own
+        // RFC 5861 directives may allow serving it stale.
         (
             secs(cc.stale_while_revalidate, Duration::ZERO),
             secs(cc.stale_if_error, Duration::ZERO),
@@ -872,7 +896,7 @@ mod tests {
                 200,
                 &[("cache-control", "max-age=0"), ("etag", "\"v1\"")],
                 false,
-                lt(0, 5, 300),
+                lt(0, 0, 300),
             ),
             (
                 "a validator keeps it past fresh",

@@ -236,14 +236,16 @@ fn same_origin_path(
         .authority()
         .map(|a| a.as_str().to_owned())
         .or_else(|| host.and_then(|h| h.to_str().ok()).map(str::to_owned));
-    let path = if text.starts_with("//") || text.contains("://") {
+    let path = if text.starts_with("//") || has_scheme(text) {
         let absolute = if text.starts_with("//") {
             http::Uri::try_from(format!("http:{text}")).ok()?
         } else {
             http::Uri::try_from(text).ok()?
         };
-        let theirs = absolute.authority()?.as_str();
-        if !authority.is_some_and(|ours| ours.eq_ignore_ascii_case(theirs)) {
+        // §4.4 compares the host parts.
+        let theirs = absolute.host()?;
+        let ours = authority.and_then(|a| http::uri::Authority::try_from(a).ok());
+        if !ours.is_some_and(|ours| ours.host().eq_ignore_ascii_case(theirs)) {
             return None;
         }
         absolute.path().to_owned()
@@ -261,6 +263,19 @@ fn same_origin_path(
         }
     };
     Some(remove_dot_segments(&path))
+}
+
+/// Whether a URI reference starts with a scheme (RFC 3986 §3.1: a letter, then letters,
+/// digits, `+`, `-` or `.`, then `:` before any `/`, `?` or `#`).
+fn has_scheme(text: &str) -> bool {
+    let Some(colon) = text.find(':') else {
+        return false;
+    };
+    let scheme = &text[..colon];
+    scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
 }
 
 /// RFC 3986 §5.2.4, on a path that starts with `/`.
@@ -474,7 +489,9 @@ impl<S> ResponseCache<S> {
         // The URI's responses vary on headers beyond the configured ones: its key holds a
         // marker naming them, and this request's variant has a key of its own.
         let mut variant = None;
-        if let Lookup::Fresh(e) | Lookup::Stale(e) = &found
+        // A marker past fresh still leads to the variant, which may be kept for
+        // revalidation.
+        if let Lookup::Fresh(e) | Lookup::Stale(e) | Lookup::Miss { fallback: Some(e) } = &found
             && let Some(marker) = marker_of(e)
         {
             let names = marker.0.clone();
@@ -519,12 +536,15 @@ impl<S> ResponseCache<S> {
             // A HEAD response has no body to store; it is answered from GET entries only,
             // and updates the fields of a kept one it validates (RFC 9111 §4.3.5).
             let kept = fallback.filter(|e| stored_of(e).is_some_and(StoredResponse::has_validator));
-            // Only when no load of the key is under way: that one stores a newer copy.
-            let (Some(kept), Some(leader)) = (kept, s.engine.try_lead(&key)) else {
+            let Some(kept) = kept else {
                 return self.pass_with(req, "fwd=miss");
             };
+            // A leader of its own: GETs of the key neither wait for this HEAD nor are
+            // held up by it.
+            let leader = s.engine.detached_leader(&key);
             let (req, tags) = tags_of(req, s.tags.as_deref());
-            let fut = self.inner.call(req);
+            let clone = self.inner.clone();
+            let inner = std::mem::replace(&mut self.inner, clone);
             let s = Arc::clone(&self.settings);
             return boxed(async move {
                 let update = HeadUpdate {
@@ -534,7 +554,7 @@ impl<S> ResponseCache<S> {
                     variant,
                     authorized,
                 };
-                let res = update.run(&s, fut).await?;
+                let res = update.run(&s, inner, req).await?;
                 let mut res = pass(res, Some(status_value(&s.name, "fwd=miss")));
                 strip_targeted(&s, res.headers_mut());
                 Ok(res)
@@ -613,6 +633,7 @@ async fn miss<S, ReqBody, ResBody>(
 ) -> Result<Response<CacheBody<ResBody>>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ReqBody: Default,
     ResBody: Body<Data = Bytes>,
     ResBody::Error: Into<BoxError>,
 {
@@ -649,7 +670,9 @@ where
         }
     }
     let res = inner.call(req).await?;
-    Ok(pass(res, Some(status_value(&s.name, "fwd=miss"))))
+    let mut res = pass(res, Some(status_value(&s.name, "fwd=miss")));
+    strip_targeted(&s, res.headers_mut());
+    Ok(res)
 }
 
 /// What reading a body up to the cap gave.
@@ -715,6 +738,7 @@ async fn lead<S, ReqBody, ResBody>(
 ) -> Result<Response<CacheBody<ResBody>>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ReqBody: Default,
     ResBody: Body<Data = Bytes>,
     ResBody::Error: Into<BoxError>,
 {
@@ -747,7 +771,20 @@ where
         }
     }
     // A kept copy with the origin's validators is revalidated: a 304 costs no body.
-    let conditional = fallback
+    // The unconditional request is kept in case the 304 names another representation.
+    let unconditional = fallback
+        .as_deref()
+        .and_then(stored_of)
+        .is_some_and(StoredResponse::has_validator)
+        .then(|| {
+            let mut r = Request::new(ReqBody::default());
+            *r.uri_mut() = req.uri().clone();
+            *r.version_mut() = req.version();
+            *r.headers_mut() = req.headers().clone();
+            *r.extensions_mut() = req.extensions().clone();
+            r
+        });
+    let mut conditional = fallback
         .as_deref()
         .and_then(stored_of)
         .is_some_and(|stored| stored.add_conditions(req.headers_mut()));
@@ -770,7 +807,24 @@ where
         leader.complete(Outcome::Value(Arc::clone(entry)));
         Some(res)
     };
-    let res = match inner.call(req).await {
+    let mut answer = inner.call(req).await;
+    let other_representation = conditional
+        && answer.as_ref().is_ok_and(|res| {
+            res.status() == StatusCode::NOT_MODIFIED
+                && !fallback
+                    .as_deref()
+                    .and_then(stored_of)
+                    .is_some_and(|stored| stored.is_validated_by(res.headers()))
+        });
+    if other_representation && let Some(again) = unconditional {
+        // The 304 selects a representation this cache does not hold: fetch it whole.
+        conditional = false;
+        answer = match std::future::poll_fn(|cx| inner.poll_ready(cx)).await {
+            Ok(()) => inner.call(again).await,
+            Err(e) => Err(e),
+        };
+    }
+    let res = match answer {
         Ok(res) => res,
         Err(e) => {
             leader.load_failed();
@@ -935,9 +989,14 @@ struct HeadUpdate {
 }
 
 impl HeadUpdate {
-    async fn run<F, B, E>(self, s: &Settings, fut: F) -> Result<Response<B>, E>
+    async fn run<S, ReqBody, B>(
+        self,
+        s: &Settings,
+        mut inner: S,
+        req: Request<ReqBody>,
+    ) -> Result<Response<B>, S::Error>
     where
-        F: Future<Output = Result<Response<B>, E>>,
+        S: Service<Request<ReqBody>, Response = Response<B>>,
     {
         let Self {
             mut leader,
@@ -947,10 +1006,10 @@ impl HeadUpdate {
             authorized,
         } = self;
         let tag_refs: Vec<&str> = tags.iter().map(String::as_str).collect();
-        // The fences are read before the origin answers: an invalidation meanwhile
-        // keeps the update out.
+        // The fences are read before the origin is asked: an invalidation meanwhile keeps
+        // the update out.
         let _ = leader.read_l2(&tag_refs).await;
-        let res = fut.await?;
+        let res = inner.call(req).await?;
         let Some(old) = stored_of(&kept).filter(|_| res.status().is_success()) else {
             leader.complete(Outcome::Pass);
             return Ok(res);
@@ -981,7 +1040,8 @@ impl HeadUpdate {
             s.engine.defaults(),
             authorized,
         )
-        .filter(|st| st.extra == variant.as_deref().unwrap_or_default());
+        .filter(|st| st.extra == variant.as_deref().unwrap_or_default())
+        .filter(|_| !authorized || shareable(s, update));
         match storable {
             Some(st) if (same_etag || same_date) && same_length => {
                 let value = encode(
@@ -1001,6 +1061,13 @@ impl HeadUpdate {
         }
         Ok(res)
     }
+}
+
+/// Whether a response's own directives let a shared cache store it for a request with
+/// `Authorization` (RFC 9111 §3.5).
+fn shareable(s: &Settings, headers: &HeaderMap) -> bool {
+    let (cc, _) = CacheControl::for_response(headers, &s.rules.targeted);
+    cc.public || cc.s_maxage.is_some() || cc.must_revalidate
 }
 
 /// The origin answered a revalidation with `304 Not Modified`: the stored response, its
@@ -1030,8 +1097,11 @@ async fn revalidated<B>(
         s.engine.defaults(),
         authorized,
     )
-    // Stored again only under the same key: a `Vary` that changed waits for a full load.
-    .filter(|st| st.extra == variant.unwrap_or_default());
+    // Stored again only under the same key (a `Vary` that changed waits for a full load),
+    // and, for a request with `Authorization`, only if the update itself says it may be
+    // shared: the stored response's `public` does not vouch for the fields it adds.
+    .filter(|st| st.extra == variant.unwrap_or_default())
+    .filter(|_| !authorized || shareable(s, update));
     let (meta, strip) = storable
         .as_ref()
         .map_or((Meta::default(), &[][..]), |st| (st.meta, &st.strip[..]));
@@ -1082,7 +1152,7 @@ mod tests {
         let host = HeaderValue::from_static("example.com");
         let resolve =
             |v: &'static str| same_origin_path(&uri, Some(&host), &HeaderValue::from_static(v));
-        let cases: [(&str, Option<&str>); 11] = [
+        let cases: [(&str, Option<&str>); 13] = [
             ("/items/8", Some("/items/8")),
             ("/items/8?page=2#top", Some("/items/8")),
             ("8", Some("/shop/items/8")),
@@ -1094,6 +1164,8 @@ mod tests {
             ("//example.com/z", Some("/z")),
             ("http://other.example/x", None),
             ("", None),
+            ("/orders/1?next=http://x", Some("/orders/1")),
+            ("http://example.com:8080/p", Some("/p")),
         ];
         for (value, want) in cases {
             assert_eq!(resolve(value).as_deref(), want, "{value}");
