@@ -1324,6 +1324,11 @@ impl Recorder {
     }
 }
 
+/// Whether the origin's request carried `name: value`.
+fn asks(seen: &Seen, name: &str, value: &str) -> bool {
+    seen.headers.get(name).is_some_and(|v| v == value)
+}
+
 fn ok_with(headers: &[(&'static str, &str)], body: &str) -> Answer {
     (
         StatusCode::OK,
@@ -1378,10 +1383,7 @@ async fn a_stale_response_is_revalidated_with_one_conditional_request_and_no_bod
     let engine = paused_http_engine();
     // Version 1 of the resource; a matching validator gets a 304 with updated fields.
     let origin = Recorder::new(|seen, _| {
-        let etag_matches = seen
-            .headers
-            .get("if-none-match")
-            .is_some_and(|v| v == "\"v1\"");
+        let etag_matches = asks(seen, "if-none-match", "\"v1\"");
         let since_matches = seen
             .headers
             .get("if-modified-since")
@@ -1444,11 +1446,7 @@ async fn a_stale_response_is_revalidated_with_one_conditional_request_and_no_bod
 async fn no_cache_responses_are_stored_and_revalidated_before_each_reuse() {
     let engine = paused_http_engine();
     let origin = Recorder::new(|seen, _| {
-        if seen
-            .headers
-            .get("if-none-match")
-            .is_some_and(|v| v == "\"a\"")
-        {
+        if asks(seen, "if-none-match", "\"a\"") {
             return (StatusCode::NOT_MODIFIED, vec![], String::new());
         }
         ok_with(
@@ -2019,11 +2017,7 @@ async fn a_304_for_another_representation_is_not_applied_and_the_whole_response_
 async fn a_variant_is_revalidated_like_any_response() {
     let engine = paused_http_engine();
     let origin = Recorder::new(|seen, _| {
-        if seen
-            .headers
-            .get("if-none-match")
-            .is_some_and(|v| v == "\"fr1\"")
-        {
+        if asks(seen, "if-none-match", "\"fr1\"") {
             return (StatusCode::NOT_MODIFIED, vec![], String::new());
         }
         ok_with(
@@ -2061,11 +2055,7 @@ async fn an_authorized_revalidation_does_not_share_the_fields_it_adds() {
     // Anonymous: public. With Authorization, the 304 adds the account and no directive.
     let origin = Recorder::new(|seen, _| {
         let authorized = seen.headers.contains_key("authorization");
-        if seen
-            .headers
-            .get("if-none-match")
-            .is_some_and(|v| v == "\"p1\"")
-        {
+        if asks(seen, "if-none-match", "\"p1\"") {
             let headers = if authorized {
                 vec![("x-account", "alice".into())]
             } else {
@@ -2115,11 +2105,7 @@ async fn an_instance_revalidates_what_another_stored_in_redis() {
     let b = redis_engine(&redis_url(), &prefix);
     subscribed(&[&a, &b]).await;
     let origin = Recorder::new(|seen, _| {
-        if seen
-            .headers
-            .get("if-none-match")
-            .is_some_and(|v| v == "\"r1\"")
-        {
+        if asks(seen, "if-none-match", "\"r1\"") {
             return (
                 StatusCode::NOT_MODIFIED,
                 vec![("cache-control", "max-age=1".into())],

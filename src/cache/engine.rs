@@ -282,15 +282,7 @@ impl CacheEngine {
     ) {
         // A flight of its own that is not in the map: waiters of a concurrent load are
         // not disturbed, and that load is fenced off by the invalidation before this.
-        let mut leader = Leader {
-            engine: self.clone(),
-            key: key.to_owned(),
-            flight: Arc::new(watch::Sender::new(None)),
-            fence: self.inner.epoch.load(Ordering::Acquire),
-            tag_snapshot: None,
-            #[cfg(feature = "redis")]
-            l2_fence: None,
-        };
+        let mut leader = self.detached_leader(key);
         let _ = leader.read_l2(tags).await;
         // With Redis, L1 is not filled: two instances writing one key at once must not
         // each keep their own value; every instance reads the winner from L2 next.

@@ -1032,16 +1032,7 @@ impl HeadUpdate {
         let same_length = update
             .get(header::CONTENT_LENGTH)
             .is_none_or(|len| len.as_bytes() == old.body.len().to_string().as_bytes());
-        let headers = old.updated_by(update);
-        let storable = storable(
-            old.status,
-            &headers,
-            &s.rules,
-            s.engine.defaults(),
-            authorized,
-        )
-        .filter(|st| st.extra == variant.as_deref().unwrap_or_default())
-        .filter(|_| !authorized || shareable(s, update));
+        let (headers, storable) = updated(s, old, update, variant.as_deref(), authorized);
         match storable {
             Some(st) if (same_etag || same_date) && same_length => {
                 let value = encode(
@@ -1061,6 +1052,30 @@ impl HeadUpdate {
         }
         Ok(res)
     }
+}
+
+/// A stored response's fields updated by a 304 or a `HEAD` response, and how to store the
+/// result: under the same key only (a `Vary` that changed waits for a full load), and,
+/// for a request with `Authorization`, only if the update itself says it may be shared
+/// (the stored response's `public` does not vouch for the fields it adds).
+fn updated(
+    s: &Settings,
+    old: &StoredResponse,
+    update: &HeaderMap,
+    variant: Option<&[HeaderName]>,
+    authorized: bool,
+) -> (HeaderMap, Option<super::response::Storable>) {
+    let headers = old.updated_by(update);
+    let storable = storable(
+        old.status,
+        &headers,
+        &s.rules,
+        s.engine.defaults(),
+        authorized,
+    )
+    .filter(|st| st.extra == variant.unwrap_or_default())
+    .filter(|_| !authorized || shareable(s, update));
+    (headers, storable)
 }
 
 /// Whether a response's own directives let a shared cache store it for a request with
@@ -1089,19 +1104,7 @@ async fn revalidated<B>(
         leader.complete(Outcome::Pass);
         return Response::new(CacheBody::full(None));
     };
-    let headers = old.updated_by(update);
-    let storable = storable(
-        old.status,
-        &headers,
-        &s.rules,
-        s.engine.defaults(),
-        authorized,
-    )
-    // Stored again only under the same key (a `Vary` that changed waits for a full load),
-    // and, for a request with `Authorization`, only if the update itself says it may be
-    // shared: the stored response's `public` does not vouch for the fields it adds.
-    .filter(|st| st.extra == variant.unwrap_or_default())
-    .filter(|_| !authorized || shareable(s, update));
+    let (headers, storable) = updated(s, old, update, variant, authorized);
     let (meta, strip) = storable
         .as_ref()
         .map_or((Meta::default(), &[][..]), |st| (st.meta, &st.strip[..]));
