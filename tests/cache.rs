@@ -2188,3 +2188,34 @@ async fn a_head_response_that_validates_a_kept_copy_refreshes_it() {
     assert!(!cache_status(&g).contains("hit"), "{}", cache_status(&g));
     assert_eq!(origin.calls(), 5);
 }
+
+/// A browser's reload (`Cache-Control: max-age=0` or `no-cache`) is answered by the
+/// origin, as it asks, but a stored copy with a validator makes that a 304 with no body.
+#[tokio::test]
+async fn a_reload_revalidates_the_stored_copy_instead_of_fetching_it_whole() {
+    let engine = CacheEngine::builder().build().unwrap();
+    let origin = Recorder::new(|seen, _| {
+        if asks(seen, "if-none-match", "\"doc1\"") {
+            return (StatusCode::NOT_MODIFIED, vec![], String::new());
+        }
+        ok_with(
+            &[("cache-control", "max-age=600"), ("etag", "\"doc1\"")],
+            "document",
+        )
+    });
+    let svc = ResponseCacheLayer::new(&engine).layer_service(origin.app());
+    send(&svc, Method::GET, "/doc", &[]).await;
+    for reload in ["max-age=0", "no-cache"] {
+        let g = send(&svc, Method::GET, "/doc", &[("cache-control", reload)]).await;
+        assert_eq!(&g.body[..], b"document", "{reload}");
+        assert!(
+            cache_status(&g).contains("fwd=request; fwd-status=304"),
+            "{reload}: {}",
+            cache_status(&g)
+        );
+    }
+    let seen = origin.seen();
+    assert_eq!(seen.len(), 3, "each reload asked the origin");
+    assert!(asks(&seen[1], "if-none-match", "\"doc1\""));
+    assert!(asks(&seen[2], "if-none-match", "\"doc1\""));
+}

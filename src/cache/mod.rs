@@ -89,8 +89,9 @@
 //!   [`authorized`](ResponseCacheLayerBuilder::authorized) says otherwise:
 //!   [`AuthorizedRequests::Shared`] stores their responses only when they say they may be
 //!   shared (`public`, `s-maxage`, `must-revalidate`). A request's
-//!   `Cache-Control: no-store` passes through, `no-cache` or `max-age=0` refetches (and
-//!   stores the result).
+//!   `Cache-Control: no-store` passes through; `no-cache` or `max-age=0` (a browser's
+//!   reload) asks the origin, with the stored copy's validators when it has them, and
+//!   stores the result.
 //! - Stale-if-error serves only a stored successful (2xx) response: a stored error is
 //!   never the fallback for a new failure.
 //! - Bodies up to `max_body` (1 MiB) are stored; larger ones are streamed through,

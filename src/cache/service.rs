@@ -141,6 +141,16 @@ fn hit_status<'a>(s: &'a Settings, entry: &Entry, now: u64, detail: Option<&str>
     }
 }
 
+/// For a request that asked for the origin's answer (`no-cache`, `max-age=0`, the refresh
+/// hook): what L1 holds is never served, only used to revalidate (a browser's reload then
+/// costs the origin a 304, not a body).
+fn demoted(found: Lookup, refresh: bool) -> Lookup {
+    match found {
+        Lookup::Fresh(e) | Lookup::Stale(e) if refresh => Lookup::Miss { fallback: Some(e) },
+        other => other,
+    }
+}
+
 fn stored_of(entry: &Entry) -> Option<&StoredResponse> {
     entry.decoded_ref::<StoredResponse>(decode)
 }
@@ -463,11 +473,8 @@ impl<S> ResponseCache<S> {
             if key.len() > s.max_key {
                 return None;
             }
-            let (found, now) = if refresh {
-                (Lookup::Miss { fallback: None }, 0)
-            } else {
-                s.engine.lookup_now(key)
-            };
+            let (found, now) = s.engine.lookup_now(key);
+            let found = demoted(found, refresh);
             // A fresh hit needs no owned key; anything else will.
             let owned = (!matches!(found, Lookup::Fresh(_))).then(|| key.clone());
             Some((found, now, owned))
@@ -501,6 +508,7 @@ impl<S> ResponseCache<S> {
                 return self.pass_with(req, "fwd=bypass; detail=key-too-long");
             }
             (found, now) = s.engine.lookup_now(&secondary);
+            found = demoted(found, refresh);
             key = Some(secondary);
             variant = Some(names);
         }
@@ -861,6 +869,11 @@ where
             &tag_refs,
             variant.as_deref(),
             authorized,
+            if refresh {
+                "fwd=request; fwd-status=304"
+            } else {
+                "fwd=stale; fwd-status=304"
+            },
         )
         .await);
     }
@@ -1098,6 +1111,7 @@ async fn revalidated<B>(
     tags: &[&str],
     variant: Option<&[HeaderName]>,
     authorized: bool,
+    fwd: &str,
 ) -> Response<CacheBody<B>> {
     let Some(old) = stored_of(entry) else {
         // Unreachable: the conditions were taken from this stored response.
@@ -1127,7 +1141,7 @@ async fn revalidated<B>(
                 .store(value, Some(new.clone()), st.lifetimes, tags, true)
                 .await;
             leader.complete(Outcome::Value(Arc::clone(&stored)));
-            let status = Status::Other(status_value(&s.name, "fwd=stale; fwd-status=304; stored"));
+            let status = Status::Other(status_value(&s.name, &format!("{fwd}; stored")));
             respond_entry(
                 &stored,
                 &new,
@@ -1139,7 +1153,7 @@ async fn revalidated<B>(
         }
         None => {
             leader.complete(Outcome::Pass);
-            let status = Status::Other(status_value(&s.name, "fwd=stale; fwd-status=304"));
+            let status = Status::Other(status_value(&s.name, fwd));
             respond(&new, request_headers, false, 0, status).map(CacheBody::full)
         }
     }
