@@ -2219,3 +2219,42 @@ async fn a_reload_revalidates_the_stored_copy_instead_of_fetching_it_whole() {
     assert!(asks(&seen[1], "if-none-match", "\"doc1\""));
     assert!(asks(&seen[2], "if-none-match", "\"doc1\""));
 }
+
+/// The refresh hook (read-your-writes) wants the origin's answer alone: no conditional
+/// request a same-second `Last-Modified` could pass, no stored copy for a failing origin.
+#[tokio::test]
+async fn a_request_the_refresh_hook_picks_is_never_answered_from_a_stored_copy() {
+    let engine = CacheEngine::builder()
+        .stale_if_error(Duration::from_secs(600))
+        .build()
+        .unwrap();
+    let down = Arc::new(AtomicUsize::new(0));
+    let d = Arc::clone(&down);
+    let origin = Recorder::new(move |seen, n| {
+        if d.load(Ordering::SeqCst) == 1 {
+            return (StatusCode::BAD_GATEWAY, vec![], "down".into());
+        }
+        if seen.headers.contains_key("if-modified-since") {
+            return (StatusCode::NOT_MODIFIED, vec![], String::new());
+        }
+        ok_with(
+            &[
+                ("cache-control", "max-age=600"),
+                ("last-modified", "Tue, 01 Dec 2026 10:00:00 GMT"),
+            ],
+            &format!("version {n}"),
+        )
+    });
+    let svc = ResponseCacheLayer::builder(&engine)
+        .refresh_if(|req| req.headers.contains_key("x-wrote"))
+        .build()
+        .unwrap()
+        .layer_service(origin.app());
+    send(&svc, Method::GET, "/mine", &[]).await;
+    let g = send(&svc, Method::GET, "/mine", &[("x-wrote", "1")]).await;
+    assert_eq!(&g.body[..], b"version 1", "{}", cache_status(&g));
+    assert!(!origin.seen()[1].headers.contains_key("if-modified-since"));
+    down.store(1, Ordering::SeqCst);
+    let g = send(&svc, Method::GET, "/mine", &[("x-wrote", "1")]).await;
+    assert_eq!(g.status, StatusCode::BAD_GATEWAY, "{}", cache_status(&g));
+}

@@ -221,6 +221,24 @@ impl CacheEngine {
         }
     }
 
+    /// True if L1 still holds exactly `entry` for `key` and no load of the key is under
+    /// way: an update of `entry` (a `HEAD` response's fields) must not overwrite a newer
+    /// copy a load stored meanwhile.
+    pub(crate) fn still_holds(&self, key: &str, entry: &Arc<Entry>) -> bool {
+        let loading = self
+            .inner
+            .flights
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(key);
+        !loading
+            && self
+                .inner
+                .l1
+                .get(key)
+                .is_some_and(|e| Arc::ptr_eq(&e, entry))
+    }
+
     /// The lifetimes an entry gets unless its load says otherwise.
     pub(crate) fn defaults(&self) -> Lifetimes {
         self.inner.defaults

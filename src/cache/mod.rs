@@ -91,7 +91,8 @@
 //!   shared (`public`, `s-maxage`, `must-revalidate`). A request's
 //!   `Cache-Control: no-store` passes through; `no-cache` or `max-age=0` (a browser's
 //!   reload) asks the origin, with the stored copy's validators when it has them, and
-//!   stores the result.
+//!   stores the result; a request the `refresh_if` hook picks is answered by the origin
+//!   alone (no conditional request, no stale-if-error copy).
 //! - Stale-if-error serves only a stored successful (2xx) response: a stored error is
 //!   never the fallback for a new failure.
 //! - Bodies up to `max_body` (1 MiB) are stored; larger ones are streamed through,

@@ -462,19 +462,26 @@ impl<S> ResponseCache<S> {
         if req_cc.no_store {
             return self.pass_with(req, "fwd=bypass");
         }
-        let refresh = req_cc.no_cache
-            || req_cc.max_age == Some(0)
-            || s.refresh_if
+        // A client's reload may be answered by revalidating the stored copy; a request the
+        // refresh hook picks (read-your-writes) is answered by the origin alone.
+        let reload = req_cc.no_cache || req_cc.max_age == Some(0);
+        let own_writes = !reload
+            && s.refresh_if
                 .as_ref()
                 .is_some_and(|f| f(RequestRef::from(&req)));
+        let refresh = reload || own_writes;
         let looked_up = KEY.with_borrow_mut(|key| {
             key.clear();
             write_key(key, &req, &s.rules.vary);
             if key.len() > s.max_key {
                 return None;
             }
-            let (found, now) = s.engine.lookup_now(key);
-            let found = demoted(found, refresh);
+            let (found, now) = if own_writes {
+                (Lookup::Miss { fallback: None }, 0)
+            } else {
+                let (found, now) = s.engine.lookup_now(key);
+                (demoted(found, reload), now)
+            };
             // A fresh hit needs no owned key; anything else will.
             let owned = (!matches!(found, Lookup::Fresh(_))).then(|| key.clone());
             Some((found, now, owned))
@@ -508,7 +515,7 @@ impl<S> ResponseCache<S> {
                 return self.pass_with(req, "fwd=bypass; detail=key-too-long");
             }
             (found, now) = s.engine.lookup_now(&secondary);
-            found = demoted(found, refresh);
+            found = demoted(found, reload);
             key = Some(secondary);
             variant = Some(names);
         }
@@ -574,6 +581,7 @@ impl<S> ResponseCache<S> {
         let s = Arc::clone(&self.settings);
         let load = Load {
             refresh,
+            own_writes,
             variant,
             authorized,
         };
@@ -610,6 +618,7 @@ impl<S> ResponseCache<S> {
         let stale = Arc::clone(stale);
         let load = Load {
             refresh: false,
+            own_writes: false,
             variant,
             authorized,
         };
@@ -625,6 +634,10 @@ impl<S> ResponseCache<S> {
 struct Load {
     /// The client asked for the origin's answer (`no-cache`, the refresh hook).
     refresh: bool,
+    /// The refresh hook picked the request: no stored copy may answer it, not even one
+    /// revalidated (a `Last-Modified` within the second of a write would pass) or standing
+    /// in for a failing origin.
+    own_writes: bool,
     /// The `Vary` names of the variant being loaded, if the URI has variants.
     variant: Option<Vec<HeaderName>>,
     /// The request carries `Authorization`: store only shareable responses.
@@ -752,6 +765,7 @@ where
 {
     let Load {
         refresh,
+        own_writes,
         variant,
         authorized,
     } = load;
@@ -774,7 +788,7 @@ where
             leader.complete(Outcome::Value(entry));
             return Ok(res);
         }
-        if now < entry.sie_until {
+        if now < entry.sie_until && !own_writes {
             fallback = Some(entry);
         }
     }
@@ -1046,8 +1060,10 @@ impl HeadUpdate {
             .get(header::CONTENT_LENGTH)
             .is_none_or(|len| len.as_bytes() == old.body.len().to_string().as_bytes());
         let (headers, storable) = updated(s, old, update, variant.as_deref(), authorized);
+        // A GET may have stored a newer copy while the origin answered this HEAD.
+        let current = s.engine.still_holds(&leader.key, &kept);
         match storable {
-            Some(st) if (same_etag || same_date) && same_length => {
+            Some(st) if (same_etag || same_date) && same_length && current => {
                 let value = encode(
                     old.status,
                     &headers,

@@ -36,9 +36,19 @@ pub(crate) struct Shared {
     pub(crate) store: Box<dyn SessionStore>,
     /// Store failures logged at WARN at most once per 10 s, per layer.
     warn: crate::error::Throttle,
+    /// `tower_scale.session.loads`, registered on first use (after the application
+    /// installed its recorder): a load then counts without a registry lookup.
+    loads: std::sync::OnceLock<::metrics::Counter>,
 }
 
 impl Shared {
+    /// Counts a load of the store.
+    pub(crate) fn count_load(&self) {
+        self.loads
+            .get_or_init(|| ::metrics::counter!("tower_scale.session.loads"))
+            .increment(1);
+    }
+
     /// A store call failed: counted, logged (throttled), and the error to return.
     pub(crate) fn unavailable(&self, e: crate::StoreUnavailable) -> SessionError {
         ::metrics::counter!("tower_scale.session.store_errors").increment(1);
@@ -296,6 +306,7 @@ impl SessionLayerBuilder {
                 },
                 store: self.store,
                 warn: crate::error::Throttle::new(),
+                loads: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -445,7 +456,7 @@ async fn finish(session: &Session) -> Result<Option<HeaderValue>, SessionError> 
             let user = s
                 .user
                 .clone()
-                .or_else(|| s.loaded.as_ref().and_then(|l| l.user.clone()));
+                .or_else(|| s.loaded.as_ref().and_then(|l| l.user().map(str::to_owned)));
             if let Some(u) = user {
                 store
                     .destroy_user(&u)
@@ -504,7 +515,7 @@ pub(crate) async fn write(
         },
         ops: std::mem::take(&mut s.ops),
         user: s.user.clone(),
-        owner: s.loaded.as_ref().and_then(|l| l.user.clone()),
+        owner: s.loaded.as_ref().and_then(|l| l.user().map(str::to_owned)),
         new: !existed,
         max_per_user: shared.config.max_per_user,
     };
@@ -530,7 +541,7 @@ pub(crate) async fn write(
     if let Some(l) = s.loaded.as_mut() {
         l.existed = true;
         if user.is_some() {
-            l.user = user;
+            l.record_mut().user = user;
         }
     }
     if let Some(new_id) = s.new_id.take() {

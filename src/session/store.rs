@@ -115,6 +115,19 @@ pub trait SessionStore: Send + Sync + 'static {
         None
     }
 
+    /// [`load_now`](Self::load_now) for in-process stores that keep each record behind a
+    /// reference count: the stored record itself, shared with the request until it
+    /// changes something (nothing is copied for a request that only reads). The default,
+    /// `None`, means "call `load_now`".
+    fn load_shared(
+        &self,
+        key: &str,
+        life: Lifetimes,
+    ) -> Option<Result<Option<Arc<Record>>, StoreUnavailable>> {
+        let _ = (key, life);
+        None
+    }
+
     /// Applies `save` and sets the idle expiry, atomically. Returns [`Saved::gone`],
     /// applying nothing, if the session is not new and no longer exists (it expired, was
     /// logged out, or its id was rotated by a concurrent request): a late write must not
@@ -161,7 +174,8 @@ struct Mem {
 }
 
 struct Entry {
-    record: Record,
+    /// Shared with the requests that read it; a save changes a copy if any still hold it.
+    record: Arc<Record>,
     created_us: u64,
     touched_us: u64,
     expires_us: u64,
@@ -213,7 +227,7 @@ impl MemoryStore {
         self.len() == 0
     }
 
-    fn load_sync(&self, key: &str, life: Lifetimes) -> Option<Record> {
+    fn load_sync(&self, key: &str, life: Lifetimes) -> Option<Arc<Record>> {
         let now = self.clock.now_us();
         let mut m = self.lock();
         match m.sessions.get_mut(key) {
@@ -318,7 +332,8 @@ impl Mem {
 
 impl SessionStore for MemoryStore {
     fn load(&self, key: &str, life: Lifetimes) -> StoreFuture<Option<Record>> {
-        Box::pin(std::future::ready(Ok(self.load_sync(key, life))))
+        let record = self.load_sync(key, life).map(Arc::unwrap_or_clone);
+        Box::pin(std::future::ready(Ok(record)))
     }
 
     fn load_now(
@@ -326,6 +341,14 @@ impl SessionStore for MemoryStore {
         key: &str,
         life: Lifetimes,
     ) -> Option<Result<Option<Record>, StoreUnavailable>> {
+        Some(Ok(self.load_sync(key, life).map(Arc::unwrap_or_clone)))
+    }
+
+    fn load_shared(
+        &self,
+        key: &str,
+        life: Lifetimes,
+    ) -> Option<Result<Option<Arc<Record>>, StoreUnavailable>> {
         Some(Ok(self.load_sync(key, life)))
     }
 
@@ -348,7 +371,7 @@ impl SessionStore for MemoryStore {
         let mut entry = match current {
             Some(e) => e,
             None if save.new => Entry {
-                record: Record::default(),
+                record: Arc::default(),
                 created_us: now,
                 touched_us: now,
                 expires_us: now,
@@ -357,30 +380,30 @@ impl SessionStore for MemoryStore {
         };
         m.upkeep(now, life, self.max);
         let mut counts = Vec::new();
+        let record = Arc::make_mut(&mut entry.record);
         for op in save.ops {
             match op {
                 Op::Set(k, v) => {
-                    entry.record.values.insert(k, v);
+                    record.values.insert(k, v);
                 }
                 Op::Remove(k) => {
-                    entry.record.values.remove(&k);
+                    record.values.remove(&k);
                 }
                 Op::Increment(k, by) => {
-                    let cur = entry
-                        .record
+                    let cur = record
                         .values
                         .get(&k)
                         .and_then(|v| v.parse::<i64>().ok())
                         .unwrap_or(0);
                     let next = cur.saturating_add(by);
                     counts.push(next);
-                    entry.record.values.insert(k, next.to_string());
+                    record.values.insert(k, next.to_string());
                 }
             }
         }
         let login = save.user.is_some();
         if let Some(u) = save.user {
-            entry.record.user = Some(u);
+            record.user = Some(u);
         }
         entry.touched_us = now;
         entry.expires_us = now.saturating_add(us(life.idle));
