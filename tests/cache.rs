@@ -2258,3 +2258,49 @@ async fn a_request_the_refresh_hook_picks_is_never_answered_from_a_stored_copy()
     let g = send(&svc, Method::GET, "/mine", &[("x-wrote", "1")]).await;
     assert_eq!(g.status, StatusCode::BAD_GATEWAY, "{}", cache_status(&g));
 }
+
+/// With Redis, the `HEAD`'s fence read brings the kept copy into L1 again (a new entry
+/// with the same bytes): the update still applies, and reaches the other instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_update_applies_through_redis_and_reaches_every_instance() {
+    let prefix = unique("head-update");
+    let a = redis_engine(&redis_url(), &prefix);
+    let b = redis_engine(&redis_url(), &prefix);
+    subscribed(&[&a, &b]).await;
+    let origin = Recorder::new(|seen, n| {
+        let cc = if seen.method == Method::HEAD {
+            "max-age=60"
+        } else {
+            "max-age=1"
+        };
+        let mut answer = ok_with(
+            &[
+                ("cache-control", cc),
+                ("etag", "\"hr\""),
+                ("x-seen", &n.to_string()),
+            ],
+            "kept body",
+        );
+        if seen.method == Method::HEAD {
+            answer.1.push(("content-length", "9".into()));
+            answer.2.clear();
+        }
+        answer
+    });
+    let on_a = ResponseCacheLayer::new(&a).layer_service(origin.app());
+    let on_b = ResponseCacheLayer::new(&b).layer_service(origin.app());
+    send(&on_a, Method::GET, "/h", &[]).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    send(&on_a, Method::HEAD, "/h", &[]).await;
+    let g = send(&on_a, Method::GET, "/h", &[]).await;
+    assert!(cache_status(&g).contains("hit"), "{}", cache_status(&g));
+    assert_eq!(header(&g, "x-seen"), "1");
+    let g = send(&on_b, Method::GET, "/h", &[]).await;
+    assert!(
+        cache_status(&g).contains("detail=l2"),
+        "{}",
+        cache_status(&g)
+    );
+    assert_eq!(header(&g, "x-seen"), "1");
+    assert_eq!(origin.calls(), 2);
+}

@@ -221,10 +221,10 @@ impl CacheEngine {
         }
     }
 
-    /// True if L1 still holds exactly `entry` for `key` and no load of the key is under
-    /// way: an update of `entry` (a `HEAD` response's fields) must not overwrite a newer
-    /// copy a load stored meanwhile.
-    pub(crate) fn still_holds(&self, key: &str, entry: &Arc<Entry>) -> bool {
+    /// True if L1 still holds `entry`'s value for `key` (the same bytes: a copy read
+    /// again from Redis counts) and no load of the key is under way: an update of `entry`
+    /// (a `HEAD` response's fields) must not overwrite a newer copy stored meanwhile.
+    pub(crate) fn still_holds(&self, key: &str, entry: &Entry) -> bool {
         let loading = self
             .inner
             .flights
@@ -236,7 +236,7 @@ impl CacheEngine {
                 .inner
                 .l1
                 .get(key)
-                .is_some_and(|e| Arc::ptr_eq(&e, entry))
+                .is_some_and(|e| e.value == entry.value)
     }
 
     /// The lifetimes an entry gets unless its load says otherwise.
