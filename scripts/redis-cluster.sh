@@ -7,6 +7,9 @@
 #   bash scripts/redis-cluster.sh up DIR          # start, or reuse while healthy; prints the ports
 #   bash scripts/redis-cluster.sh node-start DIR PORT   # start one node again (it rejoins)
 #   bash scripts/redis-cluster.sh down DIR        # stop every node started under DIR
+#
+# AVOID_PORTS (space-separated): ports the caller binds after `up`, kept free of nodes and
+# of their bus ports.
 set -euo pipefail
 REPLICAS=${REPLICAS:-1}
 NODES=$((3 * (1 + REPLICAS)))
@@ -52,8 +55,11 @@ up() { # dir
   ports=()
   for _ in $(seq 1 "$NODES"); do
     p=$((10000 + RANDOM % 12000))
+    # AVOID_PORTS: ports the caller will bind later (not in use yet), so neither a node
+    # nor its bus may take them.
     while port_in_use "$p" || port_in_use $((p + 10000)) || [[ " ${ports[*]} " == *" $p "* ]] \
-      || [[ " ${ports[*]} " == *" $((p + 10000)) "* ]] || [[ " ${ports[*]} " == *" $((p - 10000)) "* ]]; do
+      || [[ " ${ports[*]} " == *" $((p + 10000)) "* ]] || [[ " ${ports[*]} " == *" $((p - 10000)) "* ]] \
+      || [[ " ${AVOID_PORTS:-} " == *" $p "* ]] || [[ " ${AVOID_PORTS:-} " == *" $((p + 10000)) "* ]]; do
       p=$((10000 + RANDOM % 12000))
     done
     ports+=("$p")

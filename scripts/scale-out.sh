@@ -121,7 +121,9 @@ up() {
   install -d "$DIR"
   eval "$(bash scripts/services.sh)"
   local ports
-  ports=$(cluster up "$DIR/cluster")
+  # nginx and the instances bind their ports after the Cluster starts: keep its nodes and
+  # their bus ports (port + 10000) off them.
+  ports=$(AVOID_PORTS="$(seq -s ' ' "$PORT" $((PORT + INSTANCES)))" cluster up "$DIR/cluster")
   local nodes
   nodes=$(printf 'redis://127.0.0.1:%s,' $ports | sed 's/,$//')
   local primary=${TEST_DATABASE_URL%/*}/scaleout replica=${TEST_DATABASE_REPLICA_URL%/*}/scaleout

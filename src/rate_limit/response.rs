@@ -140,39 +140,53 @@ pub(crate) fn status(q: &Quota, v: &Verdict, gcra: &Gcra) -> QuotaStatus {
 
 /// Writes `RateLimit-Policy`, `RateLimit` and (if asked) `X-RateLimit-*` for the quotas
 /// that applied, in order.
-pub(crate) fn write_headers(
+pub(crate) fn write_headers<'a>(
     headers: &mut HeaderMap,
-    applied: &[(&Quota, &HeaderValue, Verdict, Gcra)],
+    applied: impl Iterator<Item = (&'a Quota, &'a HeaderValue, Verdict, Gcra)> + Clone,
     x_headers: bool,
 ) {
-    let mut policy = Vec::with_capacity(32 * applied.len());
-    let mut state = String::with_capacity(32 * applied.len());
-    for (i, (q, p, v, g)) in applied.iter().enumerate() {
-        if i > 0 {
-            policy.extend_from_slice(b", ");
-            state.push_str(", ");
+    use std::fmt::Write;
+    // One quota (the usual case): its policy value as built, shared; several: joined.
+    let mut rows = applied.clone();
+    let policy = match (rows.next(), rows.next()) {
+        (Some((_, p, _, _)), None) => Some(p.clone()),
+        (None, _) => None,
+        _ => {
+            let mut joined = Vec::with_capacity(64);
+            for (i, (_, p, _, _)) in applied.clone().enumerate() {
+                if i > 0 {
+                    joined.extend_from_slice(b", ");
+                }
+                joined.extend_from_slice(p.as_bytes());
+            }
+            HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)).ok()
         }
-        policy.extend_from_slice(p.as_bytes());
-        state.push_str(&format!(
-            "\"{}\";r={};t={}",
-            q.name(),
-            v.remaining(g),
-            us_to_secs_ceil(v.reset_us)
-        ));
-    }
-    if let Ok(v) = HeaderValue::from_bytes(&policy) {
+    };
+    if let Some(v) = policy {
         headers.insert(RATELIMIT_POLICY, v);
     }
-    if let Ok(v) = HeaderValue::from_str(&state) {
+    // Written in place, then handed to the header without a copy.
+    let mut state = String::with_capacity(48);
+    for (i, (q, _, v, g)) in applied.clone().enumerate() {
+        if i > 0 {
+            state.push_str(", ");
+        }
+        let _ = write!(
+            state,
+            "\"{}\";r={};t={}",
+            q.name(),
+            v.remaining(&g),
+            us_to_secs_ceil(v.reset_us)
+        );
+    }
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(state)) {
         headers.insert(RATELIMIT, v);
     }
     if x_headers
-        && let Some((q, _, v, g)) = applied
-            .iter()
-            .min_by_key(|(_, _, v, g)| (v.allowed, v.remaining(g)))
+        && let Some((q, _, v, g)) = applied.min_by_key(|(_, _, v, g)| (v.allowed, v.remaining(g)))
     {
         headers.insert(X_LIMIT, HeaderValue::from(q.limit()));
-        headers.insert(X_REMAINING, HeaderValue::from(v.remaining(g)));
+        headers.insert(X_REMAINING, HeaderValue::from(v.remaining(&g)));
         headers.insert(X_RESET, HeaderValue::from(us_to_secs_ceil(v.reset_us)));
     }
 }
@@ -208,7 +222,7 @@ mod tests {
         let mut h = HeaderMap::new();
         write_headers(
             &mut h,
-            &[
+            [
                 // 100 per 15 min: one unit every 9 s; 42 left is 58 units in use.
                 (&api, &pa, v(true, 0, 58 * 9_000_000 - 1), api.gcra()),
                 (
@@ -217,7 +231,8 @@ mod tests {
                     v(false, 5_000_000, 3_600_000_000),
                     export.gcra(),
                 ),
-            ],
+            ]
+            .into_iter(),
             true,
         );
         assert_eq!(

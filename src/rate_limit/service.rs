@@ -177,16 +177,11 @@ impl<K, S, R: OnRefusal<RateLimited>> Shared<K, S, R> {
         verdicts: &[Verdict],
         local: bool,
     ) {
-        let rows: Vec<_> = applied
-            .indices()
-            .iter()
-            .zip(verdicts)
-            .map(|(&i, v)| {
-                let rule = &self.rules[usize::from(i)];
-                (&rule.quota, &rule.policy, *v, self.gcra_of(i, local))
-            })
-            .collect();
-        response::write_headers(h, &rows, self.x_headers);
+        let rows = applied.indices().iter().zip(verdicts).map(|(&i, v)| {
+            let rule = &self.rules[usize::from(i)];
+            (&rule.quota, &rule.policy, *v, self.gcra_of(i, local))
+        });
+        response::write_headers(h, rows, self.x_headers);
     }
 
     fn store_failed<Key: std::hash::Hash>(

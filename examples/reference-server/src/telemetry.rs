@@ -110,10 +110,26 @@ pub fn request_span(client_ip: ClientIp) -> impl Fn(&Request) -> tracing::Span +
             .get(&X_REQUEST_ID)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
-        let client = client_ip
-            .extract(req)
-            .map(|ip| ip.to_string())
-            .unwrap_or_default();
-        tracing::debug_span!("request", id, client, method = %req.method(), path = %req.uri().path())
+        // Field values are evaluated only when the span is enabled: at the default level
+        // (info) the client's address is neither extracted nor formatted.
+        tracing::debug_span!(
+            "request",
+            id,
+            client = %ClientAddr(client_ip.extract(req).ok()),
+            method = %req.method(),
+            path = %req.uri().path()
+        )
+    }
+}
+
+/// The client's address as a span field: empty when there is none.
+struct ClientAddr(Option<std::net::IpAddr>);
+
+impl std::fmt::Display for ClientAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(ip) => ip.fmt(f),
+            None => Ok(()),
+        }
     }
 }
