@@ -1329,6 +1329,17 @@ fn asks(seen: &Seen, name: &str, value: &str) -> bool {
     seen.headers.get(name).is_some_and(|v| v == value)
 }
 
+/// An origin that answers `Cache-Control: cc` and `ETag: etag` with `body`, and a bare 304
+/// to a request whose `If-None-Match` is `etag`.
+fn etag_origin(cc: &'static str, etag: &'static str, body: &'static str) -> Recorder {
+    Recorder::new(move |seen, _| {
+        if asks(seen, "if-none-match", etag) {
+            return (StatusCode::NOT_MODIFIED, vec![], String::new());
+        }
+        ok_with(&[("cache-control", cc), ("etag", etag)], body)
+    })
+}
+
 fn ok_with(headers: &[(&'static str, &str)], body: &str) -> Answer {
     (
         StatusCode::OK,
@@ -1445,15 +1456,7 @@ async fn a_stale_response_is_revalidated_with_one_conditional_request_and_no_bod
 #[tokio::test(start_paused = true)]
 async fn no_cache_responses_are_stored_and_revalidated_before_each_reuse() {
     let engine = paused_http_engine();
-    let origin = Recorder::new(|seen, _| {
-        if asks(seen, "if-none-match", "\"a\"") {
-            return (StatusCode::NOT_MODIFIED, vec![], String::new());
-        }
-        ok_with(
-            &[("cache-control", "no-cache"), ("etag", "\"a\"")],
-            "body a",
-        )
-    });
+    let origin = etag_origin("no-cache", "\"a\"", "body a");
     let svc = ResponseCacheLayer::new(&engine).layer_service(origin.app());
     for _ in 0..3 {
         let g = send(&svc, Method::GET, "/n", &[]).await;
@@ -2142,31 +2145,38 @@ async fn an_instance_revalidates_what_another_stored_in_redis() {
     assert_eq!(origin.calls(), 2);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_head_response_that_validates_a_kept_copy_refreshes_it() {
-    let engine = paused_http_engine();
-    let origin = Recorder::new(|seen, n| {
-        let changed = seen.uri == "/changed" && seen.method == Method::HEAD;
-        let etag = if changed { "\"h2\"" } else { "\"h1\"" };
-        let cc = if seen.method == Method::HEAD {
-            "max-age=60"
-        } else {
-            "max-age=1"
-        };
+/// An origin for the `HEAD` tests: `max-age=1` on a GET and `max-age=60` on a HEAD, the
+/// `ETag` `etag` gives, `x-seen` the request's number, and for a HEAD what hyper would
+/// put on the wire (the 9-byte body's length, no body).
+fn head_origin(etag: impl Fn(&Seen) -> &'static str + Send + Sync + 'static) -> Recorder {
+    Recorder::new(move |seen, n| {
+        let head = seen.method == Method::HEAD;
+        let cc = if head { "max-age=60" } else { "max-age=1" };
         let mut answer = ok_with(
             &[
                 ("cache-control", cc),
-                ("etag", etag),
+                ("etag", etag(seen)),
                 ("x-seen", &n.to_string()),
             ],
-            "held body",
+            "kept body",
         );
-        if seen.method == Method::HEAD {
-            // What hyper would put on the wire: the length, no body.
+        if head {
             answer.1.push(("content-length", "9".into()));
             answer.2.clear();
         }
         answer
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_head_response_that_validates_a_kept_copy_refreshes_it() {
+    let engine = paused_http_engine();
+    let origin = head_origin(|seen| {
+        if seen.uri == "/changed" && seen.method == Method::HEAD {
+            "\"h2\""
+        } else {
+            "\"h1\""
+        }
     });
     let svc = ResponseCacheLayer::new(&engine).layer_service(origin.app());
     send(&svc, Method::GET, "/same", &[]).await;
@@ -2178,7 +2188,7 @@ async fn a_head_response_that_validates_a_kept_copy_refreshes_it() {
     let g = send(&svc, Method::GET, "/same", &[]).await;
     assert!(cache_status(&g).contains("hit"), "{}", cache_status(&g));
     assert_eq!(header(&g, "x-seen"), "1");
-    assert_eq!(&g.body[..], b"held body");
+    assert_eq!(&g.body[..], b"kept body");
     assert_eq!(origin.calls(), 2);
     // A HEAD with another validator says the body changed: no update, the GET goes out.
     send(&svc, Method::GET, "/changed", &[]).await;
@@ -2194,15 +2204,7 @@ async fn a_head_response_that_validates_a_kept_copy_refreshes_it() {
 #[tokio::test]
 async fn a_reload_revalidates_the_stored_copy_instead_of_fetching_it_whole() {
     let engine = CacheEngine::builder().build().unwrap();
-    let origin = Recorder::new(|seen, _| {
-        if asks(seen, "if-none-match", "\"doc1\"") {
-            return (StatusCode::NOT_MODIFIED, vec![], String::new());
-        }
-        ok_with(
-            &[("cache-control", "max-age=600"), ("etag", "\"doc1\"")],
-            "document",
-        )
-    });
+    let origin = etag_origin("max-age=600", "\"doc1\"", "document");
     let svc = ResponseCacheLayer::new(&engine).layer_service(origin.app());
     send(&svc, Method::GET, "/doc", &[]).await;
     for reload in ["max-age=0", "no-cache"] {
@@ -2267,26 +2269,7 @@ async fn a_head_update_applies_through_redis_and_reaches_every_instance() {
     let a = redis_engine(&redis_url(), &prefix);
     let b = redis_engine(&redis_url(), &prefix);
     subscribed(&[&a, &b]).await;
-    let origin = Recorder::new(|seen, n| {
-        let cc = if seen.method == Method::HEAD {
-            "max-age=60"
-        } else {
-            "max-age=1"
-        };
-        let mut answer = ok_with(
-            &[
-                ("cache-control", cc),
-                ("etag", "\"hr\""),
-                ("x-seen", &n.to_string()),
-            ],
-            "kept body",
-        );
-        if seen.method == Method::HEAD {
-            answer.1.push(("content-length", "9".into()));
-            answer.2.clear();
-        }
-        answer
-    });
+    let origin = head_origin(|_| "\"hr\"");
     let on_a = ResponseCacheLayer::new(&a).layer_service(origin.app());
     let on_b = ResponseCacheLayer::new(&b).layer_service(origin.app());
     send(&on_a, Method::GET, "/h", &[]).await;
