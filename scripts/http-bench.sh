@@ -29,7 +29,9 @@
 # the same start; the difference over the 2,000 requests between is per request, and
 # moves by about a thousand instructions between runs (whether the worker parks between
 # requests; the metrics upkeep task every 5 s is counted too), where this VM's wall-clock
-# figures move by 30 % between rounds. KEEP=DIR keeps each "many" profile for `callgrind_annotate`.
+# figures move by 30 % between rounds. KEEP=DIR keeps each "many" profile for `callgrind_annotate`;
+# `bash scripts/profile-diff.sh DIR/hello-bare.cg DIR/hello-session.cg` lists, function by
+# function, what a variant runs beyond another per request.
 #
 # Settings: ROUNDS (3), DURATION (8s), WARMUP (2s), CONNECTIONS (32), PORT (18290),
 # OUT (target/http-bench: results-WORKLOAD.tsv, one line per run; summary-WORKLOAD.md).
