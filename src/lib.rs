@@ -103,6 +103,8 @@ mod hash;
     feature = "jobs"
 ))]
 mod hex;
+#[cfg(any(feature = "cache", feature = "retry"))]
+mod http_date;
 #[cfg(feature = "jobs")]
 pub mod jobs;
 pub mod key;

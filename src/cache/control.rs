@@ -165,28 +165,7 @@ pub fn age<'a>(fields: impl IntoIterator<Item = &'a HeaderValue>) -> Option<u64>
 /// RFC 850 and asctime ones), read leniently as §5.6.7 allows: the day and month names
 /// and `GMT` in any case, spaces around the value. `None` if it is not a date.
 pub fn http_date(value: &HeaderValue) -> Option<std::time::SystemTime> {
-    let text = value.to_str().ok()?.trim();
-    if let Ok(t) = httpdate::parse_http_date(text) {
-        return Some(t);
-    }
-    // Words as the grammar spells them: `Tue`, `Dec`, `Tuesday`, `GMT`.
-    let mut fixed = String::with_capacity(text.len());
-    let mut word_start = true;
-    for c in text.chars() {
-        if c.is_ascii_alphabetic() {
-            fixed.push(if word_start {
-                c.to_ascii_uppercase()
-            } else {
-                c.to_ascii_lowercase()
-            });
-            word_start = false;
-        } else {
-            fixed.push(c);
-            word_start = true;
-        }
-    }
-    let fixed = fixed.replace("Gmt", "GMT");
-    httpdate::parse_http_date(&fixed).ok()
+    crate::http_date::parse(value.to_str().ok()?)
 }
 
 /// Request fields whose values are comma-separated lists of case-insensitive tokens: for
@@ -210,8 +189,6 @@ pub(crate) fn push_selecting_value<'a>(
     values: impl IntoIterator<Item = &'a HeaderValue>,
 ) {
     let list = CASELESS_LISTS.contains(&name.as_str());
-    let sort = *name == http::header::ACCEPT_ENCODING;
-    let mut sorted: Vec<&[u8]> = Vec::new();
     let mut first = true;
     let mut push = |key: &mut String, part: &[u8]| {
         if !first {
@@ -225,6 +202,39 @@ pub(crate) fn push_selecting_value<'a>(
             key.push_str(&text);
         }
     };
+    if *name == http::header::ACCEPT_ENCODING {
+        // Sorted without allocating for the usual handful of codings (more go to the heap).
+        let items = values.into_iter().flat_map(|v| split_list(v.as_bytes()));
+        let mut small: [&[u8]; 16] = [&[]; 16];
+        let mut n = 0;
+        let mut more: Vec<&[u8]> = Vec::new();
+        for part in items {
+            if n < small.len() {
+                small[n] = part;
+                n += 1;
+            } else {
+                more.push(part);
+            }
+        }
+        let fold = |a: &&[u8], b: &&[u8]| {
+            a.iter()
+                .map(u8::to_ascii_lowercase)
+                .cmp(b.iter().map(u8::to_ascii_lowercase))
+        };
+        if more.is_empty() {
+            small[..n].sort_unstable_by(fold);
+            for part in &small[..n] {
+                push(key, part);
+            }
+        } else {
+            more.extend_from_slice(&small[..n]);
+            more.sort_unstable_by(fold);
+            for part in &more {
+                push(key, part);
+            }
+        }
+        return;
+    }
     for value in values {
         let bytes = value.as_bytes();
         if !list {
@@ -232,20 +242,6 @@ pub(crate) fn push_selecting_value<'a>(
             continue;
         }
         for part in split_list(bytes) {
-            if sort {
-                sorted.push(part);
-            } else {
-                push(key, part);
-            }
-        }
-    }
-    if sort {
-        sorted.sort_unstable_by(|a, b| {
-            a.iter()
-                .map(u8::to_ascii_lowercase)
-                .cmp(b.iter().map(u8::to_ascii_lowercase))
-        });
-        for part in sorted {
             push(key, part);
         }
     }
@@ -666,6 +662,16 @@ mod tests {
         assert_eq!(enc, "br,gzip");
         assert_eq!(norm("accept-encoding", &["BR,gzip"]), enc);
         assert_eq!(norm("accept-encoding", &["gzip", " br "]), enc);
+        // More codings than the stack buffer holds are sorted all the same.
+        let many: Vec<String> = (0..20).map(|i| format!("c{i:02}")).collect();
+        let forward = many.join(", ");
+        let backward = many.iter().rev().cloned().collect::<Vec<_>>().join(",");
+        let values = |s: &str| vec![HeaderValue::from_str(s).unwrap()];
+        let (mut a, mut b) = (String::new(), String::new());
+        push_selecting_value(&mut a, &http::header::ACCEPT_ENCODING, &values(&forward));
+        push_selecting_value(&mut b, &http::header::ACCEPT_ENCODING, &values(&backward));
+        assert_eq!(a, b);
+        assert_eq!(a, many.join(","));
         let lang = norm("accept-language", &["en-GB, fr;q=0.5"]);
         assert_eq!(lang, "en-gb,fr;q=0.5");
         assert_eq!(norm("accept-language", &["en-gb ,  FR;q=0.5"]), lang);

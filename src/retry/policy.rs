@@ -101,7 +101,8 @@ pub(crate) fn attempt_timer<C>(
     Some(Box::pin(tokio::time::sleep(limit)))
 }
 
-/// `Retry-After` as seconds or as an HTTP date (a date in the past is "now"). Anything
+/// `Retry-After` as seconds or as an HTTP date in any of its three formats (a date in the
+/// past is "now"). Anything
 /// else is ignored, and the backoff applies.
 pub(super) fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
     let v = headers
@@ -112,7 +113,7 @@ pub(super) fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
     if let Ok(secs) = v.parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
-    let at = httpdate::parse_http_date(v).ok()?;
+    let at = crate::http_date::parse(v)?;
     Some(
         at.duration_since(std::time::SystemTime::now())
             .unwrap_or(Duration::ZERO),
@@ -183,6 +184,11 @@ mod tests {
             h("Wed, 21 Oct 2015 07:28:00 GMT"),
             Some(Duration::ZERO),
             "past: now"
+        );
+        assert_eq!(
+            h("wednesday, 21-oct-15 07:28:00 gmt"),
+            Some(Duration::ZERO),
+            "the obsolete RFC 850 format, in any case"
         );
         let soon = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(30));
         let d = h(&soon).unwrap();
