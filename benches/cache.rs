@@ -54,7 +54,35 @@ where
     common::run(rt, svc, |_| request(), iters)
 }
 
-fn http_hit(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
+/// The same request as a browser sends it, with `Host`, `Accept` and `User-Agent`: a hit
+/// then also looks through real request headers (for `If-None-Match`,
+/// `If-Modified-Since`, `Cache-Control`, `Authorization`).
+mod browser {
+    use super::*;
+
+    #[inline(never)]
+    pub(super) fn request() -> Request<Body> {
+        Request::get("/products/7")
+            .header("host", "shop.example")
+            .header("accept", "application/json")
+            .header("user-agent", "bench/1.0")
+            .body(Body::empty())
+            .unwrap()
+    }
+
+    pub(super) fn run<S, B>(rt: &tokio::runtime::Runtime, svc: &S, iters: u64) -> Duration
+    where
+        S: Service<Request<Body>, Response = Response<B>> + Clone,
+        S::Error: std::fmt::Debug,
+    {
+        common::run(rt, svc, |_| request(), iters)
+    }
+}
+
+/// `group`: `cache/http-hit` (a bare request) or `cache/http-hit-browser` (with a
+/// browser's headers).
+fn http_hit(c: &mut Criterion, rt: &tokio::runtime::Runtime, group: &str) {
+    let browser = group.ends_with("browser");
     let engine = rt.block_on(async { CacheEngine::builder().build().unwrap() });
     let ours = ResponseCacheLayer::new(&engine).layer(handler());
     let theirs =
@@ -72,12 +100,23 @@ fn http_hit(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
         assert!(status.contains("hit"), "ours must hit: {status}");
     });
     let baseline = handler();
-    let mut g = c.benchmark_group("cache/http-hit");
-    g.bench_function("baseline", |b| b.iter_custom(|n| run(rt, &baseline, n)));
-    g.bench_function("tower-scale", |b| b.iter_custom(|n| run(rt, &ours, n)));
-    g.bench_function("axum-response-cache", |b| {
-        b.iter_custom(|n| run(rt, &theirs, n))
-    });
+    let mut g = c.benchmark_group(group);
+    macro_rules! timed {
+        ($svc:expr) => {
+            |b: &mut criterion::Bencher<'_>| {
+                b.iter_custom(|n| {
+                    if browser {
+                        browser::run(rt, $svc, n)
+                    } else {
+                        run(rt, $svc, n)
+                    }
+                })
+            }
+        };
+    }
+    g.bench_function("baseline", timed!(&baseline));
+    g.bench_function("tower-scale", timed!(&ours));
+    g.bench_function("axum-response-cache", timed!(&theirs));
     g.finish();
 }
 
@@ -222,7 +261,8 @@ fn benches(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    http_hit(c, &rt);
+    http_hit(c, &rt, "cache/http-hit");
+    http_hit(c, &rt, "cache/http-hit-browser");
     get_or_load_hit(c, &rt);
     l2_hit(c, &rt);
 }
