@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Where a variant's instructions go beyond a baseline's, function by function: the
 # exclusive counts of two callgrind profiles (as `MODE=instructions KEEP=DIR bash
-# scripts/http-bench.sh` keeps them), B minus A, divided by the requests each answered.
+# scripts/http-bench.sh` keeps them), B minus A, divided by the requests each answered;
+# first, each profile's allocations per request (calls to the allocator ÷ REQUESTS).
 #
 #   bash scripts/profile-diff.sh DIR/hello-bare.cg DIR/hello-session.cg          # top 30
 #   TOP=50 REQUESTS=2500 bash scripts/profile-diff.sh A.cg B.cg
@@ -21,6 +22,12 @@ flat() { # profile -> "count<TAB>function" lines, exclusive counts, one per func
     }
     END { for (f in sum) printf "%d\t%s\n", sum[f], f }'
 }
+allocations() { # profile -> calls to the allocator per request
+  callgrind_annotate --tree=caller "$1" 2>/dev/null \
+    | sed -n 's/.*< .*__rust_alloc (\([0-9,]*\)x).*/\1/p' | head -n 1 | tr -d , \
+    | awk -v r="$requests" '{ printf "%.1f", $1 / r }'
+}
+echo "allocations per request: $(allocations "$a") in $(basename "$a"), $(allocations "$b") in $(basename "$b")"
 { flat "$a" | sed 's/^/A\t/'; flat "$b" | sed 's/^/B\t/'; } | awk -F '\t' -v r="$requests" -v top="$top" '
   { v[$3] += ($1 == "B" ? $2 : -$2) }
   END {
