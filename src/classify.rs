@@ -27,6 +27,7 @@
 //! ```
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Response, StatusCode};
@@ -62,15 +63,24 @@ pub trait Classify<T, E>: Clone + Send + Sync + 'static {
 /// every error are failures.
 #[derive(Clone, PartialEq, Eq)]
 pub struct HttpClassifier {
-    // Bit n set: status n is a failure. Statuses are 100..=999.
-    failures: [u64; 16],
+    // Bit n set: status 400 + n is a failure (400..=655, where failures are).
+    common: [u64; 4],
+    // The failures outside 400..=655, sorted: none unless configured. Kept out of line so
+    // that the classifier, which services and their futures carry, stays small.
+    others: Option<Arc<[u16]>>,
 }
+
+/// The first status of [`HttpClassifier`]'s bit set.
+const COMMON_FROM: u16 = 400;
 
 impl Default for HttpClassifier {
     fn default() -> Self {
-        let mut c = Self { failures: [0; 16] };
+        let mut c = Self {
+            common: [0; 4],
+            others: None,
+        };
         for s in 500..=599 {
-            c.set(s);
+            c.set(s, true);
         }
         c
     }
@@ -86,8 +96,30 @@ impl fmt::Debug for HttpClassifier {
 }
 
 impl HttpClassifier {
-    fn set(&mut self, status: u16) {
-        self.failures[usize::from(status / 64)] |= 1 << (status % 64);
+    /// `status` (100..=999) in the common bit set: its word and bit.
+    fn common_bit(status: u16) -> Option<(usize, u64)> {
+        let n = status.checked_sub(COMMON_FROM)?;
+        (n < 256).then(|| (usize::from(n / 64), 1 << (n % 64)))
+    }
+
+    fn set(&mut self, status: u16, failure: bool) {
+        if let Some((word, bit)) = Self::common_bit(status) {
+            if failure {
+                self.common[word] |= bit;
+            } else {
+                self.common[word] &= !bit;
+            }
+            return;
+        }
+        let mut others: Vec<u16> = self.others.as_deref().unwrap_or_default().to_vec();
+        match (others.binary_search(&status), failure) {
+            (Err(at), true) => others.insert(at, status),
+            (Ok(at), false) => {
+                others.remove(at);
+            }
+            _ => {}
+        }
+        self.others = (!others.is_empty()).then(|| Arc::from(others));
     }
 
     fn check(status: u16) -> Result<u16, ConfigError> {
@@ -103,21 +135,27 @@ impl HttpClassifier {
 
     /// Also treats `status` as a failure (e.g. 429 from an upstream).
     pub fn failure_status(mut self, status: u16) -> Result<Self, ConfigError> {
-        self.set(Self::check(status)?);
+        self.set(Self::check(status)?, true);
         Ok(self)
     }
 
     /// Treats `status` as a success even if it is a 5xx (e.g. 501 from an API that uses it
     /// for "not supported here").
     pub fn success_status(mut self, status: u16) -> Result<Self, ConfigError> {
-        let s = Self::check(status)?;
-        self.failures[usize::from(s / 64)] &= !(1 << (s % 64));
+        self.set(Self::check(status)?, false);
         Ok(self)
     }
 
     /// True if a response with this status is a failure.
+    #[inline]
     pub fn is_failure_status(&self, status: u16) -> bool {
-        status < 1024 && self.failures[usize::from(status / 64)] & (1 << (status % 64)) != 0
+        match Self::common_bit(status) {
+            Some((word, bit)) => self.common[word] & bit != 0,
+            None => self
+                .others
+                .as_deref()
+                .is_some_and(|o| o.binary_search(&status).is_ok()),
+        }
     }
 
     /// The class of a status code.
@@ -289,6 +327,45 @@ mod tests {
         assert!(HttpClassifier::default().failure_status(99).is_err());
         assert!(HttpClassifier::default().failure_status(1000).is_err());
         assert!(!c.is_failure_status(u16::MAX));
+    }
+
+    #[test]
+    fn statuses_outside_the_common_set() {
+        // The bit set covers 400..=655; the rest is a sorted list, kept only when needed.
+        let c = HttpClassifier::default()
+            .failure_status(302)
+            .unwrap()
+            .failure_status(999)
+            .unwrap()
+            .failure_status(100)
+            .unwrap()
+            .failure_status(655)
+            .unwrap()
+            .failure_status(656)
+            .unwrap();
+        for s in [100, 302, 655, 656, 999, 500, 599] {
+            assert!(c.is_failure_status(s), "{s} is a failure");
+        }
+        for s in [101, 301, 303, 399, 400, 600, 654, 657, 998] {
+            assert!(!c.is_failure_status(s), "{s} is not a failure");
+        }
+        let back = c
+            .success_status(302)
+            .unwrap()
+            .success_status(999)
+            .unwrap()
+            .success_status(100)
+            .unwrap()
+            .success_status(655)
+            .unwrap()
+            .success_status(656)
+            .unwrap();
+        assert_eq!(
+            back,
+            HttpClassifier::default(),
+            "the list is dropped when empty"
+        );
+        assert!(std::mem::size_of::<HttpClassifier>() <= 48);
     }
 
     #[test]

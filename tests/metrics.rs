@@ -314,6 +314,72 @@ async fn errors_and_5xx_are_failures() {
     );
 }
 
+/// One service, several routes and statuses in turn: the route a service saw first and
+/// the status a route answered first are kept at hand, and every other one is still
+/// counted under its own labels.
+#[tokio::test]
+async fn one_service_counts_each_route_and_status_apart() {
+    prometheus();
+    let layer = HttpMetricsLayer::builder()
+        .route_label(route_fn(|r| Some(r.uri.path().to_owned().into())))
+        .build()
+        .unwrap();
+    let svc = layer.layer_service(tower::service_fn(|req: Request<()>| async move {
+        let status = req.uri().query().unwrap_or("200").parse::<u16>().unwrap();
+        Ok::<_, Infallible>(
+            Response::builder()
+                .status(status)
+                .body(Empty::<Bytes>::new())
+                .unwrap(),
+        )
+    }));
+    let sent = [
+        ("/turn/a", 200),
+        ("/turn/b", 404),
+        ("/turn/a", 200),
+        ("/turn/a", 503),
+        ("/turn/b", 200),
+        ("/turn/a", 200),
+        ("/turn/b", 404),
+    ];
+    for (path, status) in sent {
+        let resp = svc
+            .clone()
+            .oneshot(
+                Request::builder()
+                    .uri(format!("{path}?{status}"))
+                    .body(())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), status);
+        resp.into_body().collect().await.unwrap();
+    }
+    for (path, status, want) in [
+        ("/turn/a", "200", 3.0),
+        ("/turn/a", "503", 1.0),
+        ("/turn/b", "404", 2.0),
+        ("/turn/b", "200", 1.0),
+    ] {
+        assert_eq!(
+            sample(
+                "http_server_requests_total",
+                &[route(path), ("http_response_status_code", status)]
+            ),
+            Some(want),
+            "{path} {status}"
+        );
+    }
+    assert_eq!(
+        sample(
+            "http_server_requests_total",
+            &[route("/turn/b"), ("http_response_status_code", "503")]
+        ),
+        None
+    );
+}
+
 #[tokio::test]
 async fn route_labels_are_capped() {
     prometheus();
@@ -446,4 +512,34 @@ impl http_body::Body for SlowBody {
             Poll::Pending => Poll::Pending,
         }
     }
+}
+
+/// axum clones a route's service for every request and moves its future several times on
+/// the way to the connection: both stay small (the classifier, 128 bytes before, was in
+/// each).
+#[test]
+fn service_and_future_stay_small() {
+    type Svc = tower::util::ServiceFn<
+        fn(Request<()>) -> std::future::Ready<Result<Response<Empty<Bytes>>, Infallible>>,
+    >;
+    type Metrics = HttpMetrics<
+        Svc,
+        tower_scale::metrics::DefaultRouteLabel,
+        tower_scale::classify::HttpClassifier,
+    >;
+    type Future = ResponseFuture<
+        std::future::Ready<Result<Response<Empty<Bytes>>, Infallible>>,
+        tower_scale::classify::HttpClassifier,
+    >;
+    assert!(
+        std::mem::size_of::<Metrics>() <= 64,
+        "{}",
+        std::mem::size_of::<Metrics>()
+    );
+    type Inner = std::future::Ready<Result<Response<Empty<Bytes>>, Infallible>>;
+    let added = std::mem::size_of::<Future>() - std::mem::size_of::<Inner>();
+    assert!(
+        added <= 96,
+        "the future adds {added} bytes to its inner one"
+    );
 }

@@ -26,8 +26,8 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::routing::{get, post};
-use metrics_exporter_prometheus::PrometheusBuilder;
-use tower_scale::metrics::HttpMetricsLayer;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use tower_scale::metrics::{DEFAULT_DURATION_BUCKETS, DURATION_METRIC, HttpMetricsLayer};
 use tower_scale::rate_limit::{Quota, RateLimitLayer};
 use tower_scale::session::{MemoryStore, Session, SessionLayer};
 
@@ -97,7 +97,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let has = |w: &str| words.contains(&w);
 
-    let prometheus = PrometheusBuilder::new().install_recorder()?;
+    // Histograms with buckets, as each crate's docs set them up (without buckets the
+    // exporter keeps summaries, whose upkeep costs more per sample).
+    let prometheus = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(DURATION_METRIC.into()),
+            DEFAULT_DURATION_BUCKETS,
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full(axum_prometheus::AXUM_HTTP_REQUESTS_DURATION_SECONDS.into()),
+            axum_prometheus::utils::SECONDS_DURATION_BUCKETS,
+        )?
+        .install_recorder()?;
     let upkeep = prometheus.clone();
     tokio::spawn(async move {
         loop {

@@ -3,7 +3,8 @@
 //! Registering a metric through the `metrics` facade hashes its name and labels and looks
 //! them up in the recorder on every call. The label sets of HTTP metrics are few (routes ×
 //! methods × statuses), so this registry resolves each set to handles once and keeps them:
-//! a request then costs one read-mostly map lookup and a few atomic operations.
+//! a request then costs a few atomic operations, and a read-mostly map lookup only when
+//! its route or status is not the one its service saw first ([`Routes`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -73,6 +74,9 @@ pub(crate) struct MethodEntry {
     route: Arc<str>,
     names: Names,
     pub(crate) active: Gauge,
+    /// The first status recorded: most of a route's responses share it, and it is found
+    /// without reading the list.
+    first: OnceLock<Arc<StatusEntry>>,
     statuses: ArcSwap<Vec<Arc<StatusEntry>>>,
     write: Mutex<()>,
 }
@@ -117,11 +121,10 @@ impl Registry {
         });
     }
 
-    /// The handles for a request's method and route; `None` route is "unmatched".
+    /// The entry of a route; `None` route is "unmatched".
     #[inline]
-    pub(crate) fn entry(&self, method: &http::Method, route: Option<&str>) -> Arc<MethodEntry> {
-        let idx = method_index(method);
-        let route_entry = match route {
+    fn route_entry(&self, route: Option<&str>) -> Arc<RouteEntry> {
+        match route {
             None => self.fixed(&self.unmatched, &self.names.unmatched),
             Some(r) => {
                 let routes = self.routes.load();
@@ -132,11 +135,7 @@ impl Registry {
                     None => self.insert_route(r),
                 }
             }
-        };
-        Arc::clone(
-            route_entry.methods[idx]
-                .get_or_init(|| Arc::new(self.new_method(METHODS[idx], &route_entry.route))),
-        )
+        }
     }
 
     fn fixed(&self, slot: &OnceLock<Arc<RouteEntry>>, label: &Arc<str>) -> Arc<RouteEntry> {
@@ -183,6 +182,7 @@ impl Registry {
             route: Arc::clone(route),
             names: self.names.clone(),
             active,
+            first: OnceLock::new(),
             statuses: ArcSwap::from_pointee(Vec::new()),
             write: Mutex::new(()),
         }
@@ -196,12 +196,62 @@ impl RouteEntry {
             methods: Default::default(),
         }
     }
+
+    #[inline]
+    fn method(&self, method: &http::Method, registry: &Registry) -> Arc<MethodEntry> {
+        let idx = method_index(method);
+        Arc::clone(
+            self.methods[idx]
+                .get_or_init(|| Arc::new(registry.new_method(METHODS[idx], &self.route))),
+        )
+    }
+}
+
+/// One service's way into the registry. `Router::layer` gives each route (and method) a
+/// service of its own, so the route a service saw first is kept at hand: a request for it
+/// takes no shared map lookup (no hashing, no read of the shared map's pointer). A service
+/// that serves several routes (a `route_fn` label) finds the others in the registry.
+#[derive(Debug)]
+pub(crate) struct Routes {
+    registry: Arc<Registry>,
+    first: OnceLock<Arc<RouteEntry>>,
+}
+
+impl Routes {
+    pub(crate) fn new(registry: Arc<Registry>) -> Self {
+        Self {
+            registry,
+            first: OnceLock::new(),
+        }
+    }
+
+    /// The handles for a request's method and route; `None` route is "unmatched".
+    #[inline]
+    pub(crate) fn entry(&self, method: &http::Method, route: Option<&str>) -> Arc<MethodEntry> {
+        if let (Some(r), Some(first)) = (route, self.first.get())
+            && *first.route == *r
+        {
+            return first.method(method, &self.registry);
+        }
+        let e = self.registry.route_entry(route);
+        if route.is_some_and(|r| *e.route == *r) {
+            // Not the overflow entry, whose label is not the route's.
+            let _ = self.first.set(Arc::clone(&e));
+        }
+        e.method(method, &self.registry)
+    }
 }
 
 impl MethodEntry {
     /// The handles for one status (or [`ERROR_STATUS`]) and class.
     #[inline]
     pub(crate) fn status(&self, status: u16, class: Class) -> Arc<StatusEntry> {
+        if let Some(e) = self.first.get()
+            && e.status == status
+            && e.class == class
+        {
+            return Arc::clone(e);
+        }
         if let Some(e) = self
             .statuses
             .load()
@@ -246,6 +296,7 @@ impl MethodEntry {
         let mut next = Vec::clone(&current);
         next.push(Arc::clone(&entry));
         self.statuses.store(Arc::new(next));
+        let _ = self.first.set(Arc::clone(&entry));
         entry
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use ::metrics::SharedString;
 use tower_layer::Layer;
 
-use super::handles::{Names, Registry};
+use super::handles::{Names, Registry, Routes};
 use super::route::{DefaultRouteLabel, RouteLabel};
 use super::service::HttpMetrics;
 use crate::ConfigError;
@@ -70,7 +70,7 @@ impl<S, R: Clone, C: Clone> Layer<S> for HttpMetricsLayer<R, C> {
     fn layer(&self, inner: S) -> Self::Service {
         HttpMetrics {
             inner,
-            registry: Arc::clone(&self.registry),
+            routes: Arc::new(Routes::new(Arc::clone(&self.registry))),
             route: self.route.clone(),
             classifier: self.classifier.clone(),
         }

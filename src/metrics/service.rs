@@ -8,7 +8,7 @@ use tower_service::Service;
 
 use super::body::{InFlight, MetricsBody};
 use super::future::ResponseFuture;
-use super::handles::Registry;
+use super::handles::Routes;
 use super::route::RouteLabel;
 use crate::classify::Classify;
 use crate::key::RequestRef;
@@ -18,7 +18,7 @@ use crate::key::RequestRef;
 #[derive(Debug, Clone)]
 pub struct HttpMetrics<S, R, C> {
     pub(crate) inner: S,
-    pub(crate) registry: Arc<Registry>,
+    pub(crate) routes: Arc<Routes>,
     pub(crate) route: R,
     pub(crate) classifier: C,
 }
@@ -41,7 +41,7 @@ where
     #[inline]
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let route = self.route.route(RequestRef::from(&req));
-        let entry = self.registry.entry(req.method(), route.as_deref());
+        let entry = self.routes.entry(req.method(), route.as_deref());
         drop(route);
         let in_flight = InFlight::start(entry);
         ResponseFuture {

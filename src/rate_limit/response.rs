@@ -145,7 +145,6 @@ pub(crate) fn write_headers<'a>(
     applied: impl Iterator<Item = (&'a Quota, &'a HeaderValue, Verdict, Gcra)> + Clone,
     x_headers: bool,
 ) {
-    use std::fmt::Write;
     // One quota (the usual case): its policy value as built, shared; several: joined.
     let mut rows = applied.clone();
     let policy = match (rows.next(), rows.next()) {
@@ -171,13 +170,12 @@ pub(crate) fn write_headers<'a>(
         if i > 0 {
             state.push_str(", ");
         }
-        let _ = write!(
-            state,
-            "\"{}\";r={};t={}",
-            q.name(),
-            v.remaining(&g),
-            us_to_secs_ceil(v.reset_us)
-        );
+        state.push('"');
+        state.push_str(q.name());
+        state.push_str("\";r=");
+        push_decimal(&mut state, v.remaining(&g));
+        state.push_str(";t=");
+        push_decimal(&mut state, us_to_secs_ceil(v.reset_us));
     }
     if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(state)) {
         headers.insert(RATELIMIT, v);
@@ -188,6 +186,24 @@ pub(crate) fn write_headers<'a>(
         headers.insert(X_LIMIT, HeaderValue::from(q.limit()));
         headers.insert(X_REMAINING, HeaderValue::from(v.remaining(&g)));
         headers.insert(X_RESET, HeaderValue::from(us_to_secs_ceil(v.reset_us)));
+    }
+}
+
+/// Appends `n` in decimal: the formatting machinery costs more than the digits.
+fn push_decimal(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        // The remainder is below 10: the cast cannot truncate.
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[at..] {
+        out.push(char::from(d));
     }
 }
 
@@ -210,6 +226,15 @@ mod tests {
             allowed,
             retry_after_us: retry_us,
             reset_us,
+        }
+    }
+
+    #[test]
+    fn decimals_match_the_formatter() {
+        for n in [0, 1, 9, 10, 99, 100, 12_345, u64::from(u32::MAX), u64::MAX] {
+            let mut s = String::from("x");
+            push_decimal(&mut s, n);
+            assert_eq!(s, format!("x{n}"));
         }
     }
 

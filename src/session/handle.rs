@@ -1,9 +1,8 @@
 //! [`Session`]: a request's session, loaded on first use.
 
-use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -143,24 +142,19 @@ pub(crate) struct Inner {
     /// (for a request read by hyper, a reference count on its read buffer).
     raw: RawCookies,
     /// The state, made on first use: a request that never touches its session builds no
-    /// state (the lock's memory is part of the handle's one allocation, left
-    /// uninitialised until then).
-    state: OnceLock<tokio::sync::Mutex<State>>,
+    /// state and reads no id. The lock itself is part of the handle's one allocation.
+    state: tokio::sync::Mutex<Option<State>>,
 }
 
 /// The state behind a [`Session`], locked.
-pub(crate) type StateGuard<'a> = tokio::sync::MutexGuard<'a, State>;
+pub(crate) type StateGuard<'a> = tokio::sync::MappedMutexGuard<'a, State>;
 
 impl Inner {
     /// Locks the state, making it on first use (reading the id out of the cookies).
     pub(crate) async fn state(&self) -> StateGuard<'_> {
-        self.state
-            .get_or_init(|| {
-                let id = self.raw.id(self.shared.config.cookie.name());
-                tokio::sync::Mutex::new(State::new(id))
-            })
-            .lock()
-            .await
+        tokio::sync::MutexGuard::map(self.state.lock().await, |s| {
+            s.get_or_insert_with(|| State::new(self.raw.id(self.shared.config.cookie.name())))
+        })
     }
 }
 
@@ -225,7 +219,7 @@ impl Loaded {
         self.record.as_ref()?.user.as_deref()
     }
 
-    fn values_mut(&mut self) -> &mut HashMap<String, String> {
+    fn values_mut(&mut self) -> &mut super::store::Values {
         &mut self.record_mut().values
     }
 
@@ -248,7 +242,7 @@ impl Session {
                 shared,
                 dirty: AtomicBool::new(false),
                 raw,
-                state: OnceLock::new(),
+                state: tokio::sync::Mutex::const_new(None),
             }),
         }
     }

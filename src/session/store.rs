@@ -16,11 +16,29 @@ use crate::{ConfigError, StoreUnavailable};
 /// A store call's future.
 pub type StoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreUnavailable>> + Send>>;
 
+/// A session's values: JSON text per key. Keys are the application's own, so the map
+/// hashes them with a fast seeded hash (foldhash) rather than SipHash; build one with
+/// `Values::default()` or by collecting pairs.
+pub type Values = HashMap<String, String, ValuesHasher>;
+
+/// The hasher of [`Values`]: foldhash's fast hash, randomly seeded per map.
+#[derive(Debug, Clone, Default)]
+pub struct ValuesHasher(foldhash::fast::RandomState);
+
+impl std::hash::BuildHasher for ValuesHasher {
+    type Hasher = foldhash::fast::FoldHasher<'static>;
+
+    #[inline]
+    fn build_hasher(&self) -> Self::Hasher {
+        self.0.build_hasher()
+    }
+}
+
 /// A session as the store hands it back: its values (JSON text per key) and its owner.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Record {
     /// Each key's value, as JSON text.
-    pub values: HashMap<String, String>,
+    pub values: Values,
     /// The user the session belongs to, if it was logged in.
     pub user: Option<String>,
 }
