@@ -54,6 +54,19 @@ fn sample(name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
+/// A metrics layer labelled by the raw path: for services without axum's matched path.
+fn path_labelled() -> tower_scale::metrics::HttpMetricsLayerBuilder<
+    tower_scale::metrics::RouteFn<
+        impl Fn(tower_scale::key::RequestRef<'_>) -> Option<std::borrow::Cow<'static, str>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    >,
+> {
+    HttpMetricsLayer::builder().route_label(route_fn(|r| Some(r.uri.path().to_owned().into())))
+}
+
 fn route(r: &'static str) -> (&'static str, &'static str) {
     ("http_route", r)
 }
@@ -190,10 +203,7 @@ async fn duration_lasts_until_the_body_ends() {
 #[tokio::test]
 async fn gauge_cannot_leak_on_cancel_panic_or_dropped_body() {
     prometheus();
-    let layer = HttpMetricsLayer::builder()
-        .route_label(route_fn(|r| Some(r.uri.path().to_owned().into())))
-        .build()
-        .unwrap();
+    let layer = path_labelled().build().unwrap();
 
     // Cancelled before the service answered.
     let mut svc = layer.layer_service(tower::service_fn(|_req: Request<()>| async {
@@ -262,10 +272,7 @@ async fn gauge_cannot_leak_on_cancel_panic_or_dropped_body() {
 #[tokio::test]
 async fn errors_and_5xx_are_failures() {
     prometheus();
-    let layer = HttpMetricsLayer::builder()
-        .route_label(route_fn(|r| Some(r.uri.path().to_owned().into())))
-        .build()
-        .unwrap();
+    let layer = path_labelled().build().unwrap();
     let svc = layer.layer_service(tower::service_fn(|req: Request<()>| async move {
         match req.uri().path() {
             "/fail/err" => Err(std::io::Error::other("upstream reset")),
@@ -320,10 +327,7 @@ async fn errors_and_5xx_are_failures() {
 #[tokio::test]
 async fn one_service_counts_each_route_and_status_apart() {
     prometheus();
-    let layer = HttpMetricsLayer::builder()
-        .route_label(route_fn(|r| Some(r.uri.path().to_owned().into())))
-        .build()
-        .unwrap();
+    let layer = path_labelled().build().unwrap();
     let svc = layer.layer_service(tower::service_fn(|req: Request<()>| async move {
         let status = req.uri().query().unwrap_or("200").parse::<u16>().unwrap();
         Ok::<_, Infallible>(
@@ -383,8 +387,7 @@ async fn one_service_counts_each_route_and_status_apart() {
 #[tokio::test]
 async fn route_labels_are_capped() {
     prometheus();
-    let layer = HttpMetricsLayer::builder()
-        .route_label(route_fn(|r| Some(r.uri.path().to_owned().into())))
+    let layer = path_labelled()
         .max_routes(3)
         .overflow_label("cap-overflow")
         .build()
