@@ -25,12 +25,12 @@
 # is the same for every stack: two system calls per request in each, checked with `perf
 # stat -e raw_syscalls:sys_enter`). Each variant runs twice under valgrind, answering
 # REQUESTS_FEW (500) and REQUESTS_MANY (2500) requests on one keep-alive connection (curl);
-# counting starts after 200 requests of warm-up, so one-time work (the clock's calibration,
+# counting starts after 100 requests of warm-up, so one-time work (the clock's calibration,
 # lazy statics) is left out. The difference over the 2,000 requests between is per
-# request; it still moves by a few hundred instructions between runs (whether the worker
-# parks between requests; the metrics upkeep task every 5 s is counted too), where this
-# VM's wall-clock
-# figures move by 30 % between rounds. KEEP=DIR keeps each "many" profile for `callgrind_annotate`;
+# request; two runs of one variant agreed within 20 instructions (2026-12-05; what can
+# still move it: whether the worker parks between requests, and the metrics upkeep task
+# every 5 s, which is counted too), where this VM's wall-clock figures move by up to 30 %
+# between rounds. KEEP=DIR keeps each "many" profile for `callgrind_annotate`;
 # `bash scripts/profile-diff.sh DIR/hello-bare.cg DIR/hello-session.cg` lists, function by
 # function, what a variant runs beyond another per request.
 #
@@ -137,6 +137,7 @@ instructions() { # variant requests -> the total the server executed
   for i in $(seq 1 "$2"); do
     printf 'url = "http://127.0.0.1:%s%s"\noutput = "/dev/null"\n' "$port" "$path"
   done >"$out/requests.curl"
+  # Warm-up: the first 100 requests of the list (two lines each), not counted.
   head -n 200 "$out/requests.curl" | curl -s -K - "${hdr[@]}"
   callgrind_control -i on "$pid" >/dev/null
   curl -s -K "$out/requests.curl" "${hdr[@]}"

@@ -21,16 +21,54 @@ pub type StoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreUnavailable
 /// `Values::default()` or by collecting pairs.
 pub type Values = HashMap<String, String, ValuesHasher>;
 
-/// The hasher of [`Values`]: foldhash's fast hash, randomly seeded per map.
+/// The hasher of [`Values`]: a fast hash (foldhash), randomly seeded per map.
 #[derive(Debug, Clone, Default)]
 pub struct ValuesHasher(foldhash::fast::RandomState);
 
 impl std::hash::BuildHasher for ValuesHasher {
-    type Hasher = foldhash::fast::FoldHasher<'static>;
+    type Hasher = ValuesHash;
 
     #[inline]
-    fn build_hasher(&self) -> Self::Hasher {
-        self.0.build_hasher()
+    fn build_hasher(&self) -> ValuesHash {
+        ValuesHash(self.0.build_hasher())
+    }
+}
+
+/// The state of one [`ValuesHasher`] hash. Its own type, so the hash function behind it
+/// can change without changing this crate's API.
+#[derive(Clone)]
+pub struct ValuesHash(foldhash::fast::FoldHasher<'static>);
+
+impl std::fmt::Debug for ValuesHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ValuesHash").finish_non_exhaustive()
+    }
+}
+
+impl std::hash::Hasher for ValuesHash {
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0.finish()
+    }
+
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.write(bytes);
+    }
+
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.0.write_u8(i);
+    }
+
+    #[inline]
+    fn write_u64(&mut self, i: u64) {
+        self.0.write_u64(i);
+    }
+
+    #[inline]
+    fn write_usize(&mut self, i: usize) {
+        self.0.write_usize(i);
     }
 }
 
