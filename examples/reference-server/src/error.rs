@@ -47,7 +47,7 @@ impl IntoResponse for ApiError {
 /// Keeps the contract's "all errors are JSON" for refusals made outside the handlers (the
 /// body limit, the request timeout, axum's own rejections): an error status whose body is
 /// not JSON gets `{"error": "<reason>"}`.
-pub async fn json_errors(res: Response) -> Response {
+pub fn json_errors(res: Response) -> Response {
     let status = res.status();
     let is_json = res
         .headers()

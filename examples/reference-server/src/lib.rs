@@ -89,7 +89,9 @@ pub fn app(state: AppState) -> Router {
                     X_SERVED_BY,
                     shared.instance.clone(),
                 ))
-                .layer(axum::middleware::map_response(error::json_errors))
+                // A plain function of the response: `axum::middleware::map_response` would
+                // clone the whole stack inside it and box a future on every request.
+                .layer(tower::util::MapResponseLayer::new(error::json_errors))
                 // `json_errors` reads an axum `Response`: the metrics layer's body boxed.
                 .layer(tower::util::MapResponseLayer::new(
                     axum::response::IntoResponse::into_response,
