@@ -872,3 +872,46 @@ async fn one_round_trip_per_request_whatever_the_number_of_quotas() {
         assert_eq!(others, 0, "{quotas} quotas: {counts:?}");
     }
 }
+
+/// An admitted request carries its headers to the response: every quota in the policy and
+/// state lists, the `X-RateLimit-*` trio when asked for, and a second layer's fields
+/// appended to the first's rather than replacing them.
+#[tokio::test]
+async fn admitted_requests_carry_every_header_through_nested_layers() {
+    let inner_layer = RateLimitLayer::builder()
+        .quota(quota("5/1h", "api"))
+        .quota(quota("9/1h", "burst"))
+        .headers_on_success(true)
+        .x_ratelimit_headers(true)
+        .build()
+        .unwrap();
+    let outer_layer = RateLimitLayer::builder()
+        .quota(quota("7/1h", "edge"))
+        .headers_on_success(true)
+        .build()
+        .unwrap();
+    let mut svc = outer_layer.layer_service(inner_layer.layer_service(ok_service()));
+    let (s, h) = status(&mut svc, req("192.0.2.120:1", "GET", "/")).await;
+    assert_eq!(s, StatusCode::OK);
+    let all = |name: &http::HeaderName| -> Vec<String> {
+        h.get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        all(&RATELIMIT_POLICY),
+        [
+            "\"api\";q=5;w=3600, \"burst\";q=9;w=3600",
+            "\"edge\";q=7;w=3600"
+        ]
+    );
+    let state = all(&RATELIMIT);
+    assert_eq!(state.len(), 2, "{state:?}");
+    assert!(state[0].starts_with("\"api\";r=4;t="), "{state:?}");
+    assert!(state[0].contains(", \"burst\";r=8;t="), "{state:?}");
+    assert!(state[1].starts_with("\"edge\";r=6;t="), "{state:?}");
+    // The trio describes the inner layer's tightest quota.
+    assert_eq!(h["x-ratelimit-limit"], "5");
+    assert_eq!(h["x-ratelimit-remaining"], "4");
+}

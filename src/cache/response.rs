@@ -612,6 +612,9 @@ fn not_modified(stored: &StoredResponse, request_headers: &HeaderMap) -> bool {
 /// The response a stored one gives: a 304 when the request's preconditions say so, no body
 /// for `HEAD`, with `Age` (`resident`: seconds in this cache, added to the age it
 /// arrived with) and `Cache-Status`.
+/// Headers a cached response is given room for, beyond its own.
+const RESERVED_FOR_OUTER_LAYERS: usize = 8;
+
 pub(crate) fn respond(
     stored: &StoredResponse,
     request_headers: &HeaderMap,
@@ -643,6 +646,9 @@ pub(crate) fn respond(
         });
         *res.status_mut() = stored.status;
         *res.headers_mut() = stored.headers.clone();
+        // Room for what the layers outside add to a response (ids, limits, cookies): a
+        // clone has none, and growing it by one header at a time moves it more than once.
+        res.headers_mut().reserve(RESERVED_FOR_OUTER_LAYERS);
         if head {
             // A GET's body carries its own length; a HEAD answer must state it.
             res.headers_mut()

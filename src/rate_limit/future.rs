@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use http::{HeaderMap, Response};
+use http::{HeaderName, HeaderValue, Response};
 use pin_project_lite::pin_project;
 
 /// What happens to the response once the decision is known.
@@ -13,7 +13,7 @@ pub(crate) enum Post {
     /// Nothing: pass the inner response through.
     Nothing,
     /// Add these headers to the inner response.
-    Headers(Box<HeaderMap>),
+    Headers(Box<[(HeaderName, HeaderValue)]>),
     /// Refused: answer with this instead.
     Refuse(Box<Response<Bytes>>),
 }
@@ -70,8 +70,9 @@ fn add_headers<B>(resp: &mut Response<B>, post: Post) {
     if let Post::Headers(h) = post {
         // Append: a layer further in may have set its own RateLimit fields, and the two
         // lists together describe every quota that applied.
-        for (name, value) in h.iter() {
-            resp.headers_mut().append(name, value.clone());
+        let headers = resp.headers_mut();
+        for (name, value) in h.into_vec() {
+            headers.append(name, value);
         }
     }
 }

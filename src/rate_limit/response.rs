@@ -141,7 +141,7 @@ pub(crate) fn status(q: &Quota, v: &Verdict, gcra: &Gcra) -> QuotaStatus {
 /// Writes `RateLimit-Policy`, `RateLimit` and (if asked) `X-RateLimit-*` for the quotas
 /// that applied, in order.
 pub(crate) fn write_headers<'a>(
-    headers: &mut HeaderMap,
+    headers: &mut impl HeaderSink,
     applied: impl Iterator<Item = (&'a Quota, &'a HeaderValue, Verdict, Gcra)> + Clone,
     x_headers: bool,
 ) {
@@ -162,7 +162,7 @@ pub(crate) fn write_headers<'a>(
         }
     };
     if let Some(v) = policy {
-        headers.insert(RATELIMIT_POLICY, v);
+        headers.put(RATELIMIT_POLICY, v);
     }
     // Written in place, then handed to the header without a copy.
     let mut state = String::with_capacity(48);
@@ -178,15 +178,43 @@ pub(crate) fn write_headers<'a>(
         push_decimal(&mut state, us_to_secs_ceil(v.reset_us));
     }
     if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(state)) {
-        headers.insert(RATELIMIT, v);
+        headers.put(RATELIMIT, v);
     }
     if x_headers
         && let Some((q, _, v, g)) = applied.min_by_key(|(_, _, v, g)| (v.allowed, v.remaining(g)))
     {
-        headers.insert(X_LIMIT, HeaderValue::from(q.limit()));
-        headers.insert(X_REMAINING, HeaderValue::from(v.remaining(&g)));
-        headers.insert(X_RESET, HeaderValue::from(us_to_secs_ceil(v.reset_us)));
+        headers.put(X_LIMIT, HeaderValue::from(q.limit()));
+        headers.put(X_REMAINING, HeaderValue::from(v.remaining(&g)));
+        headers.put(X_RESET, HeaderValue::from(us_to_secs_ceil(v.reset_us)));
     }
+}
+
+/// Where the rate-limit headers go: a refusal's own map, or the list an admitted request
+/// carries until its response exists.
+pub(crate) trait HeaderSink {
+    fn put(&mut self, name: HeaderName, value: HeaderValue);
+}
+
+impl HeaderSink for HeaderMap {
+    fn put(&mut self, name: HeaderName, value: HeaderValue) {
+        self.insert(name, value);
+    }
+}
+
+/// The headers for a response not made yet, in the order written: a list, not a map (a
+/// map of its own cost three allocations and a second hashing of every name).
+pub(crate) type Pending = Vec<(HeaderName, HeaderValue)>;
+
+impl HeaderSink for Pending {
+    fn put(&mut self, name: HeaderName, value: HeaderValue) {
+        self.push((name, value));
+    }
+}
+
+/// How many headers [`write_headers`] writes at most: the policy and the state, and the
+/// three `X-RateLimit-*` ones when they are on.
+pub(crate) fn pending_capacity(x_headers: bool) -> usize {
+    if x_headers { 5 } else { 2 }
 }
 
 /// Appends `n` in decimal: the formatting machinery costs more than the digits.

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{HeaderMap, Request, Response};
+use http::{Request, Response};
 use tower_service::Service;
 
 use super::future::{Post, ResponseFuture};
@@ -134,9 +134,10 @@ impl<K, S, R: OnRefusal<RateLimited>> Shared<K, S, R> {
                 tracing::debug!("rate limit (shadow): would have refused");
             }
             if self.headers_on_success {
-                let mut h = HeaderMap::new();
+                let mut h =
+                    response::Pending::with_capacity(response::pending_capacity(self.x_headers));
                 self.write_headers(&mut h, applied, verdicts, local);
-                return Verdicted::Admit(Post::Headers(Box::new(h)));
+                return Verdicted::Admit(Post::Headers(h.into_boxed_slice()));
             }
             return Verdicted::Admit(Post::Nothing);
         }
@@ -172,7 +173,7 @@ impl<K, S, R: OnRefusal<RateLimited>> Shared<K, S, R> {
 
     fn write_headers(
         &self,
-        h: &mut HeaderMap,
+        h: &mut impl response::HeaderSink,
         applied: &Applied,
         verdicts: &[Verdict],
         local: bool,
