@@ -139,7 +139,8 @@ instructions() { # variant requests -> the total the server executed
   done >"$out/requests.curl"
   # Warm-up: the first 100 requests of the list (two lines each), not counted.
   head -n 200 "$out/requests.curl" | curl -s -K - "${hdr[@]}"
-  callgrind_control -i on "$pid" >/dev/null
+  # Inside `$(...)` `set -e` does not hold: a failure here must end the run, not count 0.
+  callgrind_control -i on "$pid" >/dev/null || { kill "$pid"; echo "http-bench: callgrind_control failed" >&2; return 1; }
   curl -s -K "$out/requests.curl" "${hdr[@]}"
   kill -TERM "$pid"
   # The reference server drains for DRAIN (2 s) before it exits.
@@ -158,7 +159,7 @@ if [ "${MODE:-time}" = instructions ]; then
   : >"$results"
   for v in $variants; do
     a=$(instructions "$v" "$few"); b=$(instructions "$v" "$many")
-    if [ -z "$a" ] || [ -z "$b" ]; then
+    if [ "${a:-0}" -le 0 ] || [ "${b:-0}" -le 0 ]; then
       echo "http-bench: no instruction count for $v (did the server start under valgrind?)" >&2; exit 1
     fi
     printf '%s\t%d\n' "$v" $(( (b - a) / (many - few) )) | tee -a "$results" >&2

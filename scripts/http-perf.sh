@@ -34,7 +34,9 @@ mkdir -p "$out"
 
 record() { # stack -> $out/STACK.data and $out/STACK.rps
   STACK=$1 LISTEN="127.0.0.1:$port" taskset -c 0 "$bin" >/dev/null 2>&1 &
-  local pid=$!
+  pid=$!
+  # Whatever fails below, the pinned server and wrk do not outlive the script.
+  trap 'kill ${pid:-} ${w:-} 2>/dev/null || true' EXIT
   for _ in $(seq 1 100); do curl -fs -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.05; done
   local cookie
   cookie=$(curl -s -D - -o /dev/null -X POST "http://127.0.0.1:$port/login" \
@@ -42,11 +44,14 @@ record() { # stack -> $out/STACK.data and $out/STACK.rps
   [ -n "$cookie" ] || cookie="id=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
   taskset -c 1 wrk -t1 -c32 -d2s -H "Cookie: $cookie" "http://127.0.0.1:$port/" >/dev/null
   taskset -c 1 wrk -t1 -c32 -d$((secs + 2))s -H "Cookie: $cookie" "http://127.0.0.1:$port/" >"$out/$1.wrk" &
-  local w=$!
+  w=$!
   sleep 1
   perf record -q -F 2999 -p "$pid" -o "$out/$1.data" -- sleep "$secs" >/dev/null 2>&1
   wait "$w"
   kill "$pid"; wait "$pid" 2>/dev/null || true
+  pid="" w=""
+  # wrk's rate covers its whole run, perf only the middle of it: close enough, as the
+  # server's core is saturated throughout.
   awk '/Requests\/sec/ {print $2}' "$out/$1.wrk" >"$out/$1.rps"
   echo "$1: $(cat "$out/$1.rps") req/s under perf" >&2
 }
@@ -63,4 +68,5 @@ record "$b"
 echo "ns per request, $b minus $a (self time by symbol):"
 { per_symbol "$a" | sed 's/^/A\t/'; per_symbol "$b" | sed 's/^/B\t/'; } \
   | awk -F '\t' '{ v[$3] += ($1 == "B" ? $2 : -$2) } END { for (f in v) printf "%.1f\t%s\n", v[f], f }' \
-  | sort -t "$(printf '\t')" -k1,1nr | head -n "$top" | awk -F '\t' '{ printf "%8s  %s\n", $1, substr($2, 1, 140) }'
+  | sort -t "$(printf '\t')" -k1,1nr \
+  | awk -F '\t' -v top="$top" 'NR <= top { printf "%8s  %s\n", $1, substr($2, 1, 140) }'

@@ -609,12 +609,12 @@ fn not_modified(stored: &StoredResponse, request_headers: &HeaderMap) -> bool {
     }
 }
 
-/// The response a stored one gives: a 304 when the request's preconditions say so, no body
-/// for `HEAD`, with `Age` (`resident`: seconds in this cache, added to the age it
-/// arrived with) and `Cache-Status`.
 /// Headers a cached response is given room for, beyond its own.
 const RESERVED_FOR_OUTER_LAYERS: usize = 8;
 
+/// The response a stored one gives: a 304 when the request's preconditions say so, no body
+/// for `HEAD`, with `Age` (`resident`: seconds in this cache, added to the age it
+/// arrived with) and `Cache-Status`.
 pub(crate) fn respond(
     stored: &StoredResponse,
     request_headers: &HeaderMap,

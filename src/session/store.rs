@@ -62,8 +62,23 @@ impl std::hash::Hasher for ValuesHash {
     }
 
     #[inline]
+    fn write_u16(&mut self, i: u16) {
+        self.0.write_u16(i);
+    }
+
+    #[inline]
+    fn write_u32(&mut self, i: u32) {
+        self.0.write_u32(i);
+    }
+
+    #[inline]
     fn write_u64(&mut self, i: u64) {
         self.0.write_u64(i);
+    }
+
+    #[inline]
+    fn write_u128(&mut self, i: u128) {
+        self.0.write_u128(i);
     }
 
     #[inline]
