@@ -211,6 +211,36 @@ fn backoff_doubles_up_to_its_cap() {
     assert_eq!(b.nominal(200), Duration::from_secs(1), "no overflow");
 }
 
+/// Jobs of one priority run in the order they were enqueued, however each was written: one
+/// at a time, with an idempotency key (a script in Redis) or in a bulk enqueue. In Redis,
+/// equal priorities share a score and the ready set orders them by id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn equal_priorities_run_in_enqueue_order() {
+    for kind in KINDS {
+        let q = queue(kind);
+        for n in 0..40 {
+            let options = if n % 5 == 0 {
+                Enqueue::new().idempotency_key(format!("fifo-{n}"))
+            } else {
+                Enqueue::new()
+            };
+            q.enqueue_with(&task(n), options).await.unwrap();
+        }
+        let bulk: Vec<Task> = (40..80).map(task).collect();
+        let ids = q.enqueue_all(&bulk, Enqueue::new()).await.unwrap();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let o = Arc::clone(&order);
+        let workers = Worker::builder(q.clone()).concurrency(1).spawn(move |job| {
+            o.lock().unwrap().push(job.payload().n);
+            async { Ok::<_, String>(()) }
+        });
+        finished(&q, &ids[39]).await;
+        workers.shutdown(Duration::from_secs(1)).await;
+        let order = order.lock().unwrap().clone();
+        assert_eq!(order, (0..80).collect::<Vec<u32>>(), "{kind:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delayed_jobs_wait_and_priorities_go_first() {
     for kind in KINDS {

@@ -342,7 +342,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             return Err(JobError::Invalid("max_attempts must be at least 1".into()));
         }
         Ok(NewJob {
-            id: JobId::random(),
+            id: JobId::ordered(),
             payload,
             max_attempts,
             priority: options.priority,

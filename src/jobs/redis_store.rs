@@ -9,7 +9,7 @@ use super::store::{
     Completion, Failed, Fetched, JobStore, LEASE_EXPIRED, Leased, Lifetimes, NewJob, StoreFuture,
 };
 use crate::StoreUnavailable;
-use crate::redis::{Cmd, RedisBackend, Script, Value, cmd};
+use crate::redis::{Cmd, Pipeline, RedisBackend, Script, Value, cmd, pipe};
 
 const PRELUDE: &str = r"
 local function now_ms()
@@ -19,34 +19,35 @@ end
 local function num(x) return string.format('%.0f', x) end
 ";
 
-/// KEYS: ready, scheduled, seq, job, [idempotency]. ARGV: id, payload, max attempts,
-/// priority, delay (ms), job key prefix. Returns {id, 1} for a new job, {id, 0} for an existing one.
+/// KEYS: ready, scheduled, job, [idempotency]. ARGV: id, payload, max attempts, rank,
+/// delay (ms), job key prefix. Returns {id, 1} for a new job, {id, 0} for an existing one.
+/// (A job with neither a delay nor an idempotency key is written without a script: see
+/// [`plain_enqueue`].)
 const ENQUEUE: &str = r"
 local now = now_ms()
-if KEYS[5] then
-  local prior = redis.call('GET', KEYS[5])
+if KEYS[4] then
+  local prior = redis.call('GET', KEYS[4])
   if prior and redis.call('EXISTS', ARGV[6] .. prior) == 1 then
     return {prior, 0}
   end
-  redis.call('SET', KEYS[5], ARGV[1])
+  redis.call('SET', KEYS[4], ARGV[1])
 end
-local rank = (255 - tonumber(ARGV[4])) * 17592186044416 + redis.call('INCR', KEYS[3])
 local delay = tonumber(ARGV[5])
 local state = 'queued'
 if delay > 0 then
   state = 'scheduled'
   redis.call('ZADD', KEYS[2], num(now + delay), ARGV[1])
 else
-  redis.call('ZADD', KEYS[1], num(rank), ARGV[1])
+  redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
 end
-redis.call('HSET', KEYS[4], 's', state, 'p', ARGV[2], 'a', 0, 'm', ARGV[3], 'r', num(rank),
-  'c', now, 'i', KEYS[5] or '')
+redis.call('HSET', KEYS[3], 's', state, 'p', ARGV[2], 'a', 0, 'm', ARGV[3], 'r', ARGV[4],
+  'c', now, 'i', KEYS[4] or '')
 return {ARGV[1], 1}
 ";
 
-/// KEYS: ready, scheduled, seq. ARGV: job key prefix, then per job: id, payload, max
-/// attempts, priority, delay (ms), idempotency key ('' for none). Returns {id, 1 or 0}
-/// per job, as ENQUEUE does.
+/// KEYS: ready, scheduled. ARGV: job key prefix, then per job: id, payload, max attempts,
+/// rank, delay (ms), idempotency key ('' for none). Returns {id, 1 or 0} per job, as
+/// ENQUEUE does.
 const ENQUEUE_MANY: &str = r"
 local now = now_ms()
 local out = {}
@@ -62,17 +63,16 @@ for i = 2, #ARGV, 6 do
     out[#out + 1] = 0
   else
     if ik ~= '' then redis.call('SET', ik, id) end
-    local rank = (255 - tonumber(ARGV[i + 3])) * 17592186044416 + redis.call('INCR', KEYS[3])
     local delay = tonumber(ARGV[i + 4])
     local state = 'queued'
     if delay > 0 then
       state = 'scheduled'
       redis.call('ZADD', KEYS[2], num(now + delay), id)
     else
-      redis.call('ZADD', KEYS[1], num(rank), id)
+      redis.call('ZADD', KEYS[1], ARGV[i + 3], id)
     end
     redis.call('HSET', ARGV[1] .. id, 's', state, 'p', ARGV[i + 1], 'a', 0, 'm', ARGV[i + 2],
-      'r', num(rank), 'c', now, 'i', ik)
+      'r', ARGV[i + 3], 'c', now, 'i', ik)
     out[#out + 1] = id
     out[#out + 1] = 1
   end
@@ -241,17 +241,16 @@ return {redis.call('ZCARD', KEYS[1]), redis.call('ZCARD', KEYS[2]), redis.call('
 ///
 /// # Layout
 ///
-/// All keys of queue `q` carry the hash tag `{q}`, so each step is one Lua script on one
-/// slot (a Redis Cluster runs each queue on one shard; spread a hot queue over several
+/// All keys of queue `q` carry the hash tag `{q}`, so each step is one Lua script (or one
+/// `MULTI`/`EXEC`) on one slot (a Redis Cluster runs each queue on one shard; spread a hot queue over several
 /// queue names). With the backend's prefix `p`:
 ///
 /// | key | type | holds |
 /// |---|---|---|
-/// | `p:jobs:{q}:ready` | sorted set | jobs waiting, scored by rank: priority, then enqueue order |
+/// | `p:jobs:{q}:ready` | sorted set | jobs waiting, scored by priority; equal scores sort by id, which begins with the enqueue time |
 /// | `p:jobs:{q}:scheduled` | sorted set | delayed and retrying jobs, scored by due time (ms) |
 /// | `p:jobs:{q}:running` | sorted set | leased jobs, scored by lease deadline (ms) |
 /// | `p:jobs:{q}:dead` | sorted set | dead letters, scored by time of death; trimmed after the retention |
-/// | `p:jobs:{q}:seq` | string | the enqueue counter behind the rank |
 /// | `p:jobs:{q}:j:<id>` | hash | one job: state, payload, attempts, lease token, error, result, progress, times |
 /// | `p:jobs:{q}:k:<key>` | string | an idempotency key's job id |
 ///
@@ -259,14 +258,20 @@ return {redis.call('ZCARD', KEYS[1]), redis.call('ZCARD', KEYS[2]), redis.call('
 /// delay, a priority, a renewable lease with a fencing token, a retry time and a status
 /// readable by id. A stream's consumer group gives the lease (idle time, `XAUTOCLAIM`) but
 /// neither delay, priority nor status, so a second structure is needed anyway; a list
-/// gives order alone. With sorted sets every transition is one script on one slot, and a
+/// gives order alone. With sorted sets every transition is one atomic call on one slot, and a
 /// job costs at most three round trips: its enqueue (shared when enqueues are concurrent),
 /// a fetch (shared by a batch of jobs) and its acknowledgement (shared by the pool's
 /// successes of the moment). The choice was made on those grounds; the throughput it gives
 /// beside apalis (whose Redis backend uses lists and Lua) is in `docs/benchmarks.md`.
+/// An enqueue with no delay and no idempotency key, the common one, is not a script but a
+/// `MULTI`/`EXEC` of one `HSET` per job and one `ZADD`: a `redis.call` costs Redis more than
+/// the command it runs, and this cut Redis's own time per job by about two thirds.
 ///
 /// Time is Redis's own (`TIME`), so instances with skewed clocks agree on due times and
-/// lease deadlines. Finished jobs and their idempotency keys expire after the retention
+/// lease deadlines. Two things use the enqueuing instance's clock: a job's creation time
+/// (so the oldest job's age is off by the clocks' skew) and, through its id, its place
+/// among jobs of equal priority (jobs from instances whose clocks differ by a second may
+/// run up to that second out of their enqueue order; one instance's jobs keep theirs). Finished jobs and their idempotency keys expire after the retention
 /// (`PEXPIRE`), and the dead-letter set is trimmed by time: memory stays bounded.
 ///
 /// What Redis keeps across its own restart is what its persistence keeps: with AOF
@@ -385,26 +390,74 @@ fn ms(d: Duration) -> u64 {
     d.as_millis().try_into().unwrap_or(u64::MAX)
 }
 
+/// A job's score in the ready set: its priority alone (higher first). Jobs of equal
+/// priority share a score, so the set orders them by id, and ids begin with the time they
+/// were made ([`JobId::ordered`]): enqueue order, with no counter to update. The factor
+/// keeps the scores of queues written by earlier versions (which added a counter) in the
+/// same priority bands.
+fn rank(priority: u8) -> u64 {
+    u64::from(255 - priority) << 44
+}
+
+/// Whether a job is written without a script: no delay (whose due time is Redis's clock)
+/// and no idempotency key (which is checked before writing).
+fn is_plain(job: &NewJob) -> bool {
+    job.delay.is_zero() && job.idempotency_key.is_none()
+}
+
+/// Writes jobs that are [plain](is_plain) in one `MULTI`/`EXEC`: a `HSET` per job, then
+/// one `ZADD` of them all. Atomic as a script is, and about a third of Redis's work per job
+/// of the script, whose `redis.call`s each cost more than the command they run (see
+/// `docs/benchmarks.md`). The creation time is this process's clock.
+fn plain_enqueue(k: &Keys, jobs: &[NewJob]) -> Pipeline {
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, ms);
+    let mut p = pipe();
+    p.atomic();
+    let mut add = cmd("ZADD");
+    add.arg(k.of("ready"));
+    for j in jobs {
+        let rank = rank(j.priority);
+        p.cmd("HSET")
+            .arg(k.job(&j.id))
+            .arg("s")
+            .arg("queued")
+            .arg("p")
+            .arg(&j.payload)
+            .arg("a")
+            .arg(0)
+            .arg("m")
+            .arg(j.max_attempts)
+            .arg("r")
+            .arg(rank)
+            .arg("c")
+            .arg(created)
+            .ignore();
+        add.arg(rank).arg(j.id.as_str());
+    }
+    p.add_command(add).ignore();
+    p
+}
+
 impl JobStore for RedisJobStore {
     fn enqueue(&self, queue: &str, job: NewJob) -> StoreFuture<(JobId, bool)> {
         let k = Keys::new(&self.inner.backend, queue);
-        let (ready, scheduled, seq, jk) = (
-            k.of("ready"),
-            k.of("scheduled"),
-            k.of("seq"),
-            k.job(&job.id),
-        );
+        if is_plain(&job) {
+            let p = plain_enqueue(&k, std::slice::from_ref(&job));
+            let inner = Arc::clone(&self.inner);
+            return Box::pin(async move {
+                let () = inner.backend.pipeline("jobs_enqueue", &p).await?;
+                Ok((job.id, true))
+            });
+        }
+        let (ready, scheduled, jk) = (k.of("ready"), k.of("scheduled"), k.job(&job.id));
         let idem = job.idempotency_key.as_deref().map(|key| {
             self.inner
                 .backend
                 .key_with_suffix(NAMESPACE, queue, &format!("k:{key}"))
         });
-        let mut keys = vec![
-            ready.as_str(),
-            scheduled.as_str(),
-            seq.as_str(),
-            jk.as_str(),
-        ];
+        let mut keys = vec![ready.as_str(), scheduled.as_str(), jk.as_str()];
         if let Some(i) = &idem {
             keys.push(i);
         }
@@ -412,7 +465,7 @@ impl JobStore for RedisJobStore {
             c.arg(job.id.as_str())
                 .arg(&job.payload)
                 .arg(job.max_attempts)
-                .arg(job.priority)
+                .arg(rank(job.priority))
                 .arg(ms(job.delay))
                 .arg(k.of("j:"));
         });
@@ -432,33 +485,35 @@ impl JobStore for RedisJobStore {
 
     fn enqueue_many(&self, queue: &str, jobs: Vec<NewJob>) -> StoreFuture<Vec<(JobId, bool)>> {
         let k = Keys::new(&self.inner.backend, queue);
-        let (ready, scheduled, seq) = (k.of("ready"), k.of("scheduled"), k.of("seq"));
+        if jobs.iter().all(is_plain) {
+            let p = plain_enqueue(&k, &jobs);
+            let inner = Arc::clone(&self.inner);
+            return Box::pin(async move {
+                let () = inner.backend.pipeline("jobs_enqueue", &p).await?;
+                Ok(jobs.into_iter().map(|j| (j.id, true)).collect())
+            });
+        }
+        let (ready, scheduled) = (k.of("ready"), k.of("scheduled"));
         let n = jobs.len();
-        let c = evalsha(
-            &self.inner.enqueue_many,
-            &[&ready, &scheduled, &seq],
-            &mut |c| {
-                c.arg(k.of("j:"));
-                for j in &jobs {
-                    let idem = j
-                        .idempotency_key
-                        .as_deref()
-                        .map_or_else(String::new, |key| {
-                            self.inner.backend.key_with_suffix(
-                                NAMESPACE,
-                                queue,
-                                &format!("k:{key}"),
-                            )
-                        });
-                    c.arg(j.id.as_str())
-                        .arg(&j.payload)
-                        .arg(j.max_attempts)
-                        .arg(j.priority)
-                        .arg(ms(j.delay))
-                        .arg(idem);
-                }
-            },
-        );
+        let c = evalsha(&self.inner.enqueue_many, &[&ready, &scheduled], &mut |c| {
+            c.arg(k.of("j:"));
+            for j in &jobs {
+                let idem = j
+                    .idempotency_key
+                    .as_deref()
+                    .map_or_else(String::new, |key| {
+                        self.inner
+                            .backend
+                            .key_with_suffix(NAMESPACE, queue, &format!("k:{key}"))
+                    });
+                c.arg(j.id.as_str())
+                    .arg(&j.payload)
+                    .arg(j.max_attempts)
+                    .arg(rank(j.priority))
+                    .arg(ms(j.delay))
+                    .arg(idem);
+            }
+        });
         let inner = Arc::clone(&self.inner);
         Box::pin(async move {
             let reply: Value = inner

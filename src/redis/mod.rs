@@ -72,7 +72,7 @@ use tokio::time::Instant;
 ))]
 pub(crate) use ::redis::Value;
 pub(crate) use ::redis::{Cmd, cmd};
-#[cfg(feature = "cache")]
+#[cfg(any(feature = "cache", feature = "jobs"))]
 pub(crate) use ::redis::{Pipeline, pipe};
 
 use crate::key::escape_key_part;
@@ -383,7 +383,7 @@ impl RedisBackend {
     /// # Errors
     ///
     /// As [`query`](Self::query).
-    #[cfg(feature = "cache")]
+    #[cfg(any(feature = "cache", feature = "jobs"))]
     pub(crate) async fn pipeline<T: FromRedisValue>(
         &self,
         op: &'static str,
