@@ -14,8 +14,10 @@
 //! - `jobs/enqueue-bulk-100`: one producer enqueues the sample's jobs 100 per call
 //!   (`Queue::enqueue_all`; apalis's `push_bulk`).
 //!
-//! Before the groups, one pass per system counts the commands the client sent Redis per
-//! job (Redis `MONITOR`, commands run inside Lua scripts excluded) and prints them.
+//! Before the groups, one pass per system counts the calls the client made to Redis per
+//! job (Redis `MONITOR`; commands run inside Lua scripts excluded, a `MULTI`/`EXEC` block
+//! counted once) and prints them, then Redis's own CPU time (`INFO cpu`) per job enqueued
+//! by one producer and by 32.
 //!
 //! Run: `cargo bench --bench jobs --all-features` (needs Redis at `TEST_REDIS_URL`, default
 //! `redis://127.0.0.1:6379`).
@@ -86,6 +88,36 @@ async fn clean(url: &str) {
         }
         cursor = next;
     }
+}
+
+/// Redis's own CPU time so far, user and system (`INFO cpu`), in seconds.
+async fn redis_cpu(url: &str) -> f64 {
+    let mut c = common::raw_redis(url).await;
+    let info: String = redis::cmd("INFO")
+        .arg("cpu")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    info.lines()
+        .filter_map(|l| {
+            l.strip_prefix("used_cpu_user:")
+                .or_else(|| l.strip_prefix("used_cpu_sys:"))
+        })
+        .filter_map(|v| v.trim().parse::<f64>().ok())
+        .sum()
+}
+
+/// Redis's CPU time per job, in microseconds, while `f` enqueued `n` jobs.
+async fn redis_cpu_per_job<F: std::future::Future<Output = Duration>>(
+    url: &str,
+    n: u64,
+    f: F,
+) -> f64 {
+    let before = redis_cpu(url).await;
+    f.await;
+    let after = redis_cpu(url).await;
+    clean(url).await;
+    (after - before) * 1e6 / n as f64
 }
 
 /// Runs a timed sample, then cleans up after it.
@@ -271,8 +303,9 @@ where
     }
 }
 
-/// Commands clients sent Redis while `f` ran (`MONITOR` lines not from a Lua script).
-async fn commands_during<F: std::future::Future<Output = ()>>(url: &str, f: F) -> u64 {
+/// Calls clients made to Redis while `f` ran: `MONITOR` lines not from a Lua script, with
+/// a `MULTI` ... `EXEC` block (sent in one write, answered in one reply) counted once.
+async fn calls_during<F: std::future::Future<Output = ()>>(url: &str, f: F) -> u64 {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     let addr = url.trim_start_matches("redis://").trim_end_matches('/');
     let addr = addr.split('/').next().unwrap().to_owned();
@@ -282,13 +315,31 @@ async fn commands_during<F: std::future::Future<Output = ()>>(url: &str, f: F) -
     assert_eq!(lines.next_line().await.unwrap().as_deref(), Some("+OK"));
     let counter = tokio::spawn(async move {
         let mut n = 0u64;
+        // Clients inside a transaction: their queued commands and EXEC are not counted.
+        let mut in_multi = std::collections::HashSet::new();
         while let Ok(Some(l)) = lines.next_line().await {
             if l.contains("\"bench-stop-marker\"") {
                 break;
             }
-            if !l.contains(" lua]") {
-                n += 1;
+            // `<time> [<db> <client>] "<COMMAND>" <args...>`
+            let Some((client, rest)) = l.split_once(" [").and_then(|(_, r)| r.split_once("] "))
+            else {
+                continue;
+            };
+            if client.ends_with(" lua") {
+                continue;
             }
+            let command = rest.split('"').nth(1).unwrap_or("").to_ascii_uppercase();
+            if in_multi.contains(client) {
+                if command == "EXEC" || command == "DISCARD" {
+                    in_multi.remove(client);
+                }
+                continue;
+            }
+            if command == "MULTI" {
+                in_multi.insert(client.to_owned());
+            }
+            n += 1;
         }
         n
     });
@@ -322,29 +373,38 @@ fn jobs(c: &mut Criterion) {
     };
 
     // Round trips per job, once per system: 1,000 jobs enqueued, then run at
-    // concurrency 8.
+    // concurrency 8. Then Redis's own CPU time per job enqueued, one producer and 32.
     let quick = std::env::args().any(|a| a == "--test" || a == "--list");
     if !quick {
         rt.block_on(async {
             const N: u64 = 1_000;
-            let ts = commands_during(&url, async {
+            let ts = calls_during(&url, async {
                 ours.process(N, 8).await;
             })
             .await;
-            let ap = commands_during(&url, async {
+            let ap = calls_during(&url, async {
                 apalis.process(N, 8).await;
             })
             .await;
             clean(&url).await;
-            let line = format!(
-                "jobs: client commands to Redis per job (enqueue, fetch, finish; {N} jobs, concurrency 8): tower-scale {:.2}, apalis {:.2}",
+            let mut report = vec![format!(
+                "jobs: client calls to Redis per job (enqueue, fetch, finish; {N} jobs, concurrency 8): tower-scale {:.2}, apalis {:.2}",
                 ts as f64 / N as f64,
                 ap as f64 / N as f64
-            );
-            eprintln!("{line}");
+            )];
+            const E: u64 = 20_000;
+            for producers in [1, 32] {
+                let ts = redis_cpu_per_job(&url, E, ours.enqueue(E, producers)).await;
+                let ap = redis_cpu_per_job(&url, E, apalis.enqueue(E, producers)).await;
+                report.push(format!(
+                    "jobs: Redis CPU per job enqueued ({E} jobs, {producers} producers): tower-scale {ts:.1} us, apalis {ap:.1} us"
+                ));
+            }
+            let report = report.join("\n");
+            eprintln!("{report}");
             let dir = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
             let _ = std::fs::create_dir_all(format!("{dir}/criterion"));
-            let _ = std::fs::write(format!("{dir}/criterion/jobs_round_trips.txt"), line + "\n");
+            let _ = std::fs::write(format!("{dir}/criterion/jobs_round_trips.txt"), report + "\n");
         });
     }
 

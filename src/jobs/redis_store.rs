@@ -265,7 +265,7 @@ return {redis.call('ZCARD', KEYS[1]), redis.call('ZCARD', KEYS[2]), redis.call('
 /// beside apalis (whose Redis backend uses lists and Lua) is in `docs/benchmarks.md`.
 /// An enqueue with no delay and no idempotency key, the common one, is not a script but a
 /// `MULTI`/`EXEC` of one `HSET` per job and one `ZADD`: a `redis.call` costs Redis more than
-/// the command it runs, and this cut Redis's own time per job by about two thirds.
+/// the command it runs, and this halved Redis's own CPU time per job.
 ///
 /// Time is Redis's own (`TIME`), so instances with skewed clocks agree on due times and
 /// lease deadlines. Two things use the enqueuing instance's clock: a job's creation time
