@@ -11,6 +11,8 @@
 //! (apalis's default batch is 10; the pool's `batch`); apalis runs with its concurrency
 //! layer at C, the pool with `concurrency(C)`; everything else is each one's default.
 //!
+//!   `jobs/enqueue-1/ping-floor` is one caller awaiting a `PING` at a time on the same
+//!   backend: the round trip every one-producer enqueue waits for, with no job in it.
 //! - `jobs/enqueue-bulk-100`: one producer enqueues the sample's jobs 100 per call
 //!   (`Queue::enqueue_all`; apalis's `push_bulk`).
 //!
@@ -155,6 +157,17 @@ impl Ours {
             .collect();
         for t in tasks {
             t.await.unwrap();
+        }
+        start.elapsed()
+    }
+
+    /// One caller awaiting `n` `PING`s in turn on the backend the queue uses: the round
+    /// trip (runtime, connection, Redis) that one producer waits for on every enqueue,
+    /// with no job in it.
+    async fn ping(&self, n: u64) -> Duration {
+        let start = Instant::now();
+        for _ in 0..n {
+            self.backend.ping().await.unwrap();
         }
         start.elapsed()
     }
@@ -425,6 +438,11 @@ fn jobs(c: &mut Criterion) {
         g.bench_function("apalis", |b| {
             b.iter_custom(|n| rt.block_on(after(apalis.enqueue(n, conc as u64), &url)))
         });
+        if conc == 1 {
+            g.bench_function("ping-floor", |b| {
+                b.iter_custom(|n| rt.block_on(ours.ping(n)))
+            });
+        }
         g.finish();
         let mut g = c.benchmark_group(format!("jobs/process-{conc}"));
         g.bench_function("tower-scale", |b| {
