@@ -40,6 +40,12 @@ async fn handle(req: Request<Full<Bytes>>) -> Result<Response<Full<Bytes>>, Infa
             .increment("visits", 1)
             .await
             .map(|v| text(StatusCode::OK, v.to_string())),
+        "/both" => {
+            // Two uses of one handle at once: the second waits for the lock the first
+            // holds across its store call, then sees what the first did.
+            let (added, read) = tokio::join!(s.increment("visits", 1), s.get::<i64>("visits"));
+            added.and_then(|a| read.map(|r| text(StatusCode::OK, format!("{a},{r:?}"))))
+        }
         "/me" => s.user().await.map(|u| match u {
             Some(u) => text(StatusCode::OK, u),
             None => text(StatusCode::UNAUTHORIZED, "no session"),
@@ -247,6 +253,22 @@ async fn fifty_concurrent_increments_count_fifty() {
         seen.sort_unstable();
         assert_eq!(seen, (2..=51).collect::<Vec<_>>(), "{name}");
         assert_eq!(c.call(&app, "/visits").await.body, "51", "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_uses_of_one_handle_at_once_take_turns() {
+    for (name, make) in stores() {
+        let app = make();
+        let mut c = Client::default();
+        c.call(&app, "/inc").await;
+        let r = c.call(&app, "/both").await;
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (StatusCode::OK, "2,Some(2)"),
+            "{name}"
+        );
+        assert_eq!(c.call(&app, "/visits").await.body, "2", "{name}");
     }
 }
 

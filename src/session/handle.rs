@@ -152,7 +152,14 @@ pub(crate) type StateGuard<'a> = tokio::sync::MappedMutexGuard<'a, State>;
 impl Inner {
     /// Locks the state, making it on first use (reading the id out of the cookies).
     pub(crate) async fn state(&self) -> StateGuard<'_> {
-        tokio::sync::MutexGuard::map(self.state.lock().await, |s| {
+        // Uncontended (the usual case: one handler, one extractor at a time) the lock is
+        // taken without building and polling an acquire future. `try_lock` never jumps a
+        // queue: while a task waits, the lock has no permit to take.
+        let guard = match self.state.try_lock() {
+            Ok(guard) => guard,
+            Err(_) => self.state.lock().await,
+        };
+        tokio::sync::MutexGuard::map(guard, |s| {
             s.get_or_insert_with(|| State::new(self.raw.id(self.shared.config.cookie.name())))
         })
     }
