@@ -273,9 +273,6 @@ async fn serve(
     use hyper_util::rt::{TokioIo, TokioTimer};
     use tower::ServiceExt;
 
-    let app = app.layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
-        BODY_TIMEOUT,
-    ));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read)
@@ -332,7 +329,12 @@ async fn serve(
         let app = app.clone();
         let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
             let busy = on.enter(&reg);
-            let mut req = req.map(axum::body::Body::new);
+            // The body must make progress every `BODY_TIMEOUT`. Wrapped here, where axum
+            // boxes the body anyway, rather than by a `Router::layer`, which would box every
+            // route once more and clone that box on every request.
+            let mut req = req.map(|body| {
+                axum::body::Body::new(tower_http::timeout::TimeoutBody::new(BODY_TIMEOUT, body))
+            });
             req.extensions_mut()
                 .insert(axum::extract::ConnectInfo(peer));
             let fut = app.clone().oneshot(req);
