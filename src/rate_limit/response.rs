@@ -164,20 +164,30 @@ pub(crate) fn write_headers<'a>(
     if let Some(v) = policy {
         headers.put(RATELIMIT_POLICY, v);
     }
-    // Written in place, then handed to the header without a copy.
-    let mut state = String::with_capacity(48);
-    for (i, (q, _, v, g)) in applied.clone().enumerate() {
-        if i > 0 {
-            state.push_str(", ");
+    // Written in this thread's scratch buffer, then copied into the header: one
+    // allocation. A `String` of its own handed over to `Bytes` cost two (the string, then
+    // the `Bytes` that shares it, as it has spare room).
+    let state = STATE_SCRATCH.with_borrow_mut(|state| {
+        state.clear();
+        for (i, (q, _, v, g)) in applied.clone().enumerate() {
+            if i > 0 {
+                state.push_str(", ");
+            }
+            state.push('"');
+            state.push_str(q.name());
+            state.push_str("\";r=");
+            push_decimal(state, v.remaining(&g));
+            state.push_str(";t=");
+            push_decimal(state, us_to_secs_ceil(v.reset_us));
         }
-        state.push('"');
-        state.push_str(q.name());
-        state.push_str("\";r=");
-        push_decimal(&mut state, v.remaining(&g));
-        state.push_str(";t=");
-        push_decimal(&mut state, us_to_secs_ceil(v.reset_us));
-    }
-    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(state)) {
+        let value = HeaderValue::from_str(state).ok();
+        if state.capacity() > 4096 {
+            // Many long quota names once: do not keep the memory for the thread's life.
+            *state = String::new();
+        }
+        value
+    });
+    if let Some(v) = state {
         headers.put(RATELIMIT, v);
     }
     if x_headers
@@ -215,6 +225,11 @@ impl HeaderSink for Pending {
 /// three `X-RateLimit-*` ones when they are on.
 pub(crate) fn pending_capacity(x_headers: bool) -> usize {
     if x_headers { 5 } else { 2 }
+}
+
+thread_local! {
+    /// Where [`write_headers`] writes the `RateLimit` value before copying it out.
+    static STATE_SCRATCH: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
 }
 
 /// Appends `n` in decimal: the formatting machinery costs more than the digits.
@@ -264,6 +279,28 @@ mod tests {
             push_decimal(&mut s, n);
             assert_eq!(s, format!("x{n}"));
         }
+    }
+
+    /// The `RateLimit` value is written in a scratch buffer the thread keeps: what an
+    /// earlier request wrote never leaks into the next, longer or shorter.
+    #[test]
+    fn the_state_scratch_starts_clean_each_time() {
+        let api: Quota = "100/15m".parse::<Quota>().unwrap().named("api").unwrap();
+        let export: Quota = "10/1h".parse::<Quota>().unwrap().named("export").unwrap();
+        let (pa, pe) = (policy_item(&api), policy_item(&export));
+        let rows = [
+            (&api, &pa, v(true, 0, 899_999_999), api.gcra()),
+            (&export, &pe, v(false, 5, 3_600_000_000), export.gcra()),
+        ];
+        let mut values = Vec::new();
+        for n in [2, 1, 2] {
+            let mut h = HeaderMap::new();
+            write_headers(&mut h, rows[..n].iter().copied(), false);
+            values.push(h[RATELIMIT].to_str().unwrap().to_owned());
+        }
+        assert_eq!(values[0], "\"api\";r=0;t=900, \"export\";r=0;t=3600");
+        assert_eq!(values[1], "\"api\";r=0;t=900");
+        assert_eq!(values[2], values[0]);
     }
 
     #[test]
