@@ -1013,6 +1013,14 @@ async fn enqueue_all_writes_every_job_or_none() {
             .await
             .unwrap();
         assert_eq!(ids.len(), 300, "{kind:?}");
+        // A store asked to write no jobs writes none and says so.
+        assert!(
+            q.store()
+                .enqueue_many("q", Vec::new())
+                .await
+                .unwrap()
+                .is_empty()
+        );
         assert_eq!(
             ids.iter().collect::<std::collections::HashSet<_>>().len(),
             300

@@ -242,8 +242,8 @@ return {redis.call('ZCARD', KEYS[1]), redis.call('ZCARD', KEYS[2]), redis.call('
 /// # Layout
 ///
 /// All keys of queue `q` carry the hash tag `{q}`, so each step is one Lua script (or one
-/// `MULTI`/`EXEC`) on one slot (a Redis Cluster runs each queue on one shard; spread a hot queue over several
-/// queue names). With the backend's prefix `p`:
+/// `MULTI`/`EXEC`) on one slot (a Redis Cluster runs each queue on one shard; spread a hot
+/// queue over several queue names). With the backend's prefix `p`:
 ///
 /// | key | type | holds |
 /// |---|---|---|
@@ -258,8 +258,8 @@ return {redis.call('ZCARD', KEYS[1]), redis.call('ZCARD', KEYS[2]), redis.call('
 /// delay, a priority, a renewable lease with a fencing token, a retry time and a status
 /// readable by id. A stream's consumer group gives the lease (idle time, `XAUTOCLAIM`) but
 /// neither delay, priority nor status, so a second structure is needed anyway; a list
-/// gives order alone. With sorted sets every transition is one atomic call on one slot, and a
-/// job costs at most three round trips: its enqueue (shared when enqueues are concurrent),
+/// gives order alone. With sorted sets every transition is one atomic call on one slot, and
+/// a job costs at most three round trips: its enqueue (shared when enqueues are concurrent),
 /// a fetch (shared by a batch of jobs) and its acknowledgement (shared by the pool's
 /// successes of the moment). The choice was made on those grounds; the throughput it gives
 /// beside apalis (whose Redis backend uses lists and Lua) is in `docs/benchmarks.md`.
@@ -271,8 +271,9 @@ return {redis.call('ZCARD', KEYS[1]), redis.call('ZCARD', KEYS[2]), redis.call('
 /// lease deadlines. Two things use the enqueuing instance's clock: a job's creation time
 /// (so the oldest job's age is off by the clocks' skew) and, through its id, its place
 /// among jobs of equal priority (jobs from instances whose clocks differ by a second may
-/// run up to that second out of their enqueue order; one instance's jobs keep theirs). Finished jobs and their idempotency keys expire after the retention
-/// (`PEXPIRE`), and the dead-letter set is trimmed by time: memory stays bounded.
+/// run up to that second out of their enqueue order; one instance's jobs keep theirs).
+/// Finished jobs and their idempotency keys expire after the retention (`PEXPIRE`), and
+/// the dead-letter set is trimmed by time: memory stays bounded.
 ///
 /// What Redis keeps across its own restart is what its persistence keeps: with AOF
 /// (`appendfsync everysec`) at most the last second of enqueues and transitions; with no
@@ -406,7 +407,7 @@ fn is_plain(job: &NewJob) -> bool {
 }
 
 /// Writes jobs that are [plain](is_plain) in one `MULTI`/`EXEC`: a `HSET` per job, then
-/// one `ZADD` of them all. Atomic as a script is, and about a third of Redis's work per job
+/// one `ZADD` of them all. Atomic as a script is, and about half of Redis's CPU per job
 /// of the script, whose `redis.call`s each cost more than the command they run (see
 /// `docs/benchmarks.md`). The creation time is this process's clock.
 fn plain_enqueue(k: &Keys, jobs: &[NewJob]) -> Pipeline {
@@ -484,6 +485,10 @@ impl JobStore for RedisJobStore {
     }
 
     fn enqueue_many(&self, queue: &str, jobs: Vec<NewJob>) -> StoreFuture<Vec<(JobId, bool)>> {
+        if jobs.is_empty() {
+            // Nothing to write (and a `ZADD` of no members would be refused).
+            return Box::pin(async { Ok(Vec::new()) });
+        }
         let k = Keys::new(&self.inner.backend, queue);
         if jobs.iter().all(is_plain) {
             let p = plain_enqueue(&k, &jobs);
