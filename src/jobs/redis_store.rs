@@ -265,13 +265,16 @@ return {redis.call('ZCARD', KEYS[1]), redis.call('ZCARD', KEYS[2]), redis.call('
 /// beside apalis (whose Redis backend uses lists and Lua) is in `docs/benchmarks.md`.
 /// An enqueue with no delay and no idempotency key, the common one, is not a script but a
 /// `MULTI`/`EXEC` of one `HSET` per job and one `ZADD`: a `redis.call` costs Redis more than
-/// the command it runs, and this halved Redis's own CPU time per job.
+/// the command it runs, and this halved Redis's own CPU time per job. On a Cluster, a slot
+/// that moved aborts the transaction (redis-rs does not follow a redirect inside one); the
+/// job is then written by the script, which it does follow.
 ///
 /// Time is Redis's own (`TIME`), so instances with skewed clocks agree on due times and
 /// lease deadlines. Two things use the enqueuing instance's clock: a job's creation time
 /// (so the oldest job's age is off by the clocks' skew) and, through its id, its place
 /// among jobs of equal priority (jobs from instances whose clocks differ by a second may
-/// run up to that second out of their enqueue order; one instance's jobs keep theirs).
+/// run up to that second out of their enqueue order; one process's jobs keep theirs, unless
+/// its clock stepped back across a restart).
 /// Finished jobs and their idempotency keys expire after the retention (`PEXPIRE`), and
 /// the dead-letter set is trimmed by time: memory stays bounded.
 ///
@@ -441,17 +444,11 @@ fn plain_enqueue(k: &Keys, jobs: &[NewJob]) -> Pipeline {
     p
 }
 
-impl JobStore for RedisJobStore {
-    fn enqueue(&self, queue: &str, job: NewJob) -> StoreFuture<(JobId, bool)> {
+impl RedisJobStore {
+    /// One job through the ENQUEUE script: a delay, an idempotency key, or a plain job whose
+    /// transaction was aborted.
+    fn enqueue_scripted(&self, queue: &str, job: NewJob) -> StoreFuture<(JobId, bool)> {
         let k = Keys::new(&self.inner.backend, queue);
-        if is_plain(&job) {
-            let p = plain_enqueue(&k, std::slice::from_ref(&job));
-            let inner = Arc::clone(&self.inner);
-            return Box::pin(async move {
-                let () = inner.backend.pipeline("jobs_enqueue", &p).await?;
-                Ok((job.id, true))
-            });
-        }
         let (ready, scheduled, jk) = (k.of("ready"), k.of("scheduled"), k.job(&job.id));
         let idem = job.idempotency_key.as_deref().map(|key| {
             self.inner
@@ -484,20 +481,13 @@ impl JobStore for RedisJobStore {
         )
     }
 
-    fn enqueue_many(&self, queue: &str, jobs: Vec<NewJob>) -> StoreFuture<Vec<(JobId, bool)>> {
-        if jobs.is_empty() {
-            // Nothing to write (and a `ZADD` of no members would be refused).
-            return Box::pin(async { Ok(Vec::new()) });
-        }
+    /// Jobs through the ENQUEUE_MANY script, as [`enqueue_scripted`](Self::enqueue_scripted).
+    fn enqueue_many_scripted(
+        &self,
+        queue: &str,
+        jobs: Vec<NewJob>,
+    ) -> StoreFuture<Vec<(JobId, bool)>> {
         let k = Keys::new(&self.inner.backend, queue);
-        if jobs.iter().all(is_plain) {
-            let p = plain_enqueue(&k, &jobs);
-            let inner = Arc::clone(&self.inner);
-            return Box::pin(async move {
-                let () = inner.backend.pipeline("jobs_enqueue", &p).await?;
-                Ok(jobs.into_iter().map(|j| (j.id, true)).collect())
-            });
-        }
         let (ready, scheduled) = (k.of("ready"), k.of("scheduled"));
         let n = jobs.len();
         let c = evalsha(&self.inner.enqueue_many, &[&ready, &scheduled], &mut |c| {
@@ -534,6 +524,58 @@ impl JobStore for RedisJobStore {
                     Ok((id, int(&p[1])? == 1))
                 })
                 .collect()
+        })
+    }
+}
+
+/// Whether a plain enqueue's transaction was aborted, so nothing of it was written. On a
+/// Redis Cluster a redirect (a slot that moved after a failover or a reshard, or is
+/// moving) inside `MULTI` aborts the `EXEC`, and redis-rs follows redirects only for a
+/// command or script of its own: the job is then written by the script, which it
+/// redirects (and whose `MOVED` refreshes its slot map).
+fn aborted(e: &StoreUnavailable) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<::redis::RedisError>())
+        .is_some_and(|r| {
+            r.kind() == ::redis::ErrorKind::Server(::redis::ServerErrorKind::ExecAbort)
+        })
+}
+
+impl JobStore for RedisJobStore {
+    fn enqueue(&self, queue: &str, job: NewJob) -> StoreFuture<(JobId, bool)> {
+        if !is_plain(&job) {
+            return self.enqueue_scripted(queue, job);
+        }
+        let p = plain_enqueue(
+            &Keys::new(&self.inner.backend, queue),
+            std::slice::from_ref(&job),
+        );
+        let (this, queue) = (self.clone(), queue.to_owned());
+        Box::pin(async move {
+            match this.inner.backend.pipeline::<()>("jobs_enqueue", &p).await {
+                Ok(()) => Ok((job.id, true)),
+                Err(e) if aborted(&e) => this.enqueue_scripted(&queue, job).await,
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn enqueue_many(&self, queue: &str, jobs: Vec<NewJob>) -> StoreFuture<Vec<(JobId, bool)>> {
+        if jobs.is_empty() {
+            // Nothing to write (and a `ZADD` of no members would be refused).
+            return Box::pin(async { Ok(Vec::new()) });
+        }
+        if !jobs.iter().all(is_plain) {
+            return self.enqueue_many_scripted(queue, jobs);
+        }
+        let p = plain_enqueue(&Keys::new(&self.inner.backend, queue), &jobs);
+        let (this, queue) = (self.clone(), queue.to_owned());
+        Box::pin(async move {
+            match this.inner.backend.pipeline::<()>("jobs_enqueue", &p).await {
+                Ok(()) => Ok(jobs.into_iter().map(|j| (j.id, true)).collect()),
+                Err(e) if aborted(&e) => this.enqueue_many_scripted(&queue, jobs).await,
+                Err(e) => Err(e),
+            }
         })
     }
 
