@@ -1066,59 +1066,6 @@ async fn enqueue_all_writes_every_job_or_none() {
         w.shutdown(Duration::from_secs(1)).await;
     }
 }
-
-/// The node of the shared test Cluster at `addr` (`host:port`), for admin commands.
-async fn cluster_node(url: &str) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(url)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
-}
-
-/// The masters of the shared test Cluster: (id, URL, whether it serves `slot`).
-async fn masters(slot: u16) -> Vec<(String, String, bool)> {
-    let mut any = cluster_node(&support::redis_cluster_nodes()[0]).await;
-    let nodes: String = redis::cmd("CLUSTER")
-        .arg("NODES")
-        .query_async(&mut any)
-        .await
-        .unwrap();
-    nodes
-        .lines()
-        .filter(|l| l.split(' ').nth(2).is_some_and(|f| f.contains("master")))
-        .map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            let addr = f[1].split('@').next().unwrap();
-            let serves = f[8..].iter().any(|r| {
-                let mut ends = r.split('-').map(|n| n.parse::<u16>().unwrap_or(u16::MAX));
-                let lo = ends.next().unwrap();
-                let hi = ends.next().unwrap_or(lo);
-                (lo..=hi).contains(&slot)
-            });
-            (f[0].to_owned(), format!("redis://{addr}"), serves)
-        })
-        .collect()
-}
-
-/// Assigns `slot` to the master `to` on every master, as a reshard does.
-async fn assign(slot: u16, to: &str, masters: &[(String, String, bool)]) {
-    // The new owner first, then the others (the old owner refuses while it holds keys).
-    let mut order: Vec<&(String, String, bool)> = masters.iter().collect();
-    order.sort_by_key(|(id, _, _)| id != to);
-    for (_, url, _) in order {
-        let mut c = cluster_node(url).await;
-        let _: () = redis::cmd("CLUSTER")
-            .arg("SETSLOT")
-            .arg(slot)
-            .arg("NODE")
-            .arg(to)
-            .query_async(&mut c)
-            .await
-            .unwrap();
-    }
-}
-
 /// A queue whose slot moved to another master after the client learned the slot map (a
 /// reshard, or a failover seen from a client that has not refreshed yet): a plain enqueue
 /// is a `MULTI`/`EXEC`, which Redis aborts on the redirect, and the store writes the job
@@ -1130,17 +1077,17 @@ async fn enqueues_follow_a_slot_that_moved() {
     // The client is connected and knows the slot map before the slot moves.
     assert_eq!(q.stats().await.unwrap().queued, 0);
     let tag = name.clone();
-    let mut any = cluster_node(&support::redis_cluster_nodes()[0]).await;
+    let mut any = support::cluster_node(&support::redis_cluster_nodes()[0]).await;
     let slot: u16 = redis::cmd("CLUSTER")
         .arg("KEYSLOT")
         .arg(&tag)
         .query_async(&mut any)
         .await
         .unwrap();
-    let all = masters(slot).await;
+    let all = support::cluster_masters(slot).await;
     let owner = all.iter().find(|m| m.2).unwrap().0.clone();
     let other = all.iter().find(|m| !m.2).unwrap().0.clone();
-    assign(slot, &other, &all).await;
+    support::assign_slot(slot, &other, &all).await;
 
     let one = q.enqueue(&task(1)).await;
     let many = q.enqueue_all(&[task(2), task(3)], Enqueue::new()).await;
@@ -1149,7 +1096,7 @@ async fn enqueues_follow_a_slot_that_moved() {
     // Put the slot back (its keys removed first: a node refuses to give up a slot it
     // holds keys in), whatever happened above.
     let target_url = &all.iter().find(|m| m.0 == other).unwrap().1;
-    let mut target = cluster_node(target_url).await;
+    let mut target = support::cluster_node(target_url).await;
     let keys: Vec<String> = redis::cmd("CLUSTER")
         .arg("GETKEYSINSLOT")
         .arg(slot)
@@ -1164,7 +1111,7 @@ async fn enqueues_follow_a_slot_that_moved() {
             .await
             .unwrap();
     }
-    assign(slot, &owner, &all).await;
+    support::assign_slot(slot, &owner, &all).await;
 
     one.expect("a single plain enqueue after the move");
     assert_eq!(many.expect("a bulk enqueue after the move").len(), 2);

@@ -59,7 +59,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use ::redis::cluster_async::ClusterConnection;
 use ::redis::{Client, FromRedisValue, RedisFuture};
 use tokio::time::Instant;
 
@@ -76,7 +75,10 @@ pub(crate) use ::redis::{Cmd, cmd};
 pub(crate) use ::redis::{Pipeline, pipe};
 
 use crate::key::escape_key_part;
+
+mod direct;
 use crate::{ConfigError, StoreUnavailable};
+use direct::ClusterConn;
 
 /// A Lua script, sent by `EVALSHA` and loaded on `NOSCRIPT`: redis-rs's, with its source,
 /// so that on a Cluster it is loaded on the one node that asked (a `SCRIPT LOAD` sent to
@@ -193,14 +195,14 @@ pub struct RedisBackend {
 #[derive(Clone)]
 enum Conn {
     Single(ConnectionManager),
-    Cluster(ClusterConnection),
+    Cluster(ClusterConn),
 }
 
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, ::redis::Value> {
         match self {
             Conn::Single(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => Box::pin(c.request(cmd)),
         }
     }
 
@@ -212,14 +214,14 @@ impl ConnectionLike for Conn {
     ) -> RedisFuture<'a, Vec<::redis::Value>> {
         match self {
             Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.client.req_packed_commands(pipeline, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             Conn::Single(c) => c.get_db(),
-            Conn::Cluster(c) => c.get_db(),
+            Conn::Cluster(c) => c.client.get_db(),
         }
     }
 }
@@ -437,16 +439,23 @@ impl RedisBackend {
     ) -> Result<T, StoreUnavailable> {
         let mut conn = self.inner.conn.clone();
         self.timed(op, async move {
-            match cmd.query_async(&mut conn).await {
-                Err(e)
-                    if e.kind()
-                        == ::redis::ErrorKind::Server(::redis::ServerErrorKind::NoScript) =>
-                {
-                    load(&mut conn, script, cmd).await?;
-                    cmd.query_async(&mut conn).await
-                }
-                other => other,
+            let no_script = |r: &::redis::RedisResult<T>| {
+                matches!(r, Err(e) if e.kind() == ::redis::ErrorKind::Server(::redis::ServerErrorKind::NoScript))
+            };
+            let reply = cmd.query_async(&mut conn).await;
+            if !no_script(&reply) {
+                return reply;
             }
+            load(&mut conn, script, cmd).await?;
+            let reply = cmd.query_async(&mut conn).await;
+            if !no_script(&reply) {
+                return reply;
+            }
+            // On a Cluster whose slot just moved, the script was loaded on the node the
+            // client's slot map names, which the call, redirected, no longer reaches. The
+            // call goes once with the script's source (`EVAL`), which runs it wherever it
+            // lands and keeps it there.
+            as_eval(cmd, script).query_async(&mut conn).await
         })
         .await
     }
@@ -696,7 +705,12 @@ impl RedisBackendBuilder {
             let config = ::redis::cluster::ClusterConfig::new()
                 .set_connection_timeout(self.connect_timeout)
                 .set_response_timeout(response_timeout);
-            let conn = client.get_pending_async_connection_with_config(config);
+            let conn = ClusterConn::new(
+                client.get_pending_async_connection_with_config(config),
+                clients[0].get_connection_info().clone(),
+                self.connect_timeout,
+                response_timeout,
+            );
             (Conn::Cluster(conn), clients, address)
         } else {
             let client = parse(&self.url)?;
@@ -752,6 +766,11 @@ fn master_address(line: &str, seed: &::redis::ConnectionInfo) -> Option<::redis:
     if host.is_empty() || port == 0 {
         return None;
     }
+    Some(node_info(host, port, seed))
+}
+
+/// Connection settings for the node at `host:port`: the seed's (credentials, TLS).
+fn node_info(host: &str, port: u16, seed: &::redis::ConnectionInfo) -> ::redis::ConnectionInfo {
     let addr = match seed.addr() {
         ::redis::ConnectionAddr::TcpTls {
             insecure,
@@ -765,7 +784,7 @@ fn master_address(line: &str, seed: &::redis::ConnectionInfo) -> Option<::redis:
         },
         _ => ::redis::ConnectionAddr::Tcp(host.to_owned(), port),
     };
-    Some(seed.clone().set_addr(addr))
+    seed.clone().set_addr(addr)
 }
 
 /// Loads `script` where `cmd` (its `EVALSHA`) runs: on one Redis, there; on a Cluster, on
@@ -783,17 +802,36 @@ async fn load(conn: &mut Conn, script: &Script, cmd: &Cmd) -> ::redis::RedisResu
     match (conn, first_key(cmd)) {
         (Conn::Cluster(c), Some(key)) => {
             let route = Route::with_key(key, SlotAddr::Master);
-            c.route_command(
-                load,
-                RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
-            )
-            .await?;
+            c.client
+                .route_command(
+                    load,
+                    RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+                )
+                .await?;
         }
         (conn, _) => {
             let _: ::redis::Value = load.query_async(conn).await?;
         }
     }
     Ok(())
+}
+
+/// `cmd`, an `EVALSHA` of `script`, as an `EVAL` with the script's source.
+#[cfg(any(
+    feature = "rate-limit",
+    feature = "session",
+    feature = "cache",
+    feature = "jobs"
+))]
+fn as_eval(cmd: &Cmd, script: &Script) -> Cmd {
+    let mut eval = ::redis::cmd("EVAL");
+    eval.arg(&*script.code);
+    for arg in cmd.args_iter().skip(2) {
+        if let ::redis::Arg::Simple(a) = arg {
+            eval.arg(a);
+        }
+    }
+    eval
 }
 
 /// A tag as keys hold it: escaped with [`escape_key_part`], and the empty tag written `%`

@@ -167,13 +167,32 @@ async fn keys_of_one_tag_share_a_cluster_slot() {
         let a = slot(r.key("ns", tag)).await;
         let b = slot(r.key_with_suffix("ns", tag, "index")).await;
         let c = slot(r.key_with_suffix("other{ns}", tag, "x}y")).await;
+        // The Cluster connection's own hashing, which routes scripts, agrees.
+        let key = r.key("ns", tag);
+        assert_eq!(
+            i64::from(super::direct::slot(key.as_bytes())),
+            a,
+            "case {name}: {key}"
+        );
         assert_eq!(a, b, "case {name}: key and suffixed key on one slot");
         assert_eq!(a, c, "case {name}: the namespace does not move the slot");
     }
     // And different tags do spread over slots.
     let mut slots = std::collections::HashSet::new();
     for i in 0..50 {
-        slots.insert(slot(r.key("ns", &format!("user:{i}"))).await);
+        let key = r.key("ns", &format!("user:{i}"));
+        let s = slot(key.clone()).await;
+        assert_eq!(i64::from(super::direct::slot(key.as_bytes())), s, "{key}");
+        slots.insert(s);
+    }
+    for key in [
+        "foo", "", "{}", "a{}b{c}", "a{{b}}", "{a}{b}", "x{", "}{y}", "é{ü}",
+    ] {
+        assert_eq!(
+            i64::from(super::direct::slot(key.as_bytes())),
+            slot(key.to_owned()).await,
+            "{key:?}"
+        );
     }
     assert!(
         slots.len() > 30,
@@ -429,4 +448,190 @@ fn cluster_nodes_lines_name_the_masters_to_subscribe_to() {
             );
         }
     }
+}
+
+/// On a Cluster, scripts go straight to their slot's master once the connection has learnt
+/// the slot map, on every master. A slot that moved since is followed through the Cluster
+/// client (the call succeeds) and the map is learnt again, after which the slot's calls go
+/// straight to its new master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_scripts_go_straight_to_their_master_and_follow_a_moved_slot() {
+    let prefix = support::unique("direct");
+    let r = RedisBackend::cluster(support::redis_cluster_nodes())
+        .prefix(&prefix)
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let super::Conn::Cluster(conn) = &r.inner.conn else {
+        panic!("a Cluster backend")
+    };
+    // Reads its key and answers its argument: the test writes no key, so that a slot it
+    // used can be moved (a master refuses to give up a slot that holds keys).
+    let script = Script::new("return redis.call('EXISTS', KEYS[1]) + tonumber(ARGV[1])");
+    let call = |key: &str, n: i64| {
+        cmd("EVALSHA")
+            .arg(script.get_hash())
+            .arg(1)
+            .arg(key)
+            .arg(n)
+            .clone()
+    };
+    let first = r.key("ns", "first");
+    assert_eq!(
+        r.evalsha::<i64>("t", &script, &call(&first, 1))
+            .await
+            .unwrap(),
+        1
+    );
+    support::eventually("the slot map", Duration::from_secs(5), || async {
+        (conn.counts().1 >= 1).then_some(())
+    })
+    .await;
+
+    // Keys on every master: each call answered on the direct path.
+    let (answered, _) = conn.counts();
+    let mut masters = std::collections::HashSet::new();
+    for i in 0..30 {
+        let key = r.key("ns", &format!("user:{i}"));
+        assert_eq!(
+            r.evalsha::<i64>("t", &script, &call(&key, i))
+                .await
+                .unwrap(),
+            i
+        );
+        masters.insert(super::direct::slot(key.as_bytes()) / 5462);
+    }
+    assert_eq!(masters.len(), 3, "keys on every master's slots");
+    assert_eq!(conn.counts().0, answered + 30, "every call went straight");
+
+    // Move one key's slot to another master behind the connection's back.
+    let key = r.key("ns", "moved");
+    let slot = super::direct::slot(key.as_bytes());
+    assert_eq!(
+        r.evalsha::<i64>("t", &script, &call(&key, 7))
+            .await
+            .unwrap(),
+        7
+    );
+    let all = support::cluster_masters(slot).await;
+    let owner = all.iter().find(|m| m.2).unwrap().0.clone();
+    let other = all.iter().find(|m| !m.2).unwrap().0.clone();
+    support::assign_slot(slot, &other, &all).await;
+    let (answered, learnt) = conn.counts();
+    let followed = r.evalsha::<i64>("t", &script, &call(&key, 8)).await;
+    let after = conn.counts();
+    // Calls keep succeeding until the map is learnt again and the slot's calls go
+    // straight to its new master.
+    let relearnt = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let before = conn.counts();
+            let v = r.evalsha::<i64>("t", &script, &call(&key, 9)).await;
+            if v.is_err() || (conn.counts().0 > before.0 && conn.counts().1 > learnt) {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    support::assign_slot(slot, &owner, &all).await;
+
+    assert_eq!(followed.unwrap(), 8, "the moved slot's call is followed");
+    assert_eq!(
+        after.0, answered,
+        "a redirected call is not answered directly"
+    );
+    assert_eq!(
+        relearnt
+            .expect("the slot map is learnt again within 5 s")
+            .unwrap(),
+        9
+    );
+
+    // A slot being migrated: its owner answers `ASK` for a key it does not hold, redis-rs
+    // follows it to the importing master, and the map stands.
+    let key = r.key("ns", "migrating");
+    let slot = super::direct::slot(key.as_bytes());
+    assert_eq!(
+        r.evalsha::<i64>("t", &script, &call(&key, 1))
+            .await
+            .unwrap(),
+        1
+    );
+    let all = support::cluster_masters(slot).await;
+    let (source, target) = (
+        all.iter().find(|m| m.2).unwrap().clone(),
+        all.iter().find(|m| !m.2).unwrap().clone(),
+    );
+    let setslot = |url: String, args: Vec<String>| async move {
+        let mut c = support::cluster_node(&url).await;
+        let _: () = ::redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg(args)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    };
+    setslot(target.1.clone(), vec!["IMPORTING".into(), source.0.clone()]).await;
+    setslot(source.1.clone(), vec!["MIGRATING".into(), target.0.clone()]).await;
+    let before = conn.counts();
+    let asked = r.evalsha::<i64>("t", &script, &call(&key, 2)).await;
+    // Time for a refresh the call might have started to finish.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = conn.counts();
+    let map_stood = conn.has_map();
+    setslot(source.1.clone(), vec!["STABLE".into()]).await;
+    setslot(target.1.clone(), vec!["STABLE".into()]).await;
+    assert_eq!(asked.unwrap(), 2, "the migrating slot's call is followed");
+    assert_eq!(after.0, before.0, "an `ASK` is not answered directly");
+    assert!(
+        map_stood && after.1 == before.1,
+        "the map stands after an `ASK`, and is not learnt again"
+    );
+    assert_eq!(
+        r.evalsha::<i64>("t", &script, &call(&key, 3))
+            .await
+            .unwrap(),
+        3
+    );
+    assert_eq!(
+        conn.counts().0,
+        after.0 + 1,
+        "and the next call goes straight"
+    );
+}
+
+/// The last resort after a second `NOSCRIPT` (a slot that moved under a Cluster client):
+/// the call sent as `EVAL` with the script's source runs the same script with the same keys
+/// and arguments, and leaves it loaded where it ran.
+#[tokio::test]
+async fn an_evalsha_sent_as_eval_runs_the_same_script() {
+    let r = backend(&support::redis_url(), &support::unique("eval"));
+    let script = Script::new("return {KEYS[1], KEYS[2], ARGV[1], ARGV[2], #ARGV}");
+    let (a, b) = (r.key("ns", "a"), r.key("ns", "b"));
+    let evalsha = cmd("EVALSHA")
+        .arg(script.get_hash())
+        .arg(2)
+        .arg(&a)
+        .arg(&b)
+        .arg("x")
+        .arg(b"\xff\x00".as_slice())
+        .clone();
+    let expected = (
+        a.clone(),
+        b.clone(),
+        "x".to_owned(),
+        vec![0xff_u8, 0],
+        2_i64,
+    );
+    let _: () = r
+        .query("flush", &cmd("SCRIPT").arg("FLUSH").clone())
+        .await
+        .unwrap();
+    let eval = super::as_eval(&evalsha, &script);
+    let got: (String, String, String, Vec<u8>, i64) = r.query("eval", &eval).await.unwrap();
+    assert_eq!(got, expected);
+    // EVAL cached the script: the EVALSHA runs without loading it.
+    let got: (String, String, String, Vec<u8>, i64) = r.query("evalsha", &evalsha).await.unwrap();
+    assert_eq!(got, expected);
 }

@@ -459,3 +459,56 @@ impl Drop for PgPair {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// The node of the shared test Cluster at `url`, for admin commands.
+pub async fn cluster_node(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// The masters of the shared test Cluster: (id, URL, whether it serves `slot`).
+pub async fn cluster_masters(slot: u16) -> Vec<(String, String, bool)> {
+    let mut any = cluster_node(&redis_cluster_nodes()[0]).await;
+    let nodes: String = redis::cmd("CLUSTER")
+        .arg("NODES")
+        .query_async(&mut any)
+        .await
+        .unwrap();
+    nodes
+        .lines()
+        .filter(|l| l.split(' ').nth(2).is_some_and(|f| f.contains("master")))
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let addr = f[1].split('@').next().unwrap();
+            let serves = f[8..].iter().any(|r| {
+                let mut ends = r.split('-').map(|n| n.parse::<u16>().unwrap_or(u16::MAX));
+                let lo = ends.next().unwrap();
+                let hi = ends.next().unwrap_or(lo);
+                (lo..=hi).contains(&slot)
+            });
+            (f[0].to_owned(), format!("redis://{addr}"), serves)
+        })
+        .collect()
+}
+
+/// Assigns `slot` to the master `to` on every master of the shared test Cluster, as a
+/// reshard does. The old owner refuses while it holds keys in the slot.
+pub async fn assign_slot(slot: u16, to: &str, masters: &[(String, String, bool)]) {
+    // The new owner first, then the others.
+    let mut order: Vec<&(String, String, bool)> = masters.iter().collect();
+    order.sort_by_key(|(id, _, _)| id != to);
+    for (_, url, _) in order {
+        let mut c = cluster_node(url).await;
+        let _: () = redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg("NODE")
+            .arg(to)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+}
