@@ -3,17 +3,19 @@
 //! redis-rs's Cluster connection routes every call through a task of its own: the command
 //! is copied into a message, sent over a channel, wrapped in a boxed request, routed, and
 //! handed to the node's multiplexed connection, whose own task writes it; the reply comes
-//! back the same way. That is about 1–2 µs of client CPU a call on top of a single node's
-//! path (`docs/benchmarks.md`, "Rate-limit decisions on the Cluster").
+//! back the same way. Skipping it saved 2.3–4.4 µs of the rate-limit bench's CPU a decision
+//! (`docs/benchmarks.md`, "Scripts straight to their master").
 //!
-//! Every hot call the layers make is an `EVALSHA` whose keys share one hash tag, so its
-//! node follows from its first key. [`ClusterConn`] keeps, beside redis-rs's connection, a
-//! slot map of its own (from `CLUSTER SLOTS`) and a multiplexed connection to each master,
-//! and sends such a script straight to the master of its slot. redis-rs's connection stays
-//! the authority: any answer that says the map may be stale (`MOVED`, a dropped or refused
-//! connection, a node loading or down, a timeout) sends the call through it, which follows
+//! Most hot calls the layers make (rate-limit decisions, session loads and saves, cache
+//! writes, job fetches) are an `EVALSHA` whose keys share one hash tag, so its node follows
+//! from its first key. [`ClusterConn`] keeps, beside redis-rs's connection, a slot map of
+//! its own (from `CLUSTER SLOTS`) and a multiplexed connection to each master, and sends
+//! such a script straight to the master of its slot. redis-rs's connection stays the
+//! authority: any answer that says the map may be stale (`MOVED`, a dropped or refused
+//! connection, a node loading or down) sends the call through it, which follows
 //! redirections and failovers as before, and the map is dropped and learnt again in the
-//! background. A key in a slot being migrated (`ASK`, `TRYAGAIN`) and `NOSCRIPT` (so that a
+//! background. A call that hangs is ended by the caller's timeout, on this path as on
+//! redis-rs's. A key in a slot being migrated (`ASK`, `TRYAGAIN`) and `NOSCRIPT` (so that a
 //! script is loaded where redis-rs routes) also send the call through it, and the map
 //! stands. Everything else (plain commands, pipelines, transactions, a slot whose master is
 //! not known) goes through redis-rs's connection.
@@ -32,8 +34,12 @@ use arc_swap::ArcSwapOption;
 const SLOTS: usize = 16_384;
 /// A slot whose master has no direct connection.
 const NONE: u16 = u16::MAX;
-/// The map is learnt again at most this often, however many calls find it stale.
-const REFRESH_EVERY: Duration = Duration::from_millis(250);
+/// After a call found the map stale, it is learnt again at most this often.
+const REFRESH_STALE: Duration = Duration::from_millis(250);
+/// While the map has no direct connection for a slot (a master unreachable or with no
+/// endpoint in `CLUSTER SLOTS`), it is learnt again at most this often: each time opens
+/// a connection to every master.
+const REFRESH_GAPS: Duration = Duration::from_secs(5);
 
 /// A Cluster connection: redis-rs's, and a direct route to each master for scripts. Cheap
 /// to clone; clones share both.
@@ -115,11 +121,18 @@ impl ClusterConn {
                                 "direct Cluster call not answered; the slot map is learnt again"
                             );
                             self.direct.map.store(None);
-                            Direct::refresh(&self.direct, &self.client);
+                            Direct::refresh(&self.direct, &self.client, REFRESH_STALE);
                         }
                     }
                 }
-                None => Direct::refresh(&self.direct, &self.client),
+                None => {
+                    let every = if self.direct.map.load().is_some() {
+                        REFRESH_GAPS
+                    } else {
+                        REFRESH_STALE
+                    };
+                    Direct::refresh(&self.direct, &self.client, every);
+                }
             }
         }
         self.client.req_packed_command(cmd).await
@@ -191,13 +204,14 @@ impl Direct {
     }
 
     /// Learns the slot map again in the background, unless a refresh runs or ran within
-    /// [`REFRESH_EVERY`], or there is no Tokio runtime to run it on.
-    fn refresh(this: &Arc<Self>, client: &ClusterConnection) {
+    /// `every`, or there is no Tokio runtime to run it on. A refresh that fails leaves the
+    /// map as it was.
+    fn refresh(this: &Arc<Self>, client: &ClusterConnection, every: Duration) {
         let now = u64::try_from(this.epoch.elapsed().as_millis())
             .unwrap_or(u64::MAX)
             .max(1);
         let last = this.last_refresh.load(Ordering::Relaxed);
-        let every = REFRESH_EVERY.as_millis() as u64;
+        let every = u64::try_from(every.as_millis()).unwrap_or(u64::MAX);
         if last != 0 && now < last.saturating_add(every) {
             return;
         }
@@ -208,32 +222,41 @@ impl Direct {
             return;
         }
         this.last_refresh.store(now, Ordering::Relaxed);
-        let (me, mut client) = (Arc::clone(this), client.clone());
+        /// Lets the next refresh run however this one ends, even if its task is dropped
+        /// unfinished (its runtime shutting down).
+        struct Running(Arc<Direct>);
+        impl Drop for Running {
+            fn drop(&mut self) {
+                self.0.refreshing.store(false, Ordering::Release);
+            }
+        }
+        let (running, mut client) = (Running(Arc::clone(this)), client.clone());
         runtime.spawn(async move {
-            let map = match tokio::time::timeout(me.limit, me.learn(&mut client)).await {
+            let me = &running.0;
+            match tokio::time::timeout(me.limit, me.learn(&mut client)).await {
                 Ok(Ok(map)) => {
                     #[cfg(test)]
                     me.counts[1].fetch_add(1, Ordering::Relaxed);
-                    Some(Arc::new(map))
+                    me.map.store(Some(Arc::new(map)));
                 }
                 Ok(Err(e)) => {
                     tracing::debug!(error = %e, "cannot learn the Cluster's slot map; calls go through the Cluster client");
-                    None
                 }
-                Err(_) => None,
-            };
-            me.map.store(map);
-            me.refreshing.store(false, Ordering::Release);
+                Err(_) => {
+                    tracing::debug!(limit = ?me.limit, "learning the Cluster's slot map timed out; calls go through the Cluster client");
+                }
+            }
         });
     }
 
-    /// Asks any node for the slot map (`CLUSTER SLOTS`) and connects to each master.
+    /// Asks a master for the slot map (`CLUSTER SLOTS`) and connects to each master.
     /// A master that cannot be reached keeps its slots on the Cluster client's path.
     async fn learn(&self, client: &mut ClusterConnection) -> RedisResult<SlotMap> {
         let reply = client
             .route_command(
                 ::redis::cmd("CLUSTER").arg("SLOTS").clone(),
-                RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+                // A master: a replica's view may lag a slot's move.
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary),
             )
             .await?;
         let ranges = parse_slots(&reply);
@@ -278,7 +301,8 @@ impl Direct {
 }
 
 /// The slot ranges of a `CLUSTER SLOTS` reply with their master's host and port. Ranges
-/// whose master has no known endpoint (an empty host, or `?`) are left out.
+/// whose master has no known endpoint (an empty or null host, `?`, an unspecified
+/// address) are left out.
 fn parse_slots(reply: &Value) -> Vec<(u16, u16, String, u16)> {
     let Value::Array(ranges) = reply else {
         return Vec::new();
@@ -303,8 +327,10 @@ fn parse_slots(reply: &Value) -> Vec<(u16, u16, String, u16)> {
                 _ => return None,
             };
             let port = int(master.get(1)?)?;
-            (start <= end && usize::from(end) < SLOTS && !host.is_empty() && host != "?")
-                .then_some((start, end, host, port))
+            // An empty, unknown or unspecified host names "the node that answered", which
+            // the answer does not say: those slots stay on redis-rs's path.
+            let known = !host.is_empty() && host != "?" && host != "0.0.0.0" && host != "::";
+            (start <= end && usize::from(end) < SLOTS && known).then_some((start, end, host, port))
         })
         .collect()
 }
@@ -486,7 +512,17 @@ mod tests {
                 node("127.0.0.1", 7003),
             ]),
             Value::Array(vec![Value::Int(5461), Value::Int(10922), node("?", 7001)]),
-            Value::Array(vec![Value::Int(10923), Value::Int(16383), node("", 7002)]),
+            Value::Array(vec![Value::Int(10923), Value::Int(16000), node("", 7002)]),
+            Value::Array(vec![
+                Value::Int(16001),
+                Value::Int(16100),
+                node("0.0.0.0", 7002),
+            ]),
+            Value::Array(vec![
+                Value::Int(16101),
+                Value::Int(16383),
+                Value::Array(vec![Value::Nil, Value::Int(7002)]),
+            ]),
             Value::Array(vec![Value::Int(9), Value::Int(3), node("h", 1)]),
             Value::Array(vec![Value::Int(0), Value::Int(16384), node("h", 1)]),
             Value::Int(3),
