@@ -1066,24 +1066,18 @@ async fn enqueue_all_writes_every_job_or_none() {
         w.shutdown(Duration::from_secs(1)).await;
     }
 }
+
 /// A queue whose slot moved to another master after the client learned the slot map (a
 /// reshard, or a failover seen from a client that has not refreshed yet): a plain enqueue
 /// is a `MULTI`/`EXEC`, which Redis aborts on the redirect, and the store writes the job
 /// through its script instead, which the client redirects. Nothing is lost, nothing fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enqueues_follow_a_slot_that_moved() {
-    let name = unique("moved");
+    // The queue's name is its keys' hash tag; its slot must hold no other test's keys.
+    let (name, slot) = support::cluster_empty_slot_tag(&unique("moved")).await;
     let q = store(Kind::Cluster).queue(&name, Duration::from_secs(5), Duration::from_secs(60));
     // The client is connected and knows the slot map before the slot moves.
     assert_eq!(q.stats().await.unwrap().queued, 0);
-    let tag = name.clone();
-    let mut any = support::cluster_node(&support::redis_cluster_nodes()[0]).await;
-    let slot: u16 = redis::cmd("CLUSTER")
-        .arg("KEYSLOT")
-        .arg(&tag)
-        .query_async(&mut any)
-        .await
-        .unwrap();
     let all = support::cluster_masters(slot).await;
     let owner = all.iter().find(|m| m.2).unwrap().0.clone();
     let other = all.iter().find(|m| !m.2).unwrap().0.clone();

@@ -338,13 +338,20 @@ fn parse_slots(reply: &Value) -> Vec<(u16, u16, String, u16)> {
 /// The slot of an `EVALSHA <sha> <numkeys> <key> ...` (or `EVAL`) with at least one key:
 /// its first key's. `None` for any other command.
 fn script_slot(cmd: &Cmd) -> Option<u16> {
-    let mut args = cmd.args_iter();
-    match args.next()? {
+    match cmd.args_iter().next()? {
         ::redis::Arg::Simple(name)
-            if name.eq_ignore_ascii_case(b"EVALSHA") || name.eq_ignore_ascii_case(b"EVAL") => {}
-        _ => return None,
+            if name.eq_ignore_ascii_case(b"EVALSHA") || name.eq_ignore_ascii_case(b"EVAL") =>
+        {
+            script_key(cmd).map(slot)
+        }
+        _ => None,
     }
-    args.next()?;
+}
+
+/// The first key of a script call (`EVALSHA|EVAL <script> <numkeys> <keys...> ...`), if it
+/// has one.
+pub(super) fn script_key(cmd: &Cmd) -> Option<&[u8]> {
+    let mut args = cmd.args_iter().skip(2);
     let numkeys = match args.next()? {
         ::redis::Arg::Simple(n) => std::str::from_utf8(n).ok()?.parse::<usize>().ok()?,
         _ => return None,
@@ -353,7 +360,7 @@ fn script_slot(cmd: &Cmd) -> Option<u16> {
         return None;
     }
     match args.next()? {
-        ::redis::Arg::Simple(key) => Some(slot(key)),
+        ::redis::Arg::Simple(key) => Some(key),
         _ => None,
     }
 }

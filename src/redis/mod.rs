@@ -162,28 +162,6 @@ impl Invocation<'_> {
     }
 }
 
-/// The first key of an `EVALSHA <sha> <numkeys> <keys...>` command, if it has one.
-#[cfg(any(
-    feature = "rate-limit",
-    feature = "session",
-    feature = "cache",
-    feature = "jobs"
-))]
-fn first_key(cmd: &Cmd) -> Option<Vec<u8>> {
-    let mut args = cmd.args_iter().skip(2);
-    let numkeys = match args.next()? {
-        ::redis::Arg::Simple(n) => std::str::from_utf8(n).ok()?.parse::<usize>().ok()?,
-        _ => return None,
-    };
-    if numkeys == 0 {
-        return None;
-    }
-    match args.next()? {
-        ::redis::Arg::Simple(k) => Some(k.to_vec()),
-        _ => None,
-    }
-}
-
 /// The shared Redis connection, key layout and call discipline. Cheap to clone.
 #[derive(Clone)]
 pub struct RedisBackend {
@@ -799,7 +777,7 @@ async fn load(conn: &mut Conn, script: &Script, cmd: &Cmd) -> ::redis::RedisResu
     use ::redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
     let mut load = ::redis::cmd("SCRIPT");
     load.arg("LOAD").arg(&*script.code);
-    match (conn, first_key(cmd)) {
+    match (conn, direct::script_key(cmd)) {
         (Conn::Cluster(c), Some(key)) => {
             let route = Route::with_key(key, SlotAddr::Master);
             c.client

@@ -505,7 +505,8 @@ async fn cluster_scripts_go_straight_to_their_master_and_follow_a_moved_slot() {
     assert_eq!(conn.counts().0, answered + 30, "every call went straight");
 
     // Move one key's slot to another master behind the connection's back.
-    let key = r.key("ns", "moved");
+    let (tag, _) = support::cluster_empty_slot_tag("moved").await;
+    let key = r.key("ns", &tag);
     let slot = super::direct::slot(key.as_bytes());
     assert_eq!(
         r.evalsha::<i64>("t", &script, &call(&key, 7))
@@ -549,7 +550,8 @@ async fn cluster_scripts_go_straight_to_their_master_and_follow_a_moved_slot() {
 
     // A slot being migrated: its owner answers `ASK` for a key it does not hold, redis-rs
     // follows it to the importing master, and the map stands.
-    let key = r.key("ns", "migrating");
+    let (tag, _) = support::cluster_empty_slot_tag("migrating").await;
+    let key = r.key("ns", &tag);
     let slot = super::direct::slot(key.as_bytes());
     assert_eq!(
         r.evalsha::<i64>("t", &script, &call(&key, 1))

@@ -512,3 +512,34 @@ pub async fn assign_slot(slot: u16, to: &str, masters: &[(String, String, bool)]
             .unwrap();
     }
 }
+
+/// A hash tag, made from `base`, whose slot holds no key on the shared test Cluster: a
+/// test that moves a slot needs one, since a master refuses to give up a slot it holds
+/// keys in (and the shared Cluster keeps other tests' keys).
+pub async fn cluster_empty_slot_tag(base: &str) -> (String, u16) {
+    let mut any = cluster_node(&redis_cluster_nodes()[0]).await;
+    for i in 0..200 {
+        let tag = format!("{base}-{i}");
+        let slot: u16 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(&tag)
+            .query_async(&mut any)
+            .await
+            .unwrap();
+        let owner = cluster_masters(slot)
+            .await
+            .into_iter()
+            .find(|m| m.2)
+            .unwrap();
+        let keys: u64 = redis::cmd("CLUSTER")
+            .arg("COUNTKEYSINSLOT")
+            .arg(slot)
+            .query_async(&mut cluster_node(&owner.1).await)
+            .await
+            .unwrap();
+        if keys == 0 {
+            return (tag, slot);
+        }
+    }
+    panic!("no empty slot among 200 tags from {base}");
+}
