@@ -5,7 +5,8 @@
 //! one multiplexed connection (concurrent requests pipeline on one socket, so a clone per
 //! request costs nothing), reconnecting by itself after a failure. On a Cluster it holds a
 //! multiplexed connection per node, learns the slot map from the nodes it is given, and
-//! follows `MOVED`/`ASK` redirections and failovers without a restart. On top it adds
+//! follows `MOVED`/`ASK` redirections and failovers without a restart; scripts go straight
+//! to their slot's master once the map is known. On top it adds
 //! what every layer needs and must not write twice:
 //!
 //! - **A key layout**: `{prefix}:{namespace}:{{tag}}[:suffix]`. The tag is the logical key
@@ -75,9 +76,9 @@ pub(crate) use ::redis::{Cmd, cmd};
 pub(crate) use ::redis::{Pipeline, pipe};
 
 use crate::key::escape_key_part;
+use crate::{ConfigError, StoreUnavailable};
 
 mod direct;
-use crate::{ConfigError, StoreUnavailable};
 use direct::ClusterConn;
 
 /// A Lua script, sent by `EVALSHA` and loaded on `NOSCRIPT`: redis-rs's, with its source,
