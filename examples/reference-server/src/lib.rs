@@ -27,8 +27,6 @@ use std::time::Duration;
 use axum::Router;
 use axum::http::{HeaderName, StatusCode};
 use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tower_scale::metrics::HttpMetricsLayer;
@@ -70,13 +68,7 @@ pub fn app(state: AppState) -> Router {
         // A `ServiceBuilder`'s first layer is the outermost.
         .layer(
             tower::ServiceBuilder::new()
-                .layer(tower::util::MapRequestLayer::new(
-                    telemetry::drop_insane_request_id,
-                ))
-                .layer(SetRequestIdLayer::new(
-                    telemetry::X_REQUEST_ID,
-                    telemetry::MakeId::default(),
-                ))
+                .layer(telemetry::RequestIdLayer::new(shared.instance.clone()))
                 .layer(
                     TraceLayer::new_for_http()
                         .make_span_with(telemetry::request_span(shared.client_ip.clone()))
@@ -84,11 +76,6 @@ pub fn app(state: AppState) -> Router {
                         // refused dependency), already counted in the metrics.
                         .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
                 )
-                .layer(PropagateRequestIdLayer::new(telemetry::X_REQUEST_ID))
-                .layer(SetResponseHeaderLayer::overriding(
-                    X_SERVED_BY,
-                    shared.instance.clone(),
-                ))
                 // A plain function of the response: `axum::middleware::map_response` would
                 // clone the whole stack inside it and box a future on every request.
                 .layer(tower::util::MapResponseLayer::new(error::json_errors))

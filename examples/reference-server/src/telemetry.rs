@@ -1,14 +1,17 @@
 //! Logs, metrics and request ids.
 
+use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
+use std::pin::Pin;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
-use tower_http::request_id::{MakeRequestId, RequestId};
+use tower::{Layer, Service};
 use tower_scale::key::{ClientIp, KeyExtractor};
 use tower_scale::metrics::{DEFAULT_DURATION_BUCKETS, DURATION_METRIC};
 
@@ -81,8 +84,9 @@ pub struct MakeId {
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
 
-impl MakeRequestId for MakeId {
-    fn make_request_id<B>(&mut self, _: &http::Request<B>) -> Option<RequestId> {
+impl MakeId {
+    /// A new id.
+    pub fn make(&self) -> HeaderValue {
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         // 16 hex digits of a seeded hash of the sequence, then its low 32 bits: written
         // on the stack (the formatter cost a request some 1,300 instructions).
@@ -95,20 +99,113 @@ impl MakeRequestId for MakeId {
         for (i, d) in id[16..].iter_mut().enumerate() {
             *d = HEX[((low >> (28 - 4 * i)) & 15) as usize];
         }
-        HeaderValue::from_bytes(&id).ok().map(RequestId::new)
+        HeaderValue::from_bytes(&id).expect("hex digits are a header value")
     }
 }
 
-/// Drops a client's request id that is empty, longer than 128 bytes or not visible
-/// ASCII, so that one is made in its place.
-pub fn drop_insane_request_id(mut req: Request) -> Request {
-    let sane = req.headers().get(&X_REQUEST_ID).is_none_or(|v| {
-        (1..=128).contains(&v.len()) && v.as_bytes().iter().all(u8::is_ascii_graphic)
-    });
-    if !sane {
-        req.headers_mut().remove(&X_REQUEST_ID);
+/// Whether a client's request id is kept: 1 to 128 bytes of visible ASCII.
+fn sane(id: &HeaderValue) -> bool {
+    (1..=128).contains(&id.len()) && id.as_bytes().iter().all(u8::is_ascii_graphic)
+}
+
+/// Request ids and the instance's name, in one layer. A request keeps the client's
+/// `x-request-id` when it is sane ([`sane`]); otherwise one is made ([`MakeId`]) and
+/// put in the request, where the request's span reads it. The response carries the
+/// request's id (unless the handler set one) and `x-served-by`, the instance's name.
+///
+/// One layer instead of tower-http's `SetRequestId` and `PropagateRequestId` and a
+/// `SetResponseHeader`: those keep the id in the request's and the response's extensions
+/// (an allocation each) and each moves the request's future once more
+/// (`docs/benchmarks.md`, "End to end over HTTP").
+#[derive(Clone)]
+pub struct RequestIdLayer {
+    make: MakeId,
+    served_by: HeaderValue,
+}
+
+impl RequestIdLayer {
+    /// Ids made by a new [`MakeId`]; responses name `served_by`.
+    pub fn new(served_by: HeaderValue) -> Self {
+        Self {
+            make: MakeId::default(),
+            served_by,
+        }
     }
-    req
+}
+
+impl<S> Layer<S> for RequestIdLayer {
+    type Service = RequestIds<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequestIds {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service of [`RequestIdLayer`].
+#[derive(Clone)]
+pub struct RequestIds<S> {
+    inner: S,
+    layer: RequestIdLayer,
+}
+
+impl<S, B, ResB> Service<http::Request<B>> for RequestIds<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<ResB>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = RequestIdFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        let id = match req.headers().get(&X_REQUEST_ID) {
+            Some(id) if sane(id) => id.clone(),
+            _ => {
+                let id = self.layer.make.make();
+                req.headers_mut().insert(X_REQUEST_ID, id.clone());
+                id
+            }
+        };
+        RequestIdFuture {
+            inner: self.inner.call(req),
+            headers: Some((id, self.layer.served_by.clone())),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`RequestIds`].
+    pub struct RequestIdFuture<F> {
+        #[pin]
+        inner: F,
+        headers: Option<(HeaderValue, HeaderValue)>,
+    }
+}
+
+impl<F, ResB, E> Future for RequestIdFuture<F>
+where
+    F: Future<Output = Result<http::Response<ResB>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut res = std::task::ready!(this.inner.poll(cx))?;
+        if let Some((id, served_by)) = this.headers.take() {
+            let headers = res.headers_mut();
+            if !headers.contains_key(&X_REQUEST_ID) {
+                headers.insert(X_REQUEST_ID, id);
+            }
+            headers.insert(crate::X_SERVED_BY, served_by);
+        }
+        Poll::Ready(Ok(res))
+    }
 }
 
 /// The span of one request: its id, the client address behind the trusted proxies,
@@ -150,13 +247,9 @@ mod tests {
 
     #[test]
     fn request_ids_are_24_hex_digits_ending_in_the_sequence() {
-        let mut make = MakeId::default();
-        let req = http::Request::new(());
+        let make = MakeId::default();
         let ids: Vec<String> = (0..3)
-            .map(|_| {
-                let id = make.make_request_id(&req).expect("an id");
-                id.header_value().to_str().unwrap().to_owned()
-            })
+            .map(|_| make.make().to_str().unwrap().to_owned())
             .collect();
         for id in &ids {
             assert_eq!(id.len(), 24, "{id}");
