@@ -63,8 +63,8 @@ pub fn app(state: AppState) -> Router {
         .fallback(routes::ops::not_found)
         .method_not_allowed_fallback(routes::ops::method_not_allowed)
         // One `layer` call for the whole stack: axum boxes every route's service, future
-        // and body once per call, so eleven calls cost each request ten boxed clones,
-        // futures and bodies more than one (`docs/benchmarks.md`, "End to end").
+        // and body once per call, so a call per layer would cost each request a boxed
+        // clone, future and body more per layer (`docs/benchmarks.md`, "End to end").
         // A `ServiceBuilder`'s first layer is the outermost.
         .layer(
             tower::ServiceBuilder::new()
