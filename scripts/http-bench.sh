@@ -3,7 +3,7 @@
 # behind our stack and behind the peers' stack, over a real socket. The server is pinned
 # to CPU 0 and wrk to CPU 1; the variants are interleaved within each round, ROUNDS
 # rounds. Per run: req/s, p50, p99 and the server's CPU time per request (utime + stime
-# from /proc over the measured run); then, per variant, the range over the rounds and the
+# from /proc over the measured run, and each of the two); then, per variant, the range over the rounds and the
 # ratios to bare axum (and to the peers' stack), each computed within a round.
 #
 #   bash scripts/http-bench.sh                        # the hello workload, every variant
@@ -18,7 +18,9 @@
 #             peer-metrics peer-rate-limit peer-session peers3 peers.
 #   products  `GET /products/1` from the reference server on embedded defaults (a cache
 #             hit after the first) beside `map`, bare axum answering the same JSON from a
-#             map. Variants: map reference.
+#             map. Variants: map reference, and reference-old: the binary REFERENCE_OLD
+#             names (an earlier build copied aside), for a before-and-after in one run:
+#             VARIANTS="map reference-old reference" REFERENCE_OLD=/tmp/ref bash ...
 #
 # MODE=instructions counts instead, with callgrind, the user-space instructions the server
 # executes per request (the kernel's share, about two thirds of a bare request's CPU here,
@@ -66,9 +68,11 @@ results=$out/results-$workload.tsv
 
 start_server() { # variant -> sets pid, path, cookie
   case $1 in
-    reference)
+    reference|reference-old)
+      local exe=$bin/reference-server
+      [ "$1" = reference-old ] && exe=${REFERENCE_OLD:?REFERENCE_OLD: the older reference-server binary}
       LISTEN="127.0.0.1:$port" RATE_LIMIT=1000000000/1h RUST_LOG=warn \
-        taskset -c 0 "$bin/reference-server" >/dev/null 2>&1 &
+        taskset -c 0 "$exe" >/dev/null 2>&1 &
       pid=$!; path=/products/1 ;;
     map)
       STACK=map LISTEN="127.0.0.1:$port" taskset -c 0 "$bin/examples/http_bench_server" >/dev/null 2>&1 &
@@ -97,9 +101,9 @@ measure() { # variant round
   local hdr=()
   [ -n "$cookie" ] && hdr=(-H "Cookie: $cookie")
   taskset -c 1 wrk -t1 -c"$connections" -d"$warmup" "${hdr[@]}" "http://127.0.0.1:$port$path" >/dev/null
-  t0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+  t0=$(awk '{print $14 " " $15}' "/proc/$pid/stat")
   wrk_out=$(taskset -c 1 wrk -t1 -c"$connections" -d"$duration" --latency "${hdr[@]}" "http://127.0.0.1:$port$path")
-  t1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+  t1=$(awk '{print $14 " " $15}' "/proc/$pid/stat")
   kill "$pid"; wait "$pid" 2>/dev/null || true
   echo "$wrk_out" | awk -v v="$1" -v r="$2" -v t0="$t0" -v t1="$t1" -v hz="$hz" '
     function us(x) { if (x ~ /us$/) return x + 0; if (x ~ /ms$/) return x * 1000; if (x ~ /s$/) return x * 1e6; return x }
@@ -107,9 +111,11 @@ measure() { # variant round
     /Non-2xx/ {bad = $NF}
     END {
       if (bad > 0) { printf "%s: %d responses were not 2xx\n", v, bad > "/dev/stderr"; exit 1 }
-      printf "%s\t%s\t%.0f\t%.0f\t%.0f\t%.2f\n", r, v, rps, p50, p99, (t1 - t0) / hz * 1e6 / n
+      split(t0, a, " "); split(t1, b, " ")
+      user = (b[1] - a[1]) / hz * 1e6 / n; sys = (b[2] - a[2]) / hz * 1e6 / n
+      printf "%s\t%s\t%.0f\t%.0f\t%.0f\t%.2f\t%.2f\t%.2f\n", r, v, rps, p50, p99, user + sys, user, sys
     }' >>"$results"
-  tail -1 "$results" | awk -F'\t' '{printf "round %s  %-16s %9s req/s  p50 %6s us  p99 %6s us  server CPU %5s us/request\n", $1, $2, $3, $4, $5, $6}' >&2
+  tail -1 "$results" | awk -F'\t' '{printf "round %s  %-16s %9s req/s  p50 %6s us  p99 %6s us  server CPU %5s us/request (user %s, system %s)\n", $1, $2, $3, $4, $5, $6, $7, $8}' >&2
 }
 
 instructions() { # variant requests -> the total the server executed
@@ -192,7 +198,7 @@ base=bare; peer=peers3
 {
   echo "workload $workload, $rounds rounds, wrk -c$connections -d$duration, server on CPU 0, wrk on CPU 1, $(date -u +%Y-%m-%d)"
   awk -F'\t' -v base="$base" -v peer="$peer" '
-    { rps[$2, $1] = $3; p50[$2, $1] = $4; p99[$2, $1] = $5; cpu[$2, $1] = $6
+    { rps[$2, $1] = $3; p50[$2, $1] = $4; p99[$2, $1] = $5; cpu[$2, $1] = $6; usr[$2, $1] = $7; sys[$2, $1] = $8
       if (!($2 in seen)) { seen[$2] = 1; order[++n] = $2 } rounds[$1] = 1 }
     function range(a, v,   r, lo, hi, x, first) {
       first = 1
@@ -211,11 +217,11 @@ base=bare; peer=peers3
       return sprintf("%+.2f..%+.2f", lo, hi)
     }
     END {
-      printf "| variant | req/s | p50 us | p99 us | server CPU us/req | added over %s | x %s | x %s |\n", base, base, (peer == "" ? "-" : peer)
-      print "|---|---|---|---|---|---|---|---|"
+      printf "| variant | req/s | p50 us | p99 us | server CPU us/req | user | system | added over %s | x %s | x %s |\n", base, base, (peer == "" ? "-" : peer)
+      print "|---|---|---|---|---|---|---|---|---|---|"
       for (i = 1; i <= n; i++) {
         v = order[i]
-        printf "| %s | %s | %s | %s | %s | %s | %s | %s |\n", v, range(rps, v), range(p50, v), range(p99, v), range(cpu, v), added(v), ratio(v, base), ratio(v, peer)
+        printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", v, range(rps, v), range(p50, v), range(p99, v), range(cpu, v), range(usr, v), range(sys, v), added(v), ratio(v, base), ratio(v, peer)
       }
     }' "$results"
 } | tee "$out/summary-$workload.md"

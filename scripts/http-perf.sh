@@ -6,6 +6,8 @@
 #
 #   bash scripts/http-perf.sh bare ours3-one-layer           # top 40
 #   TOP=60 SECONDS_RECORDED=8 bash scripts/http-perf.sh bare session
+#   bash scripts/http-perf.sh map reference                  # the reference server's cached
+#                                                            # read beside the map handler
 #
 # The server is pinned to CPU 0 and wrk (-t1 -c32, with the session cookie) to CPU 1;
 # perf samples the server's CPU clock at 2,999 Hz for SECONDS_RECORDED (8) seconds of a
@@ -29,21 +31,34 @@ for tool in perf:linux-perf wrk:wrk; do
   }
 done
 cargo build --release -q --example http_bench_server --features full
+case " $a $b " in *" reference "*) cargo build --release -q -p reference-server --bin reference-server ;; esac
 bin=$CARGO_TARGET_DIR/release/examples/http_bench_server
 mkdir -p "$out"
 
 record() { # stack -> $out/STACK.data and $out/STACK.rps
-  STACK=$1 LISTEN="127.0.0.1:$port" taskset -c 0 "$bin" >/dev/null 2>&1 &
+  local path=/ hdr=()
+  case $1 in
+    reference)
+      LISTEN="127.0.0.1:$port" RATE_LIMIT=1000000000/1h RUST_LOG=warn \
+        taskset -c 0 "$CARGO_TARGET_DIR/release/reference-server" >/dev/null 2>&1 &
+      path=/products/1 ;;
+    *)
+      STACK=$1 LISTEN="127.0.0.1:$port" taskset -c 0 "$bin" >/dev/null 2>&1 &
+      [ "$1" = map ] && path=/products/1 ;;
+  esac
   pid=$!
   # Whatever fails below, the pinned server and wrk do not outlive the script.
   trap 'kill ${pid:-} ${w:-} 2>/dev/null || true' EXIT
-  for _ in $(seq 1 100); do curl -fs -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.05; done
-  local cookie
-  cookie=$(curl -s -D - -o /dev/null -X POST "http://127.0.0.1:$port/login" \
-    | awk -F': ' 'tolower($1) == "set-cookie" {split($2, a, ";"); sub(/\r$/, "", a[1]); print a[1]; exit}')
-  [ -n "$cookie" ] || cookie="id=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
-  taskset -c 1 wrk -t1 -c32 -d2s -H "Cookie: $cookie" "http://127.0.0.1:$port/" >/dev/null
-  taskset -c 1 wrk -t1 -c32 -d$((secs + 2))s -H "Cookie: $cookie" "http://127.0.0.1:$port/" >"$out/$1.wrk" &
+  for _ in $(seq 1 200); do curl -fs -o /dev/null "http://127.0.0.1:$port$path" && break; sleep 0.05; done
+  if [ "$path" = / ]; then
+    local cookie
+    cookie=$(curl -s -D - -o /dev/null -X POST "http://127.0.0.1:$port/login" \
+      | awk -F': ' 'tolower($1) == "set-cookie" {split($2, a, ";"); sub(/\r$/, "", a[1]); print a[1]; exit}')
+    [ -n "$cookie" ] || cookie="id=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+    hdr=(-H "Cookie: $cookie")
+  fi
+  taskset -c 1 wrk -t1 -c32 -d2s "${hdr[@]}" "http://127.0.0.1:$port$path" >/dev/null
+  taskset -c 1 wrk -t1 -c32 -d$((secs + 2))s "${hdr[@]}" "http://127.0.0.1:$port$path" >"$out/$1.wrk" &
   w=$!
   sleep 1
   perf record -q -F 2999 -p "$pid" -o "$out/$1.data" -- sleep "$secs" >/dev/null 2>&1

@@ -1,7 +1,16 @@
 //! Connection accounting for the serve loop: which open connections are between requests,
 //! so that a full server closes the oldest idle one (a silent client, a half-sent request,
 //! a keep-alive connection nobody uses) to make room for a new client, and closes the new
-//! one only when every open connection is serving a request.
+//! one only when every open connection is serving a request; and the header-read timeout:
+//! a connection idle for longer than it (waiting for a request's headers, whether none,
+//! some or all but the last line have come) is closed by [`Registry::sweep`], which the
+//! serve loop runs every [`Registry::sweep_every`].
+//!
+//! The sweep is also the registry's clock: it reads the time once per run, and requests
+//! stamp their end with that reading. A request thus reads no clock and arms no timer of
+//! its own for either job (hyper's own header timeout allocates and registers a timer for
+//! every request on a keep-alive connection); the cost is that the timeout is kept to
+//! within one sweep interval either way (a quarter of the timeout, 250 ms at most).
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -21,6 +30,9 @@ pub(crate) struct Registry {
     next: AtomicU64,
     open: Mutex<HashMap<u64, Arc<Conn>>>,
     epoch: std::time::Instant,
+    /// Milliseconds since `epoch` at the last sweep (or registration): the coarse clock
+    /// requests stamp their end with.
+    now_ms: AtomicU64,
 }
 
 impl Default for Registry {
@@ -29,6 +41,7 @@ impl Default for Registry {
             next: AtomicU64::new(0),
             open: Mutex::default(),
             epoch: std::time::Instant::now(),
+            now_ms: AtomicU64::new(0),
         }
     }
 }
@@ -40,7 +53,9 @@ pub(crate) struct Conn {
     busy: AtomicUsize,
     /// Requests it has carried.
     requests: AtomicU64,
-    /// When its last response body ended, in ms since the registry's epoch.
+    /// When it was accepted, then when its last response body ended: when it started
+    /// waiting for a request's headers, in ms since the registry's epoch (coarse: the last
+    /// sweep's reading).
     last_response_ms: AtomicU64,
     /// Told to close: the connection's task drops it, if it is still idle then.
     close: tokio::sync::Notify,
@@ -67,6 +82,9 @@ impl Registry {
     pub(crate) fn register(self: &Arc<Self>) -> Registered {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let conn = Arc::new(Conn::default());
+        // Accepts are rare next to requests: the exact time, which moves the coarse clock.
+        let now = self.tick();
+        conn.last_response_ms.store(now, Ordering::Release);
         self.lock().insert(id, Arc::clone(&conn));
         Registered {
             id,
@@ -75,8 +93,41 @@ impl Registry {
         }
     }
 
-    fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+    /// Reads the clock and moves the coarse clock to it (never back).
+    fn tick(&self) -> u64 {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        self.now_ms.fetch_max(now, Ordering::AcqRel).max(now)
+    }
+
+    /// The coarse clock: the last reading of [`Registry::tick`].
+    fn coarse_ms(&self) -> u64 {
+        self.now_ms.load(Ordering::Acquire)
+    }
+
+    /// How often [`Registry::sweep`] should run for a header-read timeout: a quarter of it,
+    /// from 10 ms to 250 ms.
+    pub(crate) fn sweep_every(header_read: std::time::Duration) -> std::time::Duration {
+        (header_read / 4).clamp(
+            std::time::Duration::from_millis(10),
+            std::time::Duration::from_millis(250),
+        )
+    }
+
+    /// Moves the coarse clock, and tells every connection that has waited longer than
+    /// `header_read` for a request's headers to close. Returns how many were told.
+    pub(crate) fn sweep(&self, header_read: std::time::Duration) -> usize {
+        let now = self.tick();
+        let limit = header_read.as_millis() as u64;
+        let open = self.lock();
+        let mut told = 0;
+        for c in open.values() {
+            let since = c.last_response_ms.load(Ordering::Acquire);
+            if c.busy.load(Ordering::Acquire) == 0 && now.saturating_sub(since) > limit {
+                c.close.notify_one();
+                told += 1;
+            }
+        }
+        told
     }
 
     /// Tells the oldest idle connection to close, and forgets it (so it is not picked
@@ -85,7 +136,7 @@ impl Registry {
     /// keep-alive). False if there is none: every connection is serving a request or has
     /// just answered one.
     pub(crate) fn close_oldest_idle(&self) -> bool {
-        let now = self.now_ms();
+        let now = self.tick();
         let mut open = self.lock();
         let idle = |c: &Conn| c.busy.load(Ordering::Acquire) == 0;
         let fresh = |c: &Conn| c.requests.load(Ordering::Acquire) == 0;
@@ -139,7 +190,7 @@ impl Drop for Busy {
     fn drop(&mut self) {
         self.0
             .last_response_ms
-            .store(self.1.now_ms(), Ordering::Release);
+            .store(self.1.coarse_ms(), Ordering::Release);
         self.0.busy.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -223,6 +274,62 @@ mod tests {
         assert!(!r.lock().contains_key(&a.id));
         drop((busy_c, b, c, a));
         assert!(r.lock().is_empty());
+    }
+
+    /// Whether the connection was told to close (takes the notice).
+    fn told(c: &Conn) -> bool {
+        let mut closing = std::pin::pin!(c.closing());
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        closing.as_mut().poll(&mut cx).is_ready()
+    }
+
+    #[test]
+    fn the_sweep_closes_connections_waiting_past_the_header_timeout_and_only_them() {
+        use std::time::Duration;
+        let r = Arc::new(Registry {
+            epoch: std::time::Instant::now()
+                .checked_sub(Duration::from_secs(10))
+                .unwrap(),
+            ..Registry::default()
+        });
+        let (a, b, c) = (r.register(), r.register(), r.register());
+        assert!(r.coarse_ms() >= 10_000, "registering reads the clock");
+        // a and b have waited 10 s for headers; b is serving a request all the same.
+        a.conn.last_response_ms.store(0, Ordering::Release);
+        b.conn.last_response_ms.store(0, Ordering::Release);
+        let busy_b = b.conn.enter(&r);
+        assert_eq!(r.sweep(Duration::from_secs(1)), 1);
+        assert!(told(&a.conn), "a waited too long");
+        assert!(!told(&b.conn), "b is serving a request");
+        assert!(!told(&c.conn), "c has just been accepted");
+        // b's response ends: stamped with the coarse clock, so it has a full timeout again.
+        drop(busy_b);
+        assert!(b.conn.last_response_ms.load(Ordering::Acquire) >= 10_000);
+        assert_eq!(
+            r.sweep(Duration::from_secs(1)),
+            1,
+            "a again, until it closes"
+        );
+        assert!(!told(&b.conn));
+        assert_eq!(r.sweep(Duration::from_secs(20)), 0, "nothing waited 20 s");
+        drop((a, b, c));
+    }
+
+    #[test]
+    fn sweeps_run_four_times_per_timeout_within_bounds() {
+        use std::time::Duration;
+        assert_eq!(
+            Registry::sweep_every(Duration::from_secs(10)),
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            Registry::sweep_every(Duration::from_millis(400)),
+            Duration::from_millis(100)
+        );
+        assert_eq!(
+            Registry::sweep_every(Duration::from_millis(20)),
+            Duration::from_millis(10)
+        );
     }
 
     #[test]

@@ -6,8 +6,8 @@
 //! (embedded SQLite database, in-process state). Its routes and configuration are in
 //! `docs/reference-server.md`.
 //!
-//! The path of a request, outermost first: request id (tower-http) ─▶ trace span ─▶
-//! `x-served-by` ─▶ JSON error bodies ─▶ latency histograms ─▶ request timeout ─▶ body
+//! The path of a request, outermost first: request id and `x-served-by` ─▶ trace span
+//! (when debug logging would record it) ─▶ JSON error bodies ─▶ latency histograms ─▶ request timeout ─▶ body
 //! limit ─▶ rate limits ─▶ sessions ─▶ the route. The product routes add the response
 //! cache and, inside it, database routing; the price route calls its upstream through
 //! retries and a circuit breaker.
@@ -19,6 +19,7 @@ pub mod error;
 mod routes;
 pub mod state;
 pub mod telemetry;
+pub mod timeout;
 pub mod upstream;
 
 use std::sync::Arc;
@@ -27,7 +28,6 @@ use std::time::Duration;
 use axum::Router;
 use axum::http::{HeaderName, StatusCode};
 use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tower_scale::metrics::HttpMetricsLayer;
 
@@ -54,6 +54,19 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// for the client address) or, in tests, `tower::ServiceExt::oneshot`.
 pub fn app(state: AppState) -> Router {
     let shared = Arc::clone(&state.shared);
+    // Only when it would record something (`telemetry::tracing_requests`). Its response
+    // body is boxed again, so that both ways give the next layer out the same type.
+    let trace = telemetry::tracing_requests().then(|| {
+        tower::ServiceBuilder::new()
+            .map_response(axum::response::IntoResponse::into_response)
+            .layer(
+                TraceLayer::new_for_http()
+                    .make_span_with(telemetry::request_span(shared.client_ip.clone()))
+                    // 5xx answers are the service's own story (a failing upstream, a
+                    // refused dependency), already counted in the metrics.
+                    .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+            )
+    });
     Router::new()
         .merge(routes::sessions::router())
         .merge(routes::products::router(&state))
@@ -69,13 +82,7 @@ pub fn app(state: AppState) -> Router {
         .layer(
             tower::ServiceBuilder::new()
                 .layer(telemetry::RequestIdLayer::new(shared.instance.clone()))
-                .layer(
-                    TraceLayer::new_for_http()
-                        .make_span_with(telemetry::request_span(shared.client_ip.clone()))
-                        // 5xx answers are the service's own story (a failing upstream, a
-                        // refused dependency), already counted in the metrics.
-                        .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
-                )
+                .option_layer(trace)
                 // A plain function of the response: `axum::middleware::map_response` would
                 // clone the whole stack inside it and box a future on every request.
                 .layer(tower::util::MapResponseLayer::new(error::json_errors))
@@ -84,7 +91,7 @@ pub fn app(state: AppState) -> Router {
                     axum::response::IntoResponse::into_response,
                 ))
                 .layer(HttpMetricsLayer::new())
-                .layer(TimeoutLayer::with_status_code(
+                .layer(timeout::RequestTimeoutLayer::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     REQUEST_TIMEOUT,
                 ))
@@ -245,7 +252,8 @@ struct Limits {
 /// Accepts connections until `stop`, then finishes the open ones' in-flight requests
 /// (the caller bounds how long). A connection must send a request's headers within
 /// `header_read` of the server waiting for them (a silent, half-sent or idle keep-alive
-/// connection is closed then), and a request body must make progress every
+/// connection is closed then, to within a quarter of `header_read` and at most 250 ms:
+/// [`conn::Registry::sweep`]), and a request body must make progress every
 /// [`BODY_TIMEOUT`]. At most `max_connections` are open (fewer if the process's descriptor
 /// limit is lower): a new connection past the cap closes the oldest connection that has
 /// no request in progress, and is itself closed at once only when every open connection
@@ -257,17 +265,29 @@ async fn serve(
     limits: Limits,
     stop: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::rt::TokioIo;
     use tower::ServiceExt;
 
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read)
-        .keep_alive(true);
+    // The header-read timeout is the registry's sweep (below), not hyper's, which would
+    // allocate and arm a timer for every request on a keep-alive connection.
+    http.header_read_timeout(None).keep_alive(true);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let max = connection_cap(limits.max_connections);
     let open = Arc::new(tokio::sync::Semaphore::new(max));
     let registry = Arc::new(conn::Registry::default());
+    let _sweeper = {
+        let registry = Arc::clone(&registry);
+        let header_read = limits.header_read;
+        AbortOnDrop(tokio::spawn(async move {
+            let mut every = tokio::time::interval(conn::Registry::sweep_every(header_read));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                registry.sweep(header_read);
+            }
+        }))
+    };
     let mut last_error_log: Option<std::time::Instant> = None;
     tokio::pin!(stop);
     loop {
@@ -357,6 +377,15 @@ async fn serve(
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// A task that ends with its owner.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// `configured`, or less if the process may not open that many descriptors: a margin of

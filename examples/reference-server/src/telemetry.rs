@@ -208,6 +208,19 @@ where
     }
 }
 
+/// Whether the request span or any of tower-http's request events would be recorded by
+/// the installed subscriber: all of them are at debug level, which is off by default
+/// (`RUST_LOG` unset is `info`). [`crate::app`] leaves the trace layer out when none
+/// would be: it would otherwise still read the clock six times a request (its latencies),
+/// wrap the response body and move the request's future once more, to record nothing.
+/// Decided when the app is built: a subscriber installed later is not seen.
+pub fn tracing_requests() -> bool {
+    tracing::enabled!(tracing::Level::DEBUG)
+        || tracing::enabled!(target: "tower_http::trace::on_request", tracing::Level::DEBUG)
+        || tracing::enabled!(target: "tower_http::trace::on_response", tracing::Level::DEBUG)
+        || tracing::enabled!(target: "tower_http::trace::on_failure", tracing::Level::DEBUG)
+}
+
 /// The span of one request: its id, the client address behind the trusted proxies,
 /// method and path.
 pub fn request_span(client_ip: ClientIp) -> impl Fn(&Request) -> tracing::Span + Clone {
