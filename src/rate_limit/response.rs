@@ -171,19 +171,19 @@ pub(crate) fn write_headers<'a>(
         state.clear();
         for (i, (q, _, v, g)) in applied.clone().enumerate() {
             if i > 0 {
-                state.push_str(", ");
+                state.extend_from_slice(b", ");
             }
-            state.push('"');
-            state.push_str(q.name());
-            state.push_str("\";r=");
+            state.push(b'"');
+            state.extend_from_slice(q.name().as_bytes());
+            state.extend_from_slice(b"\";r=");
             push_decimal(state, v.remaining(&g));
-            state.push_str(";t=");
+            state.extend_from_slice(b";t=");
             push_decimal(state, us_to_secs_ceil(v.reset_us));
         }
-        let value = HeaderValue::from_str(state).ok();
+        let value = HeaderValue::from_bytes(state).ok();
         if state.capacity() > 4096 {
             // Many long quota names once: do not keep the memory for the thread's life.
-            *state = String::new();
+            *state = Vec::new();
         }
         value
     });
@@ -229,11 +229,12 @@ pub(crate) fn pending_capacity(x_headers: bool) -> usize {
 
 thread_local! {
     /// Where [`write_headers`] writes the `RateLimit` value before copying it out.
-    static STATE_SCRATCH: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+    static STATE_SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Appends `n` in decimal: the formatting machinery costs more than the digits.
-fn push_decimal(out: &mut String, mut n: u64) {
+/// Appends `n` in decimal: the formatting machinery costs more than the digits, and
+/// pushing them one `char` at a time checked each for UTF-8 and capacity.
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut at = digits.len();
     loop {
@@ -245,9 +246,7 @@ fn push_decimal(out: &mut String, mut n: u64) {
             break;
         }
     }
-    for &d in &digits[at..] {
-        out.push(char::from(d));
-    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 /// Adds `Retry-After` (whole seconds, rounded up) when the refusal has one.
@@ -275,9 +274,9 @@ mod tests {
     #[test]
     fn decimals_match_the_formatter() {
         for n in [0, 1, 9, 10, 99, 100, 12_345, u64::from(u32::MAX), u64::MAX] {
-            let mut s = String::from("x");
+            let mut s = b"x".to_vec();
             push_decimal(&mut s, n);
-            assert_eq!(s, format!("x{n}"));
+            assert_eq!(s, format!("x{n}").as_bytes());
         }
     }
 
