@@ -143,23 +143,26 @@ pub(crate) struct Inner {
     raw: RawCookies,
     /// The state, made on first use: a request that never touches its session builds no
     /// state and reads no id. The lock itself is part of the handle's one allocation.
-    state: tokio::sync::Mutex<Option<State>>,
+    ///
+    /// futures-util's asynchronous lock, not tokio's: uncontended (the usual case: one
+    /// handler, one extractor at a time) taking and giving it back is one atomic operation
+    /// each, where tokio's also locked its list of waiters on every release. It is not
+    /// fair (a task that finds it free may take it before one woken to take it), which
+    /// matters only to uses of one request's handle that keep it busy from several tasks.
+    state: futures_util::lock::Mutex<Option<State>>,
 }
 
 /// The state behind a [`Session`], locked.
-pub(crate) type StateGuard<'a> = tokio::sync::MappedMutexGuard<'a, State>;
+pub(crate) type StateGuard<'a> = futures_util::lock::MappedMutexGuard<'a, Option<State>, State>;
 
 impl Inner {
     /// Locks the state, making it on first use (reading the id out of the cookies).
     pub(crate) async fn state(&self) -> StateGuard<'_> {
-        // Uncontended (the usual case: one handler, one extractor at a time) the lock is
-        // taken without building and polling an acquire future. `try_lock` never jumps a
-        // queue: while a task waits, the lock has no permit to take.
         let guard = match self.state.try_lock() {
-            Ok(guard) => guard,
-            Err(_) => self.state.lock().await,
+            Some(guard) => guard,
+            None => self.state.lock().await,
         };
-        tokio::sync::MutexGuard::map(guard, |s| {
+        futures_util::lock::MutexGuard::map(guard, |s| {
             s.get_or_insert_with(|| State::new(self.raw.id(self.shared.config.cookie.name())))
         })
     }
@@ -249,7 +252,7 @@ impl Session {
                 shared,
                 dirty: AtomicBool::new(false),
                 raw,
-                state: tokio::sync::Mutex::const_new(None),
+                state: futures_util::lock::Mutex::new(None),
             }),
         }
     }
