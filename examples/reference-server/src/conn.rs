@@ -2,19 +2,21 @@
 //! so that a full server closes the oldest idle one (a silent client, a half-sent request,
 //! a keep-alive connection nobody uses) to make room for a new client, and closes the new
 //! one only when every open connection is serving a request; and the header-read timeout:
-//! a connection idle for longer than it (waiting for a request's headers, whether none,
+//! a connection that has waited longer than it for a request's headers (whether none,
 //! some or all but the last line have come) is closed by [`Registry::sweep`], which the
 //! serve loop runs every [`Registry::sweep_every`].
 //!
-//! The sweep is also the registry's clock: it reads the time once per run, and requests
-//! stamp their end with that reading. A request thus reads no clock and arms no timer of
-//! its own for either job (hyper's own header timeout allocates and registers a timer for
-//! every request on a keep-alive connection); the cost is that the timeout is kept to
-//! within one sweep interval either way (a quarter of the timeout, 250 ms at most).
+//! So a request arms no timer of its own for the header-read timeout (hyper's allocates
+//! and registers one for every request on a keep-alive connection); the cost is that a
+//! connection is closed up to one sweep interval after its timeout, never before.
+//!
+//! A connection told to close closes only if it has carried no request since it was
+//! chosen and has none in progress ([`Conn::may_close`]): a notice never cuts a request
+//! or a response that came after it.
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -30,9 +32,6 @@ pub(crate) struct Registry {
     next: AtomicU64,
     open: Mutex<HashMap<u64, Arc<Conn>>>,
     epoch: std::time::Instant,
-    /// Milliseconds since `epoch` at the last sweep (or registration): the coarse clock
-    /// requests stamp their end with.
-    now_ms: AtomicU64,
 }
 
 impl Default for Registry {
@@ -41,7 +40,6 @@ impl Default for Registry {
             next: AtomicU64::new(0),
             open: Mutex::default(),
             epoch: std::time::Instant::now(),
-            now_ms: AtomicU64::new(0),
         }
     }
 }
@@ -54,10 +52,14 @@ pub(crate) struct Conn {
     /// Requests it has carried.
     requests: AtomicU64,
     /// When it was accepted, then when its last response body ended: when it started
-    /// waiting for a request's headers, in ms since the registry's epoch (coarse: the last
-    /// sweep's reading).
+    /// waiting for a request's headers, in ms since the registry's epoch.
     last_response_ms: AtomicU64,
-    /// Told to close: the connection's task drops it, if it is still idle then.
+    /// Chosen by [`Registry::close_oldest_idle`] and not yet closed: not chosen again.
+    evicted: AtomicBool,
+    /// The request count at the last notice: the connection closes only if it is still
+    /// that ([`Conn::may_close`]).
+    close_at_requests: AtomicU64,
+    /// Told to close: the connection's task drops it, if [`Conn::may_close`] then.
     close: tokio::sync::Notify,
 }
 
@@ -82,9 +84,8 @@ impl Registry {
     pub(crate) fn register(self: &Arc<Self>) -> Registered {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let conn = Arc::new(Conn::default());
-        // Accepts are rare next to requests: the exact time, which moves the coarse clock.
-        let now = self.tick();
-        conn.last_response_ms.store(now, Ordering::Release);
+        conn.last_response_ms
+            .store(self.now_ms(), Ordering::Release);
         self.lock().insert(id, Arc::clone(&conn));
         Registered {
             id,
@@ -93,15 +94,8 @@ impl Registry {
         }
     }
 
-    /// Reads the clock and moves the coarse clock to it (never back).
-    fn tick(&self) -> u64 {
-        let now = self.epoch.elapsed().as_millis() as u64;
-        self.now_ms.fetch_max(now, Ordering::AcqRel).max(now)
-    }
-
-    /// The coarse clock: the last reading of [`Registry::tick`].
-    fn coarse_ms(&self) -> u64 {
-        self.now_ms.load(Ordering::Acquire)
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
     }
 
     /// How often [`Registry::sweep`] should run for a header-read timeout: a quarter of it,
@@ -113,17 +107,21 @@ impl Registry {
         )
     }
 
-    /// Moves the coarse clock, and tells every connection that has waited longer than
-    /// `header_read` for a request's headers to close. Returns how many were told.
+    /// Tells every connection that has waited longer than `header_read` for a request's
+    /// headers to close. Returns how many were told.
     pub(crate) fn sweep(&self, header_read: std::time::Duration) -> usize {
-        let now = self.tick();
+        let now = self.now_ms();
         let limit = header_read.as_millis() as u64;
         let open = self.lock();
         let mut told = 0;
         for c in open.values() {
+            // In this order: a request that ends between the reads leaves a count that
+            // changed or a stamp that is fresh, never an old stamp with no request.
+            let requests = c.requests.load(Ordering::Acquire);
+            let idle = c.busy.load(Ordering::Acquire) == 0;
             let since = c.last_response_ms.load(Ordering::Acquire);
-            if c.busy.load(Ordering::Acquire) == 0 && now.saturating_sub(since) > limit {
-                c.close.notify_one();
+            if idle && now.saturating_sub(since) > limit {
+                c.tell_to_close(requests);
                 told += 1;
             }
         }
@@ -136,26 +134,30 @@ impl Registry {
     /// keep-alive). False if there is none: every connection is serving a request or has
     /// just answered one.
     pub(crate) fn close_oldest_idle(&self) -> bool {
-        let now = self.tick();
-        let mut open = self.lock();
-        let idle = |c: &Conn| c.busy.load(Ordering::Acquire) == 0;
-        let fresh = |c: &Conn| c.requests.load(Ordering::Acquire) == 0;
+        let now = self.now_ms();
+        let open = self.lock();
+        // Each connection's request count is read before it is judged idle (see `sweep`).
+        let idle = |c: &Conn| {
+            let requests = c.requests.load(Ordering::Acquire);
+            let idle = c.busy.load(Ordering::Acquire) == 0 && !c.evicted.load(Ordering::Acquire);
+            idle.then_some(requests)
+        };
         let settled =
             |c: &Conn| now.saturating_sub(c.last_response_ms.load(Ordering::Acquire)) > SETTLE_MS;
         let victim = open
             .iter()
-            .filter(|(_, c)| idle(c) && fresh(c))
-            .map(|(id, _)| *id)
+            .filter_map(|(id, c)| idle(c).filter(|&r| r == 0).map(|r| (*id, r)))
             .min()
             .or_else(|| {
                 open.iter()
-                    .filter(|(_, c)| idle(c) && settled(c))
-                    .map(|(id, _)| *id)
+                    .filter_map(|(id, c)| idle(c).filter(|_| settled(c)).map(|r| (*id, r)))
                     .min()
             });
-        match victim.and_then(|id| open.remove(&id)) {
-            Some(c) => {
-                c.close.notify_one();
+        match victim {
+            Some((id, requests)) => {
+                let c = &open[&id];
+                c.evicted.store(true, Ordering::Release);
+                c.tell_to_close(requests);
                 true
             }
             None => false,
@@ -169,9 +171,22 @@ impl Conn {
         self.close.notified().await;
     }
 
-    /// Still idle: no request arrived between its choice and now.
-    pub(crate) fn is_idle(&self) -> bool {
-        self.busy.load(Ordering::Acquire) == 0
+    fn tell_to_close(&self, requests: u64) {
+        self.close_at_requests.store(requests, Ordering::Release);
+        self.close.notify_one();
+    }
+
+    /// Told to close, and still as it was when chosen: no request in progress and none
+    /// since. When not, the notice is spent; a connection chosen to make room can be
+    /// chosen again, and the sweep still times it.
+    pub(crate) fn may_close(&self) -> bool {
+        let requests = self.requests.load(Ordering::Acquire);
+        let still = self.busy.load(Ordering::Acquire) == 0
+            && requests == self.close_at_requests.load(Ordering::Acquire);
+        if !still {
+            self.evicted.store(false, Ordering::Release);
+        }
+        still
     }
 
     /// A request starts: the connection is busy until the guard (kept by the response
@@ -190,7 +205,7 @@ impl Drop for Busy {
     fn drop(&mut self) {
         self.0
             .last_response_ms
-            .store(self.1.coarse_ms(), Ordering::Release);
+            .store(self.1.now_ms(), Ordering::Release);
         self.0.busy.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -259,10 +274,13 @@ mod tests {
         let c = r.register();
         let busy_a = a.conn.enter(&r);
         assert!(r.close_oldest_idle(), "b never carried a request");
-        assert_eq!(r.lock().len(), 2, "b left the registry");
-        assert!(r.lock().contains_key(&a.id) && r.lock().contains_key(&c.id));
+        assert!(told(&b.conn) && b.conn.may_close(), "b is told to close");
+        assert!(!told(&a.conn) && !told(&c.conn));
         let busy_c = c.conn.enter(&r);
-        assert!(!r.close_oldest_idle(), "a and c are both serving");
+        assert!(
+            !r.close_oldest_idle(),
+            "a and c are both serving, and b is not chosen twice"
+        );
         drop(busy_a);
         assert!(
             !r.close_oldest_idle(),
@@ -271,7 +289,7 @@ mod tests {
         // a's last response ended long ago.
         a.conn.last_response_ms.store(0, Ordering::Release);
         assert!(r.close_oldest_idle(), "a has settled");
-        assert!(!r.lock().contains_key(&a.id));
+        assert!(told(&a.conn) && a.conn.may_close());
         drop((busy_c, b, c, a));
         assert!(r.lock().is_empty());
     }
@@ -293,16 +311,15 @@ mod tests {
             ..Registry::default()
         });
         let (a, b, c) = (r.register(), r.register(), r.register());
-        assert!(r.coarse_ms() >= 10_000, "registering reads the clock");
         // a and b have waited 10 s for headers; b is serving a request all the same.
         a.conn.last_response_ms.store(0, Ordering::Release);
         b.conn.last_response_ms.store(0, Ordering::Release);
         let busy_b = b.conn.enter(&r);
         assert_eq!(r.sweep(Duration::from_secs(1)), 1);
-        assert!(told(&a.conn), "a waited too long");
+        assert!(told(&a.conn) && a.conn.may_close(), "a waited too long");
         assert!(!told(&b.conn), "b is serving a request");
         assert!(!told(&c.conn), "c has just been accepted");
-        // b's response ends: stamped with the coarse clock, so it has a full timeout again.
+        // b's response ends: stamped now, so it has a full timeout again.
         drop(busy_b);
         assert!(b.conn.last_response_ms.load(Ordering::Acquire) >= 10_000);
         assert_eq!(
@@ -313,6 +330,49 @@ mod tests {
         assert!(!told(&b.conn));
         assert_eq!(r.sweep(Duration::from_secs(20)), 0, "nothing waited 20 s");
         drop((a, b, c));
+    }
+
+    #[test]
+    fn a_notice_is_spent_if_a_request_came_after_it() {
+        use std::time::Duration;
+        let r = Arc::new(Registry {
+            epoch: std::time::Instant::now()
+                .checked_sub(Duration::from_secs(10))
+                .unwrap(),
+            ..Registry::default()
+        });
+        let a = r.register();
+        a.conn.last_response_ms.store(0, Ordering::Release);
+        assert_eq!(r.sweep(Duration::from_secs(1)), 1);
+        // A request comes and is answered before the connection's task sees the notice.
+        drop(a.conn.enter(&r));
+        assert!(told(&a.conn));
+        assert!(
+            !a.conn.may_close(),
+            "the request that came after the notice"
+        );
+        // Evicted to make room, then a request: still in the registry, chosen again later
+        // and timed by the sweep.
+        a.conn.last_response_ms.store(0, Ordering::Release);
+        assert!(r.close_oldest_idle());
+        assert!(
+            !r.close_oldest_idle(),
+            "not chosen twice while its notice stands"
+        );
+        drop(a.conn.enter(&r));
+        assert!(told(&a.conn) && !a.conn.may_close());
+        assert_eq!(r.lock().len(), 1, "still registered");
+        a.conn.last_response_ms.store(0, Ordering::Release);
+        assert!(
+            r.close_oldest_idle(),
+            "chosen again once its notice was spent"
+        );
+        assert!(told(&a.conn) && a.conn.may_close());
+        assert_eq!(
+            r.sweep(Duration::from_secs(1)),
+            1,
+            "and the sweep still times it"
+        );
     }
 
     #[test]

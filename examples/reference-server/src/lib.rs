@@ -252,7 +252,7 @@ struct Limits {
 /// Accepts connections until `stop`, then finishes the open ones' in-flight requests
 /// (the caller bounds how long). A connection must send a request's headers within
 /// `header_read` of the server waiting for them (a silent, half-sent or idle keep-alive
-/// connection is closed then, to within a quarter of `header_read` and at most 250 ms:
+/// connection is closed then, or up to a quarter of `header_read` (250 ms at most) later:
 /// [`conn::Registry::sweep`]), and a request body must make progress every
 /// [`BODY_TIMEOUT`]. At most `max_connections` are open (fewer if the process's descriptor
 /// limit is lower): a new connection past the cap closes the oldest connection that has
@@ -363,10 +363,11 @@ async fn serve(
                         }
                         break;
                     }
-                    // Closed to make room (dropping the connection closes the socket),
-                    // unless a request arrived since it was chosen.
+                    // Closed to make room or for waiting too long for a request's headers
+                    // (dropping the connection closes the socket), unless a request
+                    // arrived since it was chosen.
                     () = registered.conn.closing() => {
-                        if registered.conn.is_idle() {
+                        if registered.conn.may_close() {
                             break;
                         }
                     }

@@ -2,8 +2,9 @@
 //! a status of its own (the server uses 503), and its handler is dropped.
 //!
 //! The timer is armed only when a request has to wait: the first poll of the inner future
-//! that does not finish starts it, so the limit counts from there (right after the call,
-//! as the layer's future is polled at once). A request answered on its first poll (a
+//! that does not finish starts it, so the limit counts from the end of that poll (the
+//! layer's future is polled at once after the call; work the inner service does within
+//! the call or that first poll is not counted, as it cannot be interrupted anyway). A request answered on its first poll (a
 //! cache hit, a refusal, a health check) reads no clock and arms no timer. tower-http's
 //! `TimeoutLayer`, which the server used before, polls its timer before the request, so
 //! every request registered a timer with Tokio and took it out again

@@ -670,6 +670,26 @@ async fn slow_and_silent_connections_are_closed_and_capped() {
         "{:?}",
         start.elapsed()
     );
+    // A keep-alive connection that waits less than the timeout between requests is kept:
+    // the timeout is never cut short.
+    let mut kept = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    for _ in 0..2 {
+        kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(2), kept.read(&mut buf))
+            .await
+            .expect("answered")
+            .unwrap();
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+        tokio::time::sleep(Duration::from_millis(800)).await;
+    }
+    drop(kept);
     // Closed by the server once the header timeout passes.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     for s in &mut slow {
