@@ -262,13 +262,7 @@ mod tests {
 
     #[test]
     fn silent_connections_go_first_then_settled_ones_and_busy_ones_never() {
-        // A registry ten seconds old, so "long ago" is representable.
-        let r = Arc::new(Registry {
-            epoch: std::time::Instant::now()
-                .checked_sub(std::time::Duration::from_secs(10))
-                .unwrap(),
-            ..Registry::default()
-        });
+        let r = ten_seconds_old();
         let a = r.register();
         let b = r.register();
         let c = r.register();
@@ -294,6 +288,16 @@ mod tests {
         assert!(r.lock().is_empty());
     }
 
+    /// A registry ten seconds old, so "long ago" (a stamp of 0) is representable.
+    fn ten_seconds_old() -> Arc<Registry> {
+        Arc::new(Registry {
+            epoch: std::time::Instant::now()
+                .checked_sub(std::time::Duration::from_secs(10))
+                .unwrap(),
+            ..Registry::default()
+        })
+    }
+
     /// Whether the connection was told to close (takes the notice).
     fn told(c: &Conn) -> bool {
         let mut closing = std::pin::pin!(c.closing());
@@ -304,12 +308,7 @@ mod tests {
     #[test]
     fn the_sweep_closes_connections_waiting_past_the_header_timeout_and_only_them() {
         use std::time::Duration;
-        let r = Arc::new(Registry {
-            epoch: std::time::Instant::now()
-                .checked_sub(Duration::from_secs(10))
-                .unwrap(),
-            ..Registry::default()
-        });
+        let r = ten_seconds_old();
         let (a, b, c) = (r.register(), r.register(), r.register());
         // a and b have waited 10 s for headers; b is serving a request all the same.
         a.conn.last_response_ms.store(0, Ordering::Release);
@@ -335,12 +334,7 @@ mod tests {
     #[test]
     fn a_notice_is_spent_if_a_request_came_after_it() {
         use std::time::Duration;
-        let r = Arc::new(Registry {
-            epoch: std::time::Instant::now()
-                .checked_sub(Duration::from_secs(10))
-                .unwrap(),
-            ..Registry::default()
-        });
+        let r = ten_seconds_old();
         let a = r.register();
         a.conn.last_response_ms.store(0, Ordering::Release);
         assert_eq!(r.sweep(Duration::from_secs(1)), 1);
