@@ -3,8 +3,9 @@
 # behind our stack and behind the peers' stack, over a real socket. The server is pinned
 # to CPU 0 and wrk to CPU 1; the variants are interleaved within each round, ROUNDS
 # rounds. Per run: req/s, p50, p99 and the server's CPU time per request (utime + stime
-# from /proc over the measured run, and each of the two); then, per variant, the range over the rounds and the
-# ratios to bare axum (and to the peers' stack), each computed within a round.
+# from /proc over the measured run, and each of the two); then, per variant, the range
+# over the rounds and the ratios to bare axum (and to the peers' stack), each computed
+# within a round.
 #
 #   bash scripts/http-bench.sh                        # the hello workload, every variant
 #   VARIANTS="bare ours3 peers3" ROUNDS=5 bash scripts/http-bench.sh

@@ -128,10 +128,10 @@ impl Registry {
         told
     }
 
-    /// Tells the oldest idle connection to close, and forgets it (so it is not picked
-    /// twice): first one that never carried a request (a silent client, a half-sent
-    /// request), else one whose last response ended more than [`SETTLE_MS`] ago (an idle
-    /// keep-alive). False if there is none: every connection is serving a request or has
+    /// Tells the oldest idle connection to close, and marks it so that it is not picked
+    /// twice while the notice stands: first one that never carried a request (a silent
+    /// client, a half-sent request), else one whose last response ended more than
+    /// [`SETTLE_MS`] ago (an idle keep-alive). False if there is none: every connection is serving a request or has
     /// just answered one.
     pub(crate) fn close_oldest_idle(&self) -> bool {
         let now = self.now_ms();

@@ -7,8 +7,8 @@
 //! `docs/reference-server.md`.
 //!
 //! The path of a request, outermost first: request id and `x-served-by` ─▶ trace span
-//! (when debug logging would record it) ─▶ JSON error bodies ─▶ latency histograms ─▶ request timeout ─▶ body
-//! limit ─▶ rate limits ─▶ sessions ─▶ the route. The product routes add the response
+//! (when debug logging would record it) ─▶ JSON error bodies ─▶ latency histograms ─▶
+//! request timeout ─▶ body limit ─▶ rate limits ─▶ sessions ─▶ the route. The product routes add the response
 //! cache and, inside it, database routing; the price route calls its upstream through
 //! retries and a circuit breaker.
 

@@ -4,8 +4,9 @@
 //! The timer is armed only when a request has to wait: the first poll of the inner future
 //! that does not finish starts it, so the limit counts from the end of that poll (the
 //! layer's future is polled at once after the call; work the inner service does within
-//! the call or that first poll is not counted, as it cannot be interrupted anyway). A request answered on its first poll (a
-//! cache hit, a refusal, a health check) reads no clock and arms no timer. tower-http's
+//! the call or that first poll is not counted, as it cannot be interrupted anyway). A
+//! request answered on its first poll (a cache hit, a refusal, a health check) reads no
+//! clock and arms no timer. tower-http's
 //! `TimeoutLayer`, which the server used before, polls its timer before the request, so
 //! every request registered a timer with Tokio and took it out again
 //! (`docs/benchmarks.md`, "End to end over HTTP").
