@@ -397,6 +397,56 @@ async fn product_reads_are_cached_and_a_put_invalidates_them() {
     assert_eq!(list.json()["products"][2]["name"], "Fresh");
 }
 
+/// With debug logging, the trace layer is in the stack (it is left out otherwise): each
+/// request gets its span, with the request's id, and its events; answers are the same.
+#[tokio::test]
+async fn with_debug_logging_requests_are_traced_and_answered_alike() {
+    #[derive(Clone, Default)]
+    struct Log(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Log {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let log = Log::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("reference_server=debug,tower_http=debug")
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    // This thread only: the test runtime polls everything here.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    assert!(reference_server::telemetry::tracing_requests());
+    let app = app(&[]).await;
+    let r = get(&app, "/products/1").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers["x-served-by"], "it-a");
+    let id = r.headers["x-request-id"].to_str().unwrap().to_owned();
+    let r = get(&app, "/products/999999").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.headers["content-type"], "application/json");
+    let big = format!(r#"{{"user":"{}"}}"#, "u".repeat(reference_server::MAX_BODY));
+    let r = call(&app, Method::POST, "/login", &[], &big).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        r.json()["error"],
+        "payload too large",
+        "JSON on this path too"
+    );
+    let log = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    let span = format!("request{{id=\"{id}\"");
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&span) && l.contains("finished processing request")),
+        "no finished event in the span of {id}:\n{log}"
+    );
+}
+
 #[tokio::test]
 async fn refusals_made_outside_the_handlers_are_json_too() {
     let app = app(&[]).await;
