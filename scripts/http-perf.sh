@@ -8,6 +8,9 @@
 #   TOP=60 SECONDS_RECORDED=8 bash scripts/http-perf.sh bare session
 #   bash scripts/http-perf.sh map reference                  # the reference server's cached
 #                                                            # read beside the map handler
+#   CALLERS_OF=_raw_spin_unlock_irqrestore bash scripts/http-perf.sh map reference
+#       # records call graphs too, and prints, for each stack, the symbol's share of the
+#       # samples and the call chains it was reached by (who pays for it)
 #
 # The server is pinned to CPU 0 and wrk (-t1 -c32, with the session cookie) to CPU 1;
 # perf samples the server's CPU clock at 2,999 Hz for SECONDS_RECORDED (8) seconds of a
@@ -23,6 +26,7 @@ a=${1:?baseline stack (e.g. bare)}
 b=${2:?stack to compare (e.g. ours3-one-layer)}
 top=${TOP:-40}
 secs=${SECONDS_RECORDED:-8}
+callers_of=${CALLERS_OF:-}
 port=${PORT:-18391}
 out=${OUT:-target/http-perf}
 for tool in perf:linux-perf wrk:wrk; do
@@ -61,7 +65,9 @@ record() { # stack -> $out/STACK.data and $out/STACK.rps
   taskset -c 1 wrk -t1 -c32 -d$((secs + 2))s "${hdr[@]}" "http://127.0.0.1:$port$path" >"$out/$1.wrk" &
   w=$!
   sleep 1
-  perf record -q -F 2999 -p "$pid" -o "$out/$1.data" -- sleep "$secs" >/dev/null 2>&1
+  local graph=()
+  [ -n "$callers_of" ] && graph=(-g)
+  perf record -q "${graph[@]}" -F 2999 -p "$pid" -o "$out/$1.data" -- sleep "$secs" >/dev/null 2>&1
   wait "$w"
   kill "$pid"; wait "$pid" 2>/dev/null || true
   pid="" w=""
@@ -85,3 +91,10 @@ echo "ns per request, $b minus $a (self time by symbol):"
   | awk -F '\t' '{ v[$3] += ($1 == "B" ? $2 : -$2) } END { for (f in v) printf "%.1f\t%s\n", v[f], f }' \
   | sort -t "$(printf '\t')" -k1,1nr \
   | awk -F '\t' -v top="$top" 'NR <= top { printf "%8s  %s\n", $1, substr($2, 1, 140) }'
+if [ -n "$callers_of" ]; then
+  for stack in "$a" "$b"; do
+    echo "$stack: $callers_of, share of the samples and the call chains reaching it:"
+    perf report -i "$out/$stack.data" --no-children --sort sym --stdio -g caller,0.5,callee \
+      --symbol-filter="$callers_of" 2>/dev/null | grep -v '^#' | grep -v '^$' | head -40
+  done
+fi
