@@ -2,10 +2,17 @@
 # The end-to-end HTTP benchmark: the same handler bare, behind each of our layers alone,
 # behind our stack and behind the peers' stack, over a real socket. The server is pinned
 # to CPU 0 and wrk to CPU 1; the variants are interleaved within each round, ROUNDS
-# rounds. Per run: req/s, p50, p99 and the server's CPU time per request (utime + stime
-# from /proc over the measured run, and each of the two); then, per variant, the range
-# over the rounds and the ratios to bare axum (and to the peers' stack), each computed
-# within a round.
+# rounds. Per run: req/s, p50, p99, the server's CPU time per request (utime + stime
+# from /proc over the measured run, and each of the two) and how often wrk's core halted
+# per request (below); then, per variant, the range over the rounds and the ratios to bare
+# axum (and to the peers' stack), each computed within a round.
+#
+# wrk's halts: on loopback the server's write wakes wrk, and when wrk's core has gone idle
+# (halted) that takes an interrupt across cores, paid in the server's system time; in a
+# virtual machine each is an exit to the hypervisor. A slower stack leaves wrk idle more
+# often, so it pays this more often. The count is the cpuidle states other than polling
+# that CPU 1 entered during the run (/sys/devices/system/cpu/cpu1/cpuidle), per request;
+# "-" where the kernel has no cpuidle driver.
 #
 #   bash scripts/http-bench.sh                        # the hello workload, every variant
 #   VARIANTS="bare ours3 peers3" ROUNDS=5 bash scripts/http-bench.sh
@@ -96,17 +103,29 @@ start_server() { # variant -> sets pid, path, cookie
   fi
 }
 
+halts() { # times CPU 1 entered an idle state other than polling; -1 without cpuidle
+  local n=-1 state
+  for state in /sys/devices/system/cpu/cpu1/cpuidle/state*; do
+    [ -r "$state/usage" ] || continue
+    [ "$(cat "$state/name")" = POLL ] && continue
+    n=$((n < 0 ? $(cat "$state/usage") : n + $(cat "$state/usage")))
+  done
+  echo "$n"
+}
+
 measure() { # variant round
-  local pid path cookie t0 t1 wrk_out
+  local pid path cookie t0 t1 h0 h1 wrk_out
   start_server "$1"
   local hdr=()
   [ -n "$cookie" ] && hdr=(-H "Cookie: $cookie")
   taskset -c 1 wrk -t1 -c"$connections" -d"$warmup" "${hdr[@]}" "http://127.0.0.1:$port$path" >/dev/null
   t0=$(awk '{print $14 " " $15}' "/proc/$pid/stat")
+  h0=$(halts)
   wrk_out=$(taskset -c 1 wrk -t1 -c"$connections" -d"$duration" --latency "${hdr[@]}" "http://127.0.0.1:$port$path")
   t1=$(awk '{print $14 " " $15}' "/proc/$pid/stat")
+  h1=$(halts)
   kill "$pid"; wait "$pid" 2>/dev/null || true
-  echo "$wrk_out" | awk -v v="$1" -v r="$2" -v t0="$t0" -v t1="$t1" -v hz="$hz" '
+  echo "$wrk_out" | awk -v v="$1" -v r="$2" -v t0="$t0" -v t1="$t1" -v h0="$h0" -v h1="$h1" -v hz="$hz" '
     function us(x) { if (x ~ /us$/) return x + 0; if (x ~ /ms$/) return x * 1000; if (x ~ /s$/) return x * 1e6; return x }
     /requests in/ {n = $1} /Requests\/sec/ {rps = $2} / 50%/ {p50 = us($2)} / 99%/ {p99 = us($2)}
     /Non-2xx/ {bad = $NF}
@@ -114,9 +133,10 @@ measure() { # variant round
       if (bad > 0) { printf "%s: %d responses were not 2xx\n", v, bad > "/dev/stderr"; exit 1 }
       split(t0, a, " "); split(t1, b, " ")
       user = (b[1] - a[1]) / hz * 1e6 / n; sys = (b[2] - a[2]) / hz * 1e6 / n
-      printf "%s\t%s\t%.0f\t%.0f\t%.0f\t%.2f\t%.2f\t%.2f\n", r, v, rps, p50, p99, user + sys, user, sys
+      halts = h0 < 0 ? "-" : sprintf("%.3f", (h1 - h0) / n)
+      printf "%s\t%s\t%.0f\t%.0f\t%.0f\t%.2f\t%.2f\t%.2f\t%s\n", r, v, rps, p50, p99, user + sys, user, sys, halts
     }' >>"$results"
-  tail -1 "$results" | awk -F'\t' '{printf "round %s  %-16s %9s req/s  p50 %6s us  p99 %6s us  server CPU %5s us/request (user %s, system %s)\n", $1, $2, $3, $4, $5, $6, $7, $8}' >&2
+  tail -1 "$results" | awk -F'\t' '{printf "round %s  %-16s %9s req/s  p50 %6s us  p99 %6s us  server CPU %5s us/request (user %s, system %s)  wrk halts %s/request\n", $1, $2, $3, $4, $5, $6, $7, $8, $9}' >&2
 }
 
 instructions() { # variant requests -> the total the server executed
@@ -199,18 +219,27 @@ base=bare; peer=peers3
 {
   echo "workload $workload, $rounds rounds, wrk -c$connections -d$duration, server on CPU 0, wrk on CPU 1, $(date -u +%Y-%m-%d)"
   awk -F'\t' -v base="$base" -v peer="$peer" '
-    { rps[$2, $1] = $3; p50[$2, $1] = $4; p99[$2, $1] = $5; cpu[$2, $1] = $6; usr[$2, $1] = $7; sys[$2, $1] = $8
+    { rps[$2, $1] = $3; p50[$2, $1] = $4; p99[$2, $1] = $5; cpu[$2, $1] = $6; usr[$2, $1] = $7; sys[$2, $1] = $8; hlt[$2, $1] = $9
       if (!($2 in seen)) { seen[$2] = 1; order[++n] = $2 } rounds[$1] = 1 }
     function range(a, v,   r, lo, hi, x, first) {
       first = 1
       for (r in rounds) { x = a[v, r]; if (first || x < lo) lo = x; if (first || x > hi) hi = x; first = 0 }
       return lo == hi ? lo : lo "-" hi
     }
-    function ratio(v, w,   r, lo, hi, x, first) {
+    # The range of the per-round ratios and, with more than two rounds, their median: on a
+    # noisy machine many short rounds and the median say more than a few long ones.
+    function ratio(v, w,   r, x, k, i, m, s, s0) {
       if (w == "" || !((w, 1) in rps)) return "-"
-      first = 1
-      for (r in rounds) { x = rps[v, r] / rps[w, r]; if (first || x < lo) lo = x; if (first || x > hi) hi = x; first = 0 }
-      return sprintf("%.2f-%.2f", lo, hi)
+      k = 0
+      for (r in rounds) {
+        x = rps[v, r] / rps[w, r]
+        for (i = ++k; i > 1 && s[i - 1] > x; i--) s[i] = s[i - 1]
+        s[i] = x
+      }
+      s0 = sprintf("%.2f-%.2f", s[1], s[k])
+      if (k < 3) return s0
+      m = k % 2 ? s[(k + 1) / 2] : (s[k / 2] + s[k / 2 + 1]) / 2
+      return sprintf("%s (median %.2f)", s0, m)
     }
     function added(v,   r, lo, hi, x, first) {
       first = 1
@@ -218,11 +247,11 @@ base=bare; peer=peers3
       return sprintf("%+.2f..%+.2f", lo, hi)
     }
     END {
-      printf "| variant | req/s | p50 us | p99 us | server CPU us/req | user | system | added over %s | x %s | x %s |\n", base, base, (peer == "" ? "-" : peer)
-      print "|---|---|---|---|---|---|---|---|---|---|"
+      printf "| variant | req/s | p50 us | p99 us | server CPU us/req | user | system | wrk halts/req | added over %s | x %s | x %s |\n", base, base, (peer == "" ? "-" : peer)
+      print "|---|---|---|---|---|---|---|---|---|---|---|"
       for (i = 1; i <= n; i++) {
         v = order[i]
-        printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", v, range(rps, v), range(p50, v), range(p99, v), range(cpu, v), range(usr, v), range(sys, v), added(v), ratio(v, base), ratio(v, peer)
+        printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", v, range(rps, v), range(p50, v), range(p99, v), range(cpu, v), range(usr, v), range(sys, v), range(hlt, v), added(v), ratio(v, base), ratio(v, peer)
       }
     }' "$results"
 } | tee "$out/summary-$workload.md"
