@@ -2,12 +2,15 @@
 
 mod support;
 
+use std::collections::HashMap;
 use std::convert::Infallible;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
+use tokio::sync::Notify;
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, ServiceExt};
 use tower_scale::clock::Clock;
@@ -40,6 +43,10 @@ async fn handle(req: Request<Full<Bytes>>) -> Result<Response<Full<Bytes>>, Infa
             .increment("visits", 1)
             .await
             .map(|v| text(StatusCode::OK, v.to_string())),
+        p if p.starts_with("/count/") => s
+            .increment(&p["/count/".len()..], 1)
+            .await
+            .map(|v| text(StatusCode::OK, v.to_string())),
         "/both" => {
             // Two uses of one handle at once: the second waits for the lock the first
             // holds across its store call, then sees what the first did.
@@ -62,6 +69,21 @@ async fn handle(req: Request<Full<Bytes>>) -> Result<Response<Full<Bytes>>, Infa
             .insert("blob", &"x".repeat(20_000))
             .await
             .map(|()| text(StatusCode::OK, "stored")),
+        p if p.starts_with("/gated-set/") => {
+            // Loads the session, says so, waits to be let go, then changes it: another
+            // request of the session runs in between.
+            let (loaded, go) = gate(&p["/gated-set/".len()..]);
+            let read = s.get::<i64>("visits").await;
+            loaded.notify_one();
+            go.notified().await;
+            match read {
+                Ok(_) => s
+                    .insert("note", &1)
+                    .await
+                    .map(|()| text(StatusCode::OK, "stored")),
+                Err(e) => Err(e),
+            }
+        }
         p if p.starts_with("/login/") => s
             .login(&p["/login/".len()..])
             .await
@@ -69,6 +91,20 @@ async fn handle(req: Request<Full<Bytes>>) -> Result<Response<Full<Bytes>>, Infa
         _ => Ok(text(StatusCode::NOT_FOUND, "")),
     };
     Ok(r.unwrap_or_else(error))
+}
+
+/// (The handler has loaded its session, let it go on.)
+type Gate = (Arc<Notify>, Arc<Notify>);
+
+/// A named gate for `/gated-set/NAME`.
+fn gate(name: &str) -> Gate {
+    static GATES: LazyLock<Mutex<HashMap<String, Gate>>> = LazyLock::new(Mutex::default);
+    GATES
+        .lock()
+        .unwrap()
+        .entry(name.to_owned())
+        .or_default()
+        .clone()
 }
 
 fn app(
@@ -414,6 +450,24 @@ async fn redis_down_is_503_where_the_session_is_needed_only() {
     .await;
 }
 
+/// With an idle timeout shorter than twice the default `touch_every` (1 min), reads push
+/// the expiry back every half idle timeout: a session only read stays alive. (With the
+/// minute kept, every read here would come before the next touch was due, and the
+/// session would end 30 s after it was made.)
+#[tokio::test(start_paused = true)]
+async fn a_short_idle_timeout_brings_touch_every_down_with_it() {
+    let store = MemoryStore::with_max_sessions(1000, Clock::tokio()).unwrap();
+    let app = app(store, |b| b.idle_timeout(Duration::from_secs(30)));
+    let mut c = Client::default();
+    c.call(&app, "/inc").await;
+    for i in 0..8 {
+        tokio::time::advance(Duration::from_secs(20)).await;
+        assert_eq!(c.call(&app, "/visits").await.body, "1", "read {i}");
+    }
+    tokio::time::advance(Duration::from_secs(31)).await;
+    assert_eq!(c.call(&app, "/visits").await.body, "0", "idle timeout");
+}
+
 #[tokio::test(start_paused = true)]
 async fn idle_and_absolute_timeouts() {
     let store = MemoryStore::with_max_sessions(1000, Clock::tokio()).unwrap();
@@ -508,6 +562,13 @@ fn bad_configuration_is_an_error() {
                 .max_bytes(0)
                 .build()
         }),
+        // A session only read would end while in use.
+        Box::new(|| {
+            SessionLayer::builder(MemoryStore::new())
+                .idle_timeout(Duration::from_secs(60))
+                .touch_every(Duration::from_secs(60))
+                .build()
+        }),
     ];
     for (i, b) in bad.iter().enumerate() {
         assert!(b().is_err(), "case {i}");
@@ -516,6 +577,13 @@ fn bad_configuration_is_an_error() {
         .host_prefix(true)
         .build();
     assert!(ok.is_ok());
+    let e = SessionLayer::builder(MemoryStore::new())
+        .idle_timeout(Duration::from_secs(60))
+        .touch_every(Duration::from_secs(90))
+        .build()
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("touch_every"), "{e}");
 }
 
 fn life() -> tower_scale::session::store::Lifetimes {
@@ -546,6 +614,65 @@ fn raw_stores() -> Vec<(&'static str, Box<dyn SessionStore>)> {
         all.push((name, Box::new(RedisSessionStore::new(backend))));
     }
     all
+}
+
+/// A change made by a request whose session ended while it ran (a concurrent login rotated
+/// its id, or a logout ended it) is not written, and the client hears so: 409, not the
+/// handler's 200. The cookie is left alone: clearing it could clear the one the
+/// concurrent login just set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_to_a_session_that_ended_meanwhile_is_refused_not_lost_in_silence() {
+    for (name, make) in stores() {
+        for (how, path) in [("login", "/login/ada"), ("logout", "/logout")] {
+            let app = make();
+            let mut c = Client::default();
+            c.call(&app, "/inc").await;
+            let gate_name = format!("{name}-{how}-{}", rand_key());
+            let (loaded, go) = gate(&gate_name);
+            let mut slow = c.clone();
+            let slow_app = app.clone();
+            let path_of_slow = format!("/gated-set/{gate_name}");
+            let slow = tokio::spawn(async move { slow.call(&slow_app, &path_of_slow).await });
+            loaded.notified().await;
+            let other = c.call(&app, path).await;
+            assert!(other.status.is_success(), "{name}, {how}: {}", other.body);
+            go.notify_one();
+            let r = slow.await.unwrap();
+            assert_eq!(r.status, StatusCode::CONFLICT, "{name}, {how}: {}", r.body);
+            assert!(
+                r.set_cookie.is_none(),
+                "{name}, {how}: the cookie is left alone: {:?}",
+                r.set_cookie
+            );
+            if how == "login" {
+                // The login's new id still works, and holds nothing of the lost write.
+                assert_eq!(c.call(&app, "/me").await.body, "ada", "{name}");
+                assert_eq!(c.call(&app, "/visits").await.body, "1", "{name}");
+            }
+        }
+    }
+}
+
+/// The size cap holds for increments as for inserts: counters under keys of the
+/// client's choosing cannot grow a session past `max_bytes`.
+#[tokio::test]
+async fn increments_are_held_to_the_size_cap_too() {
+    let app = app(MemoryStore::new(), |b| b.max_bytes(64));
+    let mut c = Client::default();
+    let mut stored = 0;
+    for i in 0..20 {
+        let r = c.call(&app, &format!("/count/counter-{i:02}")).await;
+        if r.status == StatusCode::PAYLOAD_TOO_LARGE {
+            break;
+        }
+        assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "1"));
+        stored += 1;
+    }
+    // Each counter is 10 bytes of key and 1 of value: five fit in 64, a sixth does not.
+    assert_eq!(stored, 5);
+    // An existing counter still counts, within the cap.
+    let r = c.call(&app, "/count/counter-00").await;
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "2"));
 }
 
 #[tokio::test]

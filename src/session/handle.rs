@@ -97,7 +97,9 @@ impl SessionError {
             SessionError::BadUser(_) => {
                 "user name not accepted: 1 to 256 bytes of UTF-8, no control characters"
             }
-            SessionError::Ended => "the session ended; sign in again",
+            SessionError::Ended => {
+                "the session ended or changed during this request; its changes were not saved"
+            }
             SessionError::BadKey(_) | SessionError::Json(_) => "session error",
         }
     }
@@ -238,6 +240,15 @@ impl Loaded {
     }
 }
 
+/// How many characters `n` takes in decimal (its JSON form).
+fn decimal_len(n: i64) -> usize {
+    let digits = n
+        .unsigned_abs()
+        .checked_ilog10()
+        .map_or(1, |d| d as usize + 1);
+    digits + usize::from(n < 0)
+}
+
 fn check_key(key: &str) -> Result<(), SessionError> {
     if key.is_empty() || key.len() > 128 || key.starts_with('$') {
         return Err(SessionError::BadKey(key.to_owned()));
@@ -362,6 +373,20 @@ impl Session {
         let mut s = self.loaded().await?;
         if s.destroy || s.ended {
             return Err(SessionError::Ended);
+        }
+        // The cap, checked as for `insert`, against the value this request expects: the
+        // stored one may differ by what concurrent increments added, and the size is set
+        // from the stored result below.
+        let max = self.inner.shared.config.max_bytes;
+        let l = s.loaded.as_ref().expect("loaded");
+        let current = l.value(key);
+        let expected = current
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(0)
+            .saturating_add(by);
+        let old = current.map_or(0, |v| key.len() + v.len());
+        if l.bytes - old + key.len() + decimal_len(expected) > max {
+            return Err(SessionError::TooLarge { max });
         }
         let before = s.ops.clone();
         s.ops.push(Op::Increment(key.to_owned(), by));

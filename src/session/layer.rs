@@ -20,6 +20,10 @@ use super::store::{Lifetimes, Save, Saved, SessionStore};
 use crate::ConfigError;
 use crate::cookie::{SameSite, SetCookie};
 
+/// How often reading a session pushes its idle expiry back, unless set or the idle
+/// timeout is shorter than twice this.
+const DEFAULT_TOUCH_EVERY: Duration = Duration::from_secs(60);
+
 /// What the layer and every session handle share.
 #[derive(Debug)]
 pub(crate) struct Config {
@@ -101,8 +105,9 @@ impl SessionLayer {
             life: Lifetimes {
                 idle: Duration::from_secs(24 * 3600),
                 absolute: Duration::from_secs(7 * 24 * 3600),
-                touch_every: Duration::from_secs(60),
+                touch_every: DEFAULT_TOUCH_EVERY,
             },
+            touch_set: false,
             max_bytes: 16 * 1024,
             max_per_user: 64,
         }
@@ -121,6 +126,8 @@ pub struct SessionLayerBuilder {
     path: String,
     max_age: Option<Duration>,
     life: Lifetimes,
+    /// `touch_every` was set: checked against the idle timeout, not derived from it.
+    touch_set: bool,
     max_bytes: usize,
     max_per_user: usize,
 }
@@ -191,9 +198,12 @@ impl SessionLayerBuilder {
         self
     }
 
-    /// Reading a session pushes its idle expiry back at most this often (default 1 min).
+    /// Reading a session pushes its idle expiry back at most this often (default 1 min,
+    /// or half the idle timeout if that is shorter). It must be shorter than the idle
+    /// timeout: a session only read would otherwise end while in use.
     pub fn touch_every(mut self, d: Duration) -> Self {
         self.life.touch_every = d;
+        self.touch_set = true;
         self
     }
 
@@ -275,6 +285,15 @@ impl SessionLayerBuilder {
                 "must not exceed the absolute timeout",
             ));
         }
+        let mut life = self.life;
+        if !self.touch_set {
+            life.touch_every = DEFAULT_TOUCH_EVERY.min(life.idle / 2);
+        } else if life.touch_every >= life.idle {
+            return Err(ConfigError::new(
+                "touch_every",
+                "must be shorter than the idle timeout: a session that is only read would end while in use",
+            ));
+        }
         if self.max_bytes == 0 {
             return Err(ConfigError::new("max_bytes", "must be at least 1"));
         }
@@ -300,7 +319,7 @@ impl SessionLayerBuilder {
                         self.domain.as_deref(),
                     ),
                     max_age: self.max_age,
-                    life: self.life,
+                    life,
                     max_bytes: self.max_bytes,
                     max_per_user: self.max_per_user,
                 },
@@ -447,8 +466,10 @@ async fn finish(session: &Session) -> Result<Option<HeaderValue>, SessionError> 
     let store = &shared.store;
     let mut s = inner.state().await;
     if s.ended {
-        // An early write (an increment) found the session gone.
-        return Ok(Some(config.cookie.header("", Some(0))));
+        // An early write (an increment) found the session gone, and the handler was told
+        // (`SessionError::Ended`). The cookie is left as it is: if a concurrent login
+        // rotated the id, clearing the cookie here could clear the new one that login set.
+        return Ok(None);
     }
     if s.destroy {
         let sent_key = s.sent.as_ref().map(SessionId::storage_key);
@@ -474,8 +495,10 @@ async fn finish(session: &Session) -> Result<Option<HeaderValue>, SessionError> 
         Some(saved) if !saved.applied => {
             // The session ended while this request ran (logout elsewhere, expiry, or a
             // concurrent login rotated its id): its changes are dropped, not written into
-            // a session brought back to life, and the cookie is cleared.
-            return Ok(Some(config.cookie.header("", Some(0))));
+            // a session brought back to life, and the client is told (409) instead of
+            // getting the handler's answer, which claims a change that did not happen. The
+            // cookie is left as it is, as above: a dead id is no session next time.
+            return Err(SessionError::Ended);
         }
         _ => {}
     }

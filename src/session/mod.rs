@@ -29,12 +29,15 @@
 //!   saturate): it is the one change sent at once, in the round trip the layer would
 //!   otherwise make after the handler. A write that arrives after its session ended
 //!   (logged out, expired, or its id rotated by a concurrent login) is dropped, never
-//!   written into a session brought back. Changes made through a clone of the handle after
+//!   written into a session brought back, and never silently: the response becomes a 409
+//!   ([`SessionError::Ended`]) instead of the handler's, and the cookie is left as it is
+//!   (a concurrent login may have just set a new one). Changes made through a clone of the handle after
 //!   the handler returned (e.g. in a spawned task) are not written.
 //! - **Bad input**: a missing, malformed, forged, unknown, expired or duplicated cookie is
 //!   "no session", never an error (a duplicate can be planted from a sibling subdomain:
 //!   use the `__Host-` prefix where it matters); a request that would make its session
-//!   outgrow `max_bytes` is refused with [`SessionError::TooLarge`] (413). The cap is
+//!   outgrow `max_bytes` is refused with [`SessionError::TooLarge`] (413), an insert or an
+//!   increment alike. The cap is
 //!   checked against the session as the request sees it, so concurrent requests that add
 //!   different keys can together pass it.
 //! - **Store down**: a handler that needs its session gets [`SessionError::Unavailable`]
