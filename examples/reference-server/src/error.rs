@@ -16,11 +16,19 @@ impl ApiError {
         Self(StatusCode::BAD_REQUEST, message.into())
     }
 
-    /// A body axum could not take, with axum's status for it: 400 for JSON that does not
-    /// fit, 415 for a missing JSON content type, 413 for a body over the limit (a
-    /// chunked one is only found too large while it is read).
+    /// A body axum could not take: 400 for JSON that does not parse, does not fit (a
+    /// missing field, a wrong type, an unknown field) or is not sent as JSON, which is the
+    /// contract's "400 on bad input" where axum would answer 422 or 415; 413 for a body
+    /// over the limit (a chunked one is only found too large while it is read).
     pub fn rejected(e: &axum::extract::rejection::JsonRejection) -> Self {
-        Self(e.status(), e.body_text())
+        use axum::extract::rejection::JsonRejection as Rejected;
+        let status = match e {
+            Rejected::JsonDataError(_)
+            | Rejected::JsonSyntaxError(_)
+            | Rejected::MissingJsonContentType(_) => StatusCode::BAD_REQUEST,
+            other => other.status(),
+        };
+        Self(status, e.body_text())
     }
 
     /// 503 with `Retry-After`: a dependency is failing, try again shortly.

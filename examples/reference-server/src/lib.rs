@@ -146,8 +146,11 @@ pub async fn run(config: Config) -> Result<(), Failure> {
     let instance = config
         .instance_id
         .clone()
-        .unwrap_or_else(|| addr.to_string());
+        .unwrap_or_else(|| default_instance_id(addr));
     let state = AppState::build(&config, &instance).await?;
+    // Before the line that says the server listens: a SIGTERM sent as soon as that line is
+    // read must start the drain, not end the process by the signal's default action.
+    let signals = StopSignals::register()?;
 
     say(format_args!(
         "reference_server listening on http://{addr} as {instance}"
@@ -184,7 +187,18 @@ pub async fn run(config: Config) -> Result<(), Failure> {
             "metrics on http://{}/metrics",
             metrics.local_addr()?
         ));
-        let router = routes::ops::metrics_router().with_state(Arc::clone(&state.shared));
+        // Its answers carry `x-served-by` and `x-request-id`, and its errors are JSON, as
+        // every answer of the server's.
+        let router = routes::ops::metrics_router()
+            .fallback(routes::ops::not_found)
+            .layer(
+                tower::ServiceBuilder::new()
+                    .layer(telemetry::RequestIdLayer::new(
+                        state.shared.instance.clone(),
+                    ))
+                    .layer(tower::util::MapResponseLayer::new(error::json_errors)),
+            )
+            .with_state(Arc::clone(&state.shared));
         tokio::spawn(async move {
             if let Err(e) = axum::serve(metrics, router).await {
                 tracing::warn!(error = %e, "the metrics listener stopped");
@@ -236,7 +250,12 @@ pub async fn run(config: Config) -> Result<(), Failure> {
         let _ = stop.send(true);
         res
     };
-    tokio::spawn(shutdown_signal(Arc::clone(&stop), draining, config.drain));
+    tokio::spawn(shutdown_signal(
+        signals,
+        Arc::clone(&stop),
+        draining,
+        config.drain,
+    ));
     let (served, ()) = tokio::join!(requests, exports);
     served?;
     say(format_args!("reference_server stopped"));
@@ -409,29 +428,66 @@ fn connection_cap(configured: usize) -> usize {
 
 /// On SIGTERM or SIGINT: `/readyz` answers 503 for `drain` while requests are still
 /// served (so a load balancer polling it takes the instance out first), then `stop`.
+/// The instance's name when `INSTANCE_ID` is not set: `host:port` as bound, with the
+/// machine's host name in place of an unspecified address (`0.0.0.0`, `::`), which would
+/// name every machine alike.
+fn default_instance_id(addr: std::net::SocketAddr) -> String {
+    if !addr.ip().is_unspecified() {
+        return addr.to_string();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()));
+    match host {
+        Some(h) => format!("{h}:{}", addr.port()),
+        None => addr.to_string(),
+    }
+}
+
+/// The signals that start a shutdown (SIGTERM, SIGINT), registered when made.
+struct StopSignals {
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn register() -> Result<Self, Failure> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                term: signal(SignalKind::terminate())?,
+                interrupt: signal(SignalKind::interrupt())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {},
+            _ = self.interrupt.recv() => {},
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
 async fn shutdown_signal(
+    mut signals: StopSignals,
     stop: Arc<tokio::sync::watch::Sender<bool>>,
     shared: Arc<state::Shared>,
     drain: Duration,
 ) {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
+    signals.recv().await;
     shared
         .draining
         .store(true, std::sync::atomic::Ordering::Release);

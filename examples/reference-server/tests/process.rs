@@ -823,5 +823,27 @@ async fn metrics_can_have_a_listener_of_their_own() {
     })
     .await;
     assert!(m.contains(r#"http_route="/products/{id}""#), "{m}");
-    assert_eq!(get(&server.base, "/healthz").await.status, StatusCode::OK);
+    let main = get(&server.base, "/healthz").await;
+    assert_eq!(main.status, StatusCode::OK);
+    // The metrics listener answers as the server does: the instance's name and a request
+    // id on every answer, errors as JSON.
+    let r = get(&format!("http://{at}"), "/metrics").await;
+    assert_eq!(r.headers["x-served-by"], main.headers["x-served-by"]);
+    assert!(!r.headers["x-request-id"].is_empty());
+    let r = get(&format!("http://{at}"), "/nope").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(r.json()["error"].is_string(), "{}", r.text());
+    assert!(!r.headers["x-request-id"].is_empty());
+}
+
+/// Without `INSTANCE_ID`, an instance bound to every address is named by its host, not
+/// by `0.0.0.0`, which would name every machine alike.
+#[tokio::test]
+async fn an_instance_on_every_address_is_named_by_its_host() {
+    let server = Proc::start("reference_server", &[("LISTEN", "0.0.0.0:0")]);
+    let port = server.base.rsplit(':').next().unwrap().to_owned();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let r = get(&server.base, "/healthz").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers["x-served-by"], format!("{}:{port}", host.trim()));
 }
