@@ -16,6 +16,7 @@ pub mod catalog;
 pub mod config;
 mod conn;
 pub mod error;
+mod own_writes;
 mod routes;
 pub mod state;
 pub mod telemetry;

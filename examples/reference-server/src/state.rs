@@ -53,6 +53,9 @@ pub(crate) struct Layers {
     pub(crate) sessions: SessionLayer,
     pub(crate) cache: ResponseCacheLayer,
     pub(crate) db_route: DbRouteLayer<Database>,
+    /// `Some(secure)` when a write's response carries the `own_writes` mark: instances
+    /// share Redis and no replica gives a token.
+    pub(crate) mark_writes: Option<bool>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -91,11 +94,14 @@ impl AppState {
             .route_header(true)
             .build()
             .map_err(|e| Failure::Config(format!("database routing: {e}")))?;
+        let mark_writes = (redis.is_some() && config.database_replica_urls.is_empty())
+            .then_some(config.session_cookie_secure);
         let layers = Layers {
             rate_limit: rate_limit(config, redis.as_ref())?,
             sessions: sessions(config, redis.as_ref())?,
-            cache: response_cache(config, redis.as_ref(), &db_route)?,
+            cache: response_cache(config, redis.as_ref(), &db_route, mark_writes.is_some())?,
             db_route,
+            mark_writes,
         };
         let exports = export_queue(config)?;
         let shared = Shared {
@@ -262,11 +268,15 @@ const REINVALIDATE_AFTER: [Duration; 2] = [Duration::from_millis(100), Duration:
 /// when `REDIS_URL` is set. A `PUT /products/{id}` invalidates its own path (the layer
 /// does that for every unsafe request) and the list, on every instance. A client who just
 /// wrote reads past it, refreshing the entry; another client may have filled it from a
-/// replica that had not replayed the write, which the later invalidations drop.
+/// replica that had not replayed the write, which the later invalidations drop. Without
+/// replicas but with Redis, the writer reads past it for a moment after its write
+/// (`own_writes`): another instance drops its own copy only when the invalidation
+/// message reaches it.
 fn response_cache(
     config: &Config,
     redis: Option<&RedisBackend>,
     db_route: &DbRouteLayer<Database>,
+    marked_writes: bool,
 ) -> Result<ResponseCacheLayer, Failure> {
     let mut engine = CacheEngine::builder()
         .ttl(config.cache_ttl)
@@ -286,7 +296,10 @@ fn response_cache(
                 Vec::new()
             }
         })
-        .refresh_if(move |req| routing.current_token(req.headers).is_some());
+        .refresh_if(move |req| {
+            routing.current_token(req.headers).is_some()
+                || (marked_writes && crate::own_writes::wrote_recently(req.headers))
+        });
     // With replicas, a reader may refill the cache from one that has not replayed a write
     // yet: the write's tags go again a second later.
     let layer = if config.database_replica_urls.is_empty() {

@@ -384,6 +384,37 @@ async fn share_the_cache(var: &str, value: &str) {
     let cookie = login(&b.base, "editor").await;
     let r = put_product(&b.base, &cookie, 4, "Renamed on B", 1).await;
     assert_eq!(r.status, StatusCode::OK, "{var}");
+    // For a moment after its write the writer reads past every instance's cache, so it
+    // sees the write even on one that the invalidation message has not reached yet: its
+    // reads there are answered by the database, never by a stored copy.
+    let mark = r
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .find(|c| c.starts_with("wrote="))
+        .unwrap_or_else(|| panic!("{var}: the write is marked"))
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let writer = format!("{cookie}; {mark}");
+    for _ in 0..2 {
+        let r = call(
+            &a.base,
+            Method::GET,
+            "/products/4",
+            &[("cookie", &writer)],
+            "",
+        )
+        .await;
+        assert_eq!(r.json()["name"], "Renamed on B", "{var}: the writer on A");
+        assert!(
+            !cache_status(&r).contains("hit"),
+            "{var}: the writer's read on A: {}",
+            cache_status(&r)
+        );
+    }
     // A drops its copy, and from then on both serve the new product, however often they
     // are asked.
     support::eventually(
