@@ -68,6 +68,8 @@ pub(crate) enum Fallback {
     Local {
         store: MemoryStore,
         specs: Vec<QuotaSpec>,
+        /// Each quota's share, as the headers of a locally decided request describe it.
+        quotas: Vec<(Quota, HeaderValue)>,
     },
 }
 
@@ -333,16 +335,27 @@ impl<K, S, R> RateLimitLayerBuilder<K, S, R> {
                         format!("{share} is not a share; use 0 < share <= 1, e.g. 1/instances"),
                     ));
                 }
+                let shares: Vec<Quota> = self
+                    .settings
+                    .rules
+                    .iter()
+                    .map(|(q, _)| q.share(share))
+                    .collect();
                 Fallback::Local {
                     store: MemoryStore::builder()
                         .clock(self.settings.clock.clone().unwrap_or_default())
                         .build()?,
-                    specs: self
-                        .settings
-                        .rules
+                    specs: shares
                         .iter()
                         .enumerate()
-                        .map(|(i, (q, _))| QuotaSpec::new(i, &q.share(share)))
+                        .map(|(i, q)| QuotaSpec::new(i, q))
+                        .collect(),
+                    quotas: shares
+                        .into_iter()
+                        .map(|q| {
+                            let policy = super::response::policy_item(&q);
+                            (q, policy)
+                        })
                         .collect(),
                 }
             }

@@ -6,12 +6,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
 use tower_service::Service;
 
 use super::future::{Post, ResponseFuture};
 use super::gcra::{Gcra, Verdict};
 use super::layer::{Fallback, Shared};
+use super::quota::Quota;
 use super::response::{self, RateLimited, Reason};
 use super::store::{Decision, MAX_QUOTAS, QuotaSpec, Store, StoreFuture};
 use crate::StoreUnavailable;
@@ -100,6 +101,21 @@ impl<K, S, R: OnRefusal<RateLimited>> Shared<K, S, R> {
         }
     }
 
+    /// Quota `i` and its `RateLimit-Policy` item as a verdict's headers describe it: the
+    /// layer's, or its local share when the fallback decided.
+    fn quota_of(&self, i: u8, local: bool) -> (&Quota, &HeaderValue) {
+        match &self.fallback {
+            Fallback::Local { quotas, .. } if local => {
+                let (q, p) = &quotas[usize::from(i)];
+                (q, p)
+            }
+            _ => {
+                let rule = &self.rules[usize::from(i)];
+                (&rule.quota, &rule.policy)
+            }
+        }
+    }
+
     #[inline]
     fn conclude(&self, applied: &Applied, decision: &Decision) -> Verdicted {
         self.conclude_from(applied, decision, false)
@@ -156,11 +172,7 @@ impl<K, S, R: OnRefusal<RateLimited>> Shared<K, S, R> {
                 .iter()
                 .zip(verdicts)
                 .map(|(&i, v)| {
-                    response::status(
-                        &self.rules[usize::from(i)].quota,
-                        v,
-                        &self.gcra_of(i, local),
-                    )
+                    response::status(self.quota_of(i, local).0, v, &self.gcra_of(i, local))
                 })
                 .collect(),
         };
@@ -179,8 +191,8 @@ impl<K, S, R: OnRefusal<RateLimited>> Shared<K, S, R> {
         local: bool,
     ) {
         let rows = applied.indices().iter().zip(verdicts).map(|(&i, v)| {
-            let rule = &self.rules[usize::from(i)];
-            (&rule.quota, &rule.policy, *v, self.gcra_of(i, local))
+            let (quota, policy) = self.quota_of(i, local);
+            (quota, policy, *v, self.gcra_of(i, local))
         });
         response::write_headers(h, rows, self.x_headers);
     }
@@ -214,7 +226,7 @@ impl<K, S, R: OnRefusal<RateLimited>> Shared<K, S, R> {
                 resp.extensions_mut().insert(refusal);
                 Verdicted::Refuse(Box::new(resp))
             }
-            Fallback::Local { store, specs } => {
+            Fallback::Local { store, specs, .. } => {
                 let local: Vec<&QuotaSpec> = applied
                     .indices()
                     .iter()
@@ -436,6 +448,7 @@ mod tests {
             .store(Down)
             .quota("10/1m".parse::<Quota>().unwrap().named("m").unwrap())
             .headers_on_success(true)
+            .x_ratelimit_headers(true)
             .on_store_error(OnStoreError::Local { share: 0.5 })
             .build()
             .unwrap();
@@ -447,6 +460,14 @@ mod tests {
             let r = svc.call(Request::new(())).await.unwrap();
             let h = r.headers().get("ratelimit").unwrap().to_str().unwrap();
             seen.push((r.status().as_u16(), h.split(';').nth(1).unwrap().to_owned()));
+            // The policy and the limit are the share's, as the remaining count is: a
+            // client told `q=10` would be refused after 5.
+            assert_eq!(r.headers()["ratelimit-policy"], "\"m\";q=5;w=60");
+            assert_eq!(r.headers()["x-ratelimit-limit"], "5");
+            if r.status().as_u16() == 429 {
+                let refusal = r.extensions().get::<RateLimited>().unwrap();
+                assert_eq!(refusal.quotas[0].limit, 5);
+            }
         }
         // Half of 10 per minute: 5 admitted, counting down from 4, then refused at 0.
         let want: Vec<_> = [
