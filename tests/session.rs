@@ -917,3 +917,86 @@ async fn an_increment_that_could_not_be_written_is_not_written_later() {
     );
     assert_eq!(c.call(&app, "/inc").await.body, "2");
 }
+
+/// A response made from the request's session is that user's own. A response cache
+/// inside the session layer stores it only if it says it may be shared; what never
+/// touched the session is cached as usual.
+#[tokio::test]
+async fn a_response_cache_inside_keeps_what_a_session_made_to_its_user() {
+    use tower_scale::cache::{CacheEngine, ResponseCacheLayer};
+    async fn handler(req: Request<Full<Bytes>>) -> Result<Response<Full<Bytes>>, Infallible> {
+        let s = req.extensions().get::<Session>().cloned().unwrap();
+        let path = req.uri().path().to_owned();
+        let user = || async { s.user().await.unwrap().unwrap_or_default() };
+        Ok(match path.as_str() {
+            "/mine" => text(StatusCode::OK, user().await),
+            "/mine-shared" => {
+                let mut r = text(StatusCode::OK, user().await);
+                r.headers_mut()
+                    .insert("cache-control", "public, max-age=60".parse().unwrap());
+                r
+            }
+            "/plain" => text(StatusCode::OK, "plain"),
+            p if p.starts_with("/login/") => {
+                s.login(&p["/login/".len()..]).await.unwrap();
+                text(StatusCode::OK, "in")
+            }
+            _ => text(StatusCode::NOT_FOUND, ""),
+        })
+    }
+    let engine = CacheEngine::builder().build().unwrap();
+    let svc = tower::ServiceBuilder::new()
+        .layer(
+            SessionLayer::builder(MemoryStore::new())
+                .secure(false)
+                .build()
+                .unwrap(),
+        )
+        .map_response(|r: Response<tower_scale::cache::CacheBody<Full<Bytes>>>| {
+            r.map(axum::body::Body::new)
+        })
+        .layer(ResponseCacheLayer::builder(&engine).build().unwrap())
+        .service_fn(handler);
+    let call = |cookie: Option<String>, path: &'static str| {
+        let svc = svc.clone();
+        async move {
+            let mut req = Request::get(path);
+            if let Some(c) = cookie {
+                req = req.header("cookie", c);
+            }
+            let res = svc
+                .oneshot(req.body(Full::new(Bytes::new())).unwrap())
+                .await
+                .unwrap();
+            let status = res
+                .headers()
+                .get("cache-status")
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default();
+            let cookie = res
+                .headers()
+                .get("set-cookie")
+                .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned());
+            let body = res.into_body().collect().await.unwrap().to_bytes();
+            (String::from_utf8(body.to_vec()).unwrap(), status, cookie)
+        }
+    };
+    let ada = call(None, "/login/ada").await.2;
+    let bob = call(None, "/login/bob").await.2;
+    assert!(ada.is_some() && bob.is_some());
+    assert_eq!(call(ada.clone(), "/mine").await.0, "ada");
+    let (body, status, _) = call(bob.clone(), "/mine").await;
+    assert_eq!(body, "bob", "ada's page is not served to bob ({status})");
+    assert!(!status.contains("hit"), "{status}");
+    // What never touched the session is cached as usual...
+    call(ada.clone(), "/plain").await;
+    assert!(call(bob.clone(), "/plain").await.1.contains("hit"));
+    // ...and so is what the origin says may be shared, session or not.
+    assert_eq!(call(ada.clone(), "/mine-shared").await.0, "ada");
+    let (body, status, _) = call(bob.clone(), "/mine-shared").await;
+    assert_eq!(
+        (body.as_str(), status.contains("hit")),
+        ("ada", true),
+        "{status}"
+    );
+}

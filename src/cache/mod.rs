@@ -88,7 +88,11 @@
 //! - Requests carrying `Authorization` pass through unless
 //!   [`authorized`](ResponseCacheLayerBuilder::authorized) says otherwise:
 //!   [`AuthorizedRequests::Shared`] stores their responses only when they say they may be
-//!   shared (`public`, `s-maxage`, `must-revalidate`). A request's
+//!   shared (`public`, `s-maxage`, `must-revalidate`). So does a response the origin made
+//!   from the request's session (with the `session` feature, when a
+//!   [`SessionLayer`](crate::session::SessionLayer) outside this layer gave the request a
+//!   session and the handler used it): it is that user's own, whatever its headers
+//!   say, unless they say it may be shared. A request's
 //!   `Cache-Control: no-store` passes through; `no-cache` or `max-age=0` (a browser's
 //!   reload) asks the origin, with the stored copy's validators when it has them, and
 //!   stores the result; a request the `refresh_if` hook picks is answered by the origin

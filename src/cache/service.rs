@@ -829,6 +829,10 @@ where
         leader.complete(Outcome::Value(Arc::clone(entry)));
         Some(res)
     };
+    // A response the origin made from the request's session holds that user's own data:
+    // it is stored only if it says it may be shared, as for a request with `Authorization`.
+    #[cfg(feature = "session")]
+    let session = req.extensions().get::<crate::session::Session>().cloned();
     let mut answer = inner.call(req).await;
     let other_representation = conditional
         && answer.as_ref().is_ok_and(|res| {
@@ -856,6 +860,8 @@ where
             };
         }
     };
+    #[cfg(feature = "session")]
+    let authorized = authorized || session.is_some_and(|s| s.was_used());
     if res.status().is_server_error() {
         leader.load_failed();
         if fallback.is_some() {

@@ -268,6 +268,14 @@ impl Session {
         }
     }
 
+    /// True once anything read or changed this session during the request (or uses it
+    /// right now): a response made then may hold the user's own data. The response cache
+    /// asks, so as not to share it.
+    #[cfg(feature = "cache")]
+    pub(crate) fn was_used(&self) -> bool {
+        self.inner.state.try_lock().is_none_or(|s| s.is_some())
+    }
+
     async fn loaded(&self) -> Result<StateGuard<'_>, SessionError> {
         let mut s = self.inner.state().await;
         if s.loaded.is_none() {
