@@ -375,6 +375,16 @@ impl PgPair {
         self.ctl(&self.dir.join("replica"), "start");
     }
 
+    /// Stops the primary at once (`immediate`: like a crash).
+    pub fn stop_primary(&self) {
+        self.ctl(&self.dir.join("primary"), "stop");
+    }
+
+    /// Starts the primary (again) and waits until it accepts connections.
+    pub fn start_primary(&self) {
+        self.ctl(&self.dir.join("primary"), "start");
+    }
+
     fn ctl(&self, data: &std::path::Path, action: &str) {
         if let Err(e) = self.try_ctl(data, action) {
             panic!("{e}");

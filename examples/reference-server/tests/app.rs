@@ -285,6 +285,30 @@ async fn routes_follow_the_contract() {
     assert_eq!(get(base, "/readyz").await.status, StatusCode::OK);
 }
 
+/// `/readyz` names the database when the primary stops answering, and is ready again
+/// once it is back; the process stays alive meanwhile.
+#[tokio::test]
+async fn readiness_follows_the_database() {
+    let pair = support::PgPair::start();
+    let primary = pair.primary_url();
+    let server = app(&[("DATABASE_URL", &primary)]).await;
+    assert_eq!(get(&server, "/readyz").await.status, StatusCode::OK);
+    pair.stop_primary();
+    let r = get(&server, "/readyz").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        r.json()["error"].as_str().unwrap().starts_with("database"),
+        "names the failing dependency: {}",
+        r.text()
+    );
+    assert_eq!(get(&server, "/healthz").await.status, StatusCode::OK);
+    pair.start_primary();
+    support::eventually("ready again", Duration::from_secs(10), || async {
+        (get(&server, "/readyz").await.status == StatusCode::OK).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn readiness_follows_redis() {
     let mut redis = support::RedisServer::start();
