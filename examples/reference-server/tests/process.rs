@@ -158,13 +158,31 @@ async fn price_route_and_graceful_shutdown() {
     );
 }
 
-/// On SIGTERM, `/readyz` answers 503 for `DRAIN` while requests are still served; then
-/// the server stops accepting and exits 0.
+/// On SIGTERM or SIGINT, `/readyz` answers 503 for `DRAIN` while requests are still
+/// served; then the server stops accepting and exits 0.
 #[tokio::test]
 async fn sigterm_drains_before_it_stops_accepting() {
+    for signal in ["-TERM", "-INT"] {
+        drains_on(signal).await;
+    }
+}
+
+/// A signal sent as soon as the server says where it listens already starts the drain:
+/// the process exits 0, not by the signal's default action.
+#[test]
+fn a_signal_right_after_start_drains_too() {
+    for signal in ["-TERM", "-INT"] {
+        let mut server = Proc::start("reference_server", &[("DRAIN", "0s")]);
+        server.signal(signal);
+        let status = server.wait_exit(Duration::from_secs(5));
+        assert!(status.success(), "{signal}: exit status {status}");
+    }
+}
+
+async fn drains_on(signal: &str) {
     let mut server = Proc::start("reference_server", &[("DRAIN", "1500ms")]);
     assert_eq!(get(&server.base, "/readyz").await.status, StatusCode::OK);
-    server.signal("-TERM");
+    server.signal(signal);
     let signalled = std::time::Instant::now();
     support::eventually(
         "/readyz to say draining",
