@@ -763,6 +763,38 @@ async fn logins_are_rate_limited_per_client() {
     assert_eq!(get(&app, "/products/1").await.status, StatusCode::OK);
 }
 
+/// A login from a live session issues a new id and ends the one sent, for the same user
+/// or another; with `SESSION_COOKIE_SECURE=0` the cookie is `id`, without `Secure`.
+#[tokio::test]
+async fn a_login_over_a_live_session_never_keeps_its_id() {
+    let app = app(&[("SESSION_COOKIE_SECURE", "0")]).await;
+    for user in ["ada", "bob"] {
+        let first = login(&app, "ada").await;
+        assert!(first.starts_with("id="), "{first}");
+        let r = call(
+            &app,
+            Method::POST,
+            "/login",
+            &[("cookie", &first)],
+            &format!(r#"{{"user":"{user}"}}"#),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK);
+        let set = r.headers["set-cookie"].to_str().unwrap().to_owned();
+        assert!(!set.contains("Secure"), "{set}");
+        let next = set.split(';').next().unwrap().to_owned();
+        assert_ne!(next, first, "{user}: a new id");
+        let me = call(&app, Method::GET, "/me", &[("cookie", &next)], "").await;
+        assert_eq!(me.json()["user"], user);
+        let old = call(&app, Method::GET, "/me", &[("cookie", &first)], "").await;
+        assert_eq!(
+            old.status,
+            StatusCode::UNAUTHORIZED,
+            "{user}: the old id is dead"
+        );
+    }
+}
+
 /// `/me` counts exactly: 50 parallel calls of one session see 50 distinct counts, 1 to 50.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn parallel_me_calls_see_distinct_counts() {
