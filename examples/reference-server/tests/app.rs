@@ -429,9 +429,23 @@ async fn product_reads_are_cached_and_a_put_invalidates_them() {
     )
     .await;
     assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+    assert!(hit.headers.contains_key("age"), "a hit says its age");
     let list = get(base, "/products?limit=5").await;
     assert_eq!(list.json()["products"][2]["name"], "Product 3");
-    assert!(cache_status(&get(base, "/products?limit=5").await).contains("hit"));
+    let list_hit = get(base, "/products?limit=5").await;
+    assert!(cache_status(&list_hit).contains("hit"));
+    assert!(list_hit.headers.contains_key("age"));
+    // The list has the same validators as a product.
+    let list_etag = list_hit.headers["etag"].to_str().unwrap().to_owned();
+    let r = call(
+        base,
+        Method::GET,
+        "/products?limit=5",
+        &[("if-none-match", &list_etag)],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_MODIFIED);
 
     let cookie = login(base, "editor").await;
     let r = put_product(base, &cookie, 3, "Fresh", 5).await;

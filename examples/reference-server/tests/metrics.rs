@@ -30,6 +30,7 @@ async fn metrics_report_every_layer_by_route_template() {
     assert!(
         m.lines().any(
             |l| l.starts_with("http_server_request_duration_seconds_bucket{")
+                && l.contains(r#"http_request_method="GET""#)
                 && l.contains(r#"http_route="/products/{id}""#)
                 && l.contains(r#"http_response_status_code="200""#)
         ),

@@ -380,11 +380,11 @@ async fn share_the_cache(var: &str, value: &str) {
     let b = Proc::start("reference_server", &env);
     // The subscribers connect within moments of start; until then L1 is trusted for 1 s.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let r = get(&a.base, "/products/4").await;
+    let on_a = get(&a.base, "/products/4").await;
     assert!(
-        cache_status(&r).contains("stored"),
+        cache_status(&on_a).contains("stored"),
         "{var}: {}",
-        cache_status(&r)
+        cache_status(&on_a)
     );
     let r = get(&b.base, "/products/4").await;
     assert!(
@@ -392,6 +392,8 @@ async fn share_the_cache(var: &str, value: &str) {
         "{var}: B reads A's entry: {}",
         cache_status(&r)
     );
+    // One entry, one validator: a client's `If-None-Match` holds on either instance.
+    assert_eq!(r.headers["etag"], on_a.headers["etag"], "{var}");
     let r = get(&b.base, "/products/4").await;
     assert!(
         cache_status(&r).contains("hit; ttl="),
