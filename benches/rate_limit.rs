@@ -33,7 +33,7 @@ use tower_governor::governor::GovernorConfigBuilder;
 use tower_governor::key_extractor::{GlobalKeyExtractor, PeerIpKeyExtractor, SmartIpKeyExtractor};
 use tower_scale::key::{ClientIp, GlobalKey, PeerIp};
 use tower_scale::rate_limit::store::{BucketKey, QuotaSpec, Store, StoreFuture};
-use tower_scale::rate_limit::{MemoryStore, Quota, RateLimitLayer, RedisStore};
+use tower_scale::rate_limit::{LeasingStore, MemoryStore, Quota, RateLimitLayer, RedisStore};
 use tower_scale::redis::RedisBackend;
 
 fn noop()
@@ -304,20 +304,63 @@ fn redis(c: &mut Criterion) {
         });
     }
 
-    // The whole layer: HTTP request in, response out, decision in between.
+    // The whole layer: HTTP request in, response out, decision in between; and the same
+    // with leases of 20 units (`LeasingStore`), which decides most requests in process.
     let layer = RateLimitLayer::builder()
         .store(RedisStore::new(backend.clone()))
         .quota(unlimited())
         .build()
         .unwrap();
-    let svc = layer.layer(noop());
-    g.bench_function("tower-scale-layer", |b| {
+    layer_bench(
+        &mut g,
+        &rt,
+        "tower-scale-layer",
+        layer.layer(noop()),
+        &clients,
+    );
+    let leasing = RateLimitLayer::builder()
+        .store(
+            LeasingStore::builder(RedisStore::new(backend.clone()))
+                .batch(20)
+                .ttl(Duration::from_secs(1))
+                .build()
+                .unwrap(),
+        )
+        .quota(unlimited())
+        .build()
+        .unwrap();
+    layer_bench(
+        &mut g,
+        &rt,
+        "tower-scale-layer-leasing",
+        leasing.layer(noop()),
+        &clients,
+    );
+    g.finish();
+}
+
+/// 64 callers sending HTTP requests of 1,024 rotating clients through `svc`.
+fn layer_bench<S>(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+    svc: S,
+    clients: &Arc<Vec<IpAddr>>,
+) where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    const CALLERS: u64 = 64;
+    g.bench_function(name, |b| {
         b.iter_custom(|iters| {
             rt.block_on(async {
                 let start = Instant::now();
                 let tasks: Vec<_> = (0..CALLERS)
                     .map(|t| {
-                        let (svc, clients) = (svc.clone(), Arc::clone(&clients));
+                        let (svc, clients) = (svc.clone(), Arc::clone(clients));
                         tokio::spawn(async move {
                             for i in (t..iters).step_by(CALLERS as usize) {
                                 let req = request(Kind::Peer, clients[(i % 1024) as usize]);
@@ -334,7 +377,6 @@ fn redis(c: &mut Criterion) {
             })
         })
     });
-    g.finish();
 }
 
 fn rss_bytes() -> u64 {

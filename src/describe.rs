@@ -50,6 +50,12 @@ const CATALOGUE: &[(&str, Kind, Option<Unit>, &str)] = &[
         None,
         "Keys the in-process rate-limit store evicted because it was full.",
     ),
+    (
+        "tower_scale.rate_limit.lease_checks",
+        Counter,
+        None,
+        "Rate-limit checks through a LeasingStore, by source: decided from a lease, or by the shared store.",
+    ),
     // Sessions
     (
         "tower_scale.session.loads",

@@ -915,3 +915,96 @@ async fn admitted_requests_carry_every_header_through_nested_layers() {
     assert_eq!(h["x-ratelimit-limit"], "5");
     assert_eq!(h["x-ratelimit-remaining"], "4");
 }
+
+/// A shared store whose checks are counted: the round trips it makes.
+#[derive(Clone)]
+struct Counted {
+    inner: RedisStore,
+    calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl<K: std::hash::Hash + std::fmt::Display> tower_scale::rate_limit::store::Store<K> for Counted {
+    fn check(
+        &self,
+        key: &K,
+        quotas: &[&QuotaSpec],
+        cost: u64,
+    ) -> tower_scale::rate_limit::store::StoreFuture {
+        self.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.check(key, quotas, cost)
+    }
+}
+
+/// Three instances leasing from one Redis (a node, then a Cluster), under concurrent
+/// load (eight requests at a time each, the quota's worth in all): together they admit no
+/// more than the quota, lose at most a batch an instance to leases left unused, and make
+/// a fraction of the round trips (one a request without leases).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leasing_instances_keep_the_quota_with_a_fraction_of_the_round_trips() {
+    for cluster in [false, true] {
+        let prefix = support::unique("lease");
+        let (n, batch) = (300usize, 40u64);
+        let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let instances: Vec<_> = (0..3)
+            .map(|_| {
+                let backend = if cluster {
+                    support::redis_cluster_backend(&prefix)
+                } else {
+                    backend(&support::redis_url(), &prefix)
+                };
+                let shared = Counted {
+                    inner: RedisStore::new(backend),
+                    calls: std::sync::Arc::clone(&calls),
+                };
+                RateLimitLayer::builder()
+                    .store(
+                        tower_scale::rate_limit::LeasingStore::builder(shared)
+                            .batch(batch)
+                            .ttl(Duration::from_secs(60))
+                            .build()
+                            .unwrap(),
+                    )
+                    .quota(quota(&format!("{n}/1h"), "leased"))
+                    .on_store_error(OnStoreError::FailClosed)
+                    .build()
+                    .unwrap()
+                    .layer_service(ok_service())
+            })
+            .collect();
+        let mut admitted = 0;
+        let mut sent = 0;
+        while sent < n {
+            let mut wave = Vec::new();
+            for i in 0..24 {
+                let svc = instances[i % 3].clone();
+                wave.push(tokio::spawn(async move {
+                    svc.oneshot(req("198.51.100.9:1000", "GET", "/"))
+                        .await
+                        .unwrap()
+                        .status()
+                }));
+            }
+            sent += wave.len();
+            for t in wave {
+                match t.await.unwrap() {
+                    StatusCode::OK => admitted += 1,
+                    StatusCode::TOO_MANY_REQUESTS => {}
+                    other => panic!("unexpected {other}"),
+                }
+            }
+        }
+        let trips = calls.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            (n - 3 * batch as usize..=n).contains(&admitted),
+            "cluster {cluster}: {admitted} admitted of {n}"
+        );
+        assert!(
+            trips < sent / 3,
+            "cluster {cluster}: {trips} round trips for {sent} requests"
+        );
+        eprintln!(
+            "cluster {cluster}: {admitted} admitted of {n}, {trips} round trips for {sent} requests"
+        );
+    }
+}

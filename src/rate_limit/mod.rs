@@ -11,6 +11,10 @@
 //!   Right for one instance; with N instances a client gets N times the quota.
 //! - [`RedisStore`] (feature `redis`): every instance shares the quota. One Lua script,
 //!   one round trip per request whatever the number of quotas, evaluated with Redis's clock.
+//! - [`LeasingStore`] in front of a shared store: takes a key's units in batches and
+//!   decides most requests in this process, one round trip per batch. The instances
+//!   together still never admit more than the quota grants; a quota may run ahead of its
+//!   rate within a window by at most `instances × batch` (the bound is on the type).
 //!
 //! All quotas that apply to a request are checked together and atomically: a request
 //! refused by one quota consumes nothing of the others. Requests are keyed by a
@@ -99,6 +103,7 @@
 mod future;
 pub mod gcra;
 mod layer;
+mod lease;
 mod memory;
 mod quota;
 #[cfg(feature = "redis")]
@@ -110,6 +115,7 @@ pub mod store;
 pub use crate::clock::Clock;
 pub use future::ResponseFuture;
 pub use layer::{OnStoreError, RateLimitLayer, RateLimitLayerBuilder};
+pub use lease::{LeasingStore, LeasingStoreBuilder};
 pub use memory::{MemoryStore, MemoryStoreBuilder};
 pub use quota::Quota;
 #[cfg(feature = "redis")]

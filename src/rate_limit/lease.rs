@@ -1,0 +1,541 @@
+//! [`LeasingStore`]: a shared store's units taken in batches, so most decisions need no
+//! round trip.
+
+use std::fmt;
+use std::hash::Hash;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::gcra::Verdict;
+use super::store::{Decision, MAX_QUOTAS, QuotaSpec, Store, StoreFuture};
+use crate::ConfigError;
+use crate::clock::Clock;
+use crate::keyed::KeyedMap;
+
+const SHARDS: usize = 64;
+
+/// A store in front of a shared one (usually a [`RedisStore`](super::RedisStore)) that
+/// takes a key's units `batch` at a time and hands them out in this process: of every
+/// `batch + 1` requests of a busy key, one makes a round trip and the rest are decided
+/// here.
+///
+/// When a request finds no lease for its key (and the quotas it is checked against), the
+/// store asks the shared one for the request's cost plus `batch` units in one check. If
+/// the quotas have room for them all, the request is admitted and the `batch` units become
+/// this instance's lease, good for `ttl`. If not, the request is checked on its own, as
+/// without leasing, and no lease is asked for that key for `ttl`: near its limit a key
+/// costs one round trip a request, as before, never two.
+///
+/// **The bound.** A leased unit is taken from the shared quota when it is leased, so the
+/// instances together never admit more than the quota grants; what a lease changes is
+/// *when*. An instance may admit its leased units up to `ttl` after taking them, so in any
+/// window a quota may admit up to `instances × batch` more than it would grant within that
+/// window alone (the units leased before the window and used in it), and over a window
+/// longer than `ttl` the excess is at most that. Units left when a lease expires are not
+/// given back: a key can lose up to `batch` units per instance and `ttl` (it admits
+/// less, never more). Refusals are decided by the shared store, so their `RateLimit`
+/// headers are exact; an admission from a lease reports the quota as it stood when the
+/// lease was taken, less the units this instance has handed out since.
+///
+/// Keys are held as seeded 64-bit hashes, in at most `max_keys` leases (default 100,000);
+/// a full store decides new keys through the shared store. Clones share their leases.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_scale::rate_limit::{LeasingStore, MemoryStore, Quota, RateLimitLayer};
+///
+/// // In production the shared store is a `RedisStore`.
+/// let store = LeasingStore::builder(MemoryStore::new())
+///     .batch(20)
+///     .ttl(Duration::from_millis(500))
+///     .build()?;
+/// let layer = RateLimitLayer::builder()
+///     .store(store)
+///     .quota("1000/1m".parse::<Quota>()?)
+///     .build()?;
+/// # let _ = layer;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct LeasingStore<S> {
+    inner: S,
+    leases: Arc<Leases>,
+}
+
+struct Leases {
+    map: KeyedMap<Lease>,
+    batch: u64,
+    ttl_us: u64,
+    clock: Clock,
+}
+
+/// What this process holds for one key (and quota set), each good until `until_us`
+/// (this process's clock, µs).
+#[derive(Clone, Copy)]
+struct Lease {
+    until_us: u64,
+    state: LeaseState,
+}
+
+#[derive(Clone, Copy)]
+enum LeaseState {
+    /// A batch is being asked for: the key's other requests are checked alone meanwhile,
+    /// so concurrent requests never take two batches (and lose one).
+    Asking,
+    /// Units to hand out. `taken_us` is when they were taken, and `resets` each quota's
+    /// `reset_us` then (the bucket with every leased unit taken), in the order the quotas
+    /// were given.
+    Units {
+        left: u64,
+        taken_us: u64,
+        resets: [u64; MAX_QUOTAS],
+    },
+    /// The shared store had no room for a batch: the key's requests are checked alone.
+    Refused,
+}
+
+impl<S: fmt::Debug> fmt::Debug for LeasingStore<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LeasingStore")
+            .field("inner", &self.inner)
+            .field("batch", &self.leases.batch)
+            .field("ttl_us", &self.leases.ttl_us)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`LeasingStore`].
+#[must_use]
+#[derive(Debug)]
+pub struct LeasingStoreBuilder<S> {
+    inner: S,
+    batch: u64,
+    ttl: Duration,
+    max_keys: usize,
+    clock: Option<Clock>,
+}
+
+impl<S> LeasingStore<S> {
+    /// A builder over the shared store `inner`, with the defaults: batches of 10 units,
+    /// leases good for 1 s, at most 100,000 keys.
+    pub fn builder(inner: S) -> LeasingStoreBuilder<S> {
+        LeasingStoreBuilder {
+            inner,
+            batch: 10,
+            ttl: Duration::from_secs(1),
+            max_keys: 100_000,
+            clock: None,
+        }
+    }
+
+    /// How many leases are held now (live or noting a refusal), for tests and metrics.
+    pub fn len(&self) -> usize {
+        self.leases.map.len()
+    }
+
+    /// True if no lease is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<S> LeasingStoreBuilder<S> {
+    /// Units taken per lease, beyond the request that takes it (default 10; 1..=10,000).
+    /// The larger, the fewer round trips, and the more a quota can run ahead of its rate
+    /// in a window (see [`LeasingStore`]).
+    pub fn batch(mut self, units: u64) -> Self {
+        self.batch = units;
+        self
+    }
+
+    /// How long a lease's units may be handed out (default 1 s; 1 ms..=1 h), and how long
+    /// a key whose lease was refused is decided without one.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// The most keys (per quota set) holding a lease at once (default 100,000; at least 64).
+    pub fn max_keys(mut self, n: usize) -> Self {
+        self.max_keys = n;
+        self
+    }
+
+    /// The clock leases are timed by (default: the system's; tests pass Tokio's).
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Validates the settings.
+    ///
+    /// # Errors
+    ///
+    /// A batch of 0 or over 10,000, a ttl under 1 ms or over an hour, fewer than 64 keys.
+    pub fn build(self) -> Result<LeasingStore<S>, ConfigError> {
+        if !(1..=10_000).contains(&self.batch) {
+            return Err(ConfigError::new("batch", "must be 1..=10,000 units"));
+        }
+        if self.ttl < Duration::from_millis(1) || self.ttl > Duration::from_secs(3600) {
+            return Err(ConfigError::new("ttl", "must be 1 ms..=1 h"));
+        }
+        let map = KeyedMap::new(SHARDS, self.max_keys)
+            .ok_or_else(|| ConfigError::new("max_keys", "must be at least 64"))?;
+        Ok(LeasingStore {
+            inner: self.inner,
+            leases: Arc::new(Leases {
+                map,
+                batch: self.batch,
+                ttl_us: u64::try_from(self.ttl.as_micros()).unwrap_or(u64::MAX),
+                clock: self.clock.unwrap_or_default(),
+            }),
+        })
+    }
+}
+
+/// What a request found in this process.
+enum Found {
+    /// Admitted from the lease: the decision.
+    Leased(Decision),
+    /// No lease: ask the shared store for the request and a batch.
+    Ask,
+    /// A lease was refused lately, or the store is full: check the request alone.
+    Alone,
+}
+
+impl Leases {
+    fn slot<K: Hash>(&self, key: &K, quotas: &[&QuotaSpec]) -> u64 {
+        let mut salts = [0u64; MAX_QUOTAS];
+        for (s, q) in salts.iter_mut().zip(quotas) {
+            *s = q.salt();
+        }
+        self.map.hash((key, &salts[..quotas.len().min(MAX_QUOTAS)]))
+    }
+
+    /// Decides the request from the key's lease if it can; else says how to decide it,
+    /// noting an ask in flight (so the key's other requests go alone meanwhile).
+    fn find(&self, slot: u64, quotas: &[&QuotaSpec], cost: u64, now: u64) -> Found {
+        let mut shard = self.map.lock(slot);
+        let live = shard.map.get_mut(&slot).filter(|l| now < l.until_us);
+        match live.map(|l| &mut l.state) {
+            Some(LeaseState::Units {
+                left,
+                taken_us,
+                resets,
+            }) if *left >= cost => {
+                *left -= cost;
+                let (left, taken_us) = (*left, *taken_us);
+                return Found::Leased(Decision::new(quotas.iter().zip(*resets).map(
+                    |(q, reset)| {
+                        // The bucket as this instance sees it: as it stood when the lease
+                        // was taken, less the units not handed out yet, drained since.
+                        let level = reset.saturating_sub(left.saturating_mul(q.gcra().emission_us));
+                        Verdict {
+                            allowed: true,
+                            retry_after_us: 0,
+                            reset_us: level.saturating_sub(now.saturating_sub(taken_us)),
+                        }
+                    },
+                )));
+            }
+            Some(LeaseState::Asking | LeaseState::Refused) => return Found::Alone,
+            // Spent, or none: ask (below).
+            Some(LeaseState::Units { .. }) | None => {}
+        }
+        if shard.map.len() >= self.map.max_per_shard() && !shard.map.contains_key(&slot) {
+            // Full: make room from the leases past their time, if any.
+            shard.map.retain(|_, l| now < l.until_us);
+            if shard.map.len() >= self.map.max_per_shard() {
+                return Found::Alone;
+            }
+        }
+        shard.map.insert(
+            slot,
+            Lease {
+                until_us: now.saturating_add(self.ttl_us),
+                state: LeaseState::Asking,
+            },
+        );
+        Found::Ask
+    }
+
+    /// The shared store admitted the request and a batch: the batch is this instance's.
+    fn lease(&self, slot: u64, d: &Decision, now: u64) {
+        let mut resets = [0u64; MAX_QUOTAS];
+        for (r, v) in resets.iter_mut().zip(d.verdicts()) {
+            *r = v.reset_us;
+        }
+        self.settle(
+            slot,
+            now,
+            LeaseState::Units {
+                left: self.batch,
+                taken_us: now,
+                resets,
+            },
+        );
+    }
+
+    /// Replaces the key's `Asking` note with what the ask gave. Only one ask of a key is
+    /// in flight at a time, so this overwrites no units.
+    fn settle(&self, slot: u64, now: u64, state: LeaseState) {
+        let mut shard = self.map.lock(slot);
+        if shard.map.len() < self.map.max_per_shard() || shard.map.contains_key(&slot) {
+            shard.map.insert(
+                slot,
+                Lease {
+                    until_us: now.saturating_add(self.ttl_us),
+                    state,
+                },
+            );
+        }
+    }
+
+    /// The shared store had no room for a batch: decide this key alone for a while.
+    fn refused(&self, slot: u64, now: u64) {
+        self.settle(slot, now, LeaseState::Refused);
+    }
+}
+
+/// The decision for the request alone, out of one that also took a batch: each quota as
+/// it would stand with only the request's units taken.
+fn without_batch(d: &Decision, quotas: &[&QuotaSpec], batch: u64) -> Decision {
+    Decision::new(d.verdicts().iter().zip(quotas).map(|(v, q)| {
+        Verdict {
+            reset_us: v
+                .reset_us
+                .saturating_sub(batch.saturating_mul(q.gcra().emission_us)),
+            ..*v
+        }
+    }))
+}
+
+impl<K, S> Store<K> for LeasingStore<S>
+where
+    K: Hash + Clone + Send + Sync + 'static,
+    S: Store<K>,
+{
+    fn check(&self, key: &K, quotas: &[&QuotaSpec], cost: u64) -> StoreFuture {
+        let l = &self.leases;
+        let want = cost.saturating_add(l.batch);
+        if quotas.iter().any(|q| want > q.gcra().burst) {
+            // A batch no quota could ever hold: alone, always.
+            count("store");
+            return self.inner.check(key, quotas, cost);
+        }
+        let now = l.clock.now_us();
+        let slot = l.slot(key, quotas);
+        match l.find(slot, quotas, cost, now) {
+            Found::Leased(d) => {
+                count("lease");
+                return StoreFuture::Ready(Ok(d));
+            }
+            Found::Alone => {
+                count("store");
+                return self.inner.check(key, quotas, cost);
+            }
+            Found::Ask => {}
+        }
+        count("store");
+        let leases = Arc::clone(&self.leases);
+        let batch = l.batch;
+        match self.inner.check(key, quotas, want) {
+            StoreFuture::Ready(Ok(d)) if d.allowed() => {
+                leases.lease(slot, &d, now);
+                StoreFuture::Ready(Ok(without_batch(&d, quotas, batch)))
+            }
+            StoreFuture::Ready(Ok(_)) => {
+                leases.refused(slot, now);
+                self.inner.check(key, quotas, cost)
+            }
+            StoreFuture::Ready(Err(e)) => StoreFuture::Ready(Err(e)),
+            StoreFuture::Pending(asked) => {
+                let (inner, key) = (self.inner.clone(), key.clone());
+                let specs: Vec<QuotaSpec> = quotas.iter().map(|q| (*q).clone()).collect();
+                StoreFuture::Pending(Box::pin(async move {
+                    let d = asked.await?;
+                    let refs: Vec<&QuotaSpec> = specs.iter().collect();
+                    if d.allowed() {
+                        leases.lease(slot, &d, now);
+                        return Ok(without_batch(&d, &refs, batch));
+                    }
+                    leases.refused(slot, now);
+                    match inner.check(&key, &refs, cost) {
+                        StoreFuture::Ready(r) => r,
+                        StoreFuture::Pending(f) => f.await,
+                    }
+                }))
+            }
+        }
+    }
+}
+
+fn count(source: &'static str) {
+    ::metrics::counter!("tower_scale.rate_limit.lease_checks", "source" => source).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::rate_limit::{MemoryStore, Quota};
+
+    /// A shared store whose calls are counted: the round trips a real one would make.
+    #[derive(Clone)]
+    struct Counted {
+        inner: MemoryStore,
+        calls: Arc<AtomicUsize>,
+    }
+
+    impl<K: Hash + fmt::Display> Store<K> for Counted {
+        fn check(&self, key: &K, quotas: &[&QuotaSpec], cost: u64) -> StoreFuture {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            self.inner.check(key, quotas, cost)
+        }
+    }
+
+    fn shared() -> Counted {
+        Counted {
+            inner: MemoryStore::builder()
+                .clock(Clock::tokio())
+                .build()
+                .unwrap(),
+            calls: Arc::default(),
+        }
+    }
+
+    fn leasing(inner: Counted, batch: u64) -> LeasingStore<Counted> {
+        LeasingStore::builder(inner)
+            .batch(batch)
+            .ttl(Duration::from_secs(1))
+            .clock(Clock::tokio())
+            .build()
+            .unwrap()
+    }
+
+    fn spec(q: &str) -> QuotaSpec {
+        QuotaSpec::new(0, &q.parse::<Quota>().unwrap())
+    }
+
+    fn decide(s: &LeasingStore<Counted>, key: &str, q: &QuotaSpec) -> Decision {
+        match s.check(&key.to_owned(), &[q], 1) {
+            StoreFuture::Ready(r) => r.unwrap(),
+            StoreFuture::Pending(_) => unreachable!("the memory store answers at once"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_key_makes_one_round_trip_per_batch_and_never_passes_its_quota() {
+        let inner = shared();
+        let calls = Arc::clone(&inner.calls);
+        let s = leasing(inner, 9);
+        let q = spec("100/1m");
+        let admitted = (0..150).filter(|_| decide(&s, "a", &q).allowed()).count();
+        assert_eq!(admitted, 100);
+        // 10 leases of 1 + 9 units; then each refusal: one batch asked and refused, then
+        // the request alone, and no lease asked again within the ttl.
+        assert_eq!(calls.load(Ordering::Relaxed), 10 + 2 + 49);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn instances_together_never_admit_more_than_the_quota_grants() {
+        let inner = shared();
+        let (a, b) = (leasing(inner.clone(), 10), leasing(inner, 10));
+        let q = spec("100/1m");
+        let mut admitted = 0;
+        for i in 0..300 {
+            let s = if i % 3 == 0 { &a } else { &b };
+            admitted += usize::from(decide(s, "k", &q).allowed());
+        }
+        // Every leased unit was taken from the shared quota; what a lease still held when
+        // the quota ran out is lost to it, at most one batch an instance.
+        assert!((100 - 2 * 10..=100).contains(&admitted), "{admitted}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_expires_and_its_units_are_not_handed_out_after() {
+        let inner = shared();
+        let calls = Arc::clone(&inner.calls);
+        let s = leasing(inner, 10);
+        let q = spec("1000/1s");
+        assert!(decide(&s, "a", &q).allowed());
+        assert_eq!(calls.load(Ordering::Relaxed), 1);
+        assert!(decide(&s, "a", &q).allowed());
+        assert_eq!(calls.load(Ordering::Relaxed), 1, "from the lease");
+        tokio::time::advance(Duration::from_millis(1001)).await;
+        assert!(decide(&s, "a", &q).allowed());
+        assert_eq!(calls.load(Ordering::Relaxed), 2, "a new lease");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn admissions_from_a_lease_count_down_the_reported_remaining() {
+        let s = leasing(shared(), 4);
+        let q = spec("10/1m");
+        let remaining: Vec<u64> = (0..5)
+            .map(|_| decide(&s, "a", &q).verdicts()[0].remaining(&q.gcra()))
+            .collect();
+        // As the shared store alone would report them: 10 units, one taken per request.
+        assert_eq!(remaining, [9, 8, 7, 6, 5]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keys_and_quota_sets_lease_apart() {
+        let inner = shared();
+        let calls = Arc::clone(&inner.calls);
+        let s = leasing(inner, 10);
+        let (q, r) = (
+            spec("100/1m"),
+            QuotaSpec::new(1, &"50/1m".parse::<Quota>().unwrap().named("r").unwrap()),
+        );
+        for key in ["a", "b"] {
+            assert!(decide(&s, key, &q).allowed());
+        }
+        let both = match s.check(&"a".to_owned(), &[&q, &r], 1) {
+            StoreFuture::Ready(d) => d.unwrap(),
+            StoreFuture::Pending(_) => unreachable!(),
+        };
+        assert!(both.allowed());
+        assert_eq!(
+            calls.load(Ordering::Relaxed),
+            3,
+            "one lease per key and per quota set"
+        );
+        assert_eq!(s.len(), 3);
+    }
+
+    #[test]
+    fn bad_settings_are_errors() {
+        assert!(
+            LeasingStore::builder(MemoryStore::new())
+                .batch(0)
+                .build()
+                .is_err()
+        );
+        assert!(
+            LeasingStore::builder(MemoryStore::new())
+                .batch(10_001)
+                .build()
+                .is_err()
+        );
+        assert!(
+            LeasingStore::builder(MemoryStore::new())
+                .ttl(Duration::ZERO)
+                .build()
+                .is_err()
+        );
+        assert!(
+            LeasingStore::builder(MemoryStore::new())
+                .ttl(Duration::from_secs(7200))
+                .build()
+                .is_err()
+        );
+        assert!(
+            LeasingStore::builder(MemoryStore::new())
+                .max_keys(10)
+                .build()
+                .is_err()
+        );
+        assert!(LeasingStore::builder(MemoryStore::new()).build().is_ok());
+    }
+}
