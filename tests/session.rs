@@ -69,13 +69,21 @@ async fn handle(req: Request<Full<Bytes>>) -> Result<Response<Full<Bytes>>, Infa
             .insert("blob", &"x".repeat(20_000))
             .await
             .map(|()| text(StatusCode::OK, "stored")),
-        p if p.starts_with("/gated-set/") => {
+        p if p.starts_with("/gated-set/") || p.starts_with("/gated-count-set/") => {
             // Loads the session, says so, waits to be let go, then changes it: another
-            // request of the session runs in between.
-            let (loaded, go) = gate(&p["/gated-set/".len()..]);
+            // request of the session runs in between. `gated-count-set` first counts a
+            // visit (an early write) and goes on whatever that answers.
+            let (counts, name) = match p.strip_prefix("/gated-set/") {
+                Some(name) => (false, name),
+                None => (true, &p["/gated-count-set/".len()..]),
+            };
+            let (loaded, go) = gate(name);
             let read = s.get::<i64>("visits").await;
             loaded.notify_one();
             go.notified().await;
+            if counts {
+                let _ = s.increment("visits", 1).await;
+            }
             match read {
                 Ok(_) => s
                     .insert("note", &1)
@@ -569,6 +577,13 @@ fn bad_configuration_is_an_error() {
                 .touch_every(Duration::from_secs(60))
                 .build()
         }),
+        // Read every 30 s, it would be pushed back only at the 31st second: too late.
+        Box::new(|| {
+            SessionLayer::builder(MemoryStore::new())
+                .idle_timeout(Duration::from_secs(60))
+                .touch_every(Duration::from_secs(31))
+                .build()
+        }),
     ];
     for (i, b) in bad.iter().enumerate() {
         assert!(b().is_err(), "case {i}");
@@ -623,15 +638,20 @@ fn raw_stores() -> Vec<(&'static str, Box<dyn SessionStore>)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_to_a_session_that_ended_meanwhile_is_refused_not_lost_in_silence() {
     for (name, make) in stores() {
-        for (how, path) in [("login", "/login/ada"), ("logout", "/logout")] {
+        for (how, path, slow_path) in [
+            ("login", "/login/ada", "gated-set"),
+            ("logout", "/logout", "gated-set"),
+            ("login, then an increment", "/login/ada", "gated-count-set"),
+        ] {
             let app = make();
             let mut c = Client::default();
             c.call(&app, "/inc").await;
-            let gate_name = format!("{name}-{how}-{}", rand_key());
+            let gate_name =
+                format!("{name}-{slow_path}-{how}-{}", rand_key()).replace([' ', ','], "-");
             let (loaded, go) = gate(&gate_name);
             let mut slow = c.clone();
             let slow_app = app.clone();
-            let path_of_slow = format!("/gated-set/{gate_name}");
+            let path_of_slow = format!("/{slow_path}/{gate_name}");
             let slow = tokio::spawn(async move { slow.call(&slow_app, &path_of_slow).await });
             loaded.notified().await;
             let other = c.call(&app, path).await;
@@ -644,7 +664,7 @@ async fn a_write_to_a_session_that_ended_meanwhile_is_refused_not_lost_in_silenc
                 "{name}, {how}: the cookie is left alone: {:?}",
                 r.set_cookie
             );
-            if how == "login" {
+            if path == "/login/ada" {
                 // The login's new id still works, and holds nothing of the lost write.
                 assert_eq!(c.call(&app, "/me").await.body, "ada", "{name}");
                 assert_eq!(c.call(&app, "/visits").await.body, "1", "{name}");

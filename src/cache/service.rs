@@ -829,10 +829,7 @@ where
         leader.complete(Outcome::Value(Arc::clone(entry)));
         Some(res)
     };
-    // A response the origin made from the request's session holds that user's own data:
-    // it is stored only if it says it may be shared, as for a request with `Authorization`.
-    #[cfg(feature = "session")]
-    let session = req.extensions().get::<crate::session::Session>().cloned();
+    let personal = Personal::of(&req);
     let mut answer = inner.call(req).await;
     let other_representation = conditional
         && answer.as_ref().is_ok_and(|res| {
@@ -860,8 +857,7 @@ where
             };
         }
     };
-    #[cfg(feature = "session")]
-    let authorized = authorized || session.is_some_and(|s| s.was_used());
+    let authorized = authorized || personal.made();
     if res.status().is_server_error() {
         leader.load_failed();
         if fallback.is_some() {
@@ -1013,6 +1009,36 @@ where
 /// A `HEAD` request that found a kept response: the origin's answer, if its validators
 /// match, updates the kept response's fields and freshness as a 304 would (RFC 9111
 /// §4.3.5), unless its length says the body changed.
+/// The request's session (with the `session` feature), kept across the origin's call. A
+/// response the origin made from it holds that user's own data: it is stored only if it
+/// says it may be shared, as for a request with `Authorization`.
+struct Personal {
+    #[cfg(feature = "session")]
+    session: Option<crate::session::Session>,
+}
+
+impl Personal {
+    fn of<B>(req: &Request<B>) -> Self {
+        let _ = req;
+        Self {
+            #[cfg(feature = "session")]
+            session: req.extensions().get::<crate::session::Session>().cloned(),
+        }
+    }
+
+    /// The origin used the session while it answered.
+    fn made(&self) -> bool {
+        #[cfg(feature = "session")]
+        {
+            self.session.as_ref().is_some_and(|s| s.was_used())
+        }
+        #[cfg(not(feature = "session"))]
+        {
+            false
+        }
+    }
+}
+
 struct HeadUpdate {
     leader: Leader,
     kept: Arc<Entry>,
@@ -1042,7 +1068,9 @@ impl HeadUpdate {
         // The fences are read before the origin is asked: an invalidation meanwhile keeps
         // the update out.
         let _ = leader.read_l2(&tag_refs).await;
+        let personal = Personal::of(&req);
         let res = inner.call(req).await?;
+        let authorized = authorized || personal.made();
         let Some(old) = stored_of(&kept).filter(|_| res.status().is_success()) else {
             leader.complete(Outcome::Pass);
             return Ok(res);

@@ -22,20 +22,27 @@ const SHARDS: usize = 64;
 /// When a request finds no lease for its key (and the quotas it is checked against), the
 /// store asks the shared one for the request's cost plus `batch` units in one check. If
 /// the quotas have room for them all, the request is admitted and the `batch` units become
-/// this instance's lease, good for `ttl`. If not, the request is checked on its own, as
-/// without leasing, and no lease is asked for that key for `ttl`: near its limit a key
-/// costs one round trip a request, as before, never two.
+/// this instance's lease, good for `ttl` from the answer. While that ask is in flight, the
+/// key's other requests are checked alone (one ask of a key at a time, so concurrent
+/// requests never take two batches). If the quotas have no room for a batch, the request
+/// is checked alone (its second round trip) and so is every request of the key for `ttl`:
+/// near its limit a key costs one round trip a request, as without leasing. A request
+/// dearer than a batch is always checked alone; one dearer than what its lease has left
+/// uses those units first and asks for the rest with a new batch.
 ///
 /// **The bound.** A leased unit is taken from the shared quota when it is leased, so the
 /// instances together never admit more than the quota grants; what a lease changes is
 /// *when*. An instance may admit its leased units up to `ttl` after taking them, so in any
-/// window a quota may admit up to `instances × batch` more than it would grant within that
-/// window alone (the units leased before the window and used in it), and over a window
-/// longer than `ttl` the excess is at most that. Units left when a lease expires are not
-/// given back: a key can lose up to `batch` units per instance and `ttl` (it admits
-/// less, never more). Refusals are decided by the shared store, so their `RateLimit`
-/// headers are exact; an admission from a lease reports the quota as it stood when the
-/// lease was taken, less the units this instance has handed out since.
+/// window a quota may admit more than it would grant within that window alone by the units
+/// leased before the window and used in it: at most `batch` per instance for each set of
+/// quotas a key is checked against (a key checked against quota A on some routes and
+/// against A and B on others holds two leases, both drawing on A). Units left when a lease
+/// expires are not given back: a key admits less, never more, by at most as much. Refusals
+/// are decided by the shared store, so their `RateLimit` headers are exact; an admission
+/// from a lease reports the quota as it stood when the lease was taken, less the units this
+/// instance has handed out since. An ask that gets no answer (the shared store failed, or
+/// the request was dropped) leaves the key checked alone for the longer of `ttl` and 1 s
+/// at most.
 ///
 /// Keys are held as seeded 64-bit hashes, in at most `max_keys` leases (default 100,000);
 /// a full store decides new keys through the shared store. Clones share their leases.
@@ -148,8 +155,9 @@ impl<S> LeasingStoreBuilder<S> {
         self
     }
 
-    /// How long a lease's units may be handed out (default 1 s; 1 ms..=1 h), and how long
-    /// a key whose lease was refused is decided without one.
+    /// How long a lease's units may be handed out, from the shared store's answer
+    /// (default 1 s; 10 ms..=1 h), and how long a key whose batch was refused is decided
+    /// without one.
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
         self
@@ -171,13 +179,13 @@ impl<S> LeasingStoreBuilder<S> {
     ///
     /// # Errors
     ///
-    /// A batch of 0 or over 10,000, a ttl under 1 ms or over an hour, fewer than 64 keys.
+    /// A batch of 0 or over 10,000, a ttl under 10 ms or over an hour, fewer than 64 keys.
     pub fn build(self) -> Result<LeasingStore<S>, ConfigError> {
         if !(1..=10_000).contains(&self.batch) {
             return Err(ConfigError::new("batch", "must be 1..=10,000 units"));
         }
-        if self.ttl < Duration::from_millis(1) || self.ttl > Duration::from_secs(3600) {
-            return Err(ConfigError::new("ttl", "must be 1 ms..=1 h"));
+        if self.ttl < Duration::from_millis(10) || self.ttl > Duration::from_secs(3600) {
+            return Err(ConfigError::new("ttl", "must be 10 ms..=1 h"));
         }
         let map = KeyedMap::new(SHARDS, self.max_keys)
             .ok_or_else(|| ConfigError::new("max_keys", "must be at least 64"))?;
@@ -197,11 +205,17 @@ impl<S> LeasingStoreBuilder<S> {
 enum Found {
     /// Admitted from the lease: the decision.
     Leased(Decision),
-    /// No lease: ask the shared store for the request and a batch.
-    Ask,
-    /// A lease was refused lately, or the store is full: check the request alone.
+    /// Ask the shared store for the request and a batch. `carried`: units of a spent lease
+    /// (fewer than the request's cost), which the request uses first.
+    Ask { carried: u64 },
+    /// A batch is being asked for, was refused lately, or the store is full: check the
+    /// request alone.
     Alone,
 }
+
+/// How long an ask of a key keeps the key's other requests away from the shared store's
+/// batches at least: an answer slower than the lease's ttl must not let a second ask start.
+const ASK_GUARD_US: u64 = 1_000_000;
 
 impl Leases {
     fn slot<K: Hash>(&self, key: &K, quotas: &[&QuotaSpec]) -> u64 {
@@ -217,7 +231,7 @@ impl Leases {
     fn find(&self, slot: u64, quotas: &[&QuotaSpec], cost: u64, now: u64) -> Found {
         let mut shard = self.map.lock(slot);
         let live = shard.map.get_mut(&slot).filter(|l| now < l.until_us);
-        match live.map(|l| &mut l.state) {
+        let carried = match live.map(|l| &mut l.state) {
             Some(LeaseState::Units {
                 left,
                 taken_us,
@@ -239,9 +253,10 @@ impl Leases {
                 )));
             }
             Some(LeaseState::Asking | LeaseState::Refused) => return Found::Alone,
-            // Spent, or none: ask (below).
-            Some(LeaseState::Units { .. }) | None => {}
-        }
+            // Spent: what is left is the request's to use first.
+            Some(LeaseState::Units { left, .. }) => *left,
+            None => 0,
+        };
         if shard.map.len() >= self.map.max_per_shard() && !shard.map.contains_key(&slot) {
             // Full: make room from the leases past their time, if any.
             shard.map.retain(|_, l| now < l.until_us);
@@ -252,15 +267,17 @@ impl Leases {
         shard.map.insert(
             slot,
             Lease {
-                until_us: now.saturating_add(self.ttl_us),
+                until_us: now.saturating_add(self.ttl_us.max(ASK_GUARD_US)),
                 state: LeaseState::Asking,
             },
         );
-        Found::Ask
+        Found::Ask { carried }
     }
 
-    /// The shared store admitted the request and a batch: the batch is this instance's.
-    fn lease(&self, slot: u64, d: &Decision, now: u64) {
+    /// The shared store admitted the request and a batch: the batch is this instance's,
+    /// for `ttl` from the answer.
+    fn lease(&self, slot: u64, d: &Decision) {
+        let now = self.clock.now_us();
         let mut resets = [0u64; MAX_QUOTAS];
         for (r, v) in resets.iter_mut().zip(d.verdicts()) {
             *r = v.reset_us;
@@ -274,6 +291,11 @@ impl Leases {
                 resets,
             },
         );
+    }
+
+    /// The shared store had no room for a batch: decide this key alone for `ttl`.
+    fn refused(&self, slot: u64) {
+        self.settle(slot, self.clock.now_us(), LeaseState::Refused);
     }
 
     /// Replaces the key's `Asking` note with what the ask gave. Only one ask of a key is
@@ -291,14 +313,22 @@ impl Leases {
         }
     }
 
-    /// The shared store had no room for a batch: decide this key alone for a while.
-    fn refused(&self, slot: u64, now: u64) {
-        self.settle(slot, now, LeaseState::Refused);
+    /// The ask failed (the shared store did not answer): the note goes, and the key's next
+    /// request asks again.
+    fn abandon(&self, slot: u64) {
+        let mut shard = self.map.lock(slot);
+        if shard
+            .map
+            .get(&slot)
+            .is_some_and(|l| matches!(l.state, LeaseState::Asking))
+        {
+            shard.map.remove(&slot);
+        }
     }
 }
 
 /// The decision for the request alone, out of one that also took a batch: each quota as
-/// it would stand with only the request's units taken.
+/// it would stand without the batch.
 fn without_batch(d: &Decision, quotas: &[&QuotaSpec], batch: u64) -> Decision {
     Decision::new(d.verdicts().iter().zip(quotas).map(|(v, q)| {
         Verdict {
@@ -318,14 +348,14 @@ where
     fn check(&self, key: &K, quotas: &[&QuotaSpec], cost: u64) -> StoreFuture {
         let l = &self.leases;
         let want = cost.saturating_add(l.batch);
-        if quotas.iter().any(|q| want > q.gcra().burst) {
-            // A batch no quota could ever hold: alone, always.
+        if cost > l.batch || quotas.iter().any(|q| want > q.gcra().burst) {
+            // A request dearer than a batch, or a batch no quota could ever hold: alone.
             count("store");
             return self.inner.check(key, quotas, cost);
         }
         let now = l.clock.now_us();
         let slot = l.slot(key, quotas);
-        match l.find(slot, quotas, cost, now) {
+        let carried = match l.find(slot, quotas, cost, now) {
             Found::Leased(d) => {
                 count("lease");
                 return StoreFuture::Ready(Ok(d));
@@ -334,33 +364,45 @@ where
                 count("store");
                 return self.inner.check(key, quotas, cost);
             }
-            Found::Ask => {}
-        }
+            Found::Ask { carried } => carried,
+        };
+        // The request's units not carried, and a batch.
+        let (own, batch) = (cost - carried, l.batch);
         count("store");
         let leases = Arc::clone(&self.leases);
-        let batch = l.batch;
-        match self.inner.check(key, quotas, want) {
+        match self.inner.check(key, quotas, own + batch) {
             StoreFuture::Ready(Ok(d)) if d.allowed() => {
-                leases.lease(slot, &d, now);
+                leases.lease(slot, &d);
                 StoreFuture::Ready(Ok(without_batch(&d, quotas, batch)))
             }
             StoreFuture::Ready(Ok(_)) => {
-                leases.refused(slot, now);
-                self.inner.check(key, quotas, cost)
+                leases.refused(slot);
+                count("store");
+                self.inner.check(key, quotas, own)
             }
-            StoreFuture::Ready(Err(e)) => StoreFuture::Ready(Err(e)),
+            StoreFuture::Ready(Err(e)) => {
+                leases.abandon(slot);
+                StoreFuture::Ready(Err(e))
+            }
             StoreFuture::Pending(asked) => {
                 let (inner, key) = (self.inner.clone(), key.clone());
                 let specs: Vec<QuotaSpec> = quotas.iter().map(|q| (*q).clone()).collect();
                 StoreFuture::Pending(Box::pin(async move {
-                    let d = asked.await?;
+                    let d = match asked.await {
+                        Ok(d) => d,
+                        Err(e) => {
+                            leases.abandon(slot);
+                            return Err(e);
+                        }
+                    };
                     let refs: Vec<&QuotaSpec> = specs.iter().collect();
                     if d.allowed() {
-                        leases.lease(slot, &d, now);
+                        leases.lease(slot, &d);
                         return Ok(without_batch(&d, &refs, batch));
                     }
-                    leases.refused(slot, now);
-                    match inner.check(&key, &refs, cost) {
+                    leases.refused(slot);
+                    count("store");
+                    match inner.check(&key, &refs, own) {
                         StoreFuture::Ready(r) => r,
                         StoreFuture::Pending(f) => f.await,
                     }
@@ -386,11 +428,15 @@ mod tests {
     struct Counted {
         inner: MemoryStore,
         calls: Arc<AtomicUsize>,
+        /// The units asked for, admitted or not.
+        units: Arc<AtomicUsize>,
     }
 
     impl<K: Hash + fmt::Display> Store<K> for Counted {
         fn check(&self, key: &K, quotas: &[&QuotaSpec], cost: u64) -> StoreFuture {
             self.calls.fetch_add(1, Ordering::Relaxed);
+            self.units
+                .fetch_add(usize::try_from(cost).unwrap(), Ordering::Relaxed);
             self.inner.check(key, quotas, cost)
         }
     }
@@ -402,6 +448,7 @@ mod tests {
                 .build()
                 .unwrap(),
             calls: Arc::default(),
+            units: Arc::default(),
         }
     }
 
@@ -502,6 +549,111 @@ mod tests {
             "one lease per key and per quota set"
         );
         assert_eq!(s.len(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_dearer_than_its_lease_uses_what_is_left_and_one_dearer_than_a_batch_goes_alone()
+     {
+        let inner = shared();
+        let calls = Arc::clone(&inner.calls);
+        let s = leasing(inner, 10);
+        let q = spec("100/1m");
+        let check = |cost| match s.check(&"a".to_owned(), &[&q], cost) {
+            StoreFuture::Ready(r) => r.unwrap().allowed(),
+            StoreFuture::Pending(_) => unreachable!(),
+        };
+        // Dearer than a batch: alone, every time, and nothing is lost.
+        assert!((0..5).all(|_| check(11)));
+        assert_eq!(calls.load(Ordering::Relaxed), 5);
+        // 45 units left. Costs of 3: a lease of 10 with the first, 3 + 3 + 3 from it, then
+        // its last unit carried into the next ask (3 - 1 + 10 units); once a batch no
+        // longer fits, alone. Nothing is lost: all 45 units go, three at a time.
+        let admitted = (0..20).filter(|_| check(3)).count();
+        assert_eq!(admitted, 15);
+    }
+
+    /// A shared store that answers after `delay` (a round trip), or fails.
+    #[derive(Clone)]
+    struct Slow {
+        inner: Counted,
+        delay: Duration,
+        fail: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl<K: Hash + fmt::Display> Store<K> for Slow {
+        fn check(&self, key: &K, quotas: &[&QuotaSpec], cost: u64) -> StoreFuture {
+            let StoreFuture::Ready(answer) = self.inner.check(key, quotas, cost) else {
+                unreachable!()
+            };
+            let (delay, fail) = (self.delay, self.fail.load(Ordering::Relaxed));
+            StoreFuture::Pending(Box::pin(async move {
+                tokio::time::sleep(delay).await;
+                if fail {
+                    return Err(crate::StoreUnavailable::backend(std::io::Error::other(
+                        "down",
+                    )));
+                }
+                answer
+            }))
+        }
+    }
+
+    async fn answer(f: StoreFuture) -> Result<Decision, crate::StoreUnavailable> {
+        match f {
+            StoreFuture::Ready(r) => r,
+            StoreFuture::Pending(f) => f.await,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_ask_at_a_time_a_lease_timed_from_its_answer_and_a_failed_ask_forgotten() {
+        let inner = shared();
+        let (calls, units) = (Arc::clone(&inner.calls), Arc::clone(&inner.units));
+        let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let slow = Slow {
+            inner,
+            delay: Duration::from_millis(20),
+            fail: Arc::clone(&fail),
+        };
+        let s = LeasingStore::builder(slow)
+            .batch(10)
+            .ttl(Duration::from_millis(10))
+            .clock(Clock::tokio())
+            .build()
+            .unwrap();
+        let q = spec("100/1m");
+        let key = "a".to_owned();
+        // Five at once: one asks for a batch, four are checked alone meanwhile.
+        let at_once: Vec<_> = (0..5)
+            .map(|_| tokio::spawn(answer(s.check(&key, &[&q], 1))))
+            .collect();
+        for f in at_once {
+            assert!(f.await.unwrap().unwrap().allowed());
+        }
+        assert_eq!(calls.load(Ordering::Relaxed), 5);
+        assert_eq!(
+            units.load(Ordering::Relaxed),
+            11 + 4,
+            "one batch taken, not five"
+        );
+        // The answer came 20 ms after the ask, past a 10 ms ttl counted from the ask: the
+        // lease is good for 10 ms from the answer.
+        tokio::time::advance(Duration::from_millis(5)).await;
+        assert!(answer(s.check(&key, &[&q], 1)).await.unwrap().allowed());
+        assert_eq!(calls.load(Ordering::Relaxed), 5, "from the lease");
+        // An ask that fails is forgotten: the next request asks again.
+        tokio::time::advance(Duration::from_millis(10)).await;
+        fail.store(true, Ordering::Relaxed);
+        assert!(answer(s.check(&key, &[&q], 1)).await.is_err());
+        fail.store(false, Ordering::Relaxed);
+        let before = calls.load(Ordering::Relaxed);
+        assert!(answer(s.check(&key, &[&q], 1)).await.unwrap().allowed());
+        assert!(answer(s.check(&key, &[&q], 1)).await.unwrap().allowed());
+        assert_eq!(
+            calls.load(Ordering::Relaxed),
+            before + 1,
+            "a new lease, then a decision from it"
+        );
     }
 
     #[test]

@@ -14,7 +14,8 @@
 //! - [`LeasingStore`] in front of a shared store: takes a key's units in batches and
 //!   decides most requests in this process, one round trip per batch. The instances
 //!   together still never admit more than the quota grants; a quota may run ahead of its
-//!   rate within a window by at most `instances × batch` (the bound is on the type).
+//!   rate within a window by at most `batch` per instance and set of quotas (the bound is
+//!   on the type).
 //!
 //! All quotas that apply to a request are checked together and atomically: a request
 //! refused by one quota consumes nothing of the others. Requests are keyed by a

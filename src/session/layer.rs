@@ -199,7 +199,7 @@ impl SessionLayerBuilder {
     }
 
     /// Reading a session pushes its idle expiry back at most this often (default 1 min,
-    /// or half the idle timeout if that is shorter). It must be shorter than the idle
+    /// or half the idle timeout if that is shorter). It must be at most half the idle
     /// timeout: a session only read would otherwise end while in use.
     pub fn touch_every(mut self, d: Duration) -> Self {
         self.life.touch_every = d;
@@ -288,10 +288,12 @@ impl SessionLayerBuilder {
         let mut life = self.life;
         if !self.touch_set {
             life.touch_every = DEFAULT_TOUCH_EVERY.min(life.idle / 2);
-        } else if life.touch_every >= life.idle {
+        } else if life.touch_every > life.idle / 2 {
+            // A read pushes the expiry back only once `touch_every` has passed since the
+            // last push, so a session only read lives `idle - touch_every` between reads.
             return Err(ConfigError::new(
                 "touch_every",
-                "must be shorter than the idle timeout: a session that is only read would end while in use",
+                "must be at most half the idle timeout: a session that is only read would end while in use",
             ));
         }
         if self.max_bytes == 0 {
@@ -466,10 +468,11 @@ async fn finish(session: &Session) -> Result<Option<HeaderValue>, SessionError> 
     let store = &shared.store;
     let mut s = inner.state().await;
     if s.ended {
-        // An early write (an increment) found the session gone, and the handler was told
-        // (`SessionError::Ended`). The cookie is left as it is: if a concurrent login
-        // rotated the id, clearing the cookie here could clear the new one that login set.
-        return Ok(None);
+        // An early write (an increment) found the session gone: whatever the request
+        // changed after it is not written either, and the response says so (409), as
+        // below. The cookie is left as it is: if a concurrent login rotated the id,
+        // clearing the cookie here could clear the new one that login set.
+        return Err(SessionError::Ended);
     }
     if s.destroy {
         let sent_key = s.sent.as_ref().map(SessionId::storage_key);
