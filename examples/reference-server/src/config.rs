@@ -293,6 +293,13 @@ impl Config {
             .unwrap_or(true);
         let cache_ttl = parse_duration(&get("CACHE_TTL").unwrap_or_else(|| "60s".into()))
             .map_err(|e| bad("CACHE_TTL", e.to_string()))?;
+        // Stale-if-error keeps five TTLs, and the cache keeps nothing past a year.
+        if cache_ttl > Duration::from_secs(73 * 24 * 3600) {
+            return Err(bad(
+                "CACHE_TTL",
+                "at most 73 days (stale-if-error keeps a product for five TTLs, at most a year)",
+            ));
+        }
 
         let export_workers = match get("EXPORT_WORKERS") {
             None => 2,
@@ -440,6 +447,7 @@ mod tests {
             ("TRUSTED_PROXIES", "10.0.0.0/99"),
             ("SESSION_COOKIE_SECURE", "maybe"),
             ("CACHE_TTL", "soon"),
+            ("CACHE_TTL", "74d"),
             ("PRICING_BREAKER_OPEN", "0s"),
             ("PRICING_BREAKER_OPEN", "soon"),
             ("REDIS_URL", "localhost:6379"),
