@@ -1006,9 +1006,6 @@ where
     }
 }
 
-/// A `HEAD` request that found a kept response: the origin's answer, if its validators
-/// match, updates the kept response's fields and freshness as a 304 would (RFC 9111
-/// §4.3.5), unless its length says the body changed.
 /// The request's session (with the `session` feature), kept across the origin's call. A
 /// response the origin made from it holds that user's own data: it is stored only if it
 /// says it may be shared, as for a request with `Authorization`.
@@ -1039,6 +1036,9 @@ impl Personal {
     }
 }
 
+/// A `HEAD` request that found a kept response: the origin's answer, if its validators
+/// match, updates the kept response's fields and freshness as a 304 would (RFC 9111
+/// §4.3.5), unless its length says the body changed.
 struct HeadUpdate {
     leader: Leader,
     kept: Arc<Entry>,
