@@ -427,8 +427,6 @@ fn connection_cap(configured: usize) -> usize {
     }
 }
 
-/// On SIGTERM or SIGINT: `/readyz` answers 503 for `drain` while requests are still
-/// served (so a load balancer polling it takes the instance out first), then `stop`.
 /// The instance's name when `INSTANCE_ID` is not set: `host:port` as bound, with the
 /// machine's host name in place of an unspecified address (`0.0.0.0`, `::`), which would
 /// name every machine alike.
@@ -482,6 +480,8 @@ impl StopSignals {
     }
 }
 
+/// On SIGTERM or SIGINT: `/readyz` answers 503 for `drain` while requests are still
+/// served (so a load balancer polling it takes the instance out first), then `stop`.
 async fn shutdown_signal(
     mut signals: StopSignals,
     stop: Arc<tokio::sync::watch::Sender<bool>>,
