@@ -957,6 +957,34 @@ async fn a_response_cache_inside_keeps_what_a_session_made_to_its_user() {
                 r
             }
             "/plain" => text(StatusCode::OK, "plain"),
+            // Stored for revalidation only (`max-age=0`, a validator); a HEAD answer names
+            // the user without saying it may be shared; a revalidation names nobody.
+            "/etagged" => {
+                let mut r = if req
+                    .headers()
+                    .get("if-none-match")
+                    .is_some_and(|v| v == "\"v1\"")
+                {
+                    text(StatusCode::NOT_MODIFIED, "")
+                } else {
+                    let head = req.method() == http::Method::HEAD;
+                    let mut r = text(StatusCode::OK, if head { "" } else { "same" });
+                    let h = r.headers_mut();
+                    h.insert("x-user", user().await.parse().unwrap());
+                    let cc = if head {
+                        "max-age=0"
+                    } else {
+                        "public, max-age=0"
+                    };
+                    h.insert("cache-control", cc.parse().unwrap());
+                    if head {
+                        h.insert("content-length", "4".parse().unwrap());
+                    }
+                    r
+                };
+                r.headers_mut().insert("etag", "\"v1\"".parse().unwrap());
+                r
+            }
             p if p.starts_with("/login/") => {
                 s.login(&p["/login/".len()..]).await.unwrap();
                 text(StatusCode::OK, "in")
@@ -977,10 +1005,10 @@ async fn a_response_cache_inside_keeps_what_a_session_made_to_its_user() {
         })
         .layer(ResponseCacheLayer::builder(&engine).build().unwrap())
         .service_fn(handler);
-    let call = |cookie: Option<String>, path: &'static str| {
+    let call_as = |method: http::Method, cookie: Option<String>, path: &'static str| {
         let svc = svc.clone();
         async move {
-            let mut req = Request::get(path);
+            let mut req = Request::builder().method(method).uri(path);
             if let Some(c) = cookie {
                 req = req.header("cookie", c);
             }
@@ -997,15 +1025,26 @@ async fn a_response_cache_inside_keeps_what_a_session_made_to_its_user() {
                 .headers()
                 .get("set-cookie")
                 .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned());
+            let user = res
+                .headers()
+                .get("x-user")
+                .map(|v| v.to_str().unwrap().to_owned());
             let body = res.into_body().collect().await.unwrap().to_bytes();
-            (String::from_utf8(body.to_vec()).unwrap(), status, cookie)
+            (
+                String::from_utf8(body.to_vec()).unwrap(),
+                status,
+                cookie,
+                user,
+            )
         }
     };
+    let call =
+        |cookie: Option<String>, path: &'static str| call_as(http::Method::GET, cookie, path);
     let ada = call(None, "/login/ada").await.2;
     let bob = call(None, "/login/bob").await.2;
     assert!(ada.is_some() && bob.is_some());
     assert_eq!(call(ada.clone(), "/mine").await.0, "ada");
-    let (body, status, _) = call(bob.clone(), "/mine").await;
+    let (body, status, ..) = call(bob.clone(), "/mine").await;
     assert_eq!(body, "bob", "ada's page is not served to bob ({status})");
     assert!(!status.contains("hit"), "{status}");
     // What never touched the session is cached as usual...
@@ -1013,10 +1052,24 @@ async fn a_response_cache_inside_keeps_what_a_session_made_to_its_user() {
     assert!(call(bob.clone(), "/plain").await.1.contains("hit"));
     // ...and so is what the origin says may be shared, session or not.
     assert_eq!(call(ada.clone(), "/mine-shared").await.0, "ada");
-    let (body, status, _) = call(bob.clone(), "/mine-shared").await;
+    let (body, status, ..) = call(bob.clone(), "/mine-shared").await;
     assert_eq!(
         (body.as_str(), status.contains("hit")),
         ("ada", true),
+        "{status}"
+    );
+    // A HEAD answer made from bob's session, not marked shareable, does not update the
+    // kept entry's fields: a later revalidation (by anyone) still serves ada's.
+    assert_eq!(
+        call(ada.clone(), "/etagged").await.3.as_deref(),
+        Some("ada")
+    );
+    let head = call_as(http::Method::HEAD, bob.clone(), "/etagged").await;
+    assert_eq!(head.3.as_deref(), Some("bob"), "{}", head.1);
+    let (body, status, _, user) = call(None, "/etagged").await;
+    assert_eq!(
+        (body.as_str(), user.as_deref()),
+        ("same", Some("ada")),
         "{status}"
     );
 }
