@@ -28,6 +28,8 @@ pub struct Config {
     /// Per-client quota on `POST /login`.
     pub login_rate_limit: Quota,
     pub rate_limit_fallback_share: f64,
+    /// Units each instance takes from Redis per lease (`RATE_LIMIT_LEASE`); 0: none.
+    pub rate_limit_lease: u64,
     pub client_ip: ClientIp,
     pub session_cookie_secure: bool,
     pub cache_ttl: Duration,
@@ -282,6 +284,20 @@ impl Config {
                     )
                 })?,
         };
+        let rate_limit_lease = match get("RATE_LIMIT_LEASE") {
+            None => 0,
+            Some(v) => v
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n <= 10_000)
+                .ok_or_else(|| {
+                    bad(
+                        "RATE_LIMIT_LEASE",
+                        format!("`{v}` is not a number of units 0..=10000 (0: no leases)"),
+                    )
+                })?,
+        };
         let client_ip = ClientIp::builder()
             .trust_cidrs(&get("TRUSTED_PROXIES").unwrap_or_default())
             .build()
@@ -375,6 +391,7 @@ impl Config {
             export_rate_limit,
             login_rate_limit,
             rate_limit_fallback_share,
+            rate_limit_lease,
             client_ip,
             session_cookie_secure,
             cache_ttl,
@@ -440,6 +457,9 @@ mod tests {
             ("RATE_LIMIT", "lots"),
             ("RATE_LIMIT", "0/1m"),
             ("RATE_LIMIT_FALLBACK_SHARE", "0"),
+            ("RATE_LIMIT_LEASE", "-1"),
+            ("RATE_LIMIT_LEASE", "10001"),
+            ("RATE_LIMIT_LEASE", "some"),
             ("RATE_LIMIT_FALLBACK_SHARE", "1.5"),
             ("RATE_LIMIT_FALLBACK_SHARE", "half"),
             ("EXPORT_RATE_LIMIT", "1/forever"),

@@ -10,7 +10,10 @@ use tower_scale::cache::{CacheEngine, ResponseCacheLayer};
 use tower_scale::db_route::{DbRouteLayer, DbRouter};
 use tower_scale::jobs::{MemoryJobStore, Queue, RedisJobStore, WorkerHandle};
 use tower_scale::key::ClientIp;
-use tower_scale::rate_limit::{AnyStore, MemoryStore, OnStoreError, RateLimitLayer, RedisStore};
+use tower_scale::rate_limit::store::{QuotaSpec, Store, StoreFuture};
+use tower_scale::rate_limit::{
+    AnyStore, LeasingStore, MemoryStore, OnStoreError, RateLimitLayer, RedisStore,
+};
 use tower_scale::redis::RedisBackend;
 use tower_scale::session::{MemoryStore as SessionMemoryStore, RedisSessionStore, SessionLayer};
 
@@ -46,10 +49,38 @@ pub(crate) struct Shared {
     export_page_delay: Duration,
 }
 
+/// The rate limiter's store: Redis (or this process), and with `RATE_LIMIT_LEASE` the
+/// Redis store behind leases, so most decisions need no round trip.
+#[derive(Debug, Clone)]
+pub(crate) enum LimitStore {
+    Direct(AnyStore),
+    Leased(LeasingStore<AnyStore>),
+}
+
+impl<K> Store<K> for LimitStore
+where
+    K: std::hash::Hash + std::fmt::Display + Clone + Send + Sync + 'static,
+{
+    fn check(&self, key: &K, quotas: &[&QuotaSpec], cost: u64) -> StoreFuture {
+        match self {
+            LimitStore::Direct(s) => s.check(key, quotas, cost),
+            LimitStore::Leased(s) => s.check(key, quotas, cost),
+        }
+    }
+
+    #[inline]
+    fn try_admit(&self, key: &K, quota: &QuotaSpec, cost: u64) -> bool {
+        match self {
+            LimitStore::Direct(s) => s.try_admit(key, quota, cost),
+            LimitStore::Leased(_) => false,
+        }
+    }
+}
+
 /// The tower-scale layers, as configured.
 #[derive(Clone)]
 pub(crate) struct Layers {
-    pub(crate) rate_limit: RateLimitLayer<ClientIp, AnyStore>,
+    pub(crate) rate_limit: RateLimitLayer<ClientIp, LimitStore>,
     pub(crate) sessions: SessionLayer,
     pub(crate) cache: ResponseCacheLayer,
     pub(crate) db_route: DbRouteLayer<Database>,
@@ -218,10 +249,16 @@ async fn database(config: &Config) -> Result<DbRouter<Database>, Failure> {
 fn rate_limit(
     config: &Config,
     redis: Option<&RedisBackend>,
-) -> Result<RateLimitLayer<ClientIp, AnyStore>, Failure> {
-    let store: AnyStore = match redis {
-        Some(r) => RedisStore::new(r.clone()).into(),
-        None => MemoryStore::new().into(),
+) -> Result<RateLimitLayer<ClientIp, LimitStore>, Failure> {
+    let store = match redis {
+        Some(r) if config.rate_limit_lease > 0 => LimitStore::Leased(
+            LeasingStore::builder(AnyStore::from(RedisStore::new(r.clone())))
+                .batch(config.rate_limit_lease)
+                .build()
+                .map_err(|e| Failure::Config(format!("RATE_LIMIT_LEASE: {e}")))?,
+        ),
+        Some(r) => LimitStore::Direct(RedisStore::new(r.clone()).into()),
+        None => LimitStore::Direct(MemoryStore::new().into()),
     };
     RateLimitLayer::builder()
         .key(config.client_ip.clone())

@@ -275,6 +275,47 @@ async fn instances_sharing_redis_share_the_quota() {
     assert_eq!(me.json()["visits"], 2, "one counter across both instances");
 }
 
+/// With `RATE_LIMIT_LEASE`, instances take their units from Redis in batches: together
+/// they still admit no more than the shared quota (less by at most a batch an instance),
+/// and most decisions are made from a lease, with no round trip.
+#[tokio::test]
+async fn leasing_instances_keep_the_shared_quota() {
+    let redis = support::RedisServer::start();
+    let db = catalog_file();
+    let env = [
+        ("REDIS_URL", redis.url()),
+        ("DATABASE_FILE", db.path().to_owned()),
+        ("RATE_LIMIT", "40/1h".to_owned()),
+        ("RATE_LIMIT_LEASE", "5".to_owned()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (a, b) = (
+        Proc::start("reference_server", &env),
+        Proc::start("reference_server", &env),
+    );
+    let mut admitted = 0;
+    for i in 0..60 {
+        let base = if i % 2 == 0 { &a.base } else { &b.base };
+        match get(base, "/products/2").await.status {
+            StatusCode::OK => admitted += 1,
+            StatusCode::TOO_MANY_REQUESTS => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!((30..=40).contains(&admitted), "{admitted} admitted of 40");
+    let mut from_leases = 0.0;
+    for base in [&a.base, &b.base] {
+        let m = get(base, "/metrics").await.text();
+        from_leases += m
+            .lines()
+            .find(|l| l.starts_with(r#"tower_scale_rate_limit_lease_checks_total{source="lease"}"#))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no lease decisions counted:\n{m}"));
+    }
+    assert!(from_leases >= 25.0, "{from_leases} decisions from leases");
+}
+
 #[tokio::test]
 async fn price_route_breaker_opens_on_faults_and_closes_after() {
     let upstream = Proc::start("pricing_upstream", &[("FAIL_RATE", "1")]);
