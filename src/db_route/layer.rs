@@ -138,6 +138,7 @@ struct Settings<P> {
     cookie: SetCookie,
     route_header: bool,
     intent: Option<IntentFn>,
+    tokens_without_replicas: bool,
 }
 
 impl<P> Clone for DbRouteLayer<P> {
@@ -166,6 +167,7 @@ pub struct DbRouteLayerBuilder<P> {
     same_site: SameSite,
     route_header: bool,
     intent: Option<IntentFn>,
+    tokens_without_replicas: bool,
 }
 
 impl<P> fmt::Debug for DbRouteLayerBuilder<P> {
@@ -187,6 +189,7 @@ impl<P> DbRouteLayer<P> {
             same_site: SameSite::Lax,
             route_header: false,
             intent: None,
+            tokens_without_replicas: false,
         }
     }
 
@@ -218,6 +221,17 @@ impl<P> DbRouteLayerBuilder<P> {
     /// sites, so a client who wrote and follows a link back still reads its write).
     pub fn same_site(mut self, same_site: SameSite) -> Self {
         self.same_site = same_site;
+        self
+    }
+
+    /// Sets the token after a write even when the router has no replicas (default: no;
+    /// every read goes to the primary then, so the database needs none). For a layer in
+    /// front of this one that must still treat a client who just wrote differently
+    /// ([`current_token`](DbRouteLayer::current_token)): a response cache shared by
+    /// several instances, each of which drops its own copy only when the invalidation
+    /// message reaches it.
+    pub fn tokens_without_replicas(mut self, on: bool) -> Self {
+        self.tokens_without_replicas = on;
         self
     }
 
@@ -259,6 +273,7 @@ impl<P> DbRouteLayerBuilder<P> {
                 router: self.router,
                 route_header: self.route_header,
                 intent: self.intent,
+                tokens_without_replicas: self.tokens_without_replicas,
             }),
         })
     }
@@ -415,10 +430,11 @@ where
                             .insert(X_DB_ROUTE, HeaderValue::from_static(to));
                     }
                     // With no replica to lag behind, a client needs no token to see its
-                    // writes.
+                    // writes, unless a layer in front asks for one.
                     let wrote = used & USED_WRITER != 0
                         && (res.status().is_success() || res.status().is_redirection())
-                        && db.inner.router.has_replicas();
+                        && (db.inner.router.has_replicas()
+                            || this.settings.tokens_without_replicas);
                     if !wrote {
                         return Poll::Ready(Ok(res));
                     }
@@ -608,15 +624,26 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_router_without_replicas_sets_no_token() {
-        let router = DbRouter::builder(NoPosition).build().unwrap();
-        let layer = DbRouteLayer::builder(router)
-            .route_header(true)
-            .build()
-            .unwrap();
-        let res = write_through(layer).await;
-        assert_eq!(res.headers()[X_DB_ROUTE], "primary");
-        assert!(!res.headers().contains_key(header::SET_COOKIE));
+    async fn a_router_without_replicas_sets_no_token_unless_asked() {
+        for asked in [false, true] {
+            let router = DbRouter::builder(NoPosition).build().unwrap();
+            let layer = DbRouteLayer::builder(router)
+                .route_header(true)
+                .tokens_without_replicas(asked)
+                .build()
+                .unwrap();
+            let res = write_through(layer.clone()).await;
+            assert_eq!(res.headers()[X_DB_ROUTE], "primary");
+            let set = res.headers().get(header::SET_COOKIE);
+            assert_eq!(set.is_some(), asked, "{set:?}");
+            if let Some(set) = set {
+                // A time pin (this driver has no position), current for a layer in front.
+                let pair = set.to_str().unwrap().split(';').next().unwrap().to_owned();
+                let mut h = http::HeaderMap::new();
+                h.insert(header::COOKIE, pair.parse().unwrap());
+                assert!(layer.current_token(&h).is_some(), "{pair}");
+            }
+        }
     }
 
     /// A token (and its position read) only after a request really used the primary;

@@ -16,7 +16,6 @@ pub mod catalog;
 pub mod config;
 mod conn;
 pub mod error;
-mod own_writes;
 mod routes;
 pub mod state;
 pub mod telemetry;

@@ -84,9 +84,6 @@ pub(crate) struct Layers {
     pub(crate) sessions: SessionLayer,
     pub(crate) cache: ResponseCacheLayer,
     pub(crate) db_route: DbRouteLayer<Database>,
-    /// `Some(secure)` when a write's response carries the `own_writes` mark: instances
-    /// share Redis and no replica gives a token.
-    pub(crate) mark_writes: Option<bool>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -120,19 +117,20 @@ impl AppState {
             None => None,
             Some(base) => Some(Pricing::new(base.clone(), config.pricing_breaker_open)?),
         };
+        // Instances sharing Redis share the cache, and each drops its own copy of an entry
+        // only when the invalidation message reaches it: a writer carries a token even
+        // without replicas, so its next reads skip the cache wherever they land.
         let db_route = DbRouteLayer::builder(db.clone())
             .secure(config.session_cookie_secure)
             .route_header(true)
+            .tokens_without_replicas(redis.is_some())
             .build()
             .map_err(|e| Failure::Config(format!("database routing: {e}")))?;
-        let mark_writes = (redis.is_some() && config.database_replica_urls.is_empty())
-            .then_some(config.session_cookie_secure);
         let layers = Layers {
             rate_limit: rate_limit(config, redis.as_ref())?,
             sessions: sessions(config, redis.as_ref())?,
-            cache: response_cache(config, redis.as_ref(), &db_route, mark_writes.is_some())?,
+            cache: response_cache(config, redis.as_ref(), &db_route)?,
             db_route,
-            mark_writes,
         };
         let exports = export_queue(config)?;
         let shared = Shared {
@@ -306,14 +304,12 @@ const REINVALIDATE_AFTER: [Duration; 2] = [Duration::from_millis(100), Duration:
 /// does that for every unsafe request) and the list, on every instance. A client who just
 /// wrote reads past it, refreshing the entry; another client may have filled it from a
 /// replica that had not replayed the write, which the later invalidations drop. Without
-/// replicas but with Redis, the writer reads past it for a moment after its write
-/// (`own_writes`): another instance drops its own copy only when the invalidation
-/// message reaches it.
+/// replicas but with Redis the writer carries the token too: another instance drops its
+/// own copy only when the invalidation message reaches it.
 fn response_cache(
     config: &Config,
     redis: Option<&RedisBackend>,
     db_route: &DbRouteLayer<Database>,
-    marked_writes: bool,
 ) -> Result<ResponseCacheLayer, Failure> {
     let mut engine = CacheEngine::builder()
         .ttl(config.cache_ttl)
@@ -333,10 +329,7 @@ fn response_cache(
                 Vec::new()
             }
         })
-        .refresh_if(move |req| {
-            routing.current_token(req.headers).is_some()
-                || (marked_writes && crate::own_writes::wrote_recently(req.headers))
-        });
+        .refresh_if(move |req| routing.current_token(req.headers).is_some());
     // With replicas, a reader may refill the cache from one that has not replayed a write
     // yet: the write's tags go again a second later.
     let layer = if config.database_replica_urls.is_empty() {

@@ -453,7 +453,7 @@ async fn share_the_cache(var: &str, value: &str) {
         .get_all("set-cookie")
         .iter()
         .map(|v| v.to_str().unwrap())
-        .find(|c| c.starts_with("wrote="))
+        .find(|c| c.starts_with("db_pos="))
         .unwrap_or_else(|| panic!("{var}: the write is marked"))
         .split(';')
         .next()
