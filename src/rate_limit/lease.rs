@@ -3,8 +3,10 @@
 
 use std::fmt;
 use std::hash::Hash;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use ::metrics::Counter;
 
 use super::gcra::Verdict;
 use super::store::{Decision, MAX_QUOTAS, QuotaSpec, Store, StoreFuture};
@@ -74,6 +76,9 @@ struct Leases {
     batch: u64,
     ttl_us: u64,
     clock: Clock,
+    /// `tower_scale.rate_limit.lease_checks` by source (a lease, the shared store),
+    /// registered on first use.
+    checks: [OnceLock<Counter>; 2],
 }
 
 /// What this process holds for one key (and quota set), each good until `until_us`
@@ -196,6 +201,7 @@ impl<S> LeasingStoreBuilder<S> {
                 batch: self.batch,
                 ttl_us: u64::try_from(self.ttl.as_micros()).unwrap_or(u64::MAX),
                 clock: self.clock.unwrap_or_default(),
+                checks: Default::default(),
             }),
         })
     }
@@ -239,8 +245,9 @@ impl Leases {
             }) if *left >= cost => {
                 *left -= cost;
                 let (left, taken_us) = (*left, *taken_us);
-                return Found::Leased(Decision::new(quotas.iter().zip(*resets).map(
-                    |(q, reset)| {
+                return Found::Leased(decision(
+                    quotas.len(),
+                    quotas.iter().zip(*resets).map(|(q, reset)| {
                         // The bucket as this instance sees it: as it stood when the lease
                         // was taken, less the units not handed out yet, drained since.
                         let level = reset.saturating_sub(left.saturating_mul(q.gcra().emission_us));
@@ -249,8 +256,8 @@ impl Leases {
                             retry_after_us: 0,
                             reset_us: level.saturating_sub(now.saturating_sub(taken_us)),
                         }
-                    },
-                )));
+                    }),
+                ));
             }
             Some(LeaseState::Asking | LeaseState::Refused) => return Found::Alone,
             // Spent: what is left is the request's to use first.
@@ -327,17 +334,28 @@ impl Leases {
     }
 }
 
+/// A decision of per-quota verdicts, with no allocation for the usual single quota.
+fn decision(quotas: usize, mut verdicts: impl Iterator<Item = Verdict>) -> Decision {
+    if quotas == 1
+        && let Some(v) = verdicts.next()
+    {
+        return Decision::one(v);
+    }
+    Decision::new(verdicts)
+}
+
 /// The decision for the request alone, out of one that also took a batch: each quota as
 /// it would stand without the batch.
 fn without_batch(d: &Decision, quotas: &[&QuotaSpec], batch: u64) -> Decision {
-    Decision::new(d.verdicts().iter().zip(quotas).map(|(v, q)| {
-        Verdict {
+    decision(
+        quotas.len(),
+        d.verdicts().iter().zip(quotas).map(|(v, q)| Verdict {
             reset_us: v
                 .reset_us
                 .saturating_sub(batch.saturating_mul(q.gcra().emission_us)),
             ..*v
-        }
-    }))
+        }),
+    )
 }
 
 impl<K, S> Store<K> for LeasingStore<S>
@@ -350,25 +368,25 @@ where
         let want = cost.saturating_add(l.batch);
         if cost > l.batch || quotas.iter().any(|q| want > q.gcra().burst) {
             // A request dearer than a batch, or a batch no quota could ever hold: alone.
-            count("store");
+            l.count(false);
             return self.inner.check(key, quotas, cost);
         }
         let now = l.clock.now_us();
         let slot = l.slot(key, quotas);
         let carried = match l.find(slot, quotas, cost, now) {
             Found::Leased(d) => {
-                count("lease");
+                l.count(true);
                 return StoreFuture::Ready(Ok(d));
             }
             Found::Alone => {
-                count("store");
+                l.count(false);
                 return self.inner.check(key, quotas, cost);
             }
             Found::Ask { carried } => carried,
         };
         // The request's units not carried, and a batch.
         let (own, batch) = (cost - carried, l.batch);
-        count("store");
+        l.count(false);
         let leases = Arc::clone(&self.leases);
         match self.inner.check(key, quotas, own + batch) {
             StoreFuture::Ready(Ok(d)) if d.allowed() => {
@@ -377,7 +395,7 @@ where
             }
             StoreFuture::Ready(Ok(_)) => {
                 leases.refused(slot);
-                count("store");
+                l.count(false);
                 self.inner.check(key, quotas, own)
             }
             StoreFuture::Ready(Err(e)) => {
@@ -401,7 +419,7 @@ where
                         return Ok(without_batch(&d, &refs, batch));
                     }
                     leases.refused(slot);
-                    count("store");
+                    leases.count(false);
                     match inner.check(&key, &refs, own) {
                         StoreFuture::Ready(r) => r,
                         StoreFuture::Pending(f) => f.await,
@@ -412,8 +430,20 @@ where
     }
 }
 
-fn count(source: &'static str) {
-    ::metrics::counter!("tower_scale.rate_limit.lease_checks", "source" => source).increment(1);
+impl Leases {
+    /// Counts a check decided from a lease, or sent to the shared store.
+    fn count(&self, from_lease: bool) {
+        let (i, source) = if from_lease {
+            (0, "lease")
+        } else {
+            (1, "store")
+        };
+        self.checks[i]
+            .get_or_init(
+                || ::metrics::counter!("tower_scale.rate_limit.lease_checks", "source" => source),
+            )
+            .increment(1);
+    }
 }
 
 #[cfg(test)]
